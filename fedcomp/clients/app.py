@@ -1,0 +1,125 @@
+"""The Flower ClientApp: decode the broadcast, train, compress the update.
+
+One ClientApp serves simulation and deployment alike: everything it needs
+comes in the message (the experiment configuration and the global model
+payload) and the node config (``partition-id``, ``num-partitions``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedcomp.clients.training import float_state, model_delta, resolve_device, train_local
+from fedcomp.coding import DecodeLimits, TensorSpec, specs_of
+from fedcomp.compressors.update import UPDATE_COMPRESSORS
+from fedcomp.compressors.update.base import UpdateCompressor
+from fedcomp.compressors.update.identity import IdentityCompressor
+from fedcomp.config import ExperimentConfig, config_from_dict
+from fedcomp.data import ImageData, SplitData, load_dataset, partition_indices
+from fedcomp.messages import METRICS_KEY, PAYLOAD_KEY, experiment_from, payload_from, payload_record
+from fedcomp.models import build_model
+from fedcomp.seeding import FAULTS, TRAIN_SHUFFLE, numpy_rng, torch_generator
+
+logger = logging.getLogger(__name__)
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by ``faults.client_raise_rate``."""
+
+
+@dataclass
+class ClientRuntime:
+    """What a client derives once from the configuration (cached per process)."""
+
+    cfg: ExperimentConfig
+    split: SplitData
+    partition_id: int
+    data: ImageData
+    model_specs: tuple[TensorSpec, ...]
+    compressor: UpdateCompressor
+    device: torch.device
+
+
+@functools.lru_cache(maxsize=16)
+def _runtime(config_json: str, partition_id: int, num_partitions: int) -> ClientRuntime:
+    cfg = config_from_dict(json.loads(config_json))
+    if num_partitions != cfg.federation.num_clients:
+        raise ValueError(f"node has num-partitions={num_partitions}, config has {cfg.federation.num_clients} clients")
+    d = cfg.data
+    split = load_dataset(d.dataset, d.data_dir, d.download, d.test_size, cfg.seed)
+    parts = partition_indices(
+        split.train.labels.numpy(),
+        cfg.federation.num_clients,
+        d.partition,
+        alpha=d.alpha,
+        classes_per_client=d.classes_per_client,
+        seed=cfg.seed,
+    )
+    model = build_model(cfg.model.name, split.input_shape, split.num_classes)
+    comp_cls = UPDATE_COMPRESSORS.get(cfg.uplink.name)
+    compressor = comp_cls(comp_cls.parse_params(cfg.uplink.params, "uplink"), seed=cfg.seed)
+    return ClientRuntime(
+        cfg=cfg,
+        split=split,
+        partition_id=partition_id,
+        data=split.train.subset(parts[partition_id]),
+        model_specs=tuple(specs_of(model.state_dict())),
+        compressor=compressor,
+        device=resolve_device(cfg.simulation.device),
+    )
+
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of local training; replies with the compressed update."""
+    t0 = time.perf_counter()
+    partition_id = int(context.node_config["partition-id"])
+    num_partitions = int(context.node_config["num-partitions"])
+    rt = _runtime(json.dumps(experiment_from(msg.content), sort_keys=True), partition_id, num_partitions)
+    cfg = rt.cfg
+    server_round = int(msg.content.config_records["config"]["server-round"])
+    torch.set_num_threads(max(1, int(cfg.simulation.num_cpus)))
+
+    if cfg.faults.client_raise_rate > 0:
+        if numpy_rng(cfg.seed, FAULTS, server_round, partition_id).random() < cfg.faults.client_raise_rate:
+            raise InjectedFault(f"injected fault: client {partition_id} in round {server_round}")
+
+    # Downlink: the global model arrives as a payload, decoded against our own specs.
+    global_state = IdentityCompressor().decode(payload_from(msg.content), DecodeLimits.for_specs(rt.model_specs))
+    model = build_model(cfg.model.name, rt.split.input_shape, rt.split.num_classes)
+    model.load_state_dict(global_state)
+    model.to(rt.device)
+    before = float_state(model)
+    t_decode = time.perf_counter()
+
+    gen = torch_generator(cfg.seed, TRAIN_SHUFFLE, server_round, partition_id)
+    stats = train_local(model, rt.data, cfg.client, gen, rt.device)
+    t_train = time.perf_counter()
+
+    update = model_delta(float_state(model), before)
+    encoded = rt.compressor.encode(update)
+    t_encode = time.perf_counter()
+
+    metrics = {
+        "num-examples": stats.num_examples,
+        "partition-id": partition_id,
+        "train_loss": stats.loss,
+        "local_steps": stats.steps,
+        "decode_s": t_decode - t0,
+        "train_s": t_train - t_decode,
+        "encode_s": t_encode - t_train,
+        **{f"uplink_{k}": float(v) for k, v in encoded.metrics.items()},
+    }
+    content = RecordDict({PAYLOAD_KEY: payload_record(encoded.payload), METRICS_KEY: MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,86 @@
+"""Local training and evaluation: the plain PyTorch loop every client runs.
+
+Kept free of Flower so the overhead benchmark can run exactly the same
+training without the federation around it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedcomp.config import ClientConfig
+from fedcomp.data import ImageData
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``auto`` is CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("simulation.device = 'cuda' but no CUDA device is available")
+    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def make_optimizer(model: nn.Module, cfg: ClientConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class TrainStats:
+    loss: float
+    """Mean training loss over the local steps."""
+    num_examples: int
+    """Size of the local dataset (the FedAvg weight)."""
+    steps: int
+
+
+def train_local(
+    model: nn.Module, data: ImageData, cfg: ClientConfig, generator: torch.Generator, device: torch.device
+) -> TrainStats:
+    """Train in place for ``local_steps`` mini-batches if set, else ``local_epochs``."""
+    model.train()
+    opt = make_optimizer(model, cfg)
+    budget = cfg.local_steps if cfg.local_steps > 0 else None
+    total, steps = 0.0, 0
+    epochs = cfg.local_epochs if budget is None else 1 << 30
+    for _ in range(epochs):
+        for x, y in data.batches(cfg.batch_size, generator, device):
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            steps += 1
+            if budget is not None and steps >= budget:
+                return TrainStats(total / steps, len(data), steps)
+    return TrainStats(total / max(steps, 1), len(data), steps)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageData, device: torch.device, batch_size: int = 1000) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy on ``data``."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for x, y in data.batches(batch_size, None, device):
+        out = model(x)
+        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+    n = max(len(data), 1)
+    return loss_sum / n, correct / n
+
+
+def float_state(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
+    """The model's floating-point state (parameters and float buffers), detached on CPU."""
+    return OrderedDict((k, v.detach().to("cpu").clone()) for k, v in model.state_dict().items() if v.is_floating_point())
+
+
+def model_delta(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+    """The update ``w_local − w_global`` over the floating-point entries of ``before``."""
+    return OrderedDict((k, after[k].float() - v.float()) for k, v in before.items() if v.is_floating_point())

@@ -1,0 +1,264 @@
+"""The payload container: the framing every fedcomp payload travels in.
+
+Layout (all integers little-endian)::
+
+    magic      4 bytes  b"FCMP"
+    version    u8       FORMAT_VERSION
+    codec      u8 length + UTF-8 name
+    params     u32 length + UTF-8 JSON object (the codec's parameters)
+    n_tensors  u32
+    per tensor: u16 name length + UTF-8 name, u8 dtype code, u8 ndim, ndim × u32 dims
+    body       u64 length + bytes (the codec's own encoding)
+    crc32      u32 over every byte before it
+
+The decoder checks the CRC first, then every declared length against the
+bytes actually present and against :class:`DecodeLimits` before anything is
+allocated; when the receiver knows which tensors to expect (the server knows
+its model's specs) they are compared too. Every failure is a
+:class:`~fedcomp.coding.errors.DecodeError` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedcomp.coding.errors import (
+    ChecksumError,
+    DecodeError,
+    LimitExceededError,
+    SpecMismatchError,
+    TruncatedPayloadError,
+)
+
+MAGIC = b"FCMP"
+FORMAT_VERSION = 1
+
+# Wire codes for tensor dtypes. Codes are part of the format: never reuse one.
+DTYPE_CODES: dict[torch.dtype, int] = {
+    torch.float32: 1,
+    torch.float16: 2,
+    torch.bfloat16: 3,
+    torch.float64: 4,
+    torch.int64: 5,
+    torch.int32: 6,
+    torch.uint8: 7,
+    torch.bool: 8,
+    torch.int8: 9,
+}
+CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape and dtype of one tensor in a payload."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+
+    @classmethod
+    def of(cls, name: str, tensor: torch.Tensor) -> TensorSpec:
+        return cls(name, tuple(tensor.shape), tensor.dtype)
+
+
+def specs_of(tensors: dict[str, torch.Tensor]) -> list[TensorSpec]:
+    """Specs of an ordered mapping of tensors, in its order."""
+    return [TensorSpec.of(name, t) for name, t in tensors.items()]
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What a receiver is willing to accept before it allocates anything."""
+
+    max_payload_bytes: int = 1 << 31
+    max_tensors: int = 10_000
+    max_elements: int = 1 << 30
+    """Elements summed over all tensors."""
+    max_ndim: int = 8
+    max_params_bytes: int = 1 << 16
+    expected: tuple[TensorSpec, ...] | None = None
+    """If given, the payload must hold exactly these tensors, in this order."""
+
+    @classmethod
+    def for_specs(cls, specs: Sequence[TensorSpec], slack_bytes: int = 1 << 20) -> DecodeLimits:
+        """Limits that admit exactly ``specs``: the server's own model, say.
+
+        The byte bound allows the dense size of every tensor (no codec
+        should need more) plus ``slack_bytes`` of framing and side data.
+        """
+        dense = sum(s.nbytes for s in specs)
+        return cls(
+            max_payload_bytes=dense + slack_bytes + 64 * len(specs),
+            max_tensors=len(specs),
+            max_elements=sum(s.numel for s in specs),
+            expected=tuple(specs),
+        )
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A decoded container: the codec, its parameters, the specs and the body."""
+
+    codec: str
+    params: dict[str, Any]
+    specs: tuple[TensorSpec, ...]
+    body: bytes
+
+
+def pack(codec: str, params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes) -> bytes:
+    """Frame ``body`` as a container (see module docstring for the layout)."""
+    name = codec.encode("utf-8")
+    if not 0 < len(name) < 256:
+        raise ValueError(f"codec name must be 1..255 bytes, got {codec!r}")
+    params_json = json.dumps(params, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    parts = [MAGIC, struct.pack("<BB", FORMAT_VERSION, len(name)), name]
+    parts += [struct.pack("<I", len(params_json)), params_json, struct.pack("<I", len(specs))]
+    for spec in specs:
+        tname = spec.name.encode("utf-8")
+        if len(tname) > 0xFFFF:
+            raise ValueError(f"tensor name too long: {spec.name[:40]!r}...")
+        if spec.dtype not in DTYPE_CODES:
+            raise ValueError(f"tensor {spec.name!r}: dtype {spec.dtype} has no wire code")
+        parts += [struct.pack("<H", len(tname)), tname, struct.pack("<BB", DTYPE_CODES[spec.dtype], len(spec.shape))]
+        parts.append(struct.pack(f"<{len(spec.shape)}I", *spec.shape))
+    parts += [struct.pack("<Q", len(body)), body]
+    head = b"".join(parts)
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+class _Reader:
+    """A bounds-checked cursor over a payload; every read names its field."""
+
+    def __init__(self, data: bytes, end: int) -> None:
+        self.data = data
+        self.pos = 0
+        self.end = end
+
+    def take(self, n: int, field: str) -> bytes:
+        if n < 0 or self.pos + n > self.end:
+            raise TruncatedPayloadError(
+                f"payload truncated in {field}: needs {n} bytes at offset {self.pos}, "
+                f"{self.end - self.pos} left"
+            )
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: str, field: str) -> tuple[Any, ...]:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt), field))
+
+
+def unpack(data: bytes, limits: DecodeLimits | None = None) -> Payload:
+    """Parse and check a container; raise :class:`DecodeError` on any fault."""
+    limits = limits or DecodeLimits()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DecodeError(f"payload must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > limits.max_payload_bytes:
+        raise LimitExceededError(f"payload is {len(data)} bytes, limit is {limits.max_payload_bytes}")
+    if len(data) < len(MAGIC) + 4:
+        raise TruncatedPayloadError(f"payload is only {len(data)} bytes: too short for a container")
+    if data[:4] != MAGIC:
+        raise DecodeError(f"bad magic {data[:4]!r} at offset 0: not a fedcomp payload")
+    (crc,) = struct.unpack("<I", data[-4:])
+    if zlib.crc32(data[:-4]) != crc:
+        raise ChecksumError(f"CRC32 mismatch over {len(data) - 4} bytes: payload corrupted")
+
+    r = _Reader(data, len(data) - 4)
+    r.take(4, "magic")
+    version, name_len = r.unpack("<BB", "version")
+    if version != FORMAT_VERSION:
+        raise DecodeError(f"unsupported format version {version} (this fedcomp reads {FORMAT_VERSION})")
+    try:
+        codec = r.take(name_len, "codec name").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"codec name is not UTF-8: {exc}") from None
+    (params_len,) = r.unpack("<I", "params length")
+    if params_len > limits.max_params_bytes:
+        raise LimitExceededError(f"codec params declare {params_len} bytes, limit {limits.max_params_bytes}")
+    params = _parse_params(r.take(params_len, "codec params"))
+    (n_tensors,) = r.unpack("<I", "tensor count")
+    if n_tensors > limits.max_tensors:
+        raise LimitExceededError(f"payload declares {n_tensors} tensors, limit is {limits.max_tensors}")
+    specs = tuple(_read_spec(r, i, limits) for i in range(n_tensors))
+    total = sum(s.numel for s in specs)
+    if total > limits.max_elements:
+        raise LimitExceededError(f"payload declares {total} elements in all, limit is {limits.max_elements}")
+    if limits.expected is not None:
+        _check_expected(specs, limits.expected)
+    (body_len,) = r.unpack("<Q", "body length")
+    body = r.take(body_len, "body")
+    if r.pos != r.end:
+        raise DecodeError(f"{r.end - r.pos} unexpected bytes after the body at offset {r.pos}")
+    return Payload(codec, params, specs, body)
+
+
+def _parse_params(raw: bytes) -> dict[str, Any]:
+    try:
+        params = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise DecodeError(f"codec params are not a JSON object: {exc}") from None
+    if not isinstance(params, dict):
+        raise DecodeError(f"codec params must be a JSON object, got {type(params).__name__}")
+    return params
+
+
+def _read_spec(r: _Reader, index: int, limits: DecodeLimits) -> TensorSpec:
+    where = f"tensor #{index}"
+    (name_len,) = r.unpack("<H", f"{where} name length")
+    try:
+        name = r.take(name_len, f"{where} name").decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError(f"{where}: name is not UTF-8") from None
+    code, ndim = r.unpack("<BB", f"{where} dtype")
+    if code not in CODE_DTYPES:
+        raise DecodeError(f"{where} ({name!r}): unknown dtype code {code}")
+    if ndim > limits.max_ndim:
+        raise LimitExceededError(f"{where} ({name!r}): {ndim} dimensions, limit is {limits.max_ndim}")
+    shape = r.unpack(f"<{ndim}I", f"{where} shape")
+    if math.prod(shape) > limits.max_elements:
+        raise LimitExceededError(f"{where} ({name!r}): shape {shape} exceeds {limits.max_elements} elements")
+    return TensorSpec(name, tuple(shape), CODE_DTYPES[code])
+
+
+def _check_expected(got: tuple[TensorSpec, ...], want: tuple[TensorSpec, ...]) -> None:
+    if len(got) != len(want):
+        raise SpecMismatchError(f"payload holds {len(got)} tensors, expected {len(want)}")
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        if g.name != w.name:
+            raise SpecMismatchError(f"tensor #{i} is named {g.name!r}, expected {w.name!r}")
+        if g.shape != w.shape:
+            raise SpecMismatchError(f"tensor {g.name!r} has shape {g.shape}, expected {w.shape}")
+
+
+def tensor_to_bytes(t: torch.Tensor) -> bytes:
+    """The raw little-endian bytes of a tensor in its own dtype."""
+    t = t.detach().to("cpu").contiguous().reshape(-1)
+    if t.numel() == 0:
+        return b""
+    return t.view(torch.uint8).numpy().tobytes()
+
+
+def tensor_from_bytes(raw: bytes, spec: TensorSpec) -> torch.Tensor:
+    """Inverse of :func:`tensor_to_bytes`; the length must match the spec."""
+    if len(raw) != spec.nbytes:
+        raise DecodeError(f"tensor {spec.name!r}: {len(raw)} bytes for {spec.nbytes} expected")
+    if spec.numel == 0:
+        return torch.empty(spec.shape, dtype=spec.dtype)
+    return torch.frombuffer(bytearray(raw), dtype=spec.dtype).reshape(spec.shape)

@@ -1,0 +1,37 @@
+"""The identity codec: every tensor sent dense, in its own dtype.
+
+The uncompressed reference point every compression ratio is measured
+against. Float updates travel as fp32 (four bytes a coordinate), framed in
+the standard container (header, tensor specs, CRC32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from fedcomp.coding import DecodeError, TensorSpec, pack, specs_of, tensor_from_bytes, tensor_to_bytes
+from fedcomp.compressors.update import UPDATE_COMPRESSORS
+from fedcomp.compressors.update.base import Encoded, Update, UpdateCompressor
+
+
+@UPDATE_COMPRESSORS.register("identity", "no compression: dense fp32 (the reference)")
+class IdentityCompressor(UpdateCompressor):
+    name = "identity"
+
+    def encode(self, update: Update, state: Any = None) -> Encoded:
+        tensors = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v for k, v in update.items()}
+        body = b"".join(tensor_to_bytes(t) for t in tensors.values())
+        return Encoded(pack(self.name, {}, specs_of(tensors), body), {"density": 1.0}, state)
+
+    def decode_body(self, params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes) -> dict[str, torch.Tensor]:
+        need = sum(s.nbytes for s in specs)
+        if len(body) != need:
+            raise DecodeError(f"identity: body is {len(body)} bytes, the specs need {need}")
+        out, pos = {}, 0
+        for spec in specs:
+            out[spec.name] = tensor_from_bytes(body[pos : pos + spec.nbytes], spec)
+            pos += spec.nbytes
+        return out

@@ -1,0 +1,346 @@
+"""Typed experiment configuration: dataclasses, TOML loading and validation.
+
+A configuration is a tree of dataclasses. It is built from a TOML file (or a
+plain dict) by :func:`config_from_dict`, which refuses unknown keys, wrong
+types and impossible values with a :class:`ConfigError` naming the dotted
+key and what was expected. ``--set section.key=value`` overrides are parsed
+with TOML's own value syntax (``rounds=3``, ``lr=0.1``, ``name="x"``; a bare
+word is taken as a string).
+
+Compressor sections (``[uplink]``) hold ``name`` plus the method's own
+parameters; those are checked by the compressor's own parameter dataclass
+(see :mod:`fedcomp.compressors.update`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, has the wrong type or an impossible value."""
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where it lives, and how it is split across clients."""
+
+    dataset: str = "mnist5k"
+    """A name from ``fedcomp list``: ``mnist5k`` (embedded) or a torchvision set."""
+    data_dir: str = ""
+    """Folder holding torchvision datasets (unused by the embedded set)."""
+    download: bool = False
+    """Let torchvision download a missing dataset (needs the internet)."""
+    test_size: int = 1000
+    """Embedded set only: images held out for the server's test set."""
+    partition: Literal["iid", "dirichlet", "pathological"] = "iid"
+    alpha: float = 0.5
+    """Dirichlet concentration: smaller means more label skew."""
+    classes_per_client: int = 2
+    """Pathological partition: number of classes each client holds."""
+
+    def validate(self, path: str) -> None:
+        _require(self.test_size > 0, f"{path}.test_size", "a positive integer")
+        _require(self.alpha > 0 and math.isfinite(self.alpha), f"{path}.alpha", "a finite number > 0")
+        _require(self.classes_per_client >= 1, f"{path}.classes_per_client", "an integer >= 1")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lenet5_caffe"
+    """A name from ``fedcomp list``."""
+
+
+@dataclass
+class FederationConfig:
+    """The federation: how many clients, rounds, and who trains each round."""
+
+    num_clients: int = 10
+    rounds: int = 5
+    fraction_train: float = 1.0
+    """Fraction of clients sampled for training each round."""
+    min_train_clients: int = 2
+    """Never sample fewer than this many clients."""
+    server_lr: float = 1.0
+    """Server step size on the averaged update (1.0 is plain FedAvg)."""
+    evaluate_every: int = 1
+    """Centralized evaluation every this many rounds (0 = only after the last)."""
+    round_timeout_s: float = 600.0
+    """A client reply not back within this many seconds counts as failed."""
+
+    def validate(self, path: str) -> None:
+        _require(self.num_clients >= 1, f"{path}.num_clients", "an integer >= 1")
+        _require(self.rounds >= 1, f"{path}.rounds", "an integer >= 1")
+        _require(0 < self.fraction_train <= 1, f"{path}.fraction_train", "a number in (0, 1]")
+        _require(
+            1 <= self.min_train_clients <= self.num_clients,
+            f"{path}.min_train_clients",
+            f"an integer between 1 and num_clients ({self.num_clients})",
+        )
+        _require(self.server_lr > 0, f"{path}.server_lr", "a number > 0")
+        _require(self.evaluate_every >= 0, f"{path}.evaluate_every", "an integer >= 0")
+        _require(self.round_timeout_s > 0, f"{path}.round_timeout_s", "a number of seconds > 0")
+
+
+@dataclass
+class ClientConfig:
+    """Local training on each client."""
+
+    local_epochs: int = 1
+    local_steps: int = 0
+    """If > 0, train exactly this many mini-batch steps instead of epochs
+    (``local_steps = 1`` is FedSGD, the gradient-compression setting)."""
+    batch_size: int = 32
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def validate(self, path: str) -> None:
+        _require(self.local_epochs >= 1, f"{path}.local_epochs", "an integer >= 1")
+        _require(self.local_steps >= 0, f"{path}.local_steps", "an integer >= 0")
+        _require(self.batch_size >= 1, f"{path}.batch_size", "an integer >= 1")
+        _require(self.lr > 0, f"{path}.lr", "a number > 0")
+        _require(0 <= self.momentum < 1, f"{path}.momentum", "a number in [0, 1)")
+        _require(self.weight_decay >= 0, f"{path}.weight_decay", "a number >= 0")
+
+
+@dataclass
+class UplinkConfig:
+    """The update compressor clients use, with its own parameters."""
+
+    name: str = "identity"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SimulationConfig:
+    """How Flower's simulation engine places clients on this machine."""
+
+    num_cpus: float = 1.0
+    """CPUs reserved per simulated client (Ray resource)."""
+    num_gpus: float = 0.0
+    """GPUs per client; fractions share a GPU (memory is not capped)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where clients and the server's evaluation run; auto = CUDA if present."""
+    ray_address: str = ""
+    """Attach to this Ray cluster instead of starting a local one ("" = local)."""
+
+    def validate(self, path: str) -> None:
+        _require(self.num_cpus > 0, f"{path}.num_cpus", "a number > 0")
+        _require(self.num_gpus >= 0, f"{path}.num_gpus", "a number >= 0")
+
+
+@dataclass
+class FaultConfig:
+    """Injected faults, for testing that runs survive failing clients."""
+
+    client_raise_rate: float = 0.0
+    """Probability that a sampled client raises instead of training (seeded)."""
+
+    def validate(self, path: str) -> None:
+        _require(0 <= self.client_raise_rate <= 1, f"{path}.client_raise_rate", "a probability in [0, 1]")
+
+
+@dataclass
+class ExperimentConfig:
+    """One federated experiment. Every section has working defaults."""
+
+    name: str = "experiment"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    uplink: UplinkConfig = field(default_factory=UplinkConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+
+    def validate(self, path: str = "") -> None:
+        _require(bool(self.name.strip()), "name", "a non-empty string")
+        _require(self.seed >= 0, "seed", "an integer >= 0")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value) and hasattr(value, "validate"):
+                value.validate(f.name)
+        _check_registered(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration in its TOML shape (uplink parameters inline)."""
+        data = dataclasses.asdict(self)
+        uplink = data.pop("uplink")
+        data["uplink"] = {"name": uplink["name"], **uplink["params"]}
+        return data
+
+
+def _require(ok: bool, key: str, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': expected {expected}")
+
+
+def _check_registered(cfg: ExperimentConfig) -> None:
+    """Names must exist in their registries; compressor params must fit."""
+    # Imported here: the registries import torch, the config module does not.
+    from fedcomp.compressors.update import UPDATE_COMPRESSORS
+    from fedcomp.data import DATASETS
+    from fedcomp.models import MODELS
+
+    for key, name, registry in (
+        ("data.dataset", cfg.data.dataset, DATASETS),
+        ("model.name", cfg.model.name, MODELS),
+        ("uplink.name", cfg.uplink.name, UPDATE_COMPRESSORS),
+    ):
+        if name not in registry:
+            raise ConfigError(f"config key '{key}': unknown name {name!r}; choose one of {sorted(registry)}")
+    UPDATE_COMPRESSORS.get(cfg.uplink.name).parse_params(cfg.uplink.params, "uplink")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from nested dicts."""
+    cfg = _build(ExperimentConfig, data, "")
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Load a TOML file, apply ``key=value`` overrides, validate."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p} is not valid TOML: {exc}") from exc
+    apply_overrides(data, overrides)
+    return config_from_dict(data)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a nested dict, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected the form section.key=value")
+        value = parse_value(raw.strip())
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def parse_value(raw: str) -> Any:
+    """Parse one override value with TOML syntax; a bare word is a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved configuration as TOML (loadable by :func:`load_config`)."""
+    return tomli_w.dumps(cfg.to_dict())
+
+
+# Sections whose extra keys are a method's own parameters, kept in ``params``.
+_OPEN_SECTIONS = {UplinkConfig}
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{path}': expected a table (section), got {_type_name(data)}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else key
+        if cls in _OPEN_SECTIONS and key != "name":
+            extra[key] = value
+            continue
+        if key not in names:
+            raise ConfigError(f"unknown config key '{dotted}'; known keys here: {sorted(names)}")
+        kwargs[key] = _coerce(hints[key], value, dotted)
+    if cls in _OPEN_SECTIONS:
+        kwargs["params"] = extra
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"config key '{path}': expected one of {list(allowed)}, got {value!r}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        for arm in typing.get_args(tp):
+            try:
+                return _coerce(arm, value, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{path}': expected {tp}, got {value!r}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{path}': expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{path}': expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{path}': expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{path}': expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{path}': expected a string, got {value!r}")
+        return value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{path}': expected a table, got {value!r}")
+        return dict(value)
+    if origin is tuple or origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{path}': expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return type(value)(_coerce(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if tp is Any:
+        return value
+    raise ConfigError(f"config key '{path}': unsupported type {tp}")  # pragma: no cover
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def params_from_dict(cls: type, data: dict[str, Any], path: str) -> Any:
+    """Build a method's parameter dataclass (with its ``validate``) from a dict."""
+    obj = _build(cls, data, path)
+    if hasattr(obj, "validate"):
+        obj.validate(path)
+    return obj

@@ -1,0 +1,57 @@
+"""A name → factory registry, one per family (datasets, models, compressors).
+
+Adding a member is one decorated definition in its own module plus the
+import line in the family's ``__init__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """A name that is not in a registry; the message lists the choices."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """Maps names to entries of one family, with a one-line summary each."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self._entries: dict[str, T] = {}
+        self._summaries: dict[str, str] = {}
+
+    def register(self, name: str, summary: str = "") -> Callable[[T], T]:
+        def decorator(entry: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.family} {name!r} is registered twice")
+            self._entries[name] = entry
+            doc = summary or (getattr(entry, "__doc__", None) or "").strip().splitlines()[:1]
+            self._summaries[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            return entry
+
+        return decorator
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(f"unknown {self.family} {name!r}; choose one of {sorted(self._entries)}") from None
+
+    def summary(self, name: str) -> str:
+        return self._summaries[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)

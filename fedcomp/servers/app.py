@@ -1,0 +1,137 @@
+"""The Flower ServerApp: wiring, centralized evaluation, run recording.
+
+The round loop is Flower's own (``Strategy.start``); fedcomp hooks in
+through the strategy (payloads, bytes) and through ``evaluate_fn``, which
+runs once at the end of every round: it evaluates the global model on the
+server's test set when due and appends the round's row to the run
+directory, so a row is on disk as soon as its round is over.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from tqdm.auto import tqdm
+
+from fedcomp.clients.training import evaluate, resolve_device
+from fedcomp.coding import specs_of
+from fedcomp.compressors.update import UPDATE_COMPRESSORS
+from fedcomp.config import ExperimentConfig
+from fedcomp.data import load_dataset
+from fedcomp.messages import config_record
+from fedcomp.models import build_model
+from fedcomp.seeding import MODEL_INIT, derive_seed
+from fedcomp.servers.recorder import RoundRow, RunRecorder
+from fedcomp.strategies.fedavg import CompressedFedAvg
+
+logger = logging.getLogger(__name__)
+
+
+def initial_model(cfg: ExperimentConfig, input_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
+    """The round-0 global model, initialized from the experiment seed.
+
+    torch modules initialize from the global generator; it is forked so the
+    caller's random state is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, MODEL_INIT))
+        return build_model(cfg.model.name, input_shape, num_classes)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} GB"  # pragma: no cover
+
+
+def serve(grid: Grid, cfg: ExperimentConfig, recorder: RunRecorder, show_progress: bool = True) -> None:
+    """Run the whole federation for ``cfg`` on ``grid``, recording every round."""
+    d = cfg.data
+    split = load_dataset(d.dataset, d.data_dir, d.download, d.test_size, cfg.seed)
+    model = initial_model(cfg, split.input_shape, split.num_classes)
+    device = resolve_device(cfg.simulation.device)
+    comp_cls = UPDATE_COMPRESSORS.get(cfg.uplink.name)
+    strategy = CompressedFedAvg(
+        uplink=comp_cls(comp_cls.parse_params(cfg.uplink.params, "uplink"), seed=cfg.seed),
+        model_specs=specs_of(model.state_dict()),
+        num_clients=cfg.federation.num_clients,
+        fraction_train=cfg.federation.fraction_train,
+        min_train_clients=cfg.federation.min_train_clients,
+        server_lr=cfg.federation.server_lr,
+        seed=cfg.seed,
+    )
+    rounds = cfg.federation.rounds
+    every = cfg.federation.evaluate_every
+    eval_model = build_model(cfg.model.name, split.input_shape, split.num_classes).to(device)
+    latest = {"arrays": ArrayRecord(model.state_dict())}
+    bar = tqdm(total=rounds, unit="round", desc=cfg.name, disable=not show_progress, dynamic_ncols=True)
+    totals = {"up": 0, "down": 0}
+
+    def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            return None
+        latest["arrays"] = arrays
+        stats = strategy.take_round_stats()
+        if stats is None:  # pragma: no cover - Flower always trains before this hook
+            return None
+        acc = loss = None
+        if (every and server_round % every == 0) or server_round == rounds:
+            eval_model.load_state_dict(arrays.to_torch_state_dict())
+            loss, acc = evaluate(eval_model, split.test, device)
+        row = RoundRow(
+            round=server_round,
+            sampled_clients=len(stats.sampled_nodes),
+            clients=stats.clients,
+            failed_clients=len(stats.failures),
+            failures=[{"node_id": f.node_id, "reason": f.reason, "uplink_bytes": f.uplink_bytes} for f in stats.failures],
+            train_loss=stats.train_loss,
+            test_accuracy=acc,
+            test_loss=loss,
+            uplink_bytes=stats.uplink_bytes_total,
+            uplink_bytes_per_client=stats.uplink_bytes,
+            downlink_bytes=stats.downlink_bytes,
+            downlink_bytes_per_client=stats.downlink_bytes_per_client,
+            wall_s=time.perf_counter() - stats.started,
+            client_metrics=stats.client_metrics,
+        )
+        recorder.append(row)
+        totals["up"] += row.uplink_bytes
+        totals["down"] += row.downlink_bytes
+        postfix = {"up": human_bytes(totals["up"]), "down": human_bytes(totals["down"])}
+        if acc is not None:
+            postfix = {"acc": f"{acc:.4f}", **postfix}
+        if row.failed_clients:
+            postfix["failed"] = row.failed_clients
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+        return MetricRecord({"test_accuracy": acc}) if acc is not None else None
+
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=latest["arrays"],
+            num_rounds=rounds,
+            timeout=cfg.federation.round_timeout_s,
+            train_config=config_record(cfg.to_dict()),
+            evaluate_fn=end_of_round,
+        )
+    finally:
+        bar.close()
+    recorder.save_model(latest["arrays"].to_torch_state_dict())
+
+
+def build_server_app(cfg: ExperimentConfig, recorder: RunRecorder, show_progress: bool = True) -> ServerApp:
+    """A ServerApp bound to one experiment and its run directory."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        serve(grid, cfg, recorder, show_progress)
+
+    return app

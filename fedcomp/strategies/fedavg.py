@@ -1,0 +1,221 @@
+"""FedAvg with every transfer carried as a ``bytes`` payload and counted.
+
+:class:`CompressedFedAvg` is Flower's message-API FedAvg with the transport
+replaced: the global model is broadcast as a payload, each reply's update
+is a payload decoded by the configured update compressor, and this class
+is the one place bytes are counted (``len(payload)`` both ways, STYLE.md's
+single measuring stage). Aggregation is FedAvg on the decoded updates
+(weighted by ``num-examples``) followed by a server step of size
+``server_lr``. Replies that carry an error, or a payload that does not
+decode, are recorded as failed with the reason; the round aggregates the
+rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedcomp.coding import DecodeError, DecodeLimits, TensorSpec
+from fedcomp.compressors.update.base import UpdateCompressor
+from fedcomp.compressors.update.identity import IdentityCompressor
+from fedcomp.messages import CONFIG_KEY, METRICS_KEY, PAYLOAD_KEY, payload_from, payload_record
+from fedcomp.seeding import CLIENT_SAMPLING, numpy_rng
+
+logger = logging.getLogger(__name__)
+
+
+class NotEnoughClientsError(RuntimeError):
+    """Fewer nodes connected than the round needs, within the wait limit."""
+
+
+@dataclass
+class ClientFailure:
+    node_id: int
+    reason: str
+    uplink_bytes: int = 0
+
+
+@dataclass
+class RoundStats:
+    """What crossed the wire in one round and what came of it."""
+
+    round: int
+    sampled_nodes: list[int] = field(default_factory=list)
+    clients: list[int] = field(default_factory=list)
+    """Partition ids of the clients whose update was aggregated."""
+    uplink_bytes: list[int] = field(default_factory=list)
+    """Payload length of each aggregated client's update, same order as ``clients``."""
+    failures: list[ClientFailure] = field(default_factory=list)
+    downlink_bytes_per_client: int = 0
+    train_loss: float | None = None
+    client_metrics: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def downlink_bytes(self) -> int:
+        return self.downlink_bytes_per_client * len(self.sampled_nodes)
+
+    @property
+    def uplink_bytes_total(self) -> int:
+        """Every uplink byte received, undecodable payloads included."""
+        return sum(self.uplink_bytes) + sum(f.uplink_bytes for f in self.failures)
+
+
+class CompressedFedAvg(FedAvg):
+    """FedAvg over real payloads, with seeded client sampling and byte accounting."""
+
+    def __init__(
+        self,
+        *,
+        uplink: UpdateCompressor,
+        model_specs: list[TensorSpec],
+        num_clients: int,
+        fraction_train: float = 1.0,
+        min_train_clients: int = 2,
+        server_lr: float = 1.0,
+        seed: int = 0,
+        node_wait_s: float = 120.0,
+    ) -> None:
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=0.0,  # evaluation is centralized, on the server
+            min_train_nodes=min_train_clients,
+            min_available_nodes=min_train_clients,
+        )
+        self.uplink = uplink
+        self.downlink = IdentityCompressor()
+        self.model_specs = list(model_specs)
+        float_specs = [s for s in model_specs if s.dtype.is_floating_point]
+        self.update_limits = DecodeLimits.for_specs(float_specs)
+        self.num_clients = num_clients
+        self.server_lr = server_lr
+        self.seed = seed
+        self.node_wait_s = node_wait_s
+        self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.current: RoundStats | None = None
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, grid: Grid, server_round: int) -> list[int]:
+        """Seeded sample of ``fraction_train`` of the nodes (at least the minimum)."""
+        deadline = time.monotonic() + self.node_wait_s
+        while len(nodes := sorted(grid.get_node_ids())) < self.num_clients:
+            if time.monotonic() > deadline:
+                if len(nodes) >= self.min_train_nodes:
+                    logger.warning("only %d of %d nodes connected; sampling from those", len(nodes), self.num_clients)
+                    break
+                raise NotEnoughClientsError(
+                    f"{len(nodes)} nodes connected after {self.node_wait_s:.0f} s; "
+                    f"need at least {self.min_train_nodes} (federation.min_train_clients)"
+                )
+            time.sleep(0.1)
+        size = min(len(nodes), max(int(len(nodes) * self.fraction_train), self.min_train_nodes))
+        rng = numpy_rng(self.seed, CLIENT_SAMPLING, server_round)
+        # Choose positions, not ids: node ids are uint64 and numpy would turn them into floats.
+        return sorted(nodes[int(i)] for i in rng.choice(len(nodes), size=size, replace=False))
+
+    # ------------------------------------------------------------------ train
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Encode the global model once, send the same payload to each sampled node."""
+        stats = RoundStats(round=server_round)
+        self.current = stats
+        self.global_state = OrderedDict(arrays.to_torch_state_dict())
+        payload = self.downlink.encode(self.global_state).payload
+        stats.sampled_nodes = self.sample(grid, server_round)
+        stats.downlink_bytes_per_client = len(payload)
+        config["server-round"] = server_round
+        record = RecordDict({PAYLOAD_KEY: payload_record(payload), CONFIG_KEY: config})
+        return self._construct_messages(record, stats.sampled_nodes, MessageType.TRAIN)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Decode each update, average the good ones, take the server step."""
+        stats = self.current if self.current is not None else RoundStats(round=server_round)
+        decoded: list[tuple[float, OrderedDict[str, torch.Tensor], MetricRecord]] = []
+        replied: set[int] = set()
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            replied.add(node)
+            if msg.has_error():
+                stats.failures.append(ClientFailure(node, f"client error: {msg.error.reason}"))
+                continue
+            try:
+                payload = payload_from(msg.content)
+            except DecodeError as exc:
+                stats.failures.append(ClientFailure(node, f"bad reply: {exc}"))
+                continue
+            try:
+                metrics = msg.content.metric_records[METRICS_KEY]
+                weight = float(metrics["num-examples"])
+                update = self.uplink.decode(payload, self.update_limits)
+            except DecodeError as exc:
+                stats.failures.append(ClientFailure(node, f"undecodable payload: {exc}", len(payload)))
+                continue
+            except (KeyError, TypeError, ValueError) as exc:
+                stats.failures.append(ClientFailure(node, f"reply lacks metrics: {exc!r}", len(payload)))
+                continue
+            stats.clients.append(int(metrics.get("partition-id", -1)))
+            stats.uplink_bytes.append(len(payload))
+            decoded.append((weight, update, metrics))
+        for node in stats.sampled_nodes:
+            if node not in replied:
+                stats.failures.append(ClientFailure(node, "no reply before the round timeout"))
+
+        if not decoded or sum(w for w, _, _ in decoded) <= 0:
+            logger.warning("round %d: no usable update (%d failures)", server_round, len(stats.failures))
+            return None, None
+        new_state = self._fedavg_step([(w, u) for w, u, _ in decoded])
+        stats.train_loss, stats.client_metrics = _weighted_metrics(decoded)
+        return ArrayRecord(new_state), MetricRecord({"train_loss": stats.train_loss})
+
+    def _fedavg_step(self, weighted: list[tuple[float, dict[str, torch.Tensor]]]) -> OrderedDict[str, torch.Tensor]:
+        """w ← w + η_s · Σ_k (n_k / n) Δ_k over the float entries; others kept."""
+        total = sum(w for w, _ in weighted)
+        new_state: OrderedDict[str, torch.Tensor] = OrderedDict()
+        for name, value in self.global_state.items():
+            if not value.is_floating_point():
+                new_state[name] = value
+                continue
+            avg = torch.zeros_like(value, dtype=torch.float32)
+            for w, update in weighted:
+                avg.add_(update[name].to(torch.float32), alpha=w / total)
+            new_state[name] = (value.float() + self.server_lr * avg).to(value.dtype)
+        return new_state
+
+    def take_round_stats(self) -> RoundStats | None:
+        """Hand over (and forget) the statistics of the round just aggregated."""
+        stats, self.current = self.current, None
+        return stats
+
+    def summary(self) -> None:
+        logger.info(
+            "CompressedFedAvg: uplink=%s, fraction_train=%.2f, min_train=%d, server_lr=%g",
+            self.uplink.name,
+            self.fraction_train,
+            self.min_train_nodes,
+            self.server_lr,
+        )
+
+
+def _weighted_metrics(decoded: list[tuple[float, Any, MetricRecord]]) -> tuple[float, dict[str, float]]:
+    """Example-weighted mean of every numeric client metric (loss included)."""
+    total = sum(w for w, _, _ in decoded)
+    sums: dict[str, float] = {}
+    for w, _, metrics in decoded:
+        for key, value in metrics.items():
+            if key in ("num-examples", "partition-id") or not isinstance(value, (int, float)):
+                continue
+            sums[key] = sums.get(key, 0.0) + w * float(value) / total
+    return sums.get("train_loss", float("nan")), sums
