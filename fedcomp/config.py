@@ -146,9 +146,12 @@ class FaultConfig:
 
     client_raise_rate: float = 0.0
     """Probability that a sampled client raises instead of training (seeded)."""
+    corrupt_payload_rate: float = 0.0
+    """Probability that a client's payload has one byte flipped before sending."""
 
     def validate(self, path: str) -> None:
         _require(0 <= self.client_raise_rate <= 1, f"{path}.client_raise_rate", "a probability in [0, 1]")
+        _require(0 <= self.corrupt_payload_rate <= 1, f"{path}.corrupt_payload_rate", "a probability in [0, 1]")
 
 
 @dataclass

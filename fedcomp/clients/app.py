@@ -91,9 +91,9 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content.config_records["config"]["server-round"])
     torch.set_num_threads(max(1, int(cfg.simulation.num_cpus)))
 
-    if cfg.faults.client_raise_rate > 0:
-        if numpy_rng(cfg.seed, FAULTS, server_round, partition_id).random() < cfg.faults.client_raise_rate:
-            raise InjectedFault(f"injected fault: client {partition_id} in round {server_round}")
+    fault_rng = numpy_rng(cfg.seed, FAULTS, server_round, partition_id)
+    if fault_rng.random() < cfg.faults.client_raise_rate:
+        raise InjectedFault(f"injected fault: client {partition_id} in round {server_round}")
 
     # Downlink: the global model arrives as a payload, decoded against our own specs.
     global_state = IdentityCompressor().decode(payload_from(msg.content), DecodeLimits.for_specs(rt.model_specs))
@@ -110,6 +110,10 @@ def train(msg: Message, context: Context) -> Message:
     update = model_delta(float_state(model), before)
     encoded = rt.compressor.encode(update)
     t_encode = time.perf_counter()
+    payload = encoded.payload
+    if fault_rng.random() < cfg.faults.corrupt_payload_rate:  # injected: one flipped byte in transit
+        pos = int(fault_rng.integers(len(payload)))
+        payload = payload[:pos] + bytes([payload[pos] ^ 0xFF]) + payload[pos + 1 :]
 
     metrics = {
         "num-examples": stats.num_examples,
@@ -121,5 +125,5 @@ def train(msg: Message, context: Context) -> Message:
         "encode_s": t_encode - t_train,
         **{f"uplink_{k}": float(v) for k, v in encoded.metrics.items()},
     }
-    content = RecordDict({PAYLOAD_KEY: payload_record(encoded.payload), METRICS_KEY: MetricRecord(metrics)})
+    content = RecordDict({PAYLOAD_KEY: payload_record(payload), METRICS_KEY: MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)

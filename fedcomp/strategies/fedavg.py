@@ -14,6 +14,7 @@ rest.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -149,7 +150,7 @@ class CompressedFedAvg(FedAvg):
             node = int(msg.metadata.src_node_id)
             replied.add(node)
             if msg.has_error():
-                stats.failures.append(ClientFailure(node, f"client error: {msg.error.reason}"))
+                stats.failures.append(ClientFailure(node, f"client error: {_clean_reason(msg.error.reason)}"))
                 continue
             try:
                 payload = payload_from(msg.content)
@@ -207,6 +208,18 @@ class CompressedFedAvg(FedAvg):
             self.min_train_nodes,
             self.server_lr,
         )
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _clean_reason(reason: str, limit: int = 500) -> str:
+    """The client's own exception message, without Ray's wrapping and colour codes."""
+    text = _ANSI.sub("", str(reason))
+    if "Message: " in text:
+        text = text.rsplit("Message: ", 1)[1].rstrip().removesuffix("'>")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _weighted_metrics(decoded: list[tuple[float, Any, MetricRecord]]) -> tuple[float, dict[str, float]]:

@@ -1,0 +1,38 @@
+# Set-up and entry points. Everything installs into .venv in the repo root.
+# torch/torchvision are pinned here (not in pyproject) to the builds this
+# kind of machine serves from local disk; pyproject only asks for a range.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fedcomp-installed
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test lint bench install clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q $(TORCH)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Run the demo federation on the embedded digits and print its table.
+demo: $(STAMP)
+	$(BIN)/fedcomp run simulations/demo.toml
+
+## Lint, then the whole test suite (two workers).
+test: $(STAMP)
+	$(BIN)/ruff check fedcomp tests benchmarks tools
+	$(BIN)/python -m pytest -x -q -n 2 --dist loadfile
+
+lint: $(STAMP)
+	$(BIN)/ruff check fedcomp tests benchmarks tools
+	$(BIN)/ruff format --check fedcomp tests benchmarks tools
+
+## Quick versions of every benchmark.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/simulation_overhead.py --quick
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

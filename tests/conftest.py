@@ -1,0 +1,32 @@
+"""Shared fixtures: small real simulations run once per test module."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+def small_config(tmp_path, **sections) -> dict:
+    """A 3-client, 2-round federation on the embedded digits, as a TOML-shaped dict."""
+    cfg = {
+        "name": "test",
+        "seed": 0,
+        "output_dir": str(tmp_path / "runs"),
+        "federation": {"num_clients": 3, "rounds": 2, "min_train_clients": 2},
+        "client": {"local_epochs": 1, "batch_size": 32, "lr": 0.05},
+        "simulation": {"num_cpus": 1.0},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    return lambda **sections: small_config(tmp_path, **sections)

@@ -1,0 +1,146 @@
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from fedcomp.coding import (
+    ChecksumError,
+    DecodeError,
+    DecodeLimits,
+    LimitExceededError,
+    SpecMismatchError,
+    TensorSpec,
+    TruncatedPayloadError,
+    pack,
+    specs_of,
+    unpack,
+)
+from fedcomp.coding.container import MAGIC
+from fedcomp.compressors.update.identity import IdentityCompressor
+
+
+def _tensors():
+    g = torch.Generator().manual_seed(0)
+    return {
+        "conv.weight": torch.randn(4, 3, 3, 3, generator=g),
+        "conv.bias": torch.randn(4, generator=g),
+        "bn.num_batches_tracked": torch.tensor(7),
+        "empty": torch.zeros(0, 5),
+        "half": torch.randn(6, generator=g).half(),
+        "bf": torch.randn(3, generator=g).bfloat16(),
+    }
+
+
+def test_identity_round_trip_is_exact_in_every_dtype():
+    t = _tensors()
+    codec = IdentityCompressor()
+    payload = codec.encode(t).payload
+    out = codec.decode(payload, DecodeLimits.for_specs(specs_of(t)))
+    assert list(out) == list(t)
+    for k in t:
+        assert out[k].dtype == (torch.float32 if t[k].is_floating_point() else t[k].dtype)
+        assert torch.equal(out[k].to(t[k].dtype), t[k])
+
+
+def test_payload_length_is_header_plus_fp32_body():
+    t = {"w": torch.ones(100, 10)}
+    payload = IdentityCompressor().encode(t).payload
+    parsed = unpack(payload)
+    assert len(parsed.body) == 4000
+    assert len(payload) < 4000 + 64  # a small header
+
+
+def test_container_fields_survive():
+    specs = [TensorSpec("a", (2, 3), torch.float32)]
+    parsed = unpack(pack("x", {"k": 1, "s": "v"}, specs, b"\x01\x02"))
+    assert parsed.codec == "x" and parsed.params == {"k": 1, "s": "v"} and parsed.specs == tuple(specs)
+    assert parsed.body == b"\x01\x02"
+
+
+def _reframe(head: bytes) -> bytes:
+    """A payload with a valid CRC around arbitrary contents (a hostile sender)."""
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+def test_hostile_payloads_raise_typed_errors():
+    good = pack("identity", {}, [TensorSpec("w", (2,), torch.float32)], b"\x00" * 8)
+    with pytest.raises(ChecksumError, match="CRC32"):
+        unpack(good[:-5] + bytes([good[-5] ^ 1]) + good[-4:])
+    with pytest.raises(TruncatedPayloadError):
+        unpack(good[:6])
+    with pytest.raises(DecodeError, match="bad magic"):
+        unpack(b"XXXX" + good[4:])
+    with pytest.raises(DecodeError, match="must be bytes"):
+        unpack("text")  # type: ignore[arg-type]
+    # A terabyte-sized tensor declared in a tiny payload: refused before allocation.
+    huge = pack("identity", {}, [TensorSpec("w", (1 << 20, 1 << 20), torch.float32)], b"")
+    with pytest.raises(LimitExceededError, match="exceeds"):
+        unpack(huge)
+    # A body length far beyond the bytes present.
+    head = good[:-4]
+    body_len_at = len(head) - 8 - 8
+    lying = head[:body_len_at] + struct.pack("<Q", 1 << 40) + head[body_len_at + 8 :]
+    with pytest.raises(TruncatedPayloadError, match="body"):
+        unpack(_reframe(lying))
+    with pytest.raises(LimitExceededError, match="tensors"):
+        unpack(good, DecodeLimits(max_tensors=0))
+    with pytest.raises(LimitExceededError, match="payload is"):
+        unpack(good, DecodeLimits(max_payload_bytes=10))
+
+
+def test_expected_specs_are_enforced():
+    payload = IdentityCompressor().encode({"w": torch.zeros(3)}).payload
+    with pytest.raises(SpecMismatchError, match="named 'w', expected 'v'"):
+        unpack(payload, DecodeLimits(expected=(TensorSpec("v", (3,), torch.float32),)))
+    with pytest.raises(SpecMismatchError, match="shape"):
+        unpack(payload, DecodeLimits(expected=(TensorSpec("w", (4,), torch.float32),)))
+    with pytest.raises(SpecMismatchError, match="holds 1 tensors"):
+        unpack(payload, DecodeLimits(expected=()))
+
+
+def test_wrong_codec_is_refused():
+    payload = pack("other", {}, [], b"")
+    with pytest.raises(DecodeError, match="codec 'other'"):
+        IdentityCompressor().decode(payload, DecodeLimits())
+
+
+def test_fuzz_only_decode_errors_escape():
+    """10,000 bit-flipped, cut, spliced and re-checksummed payloads."""
+    rng = np.random.default_rng(1234)
+    t = _tensors()
+    limits = DecodeLimits.for_specs(specs_of(t))
+    codec = IdentityCompressor()
+    good = codec.encode(t).payload
+    other = codec.encode({"x": torch.ones(7)}).payload
+    decoded_ok = [0] * 5
+    for i in range(10_000):
+        data = bytearray(good)
+        kind = i % 5
+        if kind == 0:  # random bit flips
+            for pos in rng.integers(0, len(data) * 8, size=rng.integers(1, 4)):
+                data[pos // 8] ^= 1 << (pos % 8)
+        elif kind == 1:  # truncation
+            data = data[: rng.integers(0, len(data))]
+        elif kind == 2:  # splice with another payload
+            cut = rng.integers(0, len(data))
+            data = data[:cut] + other[rng.integers(0, len(other)) :]
+        elif kind == 3:  # flips behind a valid CRC: the parser itself must hold
+            head = bytearray(good[:-4])
+            for pos in rng.integers(0, len(head) * 8, size=rng.integers(1, 4)):
+                head[pos // 8] ^= 1 << (pos % 8)
+            data = bytearray(_reframe(bytes(head)))
+        else:  # random garbage, sometimes with our magic
+            data = bytearray(rng.integers(0, 256, size=rng.integers(0, 200), dtype=np.uint8).tobytes())
+            if rng.random() < 0.5:
+                data = bytearray(_reframe(MAGIC + bytes(data)))
+        try:
+            codec.decode(bytes(data), limits)
+            decoded_ok[kind] += 1
+        except DecodeError:
+            pass  # the one exception type allowed out; anything else fails the test
+    # Without a matching CRC nothing may decode; behind a forged CRC, flips that land in
+    # the fp32 body are legal values, so some of those decode (and must, not crash).
+    assert decoded_ok[0] == decoded_ok[1] == decoded_ok[2] == decoded_ok[4] == 0
+    assert 0 < decoded_ok[3] < 2000
