@@ -17,4 +17,4 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) 
     return MODELS.get(name)(input_shape, num_classes)
 
 
-from fedcomp.models import lenet, mlp, resnet_cifar, resnet18, vgg  # noqa: E402,F401  (register)
+from fedcomp.models import lenet, mlp, resnet18, resnet_cifar, vgg  # noqa: E402,F401  (register)
