@@ -71,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="run one experiment from a TOML config")
     p_run.add_argument("config", help="experiment TOML file (see simulations/)")
     p_run.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. federation.rounds=3 (repeatable)"
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. federation.rounds=3 (repeatable)",
     )
     p_run.add_argument("--run-dir", help="write the run here instead of a new folder under output_dir")
     p_run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -85,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args))
     except ConfigError as exc:

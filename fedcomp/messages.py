@@ -36,7 +36,9 @@ def payload_from(content: RecordDict) -> bytes:
     except KeyError:
         raise DecodeError(f"message carries no '{PAYLOAD_KEY}' array") from None
     if array.stype != STYPE or array.dtype != "uint8":
-        raise DecodeError(f"payload array has stype {array.stype!r} / dtype {array.dtype!r}, expected {STYPE!r} / 'uint8'")
+        raise DecodeError(
+            f"payload array has stype {array.stype!r} / dtype {array.dtype!r}, expected {STYPE!r} / 'uint8'"
+        )
     return bytes(array.data)
 
 

@@ -52,7 +52,9 @@ def test_overrides_use_toml_values():
 
 
 def test_dump_and_load_round_trip(tmp_path):
-    cfg = config_from_dict({"name": "rt", "federation": {"rounds": 3}, "data": {"partition": "dirichlet", "alpha": 0.1}})
+    cfg = config_from_dict(
+        {"name": "rt", "federation": {"rounds": 3}, "data": {"partition": "dirichlet", "alpha": 0.1}}
+    )
     path = tmp_path / "c.toml"
     path.write_text(dump_config(cfg))
     again = load_config(path)

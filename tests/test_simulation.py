@@ -62,7 +62,9 @@ def test_run_directory_holds_config_rows_model_and_summary(baseline_run):
     split = load_dataset("mnist5k", seed=cfg.seed)
     model = initial_model(cfg, split.input_shape, split.num_classes)
     model.load_state_dict(state)  # the saved model is the trained one, loadable as is
-    assert not torch.equal(state["classifier.1.weight"], initial_model(cfg, (1, 28, 28), 10).state_dict()["classifier.1.weight"])
+    assert not torch.equal(
+        state["classifier.1.weight"], initial_model(cfg, (1, 28, 28), 10).state_dict()["classifier.1.weight"]
+    )
 
 
 def test_failing_clients_are_recorded_and_rounds_go_on(make_config):

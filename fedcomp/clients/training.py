@@ -78,7 +78,9 @@ def evaluate(model: nn.Module, data: ImageData, device: torch.device, batch_size
 
 def float_state(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
     """The model's floating-point state (parameters and float buffers), detached on CPU."""
-    return OrderedDict((k, v.detach().to("cpu").clone()) for k, v in model.state_dict().items() if v.is_floating_point())
+    return OrderedDict(
+        (k, v.detach().to("cpu").clone()) for k, v in model.state_dict().items() if v.is_floating_point()
+    )
 
 
 def model_delta(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:

@@ -153,8 +153,7 @@ class _Reader:
     def take(self, n: int, field: str) -> bytes:
         if n < 0 or self.pos + n > self.end:
             raise TruncatedPayloadError(
-                f"payload truncated in {field}: needs {n} bytes at offset {self.pos}, "
-                f"{self.end - self.pos} left"
+                f"payload truncated in {field}: needs {n} bytes at offset {self.pos}, {self.end - self.pos} left"
             )
         out = self.data[self.pos : self.pos + n]
         self.pos += n

@@ -82,6 +82,8 @@ DATASETS: Registry[Loader] = Registry("dataset")
 
 
 @functools.lru_cache(maxsize=4)
-def load_dataset(name: str, data_dir: str = "", download: bool = False, test_size: int = 1000, seed: int = 0) -> SplitData:
+def load_dataset(
+    name: str, data_dir: str = "", download: bool = False, test_size: int = 1000, seed: int = 0
+) -> SplitData:
     """Load a registered dataset (cached per process: clients call it every round)."""
     return DATASETS.get(name)(data_dir, download, test_size, seed)

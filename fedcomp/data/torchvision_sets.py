@@ -40,7 +40,9 @@ def _load_mnist_like(cls_name: str, name: str, mean: float, std: float, data_dir
             "(set data.download = true to fetch it, online)"
         ) from None
     parts = [
-        ImageData(torch.as_tensor(d.data).unsqueeze(1).to(torch.uint8), torch.as_tensor(d.targets).long(), (mean,), (std,))
+        ImageData(
+            torch.as_tensor(d.data).unsqueeze(1).to(torch.uint8), torch.as_tensor(d.targets).long(), (mean,), (std,)
+        )
         for d in (train, test)
     ]
     return SplitData(name, parts[0], parts[1], num_classes=10)

@@ -106,8 +106,8 @@ class CompressedFedAvg(FedAvg):
         self.current: RoundStats | None = None
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, grid: Grid, server_round: int) -> list[int]:
-        """Seeded sample of ``fraction_train`` of the nodes (at least the minimum)."""
+    def wait_for_nodes(self, grid: Grid) -> list[int]:
+        """All connected node ids, once every client is there (or the wait runs out)."""
         deadline = time.monotonic() + self.node_wait_s
         while len(nodes := sorted(grid.get_node_ids())) < self.num_clients:
             if time.monotonic() > deadline:
@@ -119,6 +119,11 @@ class CompressedFedAvg(FedAvg):
                     f"need at least {self.min_train_nodes} (federation.min_train_clients)"
                 )
             time.sleep(0.1)
+        return nodes
+
+    def sample(self, grid: Grid, server_round: int) -> list[int]:
+        """Seeded sample of ``fraction_train`` of the nodes (at least the minimum)."""
+        nodes = self.wait_for_nodes(grid)
         size = min(len(nodes), max(int(len(nodes) * self.fraction_train), self.min_train_nodes))
         rng = numpy_rng(self.seed, CLIENT_SAMPLING, server_round)
         # Choose positions, not ids: node ids are uint64 and numpy would turn them into floats.
