@@ -1,5 +1,22 @@
-"""Bit-level wire format: the payload container and its typed errors."""
+"""Bit-level wire format: bit streams, integer codes, value packing, the container."""
 
+from fedcomp.coding.bits import BitReader, BitWriter
+from fedcomp.coding.codes import (
+    decode_indices,
+    elias_delta_decode,
+    elias_delta_encode,
+    elias_gamma_decode,
+    elias_gamma_encode,
+    encode_indices,
+    geometric_entropy_bits,
+    golomb_decode,
+    golomb_encode,
+    golomb_parameter,
+    golomb_parameter_for,
+    golomb_parameter_from_mean,
+    rice_decode,
+    rice_encode,
+)
 from fedcomp.coding.container import (
     DecodeLimits,
     Payload,
@@ -17,8 +34,29 @@ from fedcomp.coding.errors import (
     SpecMismatchError,
     TruncatedPayloadError,
 )
+from fedcomp.coding.values import pack_signs, pack_values, unpack_signs, unpack_values
 
 __all__ = [
+    "BitReader",
+    "BitWriter",
+    "decode_indices",
+    "elias_delta_decode",
+    "elias_delta_encode",
+    "elias_gamma_decode",
+    "elias_gamma_encode",
+    "encode_indices",
+    "geometric_entropy_bits",
+    "golomb_decode",
+    "golomb_encode",
+    "golomb_parameter",
+    "golomb_parameter_for",
+    "golomb_parameter_from_mean",
+    "pack_signs",
+    "pack_values",
+    "rice_decode",
+    "rice_encode",
+    "unpack_signs",
+    "unpack_values",
     "ChecksumError",
     "DecodeError",
     "DecodeLimits",
