@@ -14,13 +14,14 @@ import time
 from dataclasses import dataclass
 
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedcomp.clients.training import float_state, model_delta, resolve_device, train_local
 from fedcomp.coding import DecodeLimits, TensorSpec, specs_of
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
-from fedcomp.compressors.update.base import UpdateCompressor
+from fedcomp.compressors.update.base import EncodeContext, State, UpdateCompressor
+from fedcomp.compressors.update.feedback import encode_with_feedback
 from fedcomp.compressors.update.identity import IdentityCompressor
 from fedcomp.config import ExperimentConfig, config_from_dict
 from fedcomp.data import ImageData, SplitData, load_dataset, partition_indices
@@ -77,6 +78,28 @@ def _runtime(config_json: str, partition_id: int, num_partitions: int) -> Client
     )
 
 
+UPLINK_STATE_KEY = "fedcomp.uplink_state"
+
+
+def load_uplink_state(context: Context) -> State:
+    """This client's compressor state (error-feedback residual, momentum) from earlier rounds."""
+    record = context.state.array_records.get(UPLINK_STATE_KEY)
+    return dict(record.to_torch_state_dict()) if record is not None else {}
+
+
+def save_uplink_state(context: Context, state: State) -> None:
+    """Keep the state in Flower's per-node ``Context.state`` (it survives between rounds).
+
+    Flower copies ``Context.state`` to and from the worker on every call,
+    so this costs about the size of the state per round (one model's worth
+    of floats for error feedback).
+    """
+    if state:
+        context.state[UPLINK_STATE_KEY] = ArrayRecord({k: v.contiguous() for k, v in state.items()})
+    elif UPLINK_STATE_KEY in context.state:
+        del context.state[UPLINK_STATE_KEY]
+
+
 app = ClientApp()
 
 
@@ -123,7 +146,10 @@ def train(msg: Message, context: Context) -> Message:
     t_train = time.perf_counter()
 
     update = model_delta(float_state(model), before)
-    encoded = rt.compressor.encode(update)
+    state = load_uplink_state(context)
+    ctx = EncodeContext(server_round, partition_id, cfg.federation.num_clients)
+    encoded = encode_with_feedback(rt.compressor, update, state, ctx)
+    save_uplink_state(context, encoded.state)
     t_encode = time.perf_counter()
     payload = encoded.payload
     if fault_rng.random() < cfg.faults.corrupt_payload_rate:  # injected: one flipped byte in transit

@@ -138,8 +138,14 @@ class BitReader:
         """``count`` unary codes (ones terminated by a zero) as int64."""
         if count == 0:
             return np.zeros(0, dtype=np.int64)
-        window = self._bits[self.pos : self.end]
-        zeros = np.flatnonzero(window == 0)
+        # Look ahead in growing windows: the stream after these codes can be long.
+        span = max(4096, 4 * count)
+        while True:
+            stop = min(self.end, self.pos + span)
+            zeros = np.flatnonzero(self._bits[self.pos : stop] == 0)
+            if zeros.size >= count or stop == self.end:
+                break
+            span *= 4
         if zeros.size < count:
             raise TruncatedPayloadError(
                 f"{field}: {count} codes declared but only {zeros.size} terminate before the end of the stream"

@@ -202,7 +202,7 @@ def encode_indices(indices: np.ndarray, n: int, writer: BitWriter | None = None)
     if k and (idx[0] < 0 or idx[-1] >= n or np.any(np.diff(idx) <= 0)):
         raise ValueError("indices must be strictly increasing and within [0, n)")
     elias_delta_encode([k + 1], w)
-    if k:
+    if 0 < k < n:  # k == n is the whole range: no gaps to send
         gaps = np.diff(idx, prepend=-1) - 1
         golomb_encode(gaps, index_golomb_parameter(k, n), w)
     return w
@@ -220,6 +220,8 @@ def decode_indices(reader: BitReader, n: int) -> np.ndarray:
         raise LimitExceededError(f"index set declares {k} indices out of n = {n}")
     if k == 0:
         return np.zeros(0, dtype=np.int64)
+    if k == n:
+        return np.arange(n, dtype=np.int64)
     gaps = golomb_decode(reader, k, index_golomb_parameter(k, n))
     idx = np.cumsum(gaps + 1) - 1
     if idx[-1] >= n:

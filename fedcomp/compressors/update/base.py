@@ -2,10 +2,13 @@
 
 An update compressor turns a client's update, an ordered mapping
 ``name → tensor`` (``w_local − w_global``), into a container payload and
-back. It is constructed from its parameter dataclass and the experiment
-seed; per-client state (error-feedback residual, momentum) is an explicit
-value the caller stores between rounds, so a compressor object holds none.
-Bytes are never counted here: the strategy counts ``len(payload)``.
+back. It is built from its parameter dataclass and the experiment seed;
+per-client state (DGC's momentum, say) is an explicit dict of tensors the
+caller keeps between rounds, so a compressor object holds none. Every
+encode also returns ``sent``: the update exactly as the receiver will
+decode it, which is what error feedback (:mod:`.feedback`, shared by all
+compressors) subtracts to get the residual. Bytes are never counted here:
+the strategy counts ``len(payload)``.
 """
 
 from __future__ import annotations
@@ -21,15 +24,26 @@ from fedcomp.coding import DecodeError, DecodeLimits, TensorSpec, unpack
 from fedcomp.config import params_from_dict
 
 Update = Mapping[str, torch.Tensor]
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EncodeContext:
+    """Where an encode happens: which round, which client, how many clients."""
+
+    server_round: int = 1
+    client_id: int = 0
+    num_clients: int = 1
 
 
 @dataclass
 class Encoded:
-    """What a client sends: the payload, its metrics, and its next state."""
+    """What a client sends, what the receiver will rebuild from it, and the new state."""
 
     payload: bytes
+    sent: dict[str, torch.Tensor]
     metrics: dict[str, float] = field(default_factory=dict)
-    state: Any = None
+    state: State = field(default_factory=dict)
 
 
 @dataclass
@@ -42,6 +56,8 @@ class UpdateCompressor(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type] = NoParams
+    error_feedback_default: ClassVar[bool] = False
+    """Whether error feedback is on unless the config says otherwise."""
 
     def __init__(self, params: Any = None, seed: int = 0) -> None:
         self.params = params if params is not None else self.Params()
@@ -52,8 +68,13 @@ class UpdateCompressor(ABC):
         """Typed, validated parameters from a config section."""
         return params_from_dict(cls.Params, data, path)
 
+    @property
+    def error_feedback(self) -> bool:
+        value = getattr(self.params, "error_feedback", None)
+        return self.error_feedback_default if value is None else bool(value)
+
     @abstractmethod
-    def encode(self, update: Update, state: Any = None) -> Encoded:
+    def encode(self, update: Update, state: State | None = None, ctx: EncodeContext | None = None) -> Encoded:
         """Compress ``update`` (given this client's state) into a payload."""
 
     @abstractmethod
@@ -69,5 +90,5 @@ class UpdateCompressor(ABC):
             return self.decode_body(parsed.params, parsed.specs, parsed.body)
         except DecodeError:
             raise
-        except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError, MemoryError) as exc:
             raise DecodeError(f"{self.name}: malformed body: {exc}") from exc

@@ -14,17 +14,17 @@ import torch
 
 from fedcomp.coding import DecodeError, TensorSpec, pack, specs_of, tensor_from_bytes, tensor_to_bytes
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
-from fedcomp.compressors.update.base import Encoded, Update, UpdateCompressor
+from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor
 
 
 @UPDATE_COMPRESSORS.register("identity", "no compression: dense fp32 (the reference)")
 class IdentityCompressor(UpdateCompressor):
     name = "identity"
 
-    def encode(self, update: Update, state: Any = None) -> Encoded:
+    def encode(self, update: Update, state: State | None = None, ctx: EncodeContext | None = None) -> Encoded:
         tensors = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v for k, v in update.items()}
         body = b"".join(tensor_to_bytes(t) for t in tensors.values())
-        return Encoded(pack(self.name, {}, specs_of(tensors), body), {"density": 1.0}, state)
+        return Encoded(pack(self.name, {}, specs_of(tensors), body), tensors, {"density": 1.0}, dict(state or {}))
 
     def decode_body(self, params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes) -> dict[str, torch.Tensor]:
         need = sum(s.nbytes for s in specs)

@@ -1,0 +1,110 @@
+"""The sparse update format shared by top-k, random-k, rTop-k and DGC.
+
+Body: one bit stream holding, tensor after tensor (in spec order), the set
+of selected indices (count by Elias-δ, then Golomb-coded gaps with M from
+k/n: :func:`fedcomp.coding.encode_indices`), padded to a byte; then the
+selected values of every tensor, in the same order, as fp32, fp16 or bf16.
+A tensor whose selection is everything costs only its count.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedcomp.coding import (
+    BitReader,
+    BitWriter,
+    DecodeError,
+    TensorSpec,
+    decode_indices,
+    encode_indices,
+    pack,
+    unpack_values,
+)
+from fedcomp.coding.values import BYTES_PER_VALUE, VALUE_FORMATS, pack_values
+
+Selection = dict[str, tuple[torch.Tensor, torch.Tensor]]
+"""name → (flat int64 indices, sorted ascending; the values at them)."""
+
+
+@dataclass
+class SparseParams:
+    """Parameters every sparsifier shares."""
+
+    density: float = 0.01
+    """Fraction of each tensor's coordinates sent (k = ⌈density·n⌉, at least 1)."""
+    values: str = "fp32"
+    """Value format: fp32, fp16 or bf16."""
+    error_feedback: bool | None = None
+    """Keep what was not sent and add it next round (default: the method's own)."""
+
+    def validate(self, path: str) -> None:
+        from fedcomp.config import ConfigError
+
+        if not 0 < self.density <= 1:
+            raise ConfigError(f"config key '{path}.density': expected a number in (0, 1], got {self.density}")
+        if self.values not in VALUE_FORMATS:
+            raise ConfigError(
+                f"config key '{path}.values': expected one of {sorted(VALUE_FORMATS)}, got {self.values!r}"
+            )
+
+
+def k_for(n: int, density: float) -> int:
+    return max(1, min(n, int(np.ceil(density * n))))
+
+
+def encode_sparse(
+    codec: str, update: dict[str, torch.Tensor], selection: Selection, value_format: str
+) -> tuple[bytes, dict[str, torch.Tensor]]:
+    """Frame the selection as a payload; also return the dense update it decodes to."""
+    writer = BitWriter()
+    chunks, sent = [], OrderedDict()
+    for name, tensor in update.items():
+        idx, vals = selection[name]
+        n = tensor.numel()
+        encode_indices(idx.cpu().numpy(), n, writer)
+        packed = pack_values(vals, value_format)
+        chunks.append(packed)
+        dense = torch.zeros(n, dtype=torch.float32)
+        if idx.numel():
+            dense[idx.cpu()] = unpack_values(packed, value_format, idx.numel())
+        sent[name] = dense.view(tensor.shape)
+    body = writer.getvalue() + b"".join(chunks)
+    specs = [TensorSpec(name, tuple(t.shape), torch.float32) for name, t in update.items()]
+    return pack(codec, {"values": value_format}, specs, body), sent
+
+
+def decode_sparse(params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`encode_sparse`."""
+    fmt = params.get("values")
+    if fmt not in VALUE_FORMATS:
+        raise DecodeError(f"sparse payload: unknown value format {fmt!r}")
+    reader = BitReader(body)
+    index_sets = [decode_indices(reader, spec.numel) for spec in specs]
+    offset = (reader.pos + 7) // 8
+    width = BYTES_PER_VALUE[fmt]
+    need = sum(len(i) for i in index_sets) * width
+    if len(body) - offset != need:
+        raise DecodeError(f"sparse payload: {len(body) - offset} value bytes after the indices, {need} expected")
+    out = OrderedDict()
+    for spec, idx in zip(specs, index_sets, strict=True):
+        nbytes = len(idx) * width
+        vals = unpack_values(body[offset : offset + nbytes], fmt, len(idx))
+        offset += nbytes
+        dense = torch.zeros(spec.numel, dtype=torch.float32)
+        dense[torch.from_numpy(idx)] = vals
+        out[spec.name] = dense.view(spec.shape)
+    return out
+
+
+def top_magnitude(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (sorted) of the k largest-magnitude entries."""
+    if k >= flat.numel():
+        return torch.arange(flat.numel())
+    return torch.topk(flat.abs(), k, sorted=False).indices.sort().values

@@ -1,0 +1,76 @@
+"""Reference sparsifiers: plain top-k and random-k.
+
+top-k sends the k = ⌈density·n⌉ largest-magnitude coordinates of each
+tensor; random-k a uniformly random k (seeded per round and client), with
+the optional unbiased rescaling by n/k. Both use the shared sparse format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedcomp.coding import TensorSpec
+from fedcomp.compressors.update import UPDATE_COMPRESSORS
+from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor
+from fedcomp.compressors.update.sparse import SparseParams, decode_sparse, encode_sparse, k_for, top_magnitude
+from fedcomp.seeding import torch_generator
+
+UPLINK_SELECTION = 11  # seeding purpose for the compressors' own randomness
+
+
+class SparseCompressor(UpdateCompressor):
+    """Shared encode/decode around a per-tensor ``select``."""
+
+    Params = SparseParams
+    error_feedback_default = True
+
+    def select(self, name: str, flat: torch.Tensor, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def encode(self, update: Update, state: State | None = None, ctx: EncodeContext | None = None) -> Encoded:
+        ctx = ctx or EncodeContext()
+        gen = torch_generator(self.seed, UPLINK_SELECTION, ctx.server_round, ctx.client_id)
+        tensors = {k: v.detach().to("cpu", torch.float32) for k, v in update.items()}
+        selection, chosen, total = {}, 0, 0
+        for name, t in tensors.items():
+            flat = t.reshape(-1)
+            idx, vals = self.select(name, flat, k_for(flat.numel(), self.params.density), gen)
+            selection[name] = (idx, vals)
+            chosen += idx.numel()
+            total += flat.numel()
+        payload, sent = encode_sparse(self.name, tensors, selection, self.params.values)
+        return Encoded(payload, sent, {"density": chosen / max(total, 1)}, dict(state or {}))
+
+    def decode_body(self, params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes) -> dict[str, torch.Tensor]:
+        return decode_sparse(params, specs, body)
+
+
+@UPDATE_COMPRESSORS.register("topk", "top-k by magnitude per tensor (reference point)")
+class TopKCompressor(SparseCompressor):
+    name = "topk"
+
+    def select(self, name: str, flat: torch.Tensor, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = top_magnitude(flat, k)
+        return idx, flat[idx]
+
+
+@dataclass
+class RandomKParams(SparseParams):
+    rescale: bool = False
+    """Multiply the sent values by n/k (unbiased; usually off with error feedback)."""
+
+
+@UPDATE_COMPRESSORS.register("randomk", "uniformly random k per tensor, optional n/k rescaling (reference point)")
+class RandomKCompressor(SparseCompressor):
+    name = "randomk"
+    Params = RandomKParams
+
+    def select(self, name: str, flat: torch.Tensor, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        n = flat.numel()
+        idx = torch.randperm(n, generator=gen)[:k].sort().values
+        vals = flat[idx]
+        return idx, vals * (n / k) if self.params.rescale else vals
