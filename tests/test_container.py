@@ -40,16 +40,26 @@ def test_identity_round_trip_is_exact_in_every_dtype():
     out = codec.decode(payload, DecodeLimits.for_specs(specs_of(t)))
     assert list(out) == list(t)
     for k in t:
-        assert out[k].dtype == (torch.float32 if t[k].is_floating_point() else t[k].dtype)
-        assert torch.equal(out[k].to(t[k].dtype), t[k])
+        assert out[k].dtype == t[k].dtype and torch.equal(out[k], t[k])
 
 
 def test_payload_length_is_header_plus_fp32_body():
     t = {"w": torch.ones(100, 10)}
     payload = IdentityCompressor().encode(t).payload
-    parsed = unpack(payload)
+    parsed = unpack(payload, DecodeLimits.for_specs(specs_of(t)))
     assert len(parsed.body) == 4000
-    assert len(payload) < 4000 + 64  # a small header
+    assert len(payload) == 4000 + 40  # a 40-byte header: the tensor list travels as a digest
+
+
+def test_spec_digest_replaces_the_tensor_list_and_is_checked():
+    specs = [TensorSpec("layer.weight", (3, 4), torch.float32), TensorSpec("layer.bias", (3,), torch.float32)]
+    full = pack("x", {}, specs, b"")
+    short = pack("x", {}, specs, b"", by_digest=True)
+    assert len(short) < len(full) and unpack(short, DecodeLimits(expected=tuple(specs))).specs == tuple(specs)
+    with pytest.raises(SpecMismatchError, match="digest"):
+        unpack(short, DecodeLimits(expected=(specs[1], specs[0])))
+    with pytest.raises(SpecMismatchError, match="expects no specs"):
+        unpack(short)
 
 
 def test_container_fields_survive():
@@ -91,7 +101,7 @@ def test_hostile_payloads_raise_typed_errors():
 
 
 def test_expected_specs_are_enforced():
-    payload = IdentityCompressor().encode({"w": torch.zeros(3)}).payload
+    payload = pack("identity", {}, [TensorSpec("w", (3,), torch.float32)], b"\x00" * 12)
     with pytest.raises(SpecMismatchError, match="named 'w', expected 'v'"):
         unpack(payload, DecodeLimits(expected=(TensorSpec("v", (3,), torch.float32),)))
     with pytest.raises(SpecMismatchError, match="shape"):

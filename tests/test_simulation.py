@@ -9,7 +9,7 @@ import torch
 
 import fedcomp
 from fedcomp.clients.training import float_state
-from fedcomp.coding import unpack
+from fedcomp.coding import DecodeLimits, specs_of, unpack
 from fedcomp.compressors.update.identity import IdentityCompressor
 from fedcomp.config import load_config
 from fedcomp.data import load_dataset
@@ -42,7 +42,7 @@ def test_recorded_bytes_are_the_lengths_of_the_payloads_sent(baseline_run):
     # Uplink: an identity payload of the model's float tensors (values do not change its length).
     uplink = IdentityCompressor().encode(float_state(model)).payload
     n_float = sum(t.numel() for t in float_state(model).values())
-    assert len(unpack(uplink).body) == 4 * n_float
+    assert len(unpack(uplink, DecodeLimits.for_specs(specs_of(float_state(model)))).body) == 4 * n_float
     for r in baseline_run.rows:
         assert r["downlink_bytes_per_client"] == len(downlink)
         assert r["downlink_bytes"] == len(downlink) * r["sampled_clients"]

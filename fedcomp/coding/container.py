@@ -6,7 +6,8 @@ Layout (all integers little-endian)::
     version    u8       FORMAT_VERSION
     codec      u8 length + UTF-8 name
     params     u32 length + UTF-8 JSON object (the codec's parameters)
-    n_tensors  u32
+    n_tensors  u32; its top bit set means "specs by digest": then a u32
+               CRC32 of the full spec list follows instead of the specs
     per tensor: u16 name length + UTF-8 name, u8 dtype code, u8 ndim, ndim × u32 dims
     body       u64 length + bytes (the codec's own encoding)
     crc32      u32 over every byte before it
@@ -16,6 +17,11 @@ bytes actually present and against :class:`DecodeLimits` before anything is
 allocated; when the receiver knows which tensors to expect (the server knows
 its model's specs) they are compared too. Every failure is a
 :class:`~fedcomp.coding.errors.DecodeError` naming the field.
+
+When both sides know the tensor list (an update against the server's own
+model, a broadcast against the client's), ``pack(..., by_digest=True)``
+replaces the specs (about 30 bytes a tensor) by a 4-byte digest; the
+receiver checks it against the specs it expects.
 """
 
 from __future__ import annotations
@@ -121,14 +127,11 @@ class Payload:
     body: bytes
 
 
-def pack(codec: str, params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes) -> bytes:
-    """Frame ``body`` as a container (see module docstring for the layout)."""
-    name = codec.encode("utf-8")
-    if not 0 < len(name) < 256:
-        raise ValueError(f"codec name must be 1..255 bytes, got {codec!r}")
-    params_json = json.dumps(params, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    parts = [MAGIC, struct.pack("<BB", FORMAT_VERSION, len(name)), name]
-    parts += [struct.pack("<I", len(params_json)), params_json, struct.pack("<I", len(specs))]
+DIGEST_FLAG = 1 << 31
+
+
+def _spec_bytes(specs: Sequence[TensorSpec]) -> bytes:
+    parts = []
     for spec in specs:
         tname = spec.name.encode("utf-8")
         if len(tname) > 0xFFFF:
@@ -137,6 +140,28 @@ def pack(codec: str, params: dict[str, Any], specs: Sequence[TensorSpec], body: 
             raise ValueError(f"tensor {spec.name!r}: dtype {spec.dtype} has no wire code")
         parts += [struct.pack("<H", len(tname)), tname, struct.pack("<BB", DTYPE_CODES[spec.dtype], len(spec.shape))]
         parts.append(struct.pack(f"<{len(spec.shape)}I", *spec.shape))
+    return b"".join(parts)
+
+
+def spec_digest(specs: Sequence[TensorSpec]) -> int:
+    """CRC32 of the canonical encoding of a spec list."""
+    return zlib.crc32(struct.pack("<I", len(specs)) + _spec_bytes(specs))
+
+
+def pack(
+    codec: str, params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes, *, by_digest: bool = False
+) -> bytes:
+    """Frame ``body`` as a container (see module docstring for the layout)."""
+    name = codec.encode("utf-8")
+    if not 0 < len(name) < 256:
+        raise ValueError(f"codec name must be 1..255 bytes, got {codec!r}")
+    params_json = json.dumps(params, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    parts = [MAGIC, struct.pack("<BB", FORMAT_VERSION, len(name)), name]
+    parts += [struct.pack("<I", len(params_json)), params_json]
+    if by_digest:
+        parts.append(struct.pack("<II", DIGEST_FLAG | len(specs), spec_digest(specs)))
+    else:
+        parts += [struct.pack("<I", len(specs)), _spec_bytes(specs)]
     parts += [struct.pack("<Q", len(body)), body]
     head = b"".join(parts)
     return head + struct.pack("<I", zlib.crc32(head))
@@ -193,9 +218,22 @@ def unpack(data: bytes, limits: DecodeLimits | None = None) -> Payload:
         raise LimitExceededError(f"codec params declare {params_len} bytes, limit {limits.max_params_bytes}")
     params = _parse_params(r.take(params_len, "codec params"))
     (n_tensors,) = r.unpack("<I", "tensor count")
+    by_digest = bool(n_tensors & DIGEST_FLAG)
+    n_tensors &= ~DIGEST_FLAG
     if n_tensors > limits.max_tensors:
         raise LimitExceededError(f"payload declares {n_tensors} tensors, limit is {limits.max_tensors}")
-    specs = tuple(_read_spec(r, i, limits) for i in range(n_tensors))
+    if by_digest:
+        (digest,) = r.unpack("<I", "spec digest")
+        if limits.expected is None:
+            raise SpecMismatchError("payload names its tensors by digest, but the receiver expects no specs")
+        if n_tensors != len(limits.expected) or digest != spec_digest(limits.expected):
+            raise SpecMismatchError(
+                f"payload's tensor list (digest {digest:08x}, {n_tensors} tensors) is not the expected one "
+                f"(digest {spec_digest(limits.expected):08x}, {len(limits.expected)} tensors)"
+            )
+        specs = tuple(limits.expected)
+    else:
+        specs = tuple(_read_spec(r, i, limits) for i in range(n_tensors))
     total = sum(s.numel for s in specs)
     if total > limits.max_elements:
         raise LimitExceededError(f"payload declares {total} elements in all, limit is {limits.max_elements}")

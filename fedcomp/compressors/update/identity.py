@@ -1,8 +1,8 @@
 """The identity codec: every tensor sent dense, in its own dtype.
 
 The uncompressed reference point every compression ratio is measured
-against. Float updates travel as fp32 (four bytes a coordinate), framed in
-the standard container (header, tensor specs, CRC32).
+against. Updates are fp32, so four bytes a coordinate, framed in the
+standard container (header, tensor-list digest, CRC32).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ class IdentityCompressor(UpdateCompressor):
     name = "identity"
 
     def encode(self, update: Update, state: State | None = None, ctx: EncodeContext | None = None) -> Encoded:
-        tensors = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v for k, v in update.items()}
+        tensors = {k: v.detach().to("cpu") for k, v in update.items()}
         body = b"".join(tensor_to_bytes(t) for t in tensors.values())
-        return Encoded(pack(self.name, {}, specs_of(tensors), body), tensors, {"density": 1.0}, dict(state or {}))
+        payload = pack(self.name, {}, specs_of(tensors), body, by_digest=True)
+        return Encoded(payload, tensors, {"density": 1.0}, dict(state or {}))
 
     def decode_body(self, params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes) -> dict[str, torch.Tensor]:
         need = sum(s.nbytes for s in specs)

@@ -77,7 +77,7 @@ def encode_sparse(
         sent[name] = dense.view(tensor.shape)
     body = writer.getvalue() + b"".join(chunks)
     specs = [TensorSpec(name, tuple(t.shape), torch.float32) for name, t in update.items()]
-    return pack(codec, {"values": value_format}, specs, body), sent
+    return pack(codec, {"values": value_format}, specs, body, by_digest=True), sent
 
 
 def decode_sparse(params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes) -> dict[str, torch.Tensor]:

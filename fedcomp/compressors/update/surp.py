@@ -17,10 +17,14 @@ Stop when ``density``·n coordinates are nonzero, or at ``max_bytes``.
 
 - *Refresh that always makes progress.* The paper re-estimates λ as
   1/mean(residual) when no candidate is left. On data with an exponential
-  tail (Laplacian updates) that barely moves τ and the loop stalls. Here a
-  refresh advances the λ schedule by the smallest s ≥ 1 steps that puts τ
-  below the largest residual, and sends s (Elias-γ) after a reserved
-  symbol: τ only ever falls, and every refresh yields a candidate.
+  tail (Laplacian updates) that barely moves τ and the loop stalls: each
+  choice removes one candidate and the slowly falling τ admits almost none,
+  so the pool of about β empties after about β iterations. Here a refresh
+  advances the λ schedule by the smallest s ≥ 1 steps that puts τ below the
+  β-th largest residual (restoring the pool of about β candidates the
+  model expects, so skips stay near log₂(n/β) bits), and sends s (Elias-γ)
+  after a reserved symbol: τ only ever falls, and every refresh yields
+  candidates.
 - *Index coding with a shared order and a cursor* (appendix F). Choosing
   "a random index from m_inds" equals taking the first candidate in a
   random order. Both sides derive the same pseudo-random order π of the n
@@ -200,7 +204,7 @@ class SurpCompressor(UpdateCompressor):
         n = sum(f.size for f in flats)
         stats["density"] = len(stream.signs) / max(n, 1)
         stats["bits_per_iteration"] = 8 * len(body) / max(stats["iterations"], 1.0)
-        return Encoded(pack(self.name, {}, specs, body), sent, stats, dict(state or {}))
+        return Encoded(pack(self.name, {}, specs, body, by_digest=True), sent, stats, dict(state or {}))
 
     def decode_body(self, params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes) -> dict[str, torch.Tensor]:
         n = sum(s.numel for s in specs)
@@ -260,11 +264,11 @@ def run_encoder(
         while heap and -heap[0][0] > tau:
             _, c = heapq.heappop(heap)
             _admit(np.array([c]), seed, n, cand_pos, in_cand, pos_of)
-        if not cand_pos:  # refresh: advance λ until τ falls below the largest residual
-            vmax = max(order.peek(), -heap[0][0] if heap else 0.0)
-            if vmax <= 0:
+        if not cand_pos:  # refresh: advance λ until about β residuals exceed τ again
+            vref = _kth_largest_residual(order, heap, max(1, int(round(beta))))
+            if vref <= 0:
                 break
-            s = _refresh_steps(lam, factor, logf, vmax)
+            s = _refresh_steps(lam, factor, logf, vref)
             lam *= pow_by_squaring(factor, s)
             symbols.append(0)
             steps.append(s)
@@ -327,6 +331,12 @@ class _TopOrder:
             return 0.0
         return float(self.u[self.sorted[self.ptr]])
 
+    def peek_many(self, m: int) -> np.ndarray:
+        """The next ``m`` unrevealed u values, largest first (fewer if none left)."""
+        while self.sorted.size - self.ptr < m and self._grow():
+            pass
+        return self.u[self.sorted[self.ptr : self.ptr + m]]
+
     def above(self, tau: float) -> np.ndarray:
         """Not-yet-revealed coordinates with u > τ (each returned once)."""
         start, block = self.ptr, 64
@@ -353,6 +363,25 @@ def _admit(
         if c not in in_cand:
             in_cand.add(c)
             bisect.insort(cand_pos, pos_of[c])
+
+
+def _kth_largest_residual(order: _TopOrder, heap: list[tuple[float, int]], m: int) -> float:
+    """The m-th largest residual over untouched and touched coordinates (0 if fewer exist)."""
+    values = list(order.peek_many(m))
+    # Best-first walk of the heap's tree: its m largest in O(m log m).
+    frontier = [(heap[0][0], 0)] if heap else []
+    while frontier and len(values) < 2 * m:
+        neg, i = heapq.heappop(frontier)
+        values.append(-neg)
+        for child in (2 * i + 1, 2 * i + 2):
+            if child < len(heap):
+                heapq.heappush(frontier, (heap[child][0], child))
+        if len(values) >= m and -neg < sorted(values, reverse=True)[m - 1]:
+            break
+    if not values:
+        return 0.0
+    values.sort(reverse=True)
+    return float(values[min(m, len(values)) - 1])
 
 
 def _refresh_steps(lam: float, factor: float, logf: float, vmax: float) -> int:
