@@ -164,6 +164,7 @@ def train(msg: Message, context: Context) -> Message:
         "decode_s": t_decode - t0,
         "train_s": t_train - t_decode,
         "encode_s": t_encode - t_train,
+        "payload-bytes": len(encoded.payload),
         **{f"uplink_{k}": float(v) for k, v in encoded.metrics.items()},
     }
     content = RecordDict({PAYLOAD_KEY: payload_record(payload), METRICS_KEY: MetricRecord(metrics)})

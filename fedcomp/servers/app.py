@@ -89,7 +89,8 @@ def serve(grid: Grid, cfg: ExperimentConfig, recorder: RunRecorder, show_progres
     eval_model = build_model(cfg.model.name, split.input_shape, split.num_classes).to(device)
     latest = {"arrays": ArrayRecord(model.state_dict())}
     bar = tqdm(total=rounds, unit="round", desc=cfg.name, disable=not show_progress, dynamic_ncols=True)
-    totals = {"up": 0, "down": 0}
+    totals: dict[str, float] = {"up": 0, "down": 0}
+    last_acc: list[float] = []
 
     def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
@@ -115,6 +116,7 @@ def serve(grid: Grid, cfg: ExperimentConfig, recorder: RunRecorder, show_progres
             test_loss=loss,
             uplink_bytes=stats.uplink_bytes_total,
             uplink_bytes_per_client=stats.uplink_bytes,
+            uplink_bytes_sent_per_client=stats.uplink_bytes_sent,
             downlink_bytes=stats.downlink_bytes,
             downlink_bytes_per_client=stats.downlink_bytes_per_client,
             wall_s=time.perf_counter() - stats.started,
@@ -123,9 +125,11 @@ def serve(grid: Grid, cfg: ExperimentConfig, recorder: RunRecorder, show_progres
         recorder.append(row)
         totals["up"] += row.uplink_bytes
         totals["down"] += row.downlink_bytes
-        postfix = {"up": human_bytes(totals["up"]), "down": human_bytes(totals["down"])}
         if acc is not None:
-            postfix = {"acc": f"{acc:.4f}", **postfix}
+            last_acc[:] = [acc]
+        postfix = {"up": human_bytes(totals["up"]), "down": human_bytes(totals["down"])}
+        if last_acc:
+            postfix = {"acc": f"{last_acc[0]:.4f}", **postfix}
         if row.failed_clients:
             postfix["failed"] = row.failed_clients
         bar.set_postfix(postfix, refresh=False)

@@ -42,6 +42,7 @@ class RoundRow:
     test_loss: float | None
     uplink_bytes: int
     uplink_bytes_per_client: list[int]
+    uplink_bytes_sent_per_client: list[int]
     downlink_bytes: int
     downlink_bytes_per_client: int
     wall_s: float

@@ -55,7 +55,9 @@ class RoundStats:
     clients: list[int] = field(default_factory=list)
     """Partition ids of the clients whose update was aggregated."""
     uplink_bytes: list[int] = field(default_factory=list)
-    """Payload length of each aggregated client's update, same order as ``clients``."""
+    """Payload length of each aggregated client's update as received, same order as ``clients``."""
+    uplink_bytes_sent: list[int] = field(default_factory=list)
+    """The same payloads' lengths as each client measured them before sending."""
     failures: list[ClientFailure] = field(default_factory=list)
     downlink_bytes_per_client: int = 0
     train_loss: float | None = None
@@ -174,6 +176,7 @@ class CompressedFedAvg(FedAvg):
                 continue
             stats.clients.append(int(metrics.get("partition-id", -1)))
             stats.uplink_bytes.append(len(payload))
+            stats.uplink_bytes_sent.append(int(metrics.get("payload-bytes", -1)))
             decoded.append((weight, update, metrics))
         for node in stats.sampled_nodes:
             if node not in replied:
@@ -233,7 +236,7 @@ def _weighted_metrics(decoded: list[tuple[float, Any, MetricRecord]]) -> tuple[f
     sums: dict[str, float] = {}
     for w, _, metrics in decoded:
         for key, value in metrics.items():
-            if key in ("num-examples", "partition-id") or not isinstance(value, (int, float)):
+            if key in ("num-examples", "partition-id", "payload-bytes") or not isinstance(value, (int, float)):
                 continue
             sums[key] = sums.get(key, 0.0) + w * float(value) / total
     return sums.get("train_loss", float("nan")), sums

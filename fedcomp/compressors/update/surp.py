@@ -52,6 +52,7 @@ Algorithm 1 (± pairs on signed values) is not implemented.
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import math
 import struct
@@ -99,6 +100,7 @@ def _round_fn(x: np.ndarray, key: np.uint64, mask: np.uint64) -> np.ndarray:
     return z & mask
 
 
+@functools.lru_cache(maxsize=64)
 def _round_keys(seed: int) -> list[np.uint64]:
     return [np.uint64(derive_seed(seed, SURP_ORDER, r)) for r in range(4)]
 
@@ -241,12 +243,12 @@ def run_encoder(
     max_iter = 50 * target + 1000
 
     # Coordinates by decreasing u, revealed in chunks (argpartition: O(n) per chunk).
-    order = _TopOrder(u)
+    order = _TopOrder(u, seed)
     residual: dict[int, float] = {}  # coordinates touched so far → residual
     heap: list[tuple[float, int]] = []  # (−residual, coord) of touched coordinates outside the candidate set
     cand_pos: list[int] = []  # positions in π of the candidate set, sorted
     in_cand: set[int] = set()
-    pos_of: dict[int, int] = {}
+    pos_of, coord_at = order.pos_of, order.coord_at
 
     symbols: list[int] = []
     steps: list[int] = []
@@ -260,10 +262,10 @@ def run_encoder(
         # Admit every coordinate whose residual now exceeds τ.
         fresh = order.above(tau)
         if fresh.size:
-            _admit(fresh, seed, n, cand_pos, in_cand, pos_of)
+            _admit(fresh.tolist(), cand_pos, in_cand, pos_of)
         while heap and -heap[0][0] > tau:
             _, c = heapq.heappop(heap)
-            _admit(np.array([c]), seed, n, cand_pos, in_cand, pos_of)
+            _admit([c], cand_pos, in_cand, pos_of)
         if not cand_pos:  # refresh: advance λ until about β residuals exceed τ again
             vref = _kth_largest_residual(order, heap, max(1, int(round(beta))))
             if vref <= 0:
@@ -278,7 +280,7 @@ def run_encoder(
             i = 0
         pos = cand_pos[i]
         skip = pos - cursor if pos >= cursor else pos + n - cursor
-        coord = int(shared_order(np.array([pos]), n, seed)[0])
+        coord = coord_at[pos]
         symbols.append(skip + 1)
         coords.append(coord)
         taus.append(tau)
@@ -305,8 +307,11 @@ class _TopOrder:
     next largest are found by argpartition (O(n)) in chunks that double.
     """
 
-    def __init__(self, u: np.ndarray) -> None:
+    def __init__(self, u: np.ndarray, seed: int) -> None:
         self.u = u
+        self.seed = seed
+        self.pos_of: dict[int, int] = {}  # coordinate → position in π, for every revealed coordinate
+        self.coord_at: dict[int, int] = {}
         self.sorted = np.zeros(0, dtype=np.int64)
         self.ptr = 0
         self.chunk = max(1024, u.size // 1000)
@@ -323,6 +328,10 @@ class _TopOrder:
             pool = pool[np.argpartition(-self.u[pool], want - 1)[:want]]
         pool = pool[np.argsort(-self.u[pool], kind="stable")]
         self.sorted = np.concatenate([self.sorted, pool])  # the revealed prefix never changes
+        positions = shared_order(pool, n, self.seed, inverse=True).tolist()  # one vectorized call per chunk
+        coords = pool.tolist()
+        self.pos_of.update(zip(coords, positions, strict=True))
+        self.coord_at.update(zip(positions, coords, strict=True))
         return True
 
     def peek(self) -> float:
@@ -352,14 +361,9 @@ class _TopOrder:
         return self.sorted[start : self.ptr]
 
 
-def _admit(
-    coords: np.ndarray, seed: int, n: int, cand_pos: list[int], in_cand: set[int], pos_of: dict[int, int]
-) -> None:
-    missing = [c for c in coords.tolist() if c not in pos_of]
-    if missing:
-        for c, p in zip(missing, shared_order(np.array(missing), n, seed, inverse=True).tolist(), strict=True):
-            pos_of[c] = p
-    for c in coords.tolist():
+def _admit(coords: list[int], cand_pos: list[int], in_cand: set[int], pos_of: dict[int, int]) -> None:
+    """Put coordinates into the candidate set, kept sorted by position in π."""
+    for c in coords:
         if c not in in_cand:
             in_cand.add(c)
             bisect.insort(cand_pos, pos_of[c])
