@@ -23,16 +23,18 @@ demo: $(STAMP)
 
 ## Lint, then the whole test suite (two workers).
 test: $(STAMP)
-	$(BIN)/ruff check fedcomp tests benchmarks tools
+	$(BIN)/ruff check fedcomp tests benchmarks tools simulations
 	$(BIN)/python -m pytest -x -q -n 2 --dist loadfile
 
 lint: $(STAMP)
-	$(BIN)/ruff check fedcomp tests benchmarks tools
-	$(BIN)/ruff format --check fedcomp tests benchmarks tools
+	$(BIN)/ruff check fedcomp tests benchmarks tools simulations
+	$(BIN)/ruff format --check fedcomp tests benchmarks tools simulations
 
 ## Quick versions of every benchmark.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulation_overhead.py --quick
+	$(BIN)/python benchmarks/coding.py --quick
+	$(BIN)/python benchmarks/update_compressors.py --quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
