@@ -62,6 +62,12 @@ def warm_up(grid: Grid, cfg: ExperimentConfig, strategy: CompressedFedAvg) -> fl
     record = RecordDict({CONFIG_KEY: config_record(cfg.to_dict())})
     messages = [Message(content=record, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
     replies = grid.send_and_receive(messages, timeout=cfg.federation.round_timeout_s)
+    replies = list(replies)
+    for m in replies:
+        if not m.has_error() and "metrics" in m.content.metric_records:
+            strategy.partition_of[int(m.metadata.src_node_id)] = int(
+                m.content.metric_records["metrics"]["partition-id"]
+            )
     failed = [m for m in replies if m.has_error()]
     if failed:
         logger.warning("warm-up: %d of %d nodes failed: %s", len(failed), len(nodes), failed[0].error.reason)

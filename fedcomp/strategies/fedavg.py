@@ -106,6 +106,8 @@ class CompressedFedAvg(FedAvg):
         self.node_wait_s = node_wait_s
         self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.current: RoundStats | None = None
+        self.partition_of: dict[int, int] = {}
+        """Node id → partition id, learnt at warm-up: sampling over partitions, not random node ids."""
 
     # ------------------------------------------------------------------ sampling
     def wait_for_nodes(self, grid: Grid) -> list[int]:
@@ -126,6 +128,8 @@ class CompressedFedAvg(FedAvg):
     def sample(self, grid: Grid, server_round: int) -> list[int]:
         """Seeded sample of ``fraction_train`` of the nodes (at least the minimum)."""
         nodes = self.wait_for_nodes(grid)
+        # Node ids are random per run; order them by the partition they hold so the seed fixes who trains.
+        nodes = sorted(nodes, key=lambda n: (self.partition_of.get(n, 1 << 62), n))
         size = min(len(nodes), max(int(len(nodes) * self.fraction_train), self.min_train_nodes))
         rng = numpy_rng(self.seed, CLIENT_SAMPLING, server_round)
         # Choose positions, not ids: node ids are uint64 and numpy would turn them into floats.
@@ -185,6 +189,12 @@ class CompressedFedAvg(FedAvg):
         if not decoded or sum(w for w, _, _ in decoded) <= 0:
             logger.warning("round %d: no usable update (%d failures)", server_round, len(stats.failures))
             return None, None
+        # Partition order, not arrival order, so neither the sum nor the row depends on timing.
+        decoded.sort(key=lambda item: int(item[2].get("partition-id", -1)))
+        order = sorted(range(len(stats.clients)), key=stats.clients.__getitem__)
+        stats.clients = [stats.clients[i] for i in order]
+        stats.uplink_bytes = [stats.uplink_bytes[i] for i in order]
+        stats.uplink_bytes_sent = [stats.uplink_bytes_sent[i] for i in order]
         new_state = self._fedavg_step([(w, u) for w, u, _ in decoded])
         stats.train_loss, stats.client_metrics = _weighted_metrics(decoded)
         return ArrayRecord(new_state), MetricRecord({"train_loss": stats.train_loss})
