@@ -49,9 +49,9 @@ class DataConfig:
     """Pathological partition: number of classes each client holds."""
 
     def validate(self, path: str) -> None:
-        _require(self.test_size > 0, f"{path}.test_size", "a positive integer")
-        _require(self.alpha > 0 and math.isfinite(self.alpha), f"{path}.alpha", "a finite number > 0")
-        _require(self.classes_per_client >= 1, f"{path}.classes_per_client", "an integer >= 1")
+        require(self.test_size > 0, f"{path}.test_size", "a positive integer")
+        require(self.alpha > 0 and math.isfinite(self.alpha), f"{path}.alpha", "a finite number > 0")
+        require(self.classes_per_client >= 1, f"{path}.classes_per_client", "an integer >= 1")
 
 
 @dataclass
@@ -78,17 +78,17 @@ class FederationConfig:
     """A client reply not back within this many seconds counts as failed."""
 
     def validate(self, path: str) -> None:
-        _require(self.num_clients >= 1, f"{path}.num_clients", "an integer >= 1")
-        _require(self.rounds >= 1, f"{path}.rounds", "an integer >= 1")
-        _require(0 < self.fraction_train <= 1, f"{path}.fraction_train", "a number in (0, 1]")
-        _require(
+        require(self.num_clients >= 1, f"{path}.num_clients", "an integer >= 1")
+        require(self.rounds >= 1, f"{path}.rounds", "an integer >= 1")
+        require(0 < self.fraction_train <= 1, f"{path}.fraction_train", "a number in (0, 1]")
+        require(
             1 <= self.min_train_clients <= self.num_clients,
             f"{path}.min_train_clients",
             f"an integer between 1 and num_clients ({self.num_clients})",
         )
-        _require(self.server_lr > 0, f"{path}.server_lr", "a number > 0")
-        _require(self.evaluate_every >= 0, f"{path}.evaluate_every", "an integer >= 0")
-        _require(self.round_timeout_s > 0, f"{path}.round_timeout_s", "a number of seconds > 0")
+        require(self.server_lr > 0, f"{path}.server_lr", "a number > 0")
+        require(self.evaluate_every >= 0, f"{path}.evaluate_every", "an integer >= 0")
+        require(self.round_timeout_s > 0, f"{path}.round_timeout_s", "a number of seconds > 0")
 
 
 @dataclass
@@ -106,12 +106,12 @@ class ClientConfig:
     weight_decay: float = 0.0
 
     def validate(self, path: str) -> None:
-        _require(self.local_epochs >= 1, f"{path}.local_epochs", "an integer >= 1")
-        _require(self.local_steps >= 0, f"{path}.local_steps", "an integer >= 0")
-        _require(self.batch_size >= 1, f"{path}.batch_size", "an integer >= 1")
-        _require(self.lr > 0, f"{path}.lr", "a number > 0")
-        _require(0 <= self.momentum < 1, f"{path}.momentum", "a number in [0, 1)")
-        _require(self.weight_decay >= 0, f"{path}.weight_decay", "a number >= 0")
+        require(self.local_epochs >= 1, f"{path}.local_epochs", "an integer >= 1")
+        require(self.local_steps >= 0, f"{path}.local_steps", "an integer >= 0")
+        require(self.batch_size >= 1, f"{path}.batch_size", "an integer >= 1")
+        require(self.lr > 0, f"{path}.lr", "a number > 0")
+        require(0 <= self.momentum < 1, f"{path}.momentum", "a number in [0, 1)")
+        require(self.weight_decay >= 0, f"{path}.weight_decay", "a number >= 0")
 
 
 @dataclass
@@ -136,8 +136,8 @@ class SimulationConfig:
     """Attach to this Ray cluster instead of starting a local one ("" = local)."""
 
     def validate(self, path: str) -> None:
-        _require(self.num_cpus > 0, f"{path}.num_cpus", "a number > 0")
-        _require(self.num_gpus >= 0, f"{path}.num_gpus", "a number >= 0")
+        require(self.num_cpus > 0, f"{path}.num_cpus", "a number > 0")
+        require(self.num_gpus >= 0, f"{path}.num_gpus", "a number >= 0")
 
 
 @dataclass
@@ -150,8 +150,8 @@ class FaultConfig:
     """Probability that a client's payload has one byte flipped before sending."""
 
     def validate(self, path: str) -> None:
-        _require(0 <= self.client_raise_rate <= 1, f"{path}.client_raise_rate", "a probability in [0, 1]")
-        _require(0 <= self.corrupt_payload_rate <= 1, f"{path}.corrupt_payload_rate", "a probability in [0, 1]")
+        require(0 <= self.client_raise_rate <= 1, f"{path}.client_raise_rate", "a probability in [0, 1]")
+        require(0 <= self.corrupt_payload_rate <= 1, f"{path}.corrupt_payload_rate", "a probability in [0, 1]")
 
 
 @dataclass
@@ -170,8 +170,8 @@ class ExperimentConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     def validate(self, path: str = "") -> None:
-        _require(bool(self.name.strip()), "name", "a non-empty string")
-        _require(self.seed >= 0, "seed", "an integer >= 0")
+        require(bool(self.name.strip()), "name", "a non-empty string")
+        require(self.seed >= 0, "seed", "an integer >= 0")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value) and hasattr(value, "validate"):
@@ -186,7 +186,8 @@ class ExperimentConfig:
         return data
 
 
-def _require(ok: bool, key: str, expected: str) -> None:
+def require(ok: bool, key: str, expected: str) -> None:
+    """Raise a ConfigError naming ``key`` and what it should have been, unless ``ok``."""
     if not ok:
         raise ConfigError(f"config key '{key}': expected {expected}")
 

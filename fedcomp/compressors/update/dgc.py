@@ -37,6 +37,7 @@ from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update
 from fedcomp.compressors.update.sparse import SparseParams, encode_sparse, k_for, top_magnitude
 from fedcomp.compressors.update.topk import UPLINK_SELECTION, SparseCompressor
+from fedcomp.config import require
 from fedcomp.seeding import torch_generator
 
 WARMUP_SPARSITY = (0.75, 0.9375, 0.984375, 0.996, 0.999)
@@ -56,18 +57,11 @@ class DGCParams(SparseParams):
     dense_1d: bool = True
 
     def validate(self, path: str) -> None:
-        from fedcomp.config import ConfigError
-
         super().validate(path)
-        checks = [
-            (0 <= self.momentum < 1, "momentum", "a number in [0, 1)"),
-            (self.clip_norm >= 0, "clip_norm", "a number >= 0"),
-            (self.warmup_rounds >= 0, "warmup_rounds", "an integer >= 0"),
-            (0.001 <= self.sample_fraction <= 1, "sample_fraction", "a number in [0.001, 1]"),
-        ]
-        for ok, key, expected in checks:
-            if not ok:
-                raise ConfigError(f"config key '{path}.{key}': expected {expected}")
+        require(0 <= self.momentum < 1, f"{path}.momentum", "a number in [0, 1)")
+        require(self.clip_norm >= 0, f"{path}.clip_norm", "a number >= 0")
+        require(self.warmup_rounds >= 0, f"{path}.warmup_rounds", "an integer >= 0")
+        require(0.001 <= self.sample_fraction <= 1, f"{path}.sample_fraction", "a number in [0.001, 1]")
 
 
 def warmup_density(target: float, server_round: int, warmup_rounds: int) -> float:

@@ -16,6 +16,7 @@ import torch
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update.sparse import SparseParams, top_magnitude
 from fedcomp.compressors.update.topk import SparseCompressor
+from fedcomp.config import require
 
 
 @dataclass
@@ -25,10 +26,7 @@ class RTopKParams(SparseParams):
 
     def validate(self, path: str) -> None:
         super().validate(path)
-        if self.r_factor < 1:
-            from fedcomp.config import ConfigError
-
-            raise ConfigError(f"config key '{path}.r_factor': expected a number >= 1, got {self.r_factor}")
+        require(self.r_factor >= 1, f"{path}.r_factor", f"a number >= 1, got {self.r_factor}")
 
 
 @UPDATE_COMPRESSORS.register("rtopk", "rTop-k: random k of the top r per tensor (Barnes et al. 2020)")

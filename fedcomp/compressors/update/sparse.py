@@ -28,6 +28,7 @@ from fedcomp.coding import (
     unpack_values,
 )
 from fedcomp.coding.values import BYTES_PER_VALUE, VALUE_FORMATS, pack_values
+from fedcomp.config import require
 
 Selection = dict[str, tuple[torch.Tensor, torch.Tensor]]
 """name → (flat int64 indices, sorted ascending; the values at them)."""
@@ -45,14 +46,8 @@ class SparseParams:
     """Keep what was not sent and add it next round (default: the method's own)."""
 
     def validate(self, path: str) -> None:
-        from fedcomp.config import ConfigError
-
-        if not 0 < self.density <= 1:
-            raise ConfigError(f"config key '{path}.density': expected a number in (0, 1], got {self.density}")
-        if self.values not in VALUE_FORMATS:
-            raise ConfigError(
-                f"config key '{path}.values': expected one of {sorted(VALUE_FORMATS)}, got {self.values!r}"
-            )
+        require(0 < self.density <= 1, f"{path}.density", f"a number in (0, 1], got {self.density}")
+        require(self.values in VALUE_FORMATS, f"{path}.values", f"one of {sorted(VALUE_FORMATS)}, got {self.values!r}")
 
 
 def k_for(n: int, density: float) -> int:

@@ -81,6 +81,7 @@ from fedcomp.coding import (
 )
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor
+from fedcomp.config import require
 from fedcomp.seeding import derive_seed
 
 SURP_ORDER = 12  # seeding purpose
@@ -157,14 +158,9 @@ class SurpParams:
     error_feedback: bool | None = None
 
     def validate(self, path: str) -> None:
-        from fedcomp.config import ConfigError
-
-        if not 0 < self.density <= 1:
-            raise ConfigError(f"config key '{path}.density': expected a number in (0, 1], got {self.density}")
-        if self.max_bytes < 0:
-            raise ConfigError(f"config key '{path}.max_bytes': expected an integer >= 0")
-        if self.beta < 0:
-            raise ConfigError(f"config key '{path}.beta': expected a number >= 0 (0 = log n)")
+        require(0 < self.density <= 1, f"{path}.density", f"a number in (0, 1], got {self.density}")
+        require(self.max_bytes >= 0, f"{path}.max_bytes", "an integer >= 0")
+        require(self.beta >= 0, f"{path}.beta", "a number >= 0 (0 = log n)")
 
 
 @dataclass
