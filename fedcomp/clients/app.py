@@ -78,6 +78,15 @@ def _runtime(config_json: str, partition_id: int, num_partitions: int) -> Client
     )
 
 
+def runtime_for(msg: Message, context: Context) -> ClientRuntime:
+    """The cached runtime for the message's experiment and this node's partition."""
+    return _runtime(
+        json.dumps(experiment_from(msg.content), sort_keys=True),
+        int(context.node_config["partition-id"]),
+        int(context.node_config["num-partitions"]),
+    )
+
+
 UPLINK_STATE_KEY = "fedcomp.uplink_state"
 
 
@@ -106,11 +115,7 @@ app = ClientApp()
 @app.query()
 def warm_up(msg: Message, context: Context) -> Message:
     """Load data, partition and model once, before round 1 (see ``servers.app.warm_up``)."""
-    rt = _runtime(
-        json.dumps(experiment_from(msg.content), sort_keys=True),
-        int(context.node_config["partition-id"]),
-        int(context.node_config["num-partitions"]),
-    )
+    rt = runtime_for(msg, context)
     metrics = MetricRecord({"partition-id": rt.partition_id, "num-examples": len(rt.data)})
     return Message(content=RecordDict({METRICS_KEY: metrics}), reply_to=msg)
 
@@ -119,12 +124,8 @@ def warm_up(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """One round of local training; replies with the compressed update."""
     t0 = time.perf_counter()
-    partition_id = int(context.node_config["partition-id"])
-    rt = _runtime(
-        json.dumps(experiment_from(msg.content), sort_keys=True),
-        partition_id,
-        int(context.node_config["num-partitions"]),
-    )
+    rt = runtime_for(msg, context)
+    partition_id = rt.partition_id
     cfg = rt.cfg
     server_round = int(msg.content.config_records["config"]["server-round"])
     torch.set_num_threads(max(1, int(cfg.simulation.num_cpus)))
