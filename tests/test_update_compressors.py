@@ -31,12 +31,15 @@ def make(name: str, **params):
 
 
 ALL = sorted(UPDATE_COMPRESSORS)
+# Every registered compressor with its defaults, plus the SuRP options that change the wire format.
+VARIANTS = [(name, {}) for name in ALL] + [("surp", {"algorithm": 1}), ("surp", {"normalization": "global"})]
+VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in p.items()) for name, p in VARIANTS]
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_round_trip_through_bytes_matches_what_the_encoder_says_it_sent(name):
+@pytest.mark.parametrize(("name", "params"), VARIANTS, ids=VARIANT_IDS)
+def test_round_trip_through_bytes_matches_what_the_encoder_says_it_sent(name, params):
     upd = laplace_update()
-    comp = make(name)
+    comp = make(name, **params)
     enc = comp.encode(upd, {}, EncodeContext(1, 0, 4))
     assert isinstance(enc.payload, bytes)
     dec = comp.decode(enc.payload, DecodeLimits.for_specs(specs_of(upd)))
@@ -45,10 +48,10 @@ def test_round_trip_through_bytes_matches_what_the_encoder_says_it_sent(name):
         assert dec[k].shape == upd[k].shape and torch.equal(dec[k], enc.sent[k])
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_corrupted_payloads_only_raise_decode_errors(name):
+@pytest.mark.parametrize(("name", "params"), VARIANTS, ids=VARIANT_IDS)
+def test_corrupted_payloads_only_raise_decode_errors(name, params):
     upd = laplace_update(1)
-    comp = make(name)
+    comp = make(name, **params)
     payload = comp.encode(upd, {}, EncodeContext()).payload
     limits = DecodeLimits.for_specs(specs_of(upd))
     rng = np.random.default_rng(0)
@@ -171,6 +174,8 @@ def test_bad_params_are_config_errors():
         ("surp", {"density": 2}, "uplink.density"),
         ("topk", {"values": "int8"}, "uplink.values"),
         ("surp", {"nonsense": 1}, "uplink.nonsense"),
+        ("surp", {"algorithm": 3}, "uplink.algorithm"),
+        ("surp", {"normalization": "net"}, "uplink.normalization"),
     ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             UPDATE_COMPRESSORS.get(name).parse_params(params, "uplink")
@@ -280,3 +285,48 @@ def test_surp_compresses_a_lenet_update_to_about_ten_bits_per_nonzero():
     nnz = sum(int((v != 0).sum()) for v in enc.sent.values())
     assert nnz == math.ceil(0.001 * 431_080)
     assert len(enc.payload) * 8 / nnz < 11.5  # about 590 B for 432 nonzeros, container included
+
+
+# ----------------------------------------------------------------------------- SuRP Algorithm 1, normalization
+
+
+def test_surp_algorithm_1_sends_a_positive_and_a_negative_coordinate_per_iteration():
+    flats = [np.random.default_rng(12).laplace(size=30_000)]
+    stream, coords, taus, stats = run_encoder(flats, SurpParams(density=0.02, algorithm=1), seed=5)
+    u = flats[0] / np.abs(flats[0]).sum()
+    assert stream.sides == 2 and not stream.signs  # the slot gives the sign: no sign bits
+    assert coords.size == 2 * stats["iterations"] and stats["iterations"] > 300
+    assert np.all(u[coords[0::2]] > 0) and np.all(u[coords[1::2]] < 0)
+    assert np.array_equal(taus[0::2], taus[1::2])  # one threshold per ± pair
+    # The threshold is (1/λ)·log(n/(2β)); λ grows by n/(n − 2·log(n/(2β))) per iteration.
+    n, beta = 30_000, math.log(30_000)
+    assert stream.logf == pytest.approx(math.log(n / (2 * beta)))
+    assert taus[0] == pytest.approx(stream.logf / stream.lam0)
+    coords2, taus2 = replay(stream, n)
+    assert np.array_equal(coords, coords2) and np.array_equal(taus, taus2)  # bit-identical
+    recon = np.zeros(n)
+    np.add.at(recon, coords, np.where(np.arange(coords.size) % 2 == 1, -taus, taus))
+    nz = recon != 0
+    assert np.all(np.sign(recon[nz]) == np.sign(u[nz])) and np.all(np.abs(recon) <= np.abs(u))  # Remark 2
+
+
+def test_surp_algorithm_1_stops_when_one_sign_has_nothing_left():
+    upd = OrderedDict(w=torch.from_numpy(np.abs(np.random.default_rng(1).laplace(size=5000)).astype(np.float32)))
+    comp = make("surp", density=0.05, algorithm=1, error_feedback=False)
+    enc = comp.encode(upd, {}, EncodeContext())
+    dec = comp.decode(enc.payload, DecodeLimits.for_specs(specs_of(upd)))
+    assert torch.count_nonzero(dec["w"]) == 0 and torch.equal(dec["w"], enc.sent["w"])
+
+
+def test_surp_global_normalization_spends_fewer_iterations_on_small_layers():
+    """Per-layer ℓ₁ norms make a 20-coordinate bias layer dominate; one global norm does not."""
+    upd = laplace_update(13)
+    flats = [v.reshape(-1).numpy() for v in upd.values()]
+    _, coords_layer, _, layer = run_encoder(flats, SurpParams(density=0.01), seed=1)
+    _, coords_global, _, glob = run_encoder(flats, SurpParams(density=0.01, normalization="global"), seed=1)
+    assert np.unique(coords_layer).size == np.unique(coords_global).size  # same target reached
+    assert layer["iterations"] > 1.5 * np.unique(coords_layer).size
+    assert glob["iterations"] < 1.2 * np.unique(coords_global).size
+    comp = make("surp", density=0.01, normalization="global")
+    enc = comp.encode(upd, {}, EncodeContext())
+    assert len(enc.payload) < len(make("surp", density=0.01).encode(upd, {}, EncodeContext()).payload)
