@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-## Run the demo federation on the embedded digits and print its table.
+## The demo: the federation on the embedded digits, uncompressed and with SuRP
+## at 1% density, then a report comparing the two (run again: complete runs are kept).
+DEMO_GRID := uplink={name="identity"},{name="surp",density=0.01}
 demo: $(STAMP)
-	$(BIN)/fedcomp run simulations/demo.toml
+	$(BIN)/fedcomp sweep simulations/demo.toml --grid '$(DEMO_GRID)' --sweep-dir runs/demo --report
 
 ## Lint, then the whole test suite (two workers).
 test: $(STAMP)

@@ -2,7 +2,7 @@
 
 from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, load_config
 
-__all__ = ["ConfigError", "ExperimentConfig", "config_from_dict", "load_config", "run"]
+__all__ = ["ConfigError", "ExperimentConfig", "config_from_dict", "load_config", "make_report", "run", "run_sweep"]
 
 
 def run(config, **kwargs):  # noqa: ANN001, ANN201 - re-exported, documented in fedcomp.simulation.run
@@ -10,3 +10,17 @@ def run(config, **kwargs):  # noqa: ANN001, ANN201 - re-exported, documented in 
     from fedcomp.simulation import run as _run
 
     return _run(config, **kwargs)
+
+
+def run_sweep(config, grid=None, **kwargs):  # noqa: ANN001, ANN201 - documented in fedcomp.sweep.run_sweep
+    """Run a grid of configs × seeds; see :func:`fedcomp.sweep.run_sweep`."""
+    from fedcomp.sweep import run_sweep as _run_sweep
+
+    return _run_sweep(config, grid, **kwargs)
+
+
+def make_report(paths, out_dir, **kwargs):  # noqa: ANN001, ANN201 - documented in fedcomp.reports.render
+    """Write a report comparing runs; see :func:`fedcomp.reports.make_report`."""
+    from fedcomp.reports import make_report as _make_report
+
+    return _make_report(paths, out_dir, **kwargs)

@@ -1,4 +1,4 @@
-"""The ``fedcomp`` command line: ``run`` and ``list``."""
+"""The ``fedcomp`` command line: ``run``, ``sweep``, ``report`` and ``list``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from fedcomp.config import ConfigError
+from fedcomp.reports.runs import ReportError
 
 
 def format_rounds_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -49,7 +51,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = run(cfg, run_dir=args.run_dir, progress=not args.no_progress, verbose=args.verbose)
     print(format_rounds_table(result.rows))
     print(f"\nrun directory: {result.run_dir}")
+    if args.report:
+        _print_report([result.run_dir], Path(result.run_dir) / "report", None, False)
     return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from fedcomp.sweep import parse_grid, run_sweep
+
+    result = run_sweep(
+        args.config,
+        parse_grid(args.grid or []),
+        seeds=args.seeds,
+        overrides=args.set or [],
+        sweep_dir=args.sweep_dir,
+        progress=not args.no_progress,
+        verbose=args.verbose,
+    )
+    print(f"sweep directory: {result.sweep_dir}")
+    for r in result.runs:
+        acc = "" if r.final_accuracy is None else f"  final accuracy {r.final_accuracy:.4f}"
+        print(f"  {r.status:<9} {r.dir}{acc}" + (f"  ({r.error})" if r.error else ""))
+    if args.report:
+        _print_report([result.sweep_dir], Path(result.sweep_dir) / "report", args.target, False)
+    return 1 if result.failed else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    _print_report(args.paths, Path(args.output), args.target, args.allow_mixed)
+    return 0
+
+
+def _print_report(paths: Sequence[str | Path], out: Path, target: float | None, allow_mixed: bool) -> None:
+    from fedcomp.reports import make_report
+
+    report = make_report(list(paths), out, target=target, allow_mixed=allow_mixed)
+    print(f"\nreport: {report.html}")
+    print(f"        {report.markdown}, {report.csv.name}, {report.json.name}, figures/ in {report.out_dir}")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -79,7 +117,32 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--run-dir", help="write the run here instead of a new folder under output_dir")
     p_run.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_run.add_argument("-v", "--verbose", action="store_true", help="show Flower's and Ray's own logs")
+    p_run.add_argument("--report", action="store_true", help="write a report into RUN_DIR/report at the end")
     p_run.set_defaults(func=_cmd_run)
+
+    p_sweep = sub.add_parser("sweep", help="run a grid of configs x seeds, one run directory each")
+    p_sweep.add_argument("config", help="base experiment TOML file")
+    p_sweep.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="values to sweep, e.g. uplink.name=surp,rtopk (repeatable: cross product)",
+    )
+    p_sweep.add_argument("--seeds", type=int, default=1, help="runs per combination, seeds config.seed + 0..N-1")
+    p_sweep.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the base config")
+    p_sweep.add_argument("--sweep-dir", help="sweep directory (give an existing one to resume: complete runs are kept)")
+    p_sweep.add_argument("--report", action="store_true", help="write a report into SWEEP_DIR/report at the end")
+    p_sweep.add_argument("--target", type=float, help="target accuracy for the report (default: 99%% of identity's)")
+    p_sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p_sweep.add_argument("-v", "--verbose", action="store_true", help="show Flower's and Ray's own logs")
+    p_sweep.set_defaults(func=_cmd_sweep)
+
+    p_report = sub.add_parser("report", help="compare runs: HTML, Markdown, CSV and JSON with figures")
+    p_report.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="run or sweep directories")
+    p_report.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write the report into")
+    p_report.add_argument("--target", type=float, help="target accuracy (default: 99%% of the identity run's final)")
+    p_report.add_argument("--allow-mixed", action="store_true", help="accept runs of different experiments")
+    p_report.set_defaults(func=_cmd_report)
 
     p_list = sub.add_parser("list", help="list datasets, models and compressors")
     p_list.set_defaults(func=_cmd_list)
@@ -96,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as exc:
         print(f"fedcomp: config error: {exc}", file=sys.stderr)
+        return 2
+    except ReportError as exc:
+        print(f"fedcomp: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
         print(f"fedcomp: {exc}", file=sys.stderr)

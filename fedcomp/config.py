@@ -241,16 +241,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected the form section.key=value")
-        value = parse_value(raw.strip())
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: '{part}' is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+        set_dotted(data, key, parse_value(raw.strip()), what=f"override {item!r}")
     return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, what: str = "key") -> None:
+    """``data["a"]["b"] = value`` for ``key = "a.b"``, creating sections as needed."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 def parse_value(raw: str) -> Any:

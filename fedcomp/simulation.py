@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedcomp.config import ExperimentConfig, config_from_dict, load_config
-from fedcomp.servers.recorder import RunRecorder, new_run_dir, read_rounds
+from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, load_config
+from fedcomp.servers.recorder import ROUNDS_FILE, RunRecorder, new_run_dir, read_rounds
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ def run(
 
     cfg = as_config(config)
     path = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    if (path / ROUNDS_FILE).exists():
+        raise ConfigError(f"run directory {path} already holds a run; give a new directory (nothing was changed)")
     recorder = RunRecorder(path, cfg, meta=_versions())
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     server_app = build_server_app(cfg, recorder, show_progress=progress)

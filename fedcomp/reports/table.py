@@ -1,0 +1,177 @@
+"""The figures of a report's table, computed from the run files alone.
+
+Per run: final and best test accuracy, total uplink and downlink bytes,
+mean bytes per client per round each way, the compression ratio against
+the identity codec, the uplink bytes and rounds to first reach a target
+accuracy, wall time. Per group (runs that differ only in seed): mean and
+standard deviation (n − 1) of each.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedcomp.reports.runs import RunGroup, RunRecord
+
+METRICS: dict[str, str] = {
+    "final_accuracy": "final test accuracy",
+    "best_accuracy": "best test accuracy",
+    "uplink_bytes": "total uplink bytes",
+    "downlink_bytes": "total downlink bytes",
+    "uplink_per_client_round": "uplink bytes per client per round",
+    "downlink_per_client_round": "downlink bytes per client per round",
+    "compression_ratio": "uplink compression ratio vs identity",
+    "uplink_bytes_to_target": "uplink bytes to reach the target",
+    "rounds_to_target": "rounds to reach the target",
+    "wall_s": "wall time (s)",
+}
+
+
+@dataclass
+class Stat:
+    mean: float | None
+    std: float | None
+    values: list[float | None]
+
+    @classmethod
+    def of(cls, values: list[float | None]) -> Stat:
+        known = [v for v in values if v is not None and math.isfinite(v)]
+        if not known:
+            return cls(None, None, values)
+        mean = sum(known) / len(known)
+        std = math.sqrt(sum((v - mean) ** 2 for v in known) / (len(known) - 1)) if len(known) > 1 else 0.0
+        return cls(mean, std, values)
+
+
+@dataclass
+class GroupRow:
+    label: str
+    uplink: str
+    runs: list[str]
+    seeds: list[int]
+    status: str
+    """``complete`` or e.g. ``partial: 1 of 2 runs (3/10 rounds)``."""
+    metrics: dict[str, Stat] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "uplink": self.uplink,
+            "runs": self.runs,
+            "seeds": self.seeds,
+            "status": self.status,
+            "metrics": {k: {"mean": s.mean, "std": s.std, "values": s.values} for k, s in self.metrics.items()},
+        }
+
+
+@dataclass
+class Table:
+    rows: list[GroupRow]
+    target_accuracy: float | None
+    target_source: str
+    identity_bytes: float | None
+    identity_source: str
+
+
+def accuracy_curve(run: RunRecord) -> list[tuple[int, float, int]]:
+    """(round, accuracy, cumulative uplink bytes) at every evaluated round."""
+    out, cum = [], 0
+    for r in run.rows:
+        cum += int(r["uplink_bytes"])
+        if r.get("test_accuracy") is not None:
+            out.append((int(r["round"]), float(r["test_accuracy"]), cum))
+    return out
+
+
+def run_metrics(run: RunRecord, target: float | None, identity_bytes: float | None) -> dict[str, float | None]:
+    curve = accuracy_curve(run)
+    accs = [a for _, a, _ in curve]
+    uploads = sum(len(r["clients"]) for r in run.rows)
+    sampled = sum(int(r["sampled_clients"]) for r in run.rows)
+    up = sum(int(r["uplink_bytes"]) for r in run.rows)
+    down = sum(int(r["downlink_bytes"]) for r in run.rows)
+    up_pcr = up / uploads if uploads else None
+    reached = next(((rnd, cum) for rnd, acc, cum in curve if target is not None and acc >= target), None)
+    return {
+        "final_accuracy": accs[-1] if accs else None,
+        "best_accuracy": max(accs) if accs else None,
+        "uplink_bytes": float(up),
+        "downlink_bytes": float(down),
+        "uplink_per_client_round": up_pcr,
+        "downlink_per_client_round": down / sampled if sampled else None,
+        "compression_ratio": identity_bytes / up_pcr if identity_bytes and up_pcr else None,
+        "uplink_bytes_to_target": float(reached[1]) if reached else None,
+        "rounds_to_target": float(reached[0]) if reached else None,
+        "wall_s": _wall(run),
+    }
+
+
+def _wall(run: RunRecord) -> float | None:
+    if run.summary.get("wall_s") is not None:
+        return float(run.summary["wall_s"])
+    return sum(float(r.get("wall_s", 0.0)) for r in run.rows) or None
+
+
+def identity_payload_bytes(groups: list[RunGroup]) -> tuple[float | None, str]:
+    """Bytes per client per round of the uncompressed update: measured if an identity run is there.
+
+    Otherwise the identity codec encodes the final model's tensors (from a
+    ``model.pt``) and its payload length is used: exact, since the identity
+    payload's length depends only on the tensor list.
+    """
+    for g in groups:
+        if g.uplink == "identity":
+            vals = [run_metrics(r, None, None)["uplink_per_client_round"] for r in g.runs]
+            stat = Stat.of(vals)
+            if stat.mean:
+                return stat.mean, f"measured by the identity run(s) ({g.label})"
+    for g in groups:
+        for r in g.runs:
+            model = Path(r.path) / "model.pt"
+            if model.exists():
+                return float(_identity_length(model)), f"identity codec payload of {r.path.name}/model.pt"
+    return None, "no identity run and no model.pt: ratio not available"
+
+
+def _identity_length(model_file: Path) -> int:
+    import torch
+
+    from fedcomp.compressors.update.identity import IdentityCompressor
+
+    state = torch.load(model_file, map_location="cpu", weights_only=True)
+    update = {k: v for k, v in state.items() if v.is_floating_point()}
+    return len(IdentityCompressor().encode(update).payload)
+
+
+def default_target(groups: list[RunGroup]) -> tuple[float | None, str]:
+    """99% of the uncompressed (identity) run's final accuracy, mean over its seeds."""
+    for g in groups:
+        if g.uplink == "identity":
+            stat = Stat.of([run_metrics(r, None, None)["final_accuracy"] for r in g.runs])
+            if stat.mean is not None:
+                return 0.99 * stat.mean, f"99% of the identity run's final accuracy ({stat.mean:.4f})"
+    return None, "no target given and no identity run to derive one from"
+
+
+def build_table(groups: list[RunGroup], target: float | None = None) -> Table:
+    if target is not None:
+        target_source = "given"
+    else:
+        target, target_source = default_target(groups)
+    identity, identity_source = identity_payload_bytes(groups)
+    rows = []
+    for g in groups:
+        per_run = [run_metrics(r, target, identity) for r in g.runs]
+        metrics = {k: Stat.of([m[k] for m in per_run]) for k in METRICS}
+        partial = [r for r in g.runs if r.status != "complete"]
+        status = "complete"
+        if partial:
+            rounds = ", ".join(f"{len(r.rows)}/{r.planned_rounds}" for r in partial)
+            status = f"partial: {len(partial)} of {len(g.runs)} runs ({rounds} rounds)"
+        rows.append(
+            GroupRow(g.label, g.uplink, [str(r.path) for r in g.runs], [r.seed for r in g.runs], status, metrics)
+        )
+    return Table(rows, target, target_source, identity, identity_source)

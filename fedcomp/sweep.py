@@ -1,0 +1,232 @@
+"""Sweeps: the cross product of a grid of config values × seeds, one run directory each.
+
+    sweep_dir/
+        sweep.json                       the grid, the seeds and every run with its status
+        uplink.name-surp__seed-0/        an ordinary run directory
+        ...
+        .attempts/                       earlier, unfinished attempts of a run (kept, not reported)
+
+Every combination is validated before anything runs, so a grid key that
+does not exist stops the sweep at once with the key named. A run that fails
+is recorded (its own ``summary.json`` and ``sweep.json`` say why) and the
+sweep goes on. Started again on the same directory, a sweep skips the runs
+already complete and runs the others afresh (an unfinished attempt is moved
+to ``.attempts/``, not deleted).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedcomp.config import ConfigError, ExperimentConfig, apply_overrides, config_from_dict, parse_value, set_dotted
+from fedcomp.reports.runs import SWEEP_FILE, ReportError, load_run
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepRun:
+    dir: str
+    overrides: dict[str, Any]
+    seed: int
+    status: str = "pending"  # pending | complete | failed | skipped (already complete)
+    error: str | None = None
+    final_accuracy: float | None = None
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: Path
+    runs: list[SweepRun] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[SweepRun]:
+        return [r for r in self.runs if r.status == "failed"]
+
+
+def parse_grid(items: list[str] | tuple[str, ...]) -> dict[str, list[Any]]:
+    """``["uplink.name=surp,rtopk", "uplink.density=0.01,0.001"]`` → {key: [values]} (TOML value syntax)."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not raw.strip():
+            raise ConfigError(f"grid {item!r}: expected the form section.key=value1,value2,...")
+        if key in grid:
+            raise ConfigError(f"grid key '{key}' is given twice")
+        grid[key] = [parse_value(v.strip()) for v in split_top_level(raw) if v.strip()]
+    return grid
+
+
+def split_top_level(raw: str) -> list[str]:
+    """Split on commas outside quotes, [] and {}: ``{name="surp",density=0.01},{name="identity"}`` is two values."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(raw):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(raw[start:i])
+            start = i + 1
+    parts.append(raw[start:])
+    return parts
+
+
+def plan(base: dict[str, Any], grid: dict[str, list[Any]], seeds: int) -> list[tuple[SweepRun, ExperimentConfig]]:
+    """Every combination as a validated config; a ConfigError names the combination and the key."""
+    if seeds < 1:
+        raise ConfigError(f"seeds: expected an integer >= 1, got {seeds}")
+    if "seed" in grid:
+        raise ConfigError("grid key 'seed': use --seeds N instead")
+    base_cfg = config_from_dict(json.loads(json.dumps(base)))
+    keys = list(grid)
+    out = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        combo = dict(zip(keys, values, strict=True))
+        for i in range(seeds):
+            seed = base_cfg.seed + i
+            data = json.loads(json.dumps(base))
+            for k, v in combo.items():
+                set_dotted(data, k, v, what=f"grid key '{k}'")
+            data["seed"] = seed
+            try:
+                cfg = config_from_dict(data)
+            except ConfigError as exc:
+                shown = ", ".join(f"{k}={v}" for k, v in combo.items())
+                raise ConfigError(f"grid combination {shown}: {exc}") from exc
+            out.append((SweepRun(_slug(combo, seed), combo, seed), cfg))
+    return out
+
+
+def _slug(combo: dict[str, Any], seed: int) -> str:
+    def show(v: Any) -> str:
+        return ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else str(v)
+
+    parts = [f"{k}-{show(v)}" for k, v in combo.items()] + [f"seed-{seed}"]
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", "__".join(parts))
+
+
+def run_sweep(
+    config: str | Path | dict[str, Any],
+    grid: dict[str, list[Any]] | None = None,
+    *,
+    seeds: int = 1,
+    overrides: list[str] | tuple[str, ...] = (),
+    sweep_dir: str | Path | None = None,
+    progress: bool = True,
+    verbose: bool = False,
+) -> SweepResult:
+    """Run the grid × seeds; see the module docstring for the directory and the restart rules."""
+    from fedcomp.simulation import run
+
+    base = _load_base(config, overrides)
+    runs = plan(base, grid or {}, seeds)
+    if sweep_dir is None:
+        name = base.get("name", "experiment")
+        sweep_dir = Path(base.get("output_dir", "runs")) / f"{name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    root = Path(sweep_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    result = SweepResult(root, [r for r, _ in runs])
+    state = _read_state(root)
+    for i, (entry, cfg) in enumerate(runs, 1):
+        path = root / entry.dir
+        if _complete(path):
+            entry.status = "skipped"
+            entry.final_accuracy = load_run(path).summary.get("final_test_accuracy")
+            _say(progress, f"[{i}/{len(runs)}] {entry.dir}: already complete, skipped")
+            continue
+        if path.exists():
+            _set_aside(root, path)
+        _write_state(root, grid or {}, seeds, result.runs, state)
+        _say(progress, f"[{i}/{len(runs)}] {entry.dir}")
+        try:
+            res = run(cfg, run_dir=path, progress=progress, verbose=verbose)
+        except KeyboardInterrupt:
+            entry.status, entry.error = "failed", "interrupted"
+            _write_state(root, grid or {}, seeds, result.runs, state)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
+            entry.status, entry.error = "failed", f"{type(exc).__name__}: {exc}"
+            logger.warning("sweep run %s failed: %s", entry.dir, entry.error)
+            _say(progress, f"    failed: {entry.error}")
+        else:
+            entry.status, entry.final_accuracy = "complete", res.final_accuracy
+        _write_state(root, grid or {}, seeds, result.runs, state)
+    return result
+
+
+def _load_base(config: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    if isinstance(config, dict):
+        data = json.loads(json.dumps(config))
+    else:
+        p = Path(config)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p} is not valid TOML: {exc}") from exc
+    return apply_overrides(data, list(overrides))
+
+
+def _complete(path: Path) -> bool:
+    if not (path / "config.toml").exists():
+        return False
+    try:
+        return load_run(path).status == "complete"
+    except ReportError:
+        return False
+
+
+def _set_aside(root: Path, path: Path) -> None:
+    """Keep an unfinished attempt out of the way instead of deleting what it recorded."""
+    attempts = root / ".attempts"
+    attempts.mkdir(exist_ok=True)
+    for n in range(1, 10_000):
+        dest = attempts / f"{path.name}-{n}"
+        if not dest.exists():
+            shutil.move(str(path), dest)
+            return
+
+
+def _read_state(root: Path) -> dict[str, Any]:
+    try:
+        return json.loads((root / SWEEP_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_state(root: Path, grid: dict[str, list[Any]], seeds: int, runs: list[SweepRun], old: dict[str, Any]) -> None:
+    """sweep.json: this invocation's runs, plus runs of earlier invocations not planned this time."""
+    current = {r.dir for r in runs}
+    earlier = [r for r in old.get("runs", []) if r.get("dir") not in current]
+    data = {
+        "grid": grid,
+        "seeds": seeds,
+        "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "runs": earlier + [r.__dict__ for r in runs],
+    }
+    tmp = root / (SWEEP_FILE + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    os.replace(tmp, root / SWEEP_FILE)
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,186 @@
+"""Sweeps and reports on real small runs: a real 2 compressors × 2 seeds sweep, then its report."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import shutil
+from html.parser import HTMLParser
+
+import pytest
+
+from fedcomp.cli import main as cli_main
+from fedcomp.config import ConfigError
+from fedcomp.reports import ReportError, make_report
+from fedcomp.servers.recorder import read_rounds
+from fedcomp.sweep import parse_grid, run_sweep
+from tests.conftest import small_config
+
+GRID = {"uplink": [{"name": "identity"}, {"name": "surp", "density": 0.01}]}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    cfg = small_config(root)
+    return run_sweep(cfg, GRID, seeds=2, sweep_dir=root / "sweep", progress=False)
+
+
+@pytest.fixture(scope="module")
+def report(sweep, tmp_path_factory):
+    return make_report([sweep.sweep_dir], tmp_path_factory.mktemp("report"))
+
+
+def _rows(run_dir):
+    return read_rounds(run_dir)
+
+
+def _per_client_round(rows):
+    return sum(r["uplink_bytes"] for r in rows) / sum(len(r["clients"]) for r in rows)
+
+
+def test_sweep_runs_the_cross_product_one_directory_each(sweep):
+    assert [r.status for r in sweep.runs] == ["complete"] * 4
+    assert sorted(r.seed for r in sweep.runs) == [0, 0, 1, 1]
+    recorded = json.loads((sweep.sweep_dir / "sweep.json").read_text())
+    assert [r["dir"] for r in recorded["runs"]] == [r.dir for r in sweep.runs]
+    for r in sweep.runs:
+        assert len(_rows(sweep.sweep_dir / r.dir)) == 2
+
+
+def test_report_groups_seeds_into_one_row_per_compressor(report, sweep):
+    table = json.loads(report.json.read_text())
+    assert [g["label"] for g in table["groups"]] == ["identity", "surp density=0.01"]
+    assert all(g["seeds"] == [0, 1] and g["status"] == "complete" for g in table["groups"])
+    with report.csv.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["label"] for r in rows] == ["identity", "surp density=0.01"]
+
+
+def test_report_figures_match_the_run_files(report, sweep):
+    groups = {g["label"]: g for g in json.loads(report.json.read_text())["groups"]}
+    runs = {(r.overrides["uplink"]["name"], r.seed): _rows(sweep.sweep_dir / r.dir) for r in sweep.runs}
+    for label, name in (("identity", "identity"), ("surp density=0.01", "surp")):
+        m = groups[label]["metrics"]
+        totals = [sum(r["uplink_bytes"] for r in runs[(name, s)]) for s in (0, 1)]
+        assert m["uplink_bytes"]["values"] == totals
+        assert m["uplink_bytes"]["mean"] == pytest.approx(sum(totals) / 2)
+        finals = [runs[(name, s)][-1]["test_accuracy"] for s in (0, 1)]
+        assert m["final_accuracy"]["values"] == finals
+        assert m["final_accuracy"]["std"] == pytest.approx(abs(finals[0] - finals[1]) / 2**0.5)
+    identity_pcr = (_per_client_round(runs[("identity", 0)]) + _per_client_round(runs[("identity", 1)])) / 2
+    ratios = groups["surp density=0.01"]["metrics"]["compression_ratio"]["values"]
+    assert ratios == [pytest.approx(identity_pcr / _per_client_round(runs[("surp", s)])) for s in (0, 1)]
+    assert min(ratios) > 20  # 1% of the coordinates, each costing well under 5 floats
+    # Bytes to target: the default target is 99% of identity's final accuracy (mean over seeds).
+    target = json.loads(report.json.read_text())["target_accuracy"]
+    id_finals = [runs[("identity", s)][-1]["test_accuracy"] for s in (0, 1)]
+    assert target == pytest.approx(0.99 * sum(id_finals) / 2)
+    for s in (0, 1):
+        cum, expected = 0, None
+        for r in runs[("identity", s)]:
+            cum += r["uplink_bytes"]
+            if r["test_accuracy"] >= target:
+                expected = (r["round"], cum)
+                break
+        got = groups["identity"]["metrics"]
+        assert (got["rounds_to_target"]["values"][s], got["uplink_bytes_to_target"]["values"][s]) == (
+            (expected[0], expected[1]) if expected else (None, None)
+        )
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.tables = {}, 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.images[a["id"]] = a["src"]
+        self.tables += tag == "table"
+
+
+def test_every_figure_is_written_and_embedded_in_html_that_parses(report):
+    parser = _Images()
+    parser.feed(report.html.read_text())
+    parser.close()
+    assert parser.tables == 1
+    assert (
+        set(parser.images)
+        == set(report.figures)
+        == {
+            "accuracy_vs_uplink",
+            "accuracy_vs_rounds",
+            "bytes_per_round",
+            "frontier",
+        }
+    )
+    for name, path in report.figures.items():
+        png = path.read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000
+        prefix = "data:image/png;base64,"
+        assert parser.images[name].startswith(prefix) and base64.b64decode(parser.images[name][len(prefix) :]) == png
+        assert f"figures/{name}.png" in report.markdown.read_text()
+    text = report.markdown.read_text()
+    assert "mnist5k" in text and "lenet5_caffe" in text and "Flower version" in text
+
+
+def test_a_sweep_started_again_skips_the_runs_already_complete(sweep, tmp_path):
+    cfg = small_config(tmp_path)
+    again = run_sweep(cfg, GRID, seeds=2, sweep_dir=sweep.sweep_dir, progress=False)
+    assert [r.status for r in again.runs] == ["skipped"] * 4
+
+
+def test_partial_runs_are_reported_as_partial(sweep, tmp_path):
+    crashed = tmp_path / "crashed"
+    shutil.copytree(sweep.sweep_dir / sweep.runs[1].dir, crashed)
+    lines = (crashed / "rounds.jsonl").read_text().splitlines()
+    (crashed / "rounds.jsonl").write_text(lines[0] + "\n" + lines[1][:20])  # round 2 torn mid-write
+    summary = json.loads((crashed / "summary.json").read_text())
+    (crashed / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    rep = make_report([crashed], tmp_path / "out")
+    (group,) = json.loads(rep.json.read_text())["groups"]
+    assert group["status"] == "partial: 1 of 1 runs (1/2 rounds)"
+    assert group["metrics"]["uplink_bytes"]["values"] == [_rows(crashed)[0]["uplink_bytes"]]
+
+
+def test_bad_report_inputs_get_clear_errors(sweep, tmp_path, capsys):
+    with pytest.raises(ReportError, match="not a fedcomp run directory"):
+        make_report([tmp_path], tmp_path / "out")
+    other = tmp_path / "other"
+    shutil.copytree(sweep.sweep_dir / sweep.runs[0].dir, other)
+    config = (other / "config.toml").read_text().replace('name = "lenet5_caffe"', 'name = "mlp"')
+    (other / "config.toml").write_text(config)
+    with pytest.raises(ReportError, match=r"different experiments: model\.name"):
+        make_report([sweep.sweep_dir / sweep.runs[0].dir, other], tmp_path / "out")
+    assert cli_main(["report", str(tmp_path / "missing"), "-o", str(tmp_path / "out")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_grid_keys_that_do_not_exist_stop_the_sweep_before_it_runs(tmp_path, capsys):
+    cfg = small_config(tmp_path)
+    with pytest.raises(ConfigError, match=r"federation\.roundz"):
+        run_sweep(cfg, parse_grid(["federation.roundz=1,2"]), sweep_dir=tmp_path / "s", progress=False)
+    with pytest.raises(ConfigError, match=r"uplink\.densty"):
+        run_sweep(cfg, parse_grid(['uplink={name="surp",densty=0.1}']), sweep_dir=tmp_path / "s", progress=False)
+    assert not (tmp_path / "s" / "sweep.json").exists()
+    cfg_file = tmp_path / "base.toml"
+    cfg_file.write_text("[federation]\nrounds = 1\n")
+    code = cli_main(["sweep", str(cfg_file), "--grid", "model.nam=mlp", "--sweep-dir", str(tmp_path / "c")])
+    assert code == 2 and "model.nam" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "sweep.json").exists()
+    assert parse_grid(['uplink={name="surp",density=0.01},{name="identity"}', "client.lr=0.1,0.01"]) == {
+        "uplink": [{"name": "surp", "density": 0.01}, {"name": "identity"}],
+        "client.lr": [0.1, 0.01],
+    }
+
+
+def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    cfg = small_config(tmp_path, federation={"rounds": 1}, data={"data_dir": str(tmp_path / "no-data")})
+    res = run_sweep(cfg, {"data.dataset": ["mnist", "mnist5k"]}, sweep_dir=tmp_path / "s", progress=False)
+    assert [r.status for r in res.runs] == ["failed", "complete"]
+    assert "DatasetNotFoundError" in res.runs[0].error and "mnist" in res.runs[0].error
+    recorded = json.loads((tmp_path / "s" / "sweep.json").read_text())["runs"]
+    assert recorded[0]["status"] == "failed" and recorded[0]["error"] == res.runs[0].error
