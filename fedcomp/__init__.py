@@ -2,7 +2,16 @@
 
 from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, load_config
 
-__all__ = ["ConfigError", "ExperimentConfig", "config_from_dict", "load_config", "make_report", "run", "run_sweep"]
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "config_from_dict",
+    "load_config",
+    "make_report",
+    "resume",
+    "run",
+    "run_sweep",
+]
 
 
 def run(config, **kwargs):  # noqa: ANN001, ANN201 - re-exported, documented in fedcomp.simulation.run
@@ -24,3 +33,10 @@ def make_report(paths, out_dir, **kwargs):  # noqa: ANN001, ANN201 - documented 
     from fedcomp.reports import make_report as _make_report
 
     return _make_report(paths, out_dir, **kwargs)
+
+
+def resume(run_dir, **kwargs):  # noqa: ANN001, ANN201 - documented in fedcomp.simulation.resume
+    """Continue an interrupted run from its last checkpoint; see :func:`fedcomp.simulation.resume`."""
+    from fedcomp.simulation import resume as _resume
+
+    return _resume(run_dir, **kwargs)

@@ -45,10 +45,17 @@ def format_rounds_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from fedcomp.config import load_config
-    from fedcomp.simulation import run
+    from fedcomp.simulation import resume, run
 
-    cfg = load_config(args.config, args.set or [])
-    result = run(cfg, run_dir=args.run_dir, progress=not args.no_progress, verbose=args.verbose)
+    if args.resume:
+        if args.config or args.set or args.run_dir:
+            raise ConfigError("--resume RUN_DIR takes the run's own config.toml: give no CONFIG, --set or --run-dir")
+        result = resume(args.resume, progress=not args.no_progress, verbose=args.verbose)
+    elif not args.config:
+        raise ConfigError("give a CONFIG file to run, or --resume RUN_DIR")
+    else:
+        cfg = load_config(args.config, args.set or [])
+        result = run(cfg, run_dir=args.run_dir, progress=not args.no_progress, verbose=args.verbose)
     print(format_rounds_table(result.rows))
     print(f"\nrun directory: {result.run_dir}")
     if args.report:
@@ -107,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_run = sub.add_parser("run", help="run one experiment from a TOML config")
-    p_run.add_argument("config", help="experiment TOML file (see simulations/)")
+    p_run.add_argument("config", nargs="?", help="experiment TOML file (see simulations/)")
+    p_run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p_run.add_argument(
         "--set",
         action="append",

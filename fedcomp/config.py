@@ -76,6 +76,8 @@ class FederationConfig:
     """Centralized evaluation every this many rounds (0 = only after the last)."""
     round_timeout_s: float = 600.0
     """A client reply not back within this many seconds counts as failed."""
+    checkpoint_every: int = 1
+    """Save the server state every this many rounds (and after the last); 0 = never."""
 
     def validate(self, path: str) -> None:
         require(self.num_clients >= 1, f"{path}.num_clients", "an integer >= 1")
@@ -89,6 +91,7 @@ class FederationConfig:
         require(self.server_lr > 0, f"{path}.server_lr", "a number > 0")
         require(self.evaluate_every >= 0, f"{path}.evaluate_every", "an integer >= 0")
         require(self.round_timeout_s > 0, f"{path}.round_timeout_s", "a number of seconds > 0")
+        require(self.checkpoint_every >= 0, f"{path}.checkpoint_every", "an integer >= 0 (0 = never)")
 
 
 @dataclass
@@ -148,10 +151,14 @@ class FaultConfig:
     """Probability that a sampled client raises instead of training (seeded)."""
     corrupt_payload_rate: float = 0.0
     """Probability that a client's payload has one byte flipped before sending."""
+    client_delay_rate: float = 0.0
+    """Probability that a client sleeps ``client_delay_s`` before replying (times out if past the round timeout)."""
+    client_delay_s: float = 0.0
 
     def validate(self, path: str) -> None:
-        require(0 <= self.client_raise_rate <= 1, f"{path}.client_raise_rate", "a probability in [0, 1]")
-        require(0 <= self.corrupt_payload_rate <= 1, f"{path}.corrupt_payload_rate", "a probability in [0, 1]")
+        for key in ("client_raise_rate", "corrupt_payload_rate", "client_delay_rate"):
+            require(0 <= getattr(self, key) <= 1, f"{path}.{key}", "a probability in [0, 1]")
+        require(self.client_delay_s >= 0, f"{path}.client_delay_s", "a number of seconds >= 0")
 
 
 @dataclass

@@ -20,6 +20,9 @@ PAYLOAD_KEY = "payload"
 CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 EXPERIMENT_KEY = "experiment"
+# Train-config entries besides the experiment: where clients keep state files, and the last checkpoint round.
+STATE_DIR_KEY = "state-dir"
+CHECKPOINT_ROUND_KEY = "checkpoint-round"
 STYPE = "fedcomp.payload"
 
 

@@ -15,8 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedcomp.clients.state import drop_rounds_after
 from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, load_config
-from fedcomp.servers.recorder import ROUNDS_FILE, RunRecorder, new_run_dir, read_rounds
+from fedcomp.servers.recorder import (
+    CLIENT_STATE_DIR,
+    CONFIG_FILE,
+    MODEL_FILE,
+    ROUNDS_FILE,
+    Checkpoint,
+    RunRecorder,
+    keep_rounds_up_to,
+    load_checkpoint,
+    new_run_dir,
+    read_rounds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,18 +110,54 @@ def run(
     a path to a TOML file. The run directory is ``run_dir`` if given, else a
     new one under ``output_dir``.
     """
-    from flwr.simulation import run_simulation
-
-    from fedcomp.clients.app import app as client_app
-    from fedcomp.servers.app import build_server_app
-
     cfg = as_config(config)
     path = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     if (path / ROUNDS_FILE).exists():
         raise ConfigError(f"run directory {path} already holds a run; give a new directory (nothing was changed)")
     recorder = RunRecorder(path, cfg, meta=_versions())
+    return _execute(cfg, path, recorder, None, progress, verbose)
+
+
+def resume(run_dir: str | Path, *, progress: bool = True, verbose: bool = False) -> RunResult:
+    """Continue a run from its last checkpoint (``fedcomp run --resume``).
+
+    Rows of rounds after the checkpoint are dropped and redone, as are the
+    clients' state files of those rounds, so every round appears once. A
+    run without a checkpoint starts again from round 1; a complete run is
+    left as it is.
+    """
+    path = Path(run_dir)
+    if not (path / CONFIG_FILE).exists():
+        raise ConfigError(f"{path} is not a fedcomp run directory (no {CONFIG_FILE}); nothing to resume")
+    cfg = load_config(path / CONFIG_FILE)
+    rows = read_rounds(path)
+    if len(rows) >= cfg.federation.rounds and (path / MODEL_FILE).exists():
+        logger.warning("%s is complete (%d rounds); nothing to resume", path, len(rows))
+        return RunResult(path, rows, 0.0)
+    start = load_checkpoint(path)
+    done = start.round if start is not None else 0
+    dropped = keep_rounds_up_to(path, done)
+    drop_rounds_after(path / CLIENT_STATE_DIR, done)
+    logger.info("resuming %s after round %d (%d later rows dropped, to be redone)", path, done, dropped)
+    recorder = RunRecorder(path, cfg, meta=_versions(), resume_from=done)
+    return _execute(cfg, path, recorder, start, progress, verbose)
+
+
+def _execute(
+    cfg: ExperimentConfig,
+    path: Path,
+    recorder: RunRecorder,
+    start: Checkpoint | None,
+    progress: bool,
+    verbose: bool,
+) -> RunResult:
+    from flwr.simulation import run_simulation
+
+    from fedcomp.clients.app import app as client_app
+    from fedcomp.servers.app import build_server_app
+
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    server_app = build_server_app(cfg, recorder, show_progress=progress)
+    server_app = build_server_app(cfg, recorder, progress, start, client_state_dir=path.resolve() / CLIENT_STATE_DIR)
     logger.info("run directory: %s", path)
     t0 = time.perf_counter()
     try:
@@ -129,7 +177,8 @@ def run(
     if len(rows) < cfg.federation.rounds:
         recorder.finish("failed", f"the engine stopped after {len(rows)} of {cfg.federation.rounds} rounds")
         raise RuntimeError(f"simulation ended after {len(rows)} of {cfg.federation.rounds} rounds; see {path}")
-    recorder.meta["engine_overhead_s"] = total - sum(r["wall_s"] for r in rows)
+    done = start.round if start is not None else 0
+    recorder.meta["engine_overhead_s"] = total - sum(r["wall_s"] for r in rows if r["round"] > done)
     recorder.finish("complete")
     return RunResult(path, rows, total)
 

@@ -14,18 +14,27 @@ import time
 from dataclasses import dataclass
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedcomp.clients.state import load_state, save_state, state_dir_for
 from fedcomp.clients.training import float_state, model_delta, resolve_device, train_local
 from fedcomp.coding import DecodeLimits, TensorSpec, specs_of
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
-from fedcomp.compressors.update.base import EncodeContext, State, UpdateCompressor
+from fedcomp.compressors.update.base import EncodeContext, UpdateCompressor
 from fedcomp.compressors.update.feedback import encode_with_feedback
 from fedcomp.compressors.update.identity import IdentityCompressor
 from fedcomp.config import ExperimentConfig, config_from_dict
 from fedcomp.data import ImageData, SplitData, load_dataset, partition_indices
-from fedcomp.messages import METRICS_KEY, PAYLOAD_KEY, experiment_from, payload_from, payload_record
+from fedcomp.messages import (
+    CHECKPOINT_ROUND_KEY,
+    METRICS_KEY,
+    PAYLOAD_KEY,
+    STATE_DIR_KEY,
+    experiment_from,
+    payload_from,
+    payload_record,
+)
 from fedcomp.models import build_model
 from fedcomp.seeding import FAULTS, TRAIN_SHUFFLE, numpy_rng, torch_generator
 
@@ -87,28 +96,6 @@ def runtime_for(msg: Message, context: Context) -> ClientRuntime:
     )
 
 
-UPLINK_STATE_KEY = "fedcomp.uplink_state"
-
-
-def load_uplink_state(context: Context) -> State:
-    """This client's compressor state (error-feedback residual, momentum) from earlier rounds."""
-    record = context.state.array_records.get(UPLINK_STATE_KEY)
-    return dict(record.to_torch_state_dict()) if record is not None else {}
-
-
-def save_uplink_state(context: Context, state: State) -> None:
-    """Keep the state in Flower's per-node ``Context.state`` (it survives between rounds).
-
-    Flower copies ``Context.state`` to and from the worker on every call,
-    so this costs about the size of the state per round (one model's worth
-    of floats for error feedback).
-    """
-    if state:
-        context.state[UPLINK_STATE_KEY] = ArrayRecord({k: v.contiguous() for k, v in state.items()})
-    elif UPLINK_STATE_KEY in context.state:
-        del context.state[UPLINK_STATE_KEY]
-
-
 app = ClientApp()
 
 
@@ -130,9 +117,14 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content.config_records["config"]["server-round"])
     torch.set_num_threads(max(1, int(cfg.simulation.num_cpus)))
 
-    fault_rng = numpy_rng(cfg.seed, FAULTS, server_round, partition_id)
-    if fault_rng.random() < cfg.faults.client_raise_rate:
+    train_config = msg.content.config_records["config"]
+    # Injected faults (seeded per client and round): raise, corrupt the payload, or be too slow.
+    draw_raise, draw_corrupt, draw_delay = numpy_rng(cfg.seed, FAULTS, server_round, partition_id).random(3)
+    fault_rng = numpy_rng(cfg.seed, FAULTS, server_round, partition_id, 1)
+    if draw_raise < cfg.faults.client_raise_rate:
         raise InjectedFault(f"injected fault: client {partition_id} in round {server_round}")
+    if draw_delay < cfg.faults.client_delay_rate:  # a slow device or link: past the round timeout, it fails
+        time.sleep(cfg.faults.client_delay_s)
 
     # Downlink: the global model arrives as a payload, decoded against our own specs.
     global_state = IdentityCompressor().decode(payload_from(msg.content), DecodeLimits.for_specs(rt.model_specs))
@@ -147,13 +139,15 @@ def train(msg: Message, context: Context) -> Message:
     t_train = time.perf_counter()
 
     update = model_delta(float_state(model), before)
-    state = load_uplink_state(context)
+    root = state_dir_for(context, str(train_config.get(STATE_DIR_KEY, "")) or None)
+    folder = root / str(partition_id) if root is not None else None
+    state = load_state(context, folder, server_round)
     ctx = EncodeContext(server_round, partition_id, cfg.federation.num_clients)
     encoded = encode_with_feedback(rt.compressor, update, state, ctx)
-    save_uplink_state(context, encoded.state)
+    save_state(context, folder, server_round, encoded.state, int(train_config.get(CHECKPOINT_ROUND_KEY, 0)))
     t_encode = time.perf_counter()
     payload = encoded.payload
-    if fault_rng.random() < cfg.faults.corrupt_payload_rate:  # injected: one flipped byte in transit
+    if draw_corrupt < cfg.faults.corrupt_payload_rate:  # injected: one flipped byte in transit
         pos = int(fault_rng.integers(len(payload)))
         payload = payload[:pos] + bytes([payload[pos] ^ 0xFF]) + payload[pos + 1 :]
 

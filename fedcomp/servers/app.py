@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -22,10 +23,10 @@ from fedcomp.coding import specs_of
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.config import ExperimentConfig
 from fedcomp.data import load_dataset
-from fedcomp.messages import CONFIG_KEY, config_record
+from fedcomp.messages import CONFIG_KEY, STATE_DIR_KEY, config_record
 from fedcomp.models import build_model
 from fedcomp.seeding import MODEL_INIT, derive_seed
-from fedcomp.servers.recorder import RoundRow, RunRecorder
+from fedcomp.servers.recorder import Checkpoint, RoundRow, RunRecorder
 from fedcomp.strategies.fedavg import CompressedFedAvg
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} GB"  # pragma: no cover
 
 
+WARMUP_TIMEOUT_S = 600.0
+
+
 def warm_up(grid: Grid, cfg: ExperimentConfig, strategy: CompressedFedAvg) -> float:
     """Have every node load its data and model before round 1; returns seconds taken.
 
@@ -61,7 +65,8 @@ def warm_up(grid: Grid, cfg: ExperimentConfig, strategy: CompressedFedAvg) -> fl
     nodes = strategy.wait_for_nodes(grid)
     record = RecordDict({CONFIG_KEY: config_record(cfg.to_dict())})
     messages = [Message(content=record, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
-    replies = grid.send_and_receive(messages, timeout=cfg.federation.round_timeout_s)
+    # Starting workers can take far longer than a round: the round timeout does not apply here.
+    replies = grid.send_and_receive(messages, timeout=max(WARMUP_TIMEOUT_S, cfg.federation.round_timeout_s))
     replies = list(replies)
     for m in replies:
         if not m.has_error() and "metrics" in m.content.metric_records:
@@ -74,8 +79,20 @@ def warm_up(grid: Grid, cfg: ExperimentConfig, strategy: CompressedFedAvg) -> fl
     return time.perf_counter() - t0
 
 
-def serve(grid: Grid, cfg: ExperimentConfig, recorder: RunRecorder, show_progress: bool = True) -> None:
-    """Run the whole federation for ``cfg`` on ``grid``, recording every round."""
+def serve(
+    grid: Grid,
+    cfg: ExperimentConfig,
+    recorder: RunRecorder,
+    show_progress: bool = True,
+    start: Checkpoint | None = None,
+    client_state_dir: Path | None = None,
+) -> None:
+    """Run the federation for ``cfg`` on ``grid``, recording every round.
+
+    ``start``: continue after this checkpoint's round from its model.
+    ``client_state_dir``: where simulated clients keep their state files
+    (sent in the train config; a device's own ``state-dir`` wins).
+    """
     d = cfg.data
     split = load_dataset(d.dataset, d.data_dir, d.download, d.test_size, cfg.seed)
     model = initial_model(cfg, split.input_shape, split.num_classes)
@@ -93,14 +110,17 @@ def serve(grid: Grid, cfg: ExperimentConfig, recorder: RunRecorder, show_progres
     rounds = cfg.federation.rounds
     every = cfg.federation.evaluate_every
     eval_model = build_model(cfg.model.name, split.input_shape, split.num_classes).to(device)
-    latest = {"arrays": ArrayRecord(model.state_dict())}
-    bar = tqdm(total=rounds, unit="round", desc=cfg.name, disable=not show_progress, dynamic_ncols=True)
+    done = start.round if start is not None else 0
+    strategy.round_offset = strategy.last_checkpoint = done
+    latest = {"arrays": ArrayRecord(start.model if start is not None else model.state_dict())}
+    bar = tqdm(total=rounds, initial=done, unit="round", desc=cfg.name, disable=not show_progress, dynamic_ncols=True)
     totals: dict[str, float] = {"up": 0, "down": 0}
     last_acc: list[float] = []
 
-    def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round == 0:
+    def end_of_round(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if flower_round == 0:
             return None
+        server_round = flower_round + done
         latest["arrays"] = arrays
         stats = strategy.take_round_stats()
         if stats is None:  # pragma: no cover - Flower always trains before this hook
@@ -125,10 +145,15 @@ def serve(grid: Grid, cfg: ExperimentConfig, recorder: RunRecorder, show_progres
             uplink_bytes_sent_per_client=stats.uplink_bytes_sent,
             downlink_bytes=stats.downlink_bytes,
             downlink_bytes_per_client=stats.downlink_bytes_per_client,
+            downlink_crc32=stats.downlink_crc32,
             wall_s=time.perf_counter() - stats.started,
             client_metrics=stats.client_metrics,
         )
         recorder.append(row)
+        ckpt = cfg.federation.checkpoint_every
+        if ckpt and (server_round % ckpt == 0 or server_round == rounds):
+            recorder.save_checkpoint(server_round, arrays.to_torch_state_dict(), strategy.state_dict())
+            strategy.last_checkpoint = server_round
         totals["up"] += row.uplink_bytes
         totals["down"] += row.downlink_bytes
         if acc is not None:
@@ -143,13 +168,16 @@ def serve(grid: Grid, cfg: ExperimentConfig, recorder: RunRecorder, show_progres
         return MetricRecord({"test_accuracy": acc}) if acc is not None else None
 
     recorder.meta["warmup_s"] = warm_up(grid, cfg, strategy)
+    train_config = config_record(cfg.to_dict())
+    if client_state_dir is not None:
+        train_config[STATE_DIR_KEY] = str(client_state_dir)
     try:
         strategy.start(
             grid=grid,
             initial_arrays=latest["arrays"],
-            num_rounds=rounds,
+            num_rounds=rounds - done,
             timeout=cfg.federation.round_timeout_s,
-            train_config=config_record(cfg.to_dict()),
+            train_config=train_config,
             evaluate_fn=end_of_round,
         )
     finally:
@@ -157,12 +185,18 @@ def serve(grid: Grid, cfg: ExperimentConfig, recorder: RunRecorder, show_progres
     recorder.save_model(latest["arrays"].to_torch_state_dict())
 
 
-def build_server_app(cfg: ExperimentConfig, recorder: RunRecorder, show_progress: bool = True) -> ServerApp:
-    """A ServerApp bound to one experiment and its run directory."""
+def build_server_app(
+    cfg: ExperimentConfig,
+    recorder: RunRecorder,
+    show_progress: bool = True,
+    start: Checkpoint | None = None,
+    client_state_dir: Path | None = None,
+) -> ServerApp:
+    """A ServerApp bound to one experiment and its run directory (see :func:`serve`)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        serve(grid, cfg, recorder, show_progress)
+        serve(grid, cfg, recorder, show_progress, start, client_state_dir)
 
     return app

@@ -4,9 +4,14 @@
     rounds.jsonl    one JSON object per finished round, appended and synced
     model.pt        the final global model (a state_dict)
     summary.json    status (running / complete / failed), totals, timings
+    checkpoint.pt   the server state after the last checkpointed round
+    client_state/   each client's compressor state per round (simulation)
 
 A crash loses at most the round in flight: every finished round is on
 disk, and ``summary.json`` says ``running`` or ``failed`` with the error.
+``fedcomp run --resume`` continues from ``checkpoint.pt``: rows of rounds
+after it are dropped (they are redone), so no round is lost or written
+twice.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ ROUNDS_FILE = "rounds.jsonl"
 CONFIG_FILE = "config.toml"
 MODEL_FILE = "model.pt"
 SUMMARY_FILE = "summary.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+CLIENT_STATE_DIR = "client_state"
 
 
 @dataclass
@@ -46,6 +53,8 @@ class RoundRow:
     downlink_bytes: int
     downlink_bytes_per_client: int
     wall_s: float
+    downlink_crc32: int = 0
+    """CRC32 of the broadcast payload: which model this round started from."""
     client_metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -66,13 +75,23 @@ def new_run_dir(cfg: ExperimentConfig) -> Path:
 class RunRecorder:
     """Writes one run directory; safe to call from the server thread."""
 
-    def __init__(self, run_dir: Path, cfg: ExperimentConfig, meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, cfg: ExperimentConfig, meta: dict[str, Any] | None = None, resume_from: int | None = None
+    ) -> None:
+        """A new run directory, or (``resume_from`` = the checkpoint's round) the same one continued."""
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
         self.meta = dict(meta or {})
         self.started = time.time()
-        self.rows: list[RoundRow] = []
+        self.rows: list[Any] = []
+        self.wall_before = 0.0
+        if resume_from is None:
+            (self.dir / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
+        else:
+            old = _read_json(self.dir / SUMMARY_FILE)
+            self.wall_before = float(old.get("wall_s") or 0.0)
+            self.meta["resumed_from_round"] = [*old.get("resumed_from_round", []), resume_from]
+            self.rows = [_Row(r) for r in read_rounds(self.dir)]
         self._write_summary("running")
 
     def append(self, row: RoundRow) -> None:
@@ -85,6 +104,12 @@ class RunRecorder:
 
     def save_model(self, state: dict[str, torch.Tensor]) -> None:
         torch.save(state, self.dir / MODEL_FILE)
+
+    def save_checkpoint(self, server_round: int, model: dict[str, torch.Tensor], server: dict[str, Any]) -> None:
+        """The server state after ``server_round``, replaced atomically (a crash mid-write keeps the old one)."""
+        tmp = self.dir / (CHECKPOINT_FILE + ".tmp")
+        torch.save({"round": server_round, "model": model, "server": server}, tmp)
+        os.replace(tmp, self.dir / CHECKPOINT_FILE)
 
     def finish(self, status: str = "complete", error: str | None = None) -> None:
         self._write_summary(status, error)
@@ -99,12 +124,55 @@ class RunRecorder:
             "best_test_accuracy": max(accs) if accs else None,
             "uplink_bytes": sum(r.uplink_bytes for r in self.rows),
             "downlink_bytes": sum(r.downlink_bytes for r in self.rows),
-            "wall_s": time.time() - self.started,
+            "wall_s": self.wall_before + time.time() - self.started,
             **self.meta,
         }
         tmp = self.dir / (SUMMARY_FILE + ".tmp")
         tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
         os.replace(tmp, self.dir / SUMMARY_FILE)
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    model: dict[str, torch.Tensor]
+    server: dict[str, Any]
+
+
+def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
+    """The run's last checkpoint, or None if it has none."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    return Checkpoint(int(data["round"]), dict(data["model"]), dict(data.get("server", {})))
+
+
+def keep_rounds_up_to(run_dir: str | Path, last_round: int) -> int:
+    """Drop the rows of rounds after ``last_round`` (rewritten atomically); returns how many were dropped."""
+    rows = read_rounds(run_dir)
+    kept = [r for r in rows if r["round"] <= last_round]
+    path = Path(run_dir) / ROUNDS_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    os.replace(tmp, path)
+    return len(rows) - len(kept)
+
+
+class _Row:
+    """A row read back from disk, with the attributes the summary needs."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.test_accuracy = data.get("test_accuracy")
+        self.uplink_bytes = int(data.get("uplink_bytes", 0))
+        self.downlink_bytes = int(data.get("downlink_bytes", 0))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,7 +30,14 @@ from flwr.serverapp.strategy import FedAvg
 from fedcomp.coding import DecodeError, DecodeLimits, TensorSpec
 from fedcomp.compressors.update.base import UpdateCompressor
 from fedcomp.compressors.update.identity import IdentityCompressor
-from fedcomp.messages import CONFIG_KEY, METRICS_KEY, PAYLOAD_KEY, payload_from, payload_record
+from fedcomp.messages import (
+    CHECKPOINT_ROUND_KEY,
+    CONFIG_KEY,
+    METRICS_KEY,
+    PAYLOAD_KEY,
+    payload_from,
+    payload_record,
+)
 from fedcomp.seeding import CLIENT_SAMPLING, numpy_rng
 
 logger = logging.getLogger(__name__)
@@ -60,6 +68,8 @@ class RoundStats:
     """The same payloads' lengths as each client measured them before sending."""
     failures: list[ClientFailure] = field(default_factory=list)
     downlink_bytes_per_client: int = 0
+    downlink_crc32: int = 0
+    """CRC32 of the broadcast payload: identifies the model a round started from."""
     train_loss: float | None = None
     client_metrics: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
@@ -108,6 +118,10 @@ class CompressedFedAvg(FedAvg):
         self.current: RoundStats | None = None
         self.partition_of: dict[int, int] = {}
         """Node id → partition id, learnt at warm-up: sampling over partitions, not random node ids."""
+        self.round_offset = 0
+        """Rounds already done before this attempt (a resumed run): Flower counts from 1 again."""
+        self.last_checkpoint = 0
+        """The last round saved in a checkpoint; clients keep state files from there on."""
 
     # ------------------------------------------------------------------ sampling
     def wait_for_nodes(self, grid: Grid) -> list[int]:
@@ -140,13 +154,16 @@ class CompressedFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Encode the global model once, send the same payload to each sampled node."""
+        server_round += self.round_offset
         stats = RoundStats(round=server_round)
         self.current = stats
         self.global_state = OrderedDict(arrays.to_torch_state_dict())
         payload = self.downlink.encode(self.global_state).payload
         stats.sampled_nodes = self.sample(grid, server_round)
         stats.downlink_bytes_per_client = len(payload)
+        stats.downlink_crc32 = zlib.crc32(payload)
         config["server-round"] = server_round
+        config[CHECKPOINT_ROUND_KEY] = self.last_checkpoint
         record = RecordDict({PAYLOAD_KEY: payload_record(payload), CONFIG_KEY: config})
         return self._construct_messages(record, stats.sampled_nodes, MessageType.TRAIN)
 
@@ -154,6 +171,7 @@ class CompressedFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Decode each update, average the good ones, take the server step."""
+        server_round += self.round_offset
         stats = self.current if self.current is not None else RoundStats(round=server_round)
         decoded: list[tuple[float, OrderedDict[str, torch.Tensor], MetricRecord]] = []
         replied: set[int] = set()
@@ -212,6 +230,10 @@ class CompressedFedAvg(FedAvg):
                 avg.add_(update[name].to(torch.float32), alpha=w / total)
             new_state[name] = (value.float() + self.server_lr * avg).to(value.dtype)
         return new_state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Server-side optimizer state for a checkpoint: FedAvg's step has none beyond its settings."""
+        return {"server_lr": self.server_lr}
 
     def take_round_stats(self) -> RoundStats | None:
         """Hand over (and forget) the statistics of the round just aggregated."""

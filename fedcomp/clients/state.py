@@ -1,0 +1,99 @@
+"""A client's compressor state (error-feedback residual, DGC momentum) across rounds and restarts.
+
+Two places, one truth:
+
+- Flower's per-node ``Context.state`` (fast; survives between rounds in
+  simulation and deployment, but not a restart of the federation);
+- when a state directory is known, a file per round,
+  ``<state-dir>/<partition>/round-<r>.pt``, written after the round's
+  encode. The directory comes from the node config (``state-dir``: on a
+  device, a folder of its own) or, in simulation, from the server (the run
+  directory's ``client_state/``).
+
+After a resume the node's ``Context.state`` is empty; the client then
+takes the newest file of a round before the current one. The server
+deletes files of rounds after the checkpoint it resumes from before round
+1 of the new attempt, so a file left by a round that was redone is never
+read. Files older than the newest one at or before the last checkpoint are
+deleted as rounds go on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, Context
+
+from fedcomp.compressors.update.base import State
+
+UPLINK_STATE_KEY = "fedcomp.uplink_state"
+_FILE = re.compile(r"^round-(\d+)\.pt$")
+
+
+def state_dir_for(context: Context, from_server: str | None) -> Path | None:
+    """The node's own ``state-dir`` if it has one, else the one the server named (simulation)."""
+    own = context.node_config.get("state-dir")
+    if own:
+        return Path(str(own))
+    return Path(from_server) if from_server else None
+
+
+def _rounds(folder: Path) -> list[int]:
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for f in folder.iterdir() if (m := _FILE.match(f.name)))
+
+
+def load_state(context: Context, folder: Path | None, server_round: int) -> State:
+    """This client's state from earlier rounds: ``Context.state``, else the newest earlier file."""
+    record = context.state.array_records.get(UPLINK_STATE_KEY)
+    if record is not None:
+        return dict(record.to_torch_state_dict())
+    if folder is None:
+        return {}
+    earlier = [r for r in _rounds(folder) if r < server_round]
+    if not earlier:
+        return {}
+    return dict(torch.load(folder / f"round-{earlier[-1]}.pt", map_location="cpu", weights_only=True))
+
+
+def save_state(context: Context, folder: Path | None, server_round: int, state: State, checkpoint_round: int) -> None:
+    """Keep the state in ``Context.state`` and, with a folder, in this round's file.
+
+    Flower copies ``Context.state`` to and from the worker on every call,
+    so this costs about the size of the state per round (one model's worth
+    of floats for error feedback). An empty state is written too, so that a
+    resume never falls back to an older, non-empty one.
+    """
+    if state:
+        context.state[UPLINK_STATE_KEY] = ArrayRecord({k: v.contiguous() for k, v in state.items()})
+    elif UPLINK_STATE_KEY in context.state:
+        del context.state[UPLINK_STATE_KEY]
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".round-{server_round}.pt.tmp"
+    torch.save({k: v.contiguous() for k, v in state.items()}, tmp)
+    os.replace(tmp, folder / f"round-{server_round}.pt")
+    # Keep the newest file at or before the last checkpoint (a resume may need it) and all after.
+    rounds = _rounds(folder)
+    anchor = max((r for r in rounds if r <= checkpoint_round), default=None)
+    for r in rounds:
+        if anchor is not None and r < anchor:
+            (folder / f"round-{r}.pt").unlink(missing_ok=True)
+
+
+def drop_rounds_after(root: Path, last_round: int) -> int:
+    """Delete every client's files of rounds after ``last_round`` (a resume redoes them); returns how many."""
+    dropped = 0
+    if not root.is_dir():
+        return 0
+    for folder in root.iterdir():
+        for r in _rounds(folder):
+            if r > last_round:
+                (folder / f"round-{r}.pt").unlink(missing_ok=True)
+                dropped += 1
+    return dropped

@@ -1,0 +1,101 @@
+"""Runs that survive: a killed run resumes from its checkpoint; slow clients time out and rounds go on."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+
+import pytest
+import tomli_w
+import torch
+
+import fedcomp
+from fedcomp.cli import main as cli_main
+from fedcomp.compressors.update.identity import IdentityCompressor
+from fedcomp.servers.recorder import load_checkpoint, read_rounds
+from tests.conftest import small_config
+
+
+def _wait_for_rows(run_dir, count, proc, limit_s=240):
+    deadline = time.monotonic() + limit_s
+    while len(read_rounds(run_dir)) < count:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run exited early: {proc.stderr.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {count} rounds after {limit_s} s")
+        time.sleep(0.05)
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_with_every_round_once(tmp_path):
+    # Top-k with error feedback: the clients' residuals must survive the restart too.
+    cfg = small_config(
+        tmp_path,
+        federation={"rounds": 4, "checkpoint_every": 2},
+        uplink={"name": "topk", "density": 0.05},
+    )
+    cfg_file = tmp_path / "experiment.toml"
+    cfg_file.write_text(tomli_w.dumps(cfg))
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedcomp.cli", "run", str(cfg_file), "--run-dir", str(run_dir), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: the kill takes Ray's processes with it
+    )
+    try:
+        _wait_for_rows(run_dir, 2, proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    before = read_rounds(run_dir)
+    assert 2 <= len(before) < 4
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"  # killed, not finished
+    checkpoint = load_checkpoint(run_dir)
+    assert checkpoint.round == 2
+
+    resumed = fedcomp.resume(run_dir, progress=False)
+    rows = read_rounds(run_dir)
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]  # every round once, none lost
+    assert rows[:2] == before[:2]  # what was recorded before the kill is kept as it was
+    # Round 3 started from the model checkpointed after round 2: its broadcast is that model's payload.
+    assert rows[2]["downlink_crc32"] == zlib.crc32(IdentityCompressor().encode(checkpoint.model).payload)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["resumed_from_round"] == [2]
+    assert resumed.rows == rows
+
+    # The same experiment run in one go gives the same rounds: model and client residuals were restored.
+    whole = fedcomp.run(cfg, run_dir=tmp_path / "whole", progress=False)
+    for a, b in zip(whole.rows, rows, strict=True):
+        assert (a["clients"], a["uplink_bytes_per_client"]) == (b["clients"], b["uplink_bytes_per_client"])
+        assert a["downlink_crc32"] == b["downlink_crc32"]
+        assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1e-9)
+    final_whole = torch.load(whole.run_dir / "model.pt")
+    final_resumed = torch.load(run_dir / "model.pt")
+    assert all(torch.equal(final_whole[k], final_resumed[k]) for k in final_whole)
+
+
+def test_resume_refuses_what_is_not_a_run_and_leaves_a_complete_run_alone(tmp_path, capsys):
+    assert cli_main(["run", "--resume", str(tmp_path)]) == 2
+    assert "not a fedcomp run directory" in capsys.readouterr().err
+    assert cli_main(["run", "simulations/demo.toml", "--resume", str(tmp_path)]) == 2
+    assert "give no CONFIG" in capsys.readouterr().err
+
+
+def test_clients_past_the_round_timeout_are_recorded_and_rounds_go_on(make_config):
+    cfg = make_config(
+        federation={"num_clients": 3, "rounds": 2, "min_train_clients": 3, "round_timeout_s": 8.0},
+        faults={"client_delay_rate": 0.3, "client_delay_s": 10.0},
+        seed=2,  # with this seed client 2 sleeps past the timeout in round 1, nobody in round 2
+    )
+    result = fedcomp.run(cfg, progress=False)
+    rows = result.rows
+    assert [r["round"] for r in rows] == [1, 2]
+    assert [f["reason"] for f in rows[0]["failures"]] == ["no reply before the round timeout"]
+    assert rows[0]["clients"] == [0, 1]  # the others were aggregated
+    assert rows[1]["clients"] == [0, 1, 2] and rows[1]["failed_clients"] == 0
+    assert rows[-1]["test_accuracy"] > 0.3
