@@ -1,0 +1,69 @@
+"""The ServerApp for Flower's deployment runtime (``flwr run . <connection>``).
+
+The same rounds as a simulation (:func:`fedcomp.servers.app.serve`): the
+SuperLink starts this app, the SuperNodes run :mod:`fedcomp.clients.app`
+with their own data (node config ``partition-id`` / ``num-partitions``,
+optionally ``state-dir``). The run configuration (``[tool.flwr.app.config]``
+in ``pyproject.toml``, or ``flwr run --run-config``) names the experiment:
+
+    config      the experiment TOML: absolute, relative to where the SuperLink runs,
+                or inside the app bundle (its simulations/*.toml travel with `flwr run`)
+    set         overrides, "key=value" separated by ";" (e.g. "uplink.name='surp';federation.rounds=3")
+    run-dir     where to write the run directory ("" = a new one under the experiment's output_dir)
+
+``federation.num_clients`` must equal the number of SuperNodes (each node's
+``num-partitions``); the server waits for them before round 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedcomp.config import ConfigError, load_config
+from fedcomp.servers.app import serve
+from fedcomp.servers.recorder import ROUNDS_FILE, RunRecorder, new_run_dir
+
+logger = logging.getLogger(__name__)
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    rc = context.run_config
+    config = str(rc.get("config", ""))
+    if not config:
+        raise ConfigError(
+            "run config 'config': give the experiment TOML, e.g. flwr run --run-config 'config=\"x.toml\"'"
+        )
+    overrides = [s.strip() for s in str(rc.get("set", "")).split(";") if s.strip()]
+    cfg = load_config(_find(config), overrides)
+    run_dir = Path(str(rc["run-dir"])) if rc.get("run-dir") else new_run_dir(cfg)
+    if (run_dir / ROUNDS_FILE).exists():
+        raise ConfigError(f"run directory {run_dir} already holds a run; give a new run-dir")
+    from fedcomp.simulation import _versions
+
+    recorder = RunRecorder(run_dir, cfg, meta={**_versions(), "runtime": "deployment"})
+    logger.info("fedcomp: run directory %s", run_dir)
+    try:
+        serve(grid, cfg, recorder, show_progress=False)
+    except BaseException as exc:
+        recorder.finish("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    recorder.finish("complete")
+
+
+def _find(config: str) -> Path:
+    """The config file as given, else the same relative path inside the installed app bundle (on sys.path)."""
+    path = Path(config)
+    if path.is_absolute() or path.exists():
+        return path
+    for entry in sys.path:
+        if entry and (Path(entry) / path).is_file():
+            return Path(entry) / path
+    return path  # load_config names it in its error
