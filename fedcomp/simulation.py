@@ -89,6 +89,9 @@ def backend_config(cfg: ExperimentConfig, verbose: bool = False) -> dict[str, An
     if sim.ray_address:
         init_args["address"] = sim.ray_address
     else:
+        # "local": a Ray of our own even when `ray start` left a cluster running on this machine
+        # (ray.init() would join that one and refuse num_cpus).
+        init_args["address"] = "local"
         init_args["num_cpus"] = os.cpu_count() or 1
         init_args["include_dashboard"] = False
     return {

@@ -62,3 +62,5 @@ def test_client_resources_follow_the_config():
     backend = backend_config(cfg)
     assert backend["client_resources"] == {"num_cpus": 2.0, "num_gpus": 0.25}
     assert backend["init_args"]["address"] == "10.0.0.1:6379" and "num_cpus" not in backend["init_args"]
+    local = backend_config(config_from_dict({}))["init_args"]
+    assert local["address"] == "local" and local["num_cpus"] >= 1  # never joins a cluster left running here

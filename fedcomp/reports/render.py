@@ -21,6 +21,7 @@ from typing import Any
 from fedcomp.reports import figures
 from fedcomp.reports.runs import RunGroup, RunRecord, check_same_experiment, expand, group_runs
 from fedcomp.reports.table import METRICS, Table, build_table
+from fedcomp.servers.app import human_bytes
 
 FIGURES = {
     "accuracy_vs_uplink": "Accuracy against cumulative uplink bytes",
@@ -62,7 +63,7 @@ def make_report(
     fig_paths = {}
     for name, data in pngs.items():
         fig_paths[name] = out / "figures" / f"{name}.png"
-        fig_paths[name].write_bytes(data)
+        fig_paths[name].writehuman_bytes(data)
     head = header(runs, groups)
     report = Report(
         out, out / "report.html", out / "report.md", out / "table.csv", out / "table.json", fig_paths, table
@@ -126,16 +127,8 @@ def _fmt(key: str, mean: float | None, std: float | None) -> str:
     elif key in ("rounds_to_target", "wall_s"):
         body, spread = f"{mean:,.1f}", f"{std:,.1f}" if std else ""
     else:
-        body, spread = _bytes(mean), _bytes(std) if std else ""
+        body, spread = human_bytes(mean), human_bytes(std) if std else ""
     return f"{body} ± {spread}" if spread else body
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
-        n /= 1000
-    return f"{n:.2f} GB"  # pragma: no cover
 
 
 def _table_cells(table: Table) -> tuple[list[str], list[list[str]]]:
@@ -150,7 +143,7 @@ def _table_cells(table: Table) -> tuple[list[str], list[list[str]]]:
 
 def _notes(table: Table) -> list[str]:
     target = "none" if table.target_accuracy is None else f"{table.target_accuracy:.4f}"
-    ratio = "—" if table.identity_bytes is None else _bytes(table.identity_bytes)
+    ratio = "—" if table.identity_bytes is None else human_bytes(table.identity_bytes)
     return [
         f"Target accuracy: {target} ({table.target_source}).",
         f"Compression ratio = identity bytes per client per round ({ratio}; {table.identity_source}) "

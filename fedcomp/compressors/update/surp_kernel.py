@@ -16,8 +16,9 @@ Algorithm 1: positive and negative coordinates):
   the coordinate's place in the shared order and pass the sweep of the
   cursor in which it will be reached: popping it gives "the first candidate
   at or after the cursor, wrapping around".
-- a max-heap of touched coordinates that are below the threshold, keyed by
-  residual, re-admitted when the threshold falls below them.
+- a heap of touched coordinates that are below the threshold, keyed by
+  minus the residual (one min-heap code serves both heaps), re-admitted
+  when the threshold falls below them.
 
 Every coordinate is in exactly one place (unrevealed, candidate, touched),
 so each heap needs at most as many slots as the side has revealed
@@ -99,41 +100,8 @@ def _min_pop(key, a, b, size):
 
 
 @njit(cache=True)
-def _max_push(key, a, b, size, k, va, vb):
-    i = size
-    while i > 0:
-        parent = (i - 1) >> 1
-        if key[parent] >= k:
-            break
-        key[i], a[i], b[i] = key[parent], a[parent], b[parent]
-        i = parent
-    key[i], a[i], b[i] = k, va, vb
-    return size + 1
-
-
-@njit(cache=True)
-def _max_pop(key, a, b, size):
-    size -= 1
-    k, va, vb = key[size], a[size], b[size]
-    i = 0
-    while True:
-        child = 2 * i + 1
-        if child >= size:
-            break
-        if child + 1 < size and key[child + 1] > key[child]:
-            child += 1
-        if key[child] <= k:
-            break
-        key[i], a[i], b[i] = key[child], a[child], b[child]
-        i = child
-    if size > 0:
-        key[i], a[i], b[i] = k, va, vb
-    return size
-
-
-@njit(cache=True)
-def _kth_largest(untouched, touched, t_size, m):
-    """m-th largest of a decreasing array and a max-heap (the last one if fewer exist; 0 if none).
+def _kth_largest(untouched, neg_touched, t_size, m):
+    """m-th largest of a decreasing array and a min-heap of negated values (the last one if fewer exist; 0 if none).
 
     The heap's m largest are found by a best-first walk of its tree with a
     small frontier heap: O(m log m), independent of the heap's size.
@@ -145,15 +113,15 @@ def _kth_largest(untouched, touched, t_size, m):
     f_dummy = np.empty(2 * m + 2, np.int64)
     f_size = 0
     if t_size > 0:
-        f_size = _max_push(f_key, f_idx, f_dummy, f_size, touched[0], 0, 0)
+        f_size = _min_push(f_key, f_idx, f_dummy, f_size, neg_touched[0], 0, 0)
     while f_size > 0 and count < m:
         v, i = f_key[0], f_idx[0]
-        f_size = _max_pop(f_key, f_idx, f_dummy, f_size)
-        top[count] = v
+        f_size = _min_pop(f_key, f_idx, f_dummy, f_size)
+        top[count] = -v
         count += 1
         for child in (2 * i + 1, 2 * i + 2):
             if child < t_size:
-                f_size = _max_push(f_key, f_idx, f_dummy, f_size, touched[child], child, 0)
+                f_size = _min_push(f_key, f_idx, f_dummy, f_size, neg_touched[child], child, 0)
     # Merge the two decreasing lists up to the m-th element.
     i = j = 0
     last = 0.0
@@ -205,7 +173,7 @@ def encode_loop(
     c_coord = np.empty((sides, width), np.int64)
     c_pos = np.empty((sides, width), np.int64)
     c_size = np.zeros(sides, np.int64)
-    t_res = np.empty((sides, width), np.float64)
+    t_neg = np.empty((sides, width), np.float64)  # minus the residual: the largest residual on top
     t_coord = np.empty((sides, width), np.int64)
     t_pos = np.empty((sides, width), np.int64)
     t_size = np.zeros(sides, np.int64)
@@ -227,9 +195,9 @@ def encode_loop(
                 ptr[s] += 1
             if ptr[s] == rev_len[s] and rev_len[s] < side_total[s]:
                 return NEED_MORE_REVEALED, n_sym, n_steps, n_pick, iterations
-            while t_size[s] > 0 and t_res[s, 0] > tau:
+            while t_size[s] > 0 and -t_neg[s, 0] > tau:
                 coord, pos = t_coord[s, 0], t_pos[s, 0]
-                t_size[s] = _max_pop(t_res[s], t_coord[s], t_pos[s], t_size[s])
+                t_size[s] = _min_pop(t_neg[s], t_coord[s], t_pos[s], t_size[s])
                 key = cur_pass[s] * n + pos if pos >= cur_pos[s] else (cur_pass[s] + 1) * n + pos
                 c_size[s] = _min_push(c_key[s], c_coord[s], c_pos[s], c_size[s], key, coord, pos)
             if c_size[s] == 0:
@@ -244,7 +212,7 @@ def encode_loop(
                     return NEED_MORE_REVEALED, n_sym, n_steps, n_pick, iterations
                 hi = min(ptr[s] + m_ref, rev_len[s])
                 untouched = mag[rev[s, ptr[s] : hi]]
-                vref = min(vref, _kth_largest(untouched, t_res[s], t_size[s], m_ref))
+                vref = min(vref, _kth_largest(untouched, t_neg[s], t_size[s], m_ref))
             if not vref > 0.0:
                 break  # a side has nothing left to send
             steps = refresh_steps(lam, factor, logf, vref)
@@ -268,7 +236,7 @@ def encode_loop(
                 seen[coord] = True
                 distinct += 1
             residual[coord] -= tau
-            t_size[s] = _max_push(t_res[s], t_coord[s], t_pos[s], t_size[s], residual[coord], coord, pos)
+            t_size[s] = _min_push(t_neg[s], t_coord[s], t_pos[s], t_size[s], -residual[coord], coord, pos)
             if pos + 1 < n:
                 cur_pass[s], cur_pos[s] = key_pass, pos + 1
             else:
