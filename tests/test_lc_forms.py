@@ -1,0 +1,124 @@
+"""LC C steps on real arrays: each is the minimizer it claims (brute force on tiny cases)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from fedcomp.compressors.model.lc_forms import (
+    AdaptiveQuantization,
+    Binarization,
+    LowRank,
+    PruneL0,
+    Ternarization,
+    additive_c_step,
+    kmeans_1d_optimal,
+    quantize_plus_sparse_exact,
+)
+
+
+def sse(w, approx):
+    return float(((np.asarray(w) - approx) ** 2).sum())
+
+
+def test_optimal_1d_kmeans_matches_every_assignment():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        w = rng.normal(size=8) * rng.uniform(0.5, 3)
+        k = 3
+        best = min(
+            sum(((w[np.array(lab) == c] - w[np.array(lab) == c].mean()) ** 2).sum() for c in set(lab))
+            for lab in itertools.product(range(k), repeat=w.size)
+        )
+        form = AdaptiveQuantization(k=k, exact=True)
+        theta = form.c_step(w)
+        assert sse(w, form.decompress(theta, w.shape)) == pytest.approx(best, rel=1e-9, abs=1e-12), trial
+
+
+def test_lloyd_warm_start_never_beats_and_stays_close_to_the_optimum():
+    w = np.random.default_rng(1).laplace(size=5000)
+    exact = AdaptiveQuantization(k=4, exact=True)
+    lloyd = AdaptiveQuantization(k=4)
+    opt = sse(w, exact.decompress(exact.c_step(w), w.shape))
+    warm = lloyd.c_step(w * 1.01, (np.array([-3.0, -1.0, 1.0, 3.0]), None))  # a poor previous codebook
+    got = sse(w * 1.01, lloyd.decompress(warm, w.shape))
+    opt_scaled = sse(w * 1.01, exact.decompress(exact.c_step(w * 1.01), w.shape))
+    assert opt_scaled <= got + 1e-9 and got <= 1.05 * opt_scaled
+    assert kmeans_1d_optimal(w, 4).shape == (4,) and opt > 0
+
+
+def test_binarization_and_ternarization_scales_are_optimal():
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=40)
+    grid = np.linspace(0.0, 3.0, 30001)
+    b = Binarization()
+    got = sse(w, b.decompress(b.c_step(w), w.shape))
+    best = min(sse(w, a * np.where(w >= 0, 1, -1)) for a in grid[::10])
+    assert got <= best + 1e-9
+    t = Ternarization()
+    got = sse(w, t.decompress(t.c_step(w), w.shape))
+    # For each a the best ternary code is the nearest codeword; search a on a fine grid.
+    best = min(sse(w, np.where(np.abs(w) > a / 2, np.sign(w) * a, 0.0)) for a in grid[::3])
+    assert got <= best + 1e-9
+
+
+def test_constraint_l0_pruning_keeps_the_best_support():
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=9)
+    p = PruneL0(kappa=3)
+    got = sse(w, p.decompress(p.c_step(w), w.shape))
+    best = min(sse(np.delete(w, list(s)), 0) for s in itertools.combinations(range(9), 3))
+    assert got == pytest.approx(best)
+
+
+def test_low_rank_is_eckart_young_and_full_rank_is_exact():
+    rng = np.random.default_rng(4)
+    conv = rng.normal(size=(8, 4, 3, 3))
+    s = np.linalg.svd(conv.reshape(8, 36), compute_uv=False)
+    for r in (1, 3, 8):
+        form = LowRank(rank=r)
+        approx = form.decompress(form.c_step(conv), conv.shape)
+        assert sse(conv, approx) == pytest.approx(float((s[r:] ** 2).sum()), abs=1e-9)
+    assert np.allclose(LowRank(8).decompress(LowRank(8).c_step(conv), conv.shape), conv)
+
+
+def test_theorem_4_1_matches_exhaustive_search():
+    rng = np.random.default_rng(5)
+    codebook = np.array([-1.0, 0.0, 1.0])
+    for _ in range(5):
+        w = rng.normal(size=6) * 1.5
+        kappa = 2
+        best = np.inf
+        for q in itertools.product(codebook, repeat=6):
+            r = (w - np.array(q)) ** 2
+            best = min(best, r.sum() - np.sort(r)[-kappa:].sum())  # corrections zero the κ largest
+        q_idx, idx, values = quantize_plus_sparse_exact(w, codebook, kappa)
+        approx = codebook[q_idx]
+        approx[idx] += values
+        assert sse(w, approx) == pytest.approx(best, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "forms",
+    [
+        [AdaptiveQuantization(k=2), PruneL0(kappa=40)],  # Q+P
+        [LowRank(rank=2), PruneL0(kappa=40)],  # L+P
+        [Binarization(), LowRank(rank=1)],  # Q+L
+    ],
+    ids=["Q+P", "L+P", "Q+L"],
+)
+def test_additive_combinations_never_increase_the_error(forms):
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=(20, 30)) + np.outer(rng.normal(size=20), rng.normal(size=30))
+    thetas, errors = additive_c_step(forms, w, sweeps=15)
+    assert all(b <= a * (1 + 1e-12) + 1e-12 for a, b in zip(errors, errors[1:], strict=False)), errors
+    approx = sum(f.decompress(t, w.shape) for f, t in zip(forms, thetas, strict=True))
+    assert sse(w, approx) == pytest.approx(errors[-1])
+    # The combination is at least as good as either form alone.
+    for f in forms:
+        assert errors[-1] <= sse(w, f.decompress(f.c_step(w), w.shape)) + 1e-9
+    # Warm-started from its own result, one more sweep does not make it worse.
+    _, again = additive_c_step(forms, w, thetas, sweeps=1)
+    assert again[-1] <= errors[-1] + 1e-9
