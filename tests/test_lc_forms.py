@@ -122,3 +122,45 @@ def test_additive_combinations_never_increase_the_error(forms):
     # Warm-started from its own result, one more sweep does not make it worse.
     _, again = additive_c_step(forms, w, thetas, sweeps=1)
     assert again[-1] <= errors[-1] + 1e-9
+
+
+@pytest.mark.parametrize(
+    ("form", "expected_bits"),
+    [
+        (AdaptiveQuantization(k=4), 4 * 32 + 2 * 600),  # codebook fp32 + ⌈log₂ k⌉ bits per weight
+        (AdaptiveQuantization(k=1), 32),
+        (Binarization(), 32 + 600),
+        (Ternarization(), 32 + 2 * 600),
+        (PruneL0(kappa=30), None),
+        (LowRank(rank=3), None),
+    ],
+    ids=["Q4", "Q1", "B", "T", "P", "L"],
+)
+def test_theta_travels_as_bytes_and_decodes_to_the_same_weights(form, expected_bits):
+    from fedcomp.coding import DecodeError
+    from fedcomp.compressors.model.lc_forms import decode_theta, encode_theta
+
+    w = np.random.default_rng(7).laplace(size=(20, 30))
+    theta = form.c_step(w)
+    data = encode_theta(form, theta, w.shape)
+    back = form.decompress(decode_theta(form, data, w.shape), w.shape)
+    ref = form.decompress(theta, w.shape)
+    if expected_bits is not None:
+        assert len(data) == (expected_bits + 7) // 8
+        assert np.allclose(back, ref, rtol=1e-6, atol=1e-6)  # fp32 codebook / scale
+    else:
+        assert np.allclose(back, ref, rtol=2e-3, atol=2e-3)  # fp16 values and factors
+    if isinstance(form, PruneL0):
+        assert len(data) < (30 * (32 + 16)) // 8  # coded gaps beat 32-bit indices
+    if isinstance(form, LowRank):
+        assert len(data) == (3 + 3 * (20 + 30) * 16 + 7) // 8  # γ(r+1) = 3 bits, then 20×3 + 3×30 fp16
+    rng = np.random.default_rng(8)
+    for _ in range(100):  # damaged θ: a clear error or a decode, never anything else
+        bad = bytearray(data)
+        bad[rng.integers(len(bad))] ^= 1 << int(rng.integers(8))
+        try:
+            decode_theta(form, bytes(bad), w.shape)
+        except DecodeError:
+            pass
+    with pytest.raises(DecodeError):
+        decode_theta(form, data[: len(data) // 2], w.shape)

@@ -34,13 +34,68 @@ from typing import Any, Protocol
 import numpy as np
 from numba import njit
 
+from fedcomp.coding import (
+    BitReader,
+    BitWriter,
+    DecodeError,
+    decode_indices,
+    elias_gamma_decode,
+    elias_gamma_encode,
+    encode_indices,
+    pack_values,
+    unpack_values,
+)
+
 
 class Form(Protocol):
-    """One compression form: an exact (or warm-started) C step and its decompression."""
+    """One compression form: an exact (or warm-started) C step, its decompression, θ to bits and back."""
 
     def c_step(self, w: np.ndarray, theta: Any | None = None) -> Any: ...
 
     def decompress(self, theta: Any, shape: tuple[int, ...]) -> np.ndarray: ...
+
+    def write(self, theta: Any, shape: tuple[int, ...], w: BitWriter) -> None: ...
+
+    def read(self, r: BitReader, shape: tuple[int, ...]) -> Any: ...
+
+
+# ----------------------------------------------------------------------------- θ on the wire
+# Storage as in Part V appendix B: a codebook in fp32 and ⌈log₂ k⌉ bits per
+# weight; sparse corrections as coded index gaps plus fp16 values; low-rank
+# factors in fp16. The bytes are real: what is counted is what is written.
+
+
+def _write_floats(values: np.ndarray, fmt: str, w: BitWriter) -> None:
+    w.write_array(np.frombuffer(pack_values(np.asarray(values, np.float32), fmt), dtype=np.uint8), 8)
+
+
+def _read_floats(r: BitReader, count: int, fmt: str, field: str) -> np.ndarray:
+    size = 4 if fmt == "fp32" else 2
+    raw = r.read_array(count * size, 8, field).astype(np.uint8).tobytes()
+    values = unpack_values(raw, fmt, count).numpy().astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise DecodeError(f"{field}: values must be finite")
+    return values
+
+
+def _bits_for(k: int) -> int:
+    return max(0, (k - 1).bit_length())
+
+
+def encode_theta(form: Form, theta: Any, shape: tuple[int, ...]) -> bytes:
+    """θ of one form as bytes (the form's own bit layout, padded to a byte)."""
+    w = BitWriter()
+    form.write(theta, shape, w)
+    return w.getvalue()
+
+
+def decode_theta(form: Form, data: bytes, shape: tuple[int, ...]) -> Any:
+    """Inverse of :func:`encode_theta`; a DecodeError names what does not fit."""
+    r = BitReader(data)
+    theta = form.read(r, shape)
+    if r.remaining >= 8:
+        raise DecodeError(f"{type(form).__name__}: {r.remaining} bits left after θ")
+    return theta
 
 
 # ----------------------------------------------------------------------------- quantization
@@ -146,6 +201,18 @@ class AdaptiveQuantization:
         codebook, idx = theta
         return codebook[idx].reshape(shape)
 
+    def write(self, theta: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...], w: BitWriter) -> None:
+        codebook, idx = theta
+        _write_floats(codebook, "fp32", w)
+        w.write_array(np.asarray(idx, np.uint64), _bits_for(self.k))
+
+    def read(self, r: BitReader, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        codebook = _read_floats(r, self.k, "fp32", "codebook")
+        idx = r.read_array(math.prod(shape), _bits_for(self.k), "codeword indices").astype(np.int64)
+        if idx.size and int(idx.max()) >= self.k:
+            raise DecodeError(f"codeword index {int(idx.max())} out of a {self.k}-entry codebook")
+        return codebook, idx
+
 
 @dataclass
 class Binarization:
@@ -158,6 +225,14 @@ class Binarization:
     def decompress(self, theta: tuple[float, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
         a, positive = theta
         return np.where(positive, a, -a).reshape(shape)
+
+    def write(self, theta: tuple[float, np.ndarray], shape: tuple[int, ...], w: BitWriter) -> None:
+        _write_floats(np.array([theta[0]]), "fp32", w)
+        w.write_bits(np.asarray(theta[1], np.uint8))
+
+    def read(self, r: BitReader, shape: tuple[int, ...]) -> tuple[float, np.ndarray]:
+        a = float(_read_floats(r, 1, "fp32", "binary scale")[0])
+        return a, r.read_bits(math.prod(shape), "binary codes").astype(bool)
 
 
 @dataclass
@@ -184,6 +259,17 @@ class Ternarization:
         a, code = theta
         return (a * code.astype(np.float64)).reshape(shape)
 
+    def write(self, theta: tuple[float, np.ndarray], shape: tuple[int, ...], w: BitWriter) -> None:
+        _write_floats(np.array([theta[0]]), "fp32", w)
+        w.write_array((np.asarray(theta[1], np.int64) + 1).astype(np.uint64), 2)
+
+    def read(self, r: BitReader, shape: tuple[int, ...]) -> tuple[float, np.ndarray]:
+        a = float(_read_floats(r, 1, "fp32", "ternary scale")[0])
+        code = r.read_array(math.prod(shape), 2, "ternary codes").astype(np.int64) - 1
+        if code.size and int(code.max()) > 1:
+            raise DecodeError("ternary code 3 is not a codeword")
+        return a, code.astype(np.int8)
+
 
 @dataclass
 class PruneL0:
@@ -204,6 +290,16 @@ class PruneL0:
         out = np.zeros(math.prod(shape))
         out[idx] = values
         return out.reshape(shape)
+
+    def write(self, theta: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...], w: BitWriter) -> None:
+        encode_indices(theta[0], math.prod(shape), w)
+        _write_floats(theta[1], "fp16", w)
+
+    def read(self, r: BitReader, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        idx = decode_indices(r, math.prod(shape))
+        if idx.size > self.kappa:
+            raise DecodeError(f"{idx.size} corrections, more than κ = {self.kappa}")
+        return idx, _read_floats(r, idx.size, "fp16", "correction values")
 
 
 def as_matrix(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -229,6 +325,21 @@ class LowRank:
     def decompress(self, theta: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
         left, right = theta
         return (left @ right).reshape(shape)
+
+    def write(self, theta: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...], w: BitWriter) -> None:
+        left, right = theta
+        elias_gamma_encode([left.shape[1] + 1], w)
+        _write_floats(left, "fp16", w)
+        _write_floats(right, "fp16", w)
+
+    def read(self, r: BitReader, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = as_matrix(shape)
+        rank = int(elias_gamma_decode(r, 1)[0]) - 1
+        if rank > min(self.rank, rows, cols):
+            raise DecodeError(f"rank {rank} above the form's {self.rank} or the matrix's {min(rows, cols)}")
+        left = _read_floats(r, rows * rank, "fp16", "left factor").reshape(rows, rank)
+        right = _read_floats(r, rank * cols, "fp16", "right factor").reshape(rank, cols)
+        return left, right
 
 
 # ----------------------------------------------------------------------------- combinations
