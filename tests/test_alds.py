@@ -1,0 +1,73 @@
+"""ALDS on real weights: the local step, the error measure, Algorithm 1 against uniform SVD."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedcomp.compressors.model.alds import (
+    ALDSConv2d,
+    allocate,
+    decompose,
+    recompose,
+    tabulate,
+    true_error,
+    uniform_svd,
+)
+from fedcomp.models import build_model
+
+
+def test_k1_is_truncated_svd_of_the_unfolded_layer():
+    w = np.random.default_rng(0).normal(size=(16, 8, 3, 3))
+    u, s, vt = np.linalg.svd(w.reshape(16, -1), full_matrices=False)
+    for j in (1, 4, 9):
+        approx = recompose(*decompose(w, 1, j), 1)
+        eckart_young = (u[:, :j] * s[:j]) @ vt[:j]
+        assert np.allclose(approx.reshape(16, -1), eckart_young)
+        assert true_error(w, 1, j) == pytest.approx(s[j] / s[0])  # operator norm: the next singular value
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_full_rank_decomposed_conv_computes_the_original_layer(k):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=True).double()
+    full = min(12, 8 // k * 9)
+    layer = ALDSConv2d(conv, k, full).double()
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
+    assert torch.allclose(layer(x), conv(x), atol=1e-10)
+    assert layer.encoder.groups == k and layer.encoder.out_channels == k * full
+
+
+def test_tabulated_error_brackets_the_true_error():
+    w = np.random.default_rng(1).normal(size=(16, 8, 3, 3))
+    table = tabulate("w", w)
+    for k in table.ks:
+        for j in (1, 3):
+            tab = table.error(k, j)
+            assert tab <= true_error(w, k, j) + 1e-12 <= np.sqrt(k) * tab + 1e-9
+
+
+def _resnet20_tables():
+    model = build_model("resnet20", (3, 32, 32), 10)
+    convs = [(n, m.weight.detach().numpy()) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    convs = [(n, w) for n, w in convs if w.shape[2:] == (3, 3) and w.shape[1] > 3]
+    return [tabulate(n, w) for n, w in convs]
+
+
+def test_alds_never_has_a_higher_max_error_than_uniform_svd_and_hits_the_budget():
+    tables = _resnet20_tables()
+    dense = sum(t.dense_params for t in tables)
+    budget = dense // 2  # 50% of the parameters removed
+    alds = allocate(tables, budget, seeds=6)
+    svd = uniform_svd(tables, budget)
+    assert alds.params <= budget and svd.params <= budget
+    assert alds.max_error <= svd.max_error + 1e-12
+    assert alds.params >= 0.99 * budget  # within 1% of the target
+    # The real error of the chosen layers: never below the tabulated one.
+    weights = {n: m.weight.detach().numpy() for n, m in build_model("resnet20", (3, 32, 32), 10).named_modules()
+               if isinstance(m, torch.nn.Conv2d)}  # fmt: skip
+    for t in tables[:3]:
+        choice = alds.choice[t.name]
+        if choice is not None:
+            assert true_error(weights[t.name], *choice) >= t.error(*choice) - 1e-12
