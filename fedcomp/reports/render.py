@@ -63,7 +63,7 @@ def make_report(
     fig_paths = {}
     for name, data in pngs.items():
         fig_paths[name] = out / "figures" / f"{name}.png"
-        fig_paths[name].writehuman_bytes(data)
+        fig_paths[name].write_bytes(data)
     head = header(runs, groups)
     report = Report(
         out, out / "report.html", out / "report.md", out / "table.csv", out / "table.json", fig_paths, table
