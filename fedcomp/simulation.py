@@ -124,10 +124,11 @@ def run(
 def resume(run_dir: str | Path, *, progress: bool = True, verbose: bool = False) -> RunResult:
     """Continue a run from its last checkpoint (``fedcomp run --resume``).
 
-    Rows of rounds after the checkpoint are dropped and redone, as are the
-    clients' state files of those rounds, so every round appears once. A
-    run without a checkpoint starts again from round 1; a complete run is
-    left as it is.
+    Rows of rounds after the checkpoint move to ``rounds.dropped.jsonl`` and
+    those rounds are redone (the clients' state files of those rounds are
+    deleted first), so every round appears once in ``rounds.jsonl``. A run
+    without a checkpoint starts again from round 1; a complete run is left
+    as it is.
     """
     path = Path(run_dir)
     if not (path / CONFIG_FILE).exists():

@@ -10,8 +10,8 @@
 A crash loses at most the round in flight: every finished round is on
 disk, and ``summary.json`` says ``running`` or ``failed`` with the error.
 ``fedcomp run --resume`` continues from ``checkpoint.pt``: rows of rounds
-after it are dropped (they are redone), so no round is lost or written
-twice.
+after it move to ``rounds.dropped.jsonl`` (they are redone), so every round
+appears once in ``rounds.jsonl`` and nothing recorded is deleted.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ CONFIG_FILE = "config.toml"
 MODEL_FILE = "model.pt"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+DROPPED_ROUNDS_FILE = "rounds.dropped.jsonl"
 CLIENT_STATE_DIR = "client_state"
 
 
@@ -149,9 +150,17 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
 
 
 def keep_rounds_up_to(run_dir: str | Path, last_round: int) -> int:
-    """Drop the rows of rounds after ``last_round`` (rewritten atomically); returns how many were dropped."""
+    """Move the rows of rounds after ``last_round`` to ``rounds.dropped.jsonl`` (they are redone).
+
+    ``rounds.jsonl`` is rewritten atomically; the dropped rows are kept, not
+    deleted. Returns how many were dropped.
+    """
     rows = read_rounds(run_dir)
     kept = [r for r in rows if r["round"] <= last_round]
+    dropped = [r for r in rows if r["round"] > last_round]
+    if dropped:
+        with (Path(run_dir) / DROPPED_ROUNDS_FILE).open("a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r) + "\n" for r in dropped))
     path = Path(run_dir) / ROUNDS_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
