@@ -28,6 +28,7 @@ from fedcomp.servers.recorder import (
     load_checkpoint,
     new_run_dir,
     read_rounds,
+    software_versions,
 )
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def run(
     path = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     if (path / ROUNDS_FILE).exists():
         raise ConfigError(f"run directory {path} already holds a run; give a new directory (nothing was changed)")
-    recorder = RunRecorder(path, cfg, meta=_versions())
+    recorder = RunRecorder(path, cfg, meta=software_versions())
     return _execute(cfg, path, recorder, None, progress, verbose)
 
 
@@ -143,7 +144,7 @@ def resume(run_dir: str | Path, *, progress: bool = True, verbose: bool = False)
     dropped = keep_rounds_up_to(path, done)
     drop_rounds_after(path / CLIENT_STATE_DIR, done)
     logger.info("resuming %s after round %d (%d later rows dropped, to be redone)", path, done, dropped)
-    recorder = RunRecorder(path, cfg, meta=_versions(), resume_from=done)
+    recorder = RunRecorder(path, cfg, meta=software_versions(), resume_from=done)
     return _execute(cfg, path, recorder, start, progress, verbose)
 
 
@@ -185,12 +186,3 @@ def _execute(
     recorder.meta["engine_overhead_s"] = total - sum(r["wall_s"] for r in rows if r["round"] > done)
     recorder.finish("complete")
     return RunResult(path, rows, total)
-
-
-def _versions() -> dict[str, Any]:
-    from importlib.metadata import version
-
-    import flwr
-    import torch
-
-    return {"fedcomp_version": version("fedcomp"), "flwr_version": flwr.__version__, "torch_version": torch.__version__}

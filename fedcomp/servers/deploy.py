@@ -26,7 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedcomp.config import ConfigError, load_config
 from fedcomp.servers.app import serve
-from fedcomp.servers.recorder import ROUNDS_FILE, RunRecorder, new_run_dir
+from fedcomp.servers.recorder import ROUNDS_FILE, RunRecorder, new_run_dir, software_versions
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +46,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = Path(str(rc["run-dir"])) if rc.get("run-dir") else new_run_dir(cfg)
     if (run_dir / ROUNDS_FILE).exists():
         raise ConfigError(f"run directory {run_dir} already holds a run; give a new run-dir")
-    from fedcomp.simulation import _versions
-
-    recorder = RunRecorder(run_dir, cfg, meta={**_versions(), "runtime": "deployment"})
+    recorder = RunRecorder(run_dir, cfg, meta={**software_versions(), "runtime": "deployment"})
     logger.info("fedcomp: run directory %s", run_dir)
     try:
         serve(grid, cfg, recorder, show_progress=False)

@@ -59,6 +59,15 @@ class RoundRow:
     client_metrics: dict[str, float] = field(default_factory=dict)
 
 
+def software_versions() -> dict[str, Any]:
+    """The versions a run records in its summary (so a report can say what produced it)."""
+    from importlib.metadata import version
+
+    import flwr
+
+    return {"fedcomp_version": version("fedcomp"), "flwr_version": flwr.__version__, "torch_version": torch.__version__}
+
+
 def new_run_dir(cfg: ExperimentConfig) -> Path:
     """A fresh directory ``<output_dir>/<name>-<timestamp>[-n]``."""
     base = Path(cfg.output_dir).expanduser()
@@ -84,7 +93,7 @@ class RunRecorder:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.meta = dict(meta or {})
         self.started = time.time()
-        self.rows: list[Any] = []
+        self.rows: list[dict[str, Any]] = []  # as written to rounds.jsonl
         self.wall_before = 0.0
         if resume_from is None:
             (self.dir / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
@@ -92,13 +101,13 @@ class RunRecorder:
             old = _read_json(self.dir / SUMMARY_FILE)
             self.wall_before = float(old.get("wall_s") or 0.0)
             self.meta["resumed_from_round"] = [*old.get("resumed_from_round", []), resume_from]
-            self.rows = [_Row(r) for r in read_rounds(self.dir)]
+            self.rows = read_rounds(self.dir)
         self._write_summary("running")
 
     def append(self, row: RoundRow) -> None:
-        self.rows.append(row)
+        self.rows.append(asdict(row))
         with (self.dir / ROUNDS_FILE).open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(asdict(row), allow_nan=True) + "\n")
+            fh.write(json.dumps(self.rows[-1], allow_nan=True) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         self._write_summary("running")
@@ -116,15 +125,15 @@ class RunRecorder:
         self._write_summary(status, error)
 
     def _write_summary(self, status: str, error: str | None = None) -> None:
-        accs = [r.test_accuracy for r in self.rows if r.test_accuracy is not None]
+        accs = [r["test_accuracy"] for r in self.rows if r["test_accuracy"] is not None]
         summary = {
             "status": status,
             "error": error,
             "rounds_completed": len(self.rows),
             "final_test_accuracy": accs[-1] if accs else None,
             "best_test_accuracy": max(accs) if accs else None,
-            "uplink_bytes": sum(r.uplink_bytes for r in self.rows),
-            "downlink_bytes": sum(r.downlink_bytes for r in self.rows),
+            "uplink_bytes": sum(r["uplink_bytes"] for r in self.rows),
+            "downlink_bytes": sum(r["downlink_bytes"] for r in self.rows),
             "wall_s": self.wall_before + time.time() - self.started,
             **self.meta,
         }
@@ -166,15 +175,6 @@ def keep_rounds_up_to(run_dir: str | Path, last_round: int) -> int:
     tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
     os.replace(tmp, path)
     return len(rows) - len(kept)
-
-
-class _Row:
-    """A row read back from disk, with the attributes the summary needs."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.test_accuracy = data.get("test_accuracy")
-        self.uplink_bytes = int(data.get("uplink_bytes", 0))
-        self.downlink_bytes = int(data.get("downlink_bytes", 0))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

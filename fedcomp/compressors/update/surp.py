@@ -338,7 +338,8 @@ def _fit_budget(
         ), n_pick
 
     # Cut only between iterations: after a refresh or after a whole group of picks.
-    cuts = [m for m in range(len(symbols) + 1) if m == 0 or symbols[m - 1] == 0 or picks_before[m] % stream.sides == 0]
+    ends = (symbols == 0) | (picks_before[1:] % stream.sides == 0)
+    cuts = [0, *(np.flatnonzero(ends) + 1).tolist()]
     lo, hi = 0, len(cuts) - 1
     while lo < hi:
         mid = (lo + hi + 1) // 2
