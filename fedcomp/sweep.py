@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from fedcomp.config import ConfigError, ExperimentConfig, apply_overrides, config_from_dict, parse_value, set_dotted
-from fedcomp.reports.runs import SWEEP_FILE, ReportError, load_run
+from fedcomp.reports.runs import SWEEP_FILE, ReportError, RunRecord, load_run
+from fedcomp.servers.recorder import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -146,9 +147,10 @@ def run_sweep(
     state = _read_state(root)
     for i, (entry, cfg) in enumerate(runs, 1):
         path = root / entry.dir
-        if _complete(path):
+        done = _completed_run(path)
+        if done is not None:
             entry.status = "skipped"
-            entry.final_accuracy = load_run(path).summary.get("final_test_accuracy")
+            entry.final_accuracy = done.summary.get("final_test_accuracy")
             _say(progress, f"[{i}/{len(runs)}] {entry.dir}: already complete, skipped")
             continue
         if path.exists():
@@ -185,13 +187,15 @@ def _load_base(config: str | Path | dict[str, Any], overrides: list[str] | tuple
     return apply_overrides(data, list(overrides))
 
 
-def _complete(path: Path) -> bool:
-    if not (path / "config.toml").exists():
-        return False
+def _completed_run(path: Path) -> RunRecord | None:
+    """The run at ``path`` if it finished every round, else None (absent, unreadable or partial)."""
+    if not (path / CONFIG_FILE).exists():
+        return None
     try:
-        return load_run(path).status == "complete"
+        run = load_run(path)
     except ReportError:
-        return False
+        return None
+    return run if run.status == "complete" else None
 
 
 def _set_aside(root: Path, path: Path) -> None:

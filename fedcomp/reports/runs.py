@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcomp.servers.recorder import CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, read_rounds
+from fedcomp.servers.recorder import CONFIG_FILE, SUMMARY_FILE, read_rounds
 
 SWEEP_FILE = "sweep.json"
 
@@ -102,7 +102,7 @@ def load_run(path: str | Path) -> RunRecord:
             summary = json.loads((p / SUMMARY_FILE).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             summary = {"status": "unknown"}  # a torn summary: the rounds still count
-    rows = read_rounds(p) if (p / ROUNDS_FILE).exists() else []
+    rows = read_rounds(p)  # [] when the run never finished a round
     return RunRecord(p, config, summary, rows)
 
 
