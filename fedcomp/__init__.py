@@ -7,6 +7,7 @@ __all__ = [
     "ExperimentConfig",
     "config_from_dict",
     "load_config",
+    "load_model",
     "make_report",
     "resume",
     "run",
@@ -40,3 +41,10 @@ def resume(run_dir, **kwargs):  # noqa: ANN001, ANN201 - documented in fedcomp.s
     from fedcomp.simulation import resume as _resume
 
     return _resume(run_dir, **kwargs)
+
+
+def load_model(run_dir):  # noqa: ANN001, ANN201 - documented in fedcomp.servers.recorder.load_model
+    """The final model of a run as a runnable module; see :func:`fedcomp.servers.recorder.load_model`."""
+    from fedcomp.servers.recorder import load_model as _load_model
+
+    return _load_model(run_dir)

@@ -7,7 +7,7 @@ key and what was expected. ``--set section.key=value`` overrides are parsed
 with TOML's own value syntax (``rounds=3``, ``lr=0.1``, ``name="x"``; a bare
 word is taken as a string).
 
-Compressor sections (``[uplink]``) hold ``name`` plus the method's own
+Compressor sections (``[uplink]``, ``[server_compression]``) hold ``name`` plus the method's own
 parameters; those are checked by the compressor's own parameter dataclass
 (see :mod:`fedcomp.compressors.update`).
 """
@@ -126,6 +126,14 @@ class UplinkConfig:
 
 
 @dataclass
+class ServerCompressionConfig:
+    """The model compressor the server applies to the global model before broadcast, with its parameters."""
+
+    name: str = "identity"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class SimulationConfig:
     """How Flower's simulation engine places clients on this machine."""
 
@@ -173,6 +181,7 @@ class ExperimentConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
+    server_compression: ServerCompressionConfig = field(default_factory=ServerCompressionConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
 
@@ -188,8 +197,9 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         """The configuration in its TOML shape (uplink parameters inline)."""
         data = dataclasses.asdict(self)
-        uplink = data.pop("uplink")
-        data["uplink"] = {"name": uplink["name"], **uplink["params"]}
+        for section in _OPEN_SECTION_NAMES:
+            own = data.pop(section)
+            data[section] = {"name": own["name"], **own["params"]}
         return data
 
 
@@ -202,6 +212,7 @@ def require(ok: bool, key: str, expected: str) -> None:
 def _check_registered(cfg: ExperimentConfig) -> None:
     """Names must exist in their registries; compressor params must fit."""
     # Imported here: the registries import torch, the config module does not.
+    from fedcomp.compressors.model import MODEL_COMPRESSORS
     from fedcomp.compressors.update import UPDATE_COMPRESSORS
     from fedcomp.data import DATASETS
     from fedcomp.models import MODELS
@@ -210,10 +221,12 @@ def _check_registered(cfg: ExperimentConfig) -> None:
         ("data.dataset", cfg.data.dataset, DATASETS),
         ("model.name", cfg.model.name, MODELS),
         ("uplink.name", cfg.uplink.name, UPDATE_COMPRESSORS),
+        ("server_compression.name", cfg.server_compression.name, MODEL_COMPRESSORS),
     ):
         if name not in registry:
             raise ConfigError(f"config key '{key}': unknown name {name!r}; choose one of {sorted(registry)}")
     UPDATE_COMPRESSORS.get(cfg.uplink.name).parse_params(cfg.uplink.params, "uplink")
+    MODEL_COMPRESSORS.get(cfg.server_compression.name).parse_params(cfg.server_compression.params, "server_compression")
 
 
 # --------------------------------------------------------------------------- loading
@@ -278,7 +291,8 @@ def dump_config(cfg: ExperimentConfig) -> str:
 
 
 # Sections whose extra keys are a method's own parameters, kept in ``params``.
-_OPEN_SECTIONS = {UplinkConfig}
+_OPEN_SECTIONS = {UplinkConfig, ServerCompressionConfig}
+_OPEN_SECTION_NAMES = ("uplink", "server_compression")
 
 
 def _build(cls: type, data: Any, path: str) -> Any:

@@ -78,7 +78,8 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_every_round_once(tmp_path
     dropped = run_dir / "rounds.dropped.jsonl"  # a round 3 finished before the kill is set aside, not deleted
     assert (read_rounds_file(dropped) if dropped.exists() else []) == before[2:]
     # Round 3 started from the model checkpointed after round 2: its broadcast is that model's payload.
-    assert rows[2]["downlink_crc32"] == zlib.crc32(IdentityCompressor().encode(checkpoint.model).payload)
+    assert rows[2]["downlink_crc32"] == zlib.crc32(IdentityCompressor().encode(checkpoint.model).payload[:-4])
+    assert len({r["downlink_crc32"] for r in rows}) == len(rows)  # every round started from a different model
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["resumed_from_round"] == [2]
     assert resumed.rows == rows

@@ -17,13 +17,13 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcomp.clients.state import load_state, save_state, state_dir_for
+from fedcomp.clients.state import fit_state, load_state, save_state, state_dir_for
 from fedcomp.clients.training import float_state, model_delta, resolve_device, train_local
-from fedcomp.coding import DecodeLimits, TensorSpec, specs_of
+from fedcomp.compressors.model.base import ModelCompressor, build_model_compressor
+from fedcomp.compressors.model.structure import Architecture
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update.base import EncodeContext, UpdateCompressor
 from fedcomp.compressors.update.feedback import encode_with_feedback
-from fedcomp.compressors.update.identity import IdentityCompressor
 from fedcomp.config import ExperimentConfig, config_from_dict
 from fedcomp.data import ImageData, SplitData, load_dataset, partition_indices
 from fedcomp.messages import (
@@ -35,7 +35,6 @@ from fedcomp.messages import (
     payload_from,
     payload_record,
 )
-from fedcomp.models import build_model
 from fedcomp.seeding import FAULTS, TRAIN_SHUFFLE, numpy_rng, torch_generator
 
 logger = logging.getLogger(__name__)
@@ -53,7 +52,9 @@ class ClientRuntime:
     split: SplitData
     partition_id: int
     data: ImageData
-    model_specs: tuple[TensorSpec, ...]
+    arch: Architecture
+    downlink: ModelCompressor
+    """Decodes the broadcast (the same model compressor the server runs)."""
     compressor: UpdateCompressor
     device: torch.device
 
@@ -73,7 +74,7 @@ def _runtime(config_json: str, partition_id: int, num_partitions: int) -> Client
         classes_per_client=d.classes_per_client,
         seed=cfg.seed,
     )
-    model = build_model(cfg.model.name, split.input_shape, split.num_classes)
+    arch = Architecture(cfg.model.name, split.input_shape, split.num_classes)
     comp_cls = UPDATE_COMPRESSORS.get(cfg.uplink.name)
     compressor = comp_cls(comp_cls.parse_params(cfg.uplink.params, "uplink"), seed=cfg.seed)
     return ClientRuntime(
@@ -81,7 +82,8 @@ def _runtime(config_json: str, partition_id: int, num_partitions: int) -> Client
         split=split,
         partition_id=partition_id,
         data=split.train.subset(parts[partition_id]),
-        model_specs=tuple(specs_of(model.state_dict())),
+        arch=arch,
+        downlink=build_model_compressor(cfg, arch),
         compressor=compressor,
         device=resolve_device(cfg.simulation.device),
     )
@@ -126,22 +128,24 @@ def train(msg: Message, context: Context) -> Message:
     if draw_delay < cfg.faults.client_delay_rate:  # a slow device or link: past the round timeout, it fails
         time.sleep(cfg.faults.client_delay_s)
 
-    # Downlink: the global model arrives as a payload, decoded against our own specs.
-    global_state = IdentityCompressor().decode(payload_from(msg.content), DecodeLimits.for_specs(rt.model_specs))
-    model = build_model(cfg.model.name, rt.split.input_shape, rt.split.num_classes)
-    model.load_state_dict(global_state)
+    # Downlink: the global model arrives as a payload; the model compressor rebuilds the module
+    # (its architecture may have changed) and may add a loss term (LC's penalty).
+    broadcast = payload_from(msg.content)
+    received = rt.downlink.decode(broadcast)
+    model = rt.arch.build(received.structure)
+    model.load_state_dict(received.state)
     model.to(rt.device)
     before = float_state(model)
     t_decode = time.perf_counter()
 
     gen = torch_generator(cfg.seed, TRAIN_SHUFFLE, server_round, partition_id)
-    stats = train_local(model, rt.data, cfg.client, gen, rt.device)
+    stats = train_local(model, rt.data, cfg.client, gen, rt.device, loss_term=received.loss_term)
     t_train = time.perf_counter()
 
     update = model_delta(float_state(model), before)
     root = state_dir_for(context, str(train_config.get(STATE_DIR_KEY, "")) or None)
     folder = root / str(partition_id) if root is not None else None
-    state = load_state(context, folder, server_round)
+    state = fit_state(load_state(context, folder, server_round), update)
     ctx = EncodeContext(server_round, partition_id, cfg.federation.num_clients)
     encoded = encode_with_feedback(rt.compressor, update, state, ctx)
     save_state(context, folder, server_round, encoded.state, int(train_config.get(CHECKPOINT_ROUND_KEY, 0)))
@@ -160,6 +164,7 @@ def train(msg: Message, context: Context) -> Message:
         "train_s": t_train - t_decode,
         "encode_s": t_encode - t_train,
         "payload-bytes": len(encoded.payload),
+        "downlink-bytes": len(broadcast),
         **{f"uplink_{k}": float(v) for k, v in encoded.metrics.items()},
     }
     content = RecordDict({PAYLOAD_KEY: payload_record(payload), METRICS_KEY: MetricRecord(metrics)})

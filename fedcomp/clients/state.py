@@ -47,6 +47,19 @@ def _rounds(folder: Path) -> list[int]:
     return sorted(int(m.group(1)) for f in folder.iterdir() if (m := _FILE.match(f.name)))
 
 
+def fit_state(state: State, update: dict[str, torch.Tensor]) -> State:
+    """Drop state entries of tensors the model no longer has (its architecture changed under compression).
+
+    State keys are ``<kind>/<tensor name>``; an entry survives only if its
+    tensor is still there with the same shape.
+    """
+    return {
+        k: v
+        for k, v in state.items()
+        if (name := k.split("/", 1)[-1]) in update and tuple(update[name].shape) == tuple(v.shape)
+    }
+
+
 def load_state(context: Context, folder: Path | None, server_round: int) -> State:
     """This client's state from earlier rounds: ``Context.state``, else the newest earlier file."""
     record = context.state.array_records.get(UPLINK_STATE_KEY)

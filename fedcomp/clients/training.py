@@ -7,6 +7,7 @@ training without the federation around it.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -42,9 +43,18 @@ class TrainStats:
 
 
 def train_local(
-    model: nn.Module, data: ImageData, cfg: ClientConfig, generator: torch.Generator, device: torch.device
+    model: nn.Module,
+    data: ImageData,
+    cfg: ClientConfig,
+    generator: torch.Generator,
+    device: torch.device,
+    loss_term: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> TrainStats:
-    """Train in place for ``local_steps`` mini-batches if set, else ``local_epochs``."""
+    """Train in place for ``local_steps`` mini-batches if set, else ``local_epochs``.
+
+    ``loss_term`` (from the model compressor: LC's μ/2‖w − t‖²) is added to
+    every mini-batch's loss; the reported loss is the data loss alone.
+    """
     model.train()
     opt = make_optimizer(model, cfg)
     budget = cfg.local_steps if cfg.local_steps > 0 else None
@@ -54,7 +64,7 @@ def train_local(
         for x, y in data.batches(cfg.batch_size, generator, device):
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x), y)
-            loss.backward()
+            (loss + loss_term(model) if loss_term is not None else loss).backward()
             opt.step()
             total += float(loss.detach())
             steps += 1

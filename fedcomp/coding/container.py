@@ -188,9 +188,18 @@ class _Reader:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt), field))
 
 
-def unpack(data: bytes, limits: DecodeLimits | None = None) -> Payload:
-    """Parse and check a container; raise :class:`DecodeError` on any fault."""
-    limits = limits or DecodeLimits()
+def peek(data: bytes, limits: DecodeLimits | None = None) -> tuple[str, dict[str, Any]]:
+    """The codec name and params of a container, checked (CRC included), before its tensor list.
+
+    For receivers whose expected tensors depend on the params (a broadcast
+    that carries a changed architecture).
+    """
+    _, codec, params = _read_header(data, limits or DecodeLimits())
+    return codec, params
+
+
+def _read_header(data: bytes, limits: DecodeLimits) -> tuple[_Reader, str, dict[str, Any]]:
+    """Checks size, magic, CRC, version, codec and params; the reader then stands at the tensor count."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(f"payload must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -217,6 +226,13 @@ def unpack(data: bytes, limits: DecodeLimits | None = None) -> Payload:
     if params_len > limits.max_params_bytes:
         raise LimitExceededError(f"codec params declare {params_len} bytes, limit {limits.max_params_bytes}")
     params = _parse_params(r.take(params_len, "codec params"))
+    return r, codec, params
+
+
+def unpack(data: bytes, limits: DecodeLimits | None = None) -> Payload:
+    """Parse and check a container; raise :class:`DecodeError` on any fault."""
+    limits = limits or DecodeLimits()
+    r, codec, params = _read_header(data, limits)
     (n_tensors,) = r.unpack("<I", "tensor count")
     by_digest = bool(n_tensors & DIGEST_FLAG)
     n_tensors &= ~DIGEST_FLAG

@@ -131,7 +131,7 @@ def identity_payload_bytes(groups: list[RunGroup]) -> tuple[float | None, str]:
     for g in groups:
         for r in g.runs:
             model = Path(r.path) / "model.pt"
-            if model.exists():
+            if model.exists() and not r.summary.get("model_structure"):  # the configured architecture only
                 return float(_identity_length(model)), f"identity codec payload of {r.path.name}/model.pt"
     return None, "no identity run and no model.pt: ratio not available"
 

@@ -19,7 +19,8 @@ from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
 from fedcomp.clients.training import evaluate, resolve_device
-from fedcomp.coding import specs_of
+from fedcomp.compressors.model.base import Snapshot, build_model_compressor
+from fedcomp.compressors.model.structure import Architecture, Structure, structure_to_json
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.config import ExperimentConfig
 from fedcomp.data import load_dataset
@@ -98,9 +99,11 @@ def serve(
     model = initial_model(cfg, split.input_shape, split.num_classes)
     device = resolve_device(cfg.simulation.device)
     comp_cls = UPDATE_COMPRESSORS.get(cfg.uplink.name)
+    arch = Architecture(cfg.model.name, split.input_shape, split.num_classes)
     strategy = CompressedFedAvg(
         uplink=comp_cls(comp_cls.parse_params(cfg.uplink.params, "uplink"), seed=cfg.seed),
-        model_specs=specs_of(model.state_dict()),
+        arch=arch,
+        downlink=build_model_compressor(cfg, arch),
         num_clients=cfg.federation.num_clients,
         fraction_train=cfg.federation.fraction_train,
         min_train_clients=cfg.federation.min_train_clients,
@@ -109,13 +112,23 @@ def serve(
     )
     rounds = cfg.federation.rounds
     every = cfg.federation.evaluate_every
-    eval_model = build_model(cfg.model.name, split.input_shape, split.num_classes).to(device)
+    eval_models: dict[Structure, torch.nn.Module] = {}
+
+    def evaluate_state(state: dict[str, torch.Tensor], structure: Structure) -> tuple[float, float]:
+        if structure not in eval_models:  # one module per architecture the run goes through
+            eval_models[structure] = arch.build(structure).to(device)
+        eval_models[structure].load_state_dict(state)
+        return evaluate(eval_models[structure], split.test, device)
+
     done = start.round if start is not None else 0
+    if start is not None:
+        strategy.load_state_dict(start.server)
     strategy.round_offset = strategy.last_checkpoint = done
     latest = {"arrays": ArrayRecord(start.model if start is not None else model.state_dict())}
     bar = tqdm(total=rounds, initial=done, unit="round", desc=cfg.name, disable=not show_progress, dynamic_ncols=True)
     totals: dict[str, float] = {"up": 0, "down": 0}
     last_acc: list[float] = []
+    final: dict[str, Snapshot] = {}
 
     def end_of_round(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if flower_round == 0:
@@ -125,10 +138,15 @@ def serve(
         stats = strategy.take_round_stats()
         if stats is None:  # pragma: no cover - Flower always trains before this hook
             return None
+        state = arrays.to_torch_state_dict()
+        # The model the compressor stands for (LC: Δ(Θ); a final-only compressor: the compressed model).
+        snapshot = strategy.downlink.end_of_round(server_round, state, strategy.structure, server_round == rounds)
+        server_metrics = {**stats.downlink_metrics, **snapshot.metrics}
         acc = loss = None
         if (every and server_round % every == 0) or server_round == rounds:
-            eval_model.load_state_dict(arrays.to_torch_state_dict())
-            loss, acc = evaluate(eval_model, split.test, device)
+            loss, acc = evaluate_state(snapshot.state, snapshot.structure)
+            if not snapshot.is_global:
+                _, server_metrics["global_test_accuracy"] = evaluate_state(state, strategy.structure)
         row = RoundRow(
             round=server_round,
             sampled_clients=len(stats.sampled_nodes),
@@ -146,13 +164,17 @@ def serve(
             downlink_bytes=stats.downlink_bytes,
             downlink_bytes_per_client=stats.downlink_bytes_per_client,
             downlink_crc32=stats.downlink_crc32,
+            downlink_bytes_received_per_client=stats.downlink_bytes_received,
+            server_metrics=server_metrics,
             wall_s=time.perf_counter() - stats.started,
             client_metrics=stats.client_metrics,
         )
         recorder.append(row)
+        if server_round == rounds:
+            final["snapshot"] = snapshot
         ckpt = cfg.federation.checkpoint_every
         if ckpt and (server_round % ckpt == 0 or server_round == rounds):
-            recorder.save_checkpoint(server_round, arrays.to_torch_state_dict(), strategy.state_dict())
+            recorder.save_checkpoint(server_round, state, strategy.state_dict())
             strategy.last_checkpoint = server_round
         totals["up"] += row.uplink_bytes
         totals["down"] += row.downlink_bytes
@@ -182,7 +204,13 @@ def serve(
         )
     finally:
         bar.close()
-    recorder.save_model(latest["arrays"].to_torch_state_dict())
+    if "snapshot" in final:  # the model as compressed for shipping (model.pt is the same model, decoded)
+        snap = final["snapshot"]
+        recorder.save_model(snap.state, structure_to_json(snap.structure), split.input_shape, split.num_classes)
+        if snap.payload is not None:
+            recorder.save_final_payload(snap.payload)
+    else:  # pragma: no cover - a run that resumes after its last round has nothing left to do
+        recorder.save_model(latest["arrays"].to_torch_state_dict(), [], split.input_shape, split.num_classes)
 
 
 def build_server_app(

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from fedcomp.config import ExperimentConfig, dump_config
+from fedcomp.config import ExperimentConfig, dump_config, load_config
 
 ROUNDS_FILE = "rounds.jsonl"
 CONFIG_FILE = "config.toml"
@@ -33,6 +33,8 @@ MODEL_FILE = "model.pt"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 DROPPED_ROUNDS_FILE = "rounds.dropped.jsonl"
+FINAL_PAYLOAD_FILE = "final_model.bin"
+"""The final model as its model compressor ships it (a client decodes it to ``model.pt``'s model)."""
 CLIENT_STATE_DIR = "client_state"
 
 
@@ -56,7 +58,12 @@ class RoundRow:
     wall_s: float
     downlink_crc32: int = 0
     """CRC32 of the broadcast payload: which model this round started from."""
+    downlink_bytes_received_per_client: list[int] = field(default_factory=list)
+    """The broadcast's length as each aggregated client measured it, same order as ``clients``."""
     client_metrics: dict[str, float] = field(default_factory=dict)
+    server_metrics: dict[str, float] = field(default_factory=dict)
+    """The model compressor's numbers (LC's μ and step, ALDS's error) and, when the evaluated model is
+    a compressed one, ``global_test_accuracy`` of the uncompressed global model."""
 
 
 def software_versions() -> dict[str, Any]:
@@ -112,8 +119,22 @@ class RunRecorder:
             os.fsync(fh.fileno())
         self._write_summary("running")
 
-    def save_model(self, state: dict[str, torch.Tensor]) -> None:
+    def save_model(
+        self,
+        state: dict[str, torch.Tensor],
+        structure: list[Any],
+        input_shape: tuple[int, ...],
+        num_classes: int,
+    ) -> None:
+        """``model.pt`` (a state dict) and, in the summary, what rebuilds its module (see :func:`load_model`)."""
         torch.save(state, self.dir / MODEL_FILE)
+        self.meta.update(model_structure=structure, input_shape=list(input_shape), num_classes=num_classes)
+        self._write_summary("running")
+
+    def save_final_payload(self, payload: bytes) -> None:
+        (self.dir / FINAL_PAYLOAD_FILE).write_bytes(payload)
+        self.meta["final_model_bytes"] = len(payload)
+        self._write_summary("running")
 
     def save_checkpoint(self, server_round: int, model: dict[str, torch.Tensor], server: dict[str, Any]) -> None:
         """The server state after ``server_round``, replaced atomically (a crash mid-write keeps the old one)."""
@@ -156,6 +177,21 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
         return None
     data = torch.load(path, map_location="cpu", weights_only=True)
     return Checkpoint(int(data["round"]), dict(data["model"]), dict(data.get("server", {})))
+
+
+def load_model(run_dir: str | Path) -> torch.nn.Module:
+    """The final model of a complete run as a runnable module (factorized layers and all)."""
+    from fedcomp.compressors.model.structure import Architecture, structure_from_json
+
+    path = Path(run_dir)
+    summary = _read_json(path / SUMMARY_FILE)
+    if not (path / MODEL_FILE).exists() or "input_shape" not in summary:
+        raise FileNotFoundError(f"{path} holds no final model (is it a complete run directory?)")
+    cfg = load_config(path / CONFIG_FILE)
+    arch = Architecture(cfg.model.name, tuple(summary["input_shape"]), int(summary["num_classes"]))
+    model = arch.build(structure_from_json(summary.get("model_structure", [])))
+    model.load_state_dict(torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True))
+    return model
 
 
 def keep_rounds_up_to(run_dir: str | Path, last_round: int) -> int:

@@ -13,6 +13,7 @@ rest.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -28,8 +29,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedcomp.coding import DecodeError, DecodeLimits, TensorSpec
+from fedcomp.compressors.model.base import ModelCompressor
+from fedcomp.compressors.model.identity import IdentityModelCompressor
+from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
 from fedcomp.compressors.update.base import UpdateCompressor
-from fedcomp.compressors.update.identity import IdentityCompressor
 from fedcomp.messages import (
     CHECKPOINT_ROUND_KEY,
     CONFIG_KEY,
@@ -69,7 +72,11 @@ class RoundStats:
     failures: list[ClientFailure] = field(default_factory=list)
     downlink_bytes_per_client: int = 0
     downlink_crc32: int = 0
-    """CRC32 of the broadcast payload: identifies the model a round started from."""
+    """CRC32 of the broadcast payload (without its trailing CRC field): identifies the model a round started from."""
+    downlink_bytes_received: list[int] = field(default_factory=list)
+    """The broadcast's length as each aggregated client measured it on arrival, same order as ``clients``."""
+    downlink_metrics: dict[str, float] = field(default_factory=dict)
+    """What the model compressor reported when it built the broadcast."""
     train_loss: float | None = None
     client_metrics: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
@@ -91,8 +98,9 @@ class CompressedFedAvg(FedAvg):
         self,
         *,
         uplink: UpdateCompressor,
-        model_specs: list[TensorSpec],
+        arch: Architecture,
         num_clients: int,
+        downlink: ModelCompressor | None = None,
         fraction_train: float = 1.0,
         min_train_clients: int = 2,
         server_lr: float = 1.0,
@@ -106,10 +114,11 @@ class CompressedFedAvg(FedAvg):
             min_available_nodes=min_train_clients,
         )
         self.uplink = uplink
-        self.downlink = IdentityCompressor()
-        self.model_specs = list(model_specs)
-        float_specs = [s for s in model_specs if s.dtype.is_floating_point]
-        self.update_limits = DecodeLimits.for_specs(float_specs)
+        self.downlink = downlink if downlink is not None else IdentityModelCompressor(None, arch)
+        self.arch = arch
+        self.structure: Structure = ()
+        """The global model's architecture edits (ALDS factorized layers, ...); () = the configured model."""
+        self.update_limits = _update_limits(arch.specs(()))
         self.num_clients = num_clients
         self.server_lr = server_lr
         self.seed = seed
@@ -157,11 +166,18 @@ class CompressedFedAvg(FedAvg):
         server_round += self.round_offset
         stats = RoundStats(round=server_round)
         self.current = stats
-        self.global_state = OrderedDict(arrays.to_torch_state_dict())
-        payload = self.downlink.encode(self.global_state).payload
+        broadcast = self.downlink.broadcast(server_round, OrderedDict(arrays.to_torch_state_dict()), self.structure)
+        if broadcast.structure != self.structure:  # the architecture changed: updates now come in its shapes
+            self.structure = broadcast.structure
+            self.update_limits = _update_limits(self.arch.specs(self.structure))
+        # Updates are added to the model the clients start from, exactly as they decode it.
+        self.global_state = broadcast.start
+        payload = broadcast.payload
+        stats.downlink_metrics = broadcast.metrics
         stats.sampled_nodes = self.sample(grid, server_round)
         stats.downlink_bytes_per_client = len(payload)
-        stats.downlink_crc32 = zlib.crc32(payload)
+        # Over all but the container's own trailing CRC: a CRC32 over data plus its CRC is a constant.
+        stats.downlink_crc32 = zlib.crc32(payload[:-4])
         config["server-round"] = server_round
         config[CHECKPOINT_ROUND_KEY] = self.last_checkpoint
         record = RecordDict({PAYLOAD_KEY: payload_record(payload), CONFIG_KEY: config})
@@ -199,6 +215,7 @@ class CompressedFedAvg(FedAvg):
             stats.clients.append(int(metrics.get("partition-id", -1)))
             stats.uplink_bytes.append(len(payload))
             stats.uplink_bytes_sent.append(int(metrics.get("payload-bytes", -1)))
+            stats.downlink_bytes_received.append(int(metrics.get("downlink-bytes", -1)))
             decoded.append((weight, update, metrics))
         for node in stats.sampled_nodes:
             if node not in replied:
@@ -206,13 +223,15 @@ class CompressedFedAvg(FedAvg):
 
         if not decoded or sum(w for w, _, _ in decoded) <= 0:
             logger.warning("round %d: no usable update (%d failures)", server_round, len(stats.failures))
-            return None, None
+            # The round's start model stays the global one (in the structure it was broadcast in).
+            return ArrayRecord(self.global_state), None
         # Partition order, not arrival order, so neither the sum nor the row depends on timing.
         decoded.sort(key=lambda item: int(item[2].get("partition-id", -1)))
         order = sorted(range(len(stats.clients)), key=stats.clients.__getitem__)
         stats.clients = [stats.clients[i] for i in order]
         stats.uplink_bytes = [stats.uplink_bytes[i] for i in order]
         stats.uplink_bytes_sent = [stats.uplink_bytes_sent[i] for i in order]
+        stats.downlink_bytes_received = [stats.downlink_bytes_received[i] for i in order]
         new_state = self._fedavg_step([(w, u) for w, u, _ in decoded])
         stats.train_loss, stats.client_metrics = _weighted_metrics(decoded)
         return ArrayRecord(new_state), MetricRecord({"train_loss": stats.train_loss})
@@ -232,8 +251,19 @@ class CompressedFedAvg(FedAvg):
         return new_state
 
     def state_dict(self) -> dict[str, Any]:
-        """Server-side optimizer state for a checkpoint: FedAvg's step has none beyond its settings."""
-        return {"server_lr": self.server_lr}
+        """Server state for a checkpoint: the model's structure and the model compressor's state
+        (FedAvg's step has none beyond its settings)."""
+        return {
+            "server_lr": self.server_lr,
+            "structure": json.dumps(structure_to_json(self.structure)),
+            "downlink": self.downlink.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (a resumed run)."""
+        self.structure = structure_from_json(json.loads(state.get("structure", "[]")))
+        self.update_limits = _update_limits(self.arch.specs(self.structure))
+        self.downlink.load_state_dict(state.get("downlink", {}))
 
     def take_round_stats(self) -> RoundStats | None:
         """Hand over (and forget) the statistics of the round just aggregated."""
@@ -242,12 +272,18 @@ class CompressedFedAvg(FedAvg):
 
     def summary(self) -> None:
         logger.info(
-            "CompressedFedAvg: uplink=%s, fraction_train=%.2f, min_train=%d, server_lr=%g",
+            "CompressedFedAvg: downlink=%s, uplink=%s, fraction_train=%.2f, min_train=%d, server_lr=%g",
+            self.downlink.name,
             self.uplink.name,
             self.fraction_train,
             self.min_train_nodes,
             self.server_lr,
         )
+
+
+def _update_limits(specs: Iterable[TensorSpec]) -> DecodeLimits:
+    """Updates cover the model's floating-point tensors."""
+    return DecodeLimits.for_specs([s for s in specs if s.dtype.is_floating_point])
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -268,7 +304,9 @@ def _weighted_metrics(decoded: list[tuple[float, Any, MetricRecord]]) -> tuple[f
     sums: dict[str, float] = {}
     for w, _, metrics in decoded:
         for key, value in metrics.items():
-            if key in ("num-examples", "partition-id", "payload-bytes") or not isinstance(value, (int, float)):
+            if key in ("num-examples", "partition-id", "payload-bytes", "downlink-bytes") or not isinstance(
+                value, (int, float)
+            ):
                 continue
             sums[key] = sums.get(key, 0.0) + w * float(value) / total
     return sums.get("train_loss", float("nan")), sums

@@ -1,6 +1,15 @@
-"""Server-side compression of the global model (issues 5 and 6).
+"""Model compressors (server → client, the global model before broadcast), looked up by name.
 
-So far: the LC compression forms and their exact C steps
-(:mod:`fedcomp.compressors.model.lc_forms`). The model-compressor interface
-and its registry, and the federated LC loop, are not built yet.
+To add one: write a module here with a subclass of
+:class:`~fedcomp.compressors.model.base.ModelCompressor` decorated with
+``@MODEL_COMPRESSORS.register(name)``, and import it below. The building
+blocks live beside them: LC's compression forms (:mod:`.lc_forms`),
+ALDS's decomposition and Algorithm 1 (:mod:`.alds`), architectures that
+change under compression (:mod:`.structure`).
 """
+
+from fedcomp.registry import Registry
+
+MODEL_COMPRESSORS: Registry = Registry("model compressor")
+
+from fedcomp.compressors.model import alds, identity, lc  # noqa: E402,F401  (registers)

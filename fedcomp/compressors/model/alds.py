@@ -31,12 +31,29 @@ would not save parameters stays dense (error 0).
 
 from __future__ import annotations
 
+import fnmatch
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from fedcomp.coding import Payload
+from fedcomp.compressors.model import MODEL_COMPRESSORS
+from fedcomp.compressors.model.base import (
+    Broadcast,
+    ModelCompressor,
+    Received,
+    Snapshot,
+    State,
+    dense_payload,
+    read_whole,
+)
+from fedcomp.compressors.model.structure import Architecture, Edit, Structure, structure_op
+from fedcomp.config import require
 
 
 @dataclass
@@ -157,27 +174,86 @@ def true_error(weight: np.ndarray, k: int, j: int) -> float:
 
 
 class ALDSConv2d(nn.Module):
-    """A conv layer as ALDS rebuilds it: grouped conv c → j·k (original kernel) then 1×1 conv j·k → f."""
+    """A conv layer as ALDS rebuilds it: grouped conv c → j·k (original kernel) then 1×1 conv j·k → f.
 
-    def __init__(self, conv: nn.Conv2d, k: int, j: int) -> None:
+    ``weights=False`` builds the empty shell a receiver loads a broadcast into.
+    """
+
+    def __init__(self, conv: nn.Conv2d, k: int, j: int, weights: bool = True) -> None:
         super().__init__()
         if conv.groups != 1:
             raise ValueError("ALDS decomposes ungrouped convolutions only")
-        enc, dec = decompose(conv.weight.detach().cpu().numpy(), k, j)
+        _check_kj(conv.out_channels, conv.in_channels, math.prod(conv.kernel_size), k, j)
         like = {"dtype": conv.weight.dtype, "device": conv.weight.device}
         self.encoder = nn.Conv2d(
             conv.in_channels, k * j, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=k, bias=False,
             **like,
         )  # fmt: skip
         self.decoder = nn.Conv2d(k * j, conv.out_channels, 1, bias=conv.bias is not None, **like)
-        with torch.no_grad():
-            self.encoder.weight.copy_(torch.from_numpy(enc).to(conv.weight.dtype))
-            self.decoder.weight.copy_(torch.from_numpy(dec).to(conv.weight.dtype))
-            if conv.bias is not None:
-                self.decoder.bias.copy_(conv.bias)
+        if weights:
+            enc, dec = decompose(conv.weight.detach().cpu().numpy(), k, j)
+            with torch.no_grad():
+                self.encoder.weight.copy_(torch.from_numpy(enc).to(conv.weight.dtype))
+                self.decoder.weight.copy_(torch.from_numpy(dec).to(conv.weight.dtype))
+                if conv.bias is not None:
+                    self.decoder.bias.copy_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
+
+
+class GroupedLinear(nn.Module):
+    """k independent maps c/k → j on the k input slices (a linear layer's grouped "convolution")."""
+
+    def __init__(self, in_features: int, k: int, j: int, **like: Any) -> None:
+        super().__init__()
+        self.k, self.j = k, j
+        self.weight = nn.Parameter(torch.zeros(k * j, in_features // k, **like))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs = x.reshape(*x.shape[:-1], self.k, -1)  # (..., k, c/k)
+        w = self.weight.reshape(self.k, self.j, -1)  # (k, j, c/k)
+        return torch.einsum("...kc,kjc->...kj", xs, w).reshape(*x.shape[:-1], self.k * self.j)
+
+
+class ALDSLinear(nn.Module):
+    """A linear layer as ALDS rebuilds it: k slice maps c/k → j, then one linear k·j → f."""
+
+    def __init__(self, linear: nn.Linear, k: int, j: int, weights: bool = True) -> None:
+        super().__init__()
+        _check_kj(linear.out_features, linear.in_features, 1, k, j)
+        like = {"dtype": linear.weight.dtype, "device": linear.weight.device}
+        self.encoder = GroupedLinear(linear.in_features, k, j, **like)
+        self.decoder = nn.Linear(k * j, linear.out_features, bias=linear.bias is not None, **like)
+        if weights:
+            enc, dec = decompose(linear.weight.detach().cpu().numpy(), k, j)
+            with torch.no_grad():
+                self.encoder.weight.copy_(torch.from_numpy(enc).to(linear.weight.dtype))
+                self.decoder.weight.copy_(torch.from_numpy(dec).to(linear.weight.dtype))
+                if linear.bias is not None:
+                    self.decoder.bias.copy_(linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+def _check_kj(f: int, c: int, kernel: int, k: int, j: int) -> None:
+    if k < 1 or c % k:
+        raise ValueError(f"k = {k} does not divide the {c} input channels")
+    if not 1 <= j <= min(f, c // k * kernel):
+        raise ValueError(f"rank j = {j} outside 1..{min(f, c // k * kernel)}")
+
+
+@structure_op("alds")
+def factorized(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
+    """Structure edit ``alds`` with args (k, j): the layer's ALDS shell."""
+    if len(args) != 2:
+        raise ValueError(f"expects (k, j), got {args}")
+    if isinstance(layer, nn.Conv2d):
+        return ALDSConv2d(layer, *args, weights=False)
+    if isinstance(layer, nn.Linear):
+        return ALDSLinear(layer, *args, weights=False)
+    raise ValueError(f"{type(layer).__name__} is not a Conv2d or Linear layer")
 
 
 # ----------------------------------------------------------------------------- Algorithm 1
@@ -304,3 +380,117 @@ def uniform_svd(tables: list[LayerTable], budget: int) -> Allocation:
         if alloc.params <= budget:
             return alloc
     return best
+
+
+# ----------------------------------------------------------------------------- ALDS in FL
+
+
+@dataclass
+class ALDSParams:
+    target: float = 0.5
+    """Fraction of the decomposable layers' parameters removed (after the last compression step)."""
+    compress_at: list[int] = field(default_factory=lambda: [1])
+    """Rounds whose broadcast is compressed anew. With several, the kept fraction follows the geometric
+    schedule (1 − target)^(i/m) at the i-th of m steps: the paper's iterative compress-retrain."""
+    final: bool = False
+    """Also compress the final model after the last round (``compress_at = []``: only the final model)."""
+    max_k: int = 8
+    """Largest number of input-channel subspaces searched per layer."""
+    seeds: int = 15
+    """Initializations of Algorithm 1 (the paper uses 15)."""
+    exclude: list[str] = field(default_factory=list)
+    """fnmatch patterns of layers never decomposed (e.g. the first conv)."""
+
+    def validate(self, path: str) -> None:
+        require(0 < self.target < 1, f"{path}.target", "a fraction of parameters removed in (0, 1)")
+        rounds = self.compress_at
+        require(all(r >= 1 for r in rounds), f"{path}.compress_at", "rounds >= 1")
+        require(rounds == sorted(set(rounds)), f"{path}.compress_at", "strictly increasing rounds")
+        require(bool(rounds) or self.final, f"{path}.compress_at", "at least one round, or final = true")
+        require(self.max_k >= 1, f"{path}.max_k", "an integer >= 1")
+        require(self.seeds >= 1, f"{path}.seeds", "an integer >= 1")
+
+
+@MODEL_COMPRESSORS.register("alds", "ALDS: per-layer low-rank factorization with automatic ranks, trained on")
+class ALDSCompressor(ModelCompressor):
+    """Compress at the chosen rounds (the factorized model is then broadcast and trained), or the final model.
+
+    The broadcast carries the factors dense (fp32) with the structure edits
+    that rebuild the factorized layers. A later step works on the dense
+    operators the current factors compute (:func:`recompose`), so each step
+    re-runs Algorithm 1 over the whole network at the schedule's budget,
+    always relative to the original layers' parameter count.
+    """
+
+    name = "alds"
+    Params = ALDSParams
+
+    def __init__(self, params: ALDSParams | None, arch: Architecture, seed: int = 0) -> None:
+        super().__init__(params, arch, seed)
+        self.layers = [
+            (name, m)
+            for name, m in arch.base_layers()
+            if not any(fnmatch.fnmatchcase(name, p) for p in self.params.exclude)
+        ]
+        if not self.layers:
+            raise ValueError("server_compression: ALDS found no Conv2d or Linear layer to decompose")
+        self.dense_params = sum(m.weight.numel() for _, m in self.layers)
+
+    def keep_fraction(self, server_round: int) -> float:
+        rounds = self.params.compress_at
+        steps = len(rounds) or 1
+        done = rounds.index(server_round) + 1 if server_round in rounds else steps
+        return (1 - self.params.target) ** (done / steps)
+
+    def compress(self, state: State, structure: Structure, keep: float) -> tuple[State, Structure, dict[str, float]]:
+        """Algorithm 1 at ``keep`` × the original parameters, applied to the dense operators of ``state``."""
+        edits = {e.layer: e for e in structure}
+        weights: dict[str, np.ndarray] = {}
+        biases: dict[str, torch.Tensor | None] = {}
+        for name, _ in self.layers:
+            e = edits.get(name)
+            if e is not None and e.op == "alds":
+                enc = state[f"{name}.encoder.weight"].double().numpy()
+                dec = state[f"{name}.decoder.weight"].double().numpy()
+                weights[name] = recompose(enc, dec, e.args[0])
+                biases[name] = state.get(f"{name}.decoder.bias")
+            else:
+                weights[name] = state[f"{name}.weight"].double().numpy()
+                biases[name] = state.get(f"{name}.bias")
+        tables = [tabulate(n, w, self.params.max_k) for n, w in weights.items()]
+        alloc = allocate(tables, int(keep * self.dense_params), self.params.seeds, rng_seed=self.seed)
+        new_edits = {e.layer: e for e in structure if e.layer not in weights}
+        fresh: dict[str, Any] = {}
+        for name, w in weights.items():
+            choice = alloc.choice[name]
+            if choice is None:
+                fresh[f"{name}.weight"] = w
+                fresh[f"{name}.bias"] = biases[name]
+            else:
+                new_edits[name] = Edit("alds", name, choice)
+                fresh[f"{name}.encoder.weight"], fresh[f"{name}.decoder.weight"] = decompose(w, *choice)
+                fresh[f"{name}.decoder.bias"] = biases[name]
+        order = {name: i for i, (name, _) in enumerate(self.arch.base_layers())}
+        new_structure = tuple(sorted(new_edits.values(), key=lambda e: order.get(e.layer, -1)))
+        new_state: State = OrderedDict()
+        for key, ref in self.arch.build(new_structure).state_dict().items():
+            value = fresh[key] if key in fresh else state[key]
+            new_state[key] = torch.as_tensor(value).reshape(ref.shape).to(ref.dtype)
+        metrics = {"alds_max_error": alloc.max_error, "alds_params_kept": alloc.params / self.dense_params}
+        return new_state, new_structure, metrics
+
+    def broadcast(self, server_round: int, state: State, structure: Structure) -> Broadcast:
+        metrics: dict[str, float] = {}
+        if server_round in self.params.compress_at:
+            state, structure, metrics = self.compress(state, structure, self.keep_fraction(server_round))
+        return Broadcast(dense_payload(self.name, state, structure), state, structure, metrics)
+
+    def end_of_round(self, server_round: int, state: State, structure: Structure, last: bool) -> Snapshot:
+        if not (last and self.params.final):
+            return super().end_of_round(server_round, state, structure, last)
+        new_state, new_structure, metrics = self.compress(state, structure, 1 - self.params.target)
+        payload = dense_payload(self.name, new_state, new_structure)
+        return Snapshot(new_state, new_structure, metrics, payload, is_global=False)
+
+    def decode_body(self, parsed: Payload, structure: Structure) -> Received:
+        return Received(read_whole(parsed), structure)

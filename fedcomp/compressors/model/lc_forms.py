@@ -15,6 +15,7 @@ where that is affordable.
 - :class:`PruneL0` — constraint ℓ0: keep the κ largest |w| (exact).
 - :class:`LowRank` — truncated SVD at rank r (Eckart–Young); a conv weight (n, m, d1, d2) is
   reshaped to n × (m·d1·d2) as in the paper.
+- :class:`RankSelection` — low rank with the rank chosen by cost: min_r α·C(r) + μ/2·Σ_{i>r} s_i².
 
 **Additive combinations** (Part V, eq. 1–4): w ≈ Σ_f Δ_f(θ_f) on one
 parameter group is solved by alternating each form's own C step on the
@@ -340,6 +341,47 @@ class LowRank:
         left = _read_floats(r, rows * rank, "fp16", "left factor").reshape(rows, rank)
         right = _read_floats(r, rank * cols, "fp16", "right factor").reshape(rank, cols)
         return left, right
+
+
+@dataclass
+class RankSelection:
+    """Low rank with the rank chosen by the C step: min_r α·C(r) + μ/2·Σ_{i>r} s_i² (LC's rank selection).
+
+    C(r) = r·(m + n) is the storage of the rank-r factors in parameters;
+    ``mu`` is the LC penalty of the current step, set by the LC loop before
+    each C step. For a fixed r the inner problem is Eckart–Young, so the
+    minimum over r of the sum is exact (one SVD, all r scanned).
+    """
+
+    max_rank: int = 0
+    """The largest rank considered (0: the matrix's full rank)."""
+    alpha: float = 1e-6
+    mu: float = 1.0
+
+    def _bound(self, shape: tuple[int, ...]) -> int:
+        full = min(as_matrix(shape))
+        return min(full, self.max_rank) if self.max_rank > 0 else full
+
+    def c_step(self, w: np.ndarray, theta: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = as_matrix(w.shape)
+        u, s, vt = np.linalg.svd(np.asarray(w, dtype=np.float64).reshape(rows, cols), full_matrices=False)
+        bound = self._bound(w.shape)
+        sq = s**2
+        tail = np.concatenate([np.cumsum(sq[::-1])[::-1], [0.0]])  # tail[r] = Σ_{i ≥ r} s_i² (0-based)
+        r_all = np.arange(bound + 1)
+        cost = self.alpha * r_all * (rows + cols) + 0.5 * self.mu * tail[r_all]
+        r = int(np.argmin(cost))
+        root = np.sqrt(s[:r])
+        return u[:, :r] * root, root[:, None] * vt[:r]
+
+    def decompress(self, theta: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+        return LowRank(self._bound(shape)).decompress(theta, shape)
+
+    def write(self, theta: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...], w: BitWriter) -> None:
+        LowRank(self._bound(shape)).write(theta, shape, w)
+
+    def read(self, r: BitReader, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        return LowRank(self._bound(shape)).read(r, shape)
 
 
 # ----------------------------------------------------------------------------- combinations

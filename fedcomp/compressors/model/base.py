@@ -1,0 +1,224 @@
+"""The model-compressor interface (server → client).
+
+A model compressor decides what the global model looks like on the wire.
+At the server, before each round, :meth:`ModelCompressor.broadcast` turns
+the global model (and the compressor's own state: LC's Θ and λ, say) into
+a :class:`Broadcast`: the payload every sampled client receives, and the
+model the clients will start from exactly as they decode it (the server
+aggregates their updates onto that). After each round,
+:meth:`ModelCompressor.end_of_round` gives the :class:`Snapshot` the
+server evaluates (LC: Δ(Θ), not the dense w), and after the last round
+the payload of the final model as it would be shipped. At a client,
+:meth:`ModelCompressor.decode` turns the payload into a :class:`Received`:
+the state to load, the :data:`Structure` to build the runnable module with
+(factorized or thinner layers travel as a list of edits, see
+:mod:`.structure`), and an optional loss term to add during local
+training (LC's μ/2‖w − t‖²).
+
+When it acts (every round, from round R on, on a schedule, or only on the
+final model) is each compressor's own parameter; the identity compressor
+never acts. Bytes are not counted here: the strategy counts
+``len(payload)``. A compressor's server state goes into checkpoints through
+:meth:`state_dict` / :meth:`load_state_dict`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fedcomp.coding import (
+    DecodeError,
+    DecodeLimits,
+    Payload,
+    TensorSpec,
+    pack,
+    peek,
+    specs_of,
+    tensor_from_bytes,
+    tensor_to_bytes,
+    unpack,
+)
+from fedcomp.compressors.model.structure import (
+    Architecture,
+    Structure,
+    structure_from_json,
+    structure_to_json,
+)
+from fedcomp.compressors.update.base import NoParams
+from fedcomp.config import ExperimentConfig, params_from_dict
+
+State = OrderedDict[str, torch.Tensor]
+LossTerm = Callable[[nn.Module], torch.Tensor]
+
+
+@dataclass
+class Broadcast:
+    """One round's downlink: the payload, and the model clients start from as they decode it."""
+
+    payload: bytes
+    start: State
+    structure: Structure = ()
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Snapshot:
+    """The model the server evaluates after a round (and saves after the last)."""
+
+    state: State
+    structure: Structure = ()
+    metrics: dict[str, float] = field(default_factory=dict)
+    payload: bytes | None = None
+    """The model as it would be shipped; set after the last round."""
+    is_global: bool = True
+    """False when it differs from the aggregated model (LC's Δ(Θ)): the server evaluates both."""
+
+
+@dataclass
+class Received:
+    """What a client makes of a broadcast."""
+
+    state: State
+    structure: Structure = ()
+    loss_term: LossTerm | None = None
+
+
+class ProximalTerm:
+    """μ/2 Σ ‖w − t‖² over the named parameters (LC's L-step penalty, eq. of the L step)."""
+
+    def __init__(self, centre: Mapping[str, torch.Tensor], mu: float) -> None:
+        self.centre = dict(centre)
+        self.mu = float(mu)
+        self._on: torch.device | None = None
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        params = dict(model.named_parameters())
+        first = next(iter(params.values()))
+        if self._on != first.device:
+            self.centre = {k: v.to(first.device, torch.float32) for k, v in self.centre.items()}
+            self._on = first.device
+        total = first.new_zeros(())
+        for name, t in self.centre.items():
+            total = total + (params[name] - t).pow(2).sum()
+        return 0.5 * self.mu * total
+
+
+class ModelCompressor(ABC):
+    """Base class; subclasses set ``name``, ``Params``, :meth:`broadcast` and :meth:`decode_body`."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type] = NoParams
+    payload_factor: ClassVar[float] = 1.0
+    """How many dense copies of the model one payload may hold (LC's augmented Lagrangian: 2)."""
+
+    def __init__(self, params: Any, arch: Architecture, seed: int = 0) -> None:
+        self.params = params if params is not None else self.Params()
+        self.arch = arch
+        self.seed = seed
+
+    @classmethod
+    def parse_params(cls, data: dict[str, Any], path: str) -> Any:
+        """Typed, validated parameters from the ``[server_compression]`` section."""
+        return params_from_dict(cls.Params, data, path)
+
+    # ------------------------------------------------------------------ server
+    @abstractmethod
+    def broadcast(self, server_round: int, state: State, structure: Structure) -> Broadcast:
+        """The downlink of ``server_round`` for the global model ``state`` (in ``structure``)."""
+
+    def end_of_round(self, server_round: int, state: State, structure: Structure, last: bool) -> Snapshot:
+        """The model to evaluate after ``server_round``; by default the aggregated one."""
+        return Snapshot(
+            state, structure, payload=self.broadcast(server_round, state, structure).payload if last else None
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Server-side state for a checkpoint (tensors, numbers and strings only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - stateless by default
+        """Restore :meth:`state_dict` (a resumed run)."""
+
+    # ------------------------------------------------------------------ client
+    def decode(self, payload: bytes) -> Received:
+        """Check the container (the structure first, then the tensors it implies); only DecodeError escapes."""
+        base = self.arch.specs(())
+        coarse = _limits(base, self.payload_factor)
+        codec, params = peek(payload, coarse)
+        if codec != self.name:
+            raise DecodeError(f"broadcast was made by {codec!r}, this client expects {self.name!r}")
+        structure = structure_from_json(params.get("structure", []))
+        parsed = unpack(payload, _limits(self.arch.specs(structure), self.payload_factor))
+        try:
+            return self.decode_body(parsed, structure)
+        except DecodeError:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError, MemoryError) as exc:
+            raise DecodeError(f"{self.name}: malformed broadcast: {exc}") from exc
+
+    @abstractmethod
+    def decode_body(self, parsed: Payload, structure: Structure) -> Received:
+        """Rebuild the client's start model (and loss term) from a checked container."""
+
+
+def build_model_compressor(cfg: ExperimentConfig, arch: Architecture) -> ModelCompressor:
+    """The configured ``[server_compression]`` for ``arch`` (the server and every client build the same)."""
+    from fedcomp.compressors.model import MODEL_COMPRESSORS
+
+    section = cfg.server_compression
+    cls = MODEL_COMPRESSORS.get(section.name)
+    return cls(cls.parse_params(section.params, "server_compression"), arch, seed=cfg.seed)
+
+
+def _limits(specs: Sequence[TensorSpec], factor: float) -> DecodeLimits:
+    dense = sum(s.nbytes for s in specs)
+    return DecodeLimits(
+        max_payload_bytes=math.ceil(factor * dense) + (1 << 20) + 64 * len(specs),
+        max_tensors=len(specs),
+        max_elements=sum(s.numel for s in specs),
+        expected=tuple(specs),
+    )
+
+
+# ----------------------------------------------------------------------------- dense sections
+
+
+def dense_bytes(tensors: Iterable[torch.Tensor]) -> bytes:
+    """Tensors back to back, each in its own dtype (the identity encoding)."""
+    return b"".join(tensor_to_bytes(t) for t in tensors)
+
+
+def read_dense(body: bytes, pos: int, specs: Sequence[TensorSpec]) -> tuple[State, int]:
+    """Inverse of :func:`dense_bytes` from offset ``pos``; returns the tensors and the new offset."""
+    out: State = OrderedDict()
+    for spec in specs:
+        end = pos + spec.nbytes
+        if end > len(body):
+            raise DecodeError(f"body ends inside tensor {spec.name!r}")
+        out[spec.name] = tensor_from_bytes(body[pos:end], spec)
+        pos = end
+    return out, pos
+
+
+def dense_payload(codec: str, state: State, structure: Structure = (), params: dict[str, Any] | None = None) -> bytes:
+    """The whole model dense, with its structure (if any) in the params; tensors named by digest."""
+    params = dict(params or {})
+    if structure:
+        params["structure"] = structure_to_json(structure)
+    return pack(codec, params, specs_of(state), dense_bytes(state.values()), by_digest=True)
+
+
+def read_whole(parsed: Payload) -> State:
+    """A body that is exactly the dense tensors of its specs."""
+    state, pos = read_dense(parsed.body, 0, parsed.specs)
+    if pos != len(parsed.body):
+        raise DecodeError(f"{len(parsed.body) - pos} bytes after the dense tensors")
+    return state

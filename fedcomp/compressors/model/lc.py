@@ -1,0 +1,382 @@
+"""LC, the learning-compression algorithm, run federatedly (Carreira-Perpiñán & Idelbayev, LC Part V).
+
+LC solves min_{w,Θ} L(w) s.t. w = Δ(Θ) by alternating
+
+- the **L step**, min_w L(w) + μ/2 ‖w − Δ(Θ) − λ/μ‖², and
+- the **C step**, Θ = argmin_Θ ‖(w − λ/μ) − Δ(Θ)‖² (the forms of
+  :mod:`.lc_forms`, additive combinations by eq. 4),
+- then the multiplier step λ ← λ − μ(w − Δ(Θ)) and μ ← μ₀·a^j,
+
+after a direct-compression start (Θ = Π(w), λ = 0). Each matched tensor
+gets its own Θ (its own codebook, its own rank); tensors no group matches
+(biases, BatchNorm) stay as they are.
+
+**Federated adaptation.** The L step is ``rounds_per_step`` (R_L) federated
+rounds: every client minimizes its loss plus μ/2‖w − t‖² with the same
+centre t, so FedAvg over the penalized client losses is a FedProx-like
+solver of the global L step. Θ, λ, μ and the C step live at the server,
+which runs the C step and the multiplier update after every R_L rounds
+(and after the last round, so the final model is exactly Δ(Θ)). Rounds
+before ``start_round`` train the reference model without penalty. Three
+variants, differing in what is broadcast:
+
+- ``augmented_lagrangian`` (LC as published): clients start from the dense
+  w̄ and get the dense t = Δ(Θ) + λ/μ; the downlink is about twice the
+  model, and is counted as such.
+- ``quadratic_penalty`` (λ = 0): t = Δ(Θ), so Θ travels compressed next to
+  the dense w̄ (about one model plus Θ).
+- ``compressed_start`` — **a heuristic, no longer LC**: clients receive
+  only Θ (and the uncompressed tensors) and start from Δ(Θ), with t = Δ(Θ);
+  every broadcast is compressed. The server's w is then Δ(Θ) plus the
+  averaged update, so the L step no longer starts where LC's would.
+
+Δ(Θ) is always what the wire carries: each C step's Θ is encoded (Part V
+appendix B: fp32 codebook + ⌈log₂ k⌉ bits per weight, sparse corrections
+as Golomb-coded index gaps + fp16 values, low-rank factors in fp16) and
+decoded again, and that decoded Θ is the one the server evaluates, uses in
+the multiplier step, warm-starts from and saves. So the final ``model.pt``
+is exactly the model a client decodes from ``final_model.bin``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from fedcomp.coding import DecodeError, Payload, TensorSpec, pack, specs_of
+from fedcomp.compressors.model import MODEL_COMPRESSORS
+from fedcomp.compressors.model.base import (
+    Broadcast,
+    ModelCompressor,
+    ProximalTerm,
+    Received,
+    Snapshot,
+    State,
+    dense_bytes,
+    read_dense,
+)
+from fedcomp.compressors.model.lc_forms import (
+    AdaptiveQuantization,
+    Binarization,
+    Form,
+    LowRank,
+    PruneL0,
+    RankSelection,
+    Ternarization,
+    additive_c_step,
+    decode_theta,
+    encode_theta,
+)
+from fedcomp.compressors.model.structure import Architecture, Structure
+from fedcomp.config import ConfigError, require
+
+Variant = Literal["augmented_lagrangian", "quadratic_penalty", "compressed_start"]
+# Payload phases: the dense reference model; the three variants' broadcasts.
+PHASES = {"reference": 0, "augmented_lagrangian": 1, "quadratic_penalty": 2, "compressed_start": 3}
+
+
+@dataclass
+class FormParams:
+    """One compression form of a group (``form`` plus the parameters that form uses)."""
+
+    form: Literal["quantize", "binarize", "ternarize", "prune", "lowrank", "rank_selection"] = "quantize"
+    k: int = 2
+    """quantize: codebook size."""
+    exact: bool = False
+    """quantize: globally optimal 1-D k-means by dynamic programming instead of warm-started Lloyd."""
+    keep: float = 0.0
+    """prune: fraction of the tensor's entries kept (κ = ⌈keep·n⌉), unless ``kappa`` is set."""
+    kappa: int = 0
+    """prune: number of entries kept."""
+    rank: int = 0
+    """lowrank: the rank; rank_selection: the largest rank considered (0 = full)."""
+    alpha: float = 1e-6
+    """rank_selection: cost per stored parameter, α in α·C(r) + μ/2·Σ_{i>r} s_i²."""
+
+    def validate(self, path: str) -> None:
+        if self.form == "quantize":
+            require(2 <= self.k <= 1 << 16, f"{path}.k", "a codebook size between 2 and 65536")
+        if self.form == "prune":
+            require(self.kappa > 0 or 0 < self.keep <= 1, path, "prune with kappa > 0 or keep in (0, 1]")
+            require(self.kappa >= 0, f"{path}.kappa", "an integer >= 0")
+        if self.form == "lowrank":
+            require(self.rank >= 1, f"{path}.rank", "an integer >= 1")
+        if self.form == "rank_selection":
+            require(self.rank >= 0, f"{path}.rank", "an integer >= 0 (0 = full rank)")
+            require(self.alpha > 0, f"{path}.alpha", "a number > 0")
+
+    def build(self, numel: int) -> Form:
+        if self.form == "quantize":
+            return AdaptiveQuantization(self.k, exact=self.exact)
+        if self.form == "binarize":
+            return Binarization()
+        if self.form == "ternarize":
+            return Ternarization()
+        if self.form == "prune":
+            return PruneL0(self.kappa if self.kappa > 0 else max(1, math.ceil(self.keep * numel)))
+        if self.form == "lowrank":
+            return LowRank(self.rank)
+        return RankSelection(self.rank, self.alpha)
+
+
+@dataclass
+class GroupParams:
+    """Tensors matched by ``layers`` (patterns over state-dict names), each compressed by the sum of ``forms``."""
+
+    layers: list[str] = field(default_factory=lambda: ["*"])
+    """fnmatch patterns; only floating tensors with two or more dimensions (weights) are matched."""
+    forms: list[FormParams] = field(default_factory=lambda: [FormParams()])
+
+
+@dataclass
+class LCParams:
+    variant: Variant = "augmented_lagrangian"
+    start_round: int = 1
+    """The first round of LC; rounds before it train the reference model without penalty."""
+    rounds_per_step: int = 1
+    """R_L: federated rounds per L step (one C step and multiplier update after each)."""
+    mu0: float = 9e-5
+    """μ₀ of the schedule μ_j = μ₀·a^j (the authors' LeNet-300 value)."""
+    mu_growth: float = 1.1
+    """a of the schedule (the authors' LeNet-300 value)."""
+    sweeps: int = 10
+    """Alternations of an additive combination's C step (eq. 4; the toolkit uses 10)."""
+    groups: list[GroupParams] = field(default_factory=lambda: [GroupParams()])
+    """The first group whose pattern matches a tensor compresses it."""
+
+    def validate(self, path: str) -> None:
+        require(self.start_round >= 1, f"{path}.start_round", "an integer >= 1")
+        require(self.rounds_per_step >= 1, f"{path}.rounds_per_step", "an integer >= 1")
+        require(self.mu0 > 0, f"{path}.mu0", "a number > 0")
+        require(self.mu_growth >= 1, f"{path}.mu_growth", "a number >= 1")
+        require(self.sweeps >= 1, f"{path}.sweeps", "an integer >= 1")
+        require(bool(self.groups), f"{path}.groups", "at least one group")
+        for g, group in enumerate(self.groups):
+            require(bool(group.layers), f"{path}.groups[{g}].layers", "at least one pattern")
+            require(bool(group.forms), f"{path}.groups[{g}].forms", "at least one form")
+            for f, form in enumerate(group.forms):
+                form.validate(f"{path}.groups[{g}].forms[{f}]")
+
+
+@MODEL_COMPRESSORS.register("lc", "learning-compression: quantize/prune/low-rank and their sums, trained in")
+class LCCompressor(ModelCompressor):
+    name = "lc"
+    Params = LCParams
+    payload_factor = 2.0  # the augmented-Lagrangian broadcast: w̄ and t, both dense
+
+    def __init__(self, params: LCParams | None, arch: Architecture, seed: int = 0) -> None:
+        super().__init__(params, arch, seed)
+        specs = arch.specs(())
+        self.specs = {s.name: s for s in specs}
+        self.forms: OrderedDict[str, list[Form]] = OrderedDict()
+        for spec in specs:
+            if not spec.dtype.is_floating_point or len(spec.shape) < 2:
+                continue
+            for group in self.params.groups:
+                if any(fnmatch.fnmatchcase(spec.name, p) for p in group.layers):
+                    self.forms[spec.name] = [f.build(spec.numel) for f in group.forms]
+                    break
+        if not self.forms:
+            patterns = [p for g in self.params.groups for p in g.layers]
+            raise ConfigError(f"server_compression: no weight of the model matches the LC groups' layers {patterns}")
+        # Server state: Θ as sent (bytes per tensor), Δ(Θ) decoded from them, λ, the step j.
+        self.theta_bytes: dict[str, bytes] = {}
+        self.thetas: dict[str, list[Any]] = {}
+        self.delta: dict[str, torch.Tensor] = {}
+        self.lam: dict[str, torch.Tensor] = {}
+        self.step = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.delta)
+
+    @property
+    def mu(self) -> float:
+        return self.params.mu0 * self.params.mu_growth**self.step
+
+    # ------------------------------------------------------------------ the C step
+    def c_step(self, state: State) -> None:
+        """Θ = argmin ‖(w − λ/μ) − Δ(Θ)‖² per tensor (λ = 0 outside the augmented Lagrangian); Θ as decoded."""
+        mu = self.mu
+        for name, forms in self.forms.items():
+            w = state[name].detach().to(torch.float64)
+            if name in self.lam:
+                w = w - self.lam[name].to(torch.float64) / mu
+            for form in forms:
+                if isinstance(form, RankSelection):
+                    form.mu = mu
+            target = w.numpy()
+            warm = self.thetas.get(name)
+            if len(forms) == 1:
+                thetas = [forms[0].c_step(target, warm[0] if warm else None)]
+            else:
+                thetas, _ = additive_c_step(forms, target, warm, self.params.sweeps)
+            self._set_theta(name, encode_group(forms, thetas, self.specs[name].shape))
+
+    def _set_theta(self, name: str, data: bytes) -> None:
+        spec = self.specs[name]
+        thetas = decode_group(self.forms[name], data, spec.shape)
+        self.theta_bytes[name] = data
+        self.thetas[name] = thetas
+        self.delta[name] = delta_of(self.forms[name], thetas, spec)
+
+    def multiplier_step(self, state: State) -> None:
+        """λ ← λ − μ(w − Δ(Θ)) (augmented Lagrangian only)."""
+        mu = self.mu
+        for name in self.forms:
+            diff = state[name].detach().to(torch.float64) - self.delta[name].to(torch.float64)
+            self.lam[name] = self.lam.get(name, torch.zeros_like(diff)) - mu * diff
+
+    def compressed_state(self, state: State) -> State:
+        """w with every compressed tensor replaced by Δ(Θ)."""
+        return OrderedDict((k, self.delta[k].clone() if k in self.delta else v) for k, v in state.items())
+
+    # ------------------------------------------------------------------ server
+    def broadcast(self, server_round: int, state: State, structure: Structure) -> Broadcast:
+        if server_round < self.params.start_round:
+            return Broadcast(self._payload("reference", state), state, structure)
+        if not self.active:  # direct compression: Θ = Π(w), λ = 0
+            self.c_step(state)
+        variant = self.params.variant
+        start = self.compressed_state(state) if variant == "compressed_start" else state
+        metrics = {"lc_step": float(self.step), "lc_mu": self.mu}
+        return Broadcast(self._payload(variant, state), start, structure, metrics)
+
+    def end_of_round(self, server_round: int, state: State, structure: Structure, last: bool) -> Snapshot:
+        p = self.params
+        if not self.active and not last:
+            return Snapshot(state, structure)
+        due = self.active and (server_round - p.start_round + 1) % p.rounds_per_step == 0
+        if due or last:
+            self.c_step(state)
+            if p.variant == "augmented_lagrangian":
+                self.multiplier_step(state)
+            if due:
+                self.step += 1
+        compressed = self.compressed_state(state)
+        num = sum(float((state[k].double() - self.delta[k].double()).pow(2).sum()) for k in self.forms)
+        den = sum(float(state[k].double().pow(2).sum()) for k in self.forms)
+        metrics = {
+            "lc_step": float(self.step),
+            "lc_mu": self.mu,
+            "lc_relative_distortion": num / den if den else 0.0,
+            "lc_theta_bytes": float(sum(len(b) for b in self.theta_bytes.values())),
+        }
+        payload = self._payload("compressed_start", compressed) if last else None
+        return Snapshot(compressed, structure, metrics, payload, is_global=False)
+
+    def _payload(self, phase: str, state: State) -> bytes:
+        """The body per phase: dense w̄ (all but compressed_start), then t dense (AL) or Θ (QP, CS)."""
+        parts: list[bytes] = []
+        if phase != "compressed_start":
+            parts.append(dense_bytes(state.values()))
+        else:
+            parts.append(dense_bytes(v for k, v in state.items() if k not in self.forms))
+        if phase == "augmented_lagrangian":
+            mu = self.mu
+            parts.append(
+                dense_bytes(
+                    (self.delta[k].double() + self.lam.get(k, torch.zeros(())).double() / mu).float()
+                    for k in self.forms
+                )
+            )
+        elif phase in ("quadratic_penalty", "compressed_start"):
+            parts += [struct.pack("<I", len(self.theta_bytes[k])) + self.theta_bytes[k] for k in self.forms]
+        params = {"phase": PHASES[phase], "mu": self.mu}
+        return pack(self.name, params, specs_of(state), b"".join(parts), by_digest=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "theta": {k: torch.frombuffer(bytearray(v), dtype=torch.uint8) for k, v in self.theta_bytes.items()},
+            "lam": dict(self.lam),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state.get("step", 0))
+        for name, data in state.get("theta", {}).items():
+            self._set_theta(name, bytes(data.numpy().tobytes()))
+        self.lam = {k: v.clone() for k, v in state.get("lam", {}).items()}
+
+    # ------------------------------------------------------------------ client
+    def decode_body(self, parsed: Payload, structure: Structure) -> Received:
+        phase = parsed.params.get("phase")
+        mu = parsed.params.get("mu")
+        if phase not in PHASES.values():
+            raise DecodeError(f"lc: unknown phase {phase!r}")
+        if not isinstance(mu, (int, float)) or not math.isfinite(mu) or mu < 0:
+            raise DecodeError(f"lc: μ must be a finite number >= 0, got {mu!r}")
+        specs = parsed.specs
+        compressed = [s for s in specs if s.name in self.forms]
+        body, pos = parsed.body, 0
+        if phase != PHASES["compressed_start"]:
+            state, pos = read_dense(body, pos, specs)
+        else:
+            state, pos = read_dense(body, pos, [s for s in specs if s.name not in self.forms])
+        centre: dict[str, torch.Tensor] = {}
+        if phase == PHASES["augmented_lagrangian"]:
+            t_specs = [type(s)(s.name, s.shape, torch.float32) for s in compressed]
+            centre, pos = read_dense(body, pos, t_specs)
+        elif phase != PHASES["reference"]:
+            for spec in compressed:
+                if pos + 4 > len(body):
+                    raise DecodeError(f"lc: body ends before Θ of {spec.name!r}")
+                (size,) = struct.unpack_from("<I", body, pos)
+                pos += 4
+                if pos + size > len(body):
+                    raise DecodeError(f"lc: Θ of {spec.name!r} declares {size} bytes, {len(body) - pos} left")
+                forms = self.forms[spec.name]
+                thetas = decode_group(forms, body[pos : pos + size], spec.shape)
+                pos += size
+                centre[spec.name] = delta_of(forms, thetas, spec)
+        if pos != len(body):
+            raise DecodeError(f"lc: {len(body) - pos} bytes left after the broadcast")
+        if phase == PHASES["compressed_start"]:
+            state = OrderedDict((s.name, centre[s.name] if s.name in centre else state[s.name]) for s in specs)
+        loss = ProximalTerm(centre, mu) if phase != PHASES["reference"] and mu > 0 else None
+        return Received(state, structure, loss)
+
+
+def delta_of(forms: list[Form], thetas: list[Any], spec: TensorSpec) -> torch.Tensor:
+    """Δ(Θ) = Σ_f Δ_f(θ_f) (eq. 1), in the tensor's dtype."""
+    total = np.zeros(spec.shape)
+    for form, theta in zip(forms, thetas, strict=True):
+        total += form.decompress(theta, spec.shape)
+    return torch.from_numpy(total).to(spec.dtype)
+
+
+def encode_group(forms: list[Form], thetas: list[Any], shape: tuple[int, ...]) -> bytes:
+    """Θ of one tensor: each form's θ (appendix B layout), a u32 length before each when there are several."""
+    if len(forms) == 1:
+        return encode_theta(forms[0], thetas[0], shape)
+    out = []
+    for form, theta in zip(forms, thetas, strict=True):
+        data = encode_theta(form, theta, shape)
+        out.append(struct.pack("<I", len(data)) + data)
+    return b"".join(out)
+
+
+def decode_group(forms: list[Form], data: bytes, shape: tuple[int, ...]) -> list[Any]:
+    """Inverse of :func:`encode_group`; DecodeError for anything that does not fit."""
+    if len(forms) == 1:
+        return [decode_theta(forms[0], data, shape)]
+    thetas, pos = [], 0
+    for form in forms:
+        if pos + 4 > len(data):
+            raise DecodeError(f"Θ ends before the {type(form).__name__} part")
+        (size,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if pos + size > len(data):
+            raise DecodeError(f"{type(form).__name__} part declares {size} bytes, {len(data) - pos} left")
+        thetas.append(decode_theta(form, data[pos : pos + size], shape))
+        pos += size
+    if pos != len(data):
+        raise DecodeError(f"{len(data) - pos} bytes after the last form's θ")
+    return thetas

@@ -1,0 +1,136 @@
+"""Architectures that change under compression: the base model plus a list of edits.
+
+A model compressor may broadcast a model whose architecture is not the
+configured one (ALDS factorizes layers; channel pruning makes them thinner).
+The receiver rebuilds it from the configured model and a :data:`Structure`:
+an ordered tuple of :class:`Edit` (``op``, ``layer``, integer ``args``), each
+replacing one submodule. The structure travels in the payload's params as
+JSON and is checked like any other untrusted field: an edit naming a layer
+that is not there, or arguments the layer cannot take, is a
+:class:`~fedcomp.coding.DecodeError`.
+
+An op is one function registered in :data:`STRUCTURE_OPS` that returns the
+replacement module (an empty shell; the weights come from the payload).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedcomp.coding import DecodeError, TensorSpec, specs_of
+from fedcomp.models import build_model
+
+MAX_EDITS = 10_000
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace submodule ``layer`` by what ``op`` makes of it with ``args``."""
+
+    op: str
+    layer: str
+    args: tuple[int, ...]
+
+
+Structure = tuple[Edit, ...]
+StructureOp = Callable[[nn.Module, tuple[int, ...]], nn.Module]
+STRUCTURE_OPS: dict[str, StructureOp] = {}
+
+
+def structure_op(name: str) -> Callable[[StructureOp], StructureOp]:
+    """Register a structure edit (an op raises ValueError for arguments its layer cannot take)."""
+
+    def decorator(fn: StructureOp) -> StructureOp:
+        STRUCTURE_OPS[name] = fn
+        return fn
+
+    return decorator
+
+
+def structure_to_json(structure: Structure) -> list[list[Any]]:
+    return [[e.op, e.layer, list(e.args)] for e in structure]
+
+
+def structure_from_json(data: Any) -> Structure:
+    """Parse a payload's structure list; DecodeError for anything malformed."""
+    if not isinstance(data, list) or len(data) > MAX_EDITS:
+        raise DecodeError(f"structure must be a list of at most {MAX_EDITS} edits")
+    edits = []
+    for i, item in enumerate(data):
+        ok = isinstance(item, list) and len(item) == 3 and isinstance(item[0], str) and isinstance(item[1], str)
+        args = item[2] if ok else None
+        if not ok or not isinstance(args, list) or not all(type(a) is int and 0 <= a < 1 << 31 for a in args):
+            raise DecodeError(f"structure edit #{i} is not [op, layer, [non-negative integers]]: {item!r:.80}")
+        if item[0] not in STRUCTURE_OPS:
+            raise DecodeError(f"structure edit #{i}: unknown op {item[0]!r}; known: {sorted(STRUCTURE_OPS)}")
+        edits.append(Edit(item[0], item[1], tuple(args)))
+    if len({e.layer for e in edits}) != len(edits):
+        raise DecodeError("structure edits name the same layer twice")
+    return tuple(edits)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The configured model (name, input shape, classes) and how to build it with a structure."""
+
+    model_name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+
+    def build(self, structure: Structure = ()) -> nn.Module:
+        """A fresh module: the base model with every edit applied (ValueError if one does not fit)."""
+        model = build_model(self.model_name, self.input_shape, self.num_classes)
+        for edit in structure:
+            parent, _, leaf = edit.layer.rpartition(".")
+            try:
+                owner = model.get_submodule(parent) if parent else model
+                old = getattr(owner, leaf)
+            except AttributeError:
+                raise ValueError(f"structure edit {edit.op!r}: the model has no layer {edit.layer!r}") from None
+            if not isinstance(old, nn.Module):
+                raise ValueError(f"structure edit {edit.op!r}: {edit.layer!r} is not a layer")
+            try:
+                setattr(owner, leaf, STRUCTURE_OPS[edit.op](old, edit.args))
+            except ValueError as exc:
+                raise ValueError(f"structure edit {edit.op!r} on {edit.layer!r}: {exc}") from None
+        return model
+
+    def specs(self, structure: Structure = ()) -> tuple[TensorSpec, ...]:
+        """The state-dict specs of the structured model; DecodeError if the structure does not fit."""
+        return _specs(self, structure)
+
+    def base_layers(self) -> list[tuple[str, nn.Module]]:
+        """(name, module) of every ungrouped Conv2d and Linear of the base model, in order."""
+        model = self.build()
+        return [
+            (name, m)
+            for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
+        ]
+
+
+@functools.lru_cache(maxsize=64)
+def _specs(arch: Architecture, structure: Structure) -> tuple[TensorSpec, ...]:
+    try:
+        with torch.device("meta"):  # shapes only: no memory for weights, however large the claim
+            model = arch.build(structure)
+    except ValueError as exc:
+        raise DecodeError(str(exc)) from None
+    return tuple(TensorSpec(k, tuple(v.shape), v.dtype) for k, v in model.state_dict().items())
+
+
+def load_structured(arch: Architecture, structure: Structure, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The runnable module for ``state`` in ``structure``."""
+    model = arch.build(structure)
+    model.load_state_dict(state)
+    return model
+
+
+def same_specs(state: dict[str, torch.Tensor], specs: Sequence[TensorSpec]) -> bool:
+    return tuple(specs_of(state)) == tuple(specs)
