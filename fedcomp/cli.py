@@ -98,11 +98,18 @@ def _print_report(paths: Sequence[str | Path], out: Path, target: float | None, 
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from fedcomp.compressors.model import MODEL_COMPRESSORS
     from fedcomp.compressors.update import UPDATE_COMPRESSORS
     from fedcomp.data import DATASETS
     from fedcomp.models import MODELS
 
-    for title, registry in (("datasets", DATASETS), ("models", MODELS), ("uplink compressors", UPDATE_COMPRESSORS)):
+    families = (
+        ("datasets", DATASETS),
+        ("models", MODELS),
+        ("uplink compressors ([uplink] name)", UPDATE_COMPRESSORS),
+        ("model compressors ([server_compression] name)", MODEL_COMPRESSORS),
+    )
+    for title, registry in families:
         print(f"{title}:")
         for name in registry:
             print(f"  {name:<16} {registry.summary(name)}")
