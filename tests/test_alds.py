@@ -10,6 +10,7 @@ from fedcomp.compressors.model.alds import (
     ALDSConv2d,
     allocate,
     decompose,
+    fold,
     recompose,
     tabulate,
     true_error,
@@ -28,15 +29,34 @@ def test_k1_is_truncated_svd_of_the_unfolded_layer():
         assert true_error(w, 1, j) == pytest.approx(s[j] / s[0])  # operator norm: the next singular value
 
 
+@pytest.mark.parametrize("scheme", [0, 1, 2, 3])
 @pytest.mark.parametrize("k", [1, 2, 4])
-def test_full_rank_decomposed_conv_computes_the_original_layer(k):
+def test_full_rank_decomposed_conv_computes_the_original_layer(k, scheme):
+    """Every folding scheme (ALDS+, supplement A.6) composes back to the original conv, stride and padding included."""
     torch.manual_seed(0)
-    conv = torch.nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=True).double()
-    full = min(12, 8 // k * 9)
-    layer = ALDSConv2d(conv, k, full).double()
-    x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
+    conv = torch.nn.Conv2d(8, 12, (3, 5), stride=(2, 1), padding=(1, 2), bias=True).double()
+    table = tabulate("conv", conv.weight.detach().numpy(), schemes=(0, 1, 2, 3))
+    full = table.max_rank(k, scheme)
+    layer = ALDSConv2d(conv, k, full, scheme).double()
+    x = torch.randn(2, 8, 9, 11, dtype=torch.float64)
     assert torch.allclose(layer(x), conv(x), atol=1e-10)
     assert layer.encoder.groups == k and layer.encoder.out_channels == k * full
+    assert sum(p.numel() for p in layer.parameters()) == table.params(k, full, scheme) + 12  # + the bias
+
+
+@pytest.mark.parametrize("scheme", [1, 2, 3])
+def test_folding_schemes_are_eckart_young_in_their_own_folding(scheme):
+    w = np.random.default_rng(1).normal(size=(6, 4, 3, 3))
+    table = tabulate("w", w, schemes=(0, 1, 2, 3))
+    for k in table.ks:
+        for j in range(1, table.max_rank(k, scheme)):
+            approx = recompose(*decompose(w, k, j, scheme), k, scheme)
+            assert approx.shape == w.shape
+            tab = table.error(k, j, scheme)
+            assert tab <= true_error(w, k, j, scheme) + 1e-12 <= np.sqrt(k) * tab + 1e-9
+    # k = 1: the error is the next singular value of the folded matrix.
+    s = np.linalg.svd(fold(w, scheme), compute_uv=False)
+    assert true_error(w, 1, 2, scheme) == pytest.approx(s[2] / s[0])
 
 
 def test_tabulated_error_brackets_the_true_error():

@@ -13,7 +13,7 @@ from torch import nn
 
 from fedcomp.clients.state import fit_state
 from fedcomp.coding import DecodeError, pack, specs_of
-from fedcomp.compressors.model.alds import ALDSCompressor, ALDSLinear, ALDSParams, recompose, true_error
+from fedcomp.compressors.model.alds import ALDSCompressor, ALDSLinear, ALDSParams, fold, recompose, true_error
 from fedcomp.compressors.model.base import dense_bytes
 from fedcomp.compressors.model.identity import IdentityModelCompressor
 from fedcomp.compressors.model.lc import FormParams, GroupParams, LCCompressor, LCParams
@@ -226,24 +226,24 @@ def test_alds_compression_meets_the_schedule_and_the_broadcast_rebuilds_the_mode
     assert again(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_alds_factorized_model_computes_its_dense_operators():
-    params = ALDSParams(target=0.3, compress_at=[1], seeds=2)
+@pytest.mark.parametrize("plus", [False, True], ids=["alds", "alds+"])
+def test_alds_factorized_model_computes_its_dense_operators(plus):
+    params = ALDSParams(target=0.3, compress_at=[1], seeds=4, plus=plus)
     server = ALDSCompressor(params, LENET)
     w = lenet_state()
     b = server.broadcast(1, w, ())
     assert b.structure
     recomposed = OrderedDict(w)
     for edit in b.structure:
-        k, j = edit.args
+        k, j, scheme = edit.args
         enc = b.start[f"{edit.layer}.encoder.weight"].double().numpy()
         dec = b.start[f"{edit.layer}.decoder.weight"].double().numpy()
-        dense = recompose(enc, dec, k)
+        dense = recompose(enc, dec, k, scheme)
         original = w[f"{edit.layer}.weight"].double().numpy()
         recomposed[f"{edit.layer}.weight"] = torch.from_numpy(dense).float()
-        # Its real operator-norm error is the sliced SVD's, bounded by √k × the tabulated maximum.
-        err = np.linalg.norm((original - dense).reshape(original.shape[0], -1), 2)
-        err /= np.linalg.norm(original.reshape(original.shape[0], -1), 2)
-        assert err == pytest.approx(true_error(original, k, j), rel=1e-4)
+        # Its real error (in its folding) is the sliced SVD's, bounded by √k × the tabulated maximum.
+        err = np.linalg.norm(fold(original - dense, scheme), 2) / np.linalg.norm(fold(original, scheme), 2)
+        assert err == pytest.approx(true_error(original, k, j, scheme), rel=1e-4)
         assert err <= math.sqrt(k) * b.metrics["alds_max_error"] + 1e-6
     factorized = LENET.build(b.structure)
     factorized.load_state_dict(b.start)
@@ -257,13 +257,16 @@ def test_alds_broadcasts_with_bad_structures_are_decode_errors():
     client = ALDSCompressor(ALDSParams(seeds=1), LENET)
     w = lenet_state()
     bad = [
-        [["alds", "features.9", [1, 2]]],  # no such layer
-        [["alds", "features.2", [7, 2]]],  # k does not divide 20 input channels
-        [["alds", "features.2", [1, 10_000]]],  # rank above the layer's
+        [["alds", "features.9", [1, 2, 0]]],  # no such layer
+        [["alds", "features.2", [7, 2, 0]]],  # k does not divide 20 input channels
+        [["alds", "features.2", [1, 10_000, 0]]],  # rank above the layer's
+        [["alds", "features.2", [1, 2, 4]]],  # no folding scheme 4
+        [["alds", "classifier.1", [1, 2, 1]]],  # a linear layer has scheme 0 only
+        [["alds", "features.2", [1, 2]]],  # scheme missing
         [["shrink", "features.2", [1]]],  # unknown op
-        [["alds", "features.1", [1, 1]]],  # a ReLU, not a layer ALDS can factorize
+        [["alds", "features.1", [1, 1, 0]]],  # a ReLU, not a layer ALDS can factorize
         "features.2",
-        [["alds", "features.2", [1.5, 2]]],
+        [["alds", "features.2", [1.5, 2, 0]]],
     ]
     for structure in bad:
         payload = pack("alds", {"structure": structure}, specs_of(w), dense_bytes(w.values()), by_digest=True)
@@ -289,7 +292,7 @@ def test_client_state_of_vanished_tensors_is_dropped():
 
 
 def test_structure_edits_rebuild_the_same_specs_on_both_sides():
-    structure = (Edit("alds", "features.2", (2, 5)), Edit("alds", "classifier.1", (4, 20)))
+    structure = (Edit("alds", "features.2", (2, 5, 3)), Edit("alds", "classifier.1", (4, 20, 0)))
     specs = LENET.specs(structure)
     names = [s.name for s in specs]
     assert "features.2.encoder.weight" in names and "classifier.1.encoder.weight" in names

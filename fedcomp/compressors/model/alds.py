@@ -55,16 +55,61 @@ from fedcomp.compressors.model.base import (
 from fedcomp.compressors.model.structure import Architecture, Edit, Structure, structure_op
 from fedcomp.config import require
 
+SCHEMES = (0, 1, 2, 3)
+
+
+def scheme_kernels(scheme: int, kernel: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(encoder kernel, decoder kernel) of a folding scheme (supplement A.6) for a conv kernel (κ1, κ2)."""
+    if not kernel:  # a linear layer: only scheme 0 exists
+        return (), ()
+    k1, k2 = kernel
+    return {0: ((k1, k2), (1, 1)), 1: ((1, k2), (k1, 1)), 2: ((k1, 1), (1, k2)), 3: ((1, 1), (k1, k2))}[scheme]
+
+
+def fold(weight: np.ndarray, scheme: int = 0) -> np.ndarray:
+    """The matrix a scheme decomposes: 0 f × cκ1κ2, 1 fκ1 × cκ2, 2 fκ2 × cκ1, 3 fκ1κ2 × c.
+
+    Rows hold the decoder's side (f and its kernel axes), columns the
+    encoder's (c and its kernel axes), so slicing c slices the columns.
+    """
+    f = weight.shape[0]
+    if weight.ndim == 2 or scheme == 0:
+        return weight.reshape(f, -1)
+    _, dec = scheme_kernels(scheme, weight.shape[2:])
+    axes = {1: (0, 2, 1, 3), 2: (0, 3, 1, 2), 3: (0, 2, 3, 1)}[scheme]
+    return weight.transpose(axes).reshape(f * math.prod(dec), -1)  # (f, dec kernel, c, enc kernel)
+
+
+def unfold(weight: np.ndarray) -> np.ndarray:
+    """The layer's matrix operator f × (c·κ1κ2) (scheme 0)."""
+    return fold(weight, 0)
+
+
+def slices(weight: np.ndarray, k: int, scheme: int = 0) -> list[np.ndarray]:
+    """The k input-channel subspaces, each folded by ``scheme`` (scheme 0: f × (c/k·κ1κ2))."""
+    f, c = weight.shape[:2]
+    if c % k:
+        raise ValueError(f"k = {k} does not divide the {c} input channels")
+    step = c // k
+    return [fold(weight[:, i * step : (i + 1) * step], scheme) for i in range(k)]
+
+
+Option = tuple[int, int]
+"""A layer's subspace option: (k, scheme)."""
+Choice = tuple[int, int, int]
+"""A decomposition: (k, j, scheme)."""
+
 
 @dataclass
 class LayerTable:
-    """Every (k, j) option of one layer: parameters and tabulated error."""
+    """Every (k, scheme, j) option of one layer: parameters and tabulated error."""
 
     name: str
     shape: tuple[int, ...]  # (f, c, κ1, κ2) or (f, c)
     ks: list[int]
-    sigmas: dict[int, np.ndarray]  # k → (k, r_max) singular values per slice
-    norm: float  # ‖W‖₂ of the unfolded layer
+    sigmas: dict[Option, np.ndarray]  # (k, scheme) → (k, r_max) singular values per slice
+    norms: dict[int, float]  # scheme → ‖fold(W, scheme)‖₂
+    schemes: tuple[int, ...] = (0,)
 
     @property
     def dense_params(self) -> int:
@@ -79,67 +124,58 @@ class LayerTable:
         return self.shape[1]
 
     @property
-    def kernel(self) -> int:
-        return math.prod(self.shape[2:]) if len(self.shape) > 2 else 1
+    def norm(self) -> float:
+        return self.norms[0]
 
-    def max_rank(self, k: int) -> int:
-        return min(self.f, self.c // k * self.kernel)
+    def options(self) -> list[Option]:
+        return [(k, s) for s in self.schemes for k in self.ks]
 
-    def params(self, k: int, j: int) -> int:
-        return j * (k * self.f + self.c * self.kernel)
+    def sides(self, scheme: int) -> tuple[int, int]:
+        """(rows of the folded matrix, encoder kernel size): rows = f·|decoder kernel|."""
+        enc, dec = scheme_kernels(scheme, self.shape[2:])
+        return self.f * math.prod(dec), math.prod(enc)
 
-    def error(self, k: int, j: int) -> float:
-        """max_i σ_{j+1}(W_i) / ‖W‖₂ (0 at full rank)."""
-        s = self.sigmas[k]
-        if j >= s.shape[1] or self.norm == 0:
+    def max_rank(self, k: int, scheme: int = 0) -> int:
+        rows, enc = self.sides(scheme)
+        return min(rows, self.c // k * enc)
+
+    def params(self, k: int, j: int, scheme: int = 0) -> int:
+        rows, enc = self.sides(scheme)
+        return j * (k * rows + self.c * enc)
+
+    def error(self, k: int, j: int, scheme: int = 0) -> float:
+        """max_i σ_{j+1}(W_i) / ‖W‖₂ in the scheme's folding (0 at full rank)."""
+        s = self.sigmas[(k, scheme)]
+        norm = self.norms[scheme]
+        if j >= s.shape[1] or norm == 0:
             return 0.0
-        return float(s[:, j].max() / self.norm)
-
-    def options(self) -> list[tuple[int, int, int, float]]:
-        """(k, j, params, error) of every decomposition that saves parameters."""
-        out = []
-        for k in self.ks:
-            for j in range(1, self.max_rank(k) + 1):
-                p = self.params(k, j)
-                if p < self.dense_params:
-                    out.append((k, j, p, self.error(k, j)))
-        return out
+        return float(s[:, j].max() / norm)
 
 
-def unfold(weight: np.ndarray) -> np.ndarray:
-    """The layer's matrix operator f × (c·κ1κ2) (scheme 0)."""
-    return weight.reshape(weight.shape[0], -1)
-
-
-def slices(weight: np.ndarray, k: int) -> list[np.ndarray]:
-    """The k input-channel subspaces, each unfolded to f × (c/k·κ1κ2)."""
-    f, c = weight.shape[:2]
-    if c % k:
-        raise ValueError(f"k = {k} does not divide the {c} input channels")
-    step = c // k
-    return [weight[:, i * step : (i + 1) * step].reshape(f, -1) for i in range(k)]
-
-
-def tabulate(name: str, weight: np.ndarray, max_k: int = 8) -> LayerTable:
-    """One SVD per slice per k (k among the divisors of c up to ``max_k``)."""
+def tabulate(name: str, weight: np.ndarray, max_k: int = 8, schemes: tuple[int, ...] = (0,)) -> LayerTable:
+    """One SVD per slice per (k, scheme) (k among the divisors of c up to ``max_k``)."""
     w = np.asarray(weight, dtype=np.float64)
     c = w.shape[1]
     ks = [k for k in range(1, min(max_k, c) + 1) if c % k == 0]
-    sigmas = {k: np.stack([np.linalg.svd(s, compute_uv=False) for s in slices(w, k)]) for k in ks}
-    norm = float(np.linalg.svd(unfold(w), compute_uv=False)[0]) if w.size else 0.0
-    return LayerTable(name, tuple(w.shape), ks, sigmas, norm)
+    if w.ndim == 2 or w.shape[2:] == (1, 1):
+        schemes = (0,)  # every folding of a 1×1 kernel is the same matrix
+    sigmas = {
+        (k, s): np.stack([np.linalg.svd(m, compute_uv=False) for m in slices(w, k, s)]) for s in schemes for k in ks
+    }
+    norms = {s: float(np.linalg.svd(fold(w, s), compute_uv=False)[0]) if w.size else 0.0 for s in schemes}
+    return LayerTable(name, tuple(w.shape), ks, sigmas, norms, tuple(schemes))
 
 
 # ----------------------------------------------------------------------------- the local step
 
 
-def decompose(weight: np.ndarray, k: int, j: int) -> tuple[np.ndarray, np.ndarray]:
-    """(encoder, decoder) weights: encoder (j·k, c/k, κ1, κ2) grouped conv, decoder (f, j·k, 1, 1)."""
+def decompose(weight: np.ndarray, k: int, j: int, scheme: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(encoder, decoder) weights: encoder (j·k, c/k, *enc kernel) grouped conv, decoder (f, j·k, *dec kernel)."""
     w = np.asarray(weight, dtype=np.float64)
     f, c = w.shape[:2]
-    kernel_shape = w.shape[2:]
+    enc_k, dec_k = scheme_kernels(scheme, w.shape[2:])
     enc, dec = [], []
-    for s in slices(w, k):
+    for s in slices(w, k, scheme):
         u, sv, vt = np.linalg.svd(s, full_matrices=False)
         r = min(j, sv.size)
         left = u[:, :r] * sv[:r]
@@ -147,51 +183,96 @@ def decompose(weight: np.ndarray, k: int, j: int) -> tuple[np.ndarray, np.ndarra
         if r < j:  # pad with zero directions so every slice has j
             left = np.pad(left, ((0, 0), (0, j - r)))
             right = np.pad(right, ((0, j - r), (0, 0)))
-        dec.append(left)
-        enc.append(right.reshape(j, c // k, *kernel_shape))
-    encoder = np.concatenate(enc, axis=0)  # (k·j, c/k, κ1, κ2)
-    decoder = np.concatenate(dec, axis=1).reshape(f, k * j, *([1] * len(kernel_shape)))
+        # rows are (f, dec kernel...): the decoder's filters, moved to (f, j, dec kernel...)
+        left = left.reshape(f, *dec_k, j)
+        dec.append(np.moveaxis(left, -1, 1))
+        enc.append(right.reshape(j, c // k, *enc_k))
+    encoder = np.concatenate(enc, axis=0)  # (k·j, c/k, *enc kernel)
+    decoder = np.concatenate(dec, axis=1)  # (f, k·j, *dec kernel)
     return encoder, decoder
 
 
-def recompose(encoder: np.ndarray, decoder: np.ndarray, k: int) -> np.ndarray:
-    """The dense weight the decomposed pair computes: [U_1 … U_k] blockdiag(V_i)."""
+def recompose(encoder: np.ndarray, decoder: np.ndarray, k: int, scheme: int = 0) -> np.ndarray:
+    """The dense weight the decomposed pair computes (the inverse folding of U_i V_i per slice)."""
     f = decoder.shape[0]
     kj = encoder.shape[0]
     j = kj // k
-    u = decoder.reshape(f, kj)
-    parts = [u[:, i * j : (i + 1) * j] @ encoder[i * j : (i + 1) * j].reshape(j, -1) for i in range(k)]
     per = encoder.shape[1]
-    return np.concatenate([p.reshape(f, per, *encoder.shape[2:]) for p in parts], axis=1)
+    enc_k, dec_k = encoder.shape[2:], decoder.shape[2:]
+    parts = []
+    for i in range(k):
+        u = np.moveaxis(decoder[:, i * j : (i + 1) * j], 1, -1).reshape(-1, j)  # (f·|dec|, j)
+        v = encoder[i * j : (i + 1) * j].reshape(j, -1)  # (j, per·|enc|)
+        parts.append(_unfold_back(u @ v, f, per, enc_k, dec_k, scheme))
+    return np.concatenate(parts, axis=1)
 
 
-def true_error(weight: np.ndarray, k: int, j: int) -> float:
-    """‖W − Ŵ‖₂ / ‖W‖₂ of the sliced rank-j approximation (the real operator-norm error)."""
+def _unfold_back(
+    m: np.ndarray, f: int, c: int, enc_k: tuple[int, ...], dec_k: tuple[int, ...], scheme: int
+) -> np.ndarray:
+    """Inverse of :func:`fold` for one slice with c input channels."""
+    if not enc_k:  # linear
+        return m.reshape(f, c)
+    if scheme == 0:
+        return m.reshape(f, c, *enc_k)
+    k1, k2 = max(enc_k[0], dec_k[0]), max(enc_k[1], dec_k[1])
+    if scheme == 1:  # rows (f, κ1), columns (c, κ2)
+        return m.reshape(f, k1, c, k2).transpose(0, 2, 1, 3)
+    if scheme == 2:  # rows (f, κ2), columns (c, κ1)
+        return m.reshape(f, k2, c, k1).transpose(0, 2, 3, 1)
+    return m.reshape(f, k1, k2, c).transpose(0, 3, 1, 2)  # scheme 3: rows (f, κ1, κ2), columns c
+
+
+def true_error(weight: np.ndarray, k: int, j: int, scheme: int = 0) -> float:
+    """‖W − Ŵ‖₂ / ‖W‖₂ of the sliced rank-j approximation, in the scheme's folding (the real error)."""
     w = np.asarray(weight, dtype=np.float64)
-    approx = recompose(*decompose(w, k, j), k)
-    norm = np.linalg.svd(unfold(w), compute_uv=False)[0]
-    return float(np.linalg.svd(unfold(w - approx), compute_uv=False)[0] / norm) if norm else 0.0
+    approx = recompose(*decompose(w, k, j, scheme), k, scheme)
+    norm = np.linalg.svd(fold(w, scheme), compute_uv=False)[0]
+    return float(np.linalg.svd(fold(w - approx, scheme), compute_uv=False)[0] / norm) if norm else 0.0
+
+
+def _split(pair: tuple[int, ...] | int) -> tuple[int, int]:
+    return (pair, pair) if isinstance(pair, int) else (pair[0], pair[1])
 
 
 class ALDSConv2d(nn.Module):
-    """A conv layer as ALDS rebuilds it: grouped conv c → j·k (original kernel) then 1×1 conv j·k → f.
+    """A conv layer as ALDS rebuilds it: grouped conv c → j·k then conv j·k → f (kernels per scheme).
 
-    ``weights=False`` builds the empty shell a receiver loads a broadcast into.
+    Scheme 0 keeps the original kernel, stride and padding in the encoder and
+    a 1×1 decoder; the others split the kernel (and with it stride and
+    padding) between the two, which composes to the original convolution
+    exactly. ``weights=False`` builds the empty shell a receiver loads a
+    broadcast into.
     """
 
-    def __init__(self, conv: nn.Conv2d, k: int, j: int, weights: bool = True) -> None:
+    def __init__(self, conv: nn.Conv2d, k: int, j: int, scheme: int = 0, weights: bool = True) -> None:
         super().__init__()
         if conv.groups != 1:
             raise ValueError("ALDS decomposes ungrouped convolutions only")
-        _check_kj(conv.out_channels, conv.in_channels, math.prod(conv.kernel_size), k, j)
+        if scheme not in SCHEMES:
+            raise ValueError(f"folding scheme {scheme} is not one of {SCHEMES}")
+        kernel = tuple(conv.kernel_size)
+        enc_k, dec_k = scheme_kernels(scheme, kernel)
+        _check_kj(conv.out_channels * math.prod(dec_k), conv.in_channels, math.prod(enc_k), k, j)
+        if scheme and tuple(_split(conv.dilation)) != (1, 1):
+            raise ValueError("folding schemes 1–3 need an undilated convolution")
+        (s1, s2), (p1, p2) = _split(conv.stride), _split(conv.padding)
+        enc_stride, enc_pad, dec_stride, dec_pad = {
+            0: ((s1, s2), (p1, p2), (1, 1), (0, 0)),
+            1: ((1, s2), (0, p2), (s1, 1), (p1, 0)),
+            2: ((s1, 1), (p1, 0), (1, s2), (0, p2)),
+            3: ((1, 1), (0, 0), (s1, s2), (p1, p2)),
+        }[scheme]
         like = {"dtype": conv.weight.dtype, "device": conv.weight.device}
         self.encoder = nn.Conv2d(
-            conv.in_channels, k * j, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=k, bias=False,
-            **like,
+            conv.in_channels, k * j, enc_k, enc_stride, enc_pad, conv.dilation if scheme == 0 else 1, groups=k,
+            bias=False, **like,
         )  # fmt: skip
-        self.decoder = nn.Conv2d(k * j, conv.out_channels, 1, bias=conv.bias is not None, **like)
+        self.decoder = nn.Conv2d(
+            k * j, conv.out_channels, dec_k, dec_stride, dec_pad, bias=conv.bias is not None, **like
+        )
         if weights:
-            enc, dec = decompose(conv.weight.detach().cpu().numpy(), k, j)
+            enc, dec = decompose(conv.weight.detach().cpu().numpy(), k, j, scheme)
             with torch.no_grad():
                 self.encoder.weight.copy_(torch.from_numpy(enc).to(conv.weight.dtype))
                 self.decoder.weight.copy_(torch.from_numpy(dec).to(conv.weight.dtype))
@@ -246,13 +327,16 @@ def _check_kj(f: int, c: int, kernel: int, k: int, j: int) -> None:
 
 @structure_op("alds")
 def factorized(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
-    """Structure edit ``alds`` with args (k, j): the layer's ALDS shell."""
-    if len(args) != 2:
-        raise ValueError(f"expects (k, j), got {args}")
+    """Structure edit ``alds`` with args (k, j, scheme): the layer's ALDS shell."""
+    if len(args) != 3:
+        raise ValueError(f"expects (k, j, scheme), got {args}")
+    k, j, scheme = args
     if isinstance(layer, nn.Conv2d):
-        return ALDSConv2d(layer, *args, weights=False)
+        return ALDSConv2d(layer, k, j, scheme, weights=False)
     if isinstance(layer, nn.Linear):
-        return ALDSLinear(layer, *args, weights=False)
+        if scheme != 0:
+            raise ValueError("a linear layer has folding scheme 0 only")
+        return ALDSLinear(layer, k, j, weights=False)
     raise ValueError(f"{type(layer).__name__} is not a Conv2d or Linear layer")
 
 
@@ -261,15 +345,15 @@ def factorized(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
 
 @dataclass
 class Allocation:
-    """A choice per layer: (k, j), or None for dense."""
+    """A choice per layer: (k, j, scheme), or None for dense."""
 
-    choice: dict[str, tuple[int, int] | None]
+    choice: dict[str, Choice | None]
     params: int  # decomposable layers only
     max_error: float
     errors: dict[str, float] = field(default_factory=dict)
 
 
-def _evaluate(tables: list[LayerTable], choice: dict[str, tuple[int, int] | None]) -> Allocation:
+def _evaluate(tables: list[LayerTable], choice: dict[str, Choice | None]) -> Allocation:
     params, errors = 0, {}
     for t in tables:
         c = choice[t.name]
@@ -282,27 +366,29 @@ def _evaluate(tables: list[LayerTable], choice: dict[str, tuple[int, int] | None
     return Allocation(dict(choice), params, max(errors.values(), default=0.0), errors)
 
 
-def _ranks_for(tables: list[LayerTable], ks: dict[str, int], eps: float) -> dict[str, tuple[int, int] | None]:
-    """Each layer's smallest rank with error ≤ ε for its k (dense if that does not save)."""
-    out: dict[str, tuple[int, int] | None] = {}
+def _ranks_for(tables: list[LayerTable], opts: dict[str, Option], eps: float) -> dict[str, Choice | None]:
+    """Each layer's smallest rank with error ≤ ε for its (k, scheme) (dense if that does not save)."""
+    out: dict[str, Choice | None] = {}
     for t in tables:
-        k = ks[t.name]
-        s = t.sigmas[k]
-        rel = s.max(axis=0) / t.norm if t.norm else np.zeros(s.shape[1])  # error(k, j) = rel[j]
-        j = int(np.argmax(rel <= eps)) if np.any(rel <= eps) else t.max_rank(k)
+        k, s = opts[t.name]
+        sig, norm = t.sigmas[(k, s)], t.norms[s]
+        rel = sig.max(axis=0) / norm if norm else np.zeros(sig.shape[1])  # error(k, j, s) = rel[j]
+        j = int(np.argmax(rel <= eps)) if np.any(rel <= eps) else t.max_rank(k, s)
         j = max(j, 1)
-        out[t.name] = (k, j) if t.params(k, j) < t.dense_params else None
+        out[t.name] = (k, j, s) if t.params(k, j, s) < t.dense_params else None
     return out
 
 
-def optimal_ranks(tables: list[LayerTable], ks: dict[str, int], budget: int) -> Allocation:
+def optimal_ranks(tables: list[LayerTable], opts: dict[str, Option], budget: int) -> Allocation:
     """The smallest shared ε whose per-layer ranks fit ``budget`` (exact over the tabulated errors)."""
-    candidates = sorted({t.error(ks[t.name], j) for t in tables for j in range(t.max_rank(ks[t.name]) + 1)})
+    candidates = sorted(
+        {t.error(k, j, s) for t in tables for k, s in [opts[t.name]] for j in range(t.max_rank(k, s) + 1)}
+    )
     lo, hi = 0, len(candidates) - 1
-    best = _evaluate(tables, _ranks_for(tables, ks, candidates[hi]))
+    best = _evaluate(tables, _ranks_for(tables, opts, candidates[hi]))
     while lo <= hi:  # params(ε) is non-increasing in ε
         mid = (lo + hi) // 2
-        alloc = _evaluate(tables, _ranks_for(tables, ks, candidates[mid]))
+        alloc = _evaluate(tables, _ranks_for(tables, opts, candidates[mid]))
         if alloc.params <= budget:
             best, hi = alloc, mid - 1
         else:
@@ -310,34 +396,35 @@ def optimal_ranks(tables: list[LayerTable], ks: dict[str, int], budget: int) -> 
     return best
 
 
-def optimal_subspaces(tables: list[LayerTable], alloc: Allocation) -> dict[str, int]:
-    """Per layer, within its current parameter count, the k with the lowest error."""
-    ks = {}
+def optimal_subspaces(tables: list[LayerTable], alloc: Allocation) -> dict[str, Option]:
+    """Per layer, within its current parameter count, the (k, scheme) with the lowest error."""
+    opts = {}
     for t in tables:
         current = alloc.choice[t.name]
         own = t.params(*current) if current is not None else t.dense_params
-        best_k, best_err = (current[0] if current else 1), math.inf
-        for k in t.ks:
-            j = min(t.max_rank(k), own // (k * t.f + t.c * t.kernel))
-            if j >= 1 and t.error(k, j) < best_err:
-                best_k, best_err = k, t.error(k, j)
-        ks[t.name] = best_k
-    return ks
+        best, best_err = ((current[0], current[2]) if current else (1, 0)), math.inf
+        for k, s in t.options():
+            rows, enc = t.sides(s)
+            j = min(t.max_rank(k, s), own // (k * rows + t.c * enc))
+            if j >= 1 and t.error(k, j, s) < best_err:
+                best, best_err = (k, s), t.error(k, j, s)
+        opts[t.name] = best
+    return opts
 
 
 def _fill(tables: list[LayerTable], alloc: Allocation, budget: int) -> Allocation:
     """Spend the rest of the budget: one more rank for the worst layer that still fits, repeatedly."""
     choice = dict(alloc.choice)
+    by_name = {t.name: t for t in tables}
     while True:
         current = _evaluate(tables, choice)
         for name, _ in sorted(current.errors.items(), key=lambda kv: -kv[1]):
-            c = choice[name]
-            t = next(t for t in tables if t.name == name)
-            if c is None or c[1] >= t.max_rank(c[0]):
+            c, t = choice[name], by_name[name]
+            if c is None or c[1] >= t.max_rank(c[0], c[2]):
                 continue
-            step = t.params(c[0], c[1] + 1) - t.params(*c)
-            if current.params + step <= budget and t.params(c[0], c[1] + 1) < t.dense_params:
-                choice[name] = (c[0], c[1] + 1)
+            grown = (c[0], c[1] + 1, c[2])
+            if current.params + t.params(*grown) - t.params(*c) <= budget and t.params(*grown) < t.dense_params:
+                choice[name] = grown
                 break
         else:
             return current
@@ -346,19 +433,23 @@ def _fill(tables: list[LayerTable], alloc: Allocation, budget: int) -> Allocatio
 def allocate(
     tables: list[LayerTable], budget: int, seeds: int = 15, alternations: int = 4, rng_seed: int = 0
 ) -> Allocation:
-    """Algorithm 1: the (k, j) per layer with the lowest maximum error whose parameters fit ``budget``."""
+    """Algorithm 1: the (k, j, scheme) per layer with the lowest maximum error whose parameters fit ``budget``.
+
+    ALDS+ (supplement A.6) is the same search over tables tabulated with
+    several folding schemes: OptimalSubspaces then picks k and the scheme.
+    """
     rng = np.random.default_rng(rng_seed)
-    inits: list[dict[str, int]] = [{t.name: 1 for t in tables}]  # k = 1: plain SVD is in the search space
+    inits: list[dict[str, Option]] = [{t.name: (1, 0) for t in tables}]  # plain SVD is in the search space
     for u in (3, 5, 7, 9):  # uniform k, each layer's nearest divisor
-        inits.append({t.name: min(t.ks, key=lambda k, u=u: abs(k - u)) for t in tables})
+        inits.append({t.name: (min(t.ks, key=lambda k, u=u: abs(k - u)), 0) for t in tables})
     while len(inits) < seeds:
-        inits.append({t.name: int(rng.choice(t.ks)) for t in tables})
+        inits.append({t.name: t.options()[int(rng.integers(len(t.options())))] for t in tables})
     best: Allocation | None = None
-    for ks in inits[:seeds]:
-        alloc = optimal_ranks(tables, ks, budget)
+    for opts in inits[:seeds]:
+        alloc = optimal_ranks(tables, opts, budget)
         for _ in range(alternations):
-            ks = optimal_subspaces(tables, alloc)
-            nxt = optimal_ranks(tables, ks, budget)
+            opts = optimal_subspaces(tables, alloc)
+            nxt = optimal_ranks(tables, opts, budget)
             if nxt.max_error >= alloc.max_error:
                 break
             alloc = nxt
@@ -372,10 +463,10 @@ def uniform_svd(tables: list[LayerTable], budget: int) -> Allocation:
     """The baseline: k = 1 and the same fraction of each layer's full rank, the largest that fits."""
     best = _evaluate(tables, {t.name: None for t in tables})
     for frac in np.linspace(1.0, 0.0, 1001):
-        choice = {}
+        choice: dict[str, Choice | None] = {}
         for t in tables:
             j = max(1, int(frac * t.max_rank(1)))
-            choice[t.name] = (1, j) if t.params(1, j) < t.dense_params else None
+            choice[t.name] = (1, j, 0) if t.params(1, j) < t.dense_params else None
         alloc = _evaluate(tables, choice)
         if alloc.params <= budget:
             return alloc
@@ -400,6 +491,8 @@ class ALDSParams:
     """Initializations of Algorithm 1 (the paper uses 15)."""
     exclude: list[str] = field(default_factory=list)
     """fnmatch patterns of layers never decomposed (e.g. the first conv)."""
+    plus: bool = False
+    """ALDS+ (supplement A.6): also search the folding schemes 1–3 for every conv with a spatial kernel."""
 
     def validate(self, path: str) -> None:
         require(0 < self.target < 1, f"{path}.target", "a fraction of parameters removed in (0, 1)")
@@ -414,6 +507,12 @@ class ALDSParams:
 @MODEL_COMPRESSORS.register("alds", "ALDS: per-layer low-rank factorization with automatic ranks, trained on")
 class ALDSCompressor(ModelCompressor):
     """Compress at the chosen rounds (the factorized model is then broadcast and trained), or the final model.
+
+    Federated adaptation: the paper compresses a trained network and
+    retrains it centrally (iteratively for higher ratios); here the global
+    model is compressed at the server at the chosen rounds and the clients
+    go on training the factorized network, so the retraining is the
+    federation's own rounds.
 
     The broadcast carries the factors dense (fp32) with the structure edits
     that rebuild the factorized layers. A later step works on the dense
@@ -452,12 +551,13 @@ class ALDSCompressor(ModelCompressor):
             if e is not None and e.op == "alds":
                 enc = state[f"{name}.encoder.weight"].double().numpy()
                 dec = state[f"{name}.decoder.weight"].double().numpy()
-                weights[name] = recompose(enc, dec, e.args[0])
+                weights[name] = recompose(enc, dec, e.args[0], e.args[2])
                 biases[name] = state.get(f"{name}.decoder.bias")
             else:
                 weights[name] = state[f"{name}.weight"].double().numpy()
                 biases[name] = state.get(f"{name}.bias")
-        tables = [tabulate(n, w, self.params.max_k) for n, w in weights.items()]
+        schemes = SCHEMES if self.params.plus else (0,)
+        tables = [tabulate(n, w, self.params.max_k, schemes) for n, w in weights.items()]
         alloc = allocate(tables, int(keep * self.dense_params), self.params.seeds, rng_seed=self.seed)
         new_edits = {e.layer: e for e in structure if e.layer not in weights}
         fresh: dict[str, Any] = {}
