@@ -87,3 +87,22 @@ def test_federated_alds_trains_the_factorized_model(make_config):
         (run_dir / "final_model.bin").read_bytes()
     )
     assert rows[-1]["test_accuracy"] > 0.3
+
+
+def test_federated_udfc_broadcast_gets_thinner(make_config):
+    sc = {"name": "udfc", "prune": 0.3, "bits": 6, "start_round": 2}
+    cfg = make_config(
+        model={"name": "resnet20"}, server_compression=sc, federation={"rounds": 3}, client={"local_steps": 5}
+    )
+    result = fedcomp.run(cfg, progress=False)
+    rows, run_dir = result.rows, result.run_dir
+    _rows_bytes_as_measured(rows)
+    assert all(len(r["clients"]) == 3 for r in rows)  # the thinner model's updates decode
+    first, second, third = (r["downlink_bytes_per_client"] for r in rows)
+    assert second < 0.25 * first and third < 0.25 * first  # 30% of the inner channels gone, 6-bit weights
+    assert rows[1]["uplink_bytes"] < rows[0]["uplink_bytes"]  # and the updates are of the thinner model
+    assert rows[1]["server_metrics"]["udfc_channels_removed"] == 3 * 5 + 3 * 10 + 3 * 19
+    model = fedcomp.load_model(run_dir)
+    assert model.layer1[0].conv1.out_channels == 11 and model.layer3[2].conv2.in_channels == 45
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_model_bytes"] == len((run_dir / "final_model.bin").read_bytes()) < 0.25 * first
