@@ -34,6 +34,7 @@ def test_every_config_loads_and_round_trips(path, tmp_path):
         ("alds_lenet5.toml", ["server_compression.compress_at=[2]"]),
         ("lc_resnet20.toml", ["server_compression.start_round=2"]),
         ("alds_resnet20.toml", ["server_compression.compress_at=[2]"]),
+        ("udfc_resnet20.toml", ["server_compression.final_only=false", "server_compression.start_round=2"]),
     ],
 )
 def test_model_compression_configs_run_tiny(name, extra, tmp_path):
@@ -43,8 +44,9 @@ def test_model_compression_configs_run_tiny(name, extra, tmp_path):
     assert first["failed_clients"] == second["failed_clients"] == 0
     assert second["downlink_bytes_received_per_client"] == [second["downlink_bytes_per_client"]] * 3
     assert second["test_accuracy"] is not None and second["server_metrics"]
-    # Round 2 is compressed: LC's Θ travels (quadratic penalty or more), ALDS's factors replace the layers.
-    if name.startswith("alds"):
+    # Round 2 is compressed: LC's Θ travels (augmented Lagrangian: t too), ALDS's factors replace the layers,
+    # UDFC's thinner b-bit model replaces the dense one.
+    if name.startswith(("alds", "udfc")):
         assert second["downlink_bytes_per_client"] < first["downlink_bytes_per_client"]
     else:
         assert second["downlink_bytes_per_client"] > first["downlink_bytes_per_client"]
