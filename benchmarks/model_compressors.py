@@ -10,7 +10,11 @@ quantization, 1% pruning, Q+P additive combination, rank-8 low rank on the
 big matrices), timed over all the model's weight tensors. Then UDFC on
 ResNet-20 trained for one epoch on the embedded digits, at 10% and 30%
 pruning + 6 bits and 50% + 4 bits: accuracy with the closed-form
-compensation next to plain pruning + quantization at the same size.
+compensation next to plain pruning + quantization at the same size. Then
+BWCP: ResNet-20 trained one epoch with BWCP modules and the sparse
+regularizer at a few strengths (the paper's, and stronger ones a short
+training needs), pruned: accuracy change against plain BatchNorm trained the
+same way, and the fraction of FLOPs and parameters removed.
 
     python benchmarks/model_compressors.py [--quick]
 
@@ -31,6 +35,7 @@ import torch
 
 from fedcomp.clients.training import evaluate, train_local
 from fedcomp.compressors.model.alds import SCHEMES, allocate, tabulate, true_error, uniform_svd
+from fedcomp.compressors.model.bwcp import BWCP, BWCPCompressor, BWCPParams, SparseRegularizer
 from fedcomp.compressors.model.lc_forms import AdaptiveQuantization, LowRank, PruneL0, additive_c_step
 from fedcomp.compressors.model.structure import Architecture
 from fedcomp.compressors.model.udfc import UDFCCompressor, UDFCParams
@@ -143,6 +148,66 @@ def udfc_vs_plain(epochs: int) -> dict:
     return out
 
 
+def flops_and_params(model: torch.nn.Module, shape: tuple[int, int, int]) -> tuple[int, int]:
+    """Multiply-accumulates of one forward pass (conv: weights × output positions; linear: weights) and parameters."""
+    total = [0]
+
+    def hook(module, _inp, out):  # noqa: ANN001
+        positions = out[0, 0].numel() if isinstance(module, torch.nn.Conv2d) else 1
+        total[0] += module.weight.numel() * positions
+
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *shape))
+    for h in handles:
+        h.remove()
+    return total[0], sum(p.numel() for p in model.parameters())
+
+
+def bwcp_tradeoff(settings: list[tuple[float, float]]) -> dict:
+    """ResNet-20 trained one epoch with BWCP modules and the sparse regularizer, pruned; against plain BatchNorm."""
+    split = load_dataset("mnist5k", "", False, 1000, 0)
+    arch = Architecture("resnet20", split.input_shape, split.num_classes)
+    cpu = torch.device("cpu")
+    cfg = ClientConfig(local_epochs=1, batch_size=64, lr=0.1, momentum=0.9)
+    torch.manual_seed(0)
+    base = arch.build()
+    train_local(base, split.train, cfg, torch.Generator().manual_seed(0), cpu)
+    base_flops, base_params = flops_and_params(base, split.input_shape)
+    out: dict = {"baseline_accuracy": evaluate(base, split.test, cpu)[1], "settings": []}
+    for lambda1, lambda2 in settings:
+        comp = BWCPCompressor(BWCPParams(lambda1=lambda1, lambda2=lambda2), arch)
+        torch.manual_seed(0)
+        model = arch.build(comp.bwcp_edits)
+        model.load_state_dict(comp.to_bwcp(OrderedDict(arch.build().state_dict())))
+        gen = torch.Generator().manual_seed(0)
+        for m in model.modules():
+            if isinstance(m, BWCP):
+                m.generator = gen
+        t0 = time.perf_counter()
+        train_local(model, split.train, cfg, gen, cpu, loss_term=SparseRegularizer(lambda1, lambda2))
+        train_s = time.perf_counter() - t0
+        masked_acc = evaluate(model, split.test, cpu)[1]
+        state, structure, metrics = comp.prune(OrderedDict(model.state_dict()), comp.bwcp_edits)
+        pruned = arch.build(structure)
+        pruned.load_state_dict(state)
+        flops, params = flops_and_params(pruned, split.input_shape)
+        out["settings"].append({
+            "lambda1": lambda1,
+            "lambda2": lambda2,
+            "train_s": round(train_s, 1),
+            "masked_accuracy": masked_acc,
+            "pruned_accuracy": evaluate(pruned, split.test, cpu)[1],
+            "channels_removed": metrics["bwcp_channel_fraction_removed"],
+            "flops_removed": round(1 - flops / base_flops, 4),
+            "params_removed": round(1 - params / base_params, 4),
+        })  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4 ALDS initializations, LC on LeNet-5 only")
@@ -151,6 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
     models = [("lenet5_caffe", (1, 28, 28))] + ([] if args.quick else [("resnet20", (3, 32, 32))])
     lc = {name: lc_c_steps(name, shape) for name, shape in models}
     udfc = udfc_vs_plain(epochs=1)
+    bwcp = bwcp_tradeoff([(5e-3, 1e-2)] if args.quick else [(4e-5, 8e-5), (5e-3, 1e-2), (2e-2, 4e-2)])
 
     print(f"ALDS on ResNet-20's {alds['layers']} 3x3 convs ({alds['dense_params']:,} params), target 50% removed")
     print(f"{'method':<13}{'time s':>9}{'removed':>9}{'max err':>9}{'max true':>10}{'err / svd':>11}")
@@ -176,7 +242,18 @@ def main(argv: list[str] | None = None) -> dict:
             f"{r['prune']:>6.1f}{r['bits']:>6}{r['udfc']['bytes']:>10,}{r['plain']['accuracy']:>11.3f}"
             f"{r['udfc']['accuracy']:>10.3f}{gain:>+14.3f}{r['udfc']['time_s']:>8.2f}"
         )
-    figures = {"alds": alds, "lc_c_step": lc, "udfc": udfc}
+    print(f"\nBWCP on ResNet-20, one epoch on the embedded digits (plain BatchNorm: {bwcp['baseline_accuracy']:.3f})")
+    print(
+        f"{'lambda1':>9}{'lambda2':>9}{'masked':>8}{'pruned':>8}{'acc change':>12}{'channels':>10}{'FLOPs':>8}{'params':>8}"
+    )
+    for r in bwcp["settings"]:
+        change = r["pruned_accuracy"] - bwcp["baseline_accuracy"]
+        print(
+            f"{r['lambda1']:>9.0e}{r['lambda2']:>9.0e}{r['masked_accuracy']:>8.3f}{r['pruned_accuracy']:>8.3f}"
+            f"{change:>+12.3f}{r['channels_removed']:>10.3f}{r['flops_removed']:>8.3f}{r['params_removed']:>8.3f}"
+        )
+    print("(channels: of the block-inner convs; FLOPs and params: of the whole network, removed)")
+    figures = {"alds": alds, "lc_c_step": lc, "udfc": udfc, "bwcp": bwcp}
     print(json.dumps(figures))
     return figures
 

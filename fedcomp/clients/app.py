@@ -139,6 +139,9 @@ def train(msg: Message, context: Context) -> Message:
     t_decode = time.perf_counter()
 
     gen = torch_generator(cfg.seed, TRAIN_SHUFFLE, server_round, partition_id)
+    for module in model.modules():  # layers that draw noise in training (BWCP's Gumbel masks) use the round's seed
+        if hasattr(module, "generator"):
+            module.generator = gen
     stats = train_local(model, rt.data, cfg.client, gen, rt.device, loss_term=received.loss_term)
     t_train = time.perf_counter()
 

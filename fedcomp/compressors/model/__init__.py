@@ -12,4 +12,4 @@ from fedcomp.registry import Registry
 
 MODEL_COMPRESSORS: Registry = Registry("model compressor")
 
-from fedcomp.compressors.model import alds, identity, lc, udfc  # noqa: E402,F401  (registers)
+from fedcomp.compressors.model import alds, bwcp, identity, lc, udfc  # noqa: E402,F401  (registers)

@@ -1,0 +1,32 @@
+"""Tiny runs of the simulations/ configs: the configs people copy are the ones tested."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fedcomp
+from fedcomp.config import load_config
+
+SIMULATIONS = Path(__file__).resolve().parent.parent / "simulations"
+TINY = [
+    "data.dataset=mnist5k",
+    "federation.num_clients=3",
+    "federation.rounds=3",
+    "federation.fraction_train=1.0",
+    "client.local_steps=5",
+    "client.batch_size=32",
+]
+
+
+def run_config(name: str, tmp_path: Path, *overrides: str):
+    """The config ``simulations/<name>`` with the tiny overrides (3 clients, 3 rounds, 5 steps) and ``overrides``."""
+    cfg = load_config(SIMULATIONS / name, [*TINY, *overrides, f'output_dir="{tmp_path}"'])
+    return cfg, fedcomp.run(cfg, progress=False)
+
+
+def assert_downlink_as_measured(rows) -> None:
+    """Every round: all three clients aggregated, and what the server sent is what each client measured."""
+    for row in rows:
+        assert row["failed_clients"] == 0 and len(row["clients"]) == 3
+        assert row["downlink_bytes_received_per_client"] == [row["downlink_bytes_per_client"]] * 3
+        assert row["downlink_bytes"] == row["downlink_bytes_per_client"] * row["sampled_clients"]

@@ -1,0 +1,126 @@
+"""BWCP on real tensors: Newton iterations, activation probabilities, the pruned model equals the masked one."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+
+from fedcomp.compressors.model.bwcp import (
+    BWCP,
+    BWCPCompressor,
+    BWCPParams,
+    SparseRegularizer,
+    activation_probability,
+    newton_inverse_sqrt,
+)
+from fedcomp.compressors.model.structure import Architecture
+
+RESNET = Architecture("resnet20", (1, 28, 28), 10)
+
+
+def test_newton_iterations_converge_to_the_inverse_square_root():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        gamma = torch.from_numpy(rng.uniform(0.3, 1.5, size=16))
+        x = torch.from_numpy(rng.normal(size=(16, 400)))
+        x = x + 0.5 * x[:1]  # correlated channels
+        x = (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True, unbiased=False)
+        rho = x @ x.T / x.shape[1]
+        sigma_n = torch.outer(gamma, gamma) * rho / gamma.pow(2).sum()
+        assert float(torch.trace(sigma_n)) == pytest.approx(1.0)
+        evals, evecs = torch.linalg.eigh(sigma_n)
+        exact = evecs @ torch.diag(evals.rsqrt()) @ evecs.T
+        errors = [float((newton_inverse_sqrt(sigma_n, t) - exact).norm() / exact.norm()) for t in range(1, 11)]
+        assert errors == sorted(errors, reverse=True)  # every iteration gets closer ...
+        assert min(errors) < 1e-4  # ... to Σ_N^{-1/2} (eigenvalues down to ~4e-3 here: condition number ~80)
+        assert errors[4] < 0.5  # T = 5, the default: most of the way (IterNorm's partial whitening)
+        # Run far past convergence, eq. 5's uncoupled form amplifies rounding (a known property of it): T is capped.
+        far = float((newton_inverse_sqrt(sigma_n, 25) - exact).norm() / exact.norm())
+        assert not far <= errors[-1]  # larger, or overflowed to nan
+
+
+def test_activation_probability_matches_monte_carlo():
+    """Proposition 1 (and Proposition 2 when the channels are uncorrelated): P(γX̄ + β > δ)."""
+    gen = torch.Generator().manual_seed(0)
+    for gamma, beta in [(1.0, 0.0), (0.5, -0.3), (2.0, 0.7), (0.05, -0.2), (0.3, 0.01)]:
+        samples = gamma * torch.randn(400_000, generator=gen, dtype=torch.float64) + beta
+        mc = float((samples > 0.05).double().mean())
+        closed = float(activation_probability(torch.tensor(gamma), torch.tensor(beta)))
+        assert closed == pytest.approx(mc, abs=3e-3)
+    # Whitened, independent channels: X̂_c = w_cc(γ_c X̄_c + β_c) with γ̂ = Wγ, β̂ = Wβ as Proposition 2 says.
+    layer = BWCP(4, group_size=4)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([0.5, 1.0, 2.0, 0.1]))
+        layer.bias.copy_(torch.tensor([0.2, -0.5, 0.1, -0.05]))
+    w = torch.diag(torch.tensor([1.3, 0.8, 0.4, 2.0]))[None]
+    x_bar = torch.randn(200_000, 4, generator=gen)
+    x_hat = (x_bar * layer.weight.detach() + layer.bias.detach()) @ w[0].T
+    mc = (x_hat > 0.05).float().mean(0)
+    assert torch.allclose(layer.probability(w).detach(), mc, atol=4e-3)
+
+
+def _bwcp_resnet(seed: int = 0) -> tuple[BWCPCompressor, OrderedDict, tuple]:
+    torch.manual_seed(seed)
+    comp = BWCPCompressor(BWCPParams(), RESNET)
+    state = comp.to_bwcp(OrderedDict(RESNET.build().state_dict()))
+    model = RESNET.build(comp.bwcp_edits)
+    model.load_state_dict(state)
+    with torch.no_grad():  # channels of every kind: kept, near-dead, dead
+        for m in model.modules():
+            if isinstance(m, BWCP):
+                m.weight.copy_(torch.rand(m.num_features) * 1.5)
+                m.weight[::3] = 0.01
+                m.bias.copy_(torch.randn(m.num_features) * 0.5)
+                m.bias[::3] = -0.5
+    model.train()
+    for _ in range(3):  # batch statistics and running whitening from real forward passes
+        model(torch.randn(16, 1, 28, 28))
+    return comp, OrderedDict(model.state_dict()), comp.bwcp_edits
+
+
+def test_bwcp_layer_is_batchnorm_at_identity_whitening_and_full_mask():
+    bn = torch.nn.BatchNorm2d(8).eval()
+    layer = BWCP(8, group_size=4).eval()
+    with torch.no_grad():
+        for m in (bn, layer):
+            m.running_mean.copy_(torch.linspace(-1, 1, 8))
+            m.running_var.copy_(torch.linspace(0.5, 2, 8))
+            m.weight.copy_(torch.linspace(0.5, 1.5, 8))
+            m.bias.copy_(torch.linspace(0.1, 0.9, 8))  # every channel active: mask 1
+    x = torch.randn(2, 8, 5, 5)
+    assert torch.allclose(layer(x), bn(x), atol=1e-6)
+
+
+def test_pruned_model_computes_the_masked_model_in_eval_mode():
+    comp, state, structure = _bwcp_resnet()
+    masked = RESNET.build(structure)
+    masked.load_state_dict(state)
+    masked.eval()
+    pruned_state, pruned_structure, metrics = comp.prune(state, structure)
+    assert metrics["bwcp_channels_removed"] > 0
+    pruned = RESNET.build(pruned_structure)
+    pruned.load_state_dict(pruned_state)
+    pruned.eval()
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), masked(x), atol=1e-4, rtol=1e-4)
+    kept = sum(p.numel() for p in pruned.parameters())
+    assert kept < sum(p.numel() for p in masked.parameters())
+    # The broadcast of the pruned model decodes to the same thing on a client.
+    client = BWCPCompressor(BWCPParams(), RESNET)
+    from fedcomp.compressors.model.base import dense_payload
+
+    got = client.decode(dense_payload("bwcp", pruned_state, pruned_structure))
+    assert got.structure == pruned_structure and all(torch.equal(got.state[k], pruned_state[k]) for k in pruned_state)
+
+
+def test_regularizer_is_eq_7_over_the_bwcp_modules():
+    _, state, structure = _bwcp_resnet()
+    model = RESNET.build(structure)
+    model.load_state_dict(state)
+    expected = sum(4e-5 * m.weight.abs().sum() + 8e-5 * m.bias.sum() for m in model.modules() if isinstance(m, BWCP))
+    assert float(SparseRegularizer(4e-5, 8e-5)(model)) == pytest.approx(float(expected))
+    assert len([m for m in model.modules() if isinstance(m, BWCP)]) == 9  # the nine untied block BNs

@@ -1,0 +1,71 @@
+"""Real Flower simulations where the broadcast model changes architecture: ALDS, UDFC, BWCP (configs, tiny)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import fedcomp
+from fedcomp.compressors.model.alds import ALDSConv2d
+from tests.simulated import assert_downlink_as_measured, run_config
+
+
+def test_federated_alds_trains_the_factorized_model(tmp_path):
+    _, result = run_config(
+        "alds_resnet20.toml",
+        tmp_path,
+        "server_compression.compress_at=[2]",
+        "server_compression.seeds=3",
+        'uplink={name="topk", density=0.05}',  # error feedback: residuals of factorized layers are dropped
+    )
+    rows, run_dir = result.rows, result.run_dir
+    assert_downlink_as_measured(rows)
+    first, *later = (r["downlink_bytes_per_client"] for r in rows)
+    assert all(b < 0.75 * first for b in later)  # the factors are what travels
+    assert rows[1]["server_metrics"]["alds_params_kept"] == pytest.approx(0.5, abs=0.005)
+    assert rows[2]["uplink_bytes"] < rows[0]["uplink_bytes"]  # smaller model, smaller updates
+    model = fedcomp.load_model(run_dir)
+    assert any(isinstance(m, ALDSConv2d) for m in model.modules())
+    assert not isinstance(model.conv1, ALDSConv2d)  # excluded in the config
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["model_structure"]
+    assert summary["final_model_bytes"] == len((run_dir / "final_model.bin").read_bytes())
+    assert rows[-1]["test_accuracy"] is not None
+
+
+def test_federated_udfc_broadcast_gets_thinner(tmp_path):
+    _, result = run_config(
+        "udfc_resnet20.toml", tmp_path, "server_compression.final_only=false", "server_compression.start_round=2"
+    )
+    rows, run_dir = result.rows, result.run_dir
+    assert_downlink_as_measured(rows)
+    first, second, third = (r["downlink_bytes_per_client"] for r in rows)
+    assert second < 0.25 * first and third < 0.25 * first  # 30% of the inner channels gone, 6-bit weights
+    assert rows[1]["uplink_bytes"] < rows[0]["uplink_bytes"]  # and the updates are of the thinner model
+    assert rows[1]["server_metrics"]["udfc_channels_removed"] == 3 * 5 + 3 * 10 + 3 * 19
+    model = fedcomp.load_model(run_dir)
+    assert model.layer1[0].conv1.out_channels == 11 and model.layer3[2].conv2.in_channels == 45
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_model_bytes"] == len((run_dir / "final_model.bin").read_bytes()) < 0.25 * first
+
+
+def test_federated_bwcp_trains_masks_and_broadcasts_the_pruned_model(tmp_path):
+    # A strong regularizer so a few local steps already close channels (the paper's λ are for 160 epochs).
+    _, result = run_config(
+        "bwcp_resnet20.toml",
+        tmp_path,
+        "server_compression.lambda1=0.3",
+        "server_compression.lambda2=0.6",
+        "server_compression.prune_at=[3]",
+    )
+    rows, run_dir = result.rows, result.run_dir
+    assert_downlink_as_measured(rows)
+    first, second, third = (r["downlink_bytes_per_client"] for r in rows)
+    assert first == second  # rounds 1-2: the BWCP model (BatchNorms replaced), the same size each round
+    assert rows[2]["server_metrics"]["bwcp_channels_removed"] > 0
+    assert third < second and rows[2]["uplink_bytes"] < rows[1]["uplink_bytes"]  # channels physically gone
+    model = fedcomp.load_model(run_dir)
+    inner = [model.get_submodule(f"layer{s}.{b}.conv1") for s in (1, 2, 3) for b in range(3)]
+    assert sum(c.out_channels for c in inner) < 3 * (16 + 32 + 64)
+    assert rows[-1]["test_accuracy"] is not None
