@@ -118,14 +118,7 @@ def test_a_channel_that_is_a_scaled_copy_is_removed_without_changing_the_functio
     assert metrics["udfc_channels_removed"] == 9 * 0 + 3 * 2 + 3 * 4 + 3 * 8
     original = RESNET.build().double().eval()
     original.load_state_dict(state)
-    shapes = {}
-    for name, tensor in pruned.items():
-        layer, _, kind = name.rpartition(".")
-        if kind == "weight" and tensor.ndim >= 2:
-            shapes[layer] = (tensor.shape[0], tensor.shape[1])
-        elif kind == "running_mean":
-            shapes[layer] = (tensor.shape[0],)
-    thin = RESNET.build(resize_edits(RESNET, shapes)).double().eval()
+    thin = RESNET.build(resize_edits(RESNET, pruned)).double().eval()
     thin.load_state_dict(pruned)
     x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
     assert torch.allclose(thin(x), original(x), atol=1e-6)

@@ -1,14 +1,18 @@
 """FedAvg with every transfer carried as a ``bytes`` payload and counted.
 
 :class:`CompressedFedAvg` is Flower's message-API FedAvg with the transport
-replaced: the global model is broadcast as a payload, each reply's update
-is a payload decoded by the configured update compressor, and this class
-is the one place bytes are counted (``len(payload)`` both ways, STYLE.md's
-single measuring stage). Aggregation is FedAvg on the decoded updates
-(weighted by ``num-examples``) followed by a server step of size
-``server_lr``. Replies that carry an error, or a payload that does not
-decode, are recorded as failed with the reason; the round aggregates the
-rest.
+replaced: the global model is broadcast as the payload the configured model
+compressor builds (:mod:`fedcomp.compressors.model`; identity by default),
+each reply's update is a payload decoded by the configured update
+compressor, and this class is the one place bytes are counted
+(``len(payload)`` both ways, STYLE.md's single measuring stage).
+Aggregation is FedAvg on the decoded updates (weighted by
+``num-examples``), added to the model the clients started from as they
+decoded it, followed by a server step of size ``server_lr``. When the model
+compressor changes the architecture, the strategy keeps the structure and
+expects updates in its shapes. Replies that carry an error, or a payload
+that does not decode, are recorded as failed with the reason; the round
+aggregates the rest.
 """
 
 from __future__ import annotations

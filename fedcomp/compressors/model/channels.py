@@ -98,8 +98,15 @@ def resized(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
     raise ValueError(f"cannot resize a {type(layer).__name__} to {args}")
 
 
-def resize_edits(arch: Architecture, shapes: dict[str, tuple[int, ...]]) -> Structure:
-    """``resize`` edits for the layers whose channel counts differ from the configured model's."""
+def resize_edits(arch: Architecture, state: dict[str, torch.Tensor]) -> Structure:
+    """``resize`` edits for the layers whose channel counts in ``state`` differ from the configured model's."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, tensor in state.items():
+        layer, _, kind = name.rpartition(".")
+        if kind == "weight" and tensor.ndim >= 2:
+            shapes[layer] = (tensor.shape[0], tensor.shape[1])
+        elif kind == "running_mean":
+            shapes[layer] = (tensor.shape[0],)
     edits = []
     for name, module in arch.build().named_modules():
         if name not in shapes:

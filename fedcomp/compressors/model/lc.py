@@ -326,15 +326,9 @@ class LCCompressor(ModelCompressor):
             centre, pos = read_dense(body, pos, t_specs)
         elif phase != PHASES["reference"]:
             for spec in compressed:
-                if pos + 4 > len(body):
-                    raise DecodeError(f"lc: body ends before Θ of {spec.name!r}")
-                (size,) = struct.unpack_from("<I", body, pos)
-                pos += 4
-                if pos + size > len(body):
-                    raise DecodeError(f"lc: Θ of {spec.name!r} declares {size} bytes, {len(body) - pos} left")
+                data, pos = read_sized(body, pos, f"lc: Θ of {spec.name!r}")
                 forms = self.forms[spec.name]
-                thetas = decode_group(forms, body[pos : pos + size], spec.shape)
-                pos += size
+                thetas = decode_group(forms, data, spec.shape)
                 centre[spec.name] = delta_of(forms, thetas, spec)
         if pos != len(body):
             raise DecodeError(f"lc: {len(body) - pos} bytes left after the broadcast")
@@ -350,6 +344,17 @@ def delta_of(forms: list[Form], thetas: list[Any], spec: TensorSpec) -> torch.Te
     for form, theta in zip(forms, thetas, strict=True):
         total += form.decompress(theta, spec.shape)
     return torch.from_numpy(total).to(spec.dtype)
+
+
+def read_sized(data: bytes, pos: int, what: str) -> tuple[bytes, int]:
+    """A u32-length-prefixed section at ``pos``; DecodeError naming ``what`` if it does not fit."""
+    if pos + 4 > len(data):
+        raise DecodeError(f"{what}: the data ends before its length")
+    (size,) = struct.unpack_from("<I", data, pos)
+    pos += 4
+    if pos + size > len(data):
+        raise DecodeError(f"{what} declares {size} bytes, {len(data) - pos} left")
+    return data[pos : pos + size], pos + size
 
 
 def encode_group(forms: list[Form], thetas: list[Any], shape: tuple[int, ...]) -> bytes:
@@ -369,14 +374,8 @@ def decode_group(forms: list[Form], data: bytes, shape: tuple[int, ...]) -> list
         return [decode_theta(forms[0], data, shape)]
     thetas, pos = [], 0
     for form in forms:
-        if pos + 4 > len(data):
-            raise DecodeError(f"Θ ends before the {type(form).__name__} part")
-        (size,) = struct.unpack_from("<I", data, pos)
-        pos += 4
-        if pos + size > len(data):
-            raise DecodeError(f"{type(form).__name__} part declares {size} bytes, {len(data) - pos} left")
-        thetas.append(decode_theta(form, data[pos : pos + size], shape))
-        pos += size
+        part, pos = read_sized(data, pos, f"the {type(form).__name__} part of Θ")
+        thetas.append(decode_theta(form, part, shape))
     if pos != len(data):
         raise DecodeError(f"{len(data) - pos} bytes after the last form's θ")
     return thetas

@@ -212,14 +212,7 @@ class UDFCCompressor(ModelCompressor):
         metrics: dict[str, float] = {}
         if not self.pruned and self.params.prune > 0:
             state, metrics = self.prune(state)
-            shapes = {}
-            for name, tensor in state.items():
-                layer, _, kind = name.rpartition(".")
-                if kind == "weight" and tensor.ndim >= 2:
-                    shapes[layer] = (tensor.shape[0], tensor.shape[1])
-                elif kind == "running_mean":
-                    shapes[layer] = (tensor.shape[0],)
-            structure = resize_edits(self.arch, shapes)
+            structure = resize_edits(self.arch, state)
         self.pruned = True
         payload = self._payload(self.quantize(state), structure, self.params.bits)
         decoded = self.decode(payload)
