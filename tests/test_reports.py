@@ -184,3 +184,13 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "DatasetNotFoundError" in res.runs[0].error and "mnist" in res.runs[0].error
     recorded = json.loads((tmp_path / "s" / "sweep.json").read_text())["runs"]
     assert recorded[0]["status"] == "failed" and recorded[0]["error"] == res.runs[0].error
+
+
+def test_group_labels_name_the_server_compression_and_shorten_long_values():
+    from fedcomp.reports.runs import _label
+
+    groups = "[{'layers': ['features.*'], 'forms': [{'form': 'quantize', 'k': 4}]}]"
+    flat = {"uplink.name": "surp", "server_compression.name": "lc", "server_compression.groups": groups}
+    label = _label(flat, ["server_compression.groups", "server_compression.name"])
+    assert label.startswith("surp ↓lc groups=") and label.endswith("…") and len(label) < 60
+    assert _label({"uplink.name": "topk"}, []) == "topk"  # no server compression: nothing added

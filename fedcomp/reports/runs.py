@@ -185,11 +185,19 @@ def group_runs(runs: list[RunRecord]) -> list[RunGroup]:
 
 
 def _label(flat: dict[str, Any], varying: list[str]) -> str:
-    """The uplink name first, then every other key that varies across groups."""
+    """The uplink name, then the server compression (if any), then every other key that varies across groups.
+
+    Section prefixes are dropped and long values (LC's group lists) shortened: the table's columns and
+    ``config.toml`` in each run have the rest.
+    """
     parts = [str(flat.get("uplink.name", "identity"))]
+    downlink = str(flat.get("server_compression.name", "identity"))
+    if downlink != "identity" or "server_compression.name" in varying:
+        parts.append(f"↓{downlink}")
     for key in varying:
-        if key == "uplink.name" or key not in flat:
+        if key in ("uplink.name", "server_compression.name") or key not in flat:
             continue
-        short = key.removeprefix("uplink.")
-        parts.append(f"{short}={flat[key]}")
+        short = key.removeprefix("uplink.").removeprefix("server_compression.")
+        value = str(flat[key])
+        parts.append(f"{short}={value if len(value) <= 32 else value[:31] + '…'}")
     return " ".join(parts)
