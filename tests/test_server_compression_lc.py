@@ -15,7 +15,7 @@ from tests.simulated import assert_downlink_as_measured, run_config
 
 @pytest.mark.parametrize(
     ("config", "variant", "steps"),
-    [("lc_lenet5.toml", "augmented_lagrangian", 25), ("lc_resnet20.toml", "compressed_start", 5)],
+    [("lc_lenet5.toml", "augmented_lagrangian", 25), ("lc_lenet5.toml", "compressed_start", 25)],
 )
 def test_federated_lc_ends_with_delta_theta_and_records_its_bytes(tmp_path, config, variant, steps):
     cfg, result = run_config(
@@ -61,5 +61,4 @@ def test_federated_lc_ends_with_delta_theta_and_records_its_bytes(tmp_path, conf
         else:
             assert counts.topk(k).values.sum() >= 0.99 * model[name].numel()
     assert rows[-1]["test_accuracy"] is not None  # Δ(Θ), evaluated as such
-    if config == "lc_lenet5.toml":  # trained long enough to tell: Δ(Θ) of a trained net (chance: 0.1)
-        assert rows[-1]["test_accuracy"] > 0.3
+    assert rows[-1]["test_accuracy"] > 0.3  # Δ(Θ) of a trained net (chance: 0.1)
