@@ -241,6 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'model':<14}{'params':>10}" + "".join(f"{f[:-2]:>22}" for f in forms))
     for name, r in lc.items():
         print(f"{name:<14}{r['params']:>10,}" + "".join(f"{r[f]:>22.4f}" for f in forms))
+    if args.quick:
+        print("\n(--quick: UDFC and BWCP train on 1,500 digits only; a smoke test, not their numbers)")
     print(f"\nUDFC on ResNet-20 trained on the embedded digits (accuracy {udfc['reference_accuracy']:.3f}), data-free")
     print(f"{'prune':>6}{'bits':>6}{'bytes':>10}{'plain acc':>11}{'udfc acc':>10}{'udfc - plain':>14}{'udfc s':>8}")
     for r in udfc["settings"]:
