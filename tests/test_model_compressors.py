@@ -339,3 +339,18 @@ def test_strategy_checkpoint_restores_structure_and_compressor_state(tmp_path):
     restored = strategy(lc("augmented_lagrangian"))
     restored.load_state_dict(lc_server.state_dict())
     assert restored.downlink.broadcast(2, w, ()).payload == lc_server.downlink.broadcast(2, w, ()).payload
+
+
+def test_the_final_payload_is_the_final_model_even_when_the_last_round_compresses():
+    """ALDS acting in the last round: final_model.bin must decode to the model evaluated and saved, not a re-compression."""
+    server = ALDSCompressor(ALDSParams(compress_at=[2], seeds=2), LENET)
+    b = server.broadcast(2, lenet_state(), ())
+    snap = server.end_of_round(2, b.start, b.structure, last=True)
+    got = ALDSCompressor(ALDSParams(compress_at=[2], seeds=2), LENET).decode(snap.payload)
+    assert got.structure == snap.structure == b.structure
+    assert all(torch.equal(got.state[k], snap.state[k]) for k in snap.state)
+    # The identity compressor's final payload is still the identity codec's bytes.
+    w = lenet_state()
+    assert IdentityModelCompressor(None, LENET).end_of_round(1, w, (), last=True).payload == (
+        IdentityCompressor().encode(w).payload
+    )

@@ -135,10 +135,14 @@ class ModelCompressor(ABC):
         """The downlink of ``server_round`` for the global model ``state`` (in ``structure``)."""
 
     def end_of_round(self, server_round: int, state: State, structure: Structure, last: bool) -> Snapshot:
-        """The model to evaluate after ``server_round``; by default the aggregated one."""
-        return Snapshot(
-            state, structure, payload=self.broadcast(server_round, state, structure).payload if last else None
-        )
+        """The model to evaluate after ``server_round``; by default the aggregated one, shipped dense.
+
+        The final payload is the aggregated model as it is, not a new
+        :meth:`broadcast` (which may compress again when the last round is
+        one it acts in). Compressors whose decoder does not read a dense body
+        override this.
+        """
+        return Snapshot(state, structure, payload=dense_payload(self.name, state, structure) if last else None)
 
     def state_dict(self) -> dict[str, Any]:
         """Server-side state for a checkpoint (tensors, numbers and strings only)."""
