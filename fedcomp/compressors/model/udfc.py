@@ -188,13 +188,18 @@ class UDFCCompressor(ModelCompressor):
             "udfc_channel_fraction_removed": removed / max(total, 1),
         }
 
-    def quantize(self, state: State) -> State:
-        """b-bit codes for every conv/linear weight; s̃ (eq. 13) folded into the following BN."""
+    def quantize(self, state: State) -> tuple[State, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """b-bit codes for every conv/linear weight; s̃ (eq. 13) folded into the following BN.
+
+        Returns the quantized model and, per weight, the (codes, row scales) the payload carries.
+        """
         p = self.params
         out = OrderedDict((k, v.clone()) for k, v in state.items())
+        packed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name in _quantized(state):
             w = state[name].double().numpy()
             codes, scales = quantize_rows(w, p.bits)
+            packed[name] = (codes, scales)
             w_q = (codes * scales[:, None].astype(np.float64)).reshape(w.shape)
             out[name] = torch.from_numpy(w_q).to(state[name].dtype)
             layer = name.removesuffix(".weight")
@@ -205,7 +210,7 @@ class UDFCCompressor(ModelCompressor):
                 s = np.array([quant_scale(flat[m], flat_q[m], g[m], b_hat[m], p.alpha2) for m in range(w.shape[0])])
                 for key in (f"{bn}.weight", f"{bn}.bias"):
                     out[key] = (out[key].double() * torch.from_numpy(s)).to(out[key].dtype)
-        return out
+        return out, packed
 
     def compress(self, state: State, structure: Structure) -> tuple[bytes, State, Structure, dict[str, float]]:
         """Prune (once) and quantize; the payload and the model exactly as decoded from it."""
@@ -214,7 +219,7 @@ class UDFCCompressor(ModelCompressor):
             state, metrics = self.prune(state)
             structure = resize_edits(self.arch, state)
         self.pruned = True
-        payload = self._payload(self.quantize(state), structure, self.params.bits)
+        payload = self._payload(*self.quantize(state), structure)
         decoded = self.decode(payload)
         return payload, decoded.state, decoded.structure, metrics
 
@@ -222,7 +227,7 @@ class UDFCCompressor(ModelCompressor):
     def broadcast(self, server_round: int, state: State, structure: Structure) -> Broadcast:
         p = self.params
         if p.final_only or server_round < p.start_round:
-            return Broadcast(self._payload(state, structure, 0), state, structure)
+            return Broadcast(self._payload(state, {}, structure), state, structure)
         payload, start, structure, metrics = self.compress(state, structure)
         return Broadcast(payload, start, structure, metrics)
 
@@ -238,15 +243,15 @@ class UDFCCompressor(ModelCompressor):
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.pruned = bool(state.get("pruned", False))
 
-    def _payload(self, state: State, structure: Structure, bits: int) -> bytes:
-        """bits = 0: every tensor dense; else conv/linear weights as row scales + packed b-bit codes."""
-        quantized = set(_quantized(state)) if bits else set()
+    def _payload(self, state: State, packed: dict[str, tuple[np.ndarray, np.ndarray]], structure: Structure) -> bytes:
+        """Weights in ``packed`` as row scales + their b-bit codes; everything else dense (all of it if empty)."""
+        bits = self.params.bits if packed else 0
         parts = []
         for name, tensor in state.items():
-            if name not in quantized:
+            if name not in packed:
                 parts.append(tensor_to_bytes(tensor))
                 continue
-            codes, scales = quantize_rows(tensor.double().numpy(), bits)
+            codes, scales = packed[name]
             writer = BitWriter()
             writer.write_array((codes.ravel() + (1 << (bits - 1)) - 1).astype(np.uint64), bits)
             parts.append(scales.astype("<f4").tobytes() + writer.getvalue())
