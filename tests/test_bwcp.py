@@ -14,9 +14,12 @@ from fedcomp.compressors.model.bwcp import (
     BWCPParams,
     SparseRegularizer,
     activation_probability,
+    gumbel_mask,
     newton_inverse_sqrt,
+    sharpen,
 )
 from fedcomp.compressors.model.structure import Architecture
+from fedcomp.config import ConfigError
 
 RESNET = Architecture("resnet20", (1, 28, 28), 10)
 
@@ -124,3 +127,36 @@ def test_regularizer_is_eq_7_over_the_bwcp_modules():
     expected = sum(4e-5 * m.weight.abs().sum() + 8e-5 * m.bias.sum() for m in model.modules() if isinstance(m, BWCP))
     assert float(SparseRegularizer(4e-5, 8e-5)(model)) == pytest.approx(float(expected))
     assert len([m for m in model.modules() if isinstance(m, BWCP)]) == 9  # the nine untied block BNs
+
+
+def test_sigmoid_alike_transformation_sharpens_and_keeps_the_hard_mask():
+    p = torch.tensor([0.02, 0.3, 0.49, 0.5, 0.51, 0.7, 0.98])
+    assert torch.equal(sharpen(p, 1.0), p)
+    sharp = sharpen(p, 10.0)
+    assert torch.equal(sharp > 0.5, p > 0.5) and float(sharp[3]) == pytest.approx(0.5)
+    assert bool((sharp[p > 0.5] > p[p > 0.5]).all() and (sharp[p < 0.5] < p[p < 0.5]).all())
+    assert float(sharp[-2]) > 0.999 and float(sharp[1]) < 1e-3
+    # A clearly active channel (p = 0.7) is sampled almost always on once sharpened; without, often half off.
+    gen = torch.Generator().manual_seed(0)
+    plain = gumbel_mask(torch.full((20_000,), 0.7), 0.5, gen)
+    sharpened = gumbel_mask(sharpen(torch.full((20_000,), 0.7), 10.0), 0.5, gen)
+    assert float((plain < 0.5).float().mean()) > 0.2
+    assert float((sharpened < 0.5).float().mean()) < 0.001
+
+
+def test_beta_init_shifts_only_the_bwcp_modules_and_params_are_checked():
+    arch_state = OrderedDict(RESNET.build().state_dict())
+    comp = BWCPCompressor(BWCPParams(beta_init=0.3, sharpness=4.0), RESNET)
+    state = comp.to_bwcp(arch_state)
+    shifted = {f"{e.layer}.bias" for e in comp.bwcp_edits}
+    for key, value in state.items():
+        if key in shifted:
+            assert torch.allclose(value, arch_state[key] + 0.3)
+        elif key in arch_state:
+            assert torch.equal(value, arch_state[key])
+    model = RESNET.build(comp.bwcp_edits)
+    model.load_state_dict(state)
+    assert {m.sharpness for m in model.modules() if isinstance(m, BWCP)} == {4.0}
+    for bad in ({"sharpness": 0.5}, {"sharpness": 101}, {"beta_init": -1}):
+        with pytest.raises(ConfigError, match="sharpness|beta_init"):
+            BWCPParams(**bad).validate("server_compression")
