@@ -184,12 +184,13 @@ def _train_epochs(model, data, gen, quick: bool, loss_term=None) -> None:  # noq
         train_local(model, data, cfg, gen, torch.device("cpu"), loss_term=loss_term)
 
 
-BWCP_SETTINGS = (  # (lambda1, lambda2, sharpness, beta_init)
-    (4e-5, 8e-5, 1.0, 0.0),  # the paper as written: its λ, no transformation, β from 0
-    (4e-3, 8e-3, 1.0, 0.0),  # ... with λ strong enough for three epochs
-    (4e-5, 8e-5, 10.0, 0.3),  # fedcomp's defaults
-    (2e-3, 4e-3, 10.0, 0.3),
-    (4e-3, 8e-3, 10.0, 0.3),
+BWCP_SETTINGS = (  # (lambda1, lambda2, sharpness, beta_init, share_residual)
+    (4e-5, 8e-5, 1.0, 0.0, True),  # the paper as written: its λ, no transformation, β from 0
+    (4e-3, 8e-3, 1.0, 0.0, True),  # ... with λ strong enough for three epochs
+    (4e-5, 8e-5, 10.0, 0.3, True),  # fedcomp's defaults
+    (1e-3, 2e-3, 10.0, 0.3, True),
+    (4e-3, 8e-3, 10.0, 0.3, True),
+    (4e-3, 8e-3, 10.0, 0.3, False),  # untied layers only: no residual stream pruned
 )
 
 
@@ -204,8 +205,8 @@ def bwcp_tradeoff(settings, quick: bool = False) -> dict:  # noqa: ANN001
     _train_epochs(base, data, torch.Generator().manual_seed(0), quick)
     base_flops, base_params = flops_and_params(base, split.input_shape)
     out: dict = {"baseline_accuracy": evaluate(base, split.test, cpu)[1], "settings": []}
-    for lambda1, lambda2, sharpness, beta_init in settings:
-        params = BWCPParams(lambda1=lambda1, lambda2=lambda2, sharpness=sharpness, beta_init=beta_init)
+    for lambda1, lambda2, sharpness, beta_init, share in settings:
+        params = BWCPParams(lambda1, lambda2, sharpness=sharpness, beta_init=beta_init, share_residual=share)
         comp = BWCPCompressor(params, arch)
         torch.manual_seed(0)
         model = arch.build(comp.bwcp_edits)
@@ -227,6 +228,7 @@ def bwcp_tradeoff(settings, quick: bool = False) -> dict:  # noqa: ANN001
             "lambda2": lambda2,
             "sharpness": sharpness,
             "beta_init": beta_init,
+            "share_residual": share,
             "train_s": round(train_s, 1),
             "masked_accuracy": masked_acc,
             "pruned_accuracy": evaluate(pruned, split.test, cpu)[1],
@@ -280,17 +282,18 @@ def main(argv: list[str] | None = None) -> dict:
         f"\nBWCP on ResNet-20, {epochs} epoch(s) on the embedded digits (plain BatchNorm: {bwcp['baseline_accuracy']:.3f})"
     )
     print(
-        f"{'lambda1':>9}{'lambda2':>9}{'sharp':>6}{'beta0':>6}{'masked':>8}{'pruned':>8}{'acc change':>12}"
+        f"{'lambda1':>9}{'lambda2':>9}{'sharp':>6}{'beta0':>6}{'A.6':>5}{'masked':>8}{'pruned':>8}{'acc change':>12}"
         f"{'channels':>10}{'FLOPs':>8}{'params':>8}"
     )
     for r in bwcp["settings"]:
         change = r["pruned_accuracy"] - bwcp["baseline_accuracy"]
         print(
             f"{r['lambda1']:>9.0e}{r['lambda2']:>9.0e}{r['sharpness']:>6.0f}{r['beta_init']:>6.1f}"
+            f"{'yes' if r['share_residual'] else 'no':>5}"
             f"{r['masked_accuracy']:>8.3f}{r['pruned_accuracy']:>8.3f}"
             f"{change:>+12.3f}{r['channels_removed']:>10.3f}{r['flops_removed']:>8.3f}{r['params_removed']:>8.3f}"
         )
-    print("(channels: of the block-inner convs; FLOPs and params: of the whole network, removed)")
+    print("(channels: of every BWCP layer, block-inner and residual streams; FLOPs and params: whole network)")
     figures = {"alds": alds, "lc_c_step": lc, "udfc": udfc, "bwcp": bwcp}
     print(json.dumps(figures))
     return figures

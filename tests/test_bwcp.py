@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedcomp.coding import DecodeError
 from fedcomp.compressors.model.bwcp import (
     BWCP,
     BWCPCompressor,
@@ -18,7 +19,8 @@ from fedcomp.compressors.model.bwcp import (
     newton_inverse_sqrt,
     sharpen,
 )
-from fedcomp.compressors.model.structure import Architecture
+from fedcomp.compressors.model.channels import ChannelMap, channel_graph
+from fedcomp.compressors.model.structure import Architecture, Edit
 from fedcomp.config import ConfigError
 
 RESNET = Architecture("resnet20", (1, 28, 28), 10)
@@ -125,8 +127,8 @@ def test_regularizer_is_eq_7_over_the_bwcp_modules():
     model = RESNET.build(structure)
     model.load_state_dict(state)
     expected = sum(4e-5 * m.weight.abs().sum() + 8e-5 * m.bias.sum() for m in model.modules() if isinstance(m, BWCP))
-    assert float(SparseRegularizer(4e-5, 8e-5)(model)) == pytest.approx(float(expected))
-    assert len([m for m in model.modules() if isinstance(m, BWCP)]) == 9  # the nine untied block BNs
+    assert float(SparseRegularizer(4e-5, 8e-5)(model).detach()) == pytest.approx(float(expected.detach()))
+    assert len([m for m in model.modules() if isinstance(m, BWCP)]) == 19  # every BatchNorm: 9 untied, 10 in streams
 
 
 def test_sigmoid_alike_transformation_sharpens_and_keeps_the_hard_mask():
@@ -160,3 +162,92 @@ def test_beta_init_shifts_only_the_bwcp_modules_and_params_are_checked():
     for bad in ({"sharpness": 0.5}, {"sharpness": 101}, {"beta_init": -1}):
         with pytest.raises(ConfigError, match="sharpness|beta_init"):
             BWCPParams(**bad).validate("server_compression")
+
+
+def test_residual_streams_are_found_between_the_shortcuts():
+    streams = channel_graph(RESNET).streams
+    assert [s.members[0] for s in streams] == [("conv1", "bn1"), ("layer2.0.conv2", "layer2.0.bn2"),
+                                               ("layer3.0.conv2", "layer3.0.bn2")]  # fmt: skip
+    assert [len(s.members) for s in streams] == [4, 3, 3]  # the stem and the three block outputs of each stage
+    assert streams[0].maps_out == streams[1].maps_in == ("layer2.0.shortcut",)
+    assert streams[1].maps_out == streams[2].maps_in == ("layer3.0.shortcut",)
+    assert streams[2].consumers[-1] == "fc"
+    # Conv–BN shortcuts (torchvision's ResNet-18) are members of the stream they add into.
+    resnet18 = channel_graph(Architecture("resnet18", (3, 32, 32), 10)).streams
+    assert ("layer2.0.downsample.0", "layer2.0.downsample.1") in resnet18[1].members
+    assert len(resnet18) == 4 and resnet18[3].consumers == ("layer4.1.conv1", "fc")
+
+
+def test_a_stream_shares_its_source_mask_in_training_and_inference():
+    comp, state, structure = _bwcp_resnet()
+    model = RESNET.build(structure)
+    model.load_state_dict(state)
+    seen: dict[str, torch.Tensor] = {}
+    for name in ("layer1.0.bn2", "layer1.2.bn2", "layer1", "layer2.0.shortcut", "layer2"):
+        model.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o.detach()))
+    x = torch.randn(4, 1, 28, 28)
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        with torch.no_grad():
+            model(x)
+        followers = [m for m in model.modules() if isinstance(m, BWCP) and m.stream == 0 and not m.is_source]
+        assert len(followers) == 3 and all(m._source[0] is model.bn1 for m in followers)
+        if mode == "eval":
+            off = model.bn1.hard_mask() == 0
+            assert off.any() and not off.all()
+            # Every output of the stage is zero where the stem's mask is: the channels can go.
+            assert float(seen["layer1"][:, off].abs().max()) == 0.0
+            assert float(seen["layer1.2.bn2"][:, off].abs().max()) == 0.0
+            off2 = model.layer2[0].bn2.hard_mask() == 0
+            assert float(seen["layer2.0.shortcut"][:, off2].abs().max()) == 0.0  # the shortcut is masked too
+            assert float(seen["layer2"][:, off2].abs().max()) == 0.0
+    # Pruned: the stage's convs are thinner and the shortcut a channel map.
+    pruned_state, pruned_structure, _ = comp.prune(state, structure)
+    pruned = RESNET.build(pruned_structure)
+    pruned.load_state_dict(pruned_state)
+    kept = int(model.bn1.hard_mask().sum())
+    assert (
+        pruned.conv1.out_channels == pruned.layer1[2].conv2.out_channels == pruned.layer2[0].conv1.in_channels == kept
+    )
+    assert isinstance(pruned.layer2[0].shortcut, ChannelMap) and pruned.layer2[0].shortcut.in_channels == kept
+    assert pruned.fc.in_features == int(model.layer3[0].bn2.hard_mask().sum())
+
+
+def test_untied_only_when_residual_sharing_is_off_and_hostile_streams_are_rejected():
+    comp = BWCPCompressor(BWCPParams(share_residual=False), RESNET)
+    assert {e.op for e in comp.bwcp_edits} == {"bwcp"} and len(comp.bwcp_edits) == 9
+    shared = BWCPCompressor(BWCPParams(), RESNET).bwcp_edits
+    follower_only = tuple(e for e in shared if not (e.op == "bwcp_shared" and e.args[-1] == 1))
+    with pytest.raises(DecodeError, match="no source"):
+        RESNET.specs(follower_only)
+    two_sources = tuple(Edit(e.op, e.layer, (*e.args[:-1], 1)) if e.op == "bwcp_shared" else e for e in shared)
+    with pytest.raises(DecodeError, match="two sources"):
+        RESNET.specs(two_sources)
+    with pytest.raises(DecodeError, match="channel_map"):
+        RESNET.specs((Edit("channel_map", "layer2.0.shortcut", (2, 16, 17)),))  # a source beyond 16 inputs
+
+
+def test_resnet18_with_conv_bn_shortcuts_prunes_exactly():
+    arch = Architecture("resnet18", (3, 32, 32), 10)
+    torch.manual_seed(0)
+    comp = BWCPCompressor(BWCPParams(), arch)
+    model = arch.build(comp.bwcp_edits)
+    model.load_state_dict(comp.to_bwcp(OrderedDict(arch.build().state_dict())))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, BWCP):
+                m.weight.copy_(torch.rand(m.num_features) + 0.2)
+                m.bias.copy_(torch.randn(m.num_features) * 0.5)
+    model.train()
+    model(torch.randn(8, 3, 32, 32))
+    model.eval()
+    state = OrderedDict(model.state_dict())
+    pruned_state, pruned_structure, metrics = comp.prune(state, comp.bwcp_edits)
+    assert metrics["bwcp_channels_removed"] > 0
+    pruned = arch.build(pruned_structure)
+    pruned.load_state_dict(pruned_state)
+    pruned.eval()
+    assert pruned.layer2[0].downsample[0].out_channels == pruned.layer2[0].conv2.out_channels < 128
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), model(x), atol=1e-4, rtol=1e-4)

@@ -77,4 +77,8 @@ def test_federated_bwcp_trains_masks_and_broadcasts_the_pruned_model(tmp_path):
     model = fedcomp.load_model(run_dir)
     inner = [model.get_submodule(f"layer{s}.{b}.conv1") for s in (1, 2, 3) for b in range(3)]
     assert sum(c.out_channels for c in inner) < 3 * (16 + 32 + 64)
+    # The residual streams (A.6) are thinner too: stem, stage outputs, the shortcuts remapped, the classifier.
+    streams = (model.conv1.out_channels, model.layer2[0].conv2.out_channels, model.layer3[0].conv2.out_channels)
+    assert sum(streams) < 16 + 32 + 64 and model.fc.in_features == streams[2]
+    assert type(model.layer2[0].shortcut).__name__ == "ChannelMap"
     assert rows[-1]["test_accuracy"] is not None

@@ -23,6 +23,15 @@ class PadShortcut(nn.Module):
         self.stride = stride
         self.pad = planes - in_planes
 
+        self.in_planes = in_planes
+
+    def channel_sources(self) -> list[int]:
+        """For each output channel, the input channel it copies (−1: a zero channel); channel pruning remaps it."""
+        return [
+            c - self.pad // 2 if 0 <= c - self.pad // 2 < self.in_planes else -1
+            for c in range(self.in_planes + self.pad)
+        ]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))

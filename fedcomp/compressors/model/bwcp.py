@@ -5,7 +5,7 @@ BatchNorm of a conv–BN–ReLU block:
 
 - standardize: x̄ = (z − μ)/√(σ² + ε) (batch statistics in training, running
   ones at inference, as BatchNorm);
-- batch whitening (eq. 3): x̂ = Σ_N^{-1/2}(γ ⊙ x̄ + β), with the normalized
+- batch whitening (eq. 3): x̂ = Σ_N^{-1/2}(γ ⊙ x̄ + β) (scaled, see below), with the normalized
   covariance Σ_N = (γγᵀ ⊙ ρ)/‖γ‖² (eq. 4 and §4.1; ρ the correlation of x̄
   in the batch), per group of ``group_size`` channels (the paper: 16) so
   large layers stay cheap;
@@ -29,6 +29,18 @@ IterNorm intends), T ≈ 10 reaches 1e-9; far beyond convergence the
 uncoupled form of eq. 5 amplifies rounding errors (by T ≈ 16 it diverges),
 which is why ``iterations`` is capped at 12.
 
+**The whitening keeps BatchNorm's scale.** Eq. 4 normalizes Σ_N to trace
+1, so Σ_N^{-1/2} multiplies the output by about √group (4 for groups of 16:
+for uncorrelated channels of equal γ, Σ_N = I/16). We use Σ_N^{-1/2}/√group
+(the inverse root of Σ_N scaled to trace ``group``, the identity in that
+case; eq. 5 still runs on the trace-1 matrix, where it converges), and the
+running average starts from the identity, i.e. from BatchNorm. Where a conv
+and BatchNorm follow, the scale cancels and only δ's scale changes (now
+BatchNorm's, as in Proposition 1); in a residual stream it does not cancel:
+every block adds a √group-times larger branch to the identity path, and
+ResNet-20 with every BatchNorm whitened diverged in its first epoch
+(measured: the stream sources' β at −8 to −25, accuracy at chance).
+
 **Two departures that make it train in short runs** (both parameters; the
 paper's behaviour is ``sharpness = 1, beta_init = 0``). The paper uses "a
 sigmoid-alike transformation to make the activation probability approach 0
@@ -51,7 +63,8 @@ on after a warm-up on ImageNet).
 
 **In FL.** The server broadcasts the model with the BWCP modules (a
 ``bwcp`` structure edit replaces each BatchNorm of an untied conv–BN–ReLU
-layer, found on the dependency graph as for UDFC); clients train it; FedAvg
+layer, found on the dependency graph as for UDFC; ``bwcp_shared`` those of
+the residual streams below); clients train it; FedAvg
 averages every parameter and buffer, the running whitening matrices
 included (a convex combination of the clients' moving averages). At a
 pruning round the server computes the hard masks from the aggregated
@@ -62,8 +75,24 @@ one with weights A·W_conv and that bias, its masked rows deleted, the BWCP
 module an identity, and the next layer's matching input channels deleted.
 That pruned model computes exactly the masked model's eval-mode function
 (tested), and from then on the broadcast and every update are smaller.
-Residual outputs keep their BatchNorms (the channels tied by additions are
-not pruned; the paper's shared residual masks, appendix A.6, are not done).
+**Residual streams** (appendix A.6). Channels tied by additions (a
+stage's block outputs, the stem or a conv–BN shortcut feeding them, found
+on the dependency graph as :class:`~fedcomp.compressors.model.channels.Stream`)
+get BWCP modules too, and the stream shares one mask: the first BW layer in
+module order (the stem's, or the first block's of a stage) is its source and
+every other one multiplies by the source's mask — the paper's "for shortcut
+with identity mappings, we use the mask in the previous layer". A
+parameter-free shortcut that changes the width (ResNet-20's option A: it
+subsamples and zero-pads) has no BW layer of its own; its output is
+multiplied by the stream's mask too (:class:`MaskedShortcut`), as the paper
+masks both branches of a sum. Simplification: for a conv–BN shortcut the
+paper uses the product of the shortcut's and the block's masks, here the
+block's (the stream's source) alone. At pruning, every member conv is folded
+and thinned with the stream's mask, every consumer loses the matching input
+channels and a width-changing shortcut becomes a ``channel_map`` that
+copies what survives on both sides — again exactly the masked model (tested
+on ResNet-20 and torchvision's ResNet-18). ``share_residual = false`` prunes
+the untied layers only.
 """
 
 from __future__ import annotations
@@ -88,7 +117,7 @@ from fedcomp.compressors.model.base import (
     read_whole,
 )
 from fedcomp.compressors.model.channels import channel_graph
-from fedcomp.compressors.model.structure import Architecture, Edit, Structure, structure_op
+from fedcomp.compressors.model.structure import Architecture, Edit, Structure, after_build, structure_op
 from fedcomp.config import require
 
 DELTA = 0.05
@@ -128,7 +157,58 @@ def group_size_for(channels: int, wanted: int) -> int:
     return max(g for g in range(1, min(wanted, channels) + 1) if channels % g == 0)
 
 
-class BWCP(nn.Module):
+class SharedMask:
+    """A layer of a residual stream (appendix A.6): the stream's source publishes its mask, the others read it.
+
+    ``stream`` < 0: not in a stream. Links are set by :func:`link_streams`
+    after the model is built; the published mask lives for one forward pass
+    of the whole model (a hook on the root clears it).
+    """
+
+    stream: int = -1
+    is_source: bool = False
+
+    def _init_shared(self, stream: int, is_source: bool) -> None:
+        self.stream, self.is_source = stream, is_source
+        self._source: list[SharedMask] = []  # a list, so the source is not registered as a child module
+        self._published: list[torch.Tensor] = []
+
+    def publish(self, mask: torch.Tensor) -> torch.Tensor:
+        if self.stream >= 0 and self.is_source:
+            self._published[:] = [mask]
+        return mask
+
+    def shared(self) -> torch.Tensor:
+        """The stream's mask of this forward pass."""
+        if not self._source or not self._source[0]._published:
+            raise RuntimeError(f"BWCP stream {self.stream}: a shared mask was read before the stream's source ran")
+        return self._source[0]._published[0]
+
+
+@after_build
+def link_streams(model: nn.Module) -> None:
+    """Point every follower of a stream at its source; one source per stream (ValueError otherwise)."""
+    layers = [m for m in model.modules() if isinstance(m, SharedMask) and m.stream >= 0]
+    if not layers:
+        return
+    sources: dict[int, SharedMask] = {}
+    for m in layers:
+        if m.is_source and sources.setdefault(m.stream, m) is not m:
+            raise ValueError(f"BWCP stream {m.stream} has two sources")
+    for m in layers:
+        if m.stream not in sources:
+            raise ValueError(f"BWCP stream {m.stream} has no source")
+        m._source[:] = [] if m.is_source else [sources[m.stream]]
+    model.register_forward_hook(_forget_masks)
+
+
+def _forget_masks(model: nn.Module, _inputs: object, _output: object) -> None:
+    for m in model.modules():
+        if isinstance(m, SharedMask) and m.is_source:
+            m._published.clear()
+
+
+class BWCP(SharedMask, nn.Module):
     """BatchNorm + batch whitening + soft sampling (eq. 2–6); see the module docstring."""
 
     def __init__(
@@ -139,8 +219,11 @@ class BWCP(nn.Module):
         momentum: float = 0.1,
         sharpness: float = 1.0,
         eps: float = 1e-5,
+        stream: int = -1,
+        is_source: bool = False,
     ) -> None:
         super().__init__()
+        self._init_shared(stream, is_source)
         self.num_features = num_features
         self.sharpness = sharpness
         self.group = group_size_for(num_features, group_size)
@@ -161,13 +244,17 @@ class BWCP(nn.Module):
         return v.reshape(-1, self.group)
 
     def whitening(self, x_bar: torch.Tensor) -> torch.Tensor:
-        """Σ_N^{-1/2} per group from a standardized batch (training), also folded into the moving average."""
+        """Σ_N^{-1/2}/√group per group from a standardized batch (training), also folded into the moving average.
+
+        Eq. 5 runs on Σ_N of trace 1 (where it converges); dividing by √group
+        keeps BatchNorm's scale (see the module docstring).
+        """
         n, c = x_bar.shape[:2]
         xg = x_bar.transpose(0, 1).reshape(c // self.group, self.group, -1)
         rho = xg @ xg.transpose(1, 2) / xg.shape[-1]
         g = self._grouped(self.weight)
         sigma_n = (g[:, :, None] * g[:, None, :]) * rho / (g.pow(2).sum(1)[:, None, None] + 1e-12)
-        w = newton_inverse_sqrt(sigma_n, self.iterations)
+        w = newton_inverse_sqrt(sigma_n, self.iterations) / math.sqrt(self.group)
         with torch.no_grad():
             self.running_whitening.lerp_(w.detach(), self.momentum)
         return w
@@ -194,12 +281,26 @@ class BWCP(nn.Module):
         y = x_bar * self.weight.view(1, c, *([1] * len(spatial))) + self.bias.view(1, c, *([1] * len(spatial)))
         yg = y.reshape(n, c // self.group, self.group, -1)
         x_hat = torch.einsum("kij,nkjs->nkis", w, yg).reshape(x.shape)
-        p = self.probability(w)
-        if self.training:
-            mask = gumbel_mask(sharpen(p, self.sharpness), TAU, self.generator)
+        if self.stream >= 0 and not self.is_source:
+            mask = self.shared()  # A.6: the stream's mask, not this layer's own
+        elif self.training:
+            mask = self.publish(gumbel_mask(sharpen(self.probability(w), self.sharpness), TAU, self.generator))
         else:
-            mask = (p > 0.5).to(x.dtype)
+            mask = self.publish((self.probability(w) > 0.5).to(x.dtype))
         return x_hat * mask.view(1, c, *([1] * len(spatial)))
+
+
+class MaskedShortcut(SharedMask, nn.Module):
+    """A channel-mapping shortcut whose output is multiplied by its stream's mask (A.6: both branches share it)."""
+
+    def __init__(self, inner: nn.Module, stream: int) -> None:
+        super().__init__()
+        self._init_shared(stream, False)
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        return out * self.shared().view(1, -1, *([1] * (out.dim() - 2)))
 
 
 def gumbel_mask(p: torch.Tensor, tau: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -221,6 +322,24 @@ def _bwcp_layer(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
     return BWCP(layer.num_features, group, iterations, momentum / 1000, sharpness / 10, layer.eps)
 
 
+@structure_op("bwcp_shared")
+def _bwcp_shared(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
+    """Structure edit ``bwcp_shared`` (the ``bwcp`` arguments, stream, 1 if its source): a BWCP layer of a stream."""
+    if len(args) != 6 or args[4] > 4096 or args[5] > 1:
+        raise ValueError("bwcp_shared takes (group size, iterations, momentum‰, sharpness×10, stream, is source)")
+    bw = _bwcp_layer(layer, args[:4])
+    bw._init_shared(args[4], bool(args[5]))
+    return bw
+
+
+@structure_op("shared_mask")
+def _shared_mask(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
+    """Structure edit ``shared_mask`` (stream): a channel-mapping shortcut masked by its stream."""
+    if not hasattr(layer, "channel_sources") or len(args) != 1 or args[0] > 4096:
+        raise ValueError("shared_mask wraps a channel-mapping shortcut and takes (stream,)")
+    return MaskedShortcut(layer, args[0])
+
+
 @structure_op("identity")
 def _identity(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
     """Structure edit ``identity``: a layer folded into its neighbour (BWCP after pruning)."""
@@ -231,10 +350,13 @@ def _identity(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
 
 @structure_op("conv_out")
 def _conv_out(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
-    """Structure edit ``conv_out`` (out channels): the conv with fewer outputs and a bias (BN folded in)."""
-    if not isinstance(layer, nn.Conv2d) or layer.groups != 1 or len(args) != 1 or not 1 <= args[0] <= 1 << 16:
-        raise ValueError(f"conv_out takes an ungrouped Conv2d and one channel count, got {args}")
-    return nn.Conv2d(layer.in_channels, args[0], layer.kernel_size, layer.stride, layer.padding, layer.dilation)
+    """Structure edit ``conv_out`` (out channels[, in channels]): the conv thinner, with a bias (BN folded in)."""
+    if not isinstance(layer, nn.Conv2d) or layer.groups != 1 or len(args) not in (1, 2):
+        raise ValueError(f"conv_out takes an ungrouped Conv2d and (out[, in]) channel counts, got {args}")
+    if not all(1 <= a <= 1 << 16 for a in args):
+        raise ValueError(f"conv_out channel counts out of range: {args}")
+    inputs = args[1] if len(args) == 2 else layer.in_channels
+    return nn.Conv2d(inputs, args[0], layer.kernel_size, layer.stride, layer.padding, layer.dilation)
 
 
 @structure_op("conv_in")
@@ -273,6 +395,8 @@ class BWCPParams:
     """κ of the sigmoid-alike transformation σ(κ·logit p) applied before sampling masks (1 = none; §4.4)."""
     beta_init: float = 0.3
     """Added to every BWCP module's β when the configured model becomes a BWCP model (0 = BatchNorm's init)."""
+    share_residual: bool = True
+    """Also prune channels tied by residual additions, one mask per stream (appendix A.6); off: untied layers only."""
 
     def validate(self, path: str) -> None:
         require(self.lambda1 >= 0 and self.lambda2 >= 0, f"{path}.lambda1/lambda2", "numbers >= 0")
@@ -309,18 +433,24 @@ class BWCPCompressor(ModelCompressor):
 
     def __init__(self, params: BWCPParams | None, arch: Architecture, seed: int = 0) -> None:
         super().__init__(params, arch, seed)
-        self.triples = channel_graph(arch).triples
-        if not self.triples:
-            raise ValueError("server_compression: BWCP found no untied conv–BN–ReLU layer in this model")
+        graph = channel_graph(arch)
+        self.triples = graph.triples
+        self.streams = graph.streams if self.params.share_residual else ()
+        if not self.triples and not self.streams:
+            raise ValueError("server_compression: BWCP found no conv–BN layer whose channels it can remove")
         p = self.params
         args = (p.group_size, p.iterations, max(1, round(p.momentum * 1000)), round(p.sharpness * 10))
-        self.bwcp_edits = tuple(Edit("bwcp", t.bn, args) for t in self.triples)
+        edits = [Edit("bwcp", t.bn, args) for t in self.triples]
+        for k, stream in enumerate(self.streams):
+            edits += [Edit("bwcp_shared", bn, (*args, k, int(i == 0))) for i, (_, bn) in enumerate(stream.members)]
+            edits += [Edit("shared_mask", m, (k,)) for m in stream.maps_in]
+        self.bwcp_edits = tuple(edits)
         self.pruned = False
 
     def to_bwcp(self, state: State) -> State:
-        """The configured model's state with each untied BatchNorm as a BWCP module (identity whitening, β + beta_init)."""
+        """The configured model's state with its BatchNorms as BWCP modules (identity whitening, β + beta_init)."""
         model = self.arch.build(self.bwcp_edits)
-        shifted = {f"{e.layer}.bias" for e in self.bwcp_edits}
+        shifted = {f"{e.layer}.bias" for e in self.bwcp_edits if e.op.startswith("bwcp")}
         out: State = OrderedDict()
         for key, ref in model.state_dict().items():
             out[key] = state[key].clone() if key in state else ref.clone()
@@ -329,51 +459,95 @@ class BWCPCompressor(ModelCompressor):
         return out
 
     def prune(self, state: State, structure: Structure) -> tuple[State, Structure, dict[str, float]]:
-        """Fold BN + whitening into each conv, keep the hard-mask channels (exact in eval mode)."""
+        """Fold BN + whitening into each conv and keep the hard-mask channels (exact in eval mode).
+
+        An untied layer keeps the channels of its own mask; a residual stream
+        those of its source's mask, in every member conv, every consumer and
+        the channel-mapping shortcuts on either side of it.
+        """
         model = self.arch.build(structure)
         model.load_state_dict(state)
         model.eval()
-        new_edits = [e for e in structure if e.op != "bwcp"]
-        folded: dict[str, torch.Tensor] = {}
+        work: dict[str, torch.Tensor] = dict(state)
+        edits = [e for e in structure if e.op not in ("bwcp", "bwcp_shared", "shared_mask")]
+        reads: list[tuple[str, torch.Tensor]] = []  # (consumer, kept input channels)
         removed = total = 0
-        for t in self.triples:
-            bw = model.get_submodule(t.bn)
-            if not isinstance(bw, BWCP):
+        kept_by_stream: dict[int, torch.Tensor] = {}
+        outs: dict[str, int] = {}
+        layers = [(((t.conv, t.bn),), (t.next,), -1) for t in self.triples]
+        layers += [(st.members, st.consumers, k) for k, st in enumerate(self.streams)]
+        for members, consumers, stream in layers:
+            source = model.get_submodule(members[0][1])
+            if not isinstance(source, BWCP):
                 continue
-            conv, nxt = model.get_submodule(t.conv), model.get_submodule(t.next)
-            with torch.no_grad():
-                sigma = torch.sqrt(bw.running_var + bw.eps)
-                scale = bw.weight / sigma
-                w = torch.block_diag(*bw.running_whitening)  # Σ̂_N^{-1/2}, block diagonal
-                a = w * scale[None, :]  # Σ̂^{-1/2} diag(γ/σ)
-                b = w @ (bw.bias - bw.weight * bw.running_mean / sigma)
-                weight = (a @ conv.weight.reshape(conv.out_channels, -1)).reshape(conv.weight.shape)
-                bias = b + (a @ conv.bias if conv.bias is not None else 0)
-                keep = bw.hard_mask().bool()
-                if not keep.any():  # never remove a whole layer: keep its most probable channel
-                    keep[bw.probability(bw.running_whitening).argmax()] = True
-            kept = int(keep.sum())
-            removed += conv.out_channels - kept
-            total += conv.out_channels
-            folded[f"{t.conv}.weight"] = weight[keep]
-            folded[f"{t.conv}.bias"] = bias[keep]
-            folded[f"{t.next}.weight"] = nxt.weight.detach()[:, keep]
-            new_edits += [
-                Edit("conv_out", t.conv, (kept,)),
-                Edit("identity", t.bn, ()),
-                Edit("conv_in", t.next, (kept,)),
-            ]
+            keep = self._keep(source)
+            for conv, bn in members:
+                self._fold(model, conv, bn, keep, work)
+                outs[conv] = int(keep.sum())
+                edits.append(Edit("identity", bn, ()))
+                removed += int((~keep).sum())
+                total += keep.numel()
+            reads += [(c, keep) for c in consumers]
+            if stream >= 0:
+                kept_by_stream[stream] = keep
+        ins: dict[str, int] = {}
+        for name, keep in reads:  # after the folds: a conv may be both a member and a consumer
+            work[f"{name}.weight"] = work[f"{name}.weight"][:, keep]
+            ins[name] = int(keep.sum())
+        edits += [Edit("conv_out", c, (n, ins[c]) if c in ins else (n,)) for c, n in outs.items()]
+        edits += [Edit("conv_in", c, (n,)) for c, n in ins.items() if c not in outs]
+        edits += self._remap_shortcuts(kept_by_stream)
         order = {name: i for i, (name, _) in enumerate(self.arch.build().named_modules())}
-        new_structure = tuple(sorted(new_edits, key=lambda e: order.get(e.layer, -1)))
+        new_structure = tuple(sorted(edits, key=lambda e: order.get(e.layer, -1)))
         new_state: State = OrderedDict()
         for key, ref in self.arch.build(new_structure).state_dict().items():
-            value = folded[key] if key in folded else state[key]
-            new_state[key] = value.detach().clone().to(ref.dtype)
+            new_state[key] = work[key].detach().clone().to(ref.dtype)
         return (
             new_state,
             new_structure,
             {"bwcp_channels_removed": float(removed), "bwcp_channel_fraction_removed": removed / max(total, 1)},
         )
+
+    @staticmethod
+    def _keep(source: BWCP) -> torch.Tensor:
+        """The hard mask as booleans; never a whole layer (its most probable channel stays)."""
+        with torch.no_grad():
+            keep = source.hard_mask().bool()
+            if not keep.any():
+                keep[source.probability(source.running_whitening).argmax()] = True
+        return keep
+
+    @staticmethod
+    def _fold(model: nn.Module, conv_name: str, bn_name: str, keep: torch.Tensor, work: dict) -> None:
+        """conv ← Σ̂^{-1/2}diag(γ/σ)·W with bias Σ̂^{-1/2}(β − γμ/σ) (+ the conv's own), kept rows only."""
+        conv, bw = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        with torch.no_grad():
+            sigma = torch.sqrt(bw.running_var + bw.eps)
+            w = torch.block_diag(*bw.running_whitening)  # Σ̂_N^{-1/2}, block diagonal
+            a = w * (bw.weight / sigma)[None, :]
+            b = w @ (bw.bias - bw.weight * bw.running_mean / sigma)
+            weight = (a @ conv.weight.reshape(conv.out_channels, -1)).reshape(conv.weight.shape)
+            bias = b + (a @ conv.bias if conv.bias is not None else 0)
+        work[f"{conv_name}.weight"] = weight[keep]
+        work[f"{conv_name}.bias"] = bias[keep]
+
+    def _remap_shortcuts(self, kept_by_stream: dict[int, torch.Tensor]) -> list[Edit]:
+        """``channel_map`` edits: each shortcut between two streams copies what survives on both sides."""
+        base = self.arch.build()
+        edits = []
+        for k, stream in enumerate(self.streams):
+            for name in stream.maps_in:
+                into = kept_by_stream.get(k)
+                feeding = [j for j, st in enumerate(self.streams) if name in st.maps_out]
+                layer = base.get_submodule(name)
+                sources = layer.channel_sources()
+                kept_in = kept_by_stream.get(feeding[0]) if feeding else None
+                kept_in = torch.ones(max(sources) + 1, dtype=torch.bool) if kept_in is None else kept_in
+                position = torch.cumsum(kept_in, 0) - 1  # old input channel → its index after pruning
+                outputs = range(len(sources)) if into is None else torch.nonzero(into).flatten().tolist()
+                new = [int(position[sources[o]]) + 1 if sources[o] >= 0 and kept_in[sources[o]] else 0 for o in outputs]
+                edits.append(Edit("channel_map", name, (layer.stride, int(kept_in.sum()), *new)))
+        return edits
 
     # ------------------------------------------------------------------ server
     def broadcast(self, server_round: int, state: State, structure: Structure) -> Broadcast:

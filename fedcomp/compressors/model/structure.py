@@ -11,6 +11,8 @@ that is not there, or arguments the layer cannot take, is a
 
 An op is one function registered in :data:`STRUCTURE_OPS` that returns the
 replacement module (an empty shell; the weights come from the payload).
+Layers that must know each other after the edits (BWCP's shared residual
+masks) are connected by a function registered with :func:`after_build`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,15 @@ class Edit:
 Structure = tuple[Edit, ...]
 StructureOp = Callable[[nn.Module, tuple[int, ...]], nn.Module]
 STRUCTURE_OPS: dict[str, StructureOp] = {}
+
+
+AFTER_BUILD: list[Callable[[nn.Module], None]] = []
+
+
+def after_build(fn: Callable[[nn.Module], None]) -> Callable[[nn.Module], None]:
+    """Register a function called with every model :meth:`Architecture.build` makes (ValueError if it does not fit)."""
+    AFTER_BUILD.append(fn)
+    return fn
 
 
 def structure_op(name: str) -> Callable[[StructureOp], StructureOp]:
@@ -99,6 +110,9 @@ class Architecture:
                 setattr(owner, leaf, STRUCTURE_OPS[edit.op](old, edit.args))
             except ValueError as exc:
                 raise ValueError(f"structure edit {edit.op!r} on {edit.layer!r}: {exc}") from None
+        if structure:
+            for connect in AFTER_BUILD:
+                connect(model)
         return model
 
     def specs(self, structure: Structure = ()) -> tuple[TensorSpec, ...]:
