@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -74,6 +75,7 @@ def test_federated_bwcp_trains_masks_and_broadcasts_the_pruned_model(tmp_path):
     assert rows[1]["server_metrics"]["bwcp_channels_removed"] > 0
     assert second < first and rows[1]["uplink_bytes"] < rows[0]["uplink_bytes"]  # channels physically gone
     assert second < dense + 64 * 1024  # what travels is the pruned model
+    assert math.isfinite(rows[1]["train_loss"])  # the pruned model still trains (its BatchNorms kept)
     model = fedcomp.load_model(run_dir)
     inner = [model.get_submodule(f"layer{s}.{b}.conv1") for s in (1, 2, 3) for b in range(3)]
     assert sum(c.out_channels for c in inner) < 3 * (16 + 32 + 64)

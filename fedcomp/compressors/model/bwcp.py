@@ -73,9 +73,12 @@ parameters and removes the masked channels physically: in eval mode the
 block computes out_c = m_c[(A W_conv)_c ⊛ x + (A b₀ + b)_c] with
 A = Σ̂_N^{-1/2}·diag(γ/σ), b = Σ̂_N^{-1/2}(β − γμ/σ), so the conv becomes
 one with weights A·W_conv and that bias, its masked rows deleted, the BWCP
-module an identity, and the next layer's matching input channels deleted.
-That pruned model computes exactly the masked model's eval-mode function
-(tested), and from then on the broadcast and every update are smaller.
+module a BatchNorm that is the identity in eval mode (so training after
+the pruning round is still normalized), and the next layer's matching input
+channels deleted. That pruned model computes exactly the masked model's
+eval-mode function (tested), and from then on the broadcast and every
+update are smaller.
+
 **Residual streams** (appendix A.6). Channels tied by additions (a
 stage's block outputs, the stem or a conv–BN shortcut feeding them, found
 on the dependency graph as :class:`~fedcomp.compressors.model.channels.Stream`)
@@ -341,14 +344,6 @@ def _shared_mask(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
     return MaskedShortcut(layer, args[0])
 
 
-@structure_op("identity")
-def _identity(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
-    """Structure edit ``identity``: a layer folded into its neighbour (BWCP after pruning)."""
-    if args:
-        raise ValueError("identity takes no arguments")
-    return nn.Identity()
-
-
 @structure_op("conv_out")
 def _conv_out(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
     """Structure edit ``conv_out`` (out channels[, in channels]): the conv thinner, with a bias (BN folded in)."""
@@ -485,7 +480,7 @@ class BWCPCompressor(ModelCompressor):
             for conv, bn in members:
                 self._fold(model, conv, bn, keep, work)
                 outs[conv] = int(keep.sum())
-                edits.append(Edit("identity", bn, ()))
+                edits.append(Edit("resize", bn, (int(keep.sum()),)))
                 removed += int((~keep).sum())
                 total += keep.numel()
             reads += [(c, keep) for c in consumers]
@@ -520,7 +515,15 @@ class BWCPCompressor(ModelCompressor):
 
     @staticmethod
     def _fold(model: nn.Module, conv_name: str, bn_name: str, keep: torch.Tensor, work: dict) -> None:
-        """conv ← Σ̂^{-1/2}diag(γ/σ)·W with bias Σ̂^{-1/2}(β − γμ/σ) (+ the conv's own), kept rows only."""
+        """conv ← Σ̂^{-1/2}diag(γ/σ)·W with bias Σ̂^{-1/2}(β − γμ/σ) (+ the conv's own), kept rows only.
+
+        The BWCP layer becomes a BatchNorm that is the identity in eval mode
+        (running mean = weight-free bias = E[x̂] = Σ̂^{-1/2}β, running variance
+        ‖γ_group‖²/group = Var[x̂] when whitened, weight = √(var + ε)): the pruned
+        model computes the masked one exactly, and when the federation trains
+        on, every layer is still normalized (a ResNet with all BatchNorms
+        folded away diverges).
+        """
         conv, bw = model.get_submodule(conv_name), model.get_submodule(bn_name)
         with torch.no_grad():
             sigma = torch.sqrt(bw.running_var + bw.eps)
@@ -529,8 +532,13 @@ class BWCPCompressor(ModelCompressor):
             b = w @ (bw.bias - bw.weight * bw.running_mean / sigma)
             weight = (a @ conv.weight.reshape(conv.out_channels, -1)).reshape(conv.weight.shape)
             bias = b + (a @ conv.bias if conv.bias is not None else 0)
+            mean = (w @ bw.bias)[keep]
+            var = (bw._grouped(bw.weight).pow(2).sum(1) / bw.group).repeat_interleave(bw.group)[keep]
         work[f"{conv_name}.weight"] = weight[keep]
         work[f"{conv_name}.bias"] = bias[keep]
+        work[f"{bn_name}.running_mean"], work[f"{bn_name}.running_var"] = mean, var
+        work[f"{bn_name}.weight"], work[f"{bn_name}.bias"] = torch.sqrt(var + bw.eps), mean.clone()
+        work[f"{bn_name}.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
 
     def _remap_shortcuts(self, kept_by_stream: dict[int, torch.Tensor]) -> list[Edit]:
         """``channel_map`` edits: each shortcut between two streams copies what survives on both sides."""
