@@ -518,8 +518,8 @@ class BWCPCompressor(ModelCompressor):
         """conv ← Σ̂^{-1/2}diag(γ/σ)·W with bias Σ̂^{-1/2}(β − γμ/σ) (+ the conv's own), kept rows only.
 
         The BWCP layer becomes a BatchNorm that is the identity in eval mode
-        (running mean = weight-free bias = E[x̂] = Σ̂^{-1/2}β, running variance
-        ‖γ_group‖²/group = Var[x̂] when whitened, weight = √(var + ε)): the pruned
+        (running mean and bias E[x̂] = Σ̂^{-1/2}β, running variance
+        ‖γ_group‖²/group, Var[x̂] when whitened, weight √(var + ε)): the pruned
         model computes the masked one exactly, and when the federation trains
         on, every layer is still normalized (a ResNet with all BatchNorms
         folded away diverges).

@@ -133,8 +133,9 @@ def channel_graph(arch: Architecture) -> ChannelGraph:
     for name in conv_bn:
         if name not in untied and name not in seen:
             stream = _stream(graph, model, names, conv_bn, model.get_submodule(name))
-            seen.update(c for c, _ in stream.members) if stream else seen.add(name)
+            seen.add(name)
             if stream:
+                seen.update(c for c, _ in stream.members)
                 streams.append(stream)
     return ChannelGraph(tuple(out), conv_bn, tuple(streams))
 
