@@ -142,6 +142,12 @@ def activation_probability(gamma_hat: torch.Tensor, beta_hat: torch.Tensor, delt
     return 0.5 * (1 + torch.erf((beta_hat - delta) / (math.sqrt(2) * gamma_hat.abs() + 1e-12)))
 
 
+def logit(p: torch.Tensor) -> torch.Tensor:
+    """log p − log(1 − p), with p kept off 0 and 1."""
+    p = p.clamp(1e-6, 1 - 1e-6)
+    return torch.log(p) - torch.log1p(-p)
+
+
 def sharpen(p: torch.Tensor, sharpness: float) -> torch.Tensor:
     """The "sigmoid-alike transformation" of §4.4 that pushes p towards 0 or 1: σ(κ·logit p).
 
@@ -152,8 +158,7 @@ def sharpen(p: torch.Tensor, sharpness: float) -> torch.Tensor:
     """
     if sharpness == 1:
         return p
-    p = p.clamp(1e-6, 1 - 1e-6)
-    return torch.sigmoid(sharpness * (torch.log(p) - torch.log1p(-p)))
+    return torch.sigmoid(sharpness * logit(p))
 
 
 def group_size_for(channels: int, wanted: int) -> int:
@@ -223,11 +228,9 @@ class BWCP(SharedMask, nn.Module):
         momentum: float = 0.1,
         sharpness: float = 1.0,
         eps: float = 1e-5,
-        stream: int = -1,
-        is_source: bool = False,
     ) -> None:
         super().__init__()
-        self._init_shared(stream, is_source)
+        self._init_shared(-1, False)  # untied; bwcp_shared puts it in a stream
         self.num_features = num_features
         self.sharpness = sharpness
         self.group = group_size_for(num_features, group_size)
@@ -290,7 +293,7 @@ class BWCP(SharedMask, nn.Module):
         elif self.training:
             mask = self.publish(gumbel_mask(sharpen(self.probability(w), self.sharpness), TAU, self.generator))
         else:
-            mask = self.publish((self.probability(w) > 0.5).to(x.dtype))
+            mask = self.publish(self.hard_mask().to(x.dtype))  # w is the running whitening here
         return x_hat * mask.view(1, c, *([1] * len(spatial)))
 
 
@@ -309,10 +312,9 @@ class MaskedShortcut(SharedMask, nn.Module):
 
 def gumbel_mask(p: torch.Tensor, tau: float, generator: torch.Generator | None) -> torch.Tensor:
     """Binary Gumbel-softmax (eq. 6): σ((log p − log(1 − p) + g₁ − g₂)/τ)."""
-    p = p.clamp(1e-6, 1 - 1e-6)
     u = torch.rand((2, *p.shape), generator=generator, dtype=p.dtype).clamp(1e-10, 1 - 1e-10).to(p.device)
     g = -torch.log(-torch.log(u))
-    return torch.sigmoid((torch.log(p) - torch.log1p(-p) + g[0] - g[1]) / tau)
+    return torch.sigmoid((logit(p) + g[0] - g[1]) / tau)
 
 
 @structure_op("bwcp")
@@ -492,8 +494,9 @@ class BWCPCompressor(ModelCompressor):
             ins[name] = int(keep.sum())
         edits += [Edit("conv_out", c, (n, ins[c]) if c in ins else (n,)) for c, n in outs.items()]
         edits += [Edit("conv_in", c, (n,)) for c, n in ins.items() if c not in outs]
-        edits += self._remap_shortcuts(kept_by_stream)
-        order = {name: i for i, (name, _) in enumerate(self.arch.build().named_modules())}
+        base = self.arch.build()
+        edits += self._remap_shortcuts(base, kept_by_stream)
+        order = {name: i for i, (name, _) in enumerate(base.named_modules())}
         new_structure = tuple(sorted(edits, key=lambda e: order.get(e.layer, -1)))
         new_state: State = OrderedDict()
         for key, ref in self.arch.build(new_structure).state_dict().items():
@@ -540,9 +543,8 @@ class BWCPCompressor(ModelCompressor):
         work[f"{bn_name}.weight"], work[f"{bn_name}.bias"] = torch.sqrt(var + bw.eps), mean.clone()
         work[f"{bn_name}.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
 
-    def _remap_shortcuts(self, kept_by_stream: dict[int, torch.Tensor]) -> list[Edit]:
+    def _remap_shortcuts(self, base: nn.Module, kept_by_stream: dict[int, torch.Tensor]) -> list[Edit]:
         """``channel_map`` edits: each shortcut between two streams copies what survives on both sides."""
-        base = self.arch.build()
         edits = []
         for k, stream in enumerate(self.streams):
             for name in stream.maps_in:
