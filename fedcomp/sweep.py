@@ -2,6 +2,7 @@
 
     sweep_dir/
         sweep.json                       the grid, the seeds and every run with its status
+        .lock                            held by the sweep while it runs (a second sweep here is refused)
         uplink.name-surp__seed-0/        an ordinary run directory
         ...
         .attempts/                       earlier, unfinished attempts of a run (kept, not reported)
@@ -11,7 +12,10 @@ does not exist stops the sweep at once with the key named. A run that fails
 is recorded (its own ``summary.json`` and ``sweep.json`` say why) and the
 sweep goes on. Started again on the same directory, a sweep skips the runs
 already complete and runs the others afresh (an unfinished attempt is moved
-to ``.attempts/``, not deleted).
+to ``.attempts/``, not deleted). Two sweeps never share a directory: the
+second one is refused (:class:`~fedcomp.servers.recorder.RunDirBusyError`)
+while the first holds the directory's lock, and each run locks its own run
+directory as well.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 
 from fedcomp.config import ConfigError, ExperimentConfig, apply_overrides, config_from_dict, parse_value, set_dotted
 from fedcomp.reports.runs import SWEEP_FILE, ReportError, RunRecord, load_run
-from fedcomp.servers.recorder import CONFIG_FILE
+from fedcomp.servers.recorder import CONFIG_FILE, RunDirBusyError, lock_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -134,15 +138,34 @@ def run_sweep(
     verbose: bool = False,
 ) -> SweepResult:
     """Run the grid × seeds; see the module docstring for the directory and the restart rules."""
-    from fedcomp.simulation import run
-
     base = _load_base(config, overrides)
     runs = plan(base, grid or {}, seeds)
     if sweep_dir is None:
         name = base.get("name", "experiment")
-        sweep_dir = Path(base.get("output_dir", "runs")) / f"{name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = Path(str(base.get("output_dir", "runs"))).expanduser()
+        sweep_dir = out / f"{name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+        if sweep_dir.resolve().parent != out.resolve():
+            raise ConfigError(
+                f"config key 'name': {name!r} would put the sweep directory outside output_dir ({out}); "
+                "use a plain name without '/' or '..'"
+            )
     root = Path(sweep_dir)
     root.mkdir(parents=True, exist_ok=True)
+    with lock_run_dir(root, what="sweep directory"):
+        return _run_all(root, runs, grid or {}, seeds, progress, verbose)
+
+
+def _run_all(
+    root: Path,
+    runs: list[tuple[SweepRun, ExperimentConfig]],
+    grid: dict[str, list[Any]],
+    seeds: int,
+    progress: bool,
+    verbose: bool,
+) -> SweepResult:
+    """The sweep's loop, run while the sweep directory is locked."""
+    from fedcomp.simulation import run
+
     result = SweepResult(root, [r for r, _ in runs])
     state = _read_state(root)
     for i, (entry, cfg) in enumerate(runs, 1):
@@ -150,18 +173,26 @@ def run_sweep(
         done = _completed_run(path)
         if done is not None:
             entry.status = "skipped"
-            entry.final_accuracy = done.summary.get("final_test_accuracy")
+            acc = done.summary.get("final_test_accuracy")
+            entry.final_accuracy = float(acc) if isinstance(acc, int | float) and not isinstance(acc, bool) else None
             _say(progress, f"[{i}/{len(runs)}] {entry.dir}: already complete, skipped")
             continue
         if path.exists():
-            _set_aside(root, path)
-        _write_state(root, grid or {}, seeds, result.runs, state)
+            try:
+                with lock_run_dir(path):  # not while another process (a resume) is writing it
+                    _set_aside(root, path)
+            except RunDirBusyError as exc:
+                entry.status, entry.error = "failed", str(exc)
+                _say(progress, f"[{i}/{len(runs)}] {entry.dir}: {exc}")
+                _write_state(root, grid, seeds, result.runs, state)
+                continue
+        _write_state(root, grid, seeds, result.runs, state)
         _say(progress, f"[{i}/{len(runs)}] {entry.dir}")
         try:
             res = run(cfg, run_dir=path, progress=progress, verbose=verbose)
         except KeyboardInterrupt:
             entry.status, entry.error = "failed", "interrupted"
-            _write_state(root, grid or {}, seeds, result.runs, state)
+            _write_state(root, grid, seeds, result.runs, state)
             raise
         except Exception as exc:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
             entry.status, entry.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -169,7 +200,7 @@ def run_sweep(
             _say(progress, f"    failed: {entry.error}")
         else:
             entry.status, entry.final_accuracy = "complete", res.final_accuracy
-        _write_state(root, grid or {}, seeds, result.runs, state)
+        _write_state(root, grid, seeds, result.runs, state)
     return result
 
 
@@ -210,16 +241,31 @@ def _set_aside(root: Path, path: Path) -> None:
 
 
 def _read_state(root: Path) -> dict[str, Any]:
-    try:
-        return json.loads((root / SWEEP_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    """The sweep.json of earlier invocations; an unreadable one is set aside (renamed, not deleted)."""
+    path = root / SWEEP_FILE
+    if not path.exists():
         return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    except (ValueError, RecursionError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("runs", []), list):
+        return data
+    for n in range(1, 10_000):
+        dest = root / f"{SWEEP_FILE}.unreadable-{n}"
+        if not dest.exists():
+            os.replace(path, dest)
+            logger.warning("%s is not a sweep record; kept as %s, a new one is written", path, dest.name)
+            break
+    return {}
 
 
 def _write_state(root: Path, grid: dict[str, list[Any]], seeds: int, runs: list[SweepRun], old: dict[str, Any]) -> None:
     """sweep.json: this invocation's runs, plus runs of earlier invocations not planned this time."""
     current = {r.dir for r in runs}
-    earlier = [r for r in old.get("runs", []) if r.get("dir") not in current]
+    earlier = [r for r in old.get("runs", []) if isinstance(r, dict) and r.get("dir") not in current]
     data = {
         "grid": grid,
         "seeds": seeds,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import html
 import json
 import shutil
 from html.parser import HTMLParser
@@ -194,3 +195,93 @@ def test_group_labels_name_the_server_compression_and_shorten_long_values():
     label = _label(flat, ["server_compression.groups", "server_compression.name"])
     assert label.startswith("surp ↓lc groups=") and label.endswith("…") and len(label) < 60
     assert _label({"uplink.name": "topk"}, []) == "topk"  # no server compression: nothing added
+
+
+# ----------------------------------------------------------------------------- damaged run directories
+
+
+def _report_cli(paths, out, capsys):
+    code = cli_main(["report", *map(str, paths), "-o", str(out)])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    return code, captured.err
+
+
+def _copy_run(sweep, index, dest):
+    shutil.copytree(sweep.sweep_dir / sweep.runs[index].dir, dest)
+    return dest
+
+
+def test_a_report_on_damaged_run_files_names_them_and_uses_every_intact_row(sweep, tmp_path, capsys):
+    # A binary rounds.jsonl: no rows, every line named (the first few one by one).
+    binary = _copy_run(sweep, 0, tmp_path / "binary")
+    (binary / "rounds.jsonl").write_bytes(b"\x00\xff\xfe garbage \x80\n\x9c\x9d\n")
+    code, err = _report_cli([binary], tmp_path / "out1", capsys)
+    assert code == 0
+    assert f"{binary / 'rounds.jsonl'} line 1: not UTF-8 text" in err and "line 2" in err
+    (group,) = json.loads((tmp_path / "out1" / "table.json").read_text())["groups"]
+    assert group["status"] == "partial: 1 of 1 runs (0/2 rounds)" and group["warnings"]
+
+    # Round 1's row lacks a key in one copy; round 2's has a None count in the other: the other row is used.
+    rows = _rows(sweep.sweep_dir / sweep.runs[0].dir)
+    missing = _copy_run(sweep, 0, tmp_path / "missing")
+    first = {k: v for k, v in rows[0].items() if k != "clients"}
+    (missing / "rounds.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(rows[1]) + "\n")
+    none = _copy_run(sweep, 0, tmp_path / "none")
+    (none / "rounds.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[1], "wall_s": None}) + "\n")
+    (none / "summary.json").write_text("null")
+    code, err = _report_cli([missing, none], tmp_path / "out2", capsys)
+    assert code == 0
+    assert f"{missing / 'rounds.jsonl'} line 1: no 'clients' list" in err
+    assert f"{none / 'rounds.jsonl'} line 2: 'wall_s' is None, not a number" in err
+    assert f"{none / 'summary.json'}: null, not a JSON object" in err
+    (group,) = json.loads((tmp_path / "out2" / "table.json").read_text())["groups"]
+    assert group["metrics"]["uplink_bytes"]["values"] == [rows[1]["uplink_bytes"], rows[0]["uplink_bytes"]]
+    assert len(group["warnings"]) == 5  # two damaged lines, two "n intact rows read" lines, the summary
+    markdown = (tmp_path / "out2" / "report.md").read_text()
+    assert "## Warnings" in markdown and "⚠ damaged files (see Warnings, 5)" in markdown
+    assert html.escape("line 1: no 'clients' list") in (tmp_path / "out2" / "report.html").read_text()
+
+
+def test_a_report_shows_rounds_that_aggregated_nothing(sweep, tmp_path):
+    run = _copy_run(sweep, 0, tmp_path / "run")
+    rows = _rows(run)
+    empty = {**rows[1], "clients": [], "uplink_bytes": 0, "failed_clients": rows[1]["sampled_clients"]}
+    (run / "rounds.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps(empty) + "\n")
+    rep = make_report([run], tmp_path / "out")
+    (group,) = json.loads(rep.json.read_text())["groups"]
+    assert group["metrics"]["rounds_without_update"]["values"] == [1.0]
+    assert group["metrics"]["failed_replies"]["values"] == [float(rows[0]["failed_clients"] + empty["failed_clients"])]
+    assert "rounds w/o update" in rep.markdown.read_text() and not rep.warnings
+
+
+def test_a_report_on_a_damaged_sweep_record_or_member_does_not_crash(sweep, tmp_path, capsys):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep.sweep_dir, copy, ignore=shutil.ignore_patterns("report"))
+    (copy / "sweep.json").write_text("null")
+    code, err = _report_cli([copy], tmp_path / "out1", capsys)
+    assert code == 0 and f"{copy / 'sweep.json'}: not a sweep record; reporting the 4 run directories" in err
+    assert len(json.loads((tmp_path / "out1" / "table.json").read_text())["groups"]) == 2
+
+    # A member whose config.toml is binary is left out, named; the others are reported.
+    (copy / sweep.runs[3].dir / "config.toml").write_bytes(b"\xff\xfe\x00")
+    code, err = _report_cli([copy], tmp_path / "out2", capsys)
+    assert code == 0 and f"{copy / sweep.runs[3].dir / 'config.toml'}: unreadable" in err and "left out" in err
+
+    # Nothing reportable: a clear error, exit status 2.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "sweep.json").write_bytes(b"\x00\x01 not json")
+    code, err = _report_cli([bare], tmp_path / "out3", capsys)
+    assert code == 2 and f"{bare / 'sweep.json'}: unreadable" in err and "holds no run directory" in err
+
+
+def test_a_corrupt_model_file_is_named_and_the_ratio_left_out(sweep, tmp_path, capsys):
+    surp = next(i for i, r in enumerate(sweep.runs) if r.overrides["uplink"]["name"] == "surp")
+    run = _copy_run(sweep, surp, tmp_path / "surp")
+    (run / "model.pt").write_bytes(b"PK\x03\x04 not a zip")
+    code, err = _report_cli([run], tmp_path / "out", capsys)
+    assert code == 0 and f"{run / 'model.pt'}: unreadable" in err
+    table = json.loads((tmp_path / "out" / "table.json").read_text())
+    assert table["identity_bytes_per_client_round"] is None
+    assert "no readable model.pt" in table["identity_source"]

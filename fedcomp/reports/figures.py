@@ -85,13 +85,14 @@ def _density(group: RunGroup) -> float | None:
     """The group's uplink density, its compressor's default included (None for dense codecs)."""
     from fedcomp.compressors.update import UPDATE_COMPRESSORS
 
-    uplink = dict(group.config.get("uplink", {}))
+    section = group.config.get("uplink", {})
+    uplink = dict(section) if isinstance(section, dict) else {}
     name = uplink.pop("name", "identity")
-    if name not in UPDATE_COMPRESSORS:
+    if not isinstance(name, str) or name not in UPDATE_COMPRESSORS:
         return None
     try:
         params = UPDATE_COMPRESSORS.get(name).parse_params(uplink, "uplink")
-    except ValueError:
+    except (ValueError, TypeError):
         return None
     density = getattr(params, "density", None)
     return float(density) if density is not None else None

@@ -5,6 +5,10 @@ OUT/report.md       the same text; figures next to it in OUT/figures/
 OUT/table.csv       one row per group: mean and std of every metric
 OUT/table.json      header, target, ratio source and every group with per-seed values
 OUT/figures/*.png
+
+A run with damaged files is reported over what is intact: the table's
+"notes" column marks its group (⚠) and a "Warnings" section names each file
+and line; :attr:`Report.warnings` has the same lines for the command line.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import csv
 import html
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +44,16 @@ class Report:
     json: Path
     figures: dict[str, Path]
     table: Table
+    warnings: list[str] = field(default_factory=list)
+    """Damaged or left-out run files, each naming the file (and line)."""
 
 
 def make_report(
     paths: list[str | Path], out_dir: str | Path, target: float | None = None, allow_mixed: bool = False
 ) -> Report:
     """Read runs (and sweeps), group them by seed, write every report file under ``out_dir``."""
-    runs = expand(list(paths))
+    notes: list[str] = []
+    runs = expand(list(paths), notes)
     if not allow_mixed:
         check_same_experiment(runs)
     groups = group_runs(runs)
@@ -65,8 +72,18 @@ def make_report(
         fig_paths[name] = out / "figures" / f"{name}.png"
         fig_paths[name].write_bytes(data)
     head = header(runs, groups)
+    for row, g in zip(table.rows, groups, strict=True):  # problems found while drawing (e.g. model.pt) too
+        row.warnings = [p for r in g.runs for p in r.problems]
+    table.warnings = notes + [w for row in table.rows for w in row.warnings]
     report = Report(
-        out, out / "report.html", out / "report.md", out / "table.csv", out / "table.json", fig_paths, table
+        out,
+        out / "report.html",
+        out / "report.md",
+        out / "table.csv",
+        out / "table.json",
+        fig_paths,
+        table,
+        list(table.warnings),
     )
     report.json.write_text(json.dumps(_json(head, table), indent=2), encoding="utf-8")
     _write_csv(report.csv, table)
@@ -104,12 +121,9 @@ def header(runs: list[RunRecord], groups: list[RunGroup]) -> dict[str, Any]:
 
 
 def _model_size(runs: list[RunRecord]) -> int | None:
-    import torch
-
     for r in runs:
-        model = Path(r.path) / "model.pt"
-        if model.exists():
-            state = torch.load(model, map_location="cpu", weights_only=True)
+        state = r.model_state()
+        if state:
             return sum(v.numel() for v in state.values() if v.is_floating_point())
     return None
 
@@ -126,17 +140,20 @@ def _fmt(key: str, mean: float | None, std: float | None) -> str:
         body, spread = f"{mean:,.1f}×", f"{std:,.1f}" if std else ""
     elif key in ("rounds_to_target", "wall_s"):
         body, spread = f"{mean:,.1f}", f"{std:,.1f}" if std else ""
+    elif key in ("rounds_without_update", "failed_replies"):
+        body, spread = f"{mean:,.4g}", f"{std:,.2g}" if std else ""
     else:
         body, spread = human_bytes(mean), human_bytes(std) if std else ""
     return f"{body} ± {spread}" if spread else body
 
 
 def _table_cells(table: Table) -> tuple[list[str], list[list[str]]]:
-    head = ["run (group)", "seeds", "status", *METRICS.values()]
+    head = ["run (group)", "seeds", "status", *METRICS.values(), "notes"]
     body = []
     for row in table.rows:
         cells = [row.label, str(len(row.seeds)), row.status]
         cells += [_fmt(k, row.metrics[k].mean, row.metrics[k].std) for k in METRICS]
+        cells.append(f"⚠ damaged files (see Warnings, {len(row.warnings)})" if row.warnings else "")
         body.append(cells)
     return head, body
 
@@ -150,6 +167,7 @@ def _notes(table: Table) -> list[str]:
         "/ the run's uplink bytes per client per round.",
         "Values are mean ± standard deviation over seeds; bytes are payload lengths as sent.",
         "Partial runs (crashed, failed or still running) are reported over the rounds they finished.",
+        "Rounds w/o update: rounds in which no client's update was aggregated (every reply failed or none came).",
     ]
 
 
@@ -160,6 +178,9 @@ def _markdown(head: dict[str, Any], table: Table) -> str:
     lines += ["", "## Results", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     lines += [""] + [f"- {n}" for n in _notes(table)] + [""]
+    if table.warnings:
+        lines += ["## Warnings", "", "Damaged run files; the report uses every intact row.", ""]
+        lines += [f"- ⚠ {w}" for w in table.warnings] + [""]
     for name, title in FIGURES.items():
         lines += [f"## {title}", "", f"![{title}](figures/{name}.png)", ""]
     return "\n".join(lines)
@@ -182,6 +203,12 @@ def _html(head: dict[str, Any], table: Table, pngs: dict[str, bytes]) -> str:
     ]
     parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
     parts += ["</tbody></table>", "<ul>" + "".join(f"<li>{e(n)}</li>" for n in _notes(table)) + "</ul>"]
+    if table.warnings:
+        parts += [
+            '<h2 id="warnings">Warnings</h2>',
+            "<p>Damaged run files; the report uses every intact row.</p>",
+            "<ul>" + "".join(f"<li>⚠ {e(w)}</li>" for w in table.warnings) + "</ul>",
+        ]
     for name, title in FIGURES.items():
         data = base64.b64encode(pngs[name]).decode("ascii")
         parts += [f"<h2>{e(title)}</h2>", f'<img alt="{e(title)}" id="{name}" src="data:image/png;base64,{data}">']
@@ -196,6 +223,7 @@ def _json(head: dict[str, Any], table: Table) -> dict[str, Any]:
         "target_source": table.target_source,
         "identity_bytes_per_client_round": table.identity_bytes,
         "identity_source": table.identity_source,
+        "warnings": table.warnings,
         "groups": [r.as_dict() for r in table.rows],
     }
 
@@ -203,7 +231,9 @@ def _json(head: dict[str, Any], table: Table) -> dict[str, Any]:
 def _write_csv(path: Path, table: Table) -> None:
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["label", "uplink", "seeds", "status", *(f"{k}_{s}" for k in METRICS for s in ("mean", "std"))])
+        metrics = (f"{k}_{s}" for k in METRICS for s in ("mean", "std"))
+        w.writerow(["label", "uplink", "seeds", "status", *metrics, "warnings"])
         for row in table.rows:
             stats = [v for k in METRICS for v in (row.metrics[k].mean, row.metrics[k].std)]
-            w.writerow([row.label, row.uplink, len(row.seeds), row.status, *("" if v is None else v for v in stats)])
+            cells = ["" if v is None else v for v in stats]
+            w.writerow([row.label, row.uplink, len(row.seeds), row.status, *cells, " | ".join(row.warnings)])

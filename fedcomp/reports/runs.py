@@ -5,6 +5,13 @@ expanded to the runs it lists). Runs are grouped when their configurations
 differ only in ``seed`` (and ``name`` / ``output_dir``); runs of different
 *experiments* (dataset, partition, model, number of clients) are refused
 unless asked for, because their bytes and accuracies do not compare.
+
+A damaged run never stops a report: its intact rows are read, and every
+problem (a damaged line of ``rounds.jsonl`` with its number, an unreadable
+``summary.json`` or ``model.pt``) is kept in :attr:`RunRecord.problems`,
+which the report prints as a warning and marks in its table. A sweep member
+that is not readable at all is left out with a warning; a directory named on
+the command line that is not a run is a :class:`ReportError`.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcomp.servers.recorder import CONFIG_FILE, SUMMARY_FILE, read_rounds
+from fedcomp.servers.recorder import CONFIG_FILE, MODEL_FILE, ROUNDS_FILE, SUMMARY_FILE, read_rounds_checked
 
 SWEEP_FILE = "sweep.json"
+MAX_LINES_NAMED = 5
+"""Damaged lines named one by one per file; the rest are counted."""
 
 # Keys that define the experiment: runs that differ here are different experiments.
 EXPERIMENT_KEYS = (
@@ -45,6 +54,9 @@ class RunRecord:
     config: dict[str, Any]
     summary: dict[str, Any]
     rows: list[dict[str, Any]]
+    problems: list[str] = field(default_factory=list)
+    """What is damaged in the run's files, each naming the file (and line): shown as warnings."""
+    _state: Any = field(default=None, repr=False)
 
     @property
     def status(self) -> str:
@@ -54,11 +66,19 @@ class RunRecord:
 
     @property
     def planned_rounds(self) -> int:
-        return int(self.config.get("federation", {}).get("rounds", len(self.rows)))
+        rounds = self.get("federation.rounds")
+        return rounds if isinstance(rounds, int) and not isinstance(rounds, bool) else len(self.rows)
 
     @property
     def seed(self) -> int:
-        return int(self.config.get("seed", 0))
+        seed = self.get("seed", 0)
+        return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+
+    def model_state(self) -> dict[str, Any] | None:
+        """``model.pt`` as a state dict of tensors; None (and a problem noted) if absent or unreadable."""
+        if self._state is None:
+            self._state = _load_state(self.path / MODEL_FILE, self.problems)
+        return self._state or None
 
     def get(self, dotted: str, default: Any = None) -> Any:
         node: Any = self.config
@@ -82,7 +102,8 @@ class RunGroup:
 
     @property
     def uplink(self) -> str:
-        return str(self.config.get("uplink", {}).get("name", "identity"))
+        section = self.config.get("uplink", {})
+        return str(section.get("name", "identity")) if isinstance(section, dict) else "identity"
 
 
 def load_run(path: str | Path) -> RunRecord:
@@ -94,50 +115,121 @@ def load_run(path: str | Path) -> RunRecord:
         raise ReportError(f"{p}: not a fedcomp run directory (no {CONFIG_FILE}; expected a run or sweep directory)")
     try:
         config = tomllib.loads((p / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ReportError(f"{p / CONFIG_FILE}: unreadable ({exc})") from exc
+    except (OSError, ValueError) as exc:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        raise ReportError(f"{p / CONFIG_FILE}: unreadable ({_first_line(exc)})") from exc
+    problems: list[str] = []
     summary: dict[str, Any] = {}
     if (p / SUMMARY_FILE).exists():
         try:
-            summary = json.loads((p / SUMMARY_FILE).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            loaded = json.loads((p / SUMMARY_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            loaded, why = None, f"unreadable ({_first_line(exc)})"
+        else:
+            why = "not a JSON object" if loaded is not None else "null, not a JSON object"
+        if isinstance(loaded, dict):
+            summary = loaded
+        else:
             summary = {"status": "unknown"}  # a torn summary: the rounds still count
-    rows = read_rounds(p)  # [] when the run never finished a round
-    return RunRecord(p, config, summary, rows)
+            problems.append(f"{p / SUMMARY_FILE}: {why}; the run's status and wall time are unknown")
+    try:
+        rows, damaged = read_rounds_checked(p)  # [] when the run never finished a round
+    except OSError as exc:
+        rows, damaged = [], []
+        problems.append(f"{p / ROUNDS_FILE}: unreadable ({exc.strerror or exc}); no rounds read")
+    for d in damaged[:MAX_LINES_NAMED]:
+        problems.append(f"{p / ROUNDS_FILE} line {d.line}: {d.reason}; skipped")
+    if len(damaged) > MAX_LINES_NAMED:
+        problems.append(f"{p / ROUNDS_FILE}: {len(damaged) - MAX_LINES_NAMED} more damaged lines skipped")
+    if damaged:
+        problems.append(f"{p}: {len(rows)} intact rows read, {len(damaged)} damaged lines left out")
+    return RunRecord(p, config, summary, rows, problems)
 
 
-def expand(paths: list[str | Path]) -> list[RunRecord]:
-    """Runs from run directories and sweep directories, in the order given, each once."""
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "strerror", None) or exc) or type(exc).__name__
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+def _load_state(path: Path, problems: list[str]) -> dict[str, Any]:
+    """A state dict of tensors from ``path``; {} (and a problem noted) if absent or not loadable."""
+    if not path.exists():
+        return {}
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever unpickling raises, the file is unusable
+        problems.append(f"{path}: unreadable ({type(exc).__name__}: {_first_line(exc)}); not used")
+        return {}
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        problems.append(f"{path}: not a state dict of tensors; not used")
+        return {}
+    return state
+
+
+def expand(paths: list[str | Path], warnings: list[str] | None = None) -> list[RunRecord]:
+    """Runs from run directories and sweep directories, in the order given, each once.
+
+    Sweep members (and runs in a folder of runs) that cannot be read are
+    left out with a line in ``warnings``; a path given itself must be a run.
+    """
     if not paths:
         raise ReportError("no run or sweep directory given")
+    notes = warnings if warnings is not None else []
     runs: list[RunRecord] = []
     seen: set[Path] = set()
     for raw in paths:
         p = Path(raw)
+        given = False
         if (p / SWEEP_FILE).exists():
-            members = _sweep_members(p)
-        elif (
-            p.is_dir()
-            and not (p / CONFIG_FILE).exists()
-            and any(c.is_dir() and (c / CONFIG_FILE).exists() for c in p.iterdir())
-        ):
-            members = sorted(c for c in p.iterdir() if c.is_dir() and (c / CONFIG_FILE).exists())  # a folder of runs
+            members = _sweep_members(p, notes)
+        elif p.is_dir() and not (p / CONFIG_FILE).exists() and _child_runs(p):
+            members = _child_runs(p)  # a folder of runs
         else:
-            members = [p]
+            members, given = [p], True
         for m in members:
             key = m.resolve()
-            if key not in seen:
-                seen.add(key)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
                 runs.append(load_run(m))
+            except ReportError as exc:
+                if given:
+                    raise
+                notes.append(f"{exc}; left out of the report")
+    if not runs:
+        raise ReportError("no readable run in " + ", ".join(str(p) for p in paths) + "".join(f"; {n}" for n in notes))
     return runs
 
 
-def _sweep_members(sweep_dir: Path) -> list[Path]:
+def _child_runs(folder: Path) -> list[Path]:
     try:
-        sweep = json.loads((sweep_dir / SWEEP_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ReportError(f"{sweep_dir / SWEEP_FILE}: unreadable ({exc})") from exc
-    members = [sweep_dir / r["dir"] for r in sweep.get("runs", []) if (sweep_dir / r["dir"] / CONFIG_FILE).exists()]
+        return sorted(c for c in folder.iterdir() if c.is_dir() and (c / CONFIG_FILE).exists())
+    except OSError:
+        return []
+
+
+def _sweep_members(sweep_dir: Path, warnings: list[str]) -> list[Path]:
+    """The runs a sweep.json lists; if it is unreadable, the run directories found in the sweep directory."""
+    file = sweep_dir / SWEEP_FILE
+    try:
+        sweep: Any = json.loads(file.read_text(encoding="utf-8"))
+        problem = "" if isinstance(sweep, dict) and isinstance(sweep.get("runs", []), list) else "not a sweep record"
+    except (OSError, ValueError, RecursionError) as exc:
+        sweep, problem = None, f"unreadable ({_first_line(exc)})"
+    if problem:
+        found = _child_runs(sweep_dir)
+        if not found:
+            raise ReportError(f"{file}: {problem}, and {sweep_dir} holds no run directory")
+        warnings.append(f"{file}: {problem}; reporting the {len(found)} run directories found in {sweep_dir}")
+        return found
+    entries = sweep.get("runs", [])
+    bad = [e for e in entries if not (isinstance(e, dict) and isinstance(e.get("dir"), str) and e["dir"])]
+    if bad:
+        warnings.append(f"{file}: {len(bad)} run entries without a 'dir' ignored")
+    dirs = [sweep_dir / e["dir"] for e in entries if e not in bad]
+    members = [d for d in dirs if (d / CONFIG_FILE).exists()]
     if not members:
         raise ReportError(f"{sweep_dir}: the sweep has not started any run yet")
     return members

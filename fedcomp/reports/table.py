@@ -3,7 +3,8 @@
 Per run: final and best test accuracy, total uplink and downlink bytes,
 mean bytes per client per round each way, the compression ratio against
 the identity codec, the uplink bytes and rounds to first reach a target
-accuracy, wall time. Per group (runs that differ only in seed): mean and
+accuracy, wall time, the rounds that aggregated no update and the failed
+client replies. Per group (runs that differ only in seed): mean and
 standard deviation (n − 1) of each.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fedcomp.reports.runs import RunGroup, RunRecord
@@ -26,6 +26,8 @@ METRICS: dict[str, str] = {
     "compression_ratio": "uplink compression ratio vs identity",
     "uplink_bytes_to_target": "uplink bytes to reach the target",
     "rounds_to_target": "rounds to reach the target",
+    "rounds_without_update": "rounds w/o update",
+    "failed_replies": "failed client replies",
     "wall_s": "wall time (s)",
 }
 
@@ -55,6 +57,8 @@ class GroupRow:
     status: str
     """``complete`` or e.g. ``partial: 1 of 2 runs (3/10 rounds)``."""
     metrics: dict[str, Stat] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """What is damaged in the group's run files (each names the file and line)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +67,7 @@ class GroupRow:
             "runs": self.runs,
             "seeds": self.seeds,
             "status": self.status,
+            "warnings": self.warnings,
             "metrics": {k: {"mean": s.mean, "std": s.std, "values": s.values} for k, s in self.metrics.items()},
         }
 
@@ -74,6 +79,8 @@ class Table:
     target_source: str
     identity_bytes: float | None
     identity_source: str
+    warnings: list[str] = field(default_factory=list)
+    """Every damaged or left-out run file the report saw (each names the file and line)."""
 
 
 def accuracy_curve(run: RunRecord) -> list[tuple[int, float, int]]:
@@ -105,13 +112,16 @@ def run_metrics(run: RunRecord, target: float | None, identity_bytes: float | No
         "compression_ratio": identity_bytes / up_pcr if identity_bytes and up_pcr else None,
         "uplink_bytes_to_target": float(reached[1]) if reached else None,
         "rounds_to_target": float(reached[0]) if reached else None,
+        "rounds_without_update": float(sum(1 for r in run.rows if not r["clients"])),
+        "failed_replies": float(sum(int(r["failed_clients"]) for r in run.rows)),
         "wall_s": _wall(run),
     }
 
 
 def _wall(run: RunRecord) -> float | None:
-    if run.summary.get("wall_s") is not None:
-        return float(run.summary["wall_s"])
+    wall = run.summary.get("wall_s")
+    if isinstance(wall, int | float) and not isinstance(wall, bool) and math.isfinite(wall):
+        return float(wall)
     return sum(float(r.get("wall_s", 0.0)) for r in run.rows) or None
 
 
@@ -130,18 +140,17 @@ def identity_payload_bytes(groups: list[RunGroup]) -> tuple[float | None, str]:
                 return stat.mean, f"measured by the identity run(s) ({g.label})"
     for g in groups:
         for r in g.runs:
-            model = Path(r.path) / "model.pt"
-            if model.exists() and not r.summary.get("model_structure"):  # the configured architecture only
-                return float(_identity_length(model)), f"identity codec payload of {r.path.name}/model.pt"
-    return None, "no identity run and no model.pt: ratio not available"
+            if r.summary.get("model_structure"):
+                continue  # the configured architecture only
+            state = r.model_state()
+            if state:
+                return float(_identity_length(state)), f"identity codec payload of {r.path.name}/model.pt"
+    return None, "no identity run and no readable model.pt: ratio not available"
 
 
-def _identity_length(model_file: Path) -> int:
-    import torch
-
+def _identity_length(state: dict[str, Any]) -> int:
     from fedcomp.compressors.update.identity import IdentityCompressor
 
-    state = torch.load(model_file, map_location="cpu", weights_only=True)
     update = {k: v for k, v in state.items() if v.is_floating_point()}
     return len(IdentityCompressor().encode(update).payload)
 
@@ -172,6 +181,14 @@ def build_table(groups: list[RunGroup], target: float | None = None) -> Table:
             rounds = ", ".join(f"{len(r.rows)}/{r.planned_rounds}" for r in partial)
             status = f"partial: {len(partial)} of {len(g.runs)} runs ({rounds} rounds)"
         rows.append(
-            GroupRow(g.label, g.uplink, [str(r.path) for r in g.runs], [r.seed for r in g.runs], status, metrics)
+            GroupRow(
+                g.label,
+                g.uplink,
+                [str(r.path) for r in g.runs],
+                [r.seed for r in g.runs],
+                status,
+                metrics,
+                [p for r in g.runs for p in r.problems],
+            )
         )
     return Table(rows, target, target_source, identity, identity_source)

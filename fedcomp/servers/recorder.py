@@ -3,29 +3,48 @@
     config.toml     the resolved configuration (re-runnable as it is)
     rounds.jsonl    one JSON object per finished round, appended and synced
     model.pt        the final global model (a state_dict)
-    summary.json    status (running / complete / failed), totals, timings
+    summary.json    status (running / complete / failed), totals, timings, the config's digest
     checkpoint.pt   the server state after the last checkpointed round
     client_state/   each client's compressor state per round (simulation)
+    .lock           held (``flock``) by the process writing the directory; it holds that process's PID
 
 A crash loses at most the round in flight: every finished round is on
 disk, and ``summary.json`` says ``running`` or ``failed`` with the error.
 ``fedcomp run --resume`` continues from ``checkpoint.pt``: rows of rounds
-after it move to ``rounds.dropped.jsonl`` (they are redone), so every round
+after it, and any damaged line of ``rounds.jsonl`` (kept byte for byte),
+move to ``rounds.dropped.jsonl`` (the rounds are redone), so every round
 appears once in ``rounds.jsonl`` and nothing recorded is deleted.
+
+Reading ``rounds.jsonl`` (:func:`read_rounds_checked`) keeps every intact
+row and reports each damaged line by number: one that is not UTF-8 JSON,
+not an object, lacks a key the reports need (or has a value of the wrong
+type there), repeats a round already read, or is a torn last line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
+import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fedcomp.config import ExperimentConfig, dump_config, load_config
+from fedcomp.config import ConfigError, ExperimentConfig, dump_config, load_config
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not Linux/macOS: no locking
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
 
 ROUNDS_FILE = "rounds.jsonl"
 CONFIG_FILE = "config.toml"
@@ -36,6 +55,15 @@ DROPPED_ROUNDS_FILE = "rounds.dropped.jsonl"
 FINAL_PAYLOAD_FILE = "final_model.bin"
 """The final model as its model compressor ships it (a client decodes it to ``model.pt``'s model)."""
 CLIENT_STATE_DIR = "client_state"
+LOCK_FILE = ".lock"
+
+
+class RunDirBusyError(ConfigError):
+    """Another process holds the run (or sweep) directory's lock."""
+
+
+class CorruptRunError(ConfigError):
+    """A file of a run directory cannot be read back (e.g. a damaged ``checkpoint.pt``)."""
 
 
 @dataclass
@@ -64,6 +92,8 @@ class RoundRow:
     server_metrics: dict[str, float] = field(default_factory=dict)
     """The model compressor's numbers (LC's μ and step, ALDS's error) and, when the evaluated model is
     a compressed one, ``global_test_accuracy`` of the uncompressed global model."""
+    skipped: str | None = None
+    """Why the round aggregated no update (no usable reply, or fewer than ``federation.min_replies``)."""
 
 
 def software_versions() -> dict[str, Any]:
@@ -75,10 +105,19 @@ def software_versions() -> dict[str, Any]:
     return {"fedcomp_version": version("fedcomp"), "flwr_version": flwr.__version__, "torch_version": torch.__version__}
 
 
+# ----------------------------------------------------------------------------- creating and locking
+
+
 def new_run_dir(cfg: ExperimentConfig) -> Path:
-    """A fresh directory ``<output_dir>/<name>-<timestamp>[-n]``."""
+    """A fresh directory ``<output_dir>/<name>-<timestamp>[-n]``; never outside ``output_dir``."""
     base = Path(cfg.output_dir).expanduser()
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    first = base / f"{cfg.name}-{stamp}"
+    if first.resolve().parent != base.resolve():
+        raise ConfigError(
+            f"config key 'name': {cfg.name!r} would put the run directory outside output_dir ({base}); "
+            "use a plain name without '/' or '..'"
+        )
     for n in range(1000):
         path = base / (f"{cfg.name}-{stamp}" + (f"-{n}" if n else ""))
         try:
@@ -89,13 +128,143 @@ def new_run_dir(cfg: ExperimentConfig) -> Path:
     raise RuntimeError(f"cannot create a run directory under {base}")
 
 
+def prepare_run_dir(path: str | Path) -> Path:
+    """The directory for a new run: created if absent, accepted if empty, else refused (nothing is touched).
+
+    Only a stale ``.lock`` may be there already. A directory holding a run
+    is refused with a pointer to ``--resume``; any other content (the user's
+    own files, a ``config.toml`` of theirs) is refused as it is.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"run directory {p} is a file, not a directory; give a new or empty directory")
+    if p.is_dir():
+        try:
+            present = sorted(c.name for c in p.iterdir() if c.name != LOCK_FILE)
+        except OSError as exc:
+            raise ConfigError(f"run directory {p}: cannot list it ({exc.strerror or exc})") from exc
+        if present:
+            if ROUNDS_FILE in present or SUMMARY_FILE in present:
+                raise ConfigError(
+                    f"run directory {p} already holds a run; give a new directory, or continue it with "
+                    f"`fedcomp run --resume {p}` (nothing was changed)"
+                )
+            shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+            raise ConfigError(
+                f"run directory {p} is not empty (it holds {shown}); give a new or empty directory (nothing was changed)"
+            )
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def lock_holder(path: str | Path) -> int | None:
+    """The PID written into ``path/.lock`` by the process that last took the lock (None if unknown)."""
+    try:
+        text = (Path(path) / LOCK_FILE).read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+@contextlib.contextmanager
+def lock_run_dir(path: str | Path, what: str = "run directory") -> Iterator[Path]:
+    """Hold an exclusive lock on a run (or sweep) directory for the ``with`` block.
+
+    ``flock(LOCK_EX | LOCK_NB)`` on ``path/.lock`` (the directory is created
+    if needed); the kernel releases it when the process ends, however it
+    ends. The holder's PID is written into the file. A directory already
+    locked — by another process, or by another ``with`` in this one — raises
+    :class:`RunDirBusyError` at once, naming the directory and the PID.
+    The lock file is left in place afterwards (removing it would race with
+    the next taker).
+    """
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover
+        logger.warning("no file locking on this platform: %s is not protected from a second writer", p)
+        yield p
+        return
+    fd = os.open(p / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        pid = lock_holder(p)
+        who = f"process {pid}" if pid is not None else "another process"
+        mine = " (this process)" if pid == os.getpid() else ""
+        raise RunDirBusyError(
+            f"{what} {p} is in use by {who}{mine}; wait until it has finished or use another directory "
+            "(nothing was changed)"
+        ) from exc
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        yield p
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# ----------------------------------------------------------------------------- the configuration's digest
+
+
+def config_digest(cfg: ExperimentConfig) -> str:
+    """SHA-256 of the resolved configuration (canonical JSON of :meth:`ExperimentConfig.to_dict`)."""
+    text = json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def check_resumable(run_dir: str | Path, cfg: ExperimentConfig) -> None:
+    """Refuse (:class:`ConfigError`) to resume a run whose ``config.toml`` changed since it started.
+
+    ``cfg`` is the configuration loaded from ``run_dir/config.toml`` now.
+    It matches when its digest equals the recorded ``config_digest`` (so
+    comments and formatting may change), or when the file's bytes are the
+    ones the run wrote (``config_file_sha256``: a newer fedcomp with new
+    defaults still resumes an untouched file). A run recorded before
+    digests existed is accepted with a warning.
+    """
+    path = Path(run_dir)
+    summary = _read_json(path / SUMMARY_FILE)
+    recorded = summary.get("config_digest")
+    if not isinstance(recorded, str):
+        logger.warning(
+            "%s records no config digest (a run from an earlier fedcomp, or summary.json is unreadable): "
+            "cannot check that config.toml is the one the run started with",
+            path,
+        )
+        return
+    now = config_digest(cfg)
+    if now == recorded:
+        return
+    if summary.get("config_file_sha256") and _file_digest(path / CONFIG_FILE) == summary["config_file_sha256"]:
+        return  # the file is untouched; only how this fedcomp resolves it differs
+    raise ConfigError(
+        f"{path / CONFIG_FILE} was edited since the run started (digest {now[:12]}, recorded {recorded[:12]}); "
+        "start a new run, or restore it"
+    )
+
+
+# ----------------------------------------------------------------------------- the recorder
+
+
 class RunRecorder:
     """Writes one run directory; safe to call from the server thread."""
 
     def __init__(
         self, run_dir: Path, cfg: ExperimentConfig, meta: dict[str, Any] | None = None, resume_from: int | None = None
     ) -> None:
-        """A new run directory, or (``resume_from`` = the checkpoint's round) the same one continued."""
+        """A new run directory, or (``resume_from`` = the checkpoint's round) the same one continued.
+
+        A new run never overwrites a ``config.toml`` that is already there
+        (:class:`ConfigError`); call :func:`prepare_run_dir` first.
+        """
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.meta = dict(meta or {})
@@ -103,11 +272,26 @@ class RunRecorder:
         self.rows: list[dict[str, Any]] = []  # as written to rounds.jsonl
         self.wall_before = 0.0
         if resume_from is None:
-            (self.dir / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
+            text = dump_config(cfg)
+            try:
+                with (self.dir / CONFIG_FILE).open("x", encoding="utf-8") as fh:
+                    fh.write(text)
+            except FileExistsError as exc:
+                raise ConfigError(
+                    f"{self.dir / CONFIG_FILE} exists already; a new run needs a new or empty directory "
+                    "(nothing was changed)"
+                ) from exc
+            self.meta["config_digest"] = config_digest(cfg)
+            self.meta["config_file_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
         else:
             old = _read_json(self.dir / SUMMARY_FILE)
-            self.wall_before = float(old.get("wall_s") or 0.0)
-            self.meta["resumed_from_round"] = [*old.get("resumed_from_round", []), resume_from]
+            self.wall_before = _number(old.get("wall_s"), 0.0)
+            earlier = old.get("resumed_from_round")
+            self.meta["resumed_from_round"] = [*(earlier if isinstance(earlier, list) else []), resume_from]
+            for key in ("config_digest", "config_file_sha256"):
+                if isinstance(old.get(key), str):
+                    self.meta[key] = old[key]
+            self.meta.setdefault("config_digest", config_digest(cfg))  # a run from before digests: from now on
             self.rows = read_rounds(self.dir)
         self._write_summary("running")
 
@@ -118,6 +302,10 @@ class RunRecorder:
             fh.flush()
             os.fsync(fh.fileno())
         self._write_summary("running")
+
+    def rounds_aggregated(self) -> int:
+        """How many recorded rounds aggregated at least one client's update."""
+        return sum(1 for r in self.rows if r.get("clients"))
 
     def save_model(
         self,
@@ -139,28 +327,36 @@ class RunRecorder:
     def save_checkpoint(self, server_round: int, model: dict[str, torch.Tensor], server: dict[str, Any]) -> None:
         """The server state after ``server_round``, replaced atomically (a crash mid-write keeps the old one)."""
         tmp = self.dir / (CHECKPOINT_FILE + ".tmp")
-        torch.save({"round": server_round, "model": model, "server": server}, tmp)
+        with tmp.open("wb") as fh:
+            torch.save({"round": server_round, "model": model, "server": server}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, self.dir / CHECKPOINT_FILE)
 
     def finish(self, status: str = "complete", error: str | None = None) -> None:
         self._write_summary(status, error)
 
     def _write_summary(self, status: str, error: str | None = None) -> None:
-        accs = [r["test_accuracy"] for r in self.rows if r["test_accuracy"] is not None]
+        accs = [r["test_accuracy"] for r in self.rows if r.get("test_accuracy") is not None]
         summary = {
             "status": status,
             "error": error,
             "rounds_completed": len(self.rows),
+            "rounds_without_update": sum(1 for r in self.rows if not r.get("clients")),
+            "failed_client_replies": sum(int(r.get("failed_clients") or 0) for r in self.rows),
             "final_test_accuracy": accs[-1] if accs else None,
             "best_test_accuracy": max(accs) if accs else None,
-            "uplink_bytes": sum(r["uplink_bytes"] for r in self.rows),
-            "downlink_bytes": sum(r["downlink_bytes"] for r in self.rows),
+            "uplink_bytes": sum(int(r.get("uplink_bytes") or 0) for r in self.rows),
+            "downlink_bytes": sum(int(r.get("downlink_bytes") or 0) for r in self.rows),
             "wall_s": self.wall_before + time.time() - self.started,
             **self.meta,
         }
         tmp = self.dir / (SUMMARY_FILE + ".tmp")
         tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
         os.replace(tmp, self.dir / SUMMARY_FILE)
+
+
+# ----------------------------------------------------------------------------- reading back
 
 
 @dataclass
@@ -171,11 +367,32 @@ class Checkpoint:
 
 
 def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
-    """The run's last checkpoint, or None if it has none."""
+    """The run's last checkpoint, or None if it has none; :class:`CorruptRunError` if it cannot be read."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.exists():
         return None
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    remedy = (
+        "move it away to redo the run from round 1 (the recorded rounds are kept in "
+        f"{DROPPED_ROUNDS_FILE}), or start a new run"
+    )
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever unpickling raises, the file is unusable
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        raise CorruptRunError(f"{path}: the checkpoint cannot be loaded ({detail}); {remedy}") from exc
+    problem = None
+    if not isinstance(data, dict):
+        problem = f"expected a dict, got {type(data).__name__}"
+    elif not isinstance(data.get("round"), int) or isinstance(data["round"], bool) or data["round"] < 0:
+        problem = "no valid 'round'"
+    elif not isinstance(data.get("model"), dict) or not all(
+        isinstance(v, torch.Tensor) for v in data["model"].values()
+    ):
+        problem = "no valid 'model' (a dict of tensors)"
+    elif not isinstance(data.get("server", {}), dict):
+        problem = "'server' is not a dict"
+    if problem:
+        raise CorruptRunError(f"{path}: not a fedcomp checkpoint ({problem}); {remedy}")
     return Checkpoint(int(data["round"]), dict(data["model"]), dict(data.get("server", {})))
 
 
@@ -194,41 +411,153 @@ def load_model(run_dir: str | Path) -> torch.nn.Module:
     return model
 
 
-def keep_rounds_up_to(run_dir: str | Path, last_round: int) -> int:
-    """Move the rows of rounds after ``last_round`` to ``rounds.dropped.jsonl`` (they are redone).
+@dataclass(frozen=True)
+class DamagedLine:
+    """A line of ``rounds.jsonl`` that holds no usable row: its number (from 1), why, and its bytes as stored."""
 
-    ``rounds.jsonl`` is rewritten atomically; the dropped rows are kept, not
-    deleted. Returns how many were dropped.
-    """
-    rows = read_rounds(run_dir)
-    kept = [r for r in rows if r["round"] <= last_round]
-    dropped = [r for r in rows if r["round"] > last_round]
-    if dropped:
-        with (Path(run_dir) / DROPPED_ROUNDS_FILE).open("a", encoding="utf-8") as fh:
-            fh.write("".join(json.dumps(r) + "\n" for r in dropped))
-    path = Path(run_dir) / ROUNDS_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    os.replace(tmp, path)
-    return len(rows) - len(kept)
+    line: int
+    reason: str
+    raw: bytes = field(repr=False)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Line:
+    number: int
+    raw: bytes
+    row: dict[str, Any] | None
+    reason: str = ""
+
+
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+_INT_KEYS = ("round", "sampled_clients", "failed_clients", "uplink_bytes", "downlink_bytes")
+_OPTIONAL_NUMBER_KEYS = ("train_loss", "test_accuracy")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _number(v: Any, default: float) -> float:
+    return float(v) if _is_number(v) and math.isfinite(v) else default
+
+
+def row_problem(row: Any) -> str | None:
+    """Why a parsed line is not a usable round row (None if it is one)."""
+    if not isinstance(row, dict):
+        return f"a JSON {_JSON_TYPES.get(type(row), type(row).__name__)}, not an object"
+    for key in _INT_KEYS:
+        if key not in row:
+            return f"no {key!r}"
+        if not _is_int(row[key]) or row[key] < 0:
+            return f"{key!r} is {row[key]!r}, not a count"
+    if row["round"] < 1:
+        return f"'round' is {row['round']}, not a round number"
+    if not isinstance(row.get("clients"), list):
+        return "no 'clients' list" if "clients" not in row else f"'clients' is {row['clients']!r}, not a list"
+    if not _is_number(row.get("wall_s")):
+        return "no 'wall_s'" if "wall_s" not in row else f"'wall_s' is {row['wall_s']!r}, not a number"
+    for key in _OPTIONAL_NUMBER_KEYS:
+        if key not in row:
+            return f"no {key!r}"
+        if row[key] is not None and not _is_number(row[key]):
+            return f"{key!r} is {row[key]!r}, not a number"
+    return None
+
+
+def _scan(path: Path) -> list[_Line]:
+    """Every non-blank line of a rounds file, parsed and checked (never raises on the file's content)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    pieces = data.split(b"\n")
+    torn_index = len(pieces) - 1 if pieces[-1] else None  # no newline after the last line
+    out: list[_Line] = []
+    first_seen: dict[int, int] = {}
+    for i, raw in enumerate(pieces):
+        if not raw.strip():
+            continue
+        number = i + 1
+        row: Any = None
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            problem: str | None = "not UTF-8 text (binary data)"
+        except (ValueError, RecursionError) as exc:
+            problem = f"not valid JSON ({str(exc).splitlines()[0][:80]})"
+        else:
+            problem = row_problem(row)
+            if problem is None and row["round"] in first_seen:
+                problem = f"round {row['round']} is recorded already at line {first_seen[row['round']]}"
+        if problem is not None:
+            if i == torn_index:
+                problem = f"torn last line, its write cut off: {problem}"
+            out.append(_Line(number, raw, None, problem))
+            continue
+        first_seen[row["round"]] = number
+        out.append(_Line(number, raw, row))
+    return out
+
+
+def read_rounds_checked(run_dir: str | Path) -> tuple[list[dict[str, Any]], list[DamagedLine]]:
+    """Every intact row of ``rounds.jsonl`` in file order, and every damaged line (see the module docstring)."""
+    lines = _scan(Path(run_dir) / ROUNDS_FILE)
+    rows = [ln.row for ln in lines if ln.row is not None]
+    damaged = [DamagedLine(ln.number, ln.reason, ln.raw) for ln in lines if ln.row is None]
+    return rows, damaged
 
 
 def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of a run directory's ``rounds.jsonl`` (a torn last line is skipped)."""
-    rows = []
+    """The intact rows of a run directory's ``rounds.jsonl``; damaged lines are skipped, never the rows after them."""
+    return read_rounds_checked(run_dir)[0]
+
+
+def keep_rounds_up_to(run_dir: str | Path, last_round: int) -> int:
+    """Before a resume: keep in ``rounds.jsonl`` only the intact rows of rounds up to ``last_round``.
+
+    Rows of later rounds (they are redone) and damaged lines (byte for
+    byte) are appended to ``rounds.dropped.jsonl`` and synced before
+    ``rounds.jsonl`` is replaced atomically; nothing is deleted (a crash in
+    between leaves a line in both files, never in neither). Returns how many
+    lines were moved.
+    """
     path = Path(run_dir) / ROUNDS_FILE
     if not path.exists():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
+        return 0
+    lines = _scan(path)
+    kept = [ln for ln in lines if ln.row is not None and ln.row["round"] <= last_round]
+    moved = [ln for ln in lines if ln.row is None or ln.row["round"] > last_round]
+    for ln in moved:
+        if ln.row is None:
+            logger.warning("%s line %d: %s; moved to %s as it was", path, ln.number, ln.reason, DROPPED_ROUNDS_FILE)
+    if moved:
+        with (Path(run_dir) / DROPPED_ROUNDS_FILE).open("ab") as fh:
+            fh.write(b"".join(ln.raw + b"\n" for ln in moved))
+            fh.flush()
+            os.fsync(fh.fileno())
+    tmp = path.with_name(ROUNDS_FILE + ".tmp")
+    with tmp.open("wb") as fh:
+        fh.write(b"".join(ln.raw + b"\n" for ln in kept))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return len(moved)
+
+
+def missing_rounds(rows: list[dict[str, Any]], last_round: int) -> list[int]:
+    """The rounds 1..``last_round`` that have no row in ``rows`` (e.g. after their lines were damaged)."""
+    present = {r["round"] for r in rows}
+    return [n for n in range(1, last_round + 1) if n not in present]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; {} if it is absent, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
