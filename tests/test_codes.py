@@ -189,3 +189,81 @@ def test_value_decode_checks_lengths():
         unpack_values(b"\x00" * 7, "fp32", 2)
     with pytest.raises(DecodeError, match="sign bits"):
         unpack_signs(b"\x00", 9)
+
+
+# ----------------------------------------------------------------------------- bounded, vectorized decoding
+
+
+def test_elias_codes_of_64_bit_values_and_every_power_of_two_boundary():
+    values = sorted({1, 2, 3, (1 << 64) - 1, *[(1 << k) + d for k in range(1, 64) for d in (-1, 0, 1)]})
+    for enc, dec in ((elias_gamma_encode, elias_gamma_decode), (elias_delta_encode, elias_delta_decode)):
+        w = enc(values)
+        assert dec(BitReader(w.getvalue()), len(values)).tolist() == values
+        assert w.nbits == sum(enc([v]).nbits for v in values)  # the vectorized writer: codeword after codeword
+    assert elias_gamma_encode([(1 << 64) - 1]).nbits == 127
+    with pytest.raises(ValueError):
+        elias_gamma_encode([0])
+    with pytest.raises(ValueError):
+        elias_delta_encode(np.array([-3]))
+
+
+def test_elias_decoders_refuse_before_they_allocate_or_read_past_the_end():
+    with pytest.raises(TruncatedPayloadError, match="codes declared in 16 bits"):
+        elias_gamma_decode(BitReader(b"\xff\xff"), 1 << 40)  # no 8 TB array for a count the bits cannot hold
+    with pytest.raises(TruncatedPayloadError, match="code #1"):
+        elias_gamma_decode(BitReader(b"\x80\x20"), 2)  # 1, then a 3-zero prefix with too few bits behind it
+    w = BitWriter()
+    elias_gamma_encode([65], w)  # a δ length of 65: beyond 64 bits
+    w.write_bits(np.ones(70, np.uint8))
+    with pytest.raises(DecodeError, match="length above 64"):
+        elias_delta_decode(BitReader(w.getvalue()), 1)
+    r = BitReader(elias_gamma_encode([5, 9]).getvalue())
+    assert elias_gamma_decode(r, 1).tolist() == [5] and r.pos == 5  # the cursor stops after the code read
+
+
+def test_unary_and_fixed_width_reads_across_their_chunks():
+    from fedcomp.coding.bits import CHUNK_FIELDS, UNARY_WINDOW
+
+    rng = np.random.default_rng(3)
+    q = rng.geometric(0.02, size=(3 * UNARY_WINDOW) // 50) - 1  # about 3 windows of bits
+    q[7] = UNARY_WINDOW + 5  # one code longer than a window
+    w = BitWriter()
+    w.write_unary(q)
+    w.write(5, 3)
+    r = BitReader(w.getvalue())
+    assert np.array_equal(r.read_unary(q.size), q) and r.read(3) == 5
+    for width in (1, 7, 13, 24, 33, 64):
+        v = rng.integers(0, 1 << min(width, 63), size=CHUNK_FIELDS + 17, dtype=np.uint64)
+        w = BitWriter()
+        w.write(1, 3)  # unaligned start
+        w.write_array(v, width)
+        r = BitReader(w.getvalue())
+        assert r.read(3) == 1 and np.array_equal(r.read_array(v.size, width), v), width
+
+
+def test_golomb_values_are_bounded_before_they_are_formed():
+    w = golomb_encode(np.array([3, 50, 7]), 4)
+    with pytest.raises(DecodeError, match="out of range"):
+        golomb_decode(BitReader(w.getvalue()), 3, 4, max_value=49)
+    assert golomb_decode(BitReader(w.getvalue()), 3, 4, max_value=50, dtype=np.int32).tolist() == [3, 50, 7]
+    # A quotient that would wrap int64 with the largest M: refused from the quotient alone.
+    w = BitWriter()
+    w.write_unary(np.array([1 << 23]))
+    w.write_array(np.zeros(1, np.uint64), 40)
+    with pytest.raises(DecodeError, match="out of range"):
+        golomb_decode(BitReader(w.getvalue()), 1, 1 << 40)
+    with pytest.raises(TruncatedPayloadError):
+        golomb_decode(BitReader(b"\x00"), 1 << 50, 3)
+
+
+def test_byte_reads_and_peeks_from_any_bit_position():
+    w = BitWriter()
+    w.write(1, 1)
+    w.write_array(np.frombuffer(b"hello", np.uint8), 8)
+    r = BitReader(w.getvalue())
+    assert r.read(1) == 1 and r.read_bytes(5) == b"hello"
+    assert r.peek_array(1, 2, 8).tolist() == [ord("h"), ord("e")] and r.pos == 41
+    with pytest.raises(TruncatedPayloadError):
+        r.peek_array(41, 1, 8)  # the stream is padded to 48 bits
+    with pytest.raises(TruncatedPayloadError):
+        r.read_bytes(1)

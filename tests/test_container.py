@@ -1,3 +1,4 @@
+import math
 import struct
 import zlib
 
@@ -13,6 +14,8 @@ from fedcomp.coding import (
     SpecMismatchError,
     TensorSpec,
     TruncatedPayloadError,
+    check_all_values,
+    check_values,
     pack,
     specs_of,
     unpack,
@@ -108,6 +111,63 @@ def test_expected_specs_are_enforced():
         unpack(payload, DecodeLimits(expected=(TensorSpec("w", (4,), torch.float32),)))
     with pytest.raises(SpecMismatchError, match="holds 1 tensors"):
         unpack(payload, DecodeLimits(expected=()))
+    for dtype in (torch.uint8, torch.bool, torch.float64):  # a spec's dtype is part of it
+        with pytest.raises(SpecMismatchError, match=f"dtype torch.float32, expected {dtype}"):
+            unpack(payload, DecodeLimits(expected=(TensorSpec("w", (3,), dtype),)))
+
+
+def test_every_params_parse_failure_is_a_decode_error():
+    specs = [TensorSpec("w", (2,), torch.float32)]
+    good = pack("identity", {}, specs, b"\x00" * 8)
+    start = good.index(b"{}")
+    for raw, fragment in (
+        (b'{"k":' + b"9" * 5000 + b"}", "4300 digits"),  # Python's int-string limit: a plain ValueError
+        (b'{"k":NaN}', "NaN"),
+        (b'{"k":-Infinity}', "Infinity"),
+        (b'{"k":1e400}', "1e400"),
+        (b"[" * 3000 + b"]" * 3000, "not a JSON object"),
+        (b"\xff\xfe", "not a JSON object"),
+        (b"[1]", "must be a JSON object"),
+    ):
+        head = good[: start - 4] + struct.pack("<I", len(raw)) + raw + good[start + 2 : -4]
+        with pytest.raises(DecodeError, match=fragment):
+            unpack(_reframe(head))
+
+
+def test_limits_carry_a_value_bound():
+    specs = [TensorSpec("w", (3,), torch.float32)]
+    assert DecodeLimits().max_abs == math.inf and DecodeLimits.for_specs(specs).max_abs == math.inf
+    assert DecodeLimits.for_specs(specs, max_abs=1e6).max_abs == 1e6
+    for bad in (0.0, -1.0, math.nan):
+        with pytest.raises(ValueError, match="max_abs"):
+            DecodeLimits(max_abs=bad)
+
+
+def test_decoded_values_must_be_finite_and_within_the_bound():
+    t = torch.ones(10)
+    check_values("w", t, 1.0)
+    check_values("ids", torch.tensor([1 << 40]), 1.0)  # integers are not values to bound
+    t[[2, 5, 7]] = torch.tensor([math.nan, math.inf, -math.inf])
+    with pytest.raises(DecodeError, match="tensor 'w': 3 values are not finite"):
+        check_values("w", t)
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        with pytest.raises(LimitExceededError, match=r"tensor 'x': 2 values exceed the bound \|x\| <= 10000"):
+            check_values("x", torch.tensor([0.0, 2e4, -3e4], dtype=dtype), 1e4)
+    many = [(f"t{i}", torch.ones(5)) for i in range(40)] + [("big", torch.ones(1 << 17))]
+    check_all_values(many, 1.0)  # the small ones reduced together
+    many[23][1][2] = math.nan
+    many[31][1][0] = 7.0
+    with pytest.raises(DecodeError, match="tensor 't23': 1 values are not finite"):  # the first that fails
+        check_all_values(many, 1.0)
+    many[23][1][2] = 0.0
+    with pytest.raises(LimitExceededError, match="tensor 't31'.*largest 7"):
+        check_all_values(many, 1.0)
+    codec = IdentityCompressor()
+    update = {"w": torch.tensor([1.0, 1e34])}
+    payload = codec.encode(update).payload
+    assert torch.equal(codec.decode(payload, DecodeLimits.for_specs(specs_of(update)))["w"], update["w"])
+    with pytest.raises(LimitExceededError, match="tensor 'w': 1 values exceed"):
+        codec.decode(payload, DecodeLimits.for_specs(specs_of(update), max_abs=1e6))
 
 
 def test_wrong_codec_is_refused():

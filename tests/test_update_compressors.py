@@ -221,7 +221,7 @@ def test_surp_distortion_falls_monotonically_with_iterations():
 def test_surp_refresh_always_makes_progress_on_laplacian_data():
     """The literal Algorithm 2 stalls here (candidate pool empties after ~β iterations)."""
     stream, coords, _, stats = run_encoder(_flats(3, 40_000), SurpParams(density=0.02), seed=2)
-    assert stats["refreshes"] > 0 and stream.steps and all(s >= 1 for s in stream.steps)
+    assert stats["refreshes"] > 0 and len(stream.steps) and all(s >= 1 for s in stream.steps)
     assert len(stream.signs) == math.ceil(0.02 * 40_000)  # reached its target
 
 
@@ -294,7 +294,7 @@ def test_surp_algorithm_1_sends_a_positive_and_a_negative_coordinate_per_iterati
     flats = [np.random.default_rng(12).laplace(size=30_000)]
     stream, coords, taus, stats = run_encoder(flats, SurpParams(density=0.02, algorithm=1), seed=5)
     u = flats[0] / np.abs(flats[0]).sum()
-    assert stream.sides == 2 and not stream.signs  # the slot gives the sign: no sign bits
+    assert stream.sides == 2 and len(stream.signs) == 0  # the slot gives the sign: no sign bits
     assert coords.size == 2 * stats["iterations"] and stats["iterations"] > 300
     assert np.all(u[coords[0::2]] > 0) and np.all(u[coords[1::2]] < 0)
     assert np.array_equal(taus[0::2], taus[1::2])  # one threshold per ± pair
@@ -330,3 +330,110 @@ def test_surp_global_normalization_spends_fewer_iterations_on_small_layers():
     comp = make("surp", density=0.01, normalization="global")
     enc = comp.encode(upd, {}, EncodeContext())
     assert len(enc.payload) < len(make("surp", density=0.01).encode(upd, {}, EncodeContext()).payload)
+
+
+# ----------------------------------------------------------------------------- SuRP decoding, bounded
+
+
+def _feistel_reference(positions, n, seed, inverse=False):
+    """The shared order as first written (whole-array numpy): the compiled one must give the same bijection."""
+    from fedcomp.compressors.update.surp import _round_keys
+
+    m1, m2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+    half = max(1, (max(1, (n - 1).bit_length()) + 1) // 2)
+    mask, h = np.uint64((1 << half) - 1), np.uint64(half)
+
+    def f(x, key):
+        z = (x + key) * m1
+        z ^= z >> np.uint64(31)
+        z *= m2
+        z ^= z >> np.uint64(29)
+        return z & mask
+
+    keys = list(_round_keys(seed))
+    x = np.asarray(positions, dtype=np.uint64).copy()
+    todo = np.ones(x.shape, dtype=bool)
+    while todo.any():
+        left, right = x[todo] >> h, x[todo] & mask
+        for k in reversed(keys) if inverse else keys:
+            left, right = (right ^ f(left, k), left) if inverse else (right, left ^ f(right, k))
+        x[todo] = (left << h) | right
+        todo = x >= np.uint64(n)
+    return x.astype(np.int64)
+
+
+def test_shared_order_is_the_same_bijection_as_the_whole_array_reference():
+    rng = np.random.default_rng(8)
+    for n in (2, 3, 1000, 65_537, 431_080):
+        pos = rng.integers(0, n, size=5000)
+        for inverse in (False, True):
+            assert np.array_equal(shared_order(pos, n, 21, inverse), _feistel_reference(pos, n, 21, inverse))
+
+
+def test_pow_by_squaring_terminates_for_any_exponent():
+    from fedcomp.compressors.update.surp_kernel import pow_by_squaring
+
+    assert math.isnan(pow_by_squaring(1.5, -1)) and math.isnan(pow_by_squaring(1.5, -(1 << 63)))
+    assert pow_by_squaring(1.0 + 1e-9, (1 << 63) - 1) == math.inf
+    assert [pow_by_squaring(3.0, e) for e in range(6)] == [3.0**e for e in range(6)]
+
+
+SURP_VARIANTS = [{}, {"algorithm": 1}, {"normalization": "global"}, {"algorithm": 1, "normalization": "global"}]
+
+
+@pytest.mark.parametrize("params", SURP_VARIANTS, ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items()) or "default")
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_surp_decoder_replays_in_chunks_bit_identically(monkeypatch, params, chunk):
+    from fedcomp.compressors.update import surp
+
+    monkeypatch.setattr(surp, "DECODE_CHUNK", chunk)  # chunk boundaries everywhere: the state must carry over
+    upd = laplace_update(9)
+    comp = make("surp", density=0.01, **params)
+    enc = comp.encode(upd, {}, EncodeContext())
+    dec = comp.decode(enc.payload, DecodeLimits.for_specs(specs_of(upd)))
+    assert all(torch.equal(dec[k], enc.sent[k]) for k in upd)
+
+
+@pytest.mark.parametrize("algorithm", [1, 2])
+def test_surp_decoder_accepts_the_longest_stream_its_encoder_writes(algorithm):
+    """density 1 on a tiny update: the encoder runs to its iteration cap; the decoder's bounds admit it."""
+    upd = OrderedDict(w=torch.from_numpy(np.random.default_rng(4).laplace(size=(12, 10)).astype(np.float32)))
+    comp = make("surp", density=1.0, algorithm=algorithm, error_feedback=False)
+    enc = comp.encode(upd, {}, EncodeContext())
+    assert enc.metrics["iterations"] > 100
+    dec = comp.decode(enc.payload, DecodeLimits.for_specs(specs_of(upd)))
+    assert torch.equal(dec["w"], enc.sent["w"])
+
+
+def _surp_payload(specs, symbols, steps, signs, lam0=None, params=None):
+    """A SuRP payload written by the project's own stream writer, any field as given (λ₀ default: τ₀ = 1)."""
+    from fedcomp.coding import pack
+    from fedcomp.compressors.update.surp import SurpStream
+
+    n = sum(s.numel for s in specs)
+    logf = math.log(n / math.log(n))
+    stream = SurpStream(3, logf, lam0 or logf, np.ones(len(specs), np.float32), symbols, steps, signs)
+    return pack("surp", params or {}, specs, write_stream(stream), by_digest=True)
+
+
+def test_surp_decoder_refuses_what_no_encoder_writes():
+    from fedcomp.compressors.update.surp import max_picks, max_refresh_steps
+
+    upd = OrderedDict(w=torch.zeros(6, 5))
+    specs = specs_of(upd)
+    n = 30
+    comp, limits = make("surp"), DecodeLimits.for_specs(specs)
+    too_many = max_picks(n, 1) + 1
+    cases = {
+        "picks": _surp_payload(specs, [1] * too_many, [], [0] * n),
+        "refreshes": _surp_payload(specs, [0, 0, 0, 1], [1, 1, 1], [0]),
+        "refresh of": _surp_payload(specs, [0, 1], [max_refresh_steps(n, math.log(n / math.log(n)), 1) + 1], [0]),
+        "threshold": _surp_payload(specs, [1], [], [0], lam0=5e-324),  # τ = log(n/β)/λ₀ = inf
+        "unknown params": _surp_payload(specs, [1], [], [0], params={"mode": 1}),
+        "algorithm must be": _surp_payload(specs, [1], [], [0], params={"algorithm": True}),
+    }
+    for fragment, payload in cases.items():
+        with pytest.raises(DecodeError, match=fragment):
+            comp.decode(payload, limits)
+    ok = _surp_payload(specs, [0, 1] * 5, [1] * 5, [0] * 5)  # a refresh before every iteration is legal
+    assert torch.count_nonzero(comp.decode(ok, limits)["w"]) == 5

@@ -15,6 +15,19 @@ so all three decode with whole-array operations. The bit count is exactly
 that of the interleaved code; for a single symbol the bits *are* the
 textbook codeword.
 
+**Elias codes** are prefix codes whose every codeword says where the next
+one starts, so no whole-array form exists for their decoding (pointer
+jumping would cost O(bits · log count)). They are parsed by one compiled
+scan (:func:`_elias_scan`): O(bits read), each prefix capped at 63 zeros,
+each read checked against the end of the stream, and the symbol count
+checked against the bits left before anything is allocated. Their encoders
+are whole-array (:func:`~fedcomp.coding.bits.variable_width_bits`).
+
+**Bounded decoding.** Every decoder here refuses a count larger than the
+bits left (each symbol takes at least one), and :func:`golomb_decode`
+refuses values above the caller's ``max_value`` before it multiplies, so
+nothing wraps around 2^63.
+
 **Parameter choice** (Gallager & Van Voorhis 1975): for a geometric source
 P(x) = (1 − θ) θ^x the optimal M satisfies θ^M + θ^(M+1) ≤ 1 < θ^(M−1) + θ^M,
 i.e. M = ⌈−log(1 + θ) / log θ⌉.
@@ -25,9 +38,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
 
-from fedcomp.coding.bits import BitReader, BitWriter
-from fedcomp.coding.errors import DecodeError, LimitExceededError
+from fedcomp.coding.bits import CHUNK_FIELDS, BitReader, BitWriter, bit_lengths
+from fedcomp.coding.errors import DecodeError, LimitExceededError, TruncatedPayloadError
 
 MAX_GOLOMB_M = 1 << 40
 MAX_UNARY = 1 << 24
@@ -108,24 +122,48 @@ def golomb_encode(values: np.ndarray, m: int, writer: BitWriter | None = None) -
     return w
 
 
-def golomb_decode(reader: BitReader, count: int, m: int) -> np.ndarray:
-    """Read ``count`` Golomb codes with parameter ``m`` (int64)."""
+def golomb_decode(
+    reader: BitReader, count: int, m: int, max_value: int | None = None, dtype: type = np.int64
+) -> np.ndarray:
+    """Read ``count`` Golomb codes with parameter ``m``, each at most ``max_value``, as int64 (or ``dtype``).
+
+    The quotients are checked against ``max_value // m`` before the values
+    are formed, so a hostile quotient can neither wrap int64 nor pass as a
+    small value; remainders are read in chunks into the quotients' array,
+    so the result (8 bytes a symbol, 4 with ``dtype=np.int32`` when
+    ``max_value`` fits it) is all the memory the decode keeps.
+    """
     if not 1 <= m <= MAX_GOLOMB_M:
         raise DecodeError(f"Golomb parameter {m} is out of range 1..{MAX_GOLOMB_M}")
     if count < 0:
         raise DecodeError(f"negative symbol count {count}")
-    q = reader.read_unary(count, "Golomb quotients")
-    if q.size and int(q.max()) > MAX_UNARY:
-        raise LimitExceededError(f"a Golomb quotient of {int(q.max())} exceeds {MAX_UNARY}")
+    if count > reader.remaining:
+        raise TruncatedPayloadError(f"{count} Golomb codes declared in {reader.remaining} bits")
+    limit = min(1 << 62, np.iinfo(dtype).max, (1 << 62) if max_value is None else int(max_value))
+    if limit < 0:
+        raise DecodeError(f"Golomb values bounded by {max_value}: no value can be read")
+    out = reader.read_unary(count, "Golomb quotients", dtype)
+    top = int(out.max()) if out.size else 0
+    if top > MAX_UNARY:
+        raise LimitExceededError(f"a Golomb quotient of {top} exceeds {MAX_UNARY}")
+    if top > limit // m:
+        raise LimitExceededError(f"Golomb value out of range: a quotient of {top} with M = {m} exceeds {limit}")
     b, u = _split(m)
     if b == 0:
-        return q
-    head = reader.read_array(count, b - 1, "Golomb remainders").astype(np.int64)
-    long = head >= u
-    ext = reader.read_bits(int(long.sum()), "Golomb remainder extensions").astype(np.int64)
-    r = head.copy()
-    r[long] = 2 * head[long] + ext - u
-    return q * m + r
+        return out
+    heads = reader.pos
+    reader.skip(count * (b - 1), "Golomb remainders")
+    for start in range(0, count, CHUNK_FIELDS):
+        stop = min(count, start + CHUNK_FIELDS)
+        r = reader.peek_array(heads + start * (b - 1), stop - start, b - 1, "Golomb remainders").astype(np.int64)
+        long = r >= u
+        ext = reader.read_bits(int(np.count_nonzero(long)), "Golomb remainder extensions").astype(np.int64)
+        r[long] = 2 * r[long] + ext - u
+        values = out[start:stop].astype(np.int64) * m + r
+        if int(values.max()) > limit:
+            raise LimitExceededError(f"Golomb value out of range: {int(values.max())} exceeds {limit}")
+        out[start:stop] = values
+    return out
 
 
 def rice_encode(values: np.ndarray, k: int, writer: BitWriter | None = None) -> BitWriter:
@@ -140,50 +178,114 @@ def rice_decode(reader: BitReader, count: int, k: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- Elias
 
 
+def _positive_u64(values: np.ndarray | list[int], code: str) -> np.ndarray:
+    """The values as uint64, each checked to be an integer ≥ 1 (Python ints up to 2^64 − 1 included)."""
+    if not isinstance(values, np.ndarray):
+        values = list(np.asarray(values, dtype=object).reshape(-1))
+        if any(not isinstance(x, (int, np.integer)) or not 1 <= int(x) < 1 << 64 for x in values):
+            raise ValueError(f"{code} codes take integers in 1..2^64 - 1")
+        return np.array([int(x) for x in values], dtype=np.uint64)
+    v = values.reshape(-1)
+    if v.size and (v.dtype.kind not in "iu" or int(v.min()) < 1):
+        raise ValueError(f"{code} codes take integers >= 1, got {v.dtype} down to {v.min()}")
+    return v.astype(np.uint64)
+
+
 def elias_gamma_encode(values: np.ndarray | list[int], writer: BitWriter | None = None) -> BitWriter:
-    """Elias-γ of x ≥ 1: ⌊log₂ x⌋ zeros, then x in binary (⌊log₂ x⌋ + 1 bits)."""
+    """Elias-γ of x ≥ 1: ⌊log₂ x⌋ zeros, then x in binary (⌊log₂ x⌋ + 1 bits).
+
+    The zeros are x's own leading zeros when x is written in 2⌊log₂ x⌋ + 1
+    bits, so the codeword is one variable-width field.
+    """
     w = writer if writer is not None else BitWriter()
-    for x in np.asarray(values, dtype=np.uint64).reshape(-1).tolist():
-        if x < 1:
-            raise ValueError("Elias-gamma codes take integers >= 1")
-        n = x.bit_length() - 1
-        w.write(0, n)
-        w.write(x, n + 1)
+    x = _positive_u64(values, "Elias-gamma")
+    if x.size:
+        w.write_fields(x, 2 * bit_lengths(x) - 1)
     return w
-
-
-def elias_gamma_decode(reader: BitReader, count: int = 1) -> np.ndarray:
-    out = np.zeros(count, dtype=np.uint64)
-    for i in range(count):
-        n = 0
-        while reader.read(1, "Elias-gamma prefix") == 0:
-            n += 1
-            if n >= 64:
-                raise DecodeError("Elias-gamma prefix longer than 63 zeros: not a 64-bit count")
-        out[i] = (1 << n) | reader.read(n, "Elias-gamma value") if n else 1
-    return out
 
 
 def elias_delta_encode(values: np.ndarray | list[int], writer: BitWriter | None = None) -> BitWriter:
     """Elias-δ of x ≥ 1: γ(⌊log₂ x⌋ + 1), then x without its leading one."""
     w = writer if writer is not None else BitWriter()
-    for x in np.asarray(values, dtype=np.uint64).reshape(-1).tolist():
-        if x < 1:
-            raise ValueError("Elias-delta codes take integers >= 1")
-        n = x.bit_length() - 1
-        elias_gamma_encode([n + 1], w)
-        w.write(x & ((1 << n) - 1), n)
+    x = _positive_u64(values, "Elias-delta")
+    if x.size:
+        length = bit_lengths(x)  # ⌊log₂ x⌋ + 1, at most 64
+        low = x & ((np.uint64(1) << (length - 1).astype(np.uint64)) - np.uint64(1))
+        fields = np.stack([length.astype(np.uint64), low], axis=1).reshape(-1)
+        widths = np.stack([2 * bit_lengths(length) - 1, length - 1], axis=1).reshape(-1)
+        w.write_fields(fields, widths)
     return w
 
 
-def elias_delta_decode(reader: BitReader, count: int = 1) -> np.ndarray:
-    out = np.zeros(count, dtype=np.uint64)
+_SCAN_OK, _SCAN_TRUNCATED, _SCAN_PREFIX, _SCAN_LENGTH = 0, 1, 2, 3
+
+
+@njit(cache=True)
+def _elias_scan(bits, pos, end, count, delta, out):  # pragma: no cover - compiled
+    """Parse ``count`` Elias-γ (or δ) codes from the 0/1 array ``bits[pos:end]`` into ``out``.
+
+    Returns (new position, codes read, status): a prefix of more than 63
+    zeros, a δ length above 64 or the end of the stream stops the scan
+    with its status; nothing is read past ``end``.
+    """
+    one = np.uint64(1)
     for i in range(count):
-        n = int(elias_gamma_decode(reader, 1)[0]) - 1
-        if n > 63:
-            raise DecodeError(f"Elias-delta length {n + 1} exceeds 64 bits")
-        out[i] = (1 << n) | reader.read(n, "Elias-delta value") if n else 1
+        zeros = 0
+        while pos < end and bits[pos] == 0:
+            zeros += 1
+            pos += 1
+            if zeros > 63:
+                return pos, i, _SCAN_PREFIX
+        if pos + zeros + 1 > end:
+            return pos, i, _SCAN_TRUNCATED
+        v = np.uint64(0)
+        for j in range(zeros + 1):
+            v = (v << one) | np.uint64(bits[pos + j])
+        pos += zeros + 1
+        if delta:
+            if v > np.uint64(64):
+                return pos, i, _SCAN_LENGTH
+            rest = np.int64(v) - 1
+            if pos + rest > end:
+                return pos, i, _SCAN_TRUNCATED
+            x = one
+            for j in range(rest):
+                x = (x << one) | np.uint64(bits[pos + j])
+            pos += rest
+            v = x
+        out[i] = v
+    return pos, count, _SCAN_OK
+
+
+def _elias_decode(reader: BitReader, count: int, delta: bool) -> np.ndarray:
+    code = "Elias-delta" if delta else "Elias-gamma"
+    if count < 0:
+        raise DecodeError(f"{code}: negative code count {count}")
+    if count > reader.remaining:  # every codeword takes at least one bit
+        raise TruncatedPayloadError(f"{code}: {count} codes declared in {reader.remaining} bits")
+    out = np.zeros(count, dtype=np.uint64)
+    if count == 0:
+        return out
+    start = reader.pos
+    pos, done, status = _elias_scan(reader.bits, start, reader.end, count, delta, out)
+    if status == _SCAN_PREFIX:
+        raise DecodeError(f"{code} prefix longer than 63 zeros at bit {pos}: not a 64-bit count")
+    if status == _SCAN_LENGTH:
+        raise DecodeError(f"Elias-delta length above 64 bits in code #{done} at bit {pos}")
+    if status == _SCAN_TRUNCATED:
+        raise TruncatedPayloadError(f"bit stream ends in {code} code #{done} of {count} at bit {pos}")
+    reader.skip(pos - start, code)
     return out
+
+
+def elias_gamma_decode(reader: BitReader, count: int = 1) -> np.ndarray:
+    """Read ``count`` Elias-γ codes (uint64, each ≥ 1 and < 2^64)."""
+    return _elias_decode(reader, count, delta=False)
+
+
+def elias_delta_decode(reader: BitReader, count: int = 1) -> np.ndarray:
+    """Read ``count`` Elias-δ codes (uint64, each ≥ 1 and < 2^64)."""
+    return _elias_decode(reader, count, delta=True)
 
 
 # ----------------------------------------------------------------------------- sparse index sets
@@ -222,8 +324,8 @@ def decode_indices(reader: BitReader, n: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     if k == n:
         return np.arange(n, dtype=np.int64)
-    gaps = golomb_decode(reader, k, index_golomb_parameter(k, n))
-    idx = np.cumsum(gaps + 1) - 1
+    gaps = golomb_decode(reader, k, index_golomb_parameter(k, n), max_value=n - k)
+    idx = np.cumsum(gaps + 1, dtype=np.int64) - 1
     if idx[-1] >= n:
         raise DecodeError(f"index {int(idx[-1])} out of range for n = {n}")
     return idx

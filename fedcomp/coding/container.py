@@ -15,8 +15,11 @@ Layout (all integers little-endian)::
 The decoder checks the CRC first, then every declared length against the
 bytes actually present and against :class:`DecodeLimits` before anything is
 allocated; when the receiver knows which tensors to expect (the server knows
-its model's specs) they are compared too. Every failure is a
-:class:`~fedcomp.coding.errors.DecodeError` naming the field.
+its model's specs) they are compared too (name, shape and dtype). Every
+failure is a :class:`~fedcomp.coding.errors.DecodeError` naming the field.
+A valid CRC only says the bytes arrived as sent, not that the sender is
+honest: after a codec has decoded, :func:`check_decoded` checks what came
+out (the specs' tensors, finite, within ``DecodeLimits.max_abs``).
 
 When both sides know the tensor list (an update against the server's own
 model, a broadcast against the client's), ``pack(..., by_digest=True)``
@@ -30,7 +33,7 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,13 +103,23 @@ class DecodeLimits:
     max_params_bytes: int = 1 << 16
     expected: tuple[TensorSpec, ...] | None = None
     """If given, the payload must hold exactly these tensors, in this order."""
+    max_abs: float = math.inf
+    """Largest magnitude a decoded floating-point value may have (NaN and ±inf are refused always).
+
+    A forged payload with a valid CRC can decode to 1e34 as easily as to
+    NaN; the receiver's bound (``federation.max_abs_value``) is what turns
+    that into a refused reply instead of a poisoned average.
+    """
 
     @classmethod
-    def for_specs(cls, specs: Sequence[TensorSpec], slack_bytes: int = 1 << 20) -> DecodeLimits:
+    def for_specs(
+        cls, specs: Sequence[TensorSpec], slack_bytes: int = 1 << 20, *, max_abs: float = math.inf
+    ) -> DecodeLimits:
         """Limits that admit exactly ``specs``: the server's own model, say.
 
         The byte bound allows the dense size of every tensor (no codec
-        should need more) plus ``slack_bytes`` of framing and side data.
+        should need more) plus ``slack_bytes`` of framing and side data;
+        ``max_abs`` bounds every decoded value (see :attr:`max_abs`).
         """
         dense = sum(s.nbytes for s in specs)
         return cls(
@@ -114,7 +127,12 @@ class DecodeLimits:
             max_tensors=len(specs),
             max_elements=sum(s.numel for s in specs),
             expected=tuple(specs),
+            max_abs=max_abs,
         )
+
+    def __post_init__(self) -> None:
+        if not self.max_abs > 0:  # NaN included
+            raise ValueError(f"max_abs must be a number > 0, got {self.max_abs!r}")
 
 
 @dataclass(frozen=True)
@@ -262,11 +280,31 @@ def unpack(data: bytes, limits: DecodeLimits | None = None) -> Payload:
     return Payload(codec, params, specs, body)
 
 
+def _refuse_constant(name: str) -> float:
+    raise DecodeError(f"codec params hold {name}: not a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise DecodeError(f"codec params hold {text[:40]}: not a finite number")
+    return value
+
+
 def _parse_params(raw: bytes) -> dict[str, Any]:
+    """The params JSON object; every way the parse can fail is a DecodeError.
+
+    ``json.loads`` raises more than JSONDecodeError on hostile input: a
+    ValueError for an integer of more than 4,300 digits (Python's int-string
+    limit), RecursionError for deep nesting, MemoryError. NaN, Infinity and
+    floats that overflow to inf are refused too: no codec writes them.
+    """
     try:
-        params = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise DecodeError(f"codec params are not a JSON object: {exc}") from None
+        params = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
+    except DecodeError:
+        raise
+    except (ValueError, RecursionError, MemoryError, OverflowError) as exc:  # UnicodeDecodeError is a ValueError
+        raise DecodeError(f"codec params are not a JSON object: {str(exc)[:200]}") from None
     if not isinstance(params, dict):
         raise DecodeError(f"codec params must be a JSON object, got {type(params).__name__}")
     return params
@@ -298,6 +336,89 @@ def _check_expected(got: tuple[TensorSpec, ...], want: tuple[TensorSpec, ...]) -
             raise SpecMismatchError(f"tensor #{i} is named {g.name!r}, expected {w.name!r}")
         if g.shape != w.shape:
             raise SpecMismatchError(f"tensor {g.name!r} has shape {g.shape}, expected {w.shape}")
+        if g.dtype != w.dtype:
+            raise SpecMismatchError(f"tensor {g.name!r} has dtype {g.dtype}, expected {w.dtype}")
+
+
+SMALL_TENSOR = 1 << 16
+"""Tensors up to this many elements are checked together (one reduction instead of one call each)."""
+
+
+def values_within(tensor: torch.Tensor, max_abs: float = math.inf) -> bool:
+    """Whether every value is finite with |x| ≤ ``max_abs``: one pass without temporaries.
+
+    ``torch.aminmax`` propagates NaN into min and max, and ±inf shows in one
+    of them, so two comparisons decide.
+    """
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    lo, hi = (float(v) for v in torch.aminmax(tensor))
+    return math.isfinite(lo) and math.isfinite(hi) and max(-lo, hi) <= max_abs
+
+
+def check_values(name: str, tensor: torch.Tensor, max_abs: float = math.inf) -> None:
+    """A decoded floating-point tensor must be finite with |x| ≤ ``max_abs``; else a DecodeError naming it.
+
+    The counts in the message are computed only for a tensor that fails.
+    """
+    if values_within(tensor, max_abs):
+        return
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        raise DecodeError(f"tensor {name!r}: {bad} values are not finite")
+    over = int((tensor.abs() > max_abs).sum())
+    largest = float(tensor.abs().max())
+    raise LimitExceededError(
+        f"tensor {name!r}: {over} values exceed the bound |x| <= {max_abs:g} (largest {largest:g})"
+    )
+
+
+def check_all_values(named: Sequence[tuple[str, torch.Tensor]], max_abs: float = math.inf) -> None:
+    """:func:`check_values` for many tensors at the cost of one pass: small tensors are reduced together.
+
+    Decoded models have dozens of small tensors (biases, BatchNorms) whose
+    per-call cost would dominate; they are concatenated per dtype and
+    checked at once, large tensors one by one. Only if something fails are
+    the tensors checked one at a time, in order, so the error names the
+    first that fails.
+    """
+    floats = [(name, t) for name, t in named if t.is_floating_point() and t.numel()]
+    small: dict[torch.dtype, list[torch.Tensor]] = {}
+    ok = True
+    for _, t in floats:
+        if t.numel() > SMALL_TENSOR:
+            ok = ok and values_within(t, max_abs)
+        else:
+            small.setdefault(t.dtype, []).append(t.reshape(-1))
+    ok = ok and all(values_within(torch.cat(group), max_abs) for group in small.values())
+    if ok:
+        return
+    for name, t in floats:
+        check_values(name, t, max_abs)
+    raise DecodeError("decoded values are out of bounds")  # pragma: no cover - a failing group has a failing member
+
+
+def check_decoded(
+    tensors: Mapping[str, torch.Tensor],
+    specs: Sequence[TensorSpec],
+    max_abs: float = math.inf,
+    what: str = "payload",
+    *,
+    values: bool = True,
+) -> None:
+    """What a codec decoded is exactly the specs' tensors (names, order, shapes, dtypes), each :func:`check_values`.
+
+    ``values=False`` skips the value pass, for a decoder that has already
+    checked every value it placed (see ``UpdateCompressor.bounds_own_values``).
+    """
+    if list(tensors) != [s.name for s in specs]:
+        raise SpecMismatchError(f"{what} decoded to tensors {list(tensors)[:8]}..., not its specs")
+    for spec in specs:
+        t = tensors[spec.name]
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != spec.shape or t.dtype != spec.dtype:
+            raise SpecMismatchError(f"{what}: tensor {spec.name!r} decoded to something else than {spec}")
+    if values:
+        check_all_values([(spec.name, tensors[spec.name]) for spec in specs], max_abs)
 
 
 def tensor_to_bytes(t: torch.Tensor) -> bytes:

@@ -39,6 +39,8 @@ from fedcomp.coding import (
     DecodeLimits,
     Payload,
     TensorSpec,
+    check_decoded,
+    check_values,
     pack,
     peek,
     specs_of,
@@ -52,7 +54,7 @@ from fedcomp.compressors.model.structure import (
     structure_from_json,
     structure_to_json,
 )
-from fedcomp.compressors.update.base import NoParams
+from fedcomp.compressors.update.base import MALFORMED, NoParams
 from fedcomp.config import ExperimentConfig, params_from_dict
 
 State = OrderedDict[str, torch.Tensor]
@@ -118,6 +120,13 @@ class ModelCompressor(ABC):
     Params: ClassVar[type] = NoParams
     payload_factor: ClassVar[float] = 1.0
     """How many dense copies of the model one payload may hold (LC's augmented Lagrangian: 2)."""
+    max_abs: float = math.inf
+    """Largest magnitude a decoded float may have (NaN and ±inf are refused always).
+
+    Set it on the client's instance (or pass ``max_abs=`` to :meth:`decode`)
+    from ``federation.max_abs_value``: a broadcast is as untrusted as any
+    payload that crossed a network.
+    """
 
     def __init__(self, params: Any, arch: Architecture, seed: int = 0) -> None:
         self.params = params if params is not None else self.Params()
@@ -152,21 +161,34 @@ class ModelCompressor(ABC):
         """Restore :meth:`state_dict` (a resumed run)."""
 
     # ------------------------------------------------------------------ client
-    def decode(self, payload: bytes) -> Received:
-        """Check the container (the structure first, then the tensors it implies); only DecodeError escapes."""
-        base = self.arch.specs(())
-        coarse = _limits(base, self.payload_factor)
-        codec, params = peek(payload, coarse)
-        if codec != self.name:
-            raise DecodeError(f"broadcast was made by {codec!r}, this client expects {self.name!r}")
-        structure = structure_from_json(params.get("structure", []))
-        parsed = unpack(payload, _limits(self.arch.specs(structure), self.payload_factor))
+    def decode(self, payload: bytes, *, max_abs: float | None = None) -> Received:
+        """Check the container (the structure first, then the tensors it implies), decode, check what came out.
+
+        Only DecodeError escapes: any other exception the structure, the
+        container or :meth:`decode_body` raises on malformed input is turned
+        into one. The decoded state must be exactly the structure's tensors
+        (names, shapes, dtypes), and every float in it, and in an LC penalty
+        centre, finite with |x| ≤ ``max_abs`` (default: :attr:`max_abs`).
+        """
+        bound = self.max_abs if max_abs is None else max_abs
         try:
-            return self.decode_body(parsed, structure)
+            coarse = _limits(self.arch.specs(()), self.payload_factor, bound)
+            codec, params = peek(payload, coarse)
+            if codec != self.name:
+                raise DecodeError(f"broadcast was made by {codec!r}, this client expects {self.name!r}")
+            structure = structure_from_json(params.get("structure", []))
+            limits = _limits(self.arch.specs(structure), self.payload_factor, bound)
+            parsed = unpack(payload, limits)
+            received = self.decode_body(parsed, structure)
+            check_decoded(received.state, parsed.specs, limits.max_abs, f"{self.name} broadcast")
+            if isinstance(received.loss_term, ProximalTerm):
+                for name, centre in received.loss_term.centre.items():
+                    check_values(f"{name} (penalty centre)", centre, limits.max_abs)
         except DecodeError:
             raise
-        except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError, MemoryError) as exc:
-            raise DecodeError(f"{self.name}: malformed broadcast: {exc}") from exc
+        except MALFORMED as exc:
+            raise DecodeError(f"{self.name}: malformed broadcast: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        return received
 
     @abstractmethod
     def decode_body(self, parsed: Payload, structure: Structure) -> Received:
@@ -182,13 +204,15 @@ def build_model_compressor(cfg: ExperimentConfig, arch: Architecture) -> ModelCo
     return cls(cls.parse_params(section.params, "server_compression"), arch, seed=cfg.seed)
 
 
-def _limits(specs: Sequence[TensorSpec], factor: float) -> DecodeLimits:
+def _limits(specs: Sequence[TensorSpec], factor: float, max_abs: float = math.inf) -> DecodeLimits:
+    """What a client accepts for a model of ``specs``: ``factor`` dense copies plus 1 MiB, values within ``max_abs``."""
     dense = sum(s.nbytes for s in specs)
     return DecodeLimits(
         max_payload_bytes=math.ceil(factor * dense) + (1 << 20) + 64 * len(specs),
         max_tensors=len(specs),
         max_elements=sum(s.numel for s in specs),
         expected=tuple(specs),
+        max_abs=max_abs,
     )
 
 

@@ -308,11 +308,9 @@ class LCCompressor(ModelCompressor):
     # ------------------------------------------------------------------ client
     def decode_body(self, parsed: Payload, structure: Structure) -> Received:
         phase = parsed.params.get("phase")
-        mu = parsed.params.get("mu")
-        if phase not in PHASES.values():
-            raise DecodeError(f"lc: unknown phase {phase!r}")
-        if not isinstance(mu, (int, float)) or not math.isfinite(mu) or mu < 0:
-            raise DecodeError(f"lc: μ must be a finite number >= 0, got {mu!r}")
+        if type(phase) is not int or phase not in PHASES.values():
+            raise DecodeError(f"lc: unknown phase {phase!r:.40}")
+        mu = _penalty(parsed.params.get("mu"))
         specs = parsed.specs
         compressed = [s for s in specs if s.name in self.forms]
         body, pos = parsed.body, 0
@@ -336,6 +334,17 @@ class LCCompressor(ModelCompressor):
             state = OrderedDict((s.name, centre[s.name] if s.name in centre else state[s.name]) for s in specs)
         loss = ProximalTerm(centre, mu) if phase != PHASES["reference"] and mu > 0 else None
         return Received(state, structure, loss)
+
+
+def _penalty(mu: Any) -> float:
+    """μ from the params: a finite number ≥ 0 (an int of 400 digits is no μ either)."""
+    try:
+        value = float(mu) if type(mu) in (int, float) else math.nan
+    except OverflowError:
+        value = math.inf
+    if not (math.isfinite(value) and value >= 0):
+        raise DecodeError(f"lc: μ must be a finite number >= 0, got {mu!r:.40}")
+    return value
 
 
 def delta_of(forms: list[Form], thetas: list[Any], spec: TensorSpec) -> torch.Tensor:

@@ -71,8 +71,9 @@ def _write_floats(values: np.ndarray, fmt: str, w: BitWriter) -> None:
 
 
 def _read_floats(r: BitReader, count: int, fmt: str, field: str) -> np.ndarray:
+    """``count`` floats of ``fmt`` from any bit position: one byte of memory per payload byte, then the values."""
     size = 4 if fmt == "fp32" else 2
-    raw = r.read_array(count * size, 8, field).astype(np.uint8).tobytes()
+    raw = r.read_bytes(count * size, field)
     values = unpack_values(raw, fmt, count).numpy().astype(np.float64)
     if not np.all(np.isfinite(values)):
         raise DecodeError(f"{field}: values must be finite")

@@ -9,10 +9,19 @@ encode also returns ``sent``: the update exactly as the receiver will
 decode it, which is what error feedback (:mod:`.feedback`, shared by all
 compressors) subtracts to get the residual. Bytes are never counted here:
 the strategy counts ``len(payload)``.
+
+Decoding is where an untrusted client's bytes meet the server, so
+:meth:`UpdateCompressor.decode` owns the guarantees every codec gets for
+free: the container is checked before the body is read, the body's
+decoder can only fail with a :class:`~fedcomp.coding.DecodeError` (any
+other exception it raises on malformed input is turned into one), and
+what it decoded must be exactly the expected tensors with finite values
+of at most ``limits.max_abs`` (:func:`~fedcomp.coding.check_decoded`).
 """
 
 from __future__ import annotations
 
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedcomp.coding import DecodeError, DecodeLimits, TensorSpec, unpack
+from fedcomp.coding import DecodeError, DecodeLimits, TensorSpec, check_decoded, unpack
 from fedcomp.config import params_from_dict
 
 Update = Mapping[str, torch.Tensor]
@@ -58,6 +67,15 @@ class UpdateCompressor(ABC):
     Params: ClassVar[type] = NoParams
     error_feedback_default: ClassVar[bool] = False
     """Whether error feedback is on unless the config says otherwise."""
+    bounds_own_values: ClassVar[bool] = False
+    """True if :meth:`decode_body` takes ``max_abs=`` and checks every value it places itself.
+
+    For the sparse codecs: their output is zeros except for the k values
+    they read, so checking those k values bounds the whole update in O(k),
+    where a second pass over the dense update would add 11–16% to their
+    decode at ResNet-18 size. Other codecs leave it False and get the
+    generic pass over every decoded tensor.
+    """
 
     def __init__(self, params: Any = None, seed: int = 0) -> None:
         self.params = params if params is not None else self.Params()
@@ -82,13 +100,39 @@ class UpdateCompressor(ABC):
         """Rebuild the update from the container's parts."""
 
     def decode(self, payload: bytes, limits: DecodeLimits) -> dict[str, torch.Tensor]:
-        """Check the container, then decode its body; only DecodeError escapes."""
-        parsed = unpack(payload, limits)
-        if parsed.codec != self.name:
-            raise DecodeError(f"payload was made by codec {parsed.codec!r}, expected {self.name!r}")
+        """Check the container, decode its body, check what came out; only DecodeError escapes.
+
+        Every decoded tensor must have its spec's name, shape and dtype and
+        hold finite values with |x| ≤ ``limits.max_abs`` (infinite by
+        default; the server sets ``federation.max_abs_value`` through
+        ``DecodeLimits.for_specs(specs, max_abs=...)``): a forged payload
+        with a valid CRC that decodes to NaN, inf or 1e34 is refused here,
+        naming the tensor, before it can reach an average.
+        """
         try:
-            return self.decode_body(parsed.params, parsed.specs, parsed.body)
+            parsed = unpack(payload, limits)
+            if parsed.codec != self.name:
+                raise DecodeError(f"payload was made by codec {parsed.codec!r}, expected {self.name!r}")
+            if self.bounds_own_values:
+                out = self.decode_body(parsed.params, parsed.specs, parsed.body, max_abs=limits.max_abs)
+            else:
+                out = self.decode_body(parsed.params, parsed.specs, parsed.body)
+            check_decoded(out, parsed.specs, limits.max_abs, f"{self.name} payload", values=not self.bounds_own_values)
         except DecodeError:
             raise
-        except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError, MemoryError) as exc:
-            raise DecodeError(f"{self.name}: malformed body: {exc}") from exc
+        except MALFORMED as exc:
+            raise DecodeError(f"{self.name}: malformed body: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        return out
+
+
+MALFORMED = (
+    ValueError,
+    LookupError,
+    TypeError,
+    RuntimeError,
+    ArithmeticError,
+    MemoryError,
+    AttributeError,
+    struct.error,
+)
+"""What a decoder's arithmetic and indexing raise on input it was not written for: all become DecodeError."""

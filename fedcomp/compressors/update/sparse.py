@@ -9,6 +9,7 @@ A tensor whose selection is everything costs only its count.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,10 +23,12 @@ from fedcomp.coding import (
     BitWriter,
     DecodeError,
     TensorSpec,
+    check_values,
     decode_indices,
     encode_indices,
     pack,
     unpack_values,
+    values_within,
 )
 from fedcomp.coding.values import BYTES_PER_VALUE, VALUE_FORMATS, pack_values
 from fedcomp.config import require
@@ -75,25 +78,34 @@ def encode_sparse(
     return pack(codec, {"values": value_format}, specs, body, by_digest=True), sent
 
 
-def decode_sparse(params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`encode_sparse`."""
+def decode_sparse(
+    params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes, max_abs: float = math.inf
+) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`encode_sparse`; every value read must be finite with |x| ≤ ``max_abs`` (else DecodeError).
+
+    The rest of each tensor is zero, so checking the k values read (all of
+    them at once: they lie back to back) bounds the whole decoded update
+    (``UpdateCompressor.bounds_own_values``).
+    """
     fmt = params.get("values")
     if fmt not in VALUE_FORMATS:
-        raise DecodeError(f"sparse payload: unknown value format {fmt!r}")
+        raise DecodeError(f"sparse payload: unknown value format {fmt!r:.40}")
     reader = BitReader(body)
     index_sets = [decode_indices(reader, spec.numel) for spec in specs]
     offset = (reader.pos + 7) // 8
-    width = BYTES_PER_VALUE[fmt]
-    need = sum(len(i) for i in index_sets) * width
+    total = sum(len(i) for i in index_sets)
+    need = total * BYTES_PER_VALUE[fmt]
     if len(body) - offset != need:
         raise DecodeError(f"sparse payload: {len(body) - offset} value bytes after the indices, {need} expected")
+    values = unpack_values(body[offset:], fmt, total)
+    bounds = np.cumsum([0, *(len(i) for i in index_sets)])
+    if not values_within(values, max_abs):  # name the first tensor whose values fail
+        for spec, start, stop in zip(specs, bounds[:-1], bounds[1:], strict=True):
+            check_values(spec.name, values[start:stop], max_abs)
     out = OrderedDict()
-    for spec, idx in zip(specs, index_sets, strict=True):
-        nbytes = len(idx) * width
-        vals = unpack_values(body[offset : offset + nbytes], fmt, len(idx))
-        offset += nbytes
+    for spec, idx, start, stop in zip(specs, index_sets, bounds[:-1], bounds[1:], strict=True):
         dense = torch.zeros(spec.numel, dtype=torch.float32)
-        dense[torch.from_numpy(idx)] = vals
+        dense[torch.from_numpy(idx)] = values[start:stop]
         out[spec.name] = dense.view(spec.shape)
     return out
 

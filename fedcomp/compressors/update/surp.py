@@ -59,6 +59,17 @@ paper's LeNet-5 experiment is unaffected (few, similar layers).
   compiled (:mod:`surp_kernel`): O(n + L log n) for L iterations, never
   O(n·L).
 
+**What a decoder accepts** (clients are untrusted; the checks follow from
+the encoder, so no stream it writes is refused): at most
+``sides·(50·n + 1000)`` picks (the encoder's own ``max_iter`` with the
+target at its largest, n) and at most one refresh per iteration plus one;
+skips below n and M ≤ 2n + 2; refresh steps below
+:func:`max_refresh_steps` (beyond it λ would have left the float64 range
+from any λ₀); every pick's τ at most 2 (τ is below a normalized magnitude,
+which is at most 1). The replay runs in chunks (:data:`DECODE_CHUNK`
+symbols), so besides the symbols (4 bytes each) it keeps O(n): time
+O(payload bits + picks + n), memory O(payload + n).
+
 **Algorithm 1** (``algorithm = 1``): the signed normalized weights
 u⁽ˡ⁾ = w⁽ˡ⁾/‖w⁽ˡ⁾‖₁, threshold (1/λ)·log(n/(2β)), one positive coordinate
 (u > τ, τ subtracted) and one negative one (u < −τ, τ added) per iteration,
@@ -89,6 +100,8 @@ from fedcomp.coding import (
     DecodeError,
     LimitExceededError,
     TensorSpec,
+    TruncatedPayloadError,
+    check_values,
     elias_delta_decode,
     elias_delta_encode,
     elias_gamma_decode,
@@ -97,6 +110,7 @@ from fedcomp.coding import (
     golomb_encode,
     golomb_parameter_for,
     pack,
+    values_within,
 )
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update import surp_kernel as kernel
@@ -106,52 +120,32 @@ from fedcomp.seeding import derive_seed
 
 SURP_ORDER = 12  # seeding purpose
 pow_by_squaring = kernel.pow_by_squaring
+MAX_ITER_PER_TARGET, MAX_ITER_BASE = 50, 1000
+"""The encoder stops after ``50·target + 1000`` iterations (target ≤ n): the decoder's bound on picks."""
+DECODE_CHUNK = 1 << 18
+"""Symbols replayed per step of the decoder (bounds its per-pick temporaries)."""
+MAX_TAU = 2.0
+"""Largest threshold a pick may have: τ is below a normalized magnitude (≤ 1, float32 norms round)."""
 
 
 # ----------------------------------------------------------------------------- shared order
 
 
-_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-
-
-def _round_fn(x: np.ndarray, key: np.uint64, mask: np.uint64) -> np.ndarray:
-    z = (x + key) * _M1
-    z ^= z >> np.uint64(31)
-    z *= _M2
-    z ^= z >> np.uint64(29)
-    return z & mask
-
-
 @functools.lru_cache(maxsize=64)
-def _round_keys(seed: int) -> list[np.uint64]:
-    return [np.uint64(derive_seed(seed, SURP_ORDER, r)) for r in range(4)]
-
-
-def _feistel(x: np.ndarray, half: int, keys: list[np.uint64], inverse: bool) -> np.ndarray:
-    mask = np.uint64((1 << half) - 1)
-    h = np.uint64(half)
-    left, right = x >> h, x & mask
-    if not inverse:
-        for k in keys:
-            left, right = right, left ^ _round_fn(right, k, mask)
-    else:
-        for k in reversed(keys):
-            left, right = right ^ _round_fn(left, k, mask), left
-    return (left << h) | right
+def _round_keys(seed: int) -> np.ndarray:
+    return np.array([derive_seed(seed, SURP_ORDER, r) for r in range(4)], dtype=np.uint64)
 
 
 def shared_order(positions: np.ndarray, n: int, seed: int, inverse: bool = False) -> np.ndarray:
-    """π(position) → coordinate (or π⁻¹ with ``inverse``): a seeded bijection of [0, n)."""
-    x = np.asarray(positions, dtype=np.uint64).copy()
+    """π(position) → coordinate (or π⁻¹ with ``inverse``): a seeded bijection of [0, n) (compiled, one pass)."""
+    x = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
+    if x.size and (int(x.min()) < 0 or int(x.max()) >= n):
+        raise ValueError(f"shared order positions must lie in [0, {n})")
     half = max(1, (max(1, (n - 1).bit_length()) + 1) // 2)
-    keys = _round_keys(seed)
-    todo = np.ones(x.shape, dtype=bool)
-    for _ in range(10_000):  # cycle walking: each walk step lands in [0, n) with p ≥ 1/4
-        if not todo.any():
-            return x.astype(np.int64)
-        x[todo] = _feistel(x[todo], half, keys, inverse)
-        todo = x >= np.uint64(n)
-    raise RuntimeError("cycle walking did not terminate")  # pragma: no cover - probability ~ (3/4)^10000
+    out = np.empty(x.size, dtype=np.int64)
+    if kernel.feistel_order(x, n, _round_keys(seed), half, inverse, out):
+        raise RuntimeError("cycle walking did not terminate")  # pragma: no cover - probability ~ (3/4)^10000
+    return out.reshape(np.shape(positions))
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -191,9 +185,9 @@ class SurpStream:
     logf: float
     lam0: float
     norms: np.ndarray  # float32 per layer
-    symbols: list[int]  # skip + 1 per pick, or 0 for a refresh
-    steps: list[int]  # s of each refresh, in order
-    signs: list[bool]  # algorithm 2: True = negative, per distinct coordinate in first-chosen order
+    symbols: np.ndarray | Sequence[int]  # skip + 1 per pick, or 0 for a refresh
+    steps: np.ndarray | Sequence[int]  # s of each refresh, in order
+    signs: np.ndarray | Sequence[bool]  # algorithm 2: True = negative, per distinct coordinate in first-chosen order
     sides: int = 1  # picks per iteration: 1 (algorithm 2) or 2 (algorithm 1: positive, negative)
 
 
@@ -205,6 +199,7 @@ class SurpCompressor(UpdateCompressor):
     name = "surp"
     Params = SurpParams
     error_feedback_default = True
+    bounds_own_values = True  # only the picked coordinates can be nonzero: decode_body checks those
 
     def encode(self, update: Update, state: State | None = None, ctx: EncodeContext | None = None) -> Encoded:
         ctx = ctx or EncodeContext()
@@ -228,13 +223,36 @@ class SurpCompressor(UpdateCompressor):
             params["norm"] = "global"
         return Encoded(pack(self.name, params, specs, body, by_digest=True), sent, stats, dict(state or {}))
 
-    def decode_body(self, params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes) -> dict[str, torch.Tensor]:
-        sides = 2 if params.get("algorithm", 2) == 1 else 1
-        n_norms = 1 if params.get("norm") == "global" else len(specs)
+    def decode_body(
+        self, params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes, max_abs: float = math.inf
+    ) -> dict[str, torch.Tensor]:
+        sides, global_norm = decode_params(params)
         n = sum(s.numel for s in specs)
-        stream, coords = read_stream(body, n_norms, n, sides)
-        coords, taus = replay(stream, n, coords)
-        return reconstruct(list(specs), stream.norms, coords, signed_steps(stream, coords, taus, n))
+        stream, reader = read_stream(body, 1 if global_norm else len(specs), n, sides)
+        magnitudes, firsts = accumulate(stream, n)
+        if sides == 1:
+            negative = reader.read_bits(firsts.size, "surp sign bits").astype(bool)
+            magnitudes[firsts[negative]] *= -1.0  # exact: float addition is symmetric in sign
+        reader.expect_end("surp stream")
+        out = denormalize(list(specs), stream.norms, magnitudes)
+        if not picked_within(list(specs), stream.norms, magnitudes, firsts, max_abs):
+            for name, tensor in out.items():  # name the first tensor that fails
+                check_values(name, tensor, max_abs)
+        return out
+
+
+def decode_params(params: dict[str, Any]) -> tuple[int, bool]:
+    """(picks per iteration, global normalization) from the container params; DecodeError for anything else."""
+    unknown = sorted(set(params) - {"algorithm", "norm"})
+    if unknown:
+        raise DecodeError(f"surp: unknown params {unknown}")
+    algorithm = params.get("algorithm", 2)
+    if type(algorithm) is not int or algorithm not in (1, 2):
+        raise DecodeError(f"surp: algorithm must be 1 or 2, got {algorithm!r:.40}")
+    norm = params.get("norm", "layer")
+    if norm not in ("layer", "global"):
+        raise DecodeError(f"surp: norm must be 'layer' or 'global', got {norm!r:.40}")
+    return (2 if algorithm == 1 else 1), norm == "global"
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -294,10 +312,10 @@ def run_encoder(
         else:
             break
     coords = out_coord[:n_pick].copy()
-    signs: list[bool] = []
+    signs = np.zeros(0, dtype=bool)
     if sides == 1 and coords.size:
-        signs = (u[kernel.first_chosen(coords, n)] < 0).tolist()
-    stream = SurpStream(seed, logf, lam0, norms, out_sym[:n_sym].tolist(), out_steps[:n_steps].tolist(), signs, sides)
+        signs = u[kernel.first_chosen(coords, n)] < 0
+    stream = SurpStream(seed, logf, lam0, norms, out_sym[:n_sym].copy(), out_steps[:n_steps].copy(), signs, sides)
     stats = {"iterations": float(iterations), "refreshes": float(n_steps)}
     return stream, coords, out_tau[:n_pick].copy(), stats
 
@@ -365,14 +383,38 @@ def write_stream(s: SurpStream) -> bytes:
     m = golomb_parameter_for(symbols) if symbols.size else 1
     elias_delta_encode([m], w)
     golomb_encode(symbols, m, w)
-    if s.steps:
-        elias_gamma_encode(s.steps, w)
-    w.write_bits(np.array(s.signs, dtype=np.uint8))
+    if len(s.steps):
+        elias_gamma_encode(s.steps if isinstance(s.steps, np.ndarray) else list(s.steps), w)
+    w.write_bits(np.asarray(s.signs, dtype=np.uint8))
     return _HEAD.pack(s.seed, s.logf, s.lam0) + s.norms.astype("<f4").tobytes() + w.getvalue()
 
 
-def read_stream(body: bytes, n_layers: int, n: int, sides: int = 1) -> tuple[SurpStream, np.ndarray]:
-    """Parse a body into its stream and the coordinate of every pick (validated against ``n``)."""
+def max_picks(n: int, sides: int) -> int:
+    """The most picks an encoder writes for n coordinates: ``sides`` per iteration, ``50·n + 1000`` iterations."""
+    return sides * (MAX_ITER_PER_TARGET * n + MAX_ITER_BASE)
+
+
+def max_refresh_steps(n: int, logf: float, sides: int) -> int:
+    """The largest refresh an encoder can send: past it factor^s > 2^4096, so λ has overflowed from any λ₀.
+
+    λ₀ ≥ 2^-1074 and λ overflows at 2^1024: once factor^s exceeds 2^4096
+    every later τ is 0, and the encoder's refresh (the smallest s that puts
+    τ below a positive residual) stops long before. The kernel is safe for
+    any non-negative int64; this bound keeps a decoded count meaningful.
+    """
+    factor = n / (n - sides * logf)
+    if not factor > 1.0:
+        return (1 << 62) - 1  # logf = 0: τ is 0 throughout, the count changes nothing
+    return min((1 << 62) - 1, math.ceil(4096.0 / math.log2(factor)))
+
+
+def read_stream(body: bytes, n_layers: int, n: int, sides: int = 1) -> tuple[SurpStream, BitReader]:
+    """Parse a body up to its sign bits, every field checked against ``n`` and the bits present.
+
+    Returns the stream (symbols as int32 arrays when n fits, steps as int64,
+    no signs yet) and the reader standing at the sign bits, whose count the
+    replay decides.
+    """
     head = _HEAD.size + 4 * n_layers
     if len(body) < head:
         raise DecodeError(f"surp: body of {len(body)} bytes is shorter than its {head}-byte header")
@@ -384,43 +426,122 @@ def read_stream(body: bytes, n_layers: int, n: int, sides: int = 1) -> tuple[Sur
         raise DecodeError("surp: layer norms must be finite and >= 0")
     r = BitReader(body[head:])
     count = int(elias_delta_decode(r, 1)[0]) - 1
+    most = max_picks(n, sides) + max_picks(n, sides) // sides + 1
     if count > r.remaining:
-        raise LimitExceededError(f"surp: {count} symbols declared in {r.remaining} bits")
+        raise TruncatedPayloadError(f"surp: {count} symbols declared in {r.remaining} bits")
+    if count > most:
+        raise LimitExceededError(f"surp: {count} symbols declared, at most {most} for n = {n}")
     m = int(elias_delta_decode(r, 1)[0])
-    symbols = golomb_decode(r, count, m)
-    if symbols.size and int(symbols.max()) > n:
-        raise DecodeError(f"surp: a skip of {int(symbols.max()) - 1} positions exceeds n = {n}")
-    n_ref = int((symbols == 0).sum())
-    steps = elias_gamma_decode(r, n_ref).astype(np.int64).tolist() if n_ref else []
-    stream = SurpStream(seed, logf, lam0, norms, symbols.tolist(), steps, [], sides)
-    coords = pick_coords(stream, n)
-    if sides == 1:
-        distinct = kernel.first_chosen(coords, n).size
-        stream.signs = r.read_bits(distinct, "surp sign bits").astype(bool).tolist()
-    r.expect_end("surp stream")
-    return stream, coords
+    if m > 2 * n + 2:
+        raise LimitExceededError(f"surp: Golomb parameter M = {m} for skips below n = {n}")
+    symbols = golomb_decode(r, count, m, max_value=n, dtype=np.int32 if n < 1 << 31 else np.int64)
+    n_ref = int(np.count_nonzero(symbols == 0))
+    picks = count - n_ref
+    if picks > max_picks(n, sides):
+        raise LimitExceededError(f"surp: {picks} picks, at most {max_picks(n, sides)} for n = {n}")
+    if n_ref > picks // sides + 1:
+        raise DecodeError(f"surp: {n_ref} refreshes for {picks // sides} iterations (at most one each, plus one)")
+    if picks and n < 2:
+        raise DecodeError("surp: iterations on fewer than 2 coordinates")
+    if picks and lam0 <= 0:
+        raise DecodeError("surp: iterations without a threshold (λ₀ = 0)")
+    steps = elias_gamma_decode(r, n_ref)
+    limit = max_refresh_steps(n, logf, sides)
+    if n_ref and int(steps.max()) > limit:
+        raise LimitExceededError(f"surp: a refresh of {int(steps.max())} steps, at most {limit} for n = {n}")
+    return SurpStream(seed, logf, lam0, norms, symbols, steps.astype(np.int64), np.zeros(0, bool), sides), r
+
+
+def accumulate(stream: SurpStream, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Replay the stream in chunks: Σ τ per coordinate (signed by slot for algorithm 1) and the first-chosen order.
+
+    The same λ schedule as :func:`replay` and the same additions in the
+    same order as :func:`reconstruct`, so the result is bit-identical to
+    the encoder's (algorithm 2's signs are applied after, see
+    :meth:`SurpCompressor.decode_body`); but no per-pick array outlives
+    its chunk of :data:`DECODE_CHUNK` symbols.
+    """
+    symbols = np.asarray(stream.symbols)
+    steps = np.asarray(stream.steps, dtype=np.int64)
+    sides = stream.sides
+    total = np.zeros(n, dtype=np.float64)
+    seen = np.zeros(n, dtype=np.bool_)
+    order = np.empty(n, dtype=np.int64)
+    if symbols.size == 0:
+        return total, order[:0]
+    factor = n / (n - sides * stream.logf)
+    cursor = np.zeros(sides, dtype=np.int64)  # each side's position in the shared order, mod n
+    taus = np.empty(min(symbols.size, DECODE_CHUNK), dtype=np.float64)
+    lam, j, in_group, done, distinct = stream.lam0, 0, 0, 0, 0
+    for start in range(0, symbols.size, DECODE_CHUNK):
+        chunk = symbols[start : start + DECODE_CHUNK]
+        k, j, lam, in_group, status = kernel.replay_chunk(
+            chunk, steps, j, sides, stream.logf, lam, factor, in_group, taus
+        )
+        if status:
+            raise DecodeError(f"surp: {REPLAY_FAULTS.get(status, f'replay status {status}')}")
+        if k == 0:
+            continue
+        tau = taus[:k]
+        if not float(tau.max()) <= MAX_TAU:
+            raise DecodeError(f"surp: a threshold of {float(tau.max())!r} exceeds {MAX_TAU} (λ₀ = {stream.lam0!r})")
+        coords = shared_order(_positions(chunk[chunk > 0], cursor, done, n, sides), n, stream.seed)
+        distinct = kernel.mark_first(coords, seen, order, distinct)
+        if sides == 2:
+            tau = np.where((done + np.arange(k)) % 2 == 1, -tau, tau)
+        np.add.at(total, coords, tau)
+        done += k
+    if in_group:
+        raise DecodeError("surp: the stream ends inside a ± pair of algorithm 1")
+    return total, order[:distinct]
+
+
+REPLAY_FAULTS = {
+    kernel.REPLAY_SPLIT: "a refresh splits a ± pair of algorithm 1",
+    kernel.REPLAY_BAD_STEP: "a refresh with a negative step count",
+    kernel.REPLAY_STEPS_SHORT: "more refreshes than refresh steps",
+}
+
+
+def _positions(picks: np.ndarray, cursor: np.ndarray, done: int, n: int, sides: int) -> np.ndarray:
+    """Each pick's position in the shared order: its side's cursor advanced by the symbols (cursor updated)."""
+    pos = np.empty(picks.size, dtype=np.int64)
+    for side in range(sides):
+        first = (side - done) % sides  # picks alternate sides from the very first one
+        steps = np.cumsum(picks[first::sides]) + cursor[side]
+        if steps.size:
+            pos[first::sides] = (steps - 1) % n
+            cursor[side] = steps[-1] % n
+    return pos
 
 
 def pick_coords(stream: SurpStream, n: int) -> np.ndarray:
     """The coordinate of every pick: each side's cursor advances by its symbols over the shared order."""
-    symbols = np.array(stream.symbols, dtype=np.int64)
+    symbols = np.asarray(stream.symbols, dtype=np.int64)
     picks = symbols[symbols > 0]
     if picks.size == 0:
         return np.zeros(0, np.int64)
     if n < 2:
         raise DecodeError("surp: iterations on fewer than 2 coordinates")
-    pos = np.empty(picks.size, np.int64)
-    for side in range(stream.sides):
-        pos[side :: stream.sides] = (np.cumsum(picks[side :: stream.sides]) - 1) % n
-    return shared_order(pos, n, stream.seed)
+    coords = np.empty(picks.size, np.int64)
+    cursor = np.zeros(stream.sides, dtype=np.int64)
+    for start in range(0, picks.size, DECODE_CHUNK):  # chunks keep the cursor sums far from int64's end
+        part = picks[start : start + DECODE_CHUNK]
+        coords[start : start + part.size] = shared_order(
+            _positions(part, cursor, start, n, stream.sides), n, stream.seed
+        )
+    return coords
 
 
 def replay(stream: SurpStream, n: int, coords: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The decoder's λ schedule: (coordinate, τ) of every pick, bit-identical to the encoder."""
+    """The λ schedule in one piece: (coordinate, τ) of every pick, bit-identical to the encoder.
+
+    For encoder-made streams (tests, analysis); a decoder replays in bounded chunks with :func:`accumulate`.
+    """
     coords = pick_coords(stream, n) if coords is None else coords
     if coords.size and stream.lam0 <= 0:
         raise DecodeError("surp: iterations without a threshold (λ₀ = 0)")
-    if not stream.symbols:
+    if not len(stream.symbols):
         return coords, np.zeros(0)
     factor = n / (n - stream.sides * stream.logf)
     symbols = np.array(stream.symbols, dtype=np.int64)
@@ -453,11 +574,37 @@ def reconstruct(
     n = sum(s.numel for s in specs)
     recon = np.zeros(n, dtype=np.float64)
     np.add.at(recon, coords, steps)
+    return denormalize(specs, norms, recon)
+
+
+def picked_within(
+    specs: list[TensorSpec], norms: np.ndarray, recon: np.ndarray, picked: np.ndarray, max_abs: float
+) -> bool:
+    """Whether the decoded values at the picked coordinates (the only nonzero ones) are finite and within ``max_abs``.
+
+    Computed exactly as :func:`denormalize` computes them (float64 product,
+    then float32), in O(picked) instead of a pass over the dense update.
+    """
+    if picked.size == 0:
+        return True
+    if len(norms) == 1:
+        scale: np.ndarray | np.float64 = np.float64(norms[0])
+    else:
+        ends = np.cumsum([s.numel for s in specs])
+        scale = norms.astype(np.float64)[np.searchsorted(ends, picked, side="right")]
+    with np.errstate(over="ignore"):
+        values = (recon[picked] * scale).astype(np.float32)
+    return values_within(torch.from_numpy(values), max_abs)
+
+
+def denormalize(specs: list[TensorSpec], norms: np.ndarray, recon: np.ndarray) -> dict[str, torch.Tensor]:
+    """The normalized reconstruction times each layer's norm (or the one global norm), as float32 tensors."""
     if len(norms) == 1 and len(specs) > 1:
         norms = np.repeat(norms, len(specs))
     out, offset = OrderedDict(), 0
     for spec, norm in zip(specs, norms, strict=True):
         part = recon[offset : offset + spec.numel] * np.float64(norm)
-        out[spec.name] = torch.from_numpy(part.astype(np.float32)).view(spec.shape)
+        with np.errstate(over="ignore"):  # a hostile norm overflows to inf: the output check refuses it
+            out[spec.name] = torch.from_numpy(part.astype(np.float32)).view(spec.shape)
         offset += spec.numel
     return out

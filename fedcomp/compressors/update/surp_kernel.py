@@ -1,4 +1,4 @@
-"""SuRP's sequential loop, compiled: the encoder's iterations and the decoder's λ schedule.
+"""SuRP's sequential loops, compiled: the encoder's iterations, the decoder's λ schedule, the shared order.
 
 SuRP is sequential by nature (each threshold depends on every earlier
 choice), so its inner loop runs one step per iteration. In Python that is
@@ -25,8 +25,15 @@ so each heap needs at most as many slots as the side has revealed
 coordinates. Cost: O(log R) per iteration and O(β log β) per refresh.
 
 Thresholds are float64 and computed by the same multiplications in the same
-order here and in :func:`replay_taus`, so encoder and decoder agree bit for
-bit (no fastmath).
+order here and in :func:`replay_taus` / :func:`replay_chunk`, so encoder and
+decoder agree bit for bit (no fastmath).
+
+The decoder's kernels take input an untrusted client wrote and hold the
+GIL while they run, so each is bounded by its input: :func:`replay_chunk`
+does one step per symbol of its chunk and at most 63 squarings per
+refresh (:func:`pow_by_squaring` refuses negative exponents instead of
+looping), :func:`mark_first` one per pick, :func:`feistel_order` an
+expected O(1) per position (at most ``MAX_WALK`` walk steps).
 """
 
 from __future__ import annotations
@@ -41,9 +48,16 @@ OK, NEED_MORE_REVEALED, NEED_MORE_CAPACITY = 0, 1, 2
 
 @njit(cache=True)
 def pow_by_squaring(base: float, exponent: int) -> float:
-    """base**exponent with float64 multiplications only (bit-identical everywhere)."""
+    """base**exponent with float64 multiplications only (bit-identical everywhere).
+
+    At most 63 squarings for any int64 exponent. A negative exponent is no
+    step count: it gives NaN rather than looping (an arithmetic shift of a
+    negative number never reaches 0, and this code holds the GIL).
+    """
+    if exponent < 0:
+        return np.nan
     result, b, e = 1.0, base, exponent
-    while e:
+    while e > 0:
         if e & 1:
             result *= b
         b *= b
@@ -60,6 +74,54 @@ def refresh_steps(lam: float, factor: float, logf: float, vref: float) -> int:
     while s > 1 and logf / (lam * pow_by_squaring(factor, s - 1)) < vref:
         s -= 1
     return s
+
+
+# ----------------------------------------------------------------------------- the shared order
+
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+MAX_WALK = 10_000
+
+
+@njit(cache=True)
+def _round_fn(x, key, mask):
+    z = (x + key) * _M1
+    z ^= z >> np.uint64(31)
+    z *= _M2
+    z ^= z >> np.uint64(29)
+    return z & mask
+
+
+@njit(cache=True)
+def feistel_order(positions, n, keys, half, inverse, out):
+    """π (or π⁻¹) of each position in [0, n): a 4-round Feistel bijection of 2·half bits, cycle-walked into [0, n).
+
+    One pass, O(1) expected per position (each walk step lands in [0, n)
+    with p ≥ 1/4); uint64 arithmetic wraps exactly as numpy's does, so
+    every platform computes the same order. Returns 1 if a walk exceeds
+    MAX_WALK steps (probability (3/4)^10000), else 0.
+    """
+    h = np.uint64(half)
+    mask = (np.uint64(1) << h) - np.uint64(1)
+    limit = np.uint64(n)
+    for i in range(positions.size):
+        x = np.uint64(positions[i])
+        done = False
+        for _ in range(MAX_WALK):
+            left, right = x >> h, x & mask
+            if not inverse:
+                for r in range(4):
+                    left, right = right, left ^ _round_fn(right, keys[r], mask)
+            else:
+                for r in range(3, -1, -1):
+                    left, right = right ^ _round_fn(left, keys[r], mask), left
+            x = (left << h) | right
+            if x < limit:
+                done = True
+                break
+        if not done:
+            return 1
+        out[i] = np.int64(x)
+    return 0
 
 
 # ----------------------------------------------------------------------------- heaps on arrays
@@ -254,7 +316,9 @@ def replay_taus(symbols, steps, sides, logf, lam0, factor):
     """τ of every pick, from the symbol stream: bit-identical to :func:`encode_loop`.
 
     Returns (taus, status): status 0, or 1 when a refresh symbol splits an
-    iteration's group of ``sides`` picks, or 2 when the stream ends inside one.
+    iteration's group of ``sides`` picks, or 2 when the stream ends inside one,
+    or 3 when a refresh has a negative step count. The decoder uses
+    :func:`replay_chunk`, which does the same in bounded pieces.
     """
     picks = 0
     for sym in symbols:
@@ -268,6 +332,8 @@ def replay_taus(symbols, steps, sides, logf, lam0, factor):
         if sym == 0:
             if in_group:
                 return taus, 1
+            if steps[j] < 0:
+                return taus, 3
             lam *= pow_by_squaring(factor, steps[j])
             j += 1
             continue
@@ -278,6 +344,56 @@ def replay_taus(symbols, steps, sides, logf, lam0, factor):
             in_group = 0
             lam *= factor
     return taus, 2 if in_group else 0
+
+
+REPLAY_OK, REPLAY_SPLIT, REPLAY_BAD_STEP, REPLAY_STEPS_SHORT = 0, 1, 3, 4
+
+
+@njit(cache=True)
+def replay_chunk(symbols, steps, j, sides, logf, lam, factor, in_group, taus):
+    """:func:`replay_taus` over one chunk of the symbols, carrying the schedule from the chunk before.
+
+    ``j`` is the next refresh's index in ``steps``, ``lam`` and ``in_group``
+    the state after the previous chunk; τ of each pick goes to ``taus``
+    (room for every pick of the chunk). Returns (picks, j, lam, in_group,
+    status): REPLAY_SPLIT when a refresh splits a group of ``sides`` picks,
+    REPLAY_BAD_STEP for a negative step, REPLAY_STEPS_SHORT when the
+    refreshes outnumber the steps.
+    """
+    k = 0
+    for sym in symbols:
+        if sym == 0:
+            if in_group:
+                return k, j, lam, in_group, REPLAY_SPLIT
+            if j >= steps.size:
+                return k, j, lam, in_group, REPLAY_STEPS_SHORT
+            if steps[j] < 0:
+                return k, j, lam, in_group, REPLAY_BAD_STEP
+            lam *= pow_by_squaring(factor, steps[j])
+            j += 1
+            continue
+        taus[k] = logf / lam
+        k += 1
+        in_group += 1
+        if in_group == sides:
+            in_group = 0
+            lam *= factor
+    return k, j, lam, in_group, REPLAY_OK
+
+
+@njit(cache=True)
+def mark_first(coords, seen, order, count):
+    """Append to ``order`` the entries of ``coords`` not ``seen`` before (marking them); returns the new count.
+
+    :func:`first_chosen` across chunks: ``seen`` (n flags) and ``order``
+    (room for n) persist from chunk to chunk.
+    """
+    for c in coords:
+        if not seen[c]:
+            seen[c] = True
+            order[count] = c
+            count += 1
+    return count
 
 
 @njit(cache=True)

@@ -7,6 +7,7 @@ the optional unbiased rescaling by n/k. Both use the shared sparse format.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ class SparseCompressor(UpdateCompressor):
 
     Params = SparseParams
     error_feedback_default = True
+    bounds_own_values = True  # decode_sparse checks the k values it reads
 
     def select(self, name: str, flat: torch.Tensor, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -45,8 +47,10 @@ class SparseCompressor(UpdateCompressor):
         payload, sent = encode_sparse(self.name, tensors, selection, self.params.values)
         return Encoded(payload, sent, {"density": chosen / max(total, 1)}, dict(state or {}))
 
-    def decode_body(self, params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes) -> dict[str, torch.Tensor]:
-        return decode_sparse(params, specs, body)
+    def decode_body(
+        self, params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes, max_abs: float = math.inf
+    ) -> dict[str, torch.Tensor]:
+        return decode_sparse(params, specs, body, max_abs)
 
 
 @UPDATE_COMPRESSORS.register("topk", "top-k by magnitude per tensor (reference point)")
