@@ -1,10 +1,12 @@
 """fedcomp: federated learning with compressed communication, every byte measured."""
 
 from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, load_config
+from fedcomp.errors import RunFailedError
 
 __all__ = [
     "ConfigError",
     "ExperimentConfig",
+    "RunFailedError",
     "config_from_dict",
     "load_config",
     "load_model",

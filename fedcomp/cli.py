@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcomp.config import ConfigError
+from fedcomp.errors import RunFailedError
 from fedcomp.reports.runs import ReportError
 
 
@@ -84,6 +85,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+REPORT_EPILOG = """\
+exit status: 0 the report is written (damaged run files are named on stderr as
+warnings and marked in the report; every intact row is used); 2 nothing could be
+reported (not a run or sweep directory, different experiments, an unwritable OUT).
+"""
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     _print_report(args.paths, Path(args.output), args.target, args.allow_mixed)
     return 0
@@ -92,9 +100,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _print_report(paths: Sequence[str | Path], out: Path, target: float | None, allow_mixed: bool) -> None:
     from fedcomp.reports import make_report
 
-    report = make_report(list(paths), out, target=target, allow_mixed=allow_mixed)
+    try:
+        report = make_report(list(paths), out, target=target, allow_mixed=allow_mixed)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise ReportError(f"cannot write the report{where}: {exc.strerror or exc}") from exc
+    for warning in report.warnings:
+        print(f"fedcomp: warning: {warning}", file=sys.stderr)
     print(f"\nreport: {report.html}")
     print(f"        {report.markdown}, {report.csv.name}, {report.json.name}, figures/ in {report.out_dir}")
+    if report.warnings:
+        print(f"        {len(report.warnings)} warnings about damaged run files (listed above and in the report)")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -152,7 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_sweep.add_argument("-v", "--verbose", action="store_true", help="show Flower's and Ray's own logs")
     p_sweep.set_defaults(func=_cmd_sweep)
 
-    p_report = sub.add_parser("report", help="compare runs: HTML, Markdown, CSV and JSON with figures")
+    p_report = sub.add_parser(
+        "report",
+        help="compare runs: HTML, Markdown, CSV and JSON with figures",
+        epilog=REPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p_report.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="run or sweep directories")
     p_report.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write the report into")
     p_report.add_argument("--target", type=float, help="target accuracy (default: 99%% of the identity run's final)")
@@ -181,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"fedcomp: {exc}", file=sys.stderr)
         return 2
+    except RunFailedError as exc:
+        print(f"fedcomp: run failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("fedcomp: interrupted; finished rounds are kept in the run directory", file=sys.stderr)
         return 130

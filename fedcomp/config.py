@@ -78,6 +78,19 @@ class FederationConfig:
     """A client reply not back within this many seconds counts as failed."""
     checkpoint_every: int = 1
     """Save the server state every this many rounds (and after the last); 0 = never."""
+    min_replies: int = 0
+    """A round aggregates only if at least this many replies are usable; otherwise the model is kept
+    and the row says why. 0 = ``min_train_clients``."""
+    max_examples: int = 10_000_000
+    """The largest ``num-examples`` a reply may claim (a device's weight in the average). In simulation
+    a reply must also claim exactly the size its partition reported at warm-up."""
+    max_abs_value: float = 1e6
+    """A decoded update or broadcast with a value beyond ±this (or not finite) is refused."""
+
+    @property
+    def quorum(self) -> int:
+        """Usable replies a round needs to aggregate."""
+        return self.min_replies or self.min_train_clients
 
     def validate(self, path: str) -> None:
         require(self.num_clients >= 1, f"{path}.num_clients", "an integer >= 1")
@@ -92,6 +105,13 @@ class FederationConfig:
         require(self.evaluate_every >= 0, f"{path}.evaluate_every", "an integer >= 0")
         require(self.round_timeout_s > 0, f"{path}.round_timeout_s", "a number of seconds > 0")
         require(self.checkpoint_every >= 0, f"{path}.checkpoint_every", "an integer >= 0 (0 = never)")
+        require(
+            0 <= self.min_replies <= self.num_clients,
+            f"{path}.min_replies",
+            f"an integer between 0 (= min_train_clients) and num_clients ({self.num_clients})",
+        )
+        require(self.max_examples >= 1, f"{path}.max_examples", "an integer >= 1")
+        require(self.max_abs_value > 0, f"{path}.max_abs_value", "a number > 0")
 
 
 @dataclass
@@ -162,11 +182,20 @@ class FaultConfig:
     client_delay_rate: float = 0.0
     """Probability that a client sleeps ``client_delay_s`` before replying (times out if past the round timeout)."""
     client_delay_s: float = 0.0
+    hostile_client: int = -1
+    """This client (partition id) makes the ``attacks`` (-1 = none); see :mod:`fedcomp.clients.faults`."""
+    attacks: list[str] = field(default_factory=list)
+    """The hostile client's attack in round r is ``attacks[(r - 1) % len(attacks)]``."""
 
     def validate(self, path: str) -> None:
+        from fedcomp.clients.faults import ATTACKS
+
         for key in ("client_raise_rate", "corrupt_payload_rate", "client_delay_rate"):
             require(0 <= getattr(self, key) <= 1, f"{path}.{key}", "a probability in [0, 1]")
         require(self.client_delay_s >= 0, f"{path}.client_delay_s", "a number of seconds >= 0")
+        require(self.hostile_client >= -1, f"{path}.hostile_client", "a partition id, or -1 for none")
+        for i, name in enumerate(self.attacks):
+            require(name in ATTACKS, f"{path}.attacks[{i}]", f"one of {ATTACKS}, got {name!r}")
 
 
 @dataclass
@@ -187,6 +216,11 @@ class ExperimentConfig:
 
     def validate(self, path: str = "") -> None:
         require(bool(self.name.strip()), "name", "a non-empty string")
+        require(
+            self.name not in (".", "..") and not any(c in self.name for c in "/\\\0"),
+            "name",
+            f"a name without path separators (it names a folder under output_dir), got {self.name!r}",
+        )
         require(self.seed >= 0, "seed", "an integer >= 0")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -246,6 +280,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p} is not a text file (byte {exc.start} is not UTF-8): expected a TOML config") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

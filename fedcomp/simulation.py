@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,16 +19,21 @@ from typing import Any
 
 from fedcomp.clients.state import drop_rounds_after
 from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, load_config
+from fedcomp.errors import RunFailedError
+from fedcomp.preflight import check_experiment
 from fedcomp.servers.recorder import (
     CLIENT_STATE_DIR,
     CONFIG_FILE,
     MODEL_FILE,
-    ROUNDS_FILE,
     Checkpoint,
     RunRecorder,
+    check_resumable,
     keep_rounds_up_to,
     load_checkpoint,
+    lock_run_dir,
+    missing_rounds,
     new_run_dir,
+    prepare_run_dir,
     read_rounds,
     software_versions,
 )
@@ -70,17 +77,56 @@ def as_config(config: ExperimentConfig | dict[str, Any] | str | Path) -> Experim
     return load_config(config)
 
 
+ENGINE_LOG_FILE = "engine.log"
+
+
 @contextlib.contextmanager
-def _quiet_engine(verbose: bool) -> Iterator[None]:
-    """Keep Flower's per-round INFO logging off the console unless asked for."""
+def _engine_log(run_dir: Path, verbose: bool) -> Iterator[None]:
+    """Flower's log, client tracebacks included, goes to ``engine.log`` in the run directory.
+
+    The console gets fedcomp's own lines (one per failed client, from the
+    strategy) instead of one Ray traceback per failure; ``verbose`` keeps
+    Flower's console output as well.
+    """
     flwr_logger = logging.getLogger("flwr")
-    old = flwr_logger.level
+    old_level, old_handlers = flwr_logger.level, list(flwr_logger.handlers)
+    handler = logging.FileHandler(run_dir / ENGINE_LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if not verbose:
-        flwr_logger.setLevel(logging.ERROR)
+        for h in old_handlers:
+            flwr_logger.removeHandler(h)
+    flwr_logger.addHandler(handler)
+    flwr_logger.setLevel(logging.INFO)
     try:
         yield
     finally:
-        flwr_logger.setLevel(old)
+        flwr_logger.removeHandler(handler)
+        handler.close()
+        for h in old_handlers:
+            if h not in flwr_logger.handlers:
+                flwr_logger.addHandler(h)
+        flwr_logger.setLevel(old_level)
+
+
+def _secure_local_ray() -> None:
+    """Token authentication for the Ray fedcomp starts, unless the user configured Ray's own.
+
+    Ray 2.55 binds its gRPC servers (GCS, raylet, workers) on every
+    interface and offers no option to bind them to loopback; with a token
+    (``RAY_AUTH_MODE=token``, a random ``RAY_AUTH_TOKEN`` per process, passed
+    to the processes Ray starts through their environment) a program on
+    another host that reaches those ports is refused. Ray reads the mode
+    when it is first imported, so this must run before that; if Ray was
+    imported earlier without a token, the run goes on unauthenticated,
+    with a warning.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if "ray" in sys.modules:
+        logger.warning("ray was imported before fedcomp started it: the local Ray runs without token authentication")
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
 
 def backend_config(cfg: ExperimentConfig, verbose: bool = False) -> dict[str, Any]:
@@ -95,6 +141,7 @@ def backend_config(cfg: ExperimentConfig, verbose: bool = False) -> dict[str, An
         init_args["address"] = "local"
         init_args["num_cpus"] = os.cpu_count() or 1
         init_args["include_dashboard"] = False
+        init_args["_node_ip_address"] = "127.0.0.1"  # the addresses Ray's processes use to reach each other
     return {
         "client_resources": {"num_cpus": sim.num_cpus, "num_gpus": sim.num_gpus},
         "init_args": init_args,
@@ -115,11 +162,11 @@ def run(
     new one under ``output_dir``.
     """
     cfg = as_config(config)
-    path = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
-    if (path / ROUNDS_FILE).exists():
-        raise ConfigError(f"run directory {path} already holds a run; give a new directory (nothing was changed)")
-    recorder = RunRecorder(path, cfg, meta=software_versions())
-    return _execute(cfg, path, recorder, None, progress, verbose)
+    check_experiment(cfg)
+    path = prepare_run_dir(run_dir) if run_dir is not None else new_run_dir(cfg)
+    with lock_run_dir(path):
+        recorder = RunRecorder(path, cfg, meta=software_versions())
+        return _execute(cfg, path, recorder, None, progress, verbose)
 
 
 def resume(run_dir: str | Path, *, progress: bool = True, verbose: bool = False) -> RunResult:
@@ -134,18 +181,24 @@ def resume(run_dir: str | Path, *, progress: bool = True, verbose: bool = False)
     path = Path(run_dir)
     if not (path / CONFIG_FILE).exists():
         raise ConfigError(f"{path} is not a fedcomp run directory (no {CONFIG_FILE}); nothing to resume")
-    cfg = load_config(path / CONFIG_FILE)
-    rows = read_rounds(path)
-    if len(rows) >= cfg.federation.rounds and (path / MODEL_FILE).exists():
-        logger.warning("%s is complete (%d rounds); nothing to resume", path, len(rows))
-        return RunResult(path, rows, 0.0)
-    start = load_checkpoint(path)
-    done = start.round if start is not None else 0
-    dropped = keep_rounds_up_to(path, done)
-    drop_rounds_after(path / CLIENT_STATE_DIR, done)
-    logger.info("resuming %s after round %d (%d later rows dropped, to be redone)", path, done, dropped)
-    recorder = RunRecorder(path, cfg, meta=software_versions(), resume_from=done)
-    return _execute(cfg, path, recorder, start, progress, verbose)
+    with lock_run_dir(path):
+        cfg = load_config(path / CONFIG_FILE)
+        check_resumable(path, cfg)
+        rows = read_rounds(path)
+        if len(rows) >= cfg.federation.rounds and (path / MODEL_FILE).exists():
+            logger.warning("%s is complete (%d rounds); nothing to resume", path, len(rows))
+            return RunResult(path, rows, 0.0)
+        check_experiment(cfg)
+        start = load_checkpoint(path)
+        done = start.round if start is not None else 0
+        dropped = keep_rounds_up_to(path, done)
+        gaps = missing_rounds(read_rounds(path), done)
+        if gaps:
+            logger.warning("%s: rounds %s have no intact row (their lines are in rounds.dropped.jsonl)", path, gaps)
+        drop_rounds_after(path / CLIENT_STATE_DIR, done)
+        logger.info("resuming %s after round %d (%d lines set aside)", path, done, dropped)
+        recorder = RunRecorder(path, cfg, meta=software_versions(), resume_from=done)
+        return _execute(cfg, path, recorder, start, progress, verbose)
 
 
 def _execute(
@@ -162,11 +215,13 @@ def _execute(
     from fedcomp.servers.app import build_server_app
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    if not cfg.simulation.ray_address:
+        _secure_local_ray()
     server_app = build_server_app(cfg, recorder, progress, start, client_state_dir=path.resolve() / CLIENT_STATE_DIR)
     logger.info("run directory: %s", path)
     t0 = time.perf_counter()
     try:
-        with _quiet_engine(verbose):
+        with _engine_log(path, verbose):
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
@@ -179,10 +234,20 @@ def _execute(
         raise
     total = time.perf_counter() - t0
     rows = read_rounds(path)
-    if len(rows) < cfg.federation.rounds:
-        recorder.finish("failed", f"the engine stopped after {len(rows)} of {cfg.federation.rounds} rounds")
-        raise RuntimeError(f"simulation ended after {len(rows)} of {cfg.federation.rounds} rounds; see {path}")
+    gaps = missing_rounds(rows, cfg.federation.rounds)
+    if gaps:
+        recorder.meta["missing_rounds"] = gaps
+        if gaps[-1] == cfg.federation.rounds:  # the engine stopped early
+            error = f"the engine stopped after {len(rows)} of {cfg.federation.rounds} rounds"
+            recorder.finish("failed", error)
+            raise RunFailedError(f"{error}; see {path / ENGINE_LOG_FILE}")
     done = start.round if start is not None else 0
     recorder.meta["engine_overhead_s"] = total - sum(r["wall_s"] for r in rows if r["round"] > done)
+    if recorder.rounds_aggregated() == 0:
+        reasons = [f["reason"] for r in rows for f in r.get("failures", [])]
+        first = reasons[0] if reasons else "no client replied"
+        error = f"no round aggregated an update ({len(reasons)} client failures); first: {first}"
+        recorder.finish("failed", error)
+        raise RunFailedError(f"{error} (details in {path / ENGINE_LOG_FILE})")
     recorder.finish("complete")
     return RunResult(path, rows, total)

@@ -1,6 +1,7 @@
 import pytest
 
 from fedcomp.config import ConfigError, ExperimentConfig, apply_overrides, config_from_dict, dump_config, load_config
+from tests.simulated import SIMULATIONS
 
 
 def test_defaults_are_valid():
@@ -72,5 +73,5 @@ def test_load_config_errors(tmp_path):
 
 
 def test_demo_config_loads():
-    cfg = load_config("simulations/demo.toml")
+    cfg = load_config(SIMULATIONS / "demo.toml")
     assert isinstance(cfg, ExperimentConfig) and cfg.federation.num_clients == 10

@@ -19,6 +19,7 @@ from fedcomp.cli import main as cli_main
 from fedcomp.compressors.update.identity import IdentityCompressor
 from fedcomp.servers.recorder import load_checkpoint, read_rounds
 from tests.conftest import small_config
+from tests.simulated import SIMULATIONS
 
 
 def read_rounds_file(path):
@@ -94,17 +95,23 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_every_round_once(tmp_path
     final_resumed = torch.load(run_dir / "model.pt")
     assert all(torch.equal(final_whole[k], final_resumed[k]) for k in final_whole)
 
+    # Resuming the now complete run changes nothing: no rows, no model, no summary rewritten.
+    snapshot = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".lock"}
+    again = fedcomp.resume(run_dir, progress=False)
+    assert again.rows == rows
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".lock"} == snapshot
 
-def test_resume_refuses_what_is_not_a_run_and_leaves_a_complete_run_alone(tmp_path, capsys):
+
+def test_resume_refuses_what_is_not_a_run_and_a_config_beside_it(tmp_path, capsys):
     assert cli_main(["run", "--resume", str(tmp_path)]) == 2
     assert "not a fedcomp run directory" in capsys.readouterr().err
-    assert cli_main(["run", "simulations/demo.toml", "--resume", str(tmp_path)]) == 2
+    assert cli_main(["run", str(SIMULATIONS / "demo.toml"), "--resume", str(tmp_path)]) == 2
     assert "give no CONFIG" in capsys.readouterr().err
 
 
 def test_clients_past_the_round_timeout_are_recorded_and_rounds_go_on(make_config):
     cfg = make_config(
-        federation={"num_clients": 3, "rounds": 2, "min_train_clients": 3, "round_timeout_s": 25.0},
+        federation={"num_clients": 3, "rounds": 2, "min_train_clients": 3, "min_replies": 2, "round_timeout_s": 25.0},
         # Far apart: a loaded CI machine can take several seconds for a first local training.
         faults={"client_delay_rate": 0.3, "client_delay_s": 35.0},
         seed=2,  # with this seed client 2 sleeps past the timeout in round 1, nobody in round 2

@@ -17,6 +17,7 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedcomp.clients.faults import METRIC_ATTACKS, PAYLOAD_ATTACKS, UPDATE_ATTACKS, attack_of
 from fedcomp.clients.state import fit_state, load_state, save_state, state_dir_for
 from fedcomp.clients.training import float_state, model_delta, resolve_device, train_local
 from fedcomp.compressors.model.base import ModelCompressor, build_model_compressor
@@ -42,6 +43,22 @@ logger = logging.getLogger(__name__)
 
 class InjectedFault(RuntimeError):
     """Raised on purpose by ``faults.client_raise_rate``."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """Local training produced a non-finite update: nothing worth sending (and no codec should see it)."""
+
+
+def check_update(update: dict[str, torch.Tensor], loss: float) -> None:
+    """Refuse to encode an update with NaN or inf in it (a learning rate far too large, say)."""
+    bad = {name: int((~torch.isfinite(t)).sum()) for name, t in update.items()}
+    bad = {name: count for name, count in bad.items() if count}
+    if bad:
+        name, count = next(iter(bad.items()))
+        raise TrainingDivergedError(
+            f"local training diverged (loss {loss:.3g}): the update has non-finite values in {len(bad)} tensors "
+            f"(first: {name!r}, {count} values); lower client.lr"
+        )
 
 
 @dataclass
@@ -123,7 +140,8 @@ def train(msg: Message, context: Context) -> Message:
     # Injected faults (seeded per client and round): raise, corrupt the payload, or be too slow.
     draw_raise, draw_corrupt, draw_delay = numpy_rng(cfg.seed, FAULTS, server_round, partition_id).random(3)
     fault_rng = numpy_rng(cfg.seed, FAULTS, server_round, partition_id, 1)
-    if draw_raise < cfg.faults.client_raise_rate:
+    attack = attack_of(cfg.faults, partition_id, server_round)
+    if draw_raise < cfg.faults.client_raise_rate or attack == "raise":
         raise InjectedFault(f"injected fault: client {partition_id} in round {server_round}")
     if draw_delay < cfg.faults.client_delay_rate:  # a slow device or link: past the round timeout, it fails
         time.sleep(cfg.faults.client_delay_s)
@@ -131,7 +149,7 @@ def train(msg: Message, context: Context) -> Message:
     # Downlink: the global model arrives as a payload; the model compressor rebuilds the module
     # (its architecture may have changed) and may add a loss term (LC's penalty).
     broadcast = payload_from(msg.content)
-    received = rt.downlink.decode(broadcast)
+    received = rt.downlink.decode(broadcast, max_abs=cfg.federation.max_abs_value)
     model = rt.arch.build(received.structure)
     model.load_state_dict(received.state)
     model.to(rt.device)
@@ -146,6 +164,9 @@ def train(msg: Message, context: Context) -> Message:
     t_train = time.perf_counter()
 
     update = model_delta(float_state(model), before)
+    check_update(update, stats.loss)
+    if attack in UPDATE_ATTACKS:
+        UPDATE_ATTACKS[attack](update)
     root = state_dir_for(context, str(train_config.get(STATE_DIR_KEY, "")) or None)
     folder = root / str(partition_id) if root is not None else None
     state = fit_state(load_state(context, folder, server_round), update)
@@ -170,5 +191,9 @@ def train(msg: Message, context: Context) -> Message:
         "downlink-bytes": len(broadcast),
         **{f"uplink_{k}": float(v) for k, v in encoded.metrics.items()},
     }
+    if attack in METRIC_ATTACKS:
+        METRIC_ATTACKS[attack](metrics, partition_id, cfg.federation.num_clients)
+    if attack in PAYLOAD_ATTACKS:
+        payload = PAYLOAD_ATTACKS[attack](update)
     content = RecordDict({PAYLOAD_KEY: payload_record(payload), METRICS_KEY: MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)

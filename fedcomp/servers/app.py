@@ -24,11 +24,13 @@ from fedcomp.compressors.model.structure import Architecture, Structure, structu
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.config import ExperimentConfig
 from fedcomp.data import load_dataset
-from fedcomp.messages import CONFIG_KEY, STATE_DIR_KEY, config_record
+from fedcomp.errors import RunFailedError
+from fedcomp.messages import CONFIG_KEY, METRICS_KEY, STATE_DIR_KEY, config_record
 from fedcomp.models import build_model
 from fedcomp.seeding import MODEL_INIT, derive_seed
 from fedcomp.servers.recorder import Checkpoint, RoundRow, RunRecorder
 from fedcomp.strategies.fedavg import CompressedFedAvg
+from fedcomp.strategies.replies import ReplyRejected, clean_reason
 
 logger = logging.getLogger(__name__)
 
@@ -60,23 +62,37 @@ def warm_up(grid: Grid, cfg: ExperimentConfig, strategy: CompressedFedAvg) -> fl
 
     The first message to a simulated client also starts its worker process
     and imports torch; without this, that fixed cost would be billed to
-    round 1's wall time. Failures here are not fatal: round 1 retries.
+    round 1's wall time. Each reply tells the partition the node holds and
+    its size, which later replies are judged against. A node that fails
+    here may still join in round 1; if every node fails, the run stops
+    with the first node's reason (:class:`RunFailedError`).
     """
     t0 = time.perf_counter()
     nodes = strategy.wait_for_nodes(grid)
+    logger.info("warm-up: starting %d clients", len(nodes))
     record = RecordDict({CONFIG_KEY: config_record(cfg.to_dict())})
     messages = [Message(content=record, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
     # Starting workers can take far longer than a round: the round timeout does not apply here.
-    replies = grid.send_and_receive(messages, timeout=max(WARMUP_TIMEOUT_S, cfg.federation.round_timeout_s))
-    replies = list(replies)
+    replies = list(grid.send_and_receive(messages, timeout=max(WARMUP_TIMEOUT_S, cfg.federation.round_timeout_s)))
+    failures: list[str] = []
     for m in replies:
-        if not m.has_error() and "metrics" in m.content.metric_records:
-            strategy.partition_of[int(m.metadata.src_node_id)] = int(
-                m.content.metric_records["metrics"]["partition-id"]
-            )
-    failed = [m for m in replies if m.has_error()]
-    if failed:
-        logger.warning("warm-up: %d of %d nodes failed: %s", len(failed), len(nodes), failed[0].error.reason)
+        node = int(m.metadata.src_node_id)
+        try:
+            if m.has_error():
+                raise ReplyRejected(f"client error: {clean_reason(m.error.reason)}")
+            if METRICS_KEY not in m.content.metric_records:
+                raise ReplyRejected("warm-up reply lacks metrics")
+            strategy.roster.learn(node, m.content.metric_records[METRICS_KEY], strategy.policy)
+        except ReplyRejected as exc:
+            failures.append(f"node {node}: {exc.reason}")
+    answered = {int(m.metadata.src_node_id) for m in replies}
+    failures += [f"node {n}: no warm-up reply within the timeout" for n in nodes if n not in answered]
+    ready = len(strategy.roster.partition_of)
+    if failures:
+        logger.warning("warm-up: %d of %d clients failed; first: %s", len(failures), len(nodes), failures[0])
+    if ready == 0:
+        raise RunFailedError(f"every client failed at warm-up ({len(failures)} of {len(nodes)}); first: {failures[0]}")
+    logger.info("warm-up: %d of %d clients ready", ready, len(nodes))
     return time.perf_counter() - t0
 
 
@@ -109,6 +125,9 @@ def serve(
         min_train_clients=cfg.federation.min_train_clients,
         server_lr=cfg.federation.server_lr,
         seed=cfg.seed,
+        min_replies=cfg.federation.quorum,
+        max_examples=cfg.federation.max_examples,
+        max_abs_value=cfg.federation.max_abs_value,
     )
     rounds = cfg.federation.rounds
     every = cfg.federation.evaluate_every
@@ -168,6 +187,7 @@ def serve(
             server_metrics=server_metrics,
             wall_s=time.perf_counter() - stats.started,
             client_metrics=stats.client_metrics,
+            skipped=stats.skipped,
         )
         recorder.append(row)
         if server_round == rounds:

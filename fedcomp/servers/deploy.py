@@ -13,6 +13,14 @@ in ``pyproject.toml``, or ``flwr run --run-config``) names the experiment:
 
 ``federation.num_clients`` must equal the number of SuperNodes (each node's
 ``num-partitions``); the server waits for them before round 1.
+
+**What it trusts.** The ``flwr run`` caller names ``config`` and ``run-dir``,
+which this app reads and writes with the SuperLink's permissions: anyone who
+may start runs on the SuperLink may make it read any file it can read and
+create a run directory wherever it may write (never into a non-empty
+folder). Run the SuperLink as an unprivileged user and restrict who can
+reach its control API. The SuperNodes are not trusted: every reply is judged
+(:mod:`fedcomp.strategies.replies`).
 """
 
 from __future__ import annotations
@@ -25,8 +33,16 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedcomp.config import ConfigError, load_config
+from fedcomp.errors import RunFailedError
 from fedcomp.servers.app import serve
-from fedcomp.servers.recorder import ROUNDS_FILE, RunRecorder, new_run_dir, software_versions
+from fedcomp.servers.recorder import (
+    ROUNDS_FILE,
+    RunRecorder,
+    lock_run_dir,
+    new_run_dir,
+    prepare_run_dir,
+    software_versions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +59,19 @@ def main(grid: Grid, context: Context) -> None:
         )
     overrides = [s.strip() for s in str(rc.get("set", "")).split(";") if s.strip()]
     cfg = load_config(_find(config), overrides)
-    run_dir = Path(str(rc["run-dir"])) if rc.get("run-dir") else new_run_dir(cfg)
-    if (run_dir / ROUNDS_FILE).exists():
-        raise ConfigError(f"run directory {run_dir} already holds a run; give a new run-dir")
-    recorder = RunRecorder(run_dir, cfg, meta={**software_versions(), "runtime": "deployment"})
-    logger.info("fedcomp: run directory %s", run_dir)
-    try:
-        serve(grid, cfg, recorder, show_progress=False)
-    except BaseException as exc:
-        recorder.finish("failed", f"{type(exc).__name__}: {exc}")
-        raise
-    recorder.finish("complete")
+    run_dir = prepare_run_dir(Path(str(rc["run-dir"]))) if rc.get("run-dir") else new_run_dir(cfg)
+    with lock_run_dir(run_dir):
+        recorder = RunRecorder(run_dir, cfg, meta={**software_versions(), "runtime": "deployment"})
+        logger.info("fedcomp: run directory %s", run_dir)
+        try:
+            serve(grid, cfg, recorder, show_progress=False)
+        except BaseException as exc:
+            recorder.finish("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        if recorder.rounds_aggregated() == 0:
+            recorder.finish("failed", "no round aggregated an update")
+            raise RunFailedError(f"no round aggregated an update; see the failures in {run_dir / ROUNDS_FILE}")
+        recorder.finish("complete")
 
 
 def _find(config: str) -> Path:

@@ -3,23 +3,23 @@
 :class:`CompressedFedAvg` is Flower's message-API FedAvg with the transport
 replaced: the global model is broadcast as the payload the configured model
 compressor builds (:mod:`fedcomp.compressors.model`; identity by default),
-each reply's update is a payload decoded by the configured update
-compressor, and this class is the one place bytes are counted
+each reply is judged (:mod:`.replies`: metrics range-checked, the payload
+decoded by the configured update compressor within limits, to finite
+values), and this class is the one place bytes are counted
 (``len(payload)`` both ways, STYLE.md's single measuring stage).
 Aggregation is FedAvg on the decoded updates (weighted by
 ``num-examples``), added to the model the clients started from as they
 decoded it, followed by a server step of size ``server_lr``. When the model
 compressor changes the architecture, the strategy keeps the structure and
-expects updates in its shapes. Replies that carry an error, or a payload
-that does not decode, are recorded as failed with the reason; the round
-aggregates the rest.
+expects updates in its shapes. A rejected reply is recorded as failed with
+the reason; the round aggregates the rest if at least ``min_replies`` are
+usable (the quorum), else it keeps the model and records why.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import zlib
 from collections import OrderedDict
@@ -32,7 +32,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedcomp.coding import DecodeError, DecodeLimits, TensorSpec
+from fedcomp.coding import DecodeLimits, TensorSpec
 from fedcomp.compressors.model.base import ModelCompressor
 from fedcomp.compressors.model.identity import IdentityModelCompressor
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
@@ -40,12 +40,11 @@ from fedcomp.compressors.update.base import UpdateCompressor
 from fedcomp.messages import (
     CHECKPOINT_ROUND_KEY,
     CONFIG_KEY,
-    METRICS_KEY,
     PAYLOAD_KEY,
-    payload_from,
     payload_record,
 )
 from fedcomp.seeding import CLIENT_SAMPLING, numpy_rng
+from fedcomp.strategies.replies import Accepted, ReplyPolicy, ReplyRejected, Roster, judge_reply
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +82,8 @@ class RoundStats:
     """What the model compressor reported when it built the broadcast."""
     train_loss: float | None = None
     client_metrics: dict[str, float] = field(default_factory=dict)
+    skipped: str | None = None
+    """Why the round aggregated nothing (no usable reply, or fewer than the quorum); None if it did."""
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -110,6 +111,9 @@ class CompressedFedAvg(FedAvg):
         server_lr: float = 1.0,
         seed: int = 0,
         node_wait_s: float = 120.0,
+        min_replies: int = 1,
+        max_examples: int = 10_000_000,
+        max_abs_value: float = float("inf"),
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -122,15 +126,18 @@ class CompressedFedAvg(FedAvg):
         self.arch = arch
         self.structure: Structure = ()
         """The global model's architecture edits (ALDS factorized layers, ...); () = the configured model."""
-        self.update_limits = _update_limits(arch.specs(()))
+        self.max_abs_value = max_abs_value
+        self.update_limits = _update_limits(arch.specs(()), max_abs_value)
         self.num_clients = num_clients
         self.server_lr = server_lr
         self.seed = seed
         self.node_wait_s = node_wait_s
         self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.current: RoundStats | None = None
-        self.partition_of: dict[int, int] = {}
-        """Node id → partition id, learnt at warm-up: sampling over partitions, not random node ids."""
+        self.roster = Roster()
+        """Node id → partition id and size, learnt at warm-up: sampling over partitions, not random node ids."""
+        self.min_replies = min_replies
+        self.policy = ReplyPolicy(num_partitions=num_clients, max_examples=max_examples)
         self.round_offset = 0
         """Rounds already done before this attempt (a resumed run): Flower counts from 1 again."""
         self.last_checkpoint = 0
@@ -156,7 +163,7 @@ class CompressedFedAvg(FedAvg):
         """Seeded sample of ``fraction_train`` of the nodes (at least the minimum)."""
         nodes = self.wait_for_nodes(grid)
         # Node ids are random per run; order them by the partition they hold so the seed fixes who trains.
-        nodes = sorted(nodes, key=lambda n: (self.partition_of.get(n, 1 << 62), n))
+        nodes = sorted(nodes, key=lambda n: (self.roster.partition_of.get(n, 1 << 62), n))
         size = min(len(nodes), max(int(len(nodes) * self.fraction_train), self.min_train_nodes))
         rng = numpy_rng(self.seed, CLIENT_SAMPLING, server_round)
         # Choose positions, not ids: node ids are uint64 and numpy would turn them into floats.
@@ -173,7 +180,7 @@ class CompressedFedAvg(FedAvg):
         broadcast = self.downlink.broadcast(server_round, OrderedDict(arrays.to_torch_state_dict()), self.structure)
         if broadcast.structure != self.structure:  # the architecture changed: updates now come in its shapes
             self.structure = broadcast.structure
-            self.update_limits = _update_limits(self.arch.specs(self.structure))
+            self.update_limits = _update_limits(self.arch.specs(self.structure), self.max_abs_value)
         # Updates are added to the model the clients start from, exactly as they decode it.
         self.global_state = broadcast.start
         payload = broadcast.payload
@@ -190,55 +197,49 @@ class CompressedFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Decode each update, average the good ones, take the server step."""
+        """Judge each reply, average the usable ones if they reach the quorum, take the server step."""
         server_round += self.round_offset
         stats = self.current if self.current is not None else RoundStats(round=server_round)
-        decoded: list[tuple[float, OrderedDict[str, torch.Tensor], MetricRecord]] = []
+        accepted: list[Accepted] = []
         replied: set[int] = set()
         for msg in replies:
             node = int(msg.metadata.src_node_id)
             replied.add(node)
-            if msg.has_error():
-                stats.failures.append(ClientFailure(node, f"client error: {_clean_reason(msg.error.reason)}"))
-                continue
             try:
-                payload = payload_from(msg.content)
-            except DecodeError as exc:
-                stats.failures.append(ClientFailure(node, f"bad reply: {exc}"))
-                continue
-            try:
-                metrics = msg.content.metric_records[METRICS_KEY]
-                weight = float(metrics["num-examples"])
-                update = self.uplink.decode(payload, self.update_limits)
-            except DecodeError as exc:
-                stats.failures.append(ClientFailure(node, f"undecodable payload: {exc}", len(payload)))
-                continue
-            except (KeyError, TypeError, ValueError) as exc:
-                stats.failures.append(ClientFailure(node, f"reply lacks metrics: {exc!r}", len(payload)))
-                continue
-            stats.clients.append(int(metrics.get("partition-id", -1)))
-            stats.uplink_bytes.append(len(payload))
-            stats.uplink_bytes_sent.append(int(metrics.get("payload-bytes", -1)))
-            stats.downlink_bytes_received.append(int(metrics.get("downlink-bytes", -1)))
-            decoded.append((weight, update, metrics))
+                accepted.append(judge_reply(msg, self._decode_update, self.roster, self.policy))
+            except ReplyRejected as exc:
+                self._fail(stats, node, exc.reason, exc.uplink_bytes)
         for node in stats.sampled_nodes:
             if node not in replied:
-                stats.failures.append(ClientFailure(node, "no reply before the round timeout"))
+                self._fail(stats, node, "no reply before the round timeout")
 
-        if not decoded or sum(w for w, _, _ in decoded) <= 0:
-            logger.warning("round %d: no usable update (%d failures)", server_round, len(stats.failures))
+        if len(accepted) < max(1, self.min_replies):
+            stats.skipped = (
+                f"{len(accepted)} usable of {len(stats.sampled_nodes)} replies, "
+                f"quorum is {max(1, self.min_replies)} (federation.min_replies): model kept"
+            )
+            logger.warning("round %d: %s", server_round, stats.skipped)
             # The round's start model stays the global one (in the structure it was broadcast in).
             return ArrayRecord(self.global_state), None
         # Partition order, not arrival order, so neither the sum nor the row depends on timing.
-        decoded.sort(key=lambda item: int(item[2].get("partition-id", -1)))
-        order = sorted(range(len(stats.clients)), key=stats.clients.__getitem__)
-        stats.clients = [stats.clients[i] for i in order]
-        stats.uplink_bytes = [stats.uplink_bytes[i] for i in order]
-        stats.uplink_bytes_sent = [stats.uplink_bytes_sent[i] for i in order]
-        stats.downlink_bytes_received = [stats.downlink_bytes_received[i] for i in order]
-        new_state = self._fedavg_step([(w, u) for w, u, _ in decoded])
-        stats.train_loss, stats.client_metrics = _weighted_metrics(decoded)
+        accepted.sort(key=lambda a: a.partition)
+        stats.clients = [a.partition for a in accepted]
+        stats.uplink_bytes = [a.uplink_bytes for a in accepted]
+        stats.uplink_bytes_sent = [a.payload_bytes_sent for a in accepted]
+        stats.downlink_bytes_received = [a.downlink_bytes_received for a in accepted]
+        new_state = self._fedavg_step([(float(a.weight), a.update) for a in accepted])
+        stats.train_loss, stats.client_metrics = _weighted_metrics(accepted)
         return ArrayRecord(new_state), MetricRecord({"train_loss": stats.train_loss})
+
+    def _decode_update(self, payload: bytes) -> dict[str, torch.Tensor]:
+        return self.uplink.decode(payload, self.update_limits)
+
+    def _fail(self, stats: RoundStats, node: int, reason: str, uplink_bytes: int = 0) -> None:
+        """Record a client's failure; one short line on the console (the details are in the row)."""
+        stats.failures.append(ClientFailure(node, reason, uplink_bytes))
+        partition = self.roster.partition_of.get(node)
+        who = f"client {partition}" if partition is not None else f"node {node}"
+        logger.warning("round %d: %s failed: %s", stats.round, who, reason[:200])
 
     def _fedavg_step(self, weighted: list[tuple[float, dict[str, torch.Tensor]]]) -> OrderedDict[str, torch.Tensor]:
         """w ← w + η_s · Σ_k (n_k / n) Δ_k over the float entries; others kept."""
@@ -266,7 +267,7 @@ class CompressedFedAvg(FedAvg):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (a resumed run)."""
         self.structure = structure_from_json(json.loads(state.get("structure", "[]")))
-        self.update_limits = _update_limits(self.arch.specs(self.structure))
+        self.update_limits = _update_limits(self.arch.specs(self.structure), self.max_abs_value)
         self.downlink.load_state_dict(state.get("downlink", {}))
 
     def take_round_stats(self) -> RoundStats | None:
@@ -285,32 +286,16 @@ class CompressedFedAvg(FedAvg):
         )
 
 
-def _update_limits(specs: Iterable[TensorSpec]) -> DecodeLimits:
+def _update_limits(specs: Iterable[TensorSpec], max_abs_value: float) -> DecodeLimits:
     """Updates cover the model's floating-point tensors."""
-    return DecodeLimits.for_specs([s for s in specs if s.dtype.is_floating_point])
+    return DecodeLimits.for_specs([s for s in specs if s.dtype.is_floating_point], max_abs=max_abs_value)
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _clean_reason(reason: str, limit: int = 500) -> str:
-    """The client's own exception message, without Ray's wrapping and colour codes."""
-    text = _ANSI.sub("", str(reason))
-    if "Message: " in text:
-        text = text.rsplit("Message: ", 1)[1].rstrip().removesuffix("'>")
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _weighted_metrics(decoded: list[tuple[float, Any, MetricRecord]]) -> tuple[float, dict[str, float]]:
+def _weighted_metrics(accepted: list[Accepted]) -> tuple[float, dict[str, float]]:
     """Example-weighted mean of every numeric client metric (loss included)."""
-    total = sum(w for w, _, _ in decoded)
+    total = sum(a.weight for a in accepted)
     sums: dict[str, float] = {}
-    for w, _, metrics in decoded:
-        for key, value in metrics.items():
-            if key in ("num-examples", "partition-id", "payload-bytes", "downlink-bytes") or not isinstance(
-                value, (int, float)
-            ):
-                continue
-            sums[key] = sums.get(key, 0.0) + w * float(value) / total
+    for a in accepted:
+        for key, value in a.metrics.items():
+            sums[key] = sums.get(key, 0.0) + a.weight * value / total
     return sums.get("train_loss", float("nan")), sums

@@ -1,0 +1,189 @@
+"""Judging a client's reply: the one place where everything a client sends is checked.
+
+Clients are untrusted (DESIGN.md, principle 7). A reply carries a payload
+and metrics; before its update may enter the average, every part of it is
+checked here, inside one error handling:
+
+- the message has no error and carries a payload (``payload_from``);
+- the metrics record exists and every field the server uses parses into
+  the range it must lie in: ``num-examples`` a positive integer no larger
+  than ``federation.max_examples`` and, where the node reported its
+  partition's size at warm-up (simulation), equal to it; ``partition-id``
+  the one the node gave at warm-up (or, for a node the warm-up did not
+  reach, one no other node holds); ``payload-bytes`` and ``downlink-bytes``
+  non-negative integers; ``train_loss`` finite (a diverged client);
+- the payload decodes within the receiver's limits to finite values no
+  larger than ``federation.max_abs_value`` (the codec's own checks).
+
+Cheap checks run first, so a reply with bad metrics costs no decode. A
+failed check raises :class:`ReplyRejected` with the reason; the caller
+records it as the client's failure and the round goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from flwr.app import Message
+
+from fedcomp.coding import DecodeError
+from fedcomp.messages import METRICS_KEY, payload_from
+
+# Metrics the server reads itself; every other numeric metric is averaged into the row.
+PROTOCOL_METRICS = ("num-examples", "partition-id", "payload-bytes", "downlink-bytes")
+MAX_BYTES_METRIC = 1 << 48
+
+
+class ReplyRejected(Exception):
+    """A reply that cannot enter the average; ``reason`` says why."""
+
+    def __init__(self, reason: str, uplink_bytes: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.uplink_bytes = uplink_bytes
+
+
+@dataclass(frozen=True)
+class ReplyPolicy:
+    """The bounds a reply's metrics must respect."""
+
+    num_partitions: int
+    max_examples: int
+
+
+@dataclass
+class Roster:
+    """What each node said at warm-up: the partition it holds and how many examples are in it."""
+
+    partition_of: dict[int, int] = field(default_factory=dict)
+    examples_of: dict[int, int] = field(default_factory=dict)
+    node_of: dict[int, int] = field(default_factory=dict)
+    """Partition → the node holding it (the inverse of ``partition_of``)."""
+
+    def holder_of(self, partition: int) -> int | None:
+        return self.node_of.get(partition)
+
+    def claim(self, node: int, partition: int) -> None:
+        holder = self.node_of.get(partition)
+        if holder is not None and holder != node:
+            raise ReplyRejected(f"partition-id = {partition} is held by node {holder}")
+        self.partition_of[node] = partition
+        self.node_of[partition] = node
+
+    def learn(self, node: int, metrics: Any, policy: ReplyPolicy) -> None:
+        """Record a warm-up reply; raises ReplyRejected if it claims an impossible or taken partition."""
+        partition = int_metric(metrics, "partition-id", 0, policy.num_partitions - 1)
+        examples = int_metric(metrics, "num-examples", 1, policy.max_examples)
+        self.claim(node, partition)
+        self.examples_of[node] = examples
+
+
+@dataclass
+class Accepted:
+    """A reply that passed every check, with what the server takes from it."""
+
+    node: int
+    partition: int
+    weight: int
+    update: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    """The client's other numeric, finite metrics (averaged into the round's row)."""
+    uplink_bytes: int
+    payload_bytes_sent: int
+    downlink_bytes_received: int
+
+
+def judge_reply(
+    msg: Message, decode: Callable[[bytes], dict[str, torch.Tensor]], roster: Roster, policy: ReplyPolicy
+) -> Accepted:
+    """Check every part of ``msg`` (see the module docstring); raises :class:`ReplyRejected`."""
+    node = int(msg.metadata.src_node_id)
+    if msg.has_error():
+        raise ReplyRejected(f"client error: {clean_reason(msg.error.reason)}")
+    try:
+        payload = payload_from(msg.content)
+    except DecodeError as exc:
+        raise ReplyRejected(f"bad reply: {exc}") from None
+    size = len(payload)
+    try:
+        metrics = msg.content.metric_records[METRICS_KEY]
+    except KeyError:
+        raise ReplyRejected("reply lacks metrics", size) from None
+    try:
+        partition = _partition(node, metrics, roster, policy)
+        weight = int_metric(metrics, "num-examples", 1, policy.max_examples)
+        told = roster.examples_of.get(node)
+        if told is not None and weight != told:
+            raise ReplyRejected(f"num-examples = {weight}, but its partition reported {told} at warm-up")
+        sent = int_metric(metrics, "payload-bytes", 0, MAX_BYTES_METRIC, default=-1)
+        received = int_metric(metrics, "downlink-bytes", 0, MAX_BYTES_METRIC, default=-1)
+        others = _other_metrics(metrics)
+    except ReplyRejected as exc:
+        raise ReplyRejected(f"bad metrics: {exc.reason}", size) from None
+    try:
+        update = decode(payload)
+    except DecodeError as exc:
+        raise ReplyRejected(f"undecodable payload: {exc}", size) from None
+    if node not in roster.partition_of:
+        roster.claim(node, partition)
+    return Accepted(node, partition, weight, update, others, size, sent, received)
+
+
+def int_metric(metrics: Any, key: str, lo: int, hi: int, default: int | None = None) -> int:
+    """``metrics[key]`` as an integer in [lo, hi]; a float is accepted only if it is a whole number."""
+    if key not in metrics:
+        if default is not None:
+            return default
+        raise ReplyRejected(f"{key} is missing")
+    value = metrics[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ReplyRejected(f"{key} must be an integer, got {_show(value)}")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise ReplyRejected(f"{key} must be an integer, got {_show(value)}")
+    if not lo <= value <= hi:
+        raise ReplyRejected(f"{key} = {_show(value)} is outside [{lo}, {hi}]")
+    return int(value)
+
+
+def _partition(node: int, metrics: Any, roster: Roster, policy: ReplyPolicy) -> int:
+    partition = int_metric(metrics, "partition-id", 0, policy.num_partitions - 1)
+    known = roster.partition_of.get(node)
+    if known is not None and partition != known:
+        raise ReplyRejected(f"partition-id = {partition}, but this node holds partition {known}")
+    holder = roster.holder_of(partition)
+    if holder is not None and holder != node:
+        raise ReplyRejected(f"partition-id = {partition} is held by node {holder}")
+    return partition
+
+
+def _other_metrics(metrics: Any) -> dict[str, float]:
+    """The numeric metrics besides the protocol's; a diverged client (train_loss not finite) is rejected."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if key in PROTOCOL_METRICS or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            if key == "train_loss":
+                raise ReplyRejected(f"train_loss = {value}: local training diverged")
+            continue
+        out[key] = float(value)
+    return out
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def clean_reason(reason: str, limit: int = 500) -> str:
+    """The client's own exception message, without Ray's wrapping and colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(reason))
+    if "Message: " in text:
+        text = text.rsplit("Message: ", 1)[1].rstrip().removesuffix("'>")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,115 @@
+"""Real federations with one hostile client: the run completes, the lie is a recorded failure, nothing is poisoned.
+
+Client 0 makes a different attack each round (``[faults] hostile_client`` /
+``attacks``). Every attack must be rejected where replies are judged, so
+the run ends with exactly the model of the same federation in which
+client 0 simply fails every round.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import tomli_w
+import torch
+
+import fedcomp
+from fedcomp.cli import main as cli_main
+from fedcomp.models import MODELS
+from fedcomp.servers.recorder import read_rounds
+from tests.conftest import small_config
+
+ATTACKS = [
+    "nan_update",
+    "inf_coordinate",
+    "diverged",
+    "huge_examples",
+    "negative_examples",
+    "nan_examples",
+    "steal_partition",
+    "inf_partition",
+    "malformed_metrics",
+    "nan_loss",
+]
+WHY = {
+    "nan_update": "not finite",
+    "inf_coordinate": "not finite",
+    "diverged": "1e+06",
+    "huge_examples": "num-examples",
+    "negative_examples": "num-examples",
+    "nan_examples": "num-examples",
+    "steal_partition": "partition-id",
+    "inf_partition": "partition-id",
+    "malformed_metrics": "payload-bytes",
+    "nan_loss": "diverged",
+}
+
+
+def hostile_config(tmp_path, name, attacks, **sections):
+    return small_config(
+        tmp_path,
+        name=name,
+        federation={"num_clients": 4, "rounds": len(attacks), "min_train_clients": 3, "evaluate_every": 0},
+        client={"local_steps": 3, "batch_size": 16, "lr": 0.05},
+        faults={"hostile_client": 0, "attacks": attacks},
+        **sections,
+    )
+
+
+def test_every_attack_is_rejected_and_the_model_is_the_one_without_that_client(tmp_path):
+    attacked = fedcomp.run(hostile_config(tmp_path, "attacked", ATTACKS), progress=False)
+    absent = fedcomp.run(hostile_config(tmp_path, "absent", ["raise"] * len(ATTACKS)), progress=False)
+    assert json.loads((attacked.run_dir / "summary.json").read_text())["status"] == "complete"
+    for row, attack in zip(attacked.rows, ATTACKS, strict=True):
+        assert row["clients"] == [1, 2, 3], (attack, row["failures"])
+        (failure,) = row["failures"]
+        assert WHY[attack] in failure["reason"], (attack, failure["reason"])
+    model = torch.load(attacked.run_dir / "model.pt", weights_only=True)
+    reference = torch.load(absent.run_dir / "model.pt", weights_only=True)
+    assert all(torch.isfinite(v.float()).all() for v in model.values())
+    assert all(torch.equal(model[k], reference[k]) for k in reference)
+    assert attacked.final_accuracy == absent.final_accuracy > 0.3
+
+
+def test_a_2_63_step_surp_refresh_cannot_hang_the_server_and_a_run_without_quorum_fails(tmp_path, capsys):
+    """The 105-byte payload that froze main, in both rounds; with min_replies = 3 no round reaches the quorum."""
+    cfg = small_config(
+        tmp_path,
+        federation={"num_clients": 3, "rounds": 2, "min_replies": 3, "round_timeout_s": 120},
+        client={"local_steps": 2, "batch_size": 16},
+        uplink={"name": "surp", "density": 0.01},
+        faults={"hostile_client": 0, "attacks": ["surp_refresh_2_63"]},
+    )
+    path = tmp_path / "surp.toml"
+    path.write_text(tomli_w.dumps(cfg))
+    t0 = time.monotonic()
+    rc = cli_main(["run", str(path), "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    assert time.monotonic() - t0 < 120
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "run failed: no round aggregated an update" in err and "Traceback" not in err
+    rows = read_rounds(tmp_path / "run")
+    assert [r["clients"] for r in rows] == [[], []]
+    for row in rows:
+        (failure,) = [f for f in row["failures"] if "surp" in f["reason"]]
+        assert "undecodable payload" in failure["reason"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "no round aggregated" in summary["error"]
+
+
+@MODELS.register("registered_in_the_test_only", "exists in this process, not in the Ray workers")
+def _driver_only_model(input_shape, num_classes):
+    from fedcomp.models import build_model
+
+    return build_model("mlp", input_shape, num_classes)
+
+
+def test_a_run_whose_every_client_fails_at_warm_up_fails_with_the_first_reason(tmp_path):
+    cfg = small_config(tmp_path, model={"name": "registered_in_the_test_only"})
+    with pytest.raises(fedcomp.RunFailedError, match="every client failed at warm-up.*registered_in_the_test_only"):
+        fedcomp.run(cfg, run_dir=tmp_path / "run", progress=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "warm-up" in summary["error"]
+    assert "Traceback" in (tmp_path / "run" / "engine.log").read_text()  # the details are kept, off the console

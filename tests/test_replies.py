@@ -1,0 +1,168 @@
+"""The server judges every reply: real Flower messages carrying real payloads, through CompressedFedAvg.
+
+Each hostile reply must become a recorded failure with its reason (never an
+exception, never a changed model); the usable ones are averaged with their
+example weights and the server step; a round below the quorum keeps the model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedcomp.compressors.model.structure import Architecture
+from fedcomp.compressors.update.identity import IdentityCompressor
+from fedcomp.messages import METRICS_KEY, PAYLOAD_KEY, payload_record
+from fedcomp.strategies.fedavg import CompressedFedAvg, RoundStats
+from fedcomp.strategies.replies import ReplyRejected
+
+ARCH = Architecture("mlp", (1, 4, 4), 3)
+NODES = [101, 202, 303]
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Flower's server runtime sets these before a ServerApp builds messages; so do we."""
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
+def zero_state() -> OrderedDict[str, torch.Tensor]:
+    return OrderedDict((k, torch.zeros_like(v)) for k, v in ARCH.build(()).state_dict().items())
+
+
+def strategy(**kwargs) -> CompressedFedAvg:
+    """A strategy that has run warm-up: node i holds partition i with 10·(i+1) examples."""
+    s = CompressedFedAvg(uplink=IdentityCompressor(), arch=ARCH, num_clients=3, max_abs_value=1e6, **kwargs)
+    for i, node in enumerate(NODES):
+        s.roster.learn(node, MetricRecord({"partition-id": i, "num-examples": 10 * (i + 1)}), s.policy)
+    s.global_state = zero_state()
+    s.current = RoundStats(round=1, sampled_nodes=list(NODES))
+    return s
+
+
+def update_filled(value: float) -> OrderedDict[str, torch.Tensor]:
+    return OrderedDict((k, torch.full_like(v, value)) for k, v in zero_state().items() if v.is_floating_point())
+
+
+def reply(node: int, update=None, payload: bytes | None = None, **metrics) -> Message:
+    partition = NODES.index(node)
+    sent = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=MessageType.TRAIN)
+    if payload is None:
+        payload = IdentityCompressor().encode(update if update is not None else update_filled(1.0)).payload
+    m = {"partition-id": partition, "num-examples": 10 * (partition + 1), "train_loss": 1.0}
+    m.update(metrics)
+    content = RecordDict({PAYLOAD_KEY: payload_record(payload), METRICS_KEY: MetricRecord(m)})
+    return Message(content, reply_to=sent)
+
+
+def aggregate(s: CompressedFedAvg, replies: list[Message]):
+    arrays, _ = s.aggregate_train(1, replies)
+    return OrderedDict(arrays.to_torch_state_dict()), s.take_round_stats()
+
+
+def test_fedavg_weights_updates_by_examples_and_takes_the_server_step():
+    s = strategy(server_lr=0.5)
+    # Partitions hold 10, 20, 30 examples; their updates are 1, 2, 3 → weighted mean 14/6; step 0.5.
+    state, stats = aggregate(s, [reply(n, update_filled(float(i + 1))) for i, n in enumerate(NODES)])
+    expected = 0.5 * (10 * 1 + 20 * 2 + 30 * 3) / 60
+    for name, value in state.items():
+        assert torch.allclose(value, torch.full_like(value, expected)), name
+    assert stats.clients == [0, 1, 2] and stats.failures == [] and stats.skipped is None
+
+
+def _nan_update():
+    u = update_filled(1.0)
+    next(iter(u.values())).view(-1)[3] = float("nan")
+    return u
+
+
+def _inf_update():
+    u = update_filled(1.0)
+    next(iter(u.values())).view(-1)[0] = float("inf")
+    return u
+
+
+HOSTILE = {
+    "nan update": (dict(update=_nan_update()), "not finite"),
+    "+inf coordinate": (dict(update=_inf_update()), "not finite"),
+    "beyond max_abs_value": (dict(update=update_filled(1e7)), "1e+06"),
+    "10^9 examples": (dict(**{"num-examples": 10**9}), "num-examples"),
+    "negative examples": (dict(**{"num-examples": -1500}), "num-examples"),
+    "NaN examples": (dict(**{"num-examples": float("nan")}), "num-examples"),
+    "examples not the partition's": (dict(**{"num-examples": 11}), "reported 10 at warm-up"),
+    "another client's partition": (dict(**{"partition-id": 1}), "partition-id = 1"),
+    "infinite partition id": (dict(**{"partition-id": float("inf")}), "partition-id"),
+    "payload-bytes a list": (dict(**{"payload-bytes": [1, 2]}), "payload-bytes must be an integer"),
+    "diverged loss": (dict(train_loss=float("nan")), "diverged"),
+    "not a payload": (dict(payload=b"\x00" * 105), "undecodable payload"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(HOSTILE))
+def test_a_hostile_reply_is_a_recorded_failure_and_changes_nothing(attack):
+    kwargs, reason = HOSTILE[attack]
+    honest = [reply(n, update_filled(2.0)) for n in NODES[1:]]
+    s = strategy()
+    state, stats = aggregate(s, [reply(NODES[0], **kwargs), *honest])
+    ref_state, _ = aggregate(strategy(), honest)  # the same round without that client
+    assert stats.clients == [1, 2]
+    assert [f.node_id for f in stats.failures] == [NODES[0]]
+    assert reason in stats.failures[0].reason, stats.failures[0].reason
+    assert all(torch.equal(state[k], ref_state[k]) for k in state)
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_client_errors_and_missing_metrics_are_failures_with_reasons():
+    s = strategy()
+    sent = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=NODES[0], message_type=MessageType.TRAIN)
+    error = Message(
+        Error(code=0, reason="Exception ClientAppException occurred. Message: out of memory"), reply_to=sent
+    )
+    sent2 = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=NODES[1], message_type=MessageType.TRAIN)
+    no_metrics = Message(RecordDict({PAYLOAD_KEY: payload_record(b"x")}), reply_to=sent2)
+    _, stats = aggregate(s, [error, no_metrics, reply(NODES[2])])
+    reasons = {f.node_id: f.reason for f in stats.failures}
+    assert reasons[NODES[0]] == "client error: out of memory"
+    assert reasons[NODES[1]] == "reply lacks metrics"
+    assert stats.clients == [2]
+
+
+def test_a_round_below_the_quorum_keeps_the_model_and_says_why():
+    s = strategy(min_replies=3)
+    state, stats = aggregate(s, [reply(NODES[0], **{"num-examples": 10**9}), reply(NODES[1]), reply(NODES[2])])
+    assert all(torch.equal(state[k], v) for k, v in zero_state().items())
+    assert stats.clients == [] and "2 usable of 3 replies, quorum is 3" in stats.skipped
+    # A sampled node that never replied counts as a failure too.
+    s = strategy(min_replies=2)
+    _, stats = aggregate(s, [reply(NODES[0]), reply(NODES[1])])
+    assert stats.skipped is None and [f.reason for f in stats.failures] == ["no reply before the round timeout"]
+
+
+def test_warm_up_claims_are_checked_too():
+    s = CompressedFedAvg(uplink=IdentityCompressor(), arch=ARCH, num_clients=3)
+    s.roster.learn(1, MetricRecord({"partition-id": 0, "num-examples": 5}), s.policy)
+    for metrics, why in (
+        ({"partition-id": 0, "num-examples": 5}, "held by node 1"),
+        ({"partition-id": 3, "num-examples": 5}, "outside [0, 2]"),
+        ({"partition-id": 1, "num-examples": 0}, "num-examples"),
+    ):
+        with pytest.raises(ReplyRejected, match=re.escape(why)):
+            s.roster.learn(2, MetricRecord(metrics), s.policy)
+    assert s.roster.partition_of == {1: 0}
+
+
+def test_the_quorum_defaults_to_min_train_clients():
+    from fedcomp.config import config_from_dict
+
+    cfg = config_from_dict({"federation": {"num_clients": 5, "min_train_clients": 3}})
+    assert cfg.federation.quorum == 3
+    cfg = config_from_dict({"federation": {"num_clients": 5, "min_train_clients": 3, "min_replies": 4}})
+    assert cfg.federation.quorum == 4
