@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,26 +21,10 @@ from fedcomp.config import load_config
 from fedcomp.data import load_dataset
 from fedcomp.servers.app import initial_model
 from fedcomp.servers.recorder import read_rounds
+from tests.processes import free_port, process_group, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, limit_s: float = 60) -> None:
-    deadline = time.monotonic() + limit_s
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        assert proc.poll() is None, "the SuperLink exited"
-        assert time.monotonic() < deadline, f"nothing listens on port {port}"
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -51,7 +32,7 @@ def deployment(tmp_path):
     """A SuperLink and two SuperNodes on loopback; yields (env, connection name)."""
     home = tmp_path / "flwr-home"
     home.mkdir()
-    link_port = _free_port()
+    link_port = free_port()
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
     )
@@ -61,36 +42,18 @@ def deployment(tmp_path):
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # fedcomp is installed already; no internet
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    procs: list[subprocess.Popen] = []
-
-    def start(args: list[str], log: str) -> subprocess.Popen:
-        with (tmp_path / log).open("wb") as fh:
-            p = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        procs.append(p)
-        return p
-
-    try:
+    with process_group(env, logs=tmp_path) as start:
         link = start([str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link_port)],
                      "superlink.log")  # fmt: skip
-        _wait_for_port(link_port, link)
+        wait_for_port(link_port, link)
         for i in range(2):
             node_config = f"partition-id={i} num-partitions=2 state-dir='{tmp_path / f'node{i}-state'}'"
             start(
                 [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                 "--port", str(_free_port()), "--node-config", node_config],
+                 "--port", str(free_port()), "--node-config", node_config],
                 f"supernode{i}.log",
             )  # fmt: skip
         yield env, "loopback"
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
 
 
 def test_superlink_and_two_supernodes_run_two_rounds_with_surp(deployment, tmp_path):

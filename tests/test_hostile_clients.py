@@ -58,19 +58,26 @@ def hostile_config(tmp_path, name, attacks, **sections):
     )
 
 
-def test_every_attack_is_rejected_and_the_model_is_the_one_without_that_client(tmp_path):
+def test_every_attack_is_rejected_and_the_model_is_the_one_without_that_client(tmp_path, capsys):
     attacked = fedcomp.run(hostile_config(tmp_path, "attacked", ATTACKS), progress=False)
-    absent = fedcomp.run(hostile_config(tmp_path, "absent", ["raise"] * len(ATTACKS)), progress=False)
+    # The reference through the command line, as users run it, with its report.
+    reference = tmp_path / "absent.toml"
+    reference.write_text(tomli_w.dumps(hostile_config(tmp_path, "absent", ["raise"] * len(ATTACKS))))
+    absent_dir = tmp_path / "absent"
+    assert cli_main(["run", str(reference), "--run-dir", str(absent_dir), "--no-progress", "--report"]) == 0
+    assert (absent_dir / "report" / "report.html").exists() and "report:" in capsys.readouterr().out
     assert json.loads((attacked.run_dir / "summary.json").read_text())["status"] == "complete"
+    # evaluate_every = 0: the global model is evaluated after the last round only.
+    assert [r["test_accuracy"] is None for r in attacked.rows] == [True] * (len(ATTACKS) - 1) + [False]
     for row, attack in zip(attacked.rows, ATTACKS, strict=True):
         assert row["clients"] == [1, 2, 3], (attack, row["failures"])
         (failure,) = row["failures"]
         assert WHY[attack] in failure["reason"], (attack, failure["reason"])
     model = torch.load(attacked.run_dir / "model.pt", weights_only=True)
-    reference = torch.load(absent.run_dir / "model.pt", weights_only=True)
+    expected = torch.load(absent_dir / "model.pt", weights_only=True)
     assert all(torch.isfinite(v.float()).all() for v in model.values())
-    assert all(torch.equal(model[k], reference[k]) for k in reference)
-    assert attacked.final_accuracy == absent.final_accuracy > 0.3
+    assert all(torch.equal(model[k], expected[k]) for k in expected)
+    assert attacked.final_accuracy == read_rounds(absent_dir)[-1]["test_accuracy"] > 0.3
 
 
 def test_a_2_63_step_surp_refresh_cannot_hang_the_server_and_a_run_without_quorum_fails(tmp_path, capsys):

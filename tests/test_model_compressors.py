@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from fedcomp.clients.state import fit_state
-from fedcomp.coding import DecodeError, pack, specs_of
+from fedcomp.coding import ChecksumError, DecodeError, pack, specs_of
 from fedcomp.compressors.model.alds import ALDSCompressor, ALDSLinear, ALDSParams, fold, recompose, true_error
 from fedcomp.compressors.model.base import dense_bytes
 from fedcomp.compressors.model.identity import IdentityModelCompressor
 from fedcomp.compressors.model.lc import FormParams, GroupParams, LCCompressor, LCParams
-from fedcomp.compressors.model.structure import Architecture, Edit
+from fedcomp.compressors.model.structure import Architecture, Edit, structure_from_json
 from fedcomp.compressors.update.identity import IdentityCompressor
 from fedcomp.config import ConfigError, config_from_dict
 
@@ -174,18 +174,19 @@ def test_lc_damaged_broadcasts_raise_decode_errors_only():
     payload = server.broadcast(1, w, ()).payload
     rng = np.random.default_rng(0)
     client = lc("compressed_start")
+    # Corruption in transit is caught by the CRC (mutations behind a valid CRC: tests/test_hostile_payloads.py).
     for _ in range(100):
         data = bytearray(payload)
         for pos in rng.integers(0, len(data), 3):
             data[pos] ^= int(rng.integers(1, 256))
-        with pytest.raises(DecodeError):
+        with pytest.raises(ChecksumError):
             client.decode(bytes(data))
     # A well-framed container whose body is cut short is named as such.
-    parts = payload[:-4]
-    with pytest.raises(DecodeError):
+    with pytest.raises(DecodeError, match=r"(?i)truncat|ends|short"):
         client.decode(pack("lc", {"phase": 3, "mu": 0.01}, specs_of(w), b"\x00" * 100, by_digest=True))
-    assert parts  # the original still decodes
-    client.decode(payload)
+    got = client.decode(payload)  # the undamaged original still decodes, to the server's start model
+    start = server.broadcast(1, w, ()).start
+    assert all(torch.equal(got.state[k], start[k]) for k in start)
 
 
 # ----------------------------------------------------------------------------- ALDS
@@ -277,7 +278,7 @@ def test_alds_broadcasts_with_bad_structures_are_decode_errors():
     params = {"structure": [[e.op, e.layer, list(e.args)] for e in good.structure]}
     with pytest.raises(DecodeError, match="tensor list"):
         client.decode(pack("alds", params, specs_of(w), dense_bytes(w.values()), by_digest=True))
-    assert json.dumps(params)  # the structure is plain JSON
+    assert structure_from_json(json.loads(json.dumps(params))["structure"]) == good.structure  # plain JSON, exact
 
 
 def test_client_state_of_vanished_tensors_is_dropped():

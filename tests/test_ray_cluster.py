@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,45 +12,30 @@ import fedcomp
 from fedcomp.config import config_from_dict
 from fedcomp.simulation import backend_config
 from tests.conftest import small_config
+from tests.processes import free_port, process_group
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_simulation_attaches_to_a_running_ray_cluster(tmp_path):
-    port = _free_port()
+    port = free_port()
     temp_dir = Path("/tmp") / f"fc-ray-{os.getpid()}-{port}"  # short: Ray's socket paths have a length limit
-    head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group, stopped by PID below (never `ray stop`)
-    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while not list(temp_dir.glob("session_*/logs/raylet.out")):
-            assert head.poll() is None, "ray start --head exited"
-            assert time.monotonic() < deadline, "the Ray head did not come up"
-            time.sleep(0.2)
-        cfg = small_config(tmp_path, simulation={"ray_address": f"127.0.0.1:{port}"})
-        result = fedcomp.run(cfg, progress=False)
-        assert [r["round"] for r in result.rows] == [1, 2] and result.rows[-1]["test_accuracy"] > 0.5
-        # The driver (this process) joined the head's session instead of starting a cluster of its own.
-        drivers = list(temp_dir.glob(f"session_*/logs/python-core-driver-*_{os.getpid()}.log"))
-        assert drivers, "no driver log of this process in the head's session"
+        with process_group() as start:
+            head = start([RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                          "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"])  # fmt: skip
+            deadline = time.monotonic() + 120
+            while not list(temp_dir.glob("session_*/logs/raylet.out")):
+                assert head.poll() is None, "ray start --head exited"
+                assert time.monotonic() < deadline, "the Ray head did not come up"
+                time.sleep(0.2)
+            cfg = small_config(tmp_path, simulation={"ray_address": f"127.0.0.1:{port}"})
+            result = fedcomp.run(cfg, progress=False)
+            assert [r["round"] for r in result.rows] == [1, 2] and result.rows[-1]["test_accuracy"] > 0.5
+            # The driver (this process) joined the head's session instead of starting a cluster of its own.
+            drivers = list(temp_dir.glob(f"session_*/logs/python-core-driver-*_{os.getpid()}.log"))
+            assert drivers, "no driver log of this process in the head's session"
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -182,7 +182,8 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     cfg = small_config(tmp_path, federation={"rounds": 1}, data={"data_dir": str(tmp_path / "no-data")})
     res = run_sweep(cfg, {"data.dataset": ["mnist", "mnist5k"]}, sweep_dir=tmp_path / "s", progress=False)
     assert [r.status for r in res.runs] == ["failed", "complete"]
-    assert "DatasetNotFoundError" in res.runs[0].error and "mnist" in res.runs[0].error
+    # Found before the engine starts, as a config error naming the key.
+    assert "data.data_dir" in res.runs[0].error and "mnist" in res.runs[0].error
     recorded = json.loads((tmp_path / "s" / "sweep.json").read_text())["runs"]
     assert recorded[0]["status"] == "failed" and recorded[0]["error"] == res.runs[0].error
 
@@ -285,3 +286,78 @@ def test_a_corrupt_model_file_is_named_and_the_ratio_left_out(sweep, tmp_path, c
     table = json.loads((tmp_path / "out" / "table.json").read_text())
     assert table["identity_bytes_per_client_round"] is None
     assert "no readable model.pt" in table["identity_source"]
+
+
+# ----------------------------------------------------------------------------- the command line, as users call it
+
+
+def test_fedcomp_list_names_every_registered_method(capsys):
+    from fedcomp.compressors.model import MODEL_COMPRESSORS
+    from fedcomp.compressors.update import UPDATE_COMPRESSORS
+    from fedcomp.data import DATASETS
+    from fedcomp.models import MODELS
+
+    assert cli_main(["list"]) == 0
+    out = capsys.readouterr().out
+    for registry in (DATASETS, MODELS, UPDATE_COMPRESSORS, MODEL_COMPRESSORS):
+        for name in registry:
+            assert f"  {name}" in out, name
+
+
+def test_report_target_counts_rounds_and_bytes_from_the_rows(sweep, tmp_path, capsys):
+    """--target: the first evaluated round at or above it, recomputed here from rounds.jsonl."""
+    run_dir = sweep.sweep_dir / sweep.runs[0].dir
+    rows = _rows(run_dir)
+    target = rows[0]["test_accuracy"]  # reached in round 1 by construction
+    assert cli_main(["report", str(run_dir), "-o", str(tmp_path / "out"), "--target", str(target)]) == 0
+    (group,) = json.loads((tmp_path / "out" / "table.json").read_text())["groups"]
+    assert group["metrics"]["rounds_to_target"]["values"] == [1.0]
+    assert group["metrics"]["uplink_bytes_to_target"]["values"] == [float(rows[0]["uplink_bytes"])]
+    unreachable = max(r["test_accuracy"] for r in rows) + 0.01
+    assert cli_main(["report", str(run_dir), "-o", str(tmp_path / "out2"), "--target", str(unreachable)]) == 0
+    (group,) = json.loads((tmp_path / "out2" / "table.json").read_text())["groups"]
+    assert group["metrics"]["rounds_to_target"]["values"] == [None]
+
+
+def test_report_allow_mixed_reports_different_experiments_side_by_side(sweep, tmp_path, capsys):
+    other = _copy_run(sweep, 0, tmp_path / "other")
+    config = (other / "config.toml").read_text().replace('name = "lenet5_caffe"', 'name = "mlp"')
+    (other / "config.toml").write_text(config)
+    paths = [str(sweep.sweep_dir / sweep.runs[0].dir), str(other)]
+    assert cli_main(["report", *paths, "-o", str(tmp_path / "refused")]) == 2
+    assert "different experiments" in capsys.readouterr().err
+    assert cli_main(["report", *paths, "-o", str(tmp_path / "mixed"), "--allow-mixed"]) == 0
+    groups = json.loads((tmp_path / "mixed" / "table.json").read_text())["groups"]
+    assert len(groups) == 2
+
+
+def test_a_sweep_whose_runs_fail_exits_1_and_records_why(tmp_path, capsys):
+    cfg_file = tmp_path / "base.toml"
+    cfg_file.write_text(
+        f'output_dir = "{tmp_path}"\n[federation]\nrounds = 1\n[data]\ndata_dir = "{tmp_path / "none"}"\n'
+    )
+    code = cli_main(["sweep", str(cfg_file), "--grid", "data.dataset=mnist", "--sweep-dir", str(tmp_path / "s")])
+    assert code == 1
+    (run,) = json.loads((tmp_path / "s" / "sweep.json").read_text())["runs"]
+    assert run["status"] == "failed" and "data.data_dir" in run["error"]
+
+
+def test_a_sweep_started_again_moves_an_unfinished_run_aside_and_redoes_it(sweep, tmp_path):
+    again_dir = tmp_path / "again"
+    shutil.copytree(sweep.sweep_dir, again_dir, ignore=shutil.ignore_patterns(".lock"))
+    crashed = again_dir / sweep.runs[3].dir
+    lines = (crashed / "rounds.jsonl").read_text().splitlines()
+    (crashed / "rounds.jsonl").write_text(lines[0] + "\n")
+    summary = json.loads((crashed / "summary.json").read_text())
+    (crashed / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    (crashed / "model.pt").unlink()
+    res = run_sweep(small_config(tmp_path), GRID, seeds=2, sweep_dir=again_dir, progress=False)
+    assert [r.status for r in res.runs] == ["skipped"] * 3 + ["complete"]
+    (attempt,) = (again_dir / ".attempts").iterdir()
+    assert _rows(attempt) == _rows(sweep.sweep_dir / sweep.runs[3].dir)[:1]  # kept as it was, not deleted
+    redone = _rows(crashed)
+    assert [r["round"] for r in redone] == [1, 2]
+    # The redone run is the same experiment with the same seed: it records the same rounds.
+    assert [r["uplink_bytes"] for r in redone] == [
+        r["uplink_bytes"] for r in _rows(sweep.sweep_dir / sweep.runs[3].dir)
+    ]

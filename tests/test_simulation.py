@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fedcomp
-from fedcomp.clients.training import float_state
+from fedcomp.clients.training import evaluate, float_state
 from fedcomp.coding import DecodeLimits, specs_of, unpack
 from fedcomp.compressors.update.identity import IdentityCompressor
 from fedcomp.config import load_config
@@ -61,7 +61,10 @@ def test_run_directory_holds_config_rows_model_and_summary(baseline_run):
     cfg = load_config(d / "config.toml")
     split = load_dataset("mnist5k", seed=cfg.seed)
     model = initial_model(cfg, split.input_shape, split.num_classes)
-    model.load_state_dict(state)  # the saved model is the trained one, loadable as is
+    model.load_state_dict(state)  # loadable as is
+    # ... and the trained one: evaluated again it scores what the last row recorded for the global model.
+    _, accuracy = evaluate(model, split.test, torch.device("cpu"))
+    assert accuracy == pytest.approx(baseline_run.rows[-1]["test_accuracy"], abs=1e-9)
     assert not torch.equal(
         state["classifier.1.weight"], initial_model(cfg, (1, 28, 28), 10).state_dict()["classifier.1.weight"]
     )

@@ -28,6 +28,8 @@ def test_compressed_uplink_bytes_are_the_payload_lengths(make_config, uplink):
         assert row["uplink_bytes_per_client"] == row["uplink_bytes_sent_per_client"]
         assert row["uplink_bytes"] == sum(row["uplink_bytes_per_client"])
         assert all(b < dense_fp32 / 20 for b in row["uplink_bytes_per_client"])  # really compressed
+        # ... and really sent: at least one bit per coordinate the density asks for (a codec sending nothing fails).
+        assert all(8 * b >= uplink["density"] * 431_080 for b in row["uplink_bytes_per_client"])
         assert row["client_metrics"]["uplink_density"] <= (
             0.003 if uplink["name"] == "dgc" else uplink["density"] * 1.01
         )

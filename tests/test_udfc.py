@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from fedcomp.clients.training import evaluate, train_local
-from fedcomp.coding import DecodeError, pack, specs_of
+from fedcomp.coding import ChecksumError, DecodeError, pack, specs_of
 from fedcomp.compressors.model.base import dense_bytes
 from fedcomp.compressors.model.channels import channel_graph, resize_edits
 from fedcomp.compressors.model.structure import Architecture
@@ -82,6 +83,21 @@ def test_quantization_scale_is_the_minimizer():
         assert s == pytest.approx(float(numeric), abs=1e-7)
 
 
+@contextlib.contextmanager
+def fixed_threads(n: int):
+    """CPU training and evaluation with ``n`` threads whatever OMP_NUM_THREADS says: the float sums, and so the
+    briefly trained reference model, depend on the thread count (0.78-0.88 accuracy across 1-4 threads)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+REFERENCE_THREADS = 2
+
+
 def _trained_resnet() -> tuple[OrderedDict, object]:
     torch.manual_seed(0)
     split = load_dataset("mnist5k", "", False, 1000, 0)
@@ -128,6 +144,7 @@ def test_a_channel_that_is_a_scaled_copy_is_removed_without_changing_the_functio
     assert not torch.allclose(thin(x), original(x), atol=1e-3)
 
 
+@fixed_threads(REFERENCE_THREADS)
 def test_compensation_beats_plain_pruning_and_quantization_on_a_trained_resnet():
     state, split = _trained_resnet()
     model = RESNET.build().eval()
@@ -166,10 +183,10 @@ def test_payload_round_trip_and_damaged_payloads():
     dense = sum(v.numel() * 4 for v in state.values() if v.is_floating_point())
     assert len(payload) < dense * 0.7 * 5 / 32 * 2  # thinner and 5-bit
     rng = np.random.default_rng(0)
-    for _ in range(60):
+    for _ in range(60):  # corruption in transit: the CRC (valid-CRC mutations: tests/test_hostile_payloads.py)
         data = bytearray(payload)
         data[int(rng.integers(len(data)))] ^= 0x5A
-        with pytest.raises(DecodeError):
+        with pytest.raises(ChecksumError):
             client.decode(bytes(data))
     specs = specs_of(state)
     for params in ({"bits": 1}, {"bits": "6"}, {"bits": 6, "structure": [["resize", "layer1.0.conv1", [0, 16]]]},
