@@ -306,10 +306,12 @@ UPLINK_VARIANTS = {
     "randomk": ("randomk", {"density": 0.01, "values": "fp16"}),
     "rtopk": ("rtopk", {"density": 0.01, "values": "bf16"}),
     "dgc": ("dgc", {"density": 0.01}),
-    "surp": ("surp", {"density": 0.01}),
-    "surp-alg1": ("surp", {"density": 0.01, "algorithm": 1}),
-    "surp-global": ("surp", {"density": 0.01, "normalization": "global"}),
-    "surp-alg1-global": ("surp", {"density": 0.01, "algorithm": 1, "normalization": "global"}),
+    "surp": ("surp", {"density": 0.01}),  # staged
+    "surp-staged-budget": ("surp", {"density": 0.05, "stage_ratio": 1.25, "max_bytes": 2000}),
+    "surp-iter-layer": ("surp", {"density": 0.01, "mode": "iterative", "normalization": "layer"}),
+    "surp-alg1-layer": ("surp", {"density": 0.01, "mode": "iterative", "algorithm": 1, "normalization": "layer"}),
+    "surp-iter": ("surp", {"density": 0.01, "mode": "iterative"}),
+    "surp-alg1": ("surp", {"density": 0.01, "mode": "iterative", "algorithm": 1}),
 }
 
 
@@ -519,13 +521,73 @@ def surp_cases(payload: bytes, specs: list[TensorSpec], params: dict) -> Iterato
         yield f"params {raw}", frame.with_params(raw).to_bytes()
 
 
+def staged_body(tau_last: float, ratio: float, count: int, stages: list) -> bytes:
+    """A staged SuRP body; ``count`` may lie about the stages; each stage (refined, size, new, n, signs)."""
+    w = BitWriter()
+    elias_delta_encode([min(count + 1, U64)], w)
+    for refined, size, new, n, signs in stages:
+        for values, space in ((refined, size), (new, n)):
+            values = np.asarray(values, np.int64)
+            elias_delta_encode([min(values.size + 1, U64)], w)
+            if 0 < values.size < space:
+                gaps = np.diff(values, prepend=-1) - 1
+                try:
+                    golomb_encode(np.maximum(gaps, 0), index_golomb_parameter(values.size, space), w)
+                except ValueError:
+                    w.write_bits(np.ones(64, np.uint8))
+        w.write_bits(np.asarray(signs, np.uint8))
+    return struct.pack("<ff", tau_last, ratio) + w.getvalue()
+
+
+def staged_cases(payload: bytes, specs: list[TensorSpec]) -> Iterator[tuple[str, bytes]]:
+    """The staged stream's header, stage count, index sets and signs at their extremes."""
+    from fedcomp.compressors.update.surp_staged import MAX_STAGES
+
+    frame = Frame.parse(payload)
+    n = sum(s.numel for s in specs)
+    head = frame.body[:8]
+    tau_last, ratio = struct.unpack("<ff", head)
+    for t in (0.0, -1.0, 1e-45, 3.4e38, math.nan, math.inf, -math.inf):
+        for q in (ratio, 1.0, 1.24, 16.0, 16.5, math.nan, math.inf, -2.0):
+            data = struct.pack("<ff", t, q) + frame.body[8:]
+            yield f"τ_S {t!r}, q {q!r}", frame.with_body(data).to_bytes()
+    for length in (0, 1, 7, 8, 9, len(frame.body) - 1):
+        yield f"body of {length} bytes", frame.with_body(frame.body[:length]).to_bytes()
+    one = [([], 0, [0], n, [0])]
+    for count in (0, 1, 2, MAX_STAGES, MAX_STAGES + 1, 1 << 31, 1 << 63, U64 - 1):
+        yield f"{count} stages declared", frame.with_body(staged_body(1.0, 2.0, count, one)).to_bytes()
+    yield (
+        "MAX_STAGES empty stages",
+        frame.with_body(staged_body(1e-30, 1.25, MAX_STAGES, [([], 0, [], n, [])] * MAX_STAGES)).to_bytes(),
+    )
+    for new in ([n - 1], [n], [n + 1], [1 << 31], list(range(0, n, 2)), list(range(n))):
+        signs = [1] * min(len(new), n)
+        yield (
+            f"new set of {len(new)} up to {new[-1]}",
+            frame.with_body(staged_body(1.0, 2.0, 1, [([], 0, new, n, signs)])).to_bytes(),
+        )
+    for refined, size in (([0], 1), ([1], 1), ([0, 0], 2), ([5], 3), ([0], 0)):
+        stages = [([], 0, [0, 1, 2], n, [0, 0, 0]), (refined, size, [], n, [])]
+        yield f"refine {refined} of {size}", frame.with_body(staged_body(1.0, 2.0, 2, stages)).to_bytes()
+    repeat = [([], 0, [4], n, [0]), ([], 1, [4], n, [0])]
+    yield "a coordinate sent twice", frame.with_body(staged_body(1.0, 2.0, 2, repeat)).to_bytes()
+    yield "signs missing", frame.with_body(staged_body(1.0, 2.0, 1, [([], 0, [0, 1], n, [0])])).to_bytes()
+    yield "a sign too many", frame.with_body(staged_body(1.0, 2.0, 1, [([], 0, [0], n, [0, 1])])).to_bytes()
+    refine_all = [([], 0, list(range(n)), n, [0] * n)] + [(list(range(n)), n, [], n, [])] * 60
+    yield "every coordinate refined 60 times", frame.with_body(staged_body(1e-20, 2.0, 61, refine_all)).to_bytes()
+    for raw in ({"mode": "staged"}, {"mode": None}, {"norm": "global"}, {"algorithm": 2}, {"mode": "iterative"}):
+        yield f"params {raw}", frame.with_params(raw).to_bytes()
+
+
 def uplink_cases(label: str, comp: UpdateCompressor, payload: bytes, specs: list[TensorSpec]):
     rng = np.random.default_rng(sum(map(ord, label)))
     name = comp.name
-    keys = {"identity": [], "surp": ["algorithm", "norm"]}.get(name, ["values"])
+    keys = {"identity": [], "surp": ["mode", "algorithm", "norm"]}.get(name, ["values"])
     yield from container_cases(payload, specs, keys)
     if name == "identity":
         yield from identity_cases(payload, specs)
+    elif name == "surp" and "mode" not in Frame.parse(payload).params_dict:
+        yield from staged_cases(payload, specs)
     elif name == "surp":
         yield from surp_cases(payload, specs, Frame.parse(payload).params_dict)
     else:
@@ -759,7 +821,7 @@ LENET = Architecture("lenet5_caffe", (1, 28, 28), 10)
 
 
 def refresh_2_63_payload() -> bytes:
-    """The 105-byte SuRP payload (LeNet-5 specs) whose one refresh advances λ by 2^63 steps.
+    """The SuRP payload (LeNet-5 specs; 105 bytes as landed, 123 with the iterative mode named) whose one refresh advances λ by 2^63 steps.
 
     Elias-γ decodes 2^63, the old decoder cast it to int64 (−2^63) and the
     compiled power-by-squaring looped forever on the negative exponent,
@@ -770,12 +832,12 @@ def refresh_2_63_payload() -> bytes:
     body = surp_body(
         (1, math.log(n / math.log(n)), 1.0), [1.0] * len(specs), np.array([0, 1]), [1 << 63], np.zeros(1, np.uint8)
     )
-    return pack("surp", {}, specs, body, by_digest=True)
+    return pack("surp", {"mode": "iterative"}, specs, body, by_digest=True)
 
 
 def test_the_2_63_step_refresh_is_refused_in_a_subprocess_with_a_timeout():
     payload = refresh_2_63_payload()
-    assert len(payload) == 105
+    assert len(payload) == 123
     script = (
         "import sys, time\n"
         "from fedcomp.coding import DecodeError, DecodeLimits, specs_of\n"
@@ -825,6 +887,16 @@ def _forged_surp(specs: list[TensorSpec], seed: int, sides: int, n_norms: int, n
     return surp_body((seed, logf, logf / 2.0), [norm] * n_norms, symbols, [], signs), target
 
 
+def _forged_staged(specs: list[TensorSpec], value: float) -> tuple[bytes, str]:
+    """A staged body whose one coordinate (the first of '3.weight') decodes to ``value`` (inf: 3.4e38 + 2.7e38)."""
+    n = sum(s.numel for s in specs)
+    at = sum(s.numel for s in specs[:2])
+    if math.isinf(value):  # τ_1 = 1.25·τ_S ≤ float32's largest, refined once: the sum overflows float32
+        stages = [([], 0, [at], n, [0]), ([0], 1, [], n, [])]
+        return staged_body(2.7e38, 1.25, 2, stages), specs[2].name
+    return staged_body(value, 2.0, 1, [([], 0, [at], n, [0])]), specs[2].name
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, 1e34])
 @pytest.mark.parametrize("label", sorted(UPLINK_VARIANTS))
 def test_a_forged_update_decoding_to_nan_inf_or_huge_is_refused_naming_the_tensor(label, value):
@@ -839,11 +911,15 @@ def test_a_forged_update_decoding_to_nan_inf_or_huge_is_refused_naming_the_tenso
         body = bytearray(frame.body)
         at = sum(s.nbytes for s in specs[:2])
         body[at : at + 4] = f32(value)
+    elif name == "surp" and params.get("mode") != "iterative":
+        if math.isnan(value):
+            pytest.skip("SuRP refuses non-finite thresholds as inputs: no NaN can come out")
+        body, target = _forged_staged(specs, value)
     elif name == "surp":
         if math.isnan(value):
             pytest.skip("SuRP refuses non-finite norms and thresholds as inputs: no NaN can come out")
         sides = 2 if params.get("algorithm") == 1 else 1
-        n_norms = 1 if params.get("normalization") == "global" else len(specs)
+        n_norms = len(specs) if params.get("normalization") == "layer" else 1
         seed = struct.unpack_from("<I", frame.body)[0]
         body, target = _forged_surp(specs, seed, sides, n_norms, 3.4e38 if math.isinf(value) else value)
     else:

@@ -7,9 +7,13 @@ Each of the four techniques is a switch:
 - **local gradient clipping**: g is clipped to a norm of
   ``clip_norm · N^(−1/2)`` (N = clients) before it is accumulated;
 - **momentum factor masking**: u and v are zeroed where v was sent;
-- **warm-up**: the sparsity rises 75% → 93.75% → 98.4375% → 99.6% → 99.9%
-  over the first rounds (``warmup_rounds`` rounds per stage), then stays at
-  the target density.
+- **warm-up**: the paper raises the sparsity exponentially over the first
+  four epochs, 75% → 93.75% → 98.4375% → 99.6%, then trains at 99.9%. Here
+  each of those four stages lasts ``warmup_rounds`` rounds, then a fifth
+  at 99.9% (which is the target itself at the paper's density 0.001;
+  below it, a target of 99.99% say, the fifth stage is one more step), then
+  the target density: ``warmup_rounds = 4`` gives 16 rounds of warm-up at
+  the paper's target.
 
 Selection (section 3 of the paper): the threshold is estimated from a
 random sample of |v| (``sample_fraction``, 0.1–1%); if at least k
@@ -17,8 +21,18 @@ coordinates pass it, the exact top-k among those is taken (they must hold
 the true top-k); if fewer pass, the sample misjudged and the exact top-k of
 all of v is taken. So the k sent are always exactly the top-k; sampling
 only saves work. As in the reference code, tensors with one dimension
-(biases, BatchNorm) are sent dense (``dense_1d``). Without error feedback
-of its own: v is the accumulator.
+(biases, BatchNorm) are sent dense (``dense_1d``), and such uncompressed
+tensors get *ordinary* momentum, as the reference optimizer gives them:
+u ← m·u + g is sent whole and kept, with no accumulator and no masking (a
+constant gradient of 1 is sent as 1, 1.9, 2.71, …; masking would zero u
+every round and send 1 forever). Without error feedback of its own: v is
+the accumulator.
+
+Under a byte budget (``max_bytes``, the whole payload) the density of the
+compressed tensors is lowered by bisection (:func:`~.sparse.fit_bytes`),
+each trial an exact top-k by ``torch.topk`` (the same set the sampled
+threshold finds); if the dense tensors alone do not fit, they are
+compressed too (then they are DGC tensors: accumulated and masked).
 
 Federated mapping: g is the client's update (``w_local − w_global``; with
 ``local_steps = 1`` and SGD this is −lr·gradient). Set the client
@@ -35,7 +49,7 @@ import torch
 
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update
-from fedcomp.compressors.update.sparse import SparseParams, encode_sparse, k_for, top_magnitude
+from fedcomp.compressors.update.sparse import SparseParams, encode_sparse, fit_bytes, k_for, k_within, top_magnitude
 from fedcomp.compressors.update.topk import UPLINK_SELECTION, SparseCompressor
 from fedcomp.config import require
 from fedcomp.seeding import torch_generator
@@ -109,27 +123,35 @@ class DGCCompressor(SparseCompressor):
             if norm > limit:
                 grads = OrderedDict((k, g * (limit / norm)) for k, g in grads.items())
         density = warmup_density(p.density, ctx.server_round, p.warmup_rounds)
-        selection, accum, chosen, total = {}, OrderedDict(), 0, 0
-        for name, g in grads.items():
-            u = state.get(f"u/{name}", torch.zeros_like(g))
-            v = state.get(f"v/{name}", torch.zeros_like(g))
-            if p.momentum_correction:
-                u = p.momentum * u + g
-                v = v + u
-            else:
-                v = v + g
-            flat = v.reshape(-1)
-            if p.dense_1d and g.dim() <= 1:
-                idx = torch.arange(flat.numel())
-            else:
-                idx = sampled_top_k(flat, k_for(flat.numel(), density), p.sample_fraction, gen)
-            selection[name] = (idx, flat[idx])
-            accum[name] = (u, v)
-            chosen += idx.numel()
-            total += flat.numel()
-        payload, sent = encode_sparse(self.name, grads, selection, p.values)
+        dense = {name: p.dense_1d and g.dim() <= 1 for name, g in grads.items()}
+        if p.max_bytes and not self._dense_fits(grads, p.max_bytes):
+            dense = dict.fromkeys(grads, False)  # not even the dense tensors fit: compress everything
+        velocity = OrderedDict(
+            (name, self._accumulate(g, state, name, dense[name])) for name, g in grads.items()
+        )  # fmt: skip
+        total = sum(g.numel() for g in grads.values())
+
+        def attempt(d: float, budgeted: bool) -> tuple[bytes, dict[str, torch.Tensor], dict]:
+            selection = {}
+            for name, (_, v) in velocity.items():
+                flat = v.reshape(-1)
+                if dense[name]:
+                    idx = torch.arange(flat.numel())
+                elif budgeted:
+                    idx = top_magnitude(flat, k_within(flat.numel(), d))
+                else:
+                    idx = sampled_top_k(flat, k_for(flat.numel(), d), p.sample_fraction, gen)
+                selection[name] = (idx, flat[idx])
+            payload, sent = encode_sparse(self.name, grads, selection, p.values)
+            return payload, sent, selection
+
+        largest = max((g.numel() for name, g in grads.items() if not dense[name]), default=0)
+        payload, sent, selection = fit_bytes(attempt, density, p.max_bytes, largest)
         new_state: State = {}
-        for name, (u, v) in accum.items():
+        for name, (u, v) in velocity.items():
+            if dense[name]:  # ordinary momentum: u was sent whole and is kept as it is
+                new_state[f"u/{name}"] = u
+                continue
             sent_mask = torch.zeros(v.numel(), dtype=torch.bool)
             sent_mask[selection[name][0]] = True
             sent_mask = sent_mask.view(v.shape)
@@ -139,4 +161,34 @@ class DGCCompressor(SparseCompressor):
                 v = v.masked_fill(sent_mask, 0.0)
             new_state[f"u/{name}"] = u
             new_state[f"v/{name}"] = v
+        chosen = sum(idx.numel() for idx, _ in selection.values())
         return Encoded(payload, sent, {"density": chosen / max(total, 1), "target_density": density}, new_state)
+
+    def _accumulate(self, g: torch.Tensor, state: State, name: str, dense: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u, v) after this round's gradient: momentum correction for compressed tensors, plain momentum for dense.
+
+        Compressed (Lin et al., eq. 5-6): u ← m·u + g, v ← v + u (v is sent
+        sparsely). Dense: u ← m·u + g and v = u, sent whole (the momentum SGD
+        step, without an accumulator). Without momentum correction: v ← v + g,
+        and a dense tensor sends g.
+        """
+        p: DGCParams = self.params
+        u = state.get(f"u/{name}", torch.zeros_like(g))
+        if dense:
+            u = p.momentum * u + g if p.momentum_correction else torch.zeros_like(g)
+            return u, (u if p.momentum_correction else g)
+        v = state.get(f"v/{name}", torch.zeros_like(g))
+        if p.momentum_correction:
+            u = p.momentum * u + g
+            return u, v + u
+        return u, v + g
+
+    def _dense_fits(self, grads: OrderedDict, max_bytes: int) -> bool:
+        """Whether the dense 1-D tensors alone (the others sending nothing) fit ``max_bytes``."""
+        selection = {}
+        for name, g in grads.items():
+            n = g.numel() if self.params.dense_1d and g.dim() <= 1 else 0
+            idx = torch.arange(n)
+            selection[name] = (idx, g.reshape(-1)[idx])
+        payload, _ = encode_sparse(self.name, grads, selection, self.params.values)
+        return len(payload) <= max_bytes

@@ -5,15 +5,22 @@ of selected indices (count by Elias-δ, then Golomb-coded gaps with M from
 k/n: :func:`fedcomp.coding.encode_indices`), padded to a byte; then the
 selected values of every tensor, in the same order, as fp32, fp16 or bf16.
 A tensor whose selection is everything costs only its count.
+
+**Byte budgets** (``max_bytes``, every sparsifier): the whole payload,
+container framing included, never exceeds ``max_bytes``. If the selection
+at ``density`` does not fit, the density is lowered by bisection over whole
+encodes (each tensor then gets ⌊d·n⌋ coordinates, zero allowed) and the
+densest encode that fits is sent; a budget below the payload of an empty
+selection is a ValueError at encode time.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -47,14 +54,51 @@ class SparseParams:
     """Value format: fp32, fp16 or bf16."""
     error_feedback: bool | None = None
     """Keep what was not sent and add it next round (default: the method's own)."""
+    max_bytes: int = 0
+    """Largest payload in bytes, container included (0 = none): the density is lowered until it fits."""
 
     def validate(self, path: str) -> None:
         require(0 < self.density <= 1, f"{path}.density", f"a number in (0, 1], got {self.density}")
+        require(self.max_bytes >= 0, f"{path}.max_bytes", "an integer >= 0 (0 = no budget)")
         require(self.values in VALUE_FORMATS, f"{path}.values", f"one of {sorted(VALUE_FORMATS)}, got {self.values!r}")
 
 
 def k_for(n: int, density: float) -> int:
     return max(1, min(n, int(np.ceil(density * n))))
+
+
+def k_within(n: int, density: float) -> int:
+    """k under a byte budget: ⌊density·n⌋, zero allowed (so the payload shrinks smoothly with the density)."""
+    return max(0, min(n, int(np.floor(density * n))))
+
+
+Attempt = TypeVar("Attempt", bound=tuple)
+
+
+def fit_bytes(attempt: Callable[[float, bool], Attempt], density: float, max_bytes: int, largest: int) -> Attempt:
+    """The densest ``attempt(d, budgeted)`` whose payload (its first item) has at most ``max_bytes`` bytes.
+
+    ``attempt(density, False)`` is the encode without a budget; if it does
+    not fit, d is bisected in [0, density] with ``budgeted`` True (k =
+    :func:`k_within`) until it no longer changes any k (``largest`` is the
+    largest tensor's size). Only attempts that fit are kept, so the result
+    fits even where the size is not monotone in d.
+    """
+    first = attempt(density, False)
+    if not max_bytes or len(first[0]) <= max_bytes:
+        return first
+    best = attempt(0.0, True)
+    if len(best[0]) > max_bytes:
+        raise ValueError(f"max_bytes = {max_bytes} is below the {len(best[0])}-byte payload of an empty selection")
+    lo, hi = 0.0, density
+    while (hi - lo) * max(largest, 1) >= 0.5:
+        mid = (lo + hi) / 2
+        trial = attempt(mid, True)
+        if len(trial[0]) <= max_bytes:
+            lo, best = mid, trial
+        else:
+            hi = mid
+    return best
 
 
 def encode_sparse(

@@ -17,7 +17,15 @@ import torch
 from fedcomp.coding import TensorSpec
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor
-from fedcomp.compressors.update.sparse import SparseParams, decode_sparse, encode_sparse, k_for, top_magnitude
+from fedcomp.compressors.update.sparse import (
+    SparseParams,
+    decode_sparse,
+    encode_sparse,
+    fit_bytes,
+    k_for,
+    k_within,
+    top_magnitude,
+)
 from fedcomp.seeding import torch_generator
 
 UPLINK_SELECTION = 11  # seeding purpose for the compressors' own randomness
@@ -35,16 +43,21 @@ class SparseCompressor(UpdateCompressor):
 
     def encode(self, update: Update, state: State | None = None, ctx: EncodeContext | None = None) -> Encoded:
         ctx = ctx or EncodeContext()
-        gen = torch_generator(self.seed, UPLINK_SELECTION, ctx.server_round, ctx.client_id)
         tensors = {k: v.detach().to("cpu", torch.float32) for k, v in update.items()}
-        selection, chosen, total = {}, 0, 0
-        for name, t in tensors.items():
-            flat = t.reshape(-1)
-            idx, vals = self.select(name, flat, k_for(flat.numel(), self.params.density), gen)
-            selection[name] = (idx, vals)
-            chosen += idx.numel()
-            total += flat.numel()
-        payload, sent = encode_sparse(self.name, tensors, selection, self.params.values)
+        total = sum(t.numel() for t in tensors.values())
+
+        def attempt(density: float, budgeted: bool) -> tuple[bytes, dict[str, torch.Tensor], int]:
+            gen = torch_generator(self.seed, UPLINK_SELECTION, ctx.server_round, ctx.client_id)
+            selection = {}
+            for name, t in tensors.items():
+                flat = t.reshape(-1)
+                k = (k_within if budgeted else k_for)(flat.numel(), density)
+                selection[name] = self.select(name, flat, k, gen)
+            payload, sent = encode_sparse(self.name, tensors, selection, self.params.values)
+            return payload, sent, sum(idx.numel() for idx, _ in selection.values())
+
+        largest = max((t.numel() for t in tensors.values()), default=0)
+        payload, sent, chosen = fit_bytes(attempt, self.params.density, self.params.max_bytes, largest)
         return Encoded(payload, sent, {"density": chosen / max(total, 1)}, dict(state or {}))
 
     def decode_body(
@@ -77,4 +90,4 @@ class RandomKCompressor(SparseCompressor):
         n = flat.numel()
         idx = torch.randperm(n, generator=gen)[:k].sort().values
         vals = flat[idx]
-        return idx, vals * (n / k) if self.params.rescale else vals
+        return idx, vals * (n / k) if self.params.rescale and k else vals
