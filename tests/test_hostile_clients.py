@@ -101,7 +101,9 @@ def test_a_2_63_step_surp_refresh_cannot_hang_the_server_and_a_run_without_quoru
     assert [r["clients"] for r in rows] == [[], []]
     for row in rows:
         (failure,) = [f for f in row["failures"] if "surp" in f["reason"]]
-        assert "undecodable payload" in failure["reason"]
+        assert (
+            "undecodable payload" in failure["reason"] and "refresh of 9223372036854775808 steps" in failure["reason"]
+        )
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "no round aggregated" in summary["error"]
 

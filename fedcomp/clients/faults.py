@@ -85,7 +85,7 @@ def surp_refresh_2_63(update: Update) -> bytes:
         steps=[1 << 63],
         signs=[False],
     )
-    return pack("surp", {}, specs, write_stream(stream), by_digest=True)
+    return pack("surp", {"mode": "iterative"}, specs, write_stream(stream), by_digest=True)
 
 
 PAYLOAD_ATTACKS: dict[str, Callable[[Update], bytes]] = {"surp_refresh_2_63": surp_refresh_2_63}
