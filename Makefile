@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/simulation_overhead.py --quick
 	$(BIN)/python benchmarks/coding.py --quick
 	$(BIN)/python benchmarks/update_compressors.py --quick
+	$(BIN)/python benchmarks/rate_distortion.py --quick
 	$(BIN)/python benchmarks/model_compressors.py --quick
 
 clean:

@@ -33,7 +33,7 @@ def check_experiment(cfg: ExperimentConfig) -> None:
 
 
 def _check_data(cfg: ExperimentConfig) -> Any:
-    from fedcomp.data import load_dataset, partition_indices
+    from fedcomp.data import experiment_partitions, load_dataset
     from fedcomp.data.base import DatasetNotFoundError
 
     d = cfg.data
@@ -46,14 +46,7 @@ def _check_data(cfg: ExperimentConfig) -> Any:
     except Exception as exc:  # noqa: BLE001 - a download or a damaged file: name it, whatever it is
         key = "data.download" if d.download else "data.data_dir"
         raise ConfigError(f"config key '{key}': dataset {d.dataset!r} could not be loaded: {_why(exc)}") from None
-    parts = partition_indices(
-        split.train.labels.numpy(),
-        cfg.federation.num_clients,
-        d.partition,
-        alpha=d.alpha,
-        classes_per_client=d.classes_per_client,
-        seed=cfg.seed,
-    )
+    parts = experiment_partitions(cfg, split.train.labels.numpy())
     empty = [i for i, p in enumerate(parts) if len(p) == 0]
     if empty:
         raise ConfigError(

@@ -26,7 +26,7 @@ from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update.base import EncodeContext, UpdateCompressor
 from fedcomp.compressors.update.feedback import encode_with_feedback
 from fedcomp.config import ExperimentConfig, config_from_dict
-from fedcomp.data import ImageData, SplitData, load_dataset, partition_indices
+from fedcomp.data import ImageData, SplitData, experiment_partitions, load_dataset
 from fedcomp.messages import (
     CHECKPOINT_ROUND_KEY,
     METRICS_KEY,
@@ -83,14 +83,7 @@ def _runtime(config_json: str, partition_id: int, num_partitions: int) -> Client
         raise ValueError(f"node has num-partitions={num_partitions}, config has {cfg.federation.num_clients} clients")
     d = cfg.data
     split = load_dataset(d.dataset, d.data_dir, d.download, d.test_size, cfg.seed)
-    parts = partition_indices(
-        split.train.labels.numpy(),
-        cfg.federation.num_clients,
-        d.partition,
-        alpha=d.alpha,
-        classes_per_client=d.classes_per_client,
-        seed=cfg.seed,
-    )
+    parts = experiment_partitions(cfg, split.train.labels.numpy())
     arch = Architecture(cfg.model.name, split.input_shape, split.num_classes)
     comp_cls = UPDATE_COMPRESSORS.get(cfg.uplink.name)
     compressor = comp_cls(comp_cls.parse_params(cfg.uplink.params, "uplink"), seed=cfg.seed)

@@ -15,7 +15,7 @@ import logging
 
 import numpy as np
 
-from fedcomp.config import ConfigError
+from fedcomp.config import ConfigError, ExperimentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,23 @@ def partition_indices(
     labels = np.asarray(labels, dtype=np.int64)
     key = (labels.tobytes(), num_clients, scheme, float(alpha), classes_per_client, seed)
     return [p.copy() for p in _cached(key)]
+
+
+def experiment_partitions(cfg: ExperimentConfig, labels: np.ndarray) -> list[np.ndarray]:
+    """Each client's indices as an experiment config splits ``labels`` (``[data]`` and ``federation.num_clients``).
+
+    The one place the driver's checks, the clients and the benchmarks derive
+    the partitions from a config, so they can never split differently.
+    """
+    d = cfg.data
+    return partition_indices(
+        labels,
+        cfg.federation.num_clients,
+        d.partition,
+        alpha=d.alpha,
+        classes_per_client=d.classes_per_client,
+        seed=cfg.seed,
+    )
 
 
 @functools.lru_cache(maxsize=8)
