@@ -166,3 +166,14 @@ def test_the_quorum_defaults_to_min_train_clients():
     assert cfg.federation.quorum == 3
     cfg = config_from_dict({"federation": {"num_clients": 5, "min_train_clients": 3, "min_replies": 4}})
     assert cfg.federation.quorum == 4
+
+
+def test_a_second_reply_or_one_from_a_node_not_sampled_is_ignored():
+    s = strategy()
+    s.current.sampled_nodes = NODES[:2]
+    stranger = reply(NODES[2], update_filled(9.0))
+    state, stats = aggregate(s, [reply(NODES[0]), reply(NODES[0], update_filled(5.0)), reply(NODES[1]), stranger])
+    assert stats.clients == [0, 1]
+    reasons = sorted(f.reason for f in stats.failures)
+    assert reasons == ["a reply from a node not sampled: ignored", "a second reply in this round: ignored"]
+    assert all(torch.allclose(v, torch.ones_like(v)) for v in state.values())  # the mean of two updates of 1

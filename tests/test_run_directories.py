@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, load_config
+from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from fedcomp.servers.recorder import (
     CONFIG_FILE,
     DROPPED_ROUNDS_FILE,
@@ -337,3 +337,19 @@ def test_an_unreadable_sweep_record_is_set_aside_not_overwritten(tmp_path):
     good.mkdir()
     (good / "sweep.json").write_text('{"runs": [{"dir": "a"}]}')
     assert _read_state(good) == {"runs": [{"dir": "a"}]}
+
+
+def test_fedcomp_run_and_resume_refuse_a_directory_another_process_holds(tmp_path):
+    """What `fedcomp run --run-dir D` twice at once did on main: now the second is refused before anything starts."""
+    import fedcomp
+    from tests.conftest import small_config
+
+    run_dir = tmp_path / "run"
+    cfg = small_config(tmp_path)
+    with held_by_another_process(run_dir) as proc:
+        with pytest.raises(RunDirBusyError, match=f"in use by process {proc.pid}"):
+            fedcomp.run(cfg, run_dir=run_dir, progress=False)
+        (run_dir / "config.toml").write_text(dump_config(config_from_dict(cfg)))
+        with pytest.raises(RunDirBusyError, match=f"in use by process {proc.pid}"):
+            fedcomp.resume(run_dir, progress=False)
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "config.toml"]  # nothing written, no row

@@ -202,8 +202,13 @@ class CompressedFedAvg(FedAvg):
         stats = self.current if self.current is not None else RoundStats(round=server_round)
         accepted: list[Accepted] = []
         replied: set[int] = set()
+        sampled = set(stats.sampled_nodes)
         for msg in replies:
             node = int(msg.metadata.src_node_id)
+            if node in replied or (sampled and node not in sampled):
+                why = "a second reply in this round" if node in replied else "a reply from a node not sampled"
+                self._fail(stats, node, f"{why}: ignored")
+                continue
             replied.add(node)
             try:
                 accepted.append(judge_reply(msg, self._decode_update, self.roster, self.policy))
