@@ -87,3 +87,26 @@ def test_training_lowers_the_loss_with_either_optimizer():
         ).loss
         last = train_local(model, data, cfg, torch.Generator().manual_seed(0), CPU).loss
         assert last < 0.8 * first, optimizer
+
+
+def test_lc_penalty_is_an_exact_proximal_step_that_never_diverges():
+    """With lr·μ = 5 the penalty's gradient step multiplies w − t by (1 − 5) each step; the proximal step by 1/6."""
+    from fedcomp.compressors.model.base import ProximalTerm
+
+    model = tiny_model()
+    centre = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+    cfg = ClientConfig(local_steps=20, batch_size=16, lr=0.5)
+    train_local(model, tiny_data(), cfg, torch.Generator().manual_seed(0), CPU, loss_term=ProximalTerm(centre, 10.0))
+    assert all(torch.isfinite(p).all() and p.abs().max() < 1.0 for p in model.parameters())
+    # The same penalty as a plain loss term (what the L step did before) blows up at this μ.
+    blown = tiny_model()
+    gradient_form = ProximalTerm(centre, 10.0)
+    gradient_form.proximal_step = None  # not a proximal term any more: its gradient goes into the loss
+    train_local(blown, tiny_data(), cfg, torch.Generator().manual_seed(0), CPU, loss_term=gradient_form)
+    assert not all(torch.isfinite(p).all() and p.abs().max() < 1e3 for p in blown.parameters())
+    # One step from w with a zero data gradient lands exactly at (w + lr·μ·t) / (1 + lr·μ).
+    term = ProximalTerm({name: torch.ones_like(p) for name, p in model.named_parameters()}, 2.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    term.proximal_step(model, 0.25)
+    for p, p0 in zip(model.parameters(), before, strict=True):
+        assert torch.allclose(p, (p0 + 0.5) / 1.5)

@@ -53,10 +53,15 @@ def train_local(
     """Train in place for ``local_steps`` mini-batches if set, else ``local_epochs``.
 
     ``loss_term`` (from the model compressor: LC's μ/2‖w − t‖²) is added to
-    every mini-batch's loss; the reported loss is the data loss alone.
+    every mini-batch's loss; the reported loss is the data loss alone. A
+    term with a ``proximal_step`` (LC's penalty) is applied exactly after
+    each SGD step instead, which stays stable for any μ (see
+    :meth:`ProximalTerm.proximal_step`); with Adam, whose steps are
+    normalized, it is added to the loss.
     """
     model.train()
     opt = make_optimizer(model, cfg)
+    prox = getattr(loss_term, "proximal_step", None) if cfg.optimizer == "sgd" else None
     budget = cfg.local_steps if cfg.local_steps > 0 else None
     total, steps = 0.0, 0
     epochs = cfg.local_epochs if budget is None else 1 << 30
@@ -64,8 +69,10 @@ def train_local(
         for x, y in data.batches(cfg.batch_size, generator, device):
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x), y)
-            (loss + loss_term(model) if loss_term is not None else loss).backward()
+            (loss + loss_term(model) if loss_term is not None and prox is None else loss).backward()
             opt.step()
+            if prox is not None:
+                prox(model, cfg.lr)
             total += float(loss.detach())
             steps += 1
             if budget is not None and steps >= budget:
