@@ -91,3 +91,25 @@ def test_alds_never_has_a_higher_max_error_than_uniform_svd_and_hits_the_budget(
         choice = alds.choice[t.name]
         if choice is not None:
             assert true_error(weights[t.name], *choice) >= t.error(*choice) - 1e-12
+
+
+def test_allocate_never_exceeds_a_budget_that_some_allocation_fits():
+    """A property over random layer sets: whenever every layer at its cheapest rank-1 form fits, ALDS fits too."""
+    from fedcomp.compressors.model.alds import allocate
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for trial in range(40):
+        layers = []
+        for i in range(int(rng.integers(1, 5))):
+            f, c = int(rng.integers(2, 9)), int(rng.choice([1, 2, 4, 6, 8]))
+            kernel = (3, 3) if rng.random() < 0.6 else ()
+            layers.append(tabulate(f"l{i}", rng.normal(size=(f, c, *kernel)), max_k=8))
+        dense = sum(t.dense_params for t in layers)
+        # The fewest parameters any allocation can have: each layer dense or rank 1 in its cheapest (k, scheme).
+        floor = sum(min(t.dense_params, *(t.params(k, 1, s) for k, s in t.options())) for t in layers)
+        budget = int(rng.integers(floor, dense + 1))
+        alloc = allocate(layers, budget, seeds=int(rng.integers(1, 6)), rng_seed=trial)
+        assert alloc.params <= budget, (trial, alloc.params, budget, floor)
+        checked += 1
+    assert checked == 40

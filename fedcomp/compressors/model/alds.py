@@ -32,6 +32,7 @@ would not save parameters stays dense (error 0).
 from __future__ import annotations
 
 import fnmatch
+import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ from fedcomp.compressors.model.structure import Architecture, Edit, Structure, s
 from fedcomp.config import require
 
 SCHEMES = (0, 1, 2, 3)
+
+logger = logging.getLogger(__name__)
 
 
 def scheme_kernels(scheme: int, kernel: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -444,19 +447,38 @@ def allocate(
         inits.append({t.name: (min(t.ks, key=lambda k, u=u: abs(k - u)), 0) for t in tables})
     while len(inits) < seeds:
         inits.append({t.name: t.options()[int(rng.integers(len(t.options())))] for t in tables})
+    # Over budget loses to within budget, whatever its error: a seed whose smallest ranks cannot fit
+    # (each layer keeps rank >= 1) must never win over one that fits (main: 132 parameters for 97).
+    inits.append(cheapest_options(tables))
+
+    def rank(a: Allocation) -> tuple[bool, float, int]:
+        fits = a.params <= budget
+        return (not fits, a.max_error if fits else float(a.params), a.params)
+
     best: Allocation | None = None
-    for opts in inits[:seeds]:
+    for opts in inits[:seeds] + inits[-1:]:
         alloc = optimal_ranks(tables, opts, budget)
         for _ in range(alternations):
             opts = optimal_subspaces(tables, alloc)
             nxt = optimal_ranks(tables, opts, budget)
-            if nxt.max_error >= alloc.max_error:
+            if rank(nxt) >= rank(alloc):
                 break
             alloc = nxt
-        if best is None or (alloc.max_error, alloc.params) < (best.max_error, best.params):
+        if best is None or rank(alloc) < rank(best):
             best = alloc
     assert best is not None
+    if best.params > budget:
+        logger.warning(
+            "ALDS: no allocation fits %d parameters (every layer keeps rank >= 1): the smallest found has %d",
+            budget,
+            best.params,
+        )
     return _fill(tables, best, budget)
+
+
+def cheapest_options(tables: list[LayerTable]) -> dict[str, Option]:
+    """Per layer, the (k, scheme) whose rank-1 decomposition has the fewest parameters."""
+    return {t.name: min(t.options(), key=lambda o, t=t: (t.params(o[0], 1, o[1]), o)) for t in tables}
 
 
 def uniform_svd(tables: list[LayerTable], budget: int) -> Allocation:
