@@ -146,11 +146,15 @@ def test_sigmoid_alike_transformation_sharpens_and_keeps_the_hard_mask():
     assert float((sharpened < 0.5).float().mean()) < 0.001
 
 
-def test_beta_init_shifts_only_the_bwcp_modules_and_params_are_checked():
+def test_beta_init_shifts_only_the_modules_whose_masks_are_used_and_params_are_checked():
     arch_state = OrderedDict(RESNET.build().state_dict())
     comp = BWCPCompressor(BWCPParams(beta_init=0.3, sharpness=4.0), RESNET)
     state = comp.to_bwcp(arch_state)
-    shifted = {f"{e.layer}.bias" for e in comp.bwcp_edits}
+    graph = channel_graph(RESNET)
+    # The untied layers and each residual stream's source use their own masks; a follower uses its source's.
+    shifted = {f"{t.bn}.bias" for t in graph.triples} | {f"{s.members[0][1]}.bias" for s in graph.streams}
+    followers = {f"{bn}.bias" for s in graph.streams for _, bn in s.members[1:]}
+    assert followers and not followers & shifted
     for key, value in state.items():
         if key in shifted:
             assert torch.allclose(value, arch_state[key] + 0.3)
@@ -159,8 +163,8 @@ def test_beta_init_shifts_only_the_bwcp_modules_and_params_are_checked():
     model = RESNET.build(comp.bwcp_edits)
     model.load_state_dict(state)
     assert {m.sharpness for m in model.modules() if isinstance(m, BWCP)} == {4.0}
-    for bad in ({"sharpness": 0.5}, {"sharpness": 101}, {"beta_init": -1}):
-        with pytest.raises(ConfigError, match="sharpness|beta_init"):
+    for bad in ({"sharpness": 0.5}, {"sharpness": 101}, {"beta_init": -1}, {"momentum": 0.0015}, {"sharpness": 2.25}):
+        with pytest.raises(ConfigError, match="sharpness|beta_init|momentum"):
             BWCPParams(**bad).validate("server_compression")
 
 

@@ -406,7 +406,15 @@ class BWCPParams:
         )
         require(0.001 <= self.momentum <= 1, f"{path}.momentum", "a number in [0.001, 1]")
         require(1 <= self.sharpness <= 100, f"{path}.sharpness", "a number in [1, 100] (1 = no transformation)")
+        # The structure edit carries them as integers (momentum in thousandths, sharpness in tenths): refuse
+        # what would not travel exactly (main ran momentum 0.0015 as 0.002).
+        require(_exact(self.momentum, 1000), f"{path}.momentum", f"a multiple of 0.001, got {self.momentum}")
+        require(_exact(self.sharpness, 10), f"{path}.sharpness", f"a multiple of 0.1, got {self.sharpness}")
         require(0 <= self.beta_init <= 10, f"{path}.beta_init", "a number in [0, 10]")
+
+
+def _exact(value: float, scale: int) -> bool:
+    return abs(value * scale - round(value * scale)) < 1e-9 * scale
 
 
 class SparseRegularizer:
@@ -446,9 +454,18 @@ class BWCPCompressor(ModelCompressor):
         self.pruned = False
 
     def to_bwcp(self, state: State) -> State:
-        """The configured model's state with its BatchNorms as BWCP modules (identity whitening, β + beta_init)."""
+        """The configured model's state with its BatchNorms as BWCP modules (identity whitening, β + beta_init).
+
+        Only modules whose own mask is used get β + beta_init: untied layers and
+        each stream's source. A stream follower uses its source's mask, so
+        shifting its β would only add beta_init to every residual branch
+        (main did: mean first-epoch loss 5.13 against plain BatchNorm's 1.96,
+        2.80 with the shift where masks are used).
+        """
         model = self.arch.build(self.bwcp_edits)
-        shifted = {f"{e.layer}.bias" for e in self.bwcp_edits if e.op.startswith("bwcp")}
+        shifted = {
+            f"{e.layer}.bias" for e in self.bwcp_edits if e.op == "bwcp" or (e.op == "bwcp_shared" and e.args[-1] == 1)
+        }
         out: State = OrderedDict()
         for key, ref in model.state_dict().items():
             out[key] = state[key].clone() if key in state else ref.clone()
