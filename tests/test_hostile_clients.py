@@ -80,32 +80,43 @@ def test_every_attack_is_rejected_and_the_model_is_the_one_without_that_client(t
     assert attacked.final_accuracy == read_rounds(absent_dir)[-1]["test_accuracy"] > 0.3
 
 
-def test_a_2_63_step_surp_refresh_cannot_hang_the_server_and_a_run_without_quorum_fails(tmp_path, capsys):
-    """The 105-byte payload that froze main, in both rounds; with min_replies = 3 no round reaches the quorum."""
+def test_a_2_63_step_surp_refresh_cannot_hang_the_server(tmp_path):
+    """The payload that froze main (a SuRP refresh of 2^63 steps), in every round: refused at once, the run goes on."""
     cfg = small_config(
         tmp_path,
-        federation={"num_clients": 3, "rounds": 2, "min_replies": 3, "round_timeout_s": 120},
-        client={"local_steps": 2, "batch_size": 16},
+        federation={"num_clients": 3, "rounds": 2, "round_timeout_s": 120},
+        client={"local_steps": 5, "batch_size": 16},
         uplink={"name": "surp", "density": 0.01},
         faults={"hostile_client": 0, "attacks": ["surp_refresh_2_63"]},
     )
-    path = tmp_path / "surp.toml"
-    path.write_text(tomli_w.dumps(cfg))
     t0 = time.monotonic()
-    rc = cli_main(["run", str(path), "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    result = fedcomp.run(cfg, run_dir=tmp_path / "run", progress=False)
     assert time.monotonic() - t0 < 120
+    for row in result.rows:
+        assert row["clients"] == [1, 2]
+        (failure,) = row["failures"]
+        assert "undecodable payload" in failure["reason"]
+        assert "refresh of 9223372036854775808 steps" in failure["reason"]
+    model = torch.load(result.run_dir / "model.pt", weights_only=True)
+    assert all(torch.isfinite(v.float()).all() for v in model.values())
+    assert result.final_accuracy > 0.3
+
+
+def test_a_run_in_which_every_client_fails_ends_failed_with_one_line_and_exit_1(tmp_path, capsys):
+    cfg = small_config(tmp_path, federation={"rounds": 1}, faults={"client_raise_rate": 1.0})
+    path = tmp_path / "failing.toml"
+    path.write_text(tomli_w.dumps(cfg))
+    rc = cli_main(["run", str(path), "--run-dir", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 1
-    assert "run failed: no round aggregated an update" in err and "Traceback" not in err
-    rows = read_rounds(tmp_path / "run")
-    assert [r["clients"] for r in rows] == [[], []]
-    for row in rows:
-        (failure,) = [f for f in row["failures"] if "surp" in f["reason"]]
-        assert (
-            "undecodable payload" in failure["reason"] and "refresh of 9223372036854775808 steps" in failure["reason"]
-        )
+    (line,) = [x for x in err.splitlines() if x.startswith("fedcomp: run failed")]
+    assert "no round aggregated an update" in line and "injected fault" in line
+    assert "Traceback" not in err  # one line per failed client and the verdict, the tracebacks in engine.log
+    assert "Traceback" in (tmp_path / "run" / "engine.log").read_text()
+    (row,) = read_rounds(tmp_path / "run")
+    assert row["clients"] == [] and row["failed_clients"] == 3 and "quorum" in row["skipped"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["status"] == "failed" and "no round aggregated" in summary["error"]
+    assert summary["status"] == "failed" and summary["rounds_without_update"] == 1
 
 
 @MODELS.register("registered_in_the_test_only", "exists in this process, not in the Ray workers")
