@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcomp.config import ConfigError
-from fedcomp.errors import RunFailedError
-from fedcomp.reports.runs import ReportError
+from fedcomp.errors import ReportError, RunFailedError
 
 
 def format_rounds_table(rows: Sequence[dict[str, Any]]) -> str:

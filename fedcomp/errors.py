@@ -1,4 +1,6 @@
-"""Errors a run raises to its caller (configuration errors are :class:`fedcomp.config.ConfigError`)."""
+"""Errors fedcomp raises to its caller (configuration errors are :class:`fedcomp.config.ConfigError`).
+
+Kept free of heavy imports: the command line loads this module to name its exit statuses."""
 
 from __future__ import annotations
 
@@ -7,3 +9,7 @@ class RunFailedError(RuntimeError):
     """The federation ran but did not do what a run must: no round aggregated an update, or every
     client failed at warm-up. The message carries the first client's reason; the run directory
     records the rest (``summary.json`` says ``failed``)."""
+
+
+class ReportError(ValueError):
+    """A report or sweep input is not usable: not a run, mixed experiments, an unknown key."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcomp.errors import ReportError
 from fedcomp.servers.recorder import CONFIG_FILE, MODEL_FILE, ROUNDS_FILE, SUMMARY_FILE, read_rounds_checked
 
 SWEEP_FILE = "sweep.json"
@@ -40,10 +41,6 @@ EXPERIMENT_KEYS = (
 )
 # Keys that never make two runs different methods.
 IGNORED_KEYS = ("seed", "name", "output_dir")
-
-
-class ReportError(ValueError):
-    """A report or sweep input is not usable: not a run, mixed experiments, an unknown key."""
 
 
 @dataclass
