@@ -311,41 +311,6 @@ def encode_loop(
 # ----------------------------------------------------------------------------- the decoder's schedule
 
 
-@njit(cache=True)
-def replay_taus(symbols, steps, sides, logf, lam0, factor):
-    """τ of every pick, from the symbol stream: bit-identical to :func:`encode_loop`.
-
-    Returns (taus, status): status 0, or 1 when a refresh symbol splits an
-    iteration's group of ``sides`` picks, or 2 when the stream ends inside one,
-    or 3 when a refresh has a negative step count. The decoder uses
-    :func:`replay_chunk`, which does the same in bounded pieces.
-    """
-    picks = 0
-    for sym in symbols:
-        if sym != 0:
-            picks += 1
-    taus = np.empty(picks, np.float64)
-    lam = lam0
-    j = k = 0
-    in_group = 0
-    for sym in symbols:
-        if sym == 0:
-            if in_group:
-                return taus, 1
-            if steps[j] < 0:
-                return taus, 3
-            lam *= pow_by_squaring(factor, steps[j])
-            j += 1
-            continue
-        taus[k] = logf / lam
-        k += 1
-        in_group += 1
-        if in_group == sides:
-            in_group = 0
-            lam *= factor
-    return taus, 2 if in_group else 0
-
-
 REPLAY_OK, REPLAY_SPLIT, REPLAY_BAD_STEP, REPLAY_STEPS_SHORT = 0, 1, 3, 4
 
 
@@ -379,6 +344,26 @@ def replay_chunk(symbols, steps, j, sides, logf, lam, factor, in_group, taus):
             in_group = 0
             lam *= factor
     return k, j, lam, in_group, REPLAY_OK
+
+
+@njit(cache=True)
+def replay_taus(symbols, steps, sides, logf, lam0, factor):
+    """τ of every pick, from the symbol stream: bit-identical to :func:`encode_loop` (one :func:`replay_chunk`).
+
+    Returns (taus, status): status 0, or 1 when a refresh symbol splits an
+    iteration's group of ``sides`` picks, or 2 when the stream ends inside one,
+    or 3 when a refresh has a negative step count, or 4 when the refreshes
+    outnumber the steps.
+    """
+    picks = 0
+    for sym in symbols:
+        if sym != 0:
+            picks += 1
+    taus = np.empty(picks, np.float64)
+    k, j, lam, in_group, status = replay_chunk(symbols, steps, 0, sides, logf, lam0, factor, 0, taus)
+    if status == REPLAY_OK and in_group:
+        status = 2
+    return taus, status
 
 
 @njit(cache=True)
