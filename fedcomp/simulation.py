@@ -89,12 +89,13 @@ def _engine_log(run_dir: Path, verbose: bool) -> Iterator[None]:
     Flower's console output as well.
     """
     flwr_logger = logging.getLogger("flwr")
-    old_level, old_handlers = flwr_logger.level, list(flwr_logger.handlers)
+    old_level, old_handlers, old_propagate = flwr_logger.level, list(flwr_logger.handlers), flwr_logger.propagate
     handler = logging.FileHandler(run_dir / ENGINE_LOG_FILE, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if not verbose:
         for h in old_handlers:
             flwr_logger.removeHandler(h)
+        flwr_logger.propagate = False  # nor through the root logger's console handler (the CLI's basicConfig)
     flwr_logger.addHandler(handler)
     flwr_logger.setLevel(logging.INFO)
     try:
@@ -106,6 +107,7 @@ def _engine_log(run_dir: Path, verbose: bool) -> Iterator[None]:
             if h not in flwr_logger.handlers:
                 flwr_logger.addHandler(h)
         flwr_logger.setLevel(old_level)
+        flwr_logger.propagate = old_propagate
 
 
 def _secure_local_ray() -> None:
