@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 from fedcomp.clients.faults import METRIC_ATTACKS, PAYLOAD_ATTACKS, UPDATE_ATTACKS, attack_of
 from fedcomp.clients.state import fit_state, load_state, save_state, state_dir_for
 from fedcomp.clients.training import float_state, model_delta, resolve_device, train_local
+from fedcomp.coding import DecodeError, check_all_values
 from fedcomp.compressors.model.base import ModelCompressor, build_model_compressor
 from fedcomp.compressors.model.structure import Architecture
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
@@ -50,15 +51,14 @@ class TrainingDivergedError(RuntimeError):
 
 
 def check_update(update: dict[str, torch.Tensor], loss: float) -> None:
-    """Refuse to encode an update with NaN or inf in it (a learning rate far too large, say)."""
-    bad = {name: int((~torch.isfinite(t)).sum()) for name, t in update.items()}
-    bad = {name: count for name, count in bad.items() if count}
-    if bad:
-        name, count = next(iter(bad.items()))
-        raise TrainingDivergedError(
-            f"local training diverged (loss {loss:.3g}): the update has non-finite values in {len(bad)} tensors "
-            f"(first: {name!r}, {count} values); lower client.lr"
-        )
+    """Refuse to encode an update with NaN or inf in it (a learning rate far too large, say).
+
+    The same one-pass check the receiver runs on decoded tensors (:func:`fedcomp.coding.check_all_values`).
+    """
+    try:
+        check_all_values(list(update.items()))
+    except DecodeError as exc:
+        raise TrainingDivergedError(f"local training diverged (loss {loss:.3g}): {exc}; lower client.lr") from None
 
 
 @dataclass
