@@ -25,12 +25,12 @@ demo: $(STAMP)
 
 ## Lint, then the whole test suite (two workers).
 test: $(STAMP)
-	$(BIN)/ruff check fedcomp tests benchmarks tools simulations
+	$(BIN)/ruff check fedcomp tests benchmarks tools simulations examples
 	$(BIN)/python -m pytest -x -q -n 2 --dist loadfile
 
 lint: $(STAMP)
-	$(BIN)/ruff check fedcomp tests benchmarks tools simulations
-	$(BIN)/ruff format --check fedcomp tests benchmarks tools simulations
+	$(BIN)/ruff check fedcomp tests benchmarks tools simulations examples
+	$(BIN)/ruff format --check fedcomp tests benchmarks tools simulations examples
 
 ## Quick versions of every benchmark.
 bench: $(STAMP)

@@ -1,6 +1,6 @@
 """What does running through Flower + Ray cost over a plain PyTorch loop?
 
-Runs the default experiment (``simulations/demo.toml``) through fedcomp,
+Runs the default experiment (``simulations/demo.toml``, FedAvg) through fedcomp,
 then, in the same process, a plain sequential loop that does the same
 local training (same clients each round, same partitions, same seeds, same
 FedAvg and the same centralized evaluation) with no federation around it.
@@ -65,7 +65,7 @@ def plain_loop(cfg: ExperimentConfig, clients_per_round: list[list[int]]) -> tup
         new_state = dict(global_state)
         for name in before:
             avg = sum(u[name] * (w / total) for u, w in zip(updates, weights, strict=True))
-            new_state[name] = before[name] + cfg.federation.server_lr * avg
+            new_state[name] = before[name] + avg  # FedAvg (the demo's [strategy])
         global_model.load_state_dict(new_state)
         _, acc = evaluate(global_model, split.test, device)
         per_round.append(time.perf_counter() - t0)

@@ -4,6 +4,8 @@ from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, load
 from fedcomp.errors import RunFailedError
 
 __all__ = [
+    "CompressedStrategy",
+    "CompressionMod",
     "ConfigError",
     "ExperimentConfig",
     "RunFailedError",
@@ -50,3 +52,12 @@ def load_model(run_dir):  # noqa: ANN001, ANN201 - documented in fedcomp.servers
     from fedcomp.servers.recorder import load_model as _load_model
 
     return _load_model(run_dir)
+
+
+def __getattr__(name):  # noqa: ANN001, ANN202 - lazy: the Flower building blocks import torch and flwr
+    """``fedcomp.CompressionMod`` and ``fedcomp.CompressedStrategy`` (see :mod:`fedcomp.flower`)."""
+    if name in ("CompressionMod", "CompressedStrategy"):
+        import fedcomp.flower
+
+        return getattr(fedcomp.flower, name)
+    raise AttributeError(f"module 'fedcomp' has no attribute {name!r}")

@@ -128,7 +128,29 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for name in registry:
             print(f"  {name:<16} {registry.summary(name)}")
+    _list_strategies()
     return 0
+
+
+DERIVED_SHOWN = {"client_learning_rate": "client.lr unless set"}
+
+
+def _list_strategies() -> None:
+    """Flower's strategies with their parameters and defaults (``[strategy]``)."""
+    import inspect
+
+    from fedcomp.strategies import STRATEGIES
+
+    print("strategies ([strategy] name, then its parameters; Flower's own):")
+    for name in STRATEGIES:
+        print(f"  {name:<16} {STRATEGIES.summary(name)}")
+        params = STRATEGIES.get(name).params()
+        if params:
+            shown = ", ".join(
+                f"{k} = {DERIVED_SHOWN.get(k, '(required)')}" if v is inspect.Parameter.empty else f"{k} = {v!r}"
+                for k, v in params.items()
+            )
+            print(f"  {'':<16}   {shown}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument("--allow-mixed", action="store_true", help="accept runs of different experiments")
     p_report.set_defaults(func=_cmd_report)
 
-    p_list = sub.add_parser("list", help="list datasets, models and compressors")
+    p_list = sub.add_parser("list", help="list datasets, models, compressors and strategies")
     p_list.set_defaults(func=_cmd_list)
     return parser
 

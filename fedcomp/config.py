@@ -7,9 +7,10 @@ key and what was expected. ``--set section.key=value`` overrides are parsed
 with TOML's own value syntax (``rounds=3``, ``lr=0.1``, ``name="x"``; a bare
 word is taken as a string).
 
-Compressor sections (``[uplink]``, ``[server_compression]``) hold ``name`` plus the method's own
-parameters; those are checked by the compressor's own parameter dataclass
-(see :mod:`fedcomp.compressors.update`).
+Method sections (``[uplink]``, ``[server_compression]``, ``[strategy]``) hold ``name`` plus the
+method's own parameters; those are checked by the compressor's own parameter dataclass
+(see :mod:`fedcomp.compressors.update`) or against the Flower strategy's signature
+(:mod:`fedcomp.strategies`).
 """
 
 from __future__ import annotations
@@ -70,8 +71,6 @@ class FederationConfig:
     """Fraction of clients sampled for training each round."""
     min_train_clients: int = 2
     """Never sample fewer than this many clients."""
-    server_lr: float = 1.0
-    """Server step size on the averaged update (1.0 is plain FedAvg)."""
     evaluate_every: int = 1
     """Centralized evaluation every this many rounds (0 = only after the last)."""
     round_timeout_s: float = 600.0
@@ -101,7 +100,6 @@ class FederationConfig:
             f"{path}.min_train_clients",
             f"an integer between 1 and num_clients ({self.num_clients})",
         )
-        require(self.server_lr > 0, f"{path}.server_lr", "a number > 0")
         require(self.evaluate_every >= 0, f"{path}.evaluate_every", "an integer >= 0")
         require(self.round_timeout_s > 0, f"{path}.round_timeout_s", "a number of seconds > 0")
         require(self.checkpoint_every >= 0, f"{path}.checkpoint_every", "an integer >= 0 (0 = never)")
@@ -150,6 +148,14 @@ class ServerCompressionConfig:
     """The model compressor the server applies to the global model before broadcast, with its parameters."""
 
     name: str = "identity"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StrategyConfig:
+    """Flower's aggregation strategy (``fedcomp list``), with its own parameters under Flower's names."""
+
+    name: str = "fedavg"
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -211,6 +217,7 @@ class ExperimentConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     server_compression: ServerCompressionConfig = field(default_factory=ServerCompressionConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
 
@@ -250,17 +257,25 @@ def _check_registered(cfg: ExperimentConfig) -> None:
     from fedcomp.compressors.update import UPDATE_COMPRESSORS
     from fedcomp.data import DATASETS
     from fedcomp.models import MODELS
+    from fedcomp.strategies import STRATEGIES, parse_strategy_params
 
     for key, name, registry in (
         ("data.dataset", cfg.data.dataset, DATASETS),
         ("model.name", cfg.model.name, MODELS),
         ("uplink.name", cfg.uplink.name, UPDATE_COMPRESSORS),
         ("server_compression.name", cfg.server_compression.name, MODEL_COMPRESSORS),
+        ("strategy.name", cfg.strategy.name, STRATEGIES),
     ):
         if name not in registry:
             raise ConfigError(f"config key '{key}': unknown name {name!r}; choose one of {sorted(registry)}")
     UPDATE_COMPRESSORS.get(cfg.uplink.name).parse_params(cfg.uplink.params, "uplink")
     MODEL_COMPRESSORS.get(cfg.server_compression.name).parse_params(cfg.server_compression.params, "server_compression")
+    strategy = parse_strategy_params(cfg.strategy.name, cfg.strategy.params)
+    if strategy.get("proximal_mu", 0) and cfg.server_compression.name == "lc":
+        raise ConfigError(
+            "config key 'strategy.proximal_mu': FedProx's proximal term cannot be combined with LC's penalty "
+            "(both pull local training towards a different centre); use one of them"
+        )
 
 
 # --------------------------------------------------------------------------- loading
@@ -327,8 +342,13 @@ def dump_config(cfg: ExperimentConfig) -> str:
 
 
 # Sections whose extra keys are a method's own parameters, kept in ``params``.
-_OPEN_SECTIONS = {UplinkConfig, ServerCompressionConfig}
-_OPEN_SECTION_NAMES = ("uplink", "server_compression")
+_OPEN_SECTIONS = {UplinkConfig, ServerCompressionConfig, StrategyConfig}
+_OPEN_SECTION_NAMES = ("uplink", "server_compression", "strategy")
+# Keys that existed once: what to write instead.
+_REMOVED = {
+    "federation.server_lr": 'the server step is FedAvgM\'s now: [strategy] name = "fedavgm", '
+    "server_learning_rate = <your server_lr>",
+}
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
@@ -343,6 +363,8 @@ def _build(cls: type, data: Any, path: str) -> Any:
         if cls in _OPEN_SECTIONS and key != "name":
             extra[key] = value
             continue
+        if dotted in _REMOVED:
+            raise ConfigError(f"config key '{dotted}' was removed: {_REMOVED[dotted]}")
         if key not in names:
             raise ConfigError(f"unknown config key '{dotted}'; known keys here: {sorted(names)}")
         kwargs[key] = _coerce(hints[key], value, dotted)

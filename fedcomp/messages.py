@@ -17,6 +17,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from fedcomp.coding import DecodeError
 
 PAYLOAD_KEY = "payload"
+ARRAYS_KEY = "arrays"
+"""Where a plain Flower message carries a model (Flower's strategies' default ``arrayrecord_key``)."""
 CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 EXPERIMENT_KEY = "experiment"

@@ -9,6 +9,17 @@ import pytest
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
+@pytest.fixture
+def task_identity():
+    """Flower's server runtime sets these before a ServerApp builds messages; tests that build messages do too."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
 def small_config(tmp_path, **sections) -> dict:
     """A 3-client, 2-round federation on the embedded digits, as a TOML-shaped dict."""
     cfg = {

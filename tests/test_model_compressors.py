@@ -316,11 +316,14 @@ def test_alds_final_only_compresses_the_last_model_and_nothing_before():
 
 def test_strategy_checkpoint_restores_structure_and_compressor_state(tmp_path):
     """What a resumed run reads back: the architecture edits, the update limits that follow, LC's Θ and λ."""
-    from fedcomp.compressors.update.identity import IdentityCompressor as Uplink
-    from fedcomp.strategies.fedavg import CompressedFedAvg
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedcomp.flower.strategy import CompressedStrategy
 
     def strategy(downlink):
-        return CompressedFedAvg(uplink=Uplink(), arch=LENET, num_clients=2, downlink=downlink)
+        s = CompressedStrategy(FedAvg(), arch=LENET, num_partitions=2)
+        s.downlink = downlink
+        return s
 
     w = lenet_state()
     lc_server = strategy(lc("augmented_lagrangian"))

@@ -1,4 +1,4 @@
-"""The server judges every reply: real Flower messages carrying real payloads, through CompressedFedAvg.
+"""The server judges every reply: real Flower messages carrying real payloads, through CompressedStrategy.
 
 Each hostile reply must become a recorded failure with its reason (never an
 exception, never a changed model); the usable ones are averaged with their
@@ -12,35 +12,29 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg, FedAvgM
 
 from fedcomp.compressors.model.structure import Architecture
 from fedcomp.compressors.update.identity import IdentityCompressor
+from fedcomp.flower.strategy import CompressedStrategy, RoundStats
 from fedcomp.messages import METRICS_KEY, PAYLOAD_KEY, payload_record
-from fedcomp.strategies.fedavg import CompressedFedAvg, RoundStats
 from fedcomp.strategies.replies import ReplyRejected
 
 ARCH = Architecture("mlp", (1, 4, 4), 3)
 NODES = [101, 202, 303]
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Flower's server runtime sets these before a ServerApp builds messages; so do we."""
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")  # tests/conftest.py: messages need a run and task id
 
 
 def zero_state() -> OrderedDict[str, torch.Tensor]:
     return OrderedDict((k, torch.zeros_like(v)) for k, v in ARCH.build(()).state_dict().items())
 
 
-def strategy(**kwargs) -> CompressedFedAvg:
+def strategy(inner=None, **kwargs) -> CompressedStrategy:
     """A strategy that has run warm-up: node i holds partition i with 10·(i+1) examples."""
-    s = CompressedFedAvg(uplink=IdentityCompressor(), arch=ARCH, num_clients=3, max_abs_value=1e6, **kwargs)
+    s = CompressedStrategy(inner or FedAvg(), arch=ARCH, num_partitions=3, max_abs_value=1e6, **kwargs)
     for i, node in enumerate(NODES):
         s.roster.learn(node, MetricRecord({"partition-id": i, "num-examples": 10 * (i + 1)}), s.policy)
     s.global_state = zero_state()
@@ -63,13 +57,14 @@ def reply(node: int, update=None, payload: bytes | None = None, **metrics) -> Me
     return Message(content, reply_to=sent)
 
 
-def aggregate(s: CompressedFedAvg, replies: list[Message]):
+def aggregate(s: CompressedStrategy, replies: list[Message]):
     arrays, _ = s.aggregate_train(1, replies)
     return OrderedDict(arrays.to_torch_state_dict()), s.take_round_stats()
 
 
 def test_fedavg_weights_updates_by_examples_and_takes_the_server_step():
-    s = strategy(server_lr=0.5)
+    s = strategy(FedAvgM(server_learning_rate=0.5))
+    s.inner.current_arrays = ArrayRecord(s.global_state)  # what configure_train would have kept
     # Partitions hold 10, 20, 30 examples; their updates are 1, 2, 3 → weighted mean 14/6; step 0.5.
     state, stats = aggregate(s, [reply(n, update_filled(float(i + 1))) for i, n in enumerate(NODES)])
     expected = 0.5 * (10 * 1 + 20 * 2 + 30 * 3) / 60
@@ -147,7 +142,7 @@ def test_a_round_below_the_quorum_keeps_the_model_and_says_why():
 
 
 def test_warm_up_claims_are_checked_too():
-    s = CompressedFedAvg(uplink=IdentityCompressor(), arch=ARCH, num_clients=3)
+    s = CompressedStrategy(FedAvg(), arch=ARCH, num_partitions=3)
     s.roster.learn(1, MetricRecord({"partition-id": 0, "num-examples": 5}), s.policy)
     for metrics, why in (
         ({"partition-id": 0, "num-examples": 5}, "held by node 1"),

@@ -46,11 +46,13 @@ def _wait_for_checkpoint(run_dir, count, proc, limit_s=240):
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_with_every_round_once(tmp_path):
-    # Top-k with error feedback: the clients' residuals must survive the restart too.
+    # Top-k with error feedback: the clients' residuals must survive the restart too; and FedAdam's
+    # moments, the server's own state.
     cfg = small_config(
         tmp_path,
         federation={"rounds": 4, "checkpoint_every": 2},
         uplink={"name": "topk", "density": 0.05},
+        strategy={"name": "fedadam", "eta": 0.01},
     )
     cfg_file = tmp_path / "experiment.toml"
     cfg_file.write_text(tomli_w.dumps(cfg))
@@ -85,7 +87,9 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_every_round_once(tmp_path
     assert summary["status"] == "complete" and summary["resumed_from_round"] == [2]
     assert resumed.rows == rows
 
-    # The same experiment run in one go gives the same rounds: model and client residuals were restored.
+    assert set(checkpoint.server["strategy"]) == {"m_t", "v_t"}  # FedAdam's moments travel in the checkpoint
+    # The same experiment run in one go gives the same rounds: model, FedAdam's moments and client residuals
+    # were restored (every broadcast and the final model bit for bit).
     whole = fedcomp.run(cfg, run_dir=tmp_path / "whole", progress=False)
     for a, b in zip(whole.rows, rows, strict=True):
         assert (a["clients"], a["uplink_bytes_per_client"]) == (b["clients"], b["uplink_bytes_per_client"])

@@ -2,8 +2,9 @@
 
 For testing that a federation survives a client that lies (DESIGN.md,
 principle 7): each attack changes what one client sends in a round, either
-its update before it is compressed, its reply's metrics, or the payload
-bytes themselves. Round r uses ``attacks[(r − 1) mod len(attacks)]``. A
+its update before it is compressed (in the train function), its reply's
+metrics, or the payload bytes themselves (in :func:`wire_faults_mod`, the
+client mod outside the compression mod: it acts on what is sent). Round r uses ``attacks[(r − 1) mod len(attacks)]``. A
 correct server rejects every one of these replies, so a run with a hostile
 client ends with the model of a run in which that client simply failed.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import Context, Message, MessageType
 
 from fedcomp.coding import TensorSpec, pack
 
@@ -66,15 +68,14 @@ METRIC_ATTACKS: dict[str, Callable[[dict[str, Any], int, int], None]] = {
 }
 
 
-def surp_refresh_2_63(update: Update) -> bytes:
-    """A valid-looking SuRP payload whose one refresh advances the λ schedule by 2^63 steps.
+def surp_refresh_2_63(specs: list[TensorSpec]) -> bytes:
+    """A valid-looking SuRP payload (for a model of ``specs``) whose one refresh advances the λ schedule by 2^63 steps.
 
     On the landed decoder this froze the server (a negative exponent in
     compiled code holding the GIL); it must be a DecodeError.
     """
     from fedcomp.compressors.update.surp import SurpStream, write_stream
 
-    specs = [TensorSpec(name, tuple(t.shape), torch.float32) for name, t in update.items()]
     n = sum(s.numel for s in specs)
     stream = SurpStream(
         seed=1,
@@ -88,7 +89,7 @@ def surp_refresh_2_63(update: Update) -> bytes:
     return pack("surp", {"mode": "iterative"}, specs, write_stream(stream), by_digest=True)
 
 
-PAYLOAD_ATTACKS: dict[str, Callable[[Update], bytes]] = {"surp_refresh_2_63": surp_refresh_2_63}
+PAYLOAD_ATTACKS: dict[str, Callable[[list[TensorSpec]], bytes]] = {"surp_refresh_2_63": surp_refresh_2_63}
 
 ATTACKS = sorted({"raise", *UPDATE_ATTACKS, *METRIC_ATTACKS, *PAYLOAD_ATTACKS})
 """``raise``: the client fails outright (the reference a rejected attack must equal)."""
@@ -99,3 +100,35 @@ def attack_of(faults: Any, partition: int, server_round: int) -> str | None:
     if faults.hostile_client != partition or not faults.attacks:
         return None
     return faults.attacks[(server_round - 1) % len(faults.attacks)]
+
+
+def wire_faults_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    """The faults that act on the wire, after compression: a flipped byte, lying metrics, a hostile payload.
+
+    Seeded per client and round like the train function's faults
+    (``faults.corrupt_payload_rate``; the hostile client's metric and
+    payload ``attacks``). Messages that are not fedcomp's train messages pass.
+    """
+    from fedcomp.clients.app import runtime_for
+    from fedcomp.messages import CONFIG_KEY, METRICS_KEY, PAYLOAD_KEY, payload_from, payload_record
+    from fedcomp.seeding import FAULTS, numpy_rng
+
+    reply = call_next(msg, context)
+    if msg.metadata.message_type != MessageType.TRAIN or reply.has_error() or PAYLOAD_KEY not in reply.content:
+        return reply
+    rt = runtime_for(msg, context)
+    cfg, partition = rt.cfg, rt.partition_id
+    server_round = int(msg.content.config_records[CONFIG_KEY]["server-round"])
+    _, draw_corrupt, _ = numpy_rng(cfg.seed, FAULTS, server_round, partition).random(3)
+    attack = attack_of(cfg.faults, partition, server_round)
+    payload = payload_from(reply.content)
+    if draw_corrupt < cfg.faults.corrupt_payload_rate:  # injected: one flipped byte in transit
+        pos = int(numpy_rng(cfg.seed, FAULTS, server_round, partition, 1).integers(len(payload)))
+        payload = payload[:pos] + bytes([payload[pos] ^ 0xFF]) + payload[pos + 1 :]
+    if attack in PAYLOAD_ATTACKS:
+        specs = [s for s in rt.arch.specs(()) if s.dtype.is_floating_point]
+        payload = PAYLOAD_ATTACKS[attack]([TensorSpec(s.name, s.shape, torch.float32) for s in specs])
+    reply.content[PAYLOAD_KEY] = payload_record(payload)
+    if attack in METRIC_ATTACKS:
+        METRIC_ATTACKS[attack](reply.content.metric_records[METRICS_KEY], partition, cfg.federation.num_clients)
+    return reply

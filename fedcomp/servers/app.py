@@ -19,18 +19,19 @@ from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
 from fedcomp.clients.training import evaluate, resolve_device
-from fedcomp.compressors.model.base import Snapshot, build_model_compressor
+from fedcomp.compressors.model.base import Snapshot
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_to_json
-from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.config import ExperimentConfig
 from fedcomp.data import load_dataset
 from fedcomp.errors import RunFailedError
+from fedcomp.flower.strategy import CompressedStrategy
 from fedcomp.messages import CONFIG_KEY, METRICS_KEY, STATE_DIR_KEY, config_record
 from fedcomp.models import build_model
 from fedcomp.seeding import MODEL_INIT, derive_seed
 from fedcomp.servers.recorder import Checkpoint, RoundRow, RunRecorder
-from fedcomp.strategies.fedavg import CompressedFedAvg
+from fedcomp.strategies import build_strategy
 from fedcomp.strategies.replies import ReplyRejected, clean_reason
+from fedcomp.strategies.sampling import SeededSampler
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,31 @@ def human_bytes(n: float) -> str:
 WARMUP_TIMEOUT_S = 600.0
 
 
-def warm_up(grid: Grid, cfg: ExperimentConfig, strategy: CompressedFedAvg) -> float:
+def compressed_strategy(cfg: ExperimentConfig, arch: Architecture) -> CompressedStrategy:
+    """The configured Flower strategy inside fedcomp's transport, with fedcomp's seeded sampling."""
+    fed = cfg.federation
+    sampler = SeededSampler(
+        num_clients=fed.num_clients, fraction=fed.fraction_train, min_nodes=fed.min_train_clients, seed=cfg.seed
+    )
+    strategy = CompressedStrategy(
+        build_strategy(cfg),
+        arch=arch,
+        uplink=cfg.uplink.name,
+        uplink_params=cfg.uplink.params,
+        downlink=cfg.server_compression.name,
+        downlink_params=cfg.server_compression.params,
+        seed=cfg.seed,
+        max_abs_value=fed.max_abs_value,
+        min_replies=fed.quorum,
+        max_examples=fed.max_examples,
+        num_partitions=fed.num_clients,
+        sampler=sampler,
+    )
+    strategy.roster = sampler.roster  # one roster: sampling orders by it, replies are judged against it
+    return strategy
+
+
+def warm_up(grid: Grid, cfg: ExperimentConfig, strategy: CompressedStrategy) -> float:
     """Have every node load its data and model before round 1; returns seconds taken.
 
     The first message to a simulated client also starts its worker process
@@ -68,7 +93,7 @@ def warm_up(grid: Grid, cfg: ExperimentConfig, strategy: CompressedFedAvg) -> fl
     with the first node's reason (:class:`RunFailedError`).
     """
     t0 = time.perf_counter()
-    nodes = strategy.wait_for_nodes(grid)
+    nodes = strategy.sampler.wait_for_nodes(grid)
     logger.info("warm-up: starting %d clients", len(nodes))
     record = RecordDict({CONFIG_KEY: config_record(cfg.to_dict())})
     messages = [Message(content=record, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
@@ -114,21 +139,8 @@ def serve(
     split = load_dataset(d.dataset, d.data_dir, d.download, d.test_size, cfg.seed)
     model = initial_model(cfg, split.input_shape, split.num_classes)
     device = resolve_device(cfg.simulation.device)
-    comp_cls = UPDATE_COMPRESSORS.get(cfg.uplink.name)
     arch = Architecture(cfg.model.name, split.input_shape, split.num_classes)
-    strategy = CompressedFedAvg(
-        uplink=comp_cls(comp_cls.parse_params(cfg.uplink.params, "uplink"), seed=cfg.seed),
-        arch=arch,
-        downlink=build_model_compressor(cfg, arch),
-        num_clients=cfg.federation.num_clients,
-        fraction_train=cfg.federation.fraction_train,
-        min_train_clients=cfg.federation.min_train_clients,
-        server_lr=cfg.federation.server_lr,
-        seed=cfg.seed,
-        min_replies=cfg.federation.quorum,
-        max_examples=cfg.federation.max_examples,
-        max_abs_value=cfg.federation.max_abs_value,
-    )
+    strategy = compressed_strategy(cfg, arch)
     rounds = cfg.federation.rounds
     every = cfg.federation.evaluate_every
     eval_models: dict[Structure, torch.nn.Module] = {}

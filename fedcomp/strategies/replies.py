@@ -52,7 +52,8 @@ class ReplyRejected(Exception):
 class ReplyPolicy:
     """The bounds a reply's metrics must respect."""
 
-    num_partitions: int
+    num_partitions: int | None
+    """Partition ids lie in [0, num_partitions) and are required; None: optional (a Flower app's own nodes)."""
     max_examples: int
 
 
@@ -77,7 +78,7 @@ class Roster:
 
     def learn(self, node: int, metrics: Any, policy: ReplyPolicy) -> None:
         """Record a warm-up reply; raises ReplyRejected if it claims an impossible or taken partition."""
-        partition = int_metric(metrics, "partition-id", 0, policy.num_partitions - 1)
+        partition = int_metric(metrics, "partition-id", 0, _last_partition(policy))
         examples = int_metric(metrics, "num-examples", 1, policy.max_examples)
         self.claim(node, partition)
         self.examples_of[node] = examples
@@ -129,7 +130,7 @@ def judge_reply(
         update = decode(payload)
     except DecodeError as exc:
         raise ReplyRejected(f"undecodable payload: {exc}", size) from None
-    if node not in roster.partition_of:
+    if node not in roster.partition_of and partition >= 0:
         roster.claim(node, partition)
     return Accepted(node, partition, weight, update, others, size, sent, received)
 
@@ -150,8 +151,15 @@ def int_metric(metrics: Any, key: str, lo: int, hi: int, default: int | None = N
     return int(value)
 
 
+def _last_partition(policy: ReplyPolicy) -> int:
+    return policy.num_partitions - 1 if policy.num_partitions is not None else (1 << 31) - 1
+
+
 def _partition(node: int, metrics: Any, roster: Roster, policy: ReplyPolicy) -> int:
-    partition = int_metric(metrics, "partition-id", 0, policy.num_partitions - 1)
+    """The reply's partition id; -1 where none is required and none is given (ordered by node id then)."""
+    if policy.num_partitions is None and "partition-id" not in metrics and node not in roster.partition_of:
+        return -1
+    partition = int_metric(metrics, "partition-id", 0, _last_partition(policy))
     known = roster.partition_of.get(node)
     if known is not None and partition != known:
         raise ReplyRejected(f"partition-id = {partition}, but this node holds partition {known}")

@@ -88,15 +88,34 @@ def structure_from_json(data: Any) -> Structure:
 
 @dataclass(frozen=True)
 class Architecture:
-    """The configured model (name, input shape, classes) and how to build it with a structure."""
+    """The configured model (name, input shape, classes) and how to build it with a structure.
+
+    ``factory``: a function building the base model instead of fedcomp's
+    model registry (a Flower user's own ``Net``); ``model_name`` then only
+    names it in messages.
+    """
 
     model_name: str
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     num_classes: int
+    factory: Callable[[], nn.Module] | None = None
+
+    @classmethod
+    def of(cls, factory: Callable[[], nn.Module], input_shape: Sequence[int] = ()) -> Architecture:
+        """The architecture a model function builds (``input_shape`` is needed by channel pruning only)."""
+        if not callable(factory):
+            raise TypeError(f"model_fn must be a function returning a torch.nn.Module, got {type(factory).__name__}")
+        name = getattr(factory, "__qualname__", type(factory).__name__)
+        return cls(name, tuple(int(d) for d in input_shape), 0, factory)
 
     def build(self, structure: Structure = ()) -> nn.Module:
         """A fresh module: the base model with every edit applied (ValueError if one does not fit)."""
-        model = build_model(self.model_name, self.input_shape, self.num_classes)
+        if self.factory is not None:
+            model = self.factory()
+            if not isinstance(model, nn.Module):
+                raise TypeError(f"model_fn {self.model_name} returned {type(model).__name__}, not a torch.nn.Module")
+        else:
+            model = build_model(self.model_name, self.input_shape, self.num_classes)
         for edit in structure:
             parent, _, leaf = edit.layer.rpartition(".")
             try:

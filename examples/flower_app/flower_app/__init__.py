@@ -1,0 +1,1 @@
+"""A Flower app with fedcomp's compression added in a few lines."""

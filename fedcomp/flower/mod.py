@@ -1,0 +1,258 @@
+"""The client mod: compressed transport around any Flower train (and evaluate) function.
+
+``ClientApp(mods=[CompressionMod(model_fn=Net)])``. On the way in it
+decodes the broadcast payload (with the configured model compressor,
+within the receiver's limits) and hands the wrapped function a plain
+Flower message: the global model as the ArrayRecord under the strategy's
+``arrayrecord_key`` (``"arrays"``), the ConfigRecord as sent. On the way
+out it takes the one ArrayRecord the function returned, forms the update
+``w_local − w_received`` over the floating-point tensors, adds the error
+feedback residual and encodes it with the configured update compressor,
+and replaces the arrays by the payload. Error-feedback and compressor
+state persists per node (``Context.state``, and files under the node's
+``state-dir``: :mod:`fedcomp.clients.state`).
+
+What it needs from the node: the model (``model_fn``, or the fedcomp
+registry model the server names). Which codecs, their parameters and the
+value bound come from the server in the message (:mod:`.transport`), so
+one mod serves simulation and deployment.
+
+Messages without transport settings (a warm-up query, a plain Flower
+strategy's message) pass through untouched.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from torch import nn
+
+from fedcomp.clients.state import fit_state, load_state, save_state, state_dir_for
+from fedcomp.coding import DecodeError, peek
+from fedcomp.compressors.model.base import LossTerm, ModelCompressor, Received
+from fedcomp.compressors.model.identity import IdentityModelCompressor
+from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
+from fedcomp.compressors.update.base import EncodeContext, UpdateCompressor
+from fedcomp.compressors.update.feedback import encode_with_feedback
+from fedcomp.flower.transport import STRUCTURE_KEY, Transport, transport_from
+from fedcomp.messages import CHECKPOINT_ROUND_KEY, CONFIG_KEY, PAYLOAD_KEY, STATE_DIR_KEY, payload_from, payload_record
+
+ClientAppCallable = Callable[[Message, Context], Message]
+
+# The loss term of the broadcast being trained on (LC's penalty, BWCP's sparsity regularizer): a function
+# of the model, not data, so it is handed to the train function in-process, for the duration of the call.
+_LOSS_TERM: contextvars.ContextVar[LossTerm | None] = contextvars.ContextVar("fedcomp_loss_term", default=None)
+
+
+class CompressionMod:
+    """A Flower client mod that decodes broadcasts and compresses updates (see the module docstring).
+
+    ``model_fn``: builds this node's model (the architecture the payloads
+    must match); may be omitted when the server names a fedcomp registry
+    model. ``input_shape``: one input's shape, needed only by channel-pruning
+    model compressors (UDFC, BWCP).
+    """
+
+    def __init__(self, model_fn: Callable[[], nn.Module] | None = None, input_shape: tuple[int, ...] = ()) -> None:
+        self.arch = Architecture.of(model_fn, input_shape) if model_fn is not None else None
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        kind = msg.metadata.message_type
+        if kind not in (MessageType.TRAIN, MessageType.EVALUATE) or CONFIG_KEY not in msg.content.config_records:
+            return call_next(msg, context)
+        config = msg.content.config_records[CONFIG_KEY]
+        transport = transport_from(config)
+        if transport is None:
+            return call_next(msg, context)
+        t0 = time.perf_counter()
+        codecs = _codecs(transport.to_json(), self.arch)
+        broadcast = payload_from(msg.content)
+        received = codecs.decode_broadcast(broadcast, transport.max_abs_value)
+        msg.content = _plain_content(msg.content, received, transport.arrays_key)
+        t_decode = time.perf_counter()
+
+        token = _LOSS_TERM.set(received.loss_term)
+        try:
+            reply = call_next(msg, context)
+        finally:
+            _LOSS_TERM.reset(token)
+        if reply.has_error() or kind != MessageType.TRAIN:
+            if not reply.has_error():
+                _metrics_of(reply)["downlink-bytes"] = len(broadcast)
+            return reply
+
+        t_train = time.perf_counter()
+        update = update_against(returned_arrays(reply), received.state)
+        server_round = int(config.get("server-round", 0))
+        partition = _client_id(context)
+        root = state_dir_for(context, str(config.get(STATE_DIR_KEY, "")) or None)
+        folder = root / str(partition) if root is not None else None
+        state = fit_state(load_state(context, folder, server_round), update)
+        num_clients = int(context.node_config.get("num-partitions", 1))
+        ctx = EncodeContext(server_round, partition, max(num_clients, partition + 1))
+        encoded = encode_with_feedback(codecs.uplink, update, state, ctx)
+        save_state(context, folder, server_round, encoded.state, int(config.get(CHECKPOINT_ROUND_KEY, 0)))
+        t_encode = time.perf_counter()
+
+        metrics = _metrics_of(reply)
+        if "partition-id" not in metrics and "partition-id" in context.node_config:
+            metrics["partition-id"] = int(context.node_config["partition-id"])
+        metrics.update(
+            {
+                "payload-bytes": len(encoded.payload),
+                "downlink-bytes": len(broadcast),
+                "decode_s": t_decode - t0,
+                "encode_s": t_encode - t_train,
+                **{f"uplink_{k}": float(v) for k, v in encoded.metrics.items()},
+            }
+        )
+        reply.content = RecordDict(
+            {
+                PAYLOAD_KEY: payload_record(encoded.payload),
+                **{k: v for k, v in reply.content.metric_records.items()},
+                **{k: v for k, v in reply.content.config_records.items()},
+            }
+        )
+        return reply
+
+
+class _Codecs:
+    """The decoders and the encoder one transport setting and one architecture imply (built once per process)."""
+
+    def __init__(self, transport: Transport, arch: Architecture) -> None:
+        self.arch = arch
+        self.downlink: ModelCompressor = transport.model_compressor(arch)
+        self.identity = IdentityModelCompressor(None, arch)
+        self.uplink: UpdateCompressor = transport.update_compressor()
+
+    def decode_broadcast(self, payload: bytes, max_abs: float) -> Received:
+        """The configured model compressor's payload, or a dense one (what evaluate messages carry)."""
+        decoder = self.downlink
+        if self.downlink.name != "identity":
+            try:
+                codec, _ = peek(payload)
+            except DecodeError:
+                codec = self.downlink.name  # the configured decoder says what is wrong with it
+            if codec == "identity":
+                decoder = self.identity
+        return decoder.decode(payload, max_abs=max_abs)
+
+
+@functools.lru_cache(maxsize=8)
+def _codecs(transport_json: str, own: Architecture | None) -> _Codecs:
+    transport = Transport.from_json(transport_json)
+    return _Codecs(transport, _architecture(transport, own))
+
+
+def _architecture(transport: Transport, own: Architecture | None) -> Architecture:
+    """The node's own model if it has one; else the fedcomp registry model the server names."""
+    if own is not None:
+        return own
+    model = transport.model
+    if not model:
+        raise ValueError(
+            "CompressionMod has no model_fn and the server names no fedcomp model: "
+            "pass CompressionMod(model_fn=<a function returning your torch.nn.Module>)"
+        )
+    try:
+        return Architecture(str(model["name"]), tuple(int(d) for d in model["input_shape"]), int(model["num_classes"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed model in the transport settings: {exc}") from None
+
+
+def _plain_content(content: RecordDict, received: Received, arrays_key: str) -> RecordDict:
+    """The message as the user's function expects it: the decoded model as an ArrayRecord, the config as sent."""
+    config = content.config_records[CONFIG_KEY]
+    config[STRUCTURE_KEY] = json.dumps(structure_to_json(received.structure))
+    records: dict[str, Any] = {arrays_key: ArrayRecord(received.state)}
+    for key, value in content.config_records.items():
+        records[key] = value
+    for key, value in content.metric_records.items():
+        records[key] = value
+    return RecordDict(records)
+
+
+def returned_arrays(reply: Message) -> OrderedDict[str, torch.Tensor]:
+    """The model the train function returned: its reply's one ArrayRecord."""
+    arrays = list(reply.content.array_records.values())
+    if len(arrays) != 1:
+        raise ValueError(
+            f"the train function's reply must carry exactly one ArrayRecord (the trained model), got {len(arrays)}"
+        )
+    return OrderedDict(arrays[0].to_torch_state_dict())
+
+
+def update_against(
+    trained: dict[str, torch.Tensor], received: dict[str, torch.Tensor]
+) -> OrderedDict[str, torch.Tensor]:
+    """``w_local − w_received`` over the received model's floating-point tensors; ValueError naming a mismatch."""
+    update: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for name, start in received.items():
+        if not start.is_floating_point():
+            continue
+        if name not in trained:
+            raise ValueError(f"the trained model has no tensor {name!r}: return the model you received, trained")
+        if tuple(trained[name].shape) != tuple(start.shape):
+            raise ValueError(
+                f"tensor {name!r} came back with shape {tuple(trained[name].shape)}, was sent as {tuple(start.shape)}"
+            )
+        update[name] = trained[name].detach().to("cpu", torch.float32) - start.to(torch.float32)
+    extra = sorted(set(trained) - set(received))
+    if extra:
+        raise ValueError(f"the trained model has tensors the received one has not: {extra[:5]}")
+    return update
+
+
+def _metrics_of(reply: Message) -> MetricRecord:
+    records = reply.content.metric_records
+    if not records:
+        records["metrics"] = MetricRecord()
+    if "metrics" in records:
+        return records["metrics"]
+    return next(iter(records.values()))
+
+
+def _client_id(context: Context) -> int:
+    """The partition this node holds if it says (simulation, configured devices), else its node id."""
+    if "partition-id" in context.node_config:
+        return int(context.node_config["partition-id"])
+    return int(context.node_id) % (1 << 31)
+
+
+def received_structure(msg: Message) -> Structure:
+    """The architecture edits of the model the mod decoded (``()`` for the configured model)."""
+    config = msg.content.config_records[CONFIG_KEY]
+    return structure_from_json(json.loads(str(config.get(STRUCTURE_KEY, "[]"))))
+
+
+def received_loss_term() -> LossTerm | None:
+    """The loss term the broadcast being trained on asks for (LC's μ/2‖w − t‖², BWCP's regularizer), else None.
+
+    Call it inside a train function the mod wraps, and add ``term(model)``
+    to each mini-batch's loss (a term with ``proximal_step`` may instead be
+    applied after each SGD step, see :func:`fedcomp.clients.training.train_local`).
+    """
+    return _LOSS_TERM.get()
+
+
+def received_model(
+    msg: Message, model_fn: Callable[[], nn.Module] | Architecture, arrays_key: str = "arrays"
+) -> nn.Module:
+    """The model the mod decoded, as a module: ``model_fn()`` with the broadcast's architecture edits, loaded.
+
+    Needed only with model compressors that change the architecture (ALDS's
+    factorized layers, channel pruning); otherwise ``model_fn()`` plus
+    ``load_state_dict(msg.content["arrays"].to_torch_state_dict())`` is the same.
+    """
+    arch = model_fn if isinstance(model_fn, Architecture) else Architecture.of(model_fn)
+    model = arch.build(received_structure(msg))
+    model.load_state_dict(msg.content.array_records[arrays_key].to_torch_state_dict())
+    return model

@@ -1,0 +1,431 @@
+"""The strategy wrapper: compressed transport around any Flower strategy.
+
+``CompressedStrategy(FedAdam(...), model_fn=Net, uplink="surp")`` is a
+``flwr.serverapp.strategy.Strategy`` that changes how models and updates
+travel, not how they are aggregated (the pattern of Flower's own
+``DifferentialPrivacyServerSideFixedClipping``):
+
+- ``configure_train``: the configured model compressor turns the global
+  model into the broadcast payload (:mod:`fedcomp.compressors.model`); the
+  inner strategy chooses the nodes and the config (FedProx's
+  ``proximal-mu``, ...) for the model the clients will start from, exactly
+  as they decode it; the wrapper swaps that model's arrays for the payload
+  and adds the transport settings (:mod:`.transport`) the client mod obeys.
+- ``aggregate_train``: every reply is judged (:mod:`fedcomp.strategies.replies`:
+  metrics range-checked, the payload decoded within limits to finite
+  values); a usable reply becomes the message the inner strategy expects,
+  the client's weights ``start + Δ`` with its metrics, in partition order;
+  the inner strategy aggregates them if at least ``min_replies`` are usable
+  (the quorum), else the model is kept and the round records why.
+- ``configure_evaluate``: client-side evaluation gets the aggregated model
+  as a dense payload; ``aggregate_evaluate`` is the inner strategy's.
+
+This class is the one place bytes are counted, ``len(payload)`` both ways
+(STYLE.md's single measuring stage). The inner strategy sees only the
+model's floating-point tensors; integer buffers (BatchNorm's step count)
+are carried over from the broadcast model. When the model compressor
+changes the architecture, the inner strategy's own state (FedAdam's
+moments, FedAvgM's momentum) no longer fits and is reset, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from copy import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import nn
+
+from fedcomp.coding import DecodeLimits, TensorSpec
+from fedcomp.compressors.model.base import dense_payload
+from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
+from fedcomp.flower.transport import TRANSPORT_KEY, Transport
+from fedcomp.messages import CHECKPOINT_ROUND_KEY, METRICS_KEY, PAYLOAD_KEY, payload_record
+from fedcomp.strategies.replies import Accepted, ReplyPolicy, ReplyRejected, Roster, judge_reply
+
+logger = logging.getLogger(__name__)
+
+Sampler = Callable[[Grid, int], list[int]]
+"""(grid, round) → the node ids to train this round (fedcomp's seeded sampling); None: the inner strategy samples."""
+
+# Inner strategies' own state between rounds (Flower keeps it in these attributes): checkpointed, reset on a
+# changed architecture. ``current_arrays`` is set afresh in every configure_train and needs neither.
+STRATEGY_STATE_ATTRS = ("m_t", "v_t", "momentum_vector")
+
+
+@dataclass
+class ClientFailure:
+    node_id: int
+    reason: str
+    uplink_bytes: int = 0
+
+
+@dataclass
+class RoundStats:
+    """What crossed the wire in one round and what came of it."""
+
+    round: int
+    sampled_nodes: list[int] = field(default_factory=list)
+    clients: list[int] = field(default_factory=list)
+    """Partition ids of the clients whose update was aggregated."""
+    uplink_bytes: list[int] = field(default_factory=list)
+    """Payload length of each aggregated client's update as received, same order as ``clients``."""
+    uplink_bytes_sent: list[int] = field(default_factory=list)
+    """The same payloads' lengths as each client measured them before sending."""
+    failures: list[ClientFailure] = field(default_factory=list)
+    downlink_bytes_per_client: int = 0
+    downlink_crc32: int = 0
+    """CRC32 of the broadcast payload (without its trailing CRC field): identifies the model a round started from."""
+    downlink_bytes_received: list[int] = field(default_factory=list)
+    """The broadcast's length as each aggregated client measured it on arrival, same order as ``clients``."""
+    downlink_metrics: dict[str, float] = field(default_factory=dict)
+    """What the model compressor reported when it built the broadcast."""
+    evaluate_downlink_bytes: int = 0
+    """Bytes sent for client-side evaluation (the aggregated model, dense, to each evaluating node)."""
+    train_loss: float | None = None
+    client_metrics: dict[str, float] = field(default_factory=dict)
+    skipped: str | None = None
+    """Why the round aggregated nothing (no usable reply, fewer than the quorum, the strategy refused); None if it did."""
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def downlink_bytes(self) -> int:
+        return self.downlink_bytes_per_client * len(self.sampled_nodes) + self.evaluate_downlink_bytes
+
+    @property
+    def uplink_bytes_total(self) -> int:
+        """Every uplink byte received, undecodable payloads included."""
+        return sum(self.uplink_bytes) + sum(f.uplink_bytes for f in self.failures)
+
+
+class _SampledGrid:
+    """The grid as the inner strategy sees it: only the nodes fedcomp sampled this round."""
+
+    def __init__(self, grid: Grid, nodes: list[int]) -> None:
+        self._grid, self._nodes = grid, nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._nodes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+class CompressedStrategy(Strategy):
+    """Compressed, counted, checked transport around ``strategy`` (see the module docstring).
+
+    ``model_fn`` builds the model the payloads carry (or pass ``arch``, a
+    fedcomp :class:`~fedcomp.compressors.model.structure.Architecture`).
+    ``uplink`` / ``downlink`` name an update and a model compressor
+    (``fedcomp list``) with their parameters as dicts. ``min_replies``:
+    usable replies a round needs (the quorum). ``max_examples``: the largest
+    ``num-examples`` a reply may claim. ``num_partitions``: when set, every
+    reply must name its ``partition-id`` in [0, num_partitions).
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        model_fn: Callable[[], nn.Module] | None = None,
+        arch: Architecture | None = None,
+        uplink: str = "identity",
+        uplink_params: dict[str, Any] | None = None,
+        downlink: str = "identity",
+        downlink_params: dict[str, Any] | None = None,
+        seed: int = 0,
+        max_abs_value: float = 1e6,
+        min_replies: int = 1,
+        max_examples: int = 10_000_000,
+        num_partitions: int | None = None,
+        sampler: Sampler | None = None,
+        input_shape: tuple[int, ...] = (),
+    ) -> None:
+        if not isinstance(strategy, Strategy):
+            raise TypeError(f"strategy must be a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}")
+        if (model_fn is None) == (arch is None):
+            raise TypeError("give exactly one of model_fn (a function returning your model) or arch")
+        self.inner = strategy
+        self.arch = arch if arch is not None else Architecture.of(model_fn, input_shape)
+        registry_model = (
+            {
+                "name": self.arch.model_name,
+                "input_shape": list(self.arch.input_shape),
+                "num_classes": self.arch.num_classes,
+            }
+            if self.arch.factory is None
+            else None
+        )
+        self.transport = Transport(
+            uplink=uplink,
+            uplink_params=dict(uplink_params or {}),
+            downlink=downlink,
+            downlink_params=dict(downlink_params or {}),
+            seed=seed,
+            max_abs_value=max_abs_value,
+            model=registry_model,
+            arrays_key=str(getattr(strategy, "arrayrecord_key", "arrays")),
+        )
+        self.uplink = self.transport.update_compressor()
+        self.downlink = self.transport.model_compressor(self.arch)
+        self.structure: Structure = ()
+        """The global model's architecture edits (ALDS factorized layers, ...); () = the configured model."""
+        self.max_abs_value = max_abs_value
+        self.update_limits = _update_limits(self.arch.specs(()), max_abs_value)
+        self.sampler = sampler
+        self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict()
+        """The model this round's clients start from, as they decode it (updates are added to it)."""
+        self.current: RoundStats | None = None
+        self.roster = Roster()
+        """Node id → partition id and size, learnt at warm-up (fedcomp's own apps)."""
+        self.min_replies = min_replies
+        self.policy = ReplyPolicy(num_partitions=num_partitions, max_examples=max_examples)
+        self.round_offset = 0
+        """Rounds already done before this attempt (a resumed run): Flower counts from 1 again."""
+        self.last_checkpoint = 0
+        """The last round saved in a checkpoint; clients keep state files from there on."""
+
+    # ------------------------------------------------------------------ train
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Build the broadcast once; the inner strategy picks nodes and config; every message carries the payload."""
+        server_round += self.round_offset
+        stats = RoundStats(round=server_round)
+        self.current = stats
+        broadcast = self.downlink.broadcast(server_round, OrderedDict(arrays.to_torch_state_dict()), self.structure)
+        if broadcast.structure != self.structure:  # the architecture changed: updates now come in its shapes
+            self.structure = broadcast.structure
+            self.update_limits = _update_limits(self.arch.specs(self.structure), self.max_abs_value)
+            self._reset_inner_state()
+        self.global_state = broadcast.start
+        payload = broadcast.payload
+        stats.downlink_metrics = broadcast.metrics
+        view = _SampledGrid(grid, self.sampler(grid, server_round)) if self.sampler is not None else grid
+        config[TRANSPORT_KEY] = self.transport.to_json()
+        config[CHECKPOINT_ROUND_KEY] = self.last_checkpoint
+        messages = list(self.inner.configure_train(server_round, _float_record(broadcast.start), config, view))
+        stats.sampled_nodes = sorted(int(m.metadata.dst_node_id) for m in messages)
+        stats.downlink_bytes_per_client = len(payload)
+        # Over all but the container's own trailing CRC: a CRC32 over data plus its CRC is a constant.
+        stats.downlink_crc32 = zlib.crc32(payload[:-4])
+        for m in messages:
+            m.content = _with_payload(m.content, payload)
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Judge each reply; the inner strategy aggregates the usable ones if they reach the quorum."""
+        server_round += self.round_offset
+        stats = self.current if self.current is not None else RoundStats(round=server_round)
+        accepted: list[tuple[Accepted, Message]] = []
+        replied: set[int] = set()
+        sampled = set(stats.sampled_nodes)
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            if node in replied or (sampled and node not in sampled):
+                why = "a second reply in this round" if node in replied else "a reply from a node not sampled"
+                self._fail(stats, node, f"{why}: ignored")
+                continue
+            replied.add(node)
+            try:
+                accepted.append((judge_reply(msg, self._decode_update, self.roster, self.policy), msg))
+            except ReplyRejected as exc:
+                self._fail(stats, node, exc.reason, exc.uplink_bytes)
+        for node in stats.sampled_nodes:
+            if node not in replied:
+                self._fail(stats, node, "no reply before the round timeout")
+
+        quorum = max(1, self.min_replies)
+        if len(accepted) < quorum:
+            return self._keep(stats, f"{len(accepted)} usable of {len(stats.sampled_nodes)} replies, "
+                              f"quorum is {quorum} (federation.min_replies): model kept")  # fmt: skip
+        # Partition order, not arrival order, so neither the aggregate nor the row depends on timing.
+        accepted.sort(key=lambda pair: (pair[0].partition, pair[0].node))
+        try:
+            arrays, metrics = self.inner.aggregate_train(
+                server_round, [self._as_weights(a, msg) for a, msg in accepted]
+            )
+        except Exception as exc:  # noqa: BLE001 - the inner strategy refusing is the round's outcome, not a crash
+            return self._keep(stats, f"{type(self.inner).__name__} did not aggregate: {exc}: model kept")
+        if arrays is None:
+            return self._keep(stats, f"{type(self.inner).__name__} aggregated nothing: model kept")
+        stats.clients = [a.partition for a, _ in accepted]
+        stats.uplink_bytes = [a.uplink_bytes for a, _ in accepted]
+        stats.uplink_bytes_sent = [a.payload_bytes_sent for a, _ in accepted]
+        stats.downlink_bytes_received = [a.downlink_bytes_received for a, _ in accepted]
+        stats.train_loss, stats.client_metrics = _weighted_metrics([a for a, _ in accepted])
+        merged = self._merge(arrays)
+        out = MetricRecord({"train_loss": stats.train_loss})
+        if metrics is not None:
+            for key, value in metrics.items():
+                if key not in out and isinstance(value, (int, float)):
+                    out[key] = value
+        return ArrayRecord(merged), out
+
+    # ------------------------------------------------------------------ evaluate
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Client-side evaluation of the aggregated model, sent dense (and counted)."""
+        state = OrderedDict(arrays.to_torch_state_dict())
+        messages = list(
+            self.inner.configure_evaluate(server_round + self.round_offset, _float_record(state), config, grid)
+        )
+        if not messages:
+            return messages
+        payload = dense_payload("identity", state, self.structure)
+        config[TRANSPORT_KEY] = self.transport.to_json()
+        for m in messages:
+            m.content = _with_payload(m.content, payload)
+        if self.current is not None:
+            self.current.evaluate_downlink_bytes += len(payload) * len(messages)
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round + self.round_offset, replies)
+
+    def summary(self) -> None:
+        logger.info(
+            "CompressedStrategy(%s): downlink=%s, uplink=%s",
+            type(self.inner).__name__,
+            self.downlink.name,
+            self.uplink.name,
+        )
+        self.inner.summary()
+
+    # ------------------------------------------------------------------ helpers
+    def _decode_update(self, payload: bytes) -> dict[str, torch.Tensor]:
+        return self.uplink.decode(payload, self.update_limits)
+
+    def _as_weights(self, accepted: Accepted, msg: Message) -> Message:
+        """The reply as the inner strategy expects it: the client's weights ``start + Δ`` and its metrics."""
+        weights = OrderedDict(
+            (name, (self.global_state[name].float() + delta).to(self.global_state[name].dtype))
+            for name, delta in accepted.update.items()
+        )
+        metrics = MetricRecord({"num-examples": accepted.weight, **accepted.metrics})
+        return Message(
+            metadata=copy(msg.metadata),
+            content=RecordDict({self.transport.arrays_key: ArrayRecord(weights), METRICS_KEY: metrics}),
+        )
+
+    def _merge(self, arrays: ArrayRecord) -> OrderedDict[str, torch.Tensor]:
+        """The full model: the inner strategy's float tensors in their dtypes, integer buffers from the broadcast."""
+        out = arrays.to_torch_state_dict()
+        merged: OrderedDict[str, torch.Tensor] = OrderedDict()
+        for name, value in self.global_state.items():
+            if value.is_floating_point() and name in out:
+                merged[name] = out[name].to(value.dtype).reshape(value.shape)
+            else:
+                merged[name] = value
+        return merged
+
+    def _keep(self, stats: RoundStats, why: str) -> tuple[ArrayRecord, None]:
+        stats.skipped = why
+        logger.warning("round %d: %s", stats.round, why)
+        # The round's start model stays the global one (in the structure it was broadcast in).
+        return ArrayRecord(self.global_state), None
+
+    def _fail(self, stats: RoundStats, node: int, reason: str, uplink_bytes: int = 0) -> None:
+        """Record a client's failure; one short line on the console (the details are in the row)."""
+        stats.failures.append(ClientFailure(node, reason, uplink_bytes))
+        partition = self.roster.partition_of.get(node)
+        who = f"client {partition}" if partition is not None else f"node {node}"
+        logger.warning("round %d: %s failed: %s", stats.round, who, reason[:200])
+
+    def _reset_inner_state(self) -> None:
+        reset = [a for a in STRATEGY_STATE_ATTRS if getattr(self.inner, a, None) is not None]
+        for attr in reset:
+            setattr(self.inner, attr, None)
+        if reset:
+            logger.warning(
+                "the model's architecture changed under %s: %s's %s start again from zero",
+                self.downlink.name,
+                type(self.inner).__name__,
+                ", ".join(reset),
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Server state for a checkpoint: the model's structure, the model compressor's state, the inner strategy's."""
+        inner = {a: _to_torch(v) for a in STRATEGY_STATE_ATTRS if (v := getattr(self.inner, a, None)) is not None}
+        return {
+            "structure": json.dumps(structure_to_json(self.structure)),
+            "downlink": self.downlink.state_dict(),
+            "strategy": inner,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (a resumed run)."""
+        self.structure = structure_from_json(json.loads(state.get("structure", "[]")))
+        self.update_limits = _update_limits(self.arch.specs(self.structure), self.max_abs_value)
+        self.downlink.load_state_dict(state.get("downlink", {}))
+        for attr, value in state.get("strategy", {}).items():
+            if attr in STRATEGY_STATE_ATTRS:
+                setattr(self.inner, attr, _to_numpy(value))
+
+    def take_round_stats(self) -> RoundStats | None:
+        """Hand over (and forget) the statistics of the round just aggregated."""
+        stats, self.current = self.current, None
+        return stats
+
+
+def _float_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    return ArrayRecord(OrderedDict((k, v) for k, v in state.items() if v.is_floating_point()))
+
+
+def _with_payload(content: RecordDict, payload: bytes) -> RecordDict:
+    """The inner strategy's message with its model arrays replaced by the payload (configs kept)."""
+    records: dict[str, Any] = {PAYLOAD_KEY: payload_record(payload)}
+    records.update(content.config_records)
+    records.update(content.metric_records)
+    return RecordDict(records)
+
+
+def _update_limits(specs: Iterable[TensorSpec], max_abs_value: float) -> DecodeLimits:
+    """Updates cover the model's floating-point tensors."""
+    return DecodeLimits.for_specs([s for s in specs if s.dtype.is_floating_point], max_abs=max_abs_value)
+
+
+def _weighted_metrics(accepted: list[Accepted]) -> tuple[float, dict[str, float]]:
+    """Example-weighted mean of every numeric client metric (loss included)."""
+    total = sum(a.weight for a in accepted)
+    sums: dict[str, float] = {}
+    for a in accepted:
+        for key, value in a.metrics.items():
+            sums[key] = sums.get(key, 0.0) + a.weight * value / total
+    return sums.get("train_loss", float("nan")), sums
+
+
+def _to_torch(value: Any) -> Any:
+    """Flower keeps strategy state as numpy arrays in dicts or lists; checkpoints hold tensors."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value).copy())
+    if isinstance(value, dict):
+        return {k: _to_torch(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_torch(v) for v in value]
+    return value
+
+
+def _to_numpy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {k: _to_numpy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_numpy(v) for v in value]
+    return value

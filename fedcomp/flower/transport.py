@@ -1,0 +1,125 @@
+"""The transport settings the strategy wrapper sends and the client mod obeys.
+
+The server decides how models and updates travel; the clients follow. So
+the settings ride in every train and evaluate message, as one JSON string
+under :data:`TRANSPORT_KEY` in the ConfigRecord (control data, not counted
+as payload), and one mod serves simulation and deployment alike. The
+client still checks them: unknown codecs, parameters that do not fit the
+codec and malformed JSON are a :class:`TransportError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ConfigRecord
+
+TRANSPORT_KEY = "fedcomp.transport"
+STRUCTURE_KEY = "fedcomp.structure"
+"""Train-config entry the mod adds: the received model's architecture edits (JSON), for ``received_model``."""
+
+
+class TransportError(ValueError):
+    """The transport settings in a message are missing, malformed or name something unknown."""
+
+
+@dataclass(frozen=True)
+class Transport:
+    """How updates go up and models come down; both sides build the same codecs from it."""
+
+    uplink: str = "identity"
+    uplink_params: Mapping[str, Any] = field(default_factory=dict)
+    downlink: str = "identity"
+    downlink_params: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    max_abs_value: float = 1e6
+    """A decoded value beyond ±this (or not finite) is refused, by the server and by the clients."""
+    model: Mapping[str, Any] | None = None
+    """fedcomp's model registry entry (``name``, ``input_shape``, ``num_classes``); None: the client's own model_fn."""
+    arrays_key: str = "arrays"
+    """The ArrayRecord key the user's functions read and write (the inner strategy's ``arrayrecord_key``)."""
+
+    def __post_init__(self) -> None:
+        from fedcomp.compressors.model import MODEL_COMPRESSORS
+        from fedcomp.compressors.update import UPDATE_COMPRESSORS
+
+        for what, name, registry in (
+            ("uplink", self.uplink, UPDATE_COMPRESSORS),
+            ("downlink", self.downlink, MODEL_COMPRESSORS),
+        ):
+            if not isinstance(name, str) or name not in registry:
+                raise TransportError(f"{what} compressor {name!r} is unknown; choose one of {sorted(registry)}")
+        if not (isinstance(self.max_abs_value, (int, float)) and self.max_abs_value > 0):
+            raise TransportError(f"max_abs_value must be a number > 0, got {self.max_abs_value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise TransportError(f"seed must be an integer >= 0, got {self.seed!r}")
+        # Parameters are checked where they are parsed (a ConfigError naming the key).
+        self.update_params()
+        self.model_params()
+
+    def update_params(self) -> Any:
+        from fedcomp.compressors.update import UPDATE_COMPRESSORS
+
+        return UPDATE_COMPRESSORS.get(self.uplink).parse_params(dict(self.uplink_params), "uplink")
+
+    def model_params(self) -> Any:
+        from fedcomp.compressors.model import MODEL_COMPRESSORS
+
+        return MODEL_COMPRESSORS.get(self.downlink).parse_params(dict(self.downlink_params), "server_compression")
+
+    def update_compressor(self) -> Any:
+        """The configured update compressor (the client encodes with it, the server decodes)."""
+        from fedcomp.compressors.update import UPDATE_COMPRESSORS
+
+        return UPDATE_COMPRESSORS.get(self.uplink)(self.update_params(), seed=self.seed)
+
+    def model_compressor(self, arch: Any) -> Any:
+        """The configured model compressor for ``arch`` (the server broadcasts with it, clients decode)."""
+        from fedcomp.compressors.model import MODEL_COMPRESSORS
+
+        return MODEL_COMPRESSORS.get(self.downlink)(self.model_params(), arch, seed=self.seed)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "uplink": {"name": self.uplink, **self.uplink_params},
+                "downlink": {"name": self.downlink, **self.downlink_params},
+                "seed": self.seed,
+                "max_abs_value": self.max_abs_value if math.isfinite(self.max_abs_value) else "inf",
+                "model": dict(self.model) if self.model is not None else None,
+                "arrays_key": self.arrays_key,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Transport:
+        try:
+            data = json.loads(text)
+            up, down = dict(data["uplink"]), dict(data["downlink"])
+            bound = data["max_abs_value"]
+            return cls(
+                uplink=up.pop("name"),
+                uplink_params=up,
+                downlink=down.pop("name"),
+                downlink_params=down,
+                seed=data["seed"],
+                max_abs_value=math.inf if bound == "inf" else bound,
+                model=data.get("model"),
+                arrays_key=str(data.get("arrays_key", "arrays")),
+            )
+        except TransportError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise TransportError(f"malformed transport settings ({TRANSPORT_KEY}): {exc}") from None
+
+
+def transport_from(config: ConfigRecord) -> Transport | None:
+    """The settings in a message's ConfigRecord; None if it has none (a message not meant for the mod)."""
+    if TRANSPORT_KEY not in config:
+        return None
+    return Transport.from_json(str(config[TRANSPORT_KEY]))
