@@ -284,3 +284,19 @@ def test_strategy_config_is_checked_before_anything_runs():
     assert (type(inner).__name__, inner.client_learning_rate, inner.q) == ("QFedAvg", 0.02, 0.2)
     adam = build_strategy(config_from_dict({"strategy": {"name": "fedadam", "eta": 0.03, "beta_2": 0.9}}))
     assert (adam.eta, adam.beta_1, adam.beta_2, adam.fraction_evaluate) == (0.03, 0.9, 0.9, 0.0)
+
+
+def test_flowers_dp_wrapper_composes_inside_the_compressed_transport():
+    """Flower's server-side DP clipping around FedAvg, inside fedcomp's wrapper: updates clipped after decoding."""
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+    clip = 0.05
+    dp = DifferentialPrivacyServerSideFixedClipping(
+        FedAvg(), noise_multiplier=0.0, clipping_norm=clip, num_sampled_clients=len(NODES)
+    )
+    strategy = CompressedStrategy(dp, arch=ARCH, uplink="topk", uplink_params={"density": 0.5})
+    start = initial_state()
+    state, _, _ = run_round(strategy, 1, start, contexts(), mod=CompressionMod())
+    assert strategy.take_round_stats().failures == []
+    moved = torch.cat([(state[k] - start[k]).flatten() for k in start if start[k].is_floating_point()])
+    assert 0 < float(moved.norm()) <= clip + 1e-5  # a mean of updates each clipped to the norm
