@@ -27,7 +27,7 @@ import torch
 import fedcomp
 from fedcomp.clients.training import evaluate, float_state, model_delta, train_local
 from fedcomp.config import ExperimentConfig, load_config
-from fedcomp.data import load_dataset, partition_indices
+from fedcomp.data import load_experiment_data, partition_indices
 from fedcomp.models import build_model
 from fedcomp.seeding import TRAIN_SHUFFLE, torch_generator
 from fedcomp.servers.app import initial_model
@@ -41,7 +41,7 @@ def plain_loop(cfg: ExperimentConfig, clients_per_round: list[list[int]]) -> tup
     Returns (seconds over the rounds, final accuracy, per-round seconds).
     """
     d = cfg.data
-    split = load_dataset(d.dataset, d.data_dir, d.download, d.test_size, cfg.seed)
+    split = load_experiment_data(cfg)
     parts = partition_indices(
         split.train.labels.numpy(), cfg.federation.num_clients, d.partition,
         alpha=d.alpha, classes_per_client=d.classes_per_client, seed=cfg.seed,
@@ -49,7 +49,7 @@ def plain_loop(cfg: ExperimentConfig, clients_per_round: list[list[int]]) -> tup
     datasets = [split.train.subset(p) for p in parts]
     device = torch.device("cpu")
     global_model = initial_model(cfg, split.input_shape, split.num_classes)
-    worker = build_model(cfg.model.name, split.input_shape, split.num_classes)
+    worker = build_model(cfg.model.name, split.input_shape, split.num_classes, cfg.model.params)
     per_round, acc = [], 0.0
     for rnd, clients in enumerate(clients_per_round, start=1):
         t0 = time.perf_counter()

@@ -36,7 +36,10 @@ class DataConfig:
     """Which dataset, where it lives, and how it is split across clients."""
 
     dataset: str = "mnist5k"
-    """A name from ``fedcomp list``: ``mnist5k`` (embedded) or a torchvision set."""
+    """A name from ``fedcomp list``: ``mnist5k`` (embedded) or a torchvision set; or your own loader by
+    import path (``"package.module:load"``, see :mod:`fedcomp.data.custom`)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for your own loader (``[data.params]``)."""
     data_dir: str = ""
     """Folder holding torchvision datasets (unused by the embedded set)."""
     download: bool = False
@@ -58,7 +61,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "lenet5_caffe"
-    """A name from ``fedcomp list``."""
+    """A name from ``fedcomp list``, or your own: an import path ``"package.module:Net"`` / ``"file.py:Net"``."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the model's factory (``[model.params]``)."""
 
 
 @dataclass
@@ -125,8 +130,16 @@ class ClientConfig:
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
+    loss: Literal["auto", "cross_entropy", "mse"] = "auto"
+    """The training and test loss; auto = cross-entropy for class labels, MSE for float targets."""
+    lr_schedule: Literal["constant", "exponential", "cosine"] = "constant"
+    """The clients' learning rate across rounds: lr · lr_gamma^(r−1), or cosine from lr to 0 over the rounds."""
+    lr_gamma: float = 0.99
+    train_fn: str = ""
+    """Your own local training by import path (``"module:train"``); "" = fedcomp's loop. See README."""
 
     def validate(self, path: str) -> None:
+        require(0 < self.lr_gamma <= 1, f"{path}.lr_gamma", "a number in (0, 1]")
         require(self.local_epochs >= 1, f"{path}.local_epochs", "an integer >= 1")
         require(self.local_steps >= 0, f"{path}.local_steps", "an integer >= 0")
         require(self.batch_size >= 1, f"{path}.batch_size", "an integer >= 1")
@@ -211,6 +224,9 @@ class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
     output_dir: str = "runs"
+    python_path: list[str] = field(default_factory=list)
+    """Directories your own modules are imported from, in the driver and every worker (filled for you:
+    the directory you run in and the config file's, when an import path is used)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
@@ -256,9 +272,16 @@ def _check_registered(cfg: ExperimentConfig) -> None:
     from fedcomp.compressors.model import MODEL_COMPRESSORS
     from fedcomp.compressors.update import UPDATE_COMPRESSORS
     from fedcomp.data import DATASETS
+    from fedcomp.imports import add_to_sys_path, is_import_spec, resolve
     from fedcomp.models import MODELS
     from fedcomp.strategies import STRATEGIES, parse_strategy_params
 
+    add_to_sys_path(cfg.python_path)
+    for key, spec in (("data.dataset", cfg.data.dataset), ("model.name", cfg.model.name), ("client.train_fn", cfg.client.train_fn)):  # fmt: skip
+        if is_import_spec(spec) and not callable(resolve(spec, key)):
+            raise ConfigError(f"config key '{key}': {spec!r} is not a function or class")
+    if cfg.client.train_fn and not is_import_spec(cfg.client.train_fn):
+        raise ConfigError(f"config key 'client.train_fn': expected an import path 'module:function', got {cfg.client.train_fn!r}")  # fmt: skip
     for key, name, registry in (
         ("data.dataset", cfg.data.dataset, DATASETS),
         ("model.name", cfg.model.name, MODELS),
@@ -266,8 +289,13 @@ def _check_registered(cfg: ExperimentConfig) -> None:
         ("server_compression.name", cfg.server_compression.name, MODEL_COMPRESSORS),
         ("strategy.name", cfg.strategy.name, STRATEGIES),
     ):
+        if is_import_spec(name):
+            continue
         if name not in registry:
-            raise ConfigError(f"config key '{key}': unknown name {name!r}; choose one of {sorted(registry)}")
+            raise ConfigError(
+                f"config key '{key}': unknown name {name!r}; choose one of {sorted(registry)} "
+                "or give your own as an import path 'module:name' / 'file.py:name'"
+            )
     UPDATE_COMPRESSORS.get(cfg.uplink.name).parse_params(cfg.uplink.params, "uplink")
     MODEL_COMPRESSORS.get(cfg.server_compression.name).parse_params(cfg.server_compression.params, "server_compression")
     strategy = parse_strategy_params(cfg.strategy.name, cfg.strategy.params)
@@ -281,11 +309,57 @@ def _check_registered(cfg: ExperimentConfig) -> None:
 # --------------------------------------------------------------------------- loading
 
 
-def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    """Build and validate an :class:`ExperimentConfig` from nested dicts."""
-    cfg = _build(ExperimentConfig, data, "")
+def config_from_dict(data: dict[str, Any], base_dir: str | Path | None = None) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from nested dicts.
+
+    Your own model, dataset loader or train function may be given as the
+    object itself (turned into its import path) or as an import path; see
+    :mod:`fedcomp.imports`. ``base_dir``: where the config file lives (its
+    relative file paths and modules are looked for there first).
+    """
+    cfg = _build(ExperimentConfig, _user_code_as_paths(data, base_dir), "")
     cfg.validate()
     return cfg
+
+
+USER_CODE_KEYS = (("model", "name"), ("data", "dataset"), ("client", "train_fn"))
+"""Keys that may name the user's own code (an import path, or the object in the Python API)."""
+
+
+def _user_code_as_paths(data: dict[str, Any], base_dir: str | Path | None) -> dict[str, Any]:
+    """Objects → import paths, relative script paths → absolute, and ``python_path`` filled once (then kept)."""
+    from fedcomp.imports import is_import_spec, spec_of
+
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    dirs = list(data.get("python_path") or [])
+    bases = [Path(base_dir).resolve()] if base_dir is not None else []
+    bases.append(Path.cwd())
+    used = False
+    for section, key in USER_CODE_KEYS:
+        table = data.get(section)
+        if not isinstance(table, dict) or key not in table:
+            continue
+        value = table[key]
+        if callable(value):
+            spec, where = spec_of(value, f"{section}.{key}")
+            data[section] = {**table, key: spec}
+            if where and where not in dirs:
+                dirs.append(where)
+            used = True
+        elif is_import_spec(value):
+            target, _, attr = value.rpartition(":")
+            if target.endswith(".py") and not Path(target).is_absolute():
+                found = next((b / target for b in bases if (b / target).is_file()), None)
+                if found is not None:
+                    data[section] = {**table, key: f"{found.resolve()}:{attr}"}
+            used = True
+    if used and not data.get("python_path"):  # filled once, in the driver; recorded with the run
+        dirs += [str(b) for b in bases if str(b) not in dirs]
+    if dirs:
+        data["python_path"] = dirs
+    return data
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
@@ -302,7 +376,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p} is not valid TOML: {exc}") from exc
     apply_overrides(data, overrides)
-    return config_from_dict(data)
+    return config_from_dict(data, base_dir=p.parent)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:

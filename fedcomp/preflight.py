@@ -7,7 +7,10 @@ checked in the driver is checked here, with the config key named:
 - the data exists (``data.data_dir``), can be fetched if ``data.download``
   asks for it, and is large enough (``data.test_size``, every client's
   partition non-empty);
-- the model builds on the data's shape and runs a forward pass;
+- the model builds on the data's shape and runs a forward pass (your own
+  model by import path included; one registered only in the script being
+  run is refused, since workers do not import that script);
+- float (regression) targets are split IID and not trained with cross-entropy;
 - the model compressor applies to the model (LC groups, ALDS exclusions,
   BWCP's conv–BN layers) and every round its schedule names exists.
 """
@@ -33,12 +36,12 @@ def check_experiment(cfg: ExperimentConfig) -> None:
 
 
 def _check_data(cfg: ExperimentConfig) -> Any:
-    from fedcomp.data import experiment_partitions, load_dataset
+    from fedcomp.data import experiment_partitions, load_experiment_data
     from fedcomp.data.base import DatasetNotFoundError
 
     d = cfg.data
     try:
-        split = load_dataset(d.dataset, d.data_dir, d.download, d.test_size, cfg.seed)
+        split = load_experiment_data(cfg)
     except ConfigError:
         raise
     except DatasetNotFoundError as exc:
@@ -46,6 +49,14 @@ def _check_data(cfg: ExperimentConfig) -> Any:
     except Exception as exc:  # noqa: BLE001 - a download or a damaged file: name it, whatever it is
         key = "data.download" if d.download else "data.data_dir"
         raise ConfigError(f"config key '{key}': dataset {d.dataset!r} could not be loaded: {_why(exc)}") from None
+    if not split.is_classification:
+        if d.partition != "iid":
+            raise ConfigError(
+                f"config key 'data.partition': {d.partition!r} splits by class, but {d.dataset!r} has float "
+                "(regression) targets; use partition = 'iid'"
+            )
+        if cfg.client.loss == "cross_entropy":
+            raise ConfigError(f"config key 'client.loss': cross-entropy needs class labels; {d.dataset!r} has float targets")  # fmt: skip
     parts = experiment_partitions(cfg, split.train.labels.numpy())
     empty = [i for i, p in enumerate(parts) if len(p) == 0]
     if empty:
@@ -57,8 +68,17 @@ def _check_data(cfg: ExperimentConfig) -> Any:
 
 
 def _check_model(cfg: ExperimentConfig, split: Any) -> torch.nn.Module:
+    from fedcomp.imports import is_import_spec
+    from fedcomp.models import MODELS
     from fedcomp.servers.app import initial_model
 
+    name = cfg.model.name
+    if not is_import_spec(name) and name in MODELS and getattr(MODELS.get(name), "__module__", "") == "__main__":
+        raise ConfigError(
+            f"config key 'model.name': {name!r} is registered in the script being run, which Ray's worker "
+            f"processes do not import; name it by import path instead: model.name = '<your script>.py:<factory>' "
+            "(or pass the function or class itself: {'model': {'name': Net}})"
+        )
     try:
         model = initial_model(cfg, split.input_shape, split.num_classes)
         model.eval()
@@ -70,7 +90,8 @@ def _check_model(cfg: ExperimentConfig, split: Any) -> torch.nn.Module:
             f"config key 'model.name': model {cfg.model.name!r} does not run on {split.input_shape} inputs "
             f"of {cfg.data.dataset!r}: {_why(exc)}"
         ) from None
-    if out.ndim != 2 or out.shape[1] != split.num_classes:
+    single = out.ndim == 1 and split.num_classes == 1 and not split.is_classification
+    if not single and (out.ndim != 2 or out.shape[1] != split.num_classes):
         raise ConfigError(
             f"config key 'model.name': model {cfg.model.name!r} gives outputs of shape {tuple(out.shape)}, "
             f"expected (batch, {split.num_classes}) for {cfg.data.dataset!r}"
@@ -84,7 +105,7 @@ def _check_model_compressor(cfg: ExperimentConfig, split: Any) -> None:
 
     section = cfg.server_compression
     try:
-        compressor = build_model_compressor(cfg, Architecture(cfg.model.name, split.input_shape, split.num_classes))
+        compressor = build_model_compressor(cfg, Architecture.of_config(cfg, split.input_shape, split.num_classes))
     except ConfigError:
         raise
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:

@@ -18,19 +18,29 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedcomp.clients.faults import UPDATE_ATTACKS, attack_of
-from fedcomp.clients.training import float_state, model_delta, resolve_device, train_local
+from fedcomp.clients.training import (
+    TrainStats,
+    float_state,
+    loss_fn,
+    model_delta,
+    resolve_device,
+    scheduled,
+    train_local,
+)
 from fedcomp.coding import DecodeError, check_all_values
 from fedcomp.compressors.model.base import ProximalTerm
 from fedcomp.compressors.model.structure import Architecture
 from fedcomp.config import ExperimentConfig, config_from_dict
-from fedcomp.data import ImageData, SplitData, experiment_partitions, load_dataset
+from fedcomp.data import ImageData, SplitData, experiment_partitions, load_experiment_data
 from fedcomp.flower.mod import received_loss_term, received_model
+from fedcomp.imports import resolve
 from fedcomp.messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, experiment_from
 from fedcomp.seeding import FAULTS, TRAIN_SHUFFLE, numpy_rng, torch_generator
 
@@ -73,10 +83,9 @@ def _runtime(config_json: str, partition_id: int, num_partitions: int) -> Client
     cfg = config_from_dict(json.loads(config_json))
     if num_partitions != cfg.federation.num_clients:
         raise ValueError(f"node has num-partitions={num_partitions}, config has {cfg.federation.num_clients} clients")
-    d = cfg.data
-    split = load_dataset(d.dataset, d.data_dir, d.download, d.test_size, cfg.seed)
+    split = load_experiment_data(cfg)
     parts = experiment_partitions(cfg, split.train.labels.numpy())
-    arch = Architecture(cfg.model.name, split.input_shape, split.num_classes)
+    arch = Architecture.of_config(cfg, split.input_shape, split.num_classes)
     return ClientRuntime(
         cfg=cfg,
         split=split,
@@ -85,6 +94,33 @@ def _runtime(config_json: str, partition_id: int, num_partitions: int) -> Client
         arch=arch,
         device=resolve_device(cfg.simulation.device),
     )
+
+
+def run_train_fn(
+    rt: ClientRuntime,
+    model: torch.nn.Module,
+    cfg: Any,
+    generator: torch.Generator,
+    loss_term: Any,
+    server_round: int,
+) -> tuple[TrainStats, dict[str, float]]:
+    """fedcomp's training loop, or the user's ``client.train_fn``; its extra metrics go into the row.
+
+    A ``train_fn`` is called as ``train_fn(model, data, config, device=, generator=, loss_term=, loss=,
+    server_round=)`` and returns a dict of float metrics (``train_loss`` among them, ideally).
+    """
+    loss = loss_fn(cfg.loss, rt.split.is_classification)
+    if not cfg.train_fn:
+        return train_local(model, rt.data, cfg, generator, rt.device, loss_term=loss_term, loss=loss), {}
+    fn = resolve(cfg.train_fn, "client.train_fn")
+    out = fn(model, rt.data, cfg, device=rt.device, generator=generator, loss_term=loss_term, loss=loss,
+             server_round=server_round)  # fmt: skip
+    if not isinstance(out, dict):
+        raise TypeError(f"client.train_fn {cfg.train_fn!r} returned {type(out).__name__}, expected a dict of metrics")
+    metrics = {str(k): float(v) for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    train_loss = metrics.pop("train_loss", float("nan"))
+    steps = int(metrics.pop("local_steps", 0))
+    return TrainStats(train_loss, len(rt.data), steps), metrics
 
 
 def runtime_for(msg: Message, context: Context) -> ClientRuntime:
@@ -147,7 +183,8 @@ def train(msg: Message, context: Context) -> Message:
     for module in model.modules():  # layers that draw noise in training (BWCP's Gumbel masks) use the round's seed
         if hasattr(module, "generator"):
             module.generator = gen
-    stats = train_local(model, rt.data, cfg.client, gen, rt.device, loss_term=loss_term)
+    client_cfg = scheduled(cfg.client, server_round, cfg.federation.rounds)
+    stats, extra = run_train_fn(rt, model, client_cfg, gen, loss_term, server_round)
     t_train = time.perf_counter()
 
     trained = OrderedDict((k, v.detach().to("cpu")) for k, v in model.state_dict().items())
@@ -163,6 +200,7 @@ def train(msg: Message, context: Context) -> Message:
         "train_loss": stats.loss,
         "local_steps": stats.steps,
         "train_s": t_train - t0,
+        **extra,
     }
     if mu > 0:
         metrics["proximal_mu"] = mu  # FedProx's term was applied (the row shows it)

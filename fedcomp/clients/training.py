@@ -6,9 +6,10 @@ training without the federation around it.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,38 @@ def resolve_device(setting: str) -> torch.device:
     if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda")
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def loss_fn(kind: str, classification: bool) -> LossFn:
+    """``client.loss``: cross-entropy on class labels, MSE on float targets (auto picks by the targets)."""
+    if kind == "auto":
+        kind = "cross_entropy" if classification else "mse"
+    if kind == "cross_entropy":
+        if not classification:
+            raise ValueError("client.loss = 'cross_entropy' needs integer class labels; these targets are floats")
+        return F.cross_entropy
+    return _mse
+
+
+def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean squared error; a single-output model's (N, 1) matches (N,) targets."""
+    if out.ndim == 2 and out.shape[1] == 1 and y.ndim == 1:
+        out = out.squeeze(1)
+    if y.dtype == torch.int64:
+        y = y.float()
+    return F.mse_loss(out, y)
+
+
+def scheduled(cfg: ClientConfig, server_round: int, rounds: int) -> ClientConfig:
+    """The client settings of ``server_round`` with ``client.lr_schedule`` applied to the learning rate."""
+    if cfg.lr_schedule == "exponential":
+        return replace(cfg, lr=cfg.lr * cfg.lr_gamma ** (server_round - 1))
+    if cfg.lr_schedule == "cosine":
+        return replace(cfg, lr=cfg.lr * 0.5 * (1 + math.cos(math.pi * (server_round - 1) / max(rounds, 1))))
+    return cfg
 
 
 def make_optimizer(model: nn.Module, cfg: ClientConfig) -> torch.optim.Optimizer:
@@ -49,6 +82,7 @@ def train_local(
     generator: torch.Generator,
     device: torch.device,
     loss_term: Callable[[nn.Module], torch.Tensor] | None = None,
+    loss: LossFn = F.cross_entropy,
 ) -> TrainStats:
     """Train in place for ``local_steps`` mini-batches if set, else ``local_epochs``.
 
@@ -68,12 +102,12 @@ def train_local(
     for _ in range(epochs):
         for x, y in data.batches(cfg.batch_size, generator, device):
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
-            (loss + loss_term(model) if loss_term is not None and prox is None else loss).backward()
+            value = loss(model(x), y)
+            (value + loss_term(model) if loss_term is not None and prox is None else value).backward()
             opt.step()
             if prox is not None:
                 prox(model, cfg.lr)
-            total += float(loss.detach())
+            total += float(value.detach())
             steps += 1
             if budget is not None and steps >= budget:
                 return TrainStats(total / steps, len(data), steps)
@@ -81,16 +115,20 @@ def train_local(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageData, device: torch.device, batch_size: int = 1000) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy on ``data``."""
+def evaluate(
+    model: nn.Module, data: ImageData, device: torch.device, batch_size: int = 1000, loss: LossFn | None = None
+) -> tuple[float, float | None]:
+    """Mean loss (cross-entropy by default) and accuracy on ``data``; accuracy is None for float targets."""
     model.eval()
+    loss = loss or F.cross_entropy
     loss_sum, correct = 0.0, 0
     for x, y in data.batches(batch_size, None, device):
         out = model(x)
-        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
+        loss_sum += float(loss(out, y)) * len(y)
+        if data.is_classification:
+            correct += int((out.argmax(1) == y).sum())
     n = max(len(data), 1)
-    return loss_sum / n, correct / n
+    return loss_sum / n, (correct / n if data.is_classification else None)
 
 
 def float_state(model: nn.Module) -> OrderedDict[str, torch.Tensor]:

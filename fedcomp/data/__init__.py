@@ -4,12 +4,28 @@ from fedcomp.data import embedded, torchvision_sets  # noqa: E402,F401  (registe
 from fedcomp.data.base import DATASETS, DatasetNotFoundError, ImageData, SplitData, load_dataset
 from fedcomp.data.partition import experiment_partitions, partition_indices
 
+
+def load_experiment_data(cfg) -> SplitData:  # noqa: ANN001 - an ExperimentConfig (config imports no torch)
+    """The experiment's ``[data]``: a registered set, or the user's own loader by import path."""
+    import json
+
+    from fedcomp.imports import is_import_spec
+
+    d = cfg.data
+    if is_import_spec(d.dataset):
+        from fedcomp.data.custom import load_custom
+
+        return load_custom(d.dataset, json.dumps(d.params, sort_keys=True) if d.params else "", cfg.seed)
+    return load_dataset(d.dataset, d.data_dir, d.download, d.test_size, cfg.seed)
+
+
 __all__ = [
     "DATASETS",
     "DatasetNotFoundError",
     "ImageData",
     "SplitData",
     "experiment_partitions",
+    "load_experiment_data",
     "load_dataset",
     "partition_indices",
 ]

@@ -1,9 +1,11 @@
-"""In-memory image data and the dataset registry.
+"""In-memory data and the dataset registry.
 
 Images stay uint8 in memory (CIFAR-10 is 150 MB that way, 600 MB as
 floats) and are normalized batch by batch; batches are drawn by index
 without a DataLoader, whose worker start-up costs more than these small
-sets take to train on.
+sets take to train on. Any other inputs (tabular features, sequences, float
+images) are floating-point tensors of any shape, used as given; targets are
+class labels (integers: classification) or floats (regression).
 """
 
 from __future__ import annotations
@@ -24,18 +26,35 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class ImageData:
-    """Images (N, C, H, W) as uint8, labels (N,) as int64, normalization constants."""
+    """Inputs and targets in memory.
+
+    ``images``: uint8 images (N, C, H, W), normalized with ``mean``/``std``
+    batch by batch; or floating-point inputs of any shape (N, ...), used as
+    they are. ``labels``: int64 class labels (N,), or float regression
+    targets (N,) or (N, k).
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.shape != (self.images.shape[0],):
-            raise ValueError("one label per image is needed")
+        x, y = self.images, self.labels
+        if x.ndim < 1 or not (x.dtype == torch.uint8 and x.ndim == 4 or x.is_floating_point()):
+            raise ValueError(
+                f"inputs must be uint8 images (N, C, H, W) or floating-point (N, ...), got {x.dtype} {tuple(x.shape)}"
+            )
+        if y.ndim not in (1, 2) or y.shape[0] != x.shape[0]:
+            raise ValueError(f"one target per input is needed: {tuple(x.shape)} inputs, {tuple(y.shape)} targets")
+        if not (y.dtype == torch.int64 or y.is_floating_point()):
+            raise ValueError(f"targets must be int64 class labels or floats, got {y.dtype}")
+        if y.dtype == torch.int64 and y.ndim != 1:
+            raise ValueError(f"class labels must be one per input (N,), got {tuple(y.shape)}")
+
+    @property
+    def is_classification(self) -> bool:
+        return self.labels.dtype == torch.int64
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -45,6 +64,8 @@ class ImageData:
         return ImageData(self.images[idx], self.labels[idx], self.mean, self.std)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            return images.float()
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
         return (images.float().div_(255.0) - mean) / std
@@ -70,9 +91,13 @@ class SplitData:
     num_classes: int
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.train.images.shape[1:]
-        return int(c), int(h), int(w)
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.train.images.shape[1:])
+
+    @property
+    def is_classification(self) -> bool:
+        """Class labels (cross-entropy, accuracy); else float targets (MSE; ``num_classes`` = outputs)."""
+        return self.train.is_classification
 
 
 Loader = Callable[[str, bool, int, int], SplitData]

@@ -163,7 +163,10 @@ def _architecture(transport: Transport, own: Architecture | None) -> Architectur
             "pass CompressionMod(model_fn=<a function returning your torch.nn.Module>)"
         )
     try:
-        return Architecture(str(model["name"]), tuple(int(d) for d in model["input_shape"]), int(model["num_classes"]))
+        shape = tuple(int(d) for d in model["input_shape"])
+        return Architecture(
+            str(model["name"]), shape, int(model["num_classes"]), params_json=str(model.get("params", ""))
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"malformed model in the transport settings: {exc}") from None
 

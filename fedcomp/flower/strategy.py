@@ -163,6 +163,7 @@ class CompressedStrategy(Strategy):
                 "name": self.arch.model_name,
                 "input_shape": list(self.arch.input_shape),
                 "num_classes": self.arch.num_classes,
+                "params": self.arch.params_json,
             }
             if self.arch.factory is None
             else None

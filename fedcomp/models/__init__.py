@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -12,9 +13,28 @@ ModelFactory = Callable[[tuple[int, int, int], int], nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model")
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """A fresh model of the registered architecture ``name``."""
-    return MODELS.get(name)(input_shape, num_classes)
+def build_model(
+    name: str, input_shape: tuple[int, ...], num_classes: int, params: Mapping[str, Any] | None = None
+) -> nn.Module:
+    """A fresh model: the registered architecture ``name``, or the user's factory an import path names.
+
+    A user's factory (function or class, ``"module:Net"`` / ``"file.py:Net"``)
+    is called with ``params`` as keyword arguments, plus ``input_shape`` and
+    ``num_classes`` if it takes them; it must return a ``torch.nn.Module``.
+    """
+    from fedcomp.imports import accepts, is_import_spec, resolve
+
+    kwargs = dict(params or {})
+    if not is_import_spec(name):
+        return MODELS.get(name)(input_shape, num_classes, **kwargs)
+    factory = resolve(name, "model.name")
+    for key, value in (("input_shape", tuple(input_shape)), ("num_classes", num_classes)):
+        if key not in kwargs and accepts(factory, key):
+            kwargs[key] = value
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 from fedcomp.models import lenet, mlp, resnet18, resnet_cifar, vgg  # noqa: E402,F401  (register)

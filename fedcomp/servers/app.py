@@ -18,11 +18,11 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, R
 from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
-from fedcomp.clients.training import evaluate, resolve_device
+from fedcomp.clients.training import evaluate, loss_fn, resolve_device
 from fedcomp.compressors.model.base import Snapshot
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_to_json
 from fedcomp.config import ExperimentConfig
-from fedcomp.data import load_dataset
+from fedcomp.data import load_experiment_data
 from fedcomp.errors import RunFailedError
 from fedcomp.flower.strategy import CompressedStrategy
 from fedcomp.messages import CONFIG_KEY, METRICS_KEY, STATE_DIR_KEY, config_record
@@ -44,7 +44,7 @@ def initial_model(cfg: ExperimentConfig, input_shape: tuple[int, int, int], num_
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, MODEL_INIT))
-        return build_model(cfg.model.name, input_shape, num_classes)
+        return build_model(cfg.model.name, input_shape, num_classes, cfg.model.params)
 
 
 def human_bytes(n: float) -> str:
@@ -135,21 +135,21 @@ def serve(
     ``client_state_dir``: where simulated clients keep their state files
     (sent in the train config; a device's own ``state-dir`` wins).
     """
-    d = cfg.data
-    split = load_dataset(d.dataset, d.data_dir, d.download, d.test_size, cfg.seed)
+    split = load_experiment_data(cfg)
     model = initial_model(cfg, split.input_shape, split.num_classes)
     device = resolve_device(cfg.simulation.device)
-    arch = Architecture(cfg.model.name, split.input_shape, split.num_classes)
+    arch = Architecture.of_config(cfg, split.input_shape, split.num_classes)
     strategy = compressed_strategy(cfg, arch)
     rounds = cfg.federation.rounds
     every = cfg.federation.evaluate_every
     eval_models: dict[Structure, torch.nn.Module] = {}
+    loss = loss_fn(cfg.client.loss, split.is_classification)
 
-    def evaluate_state(state: dict[str, torch.Tensor], structure: Structure) -> tuple[float, float]:
+    def evaluate_state(state: dict[str, torch.Tensor], structure: Structure) -> tuple[float, float | None]:
         if structure not in eval_models:  # one module per architecture the run goes through
             eval_models[structure] = arch.build(structure).to(device)
         eval_models[structure].load_state_dict(state)
-        return evaluate(eval_models[structure], split.test, device)
+        return evaluate(eval_models[structure], split.test, device, loss=loss)
 
     done = start.round if start is not None else 0
     if start is not None:

@@ -405,7 +405,7 @@ def load_model(run_dir: str | Path) -> torch.nn.Module:
     if not (path / MODEL_FILE).exists() or "input_shape" not in summary:
         raise FileNotFoundError(f"{path} holds no final model (is it a complete run directory?)")
     cfg = load_config(path / CONFIG_FILE)
-    arch = Architecture(cfg.model.name, tuple(summary["input_shape"]), int(summary["num_classes"]))
+    arch = Architecture.of_config(cfg, tuple(summary["input_shape"]), int(summary["num_classes"]))
     model = arch.build(structure_from_json(summary.get("model_structure", [])))
     model.load_state_dict(torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True))
     return model

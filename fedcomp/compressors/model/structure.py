@@ -18,6 +18,7 @@ masks) are connected by a function registered with :func:`after_build`.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +100,14 @@ class Architecture:
     input_shape: tuple[int, ...]
     num_classes: int
     factory: Callable[[], nn.Module] | None = None
+    params_json: str = ""
+    """``[model] params`` as JSON (hashable): keyword arguments of the model's factory."""
+
+    @classmethod
+    def of_config(cls, cfg: Any, input_shape: Sequence[int], num_classes: int) -> Architecture:
+        """The experiment's ``[model]`` (a registry name or an import path, with its params) on this data."""
+        params = json.dumps(cfg.model.params, sort_keys=True) if cfg.model.params else ""
+        return cls(cfg.model.name, tuple(int(d) for d in input_shape), int(num_classes), params_json=params)
 
     @classmethod
     def of(cls, factory: Callable[[], nn.Module], input_shape: Sequence[int] = ()) -> Architecture:
@@ -115,7 +124,8 @@ class Architecture:
             if not isinstance(model, nn.Module):
                 raise TypeError(f"model_fn {self.model_name} returned {type(model).__name__}, not a torch.nn.Module")
         else:
-            model = build_model(self.model_name, self.input_shape, self.num_classes)
+            params = json.loads(self.params_json) if self.params_json else None
+            model = build_model(self.model_name, self.input_shape, self.num_classes, params)
         for edit in structure:
             parent, _, leaf = edit.layer.rpartition(".")
             try:
@@ -151,7 +161,10 @@ class Architecture:
 @functools.lru_cache(maxsize=64)
 def _specs(arch: Architecture, structure: Structure) -> tuple[TensorSpec, ...]:
     try:
-        with torch.device("meta"):  # shapes only: no memory for weights, however large the claim
+        try:
+            with torch.device("meta"):  # shapes only: no memory for weights, however large the claim
+                model = arch.build(structure)
+        except (RuntimeError, NotImplementedError):  # a user's model that computes with tensors as it builds
             model = arch.build(structure)
     except ValueError as exc:
         raise DecodeError(str(exc)) from None
