@@ -49,6 +49,10 @@ def _check_data(cfg: ExperimentConfig) -> Any:
     except Exception as exc:  # noqa: BLE001 - a download or a damaged file: name it, whatever it is
         key = "data.download" if d.download else "data.data_dir"
         raise ConfigError(f"config key '{key}': dataset {d.dataset!r} could not be loaded: {_why(exc)}") from None
+    if split.partitions is not None and d.partition != "iid":
+        raise ConfigError(
+            f"config key 'data.partition': {d.dataset!r} comes split per client already; leave partition = 'iid'"
+        )
     if not split.is_classification:
         if d.partition != "iid":
             raise ConfigError(
@@ -57,7 +61,10 @@ def _check_data(cfg: ExperimentConfig) -> Any:
             )
         if cfg.client.loss == "cross_entropy":
             raise ConfigError(f"config key 'client.loss': cross-entropy needs class labels; {d.dataset!r} has float targets")  # fmt: skip
-    parts = experiment_partitions(cfg, split.train.labels.numpy())
+    try:
+        parts = experiment_partitions(cfg, split.train.labels.numpy(), split.partitions)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'federation.num_clients': {exc}") from None
     empty = [i for i, p in enumerate(parts) if len(p) == 0]
     if empty:
         raise ConfigError(

@@ -84,7 +84,7 @@ def _runtime(config_json: str, partition_id: int, num_partitions: int) -> Client
     if num_partitions != cfg.federation.num_clients:
         raise ValueError(f"node has num-partitions={num_partitions}, config has {cfg.federation.num_clients} clients")
     split = load_experiment_data(cfg)
-    parts = experiment_partitions(cfg, split.train.labels.numpy())
+    parts = experiment_partitions(cfg, split.train.labels.numpy(), split.partitions)
     arch = Architecture.of_config(cfg, split.input_shape, split.num_classes)
     return ClientRuntime(
         cfg=cfg,

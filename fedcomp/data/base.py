@@ -89,6 +89,8 @@ class SplitData:
     train: ImageData
     test: ImageData
     num_classes: int
+    partitions: tuple[np.ndarray, ...] | None = None
+    """Each client's indices into ``train`` when the data comes split per client (else the config splits it)."""
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -3,7 +3,9 @@
 The loader is called with ``[data.params]`` as keyword arguments (plus
 ``seed`` if it takes one) and returns the train and test parts, as a dict
 ``{"train": (x, y), "test": (x, y)}`` or a tuple ``(x_train, y_train,
-x_test, y_test)``; numpy arrays or torch tensors. Inputs: uint8 images
+x_test, y_test)``; numpy arrays or torch tensors. Data already split per
+client: ``{"clients": [(x, y), ...], "test": (x, y)}``, client i trains on
+the i-th pair (``federation.num_clients`` must match). Inputs: uint8 images
 (N, C, H, W), or floats of any shape (tabular features, sequences) used as
 given. Targets: integer class labels (classification: cross-entropy,
 accuracy; the number of classes is the largest label + 1 unless the dict
@@ -41,6 +43,9 @@ def load_custom(spec: str, params_json: str, seed: int) -> SplitData:
         kwargs["seed"] = seed
     out = loader(**kwargs)
     extra: dict[str, Any] = {}
+    partitions = None
+    if isinstance(out, dict) and "clients" in out:
+        out, partitions = _pre_split(out, spec)
     if isinstance(out, dict):
         try:
             (x_train, y_train), (x_test, y_test) = out["train"], out["test"]
@@ -75,7 +80,32 @@ def load_custom(spec: str, params_json: str, seed: int) -> SplitData:
         classes = int(extra.get("num_classes", max(int(train_y.max()), int(test_y.max())) + 1))
     else:
         classes = 1 if train_y.ndim == 1 else int(train_y.shape[1])
-    return SplitData(name=spec, train=train, test=test, num_classes=classes)
+    return SplitData(name=spec, train=train, test=test, num_classes=classes, partitions=partitions)
+
+
+def _pre_split(out: dict[str, Any], spec: str) -> tuple[dict[str, Any], tuple[np.ndarray, ...]]:
+    """Per-client pairs → one train set and each client's index range in it."""
+    clients = out["clients"]
+    if not isinstance(clients, (list, tuple)) or not clients:
+        raise DataLoaderError(f"loader {spec!r}: 'clients' must be a non-empty list of (x, y) pairs")
+    xs, ys, parts, start = [], [], [], 0
+    for i, pair in enumerate(clients):
+        try:
+            x, y = pair
+        except (TypeError, ValueError):
+            raise DataLoaderError(f"loader {spec!r}: clients[{i}] is not an (x, y) pair") from None
+        x, y = _tensor(x, f"clients[{i}] x"), _targets(y, f"clients[{i}] y")
+        if len(x) == 0 or len(x) != len(y):
+            raise DataLoaderError(f"loader {spec!r}: clients[{i}] has {len(x)} inputs and {len(y)} targets")
+        xs.append(x)
+        ys.append(y)
+        parts.append(np.arange(start, start + len(x)))
+        start += len(x)
+    try:
+        merged = {**out, "train": (torch.cat(xs), torch.cat(ys))}
+    except RuntimeError as exc:
+        raise DataLoaderError(f"loader {spec!r}: the clients' data do not stack: {exc}") from None
+    return merged, tuple(parts)
 
 
 def _tensor(value: Any, what: str) -> torch.Tensor:

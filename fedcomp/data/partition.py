@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -35,12 +36,20 @@ def partition_indices(
     return [p.copy() for p in _cached(key)]
 
 
-def experiment_partitions(cfg: ExperimentConfig, labels: np.ndarray) -> list[np.ndarray]:
+def experiment_partitions(cfg: ExperimentConfig, labels: np.ndarray, given: Any = None) -> list[np.ndarray]:
     """Each client's indices as an experiment config splits ``labels`` (``[data]`` and ``federation.num_clients``).
 
     The one place the driver's checks, the clients and the benchmarks derive
     the partitions from a config, so they can never split differently.
+    ``given``: the split the data came with (a loader's ``"clients"``), used
+    as it is; ``federation.num_clients`` must then be its length.
     """
+    if given is not None:
+        if len(given) != cfg.federation.num_clients:
+            raise ValueError(
+                f"the data comes split across {len(given)} clients, federation.num_clients is {cfg.federation.num_clients}"
+            )
+        return [np.asarray(p) for p in given]
     d = cfg.data
     return partition_indices(
         labels,
