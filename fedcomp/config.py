@@ -51,11 +51,15 @@ class DataConfig:
     """Dirichlet concentration: smaller means more label skew."""
     classes_per_client: int = 2
     """Pathological partition: number of classes each client holds."""
+    client_test_fraction: float = 0.2
+    """With ``federation.evaluate_on`` = clients or both: the share of each client's data held out for its
+    own evaluation (the rest is trained on)."""
 
     def validate(self, path: str) -> None:
         require(self.test_size > 0, f"{path}.test_size", "a positive integer")
         require(self.alpha > 0 and math.isfinite(self.alpha), f"{path}.alpha", "a finite number > 0")
         require(self.classes_per_client >= 1, f"{path}.classes_per_client", "an integer >= 1")
+        require(0 < self.client_test_fraction < 1, f"{path}.client_test_fraction", "a number in (0, 1)")
 
 
 @dataclass
@@ -77,7 +81,10 @@ class FederationConfig:
     min_train_clients: int = 2
     """Never sample fewer than this many clients."""
     evaluate_every: int = 1
-    """Centralized evaluation every this many rounds (0 = only after the last)."""
+    """Evaluation every this many rounds (0 = only after the last)."""
+    evaluate_on: Literal["server", "clients", "both"] = "server"
+    """Where the global model is evaluated: the server's test set, every client's held-out share of its own
+    data (``data.client_test_fraction``; aggregated, example-weighted, into the row's ``federated_eval``), or both."""
     round_timeout_s: float = 600.0
     """A client reply not back within this many seconds counts as failed."""
     checkpoint_every: int = 1

@@ -20,4 +20,4 @@ def torch_generator(seed: int, *keys: int) -> torch.Generator:
 
 
 # Purposes, so two uses of the same (round, client) never share a stream.
-TRAIN_SHUFFLE, CLIENT_SAMPLING, FAULTS, MODEL_INIT = 1, 2, 3, 4
+TRAIN_SHUFFLE, CLIENT_SAMPLING, FAULTS, MODEL_INIT, LOCAL_TEST = 1, 2, 3, 4, 5

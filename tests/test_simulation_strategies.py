@@ -41,3 +41,22 @@ def test_a_flower_strategy_runs_a_compressed_federation(name, tmp_path):
         assert all(r["client_metrics"]["proximal_mu"] == 0.5 for r in rows)
     else:
         assert "proximal_mu" not in rows[0]["client_metrics"]
+
+
+def test_clients_evaluate_on_their_own_held_out_data_and_the_row_says_so(tmp_path):
+    cfg = small_config(
+        tmp_path,
+        federation={"evaluate_on": "both"},
+        data={"client_test_fraction": 0.25},
+        client={"local_steps": 20},
+        uplink={"name": "topk", "density": 0.1},
+    )
+    rows = fedcomp.run(cfg, progress=False).rows
+    for r in rows:
+        fed = r["federated_eval"]
+        assert fed["clients"] == 3 and 0 <= fed["test_accuracy"] <= 1 and math.isfinite(fed["test_loss"])
+        assert r["test_accuracy"] is not None  # and the server's test set too
+        # The model each client evaluated was sent to it, dense, and counted as downlink.
+        assert r["downlink_bytes"] > r["downlink_bytes_per_client"] * r["sampled_clients"]
+    assert rows[-1]["federated_eval"]["test_accuracy"] > 0.3
+    assert rows[-1]["federated_eval"]["test_loss"] < rows[0]["federated_eval"]["test_loss"] * 1.5

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -27,6 +28,7 @@ from flwr.clientapp import ClientApp
 from fedcomp.clients.faults import UPDATE_ATTACKS, attack_of
 from fedcomp.clients.training import (
     TrainStats,
+    evaluate,
     float_state,
     loss_fn,
     model_delta,
@@ -42,7 +44,7 @@ from fedcomp.data import ImageData, SplitData, experiment_partitions, load_exper
 from fedcomp.flower.mod import received_loss_term, received_model
 from fedcomp.imports import resolve
 from fedcomp.messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, experiment_from
-from fedcomp.seeding import FAULTS, TRAIN_SHUFFLE, numpy_rng, torch_generator
+from fedcomp.seeding import FAULTS, LOCAL_TEST, TRAIN_SHUFFLE, numpy_rng, torch_generator
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +76,18 @@ class ClientRuntime:
     split: SplitData
     partition_id: int
     data: ImageData
+    """What this client trains on."""
     arch: Architecture
     device: torch.device
+    local_test: ImageData | None = None
+    """Its held-out share (``data.client_test_fraction``) when clients evaluate; None otherwise."""
+
+
+def held_out(indices: np.ndarray, fraction: float, seed: int, partition: int) -> tuple[np.ndarray, np.ndarray]:
+    """A client's (train, test) indices: a seeded ``fraction`` of its partition held out, at least one each way."""
+    order = numpy_rng(seed, LOCAL_TEST, partition).permutation(len(indices))
+    n_test = min(max(1, round(fraction * len(indices))), len(indices) - 1)
+    return np.sort(indices[order[n_test:]]), np.sort(indices[order[:n_test]])
 
 
 @functools.lru_cache(maxsize=16)
@@ -86,13 +98,18 @@ def _runtime(config_json: str, partition_id: int, num_partitions: int) -> Client
     split = load_experiment_data(cfg)
     parts = experiment_partitions(cfg, split.train.labels.numpy(), split.partitions)
     arch = Architecture.of_config(cfg, split.input_shape, split.num_classes)
+    mine, local_test = parts[partition_id], None
+    if cfg.federation.evaluate_on != "server" and len(mine) >= 2:
+        mine, test_idx = held_out(mine, cfg.data.client_test_fraction, cfg.seed, partition_id)
+        local_test = split.train.subset(test_idx)
     return ClientRuntime(
         cfg=cfg,
         split=split,
         partition_id=partition_id,
-        data=split.train.subset(parts[partition_id]),
+        data=split.train.subset(mine),
         arch=arch,
         device=resolve_device(cfg.simulation.device),
+        local_test=local_test,
     )
 
 
@@ -206,3 +223,17 @@ def train(msg: Message, context: Context) -> Message:
         metrics["proximal_mu"] = mu  # FedProx's term was applied (the row shows it)
     content = RecordDict({ARRAYS_KEY: ArrayRecord(trained), METRICS_KEY: MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_local(msg: Message, context: Context) -> Message:
+    """The global model (as the mod decoded it) on this client's held-out data (``federation.evaluate_on``)."""
+    rt = runtime_for(msg, context)
+    if rt.local_test is None:
+        raise ValueError("this client holds no evaluation data: federation.evaluate_on is 'server'")
+    model = received_model(msg, rt.arch).to(rt.device)
+    loss, acc = evaluate(model, rt.local_test, rt.device, loss=loss_fn(rt.cfg.client.loss, rt.split.is_classification))
+    metrics = {"num-examples": len(rt.local_test), "test_loss": loss}
+    if acc is not None:
+        metrics["test_accuracy"] = acc
+    return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)

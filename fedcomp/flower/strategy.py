@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import zlib
 from collections import OrderedDict
@@ -52,7 +53,15 @@ from fedcomp.compressors.model.base import dense_payload
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
 from fedcomp.flower.transport import TRANSPORT_KEY, Transport
 from fedcomp.messages import CHECKPOINT_ROUND_KEY, METRICS_KEY, PAYLOAD_KEY, payload_record
-from fedcomp.strategies.replies import Accepted, ReplyPolicy, ReplyRejected, Roster, judge_reply
+from fedcomp.strategies.replies import (
+    Accepted,
+    ReplyPolicy,
+    ReplyRejected,
+    Roster,
+    clean_reason,
+    int_metric,
+    judge_reply,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +102,8 @@ class RoundStats:
     """What the model compressor reported when it built the broadcast."""
     evaluate_downlink_bytes: int = 0
     """Bytes sent for client-side evaluation (the aggregated model, dense, to each evaluating node)."""
+    evaluate_metrics: dict[str, float] = field(default_factory=dict)
+    """The inner strategy's aggregate of the clients' evaluation replies (plus ``clients``: how many counted)."""
     train_loss: float | None = None
     client_metrics: dict[str, float] = field(default_factory=dict)
     skipped: str | None = None
@@ -151,6 +162,7 @@ class CompressedStrategy(Strategy):
         num_partitions: int | None = None,
         sampler: Sampler | None = None,
         input_shape: tuple[int, ...] = (),
+        evaluate_rounds: Callable[[int], bool] | None = None,
     ) -> None:
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}")
@@ -185,6 +197,8 @@ class CompressedStrategy(Strategy):
         self.max_abs_value = max_abs_value
         self.update_limits = _update_limits(self.arch.specs(()), max_abs_value)
         self.sampler = sampler
+        self.evaluate_rounds = evaluate_rounds
+        """Which rounds clients evaluate in (None: whenever the inner strategy asks them)."""
         self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict()
         """The model this round's clients start from, as they decode it (updates are added to it)."""
         self.current: RoundStats | None = None
@@ -281,10 +295,11 @@ class CompressedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Client-side evaluation of the aggregated model, sent dense (and counted)."""
+        server_round += self.round_offset
+        if self.evaluate_rounds is not None and not self.evaluate_rounds(server_round):
+            return []
         state = OrderedDict(arrays.to_torch_state_dict())
-        messages = list(
-            self.inner.configure_evaluate(server_round + self.round_offset, _float_record(state), config, grid)
-        )
+        messages = list(self.inner.configure_evaluate(server_round, _float_record(state), config, grid))
         if not messages:
             return messages
         payload = dense_payload("identity", state, self.structure)
@@ -296,7 +311,36 @@ class CompressedStrategy(Strategy):
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round + self.round_offset, replies)
+        """The inner strategy's aggregate of the evaluation replies whose metrics hold up (the rest are logged)."""
+        usable = []
+        for msg in replies:
+            try:
+                usable.append(self._checked_evaluation(msg))
+            except ReplyRejected as exc:
+                logger.warning("round %d: an evaluation reply from node %d is not counted: %s",
+                               server_round + self.round_offset, msg.metadata.src_node_id, exc.reason)  # fmt: skip
+        if not usable:
+            return None
+        out = self.inner.aggregate_evaluate(server_round + self.round_offset, usable)
+        if out is not None and self.current is not None:
+            self.current.evaluate_metrics = {
+                **{k: float(v) for k, v in out.items() if isinstance(v, (int, float))},
+                "clients": float(len(usable)),
+            }
+        return out
+
+    def _checked_evaluation(self, msg: Message) -> Message:
+        """An evaluation reply: no error, one MetricRecord, a bounded ``num-examples`` and finite numbers."""
+        if msg.has_error():
+            raise ReplyRejected(f"client error: {clean_reason(msg.error.reason)}")
+        records = list(msg.content.metric_records.values())
+        if len(records) != 1:
+            raise ReplyRejected(f"{len(records)} metric records, expected 1")
+        int_metric(records[0], "num-examples", 1, self.policy.max_examples)
+        for key, value in records[0].items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ReplyRejected(f"{key} = {value}")
+        return msg
 
     def summary(self) -> None:
         logger.info(

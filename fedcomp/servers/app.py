@@ -58,6 +58,12 @@ def human_bytes(n: float) -> str:
 WARMUP_TIMEOUT_S = 600.0
 
 
+def evaluation_due(cfg: ExperimentConfig, server_round: int) -> bool:
+    """``federation.evaluate_every`` (0 = the last round only); the last round always."""
+    every = cfg.federation.evaluate_every
+    return bool(every and server_round % every == 0) or server_round == cfg.federation.rounds
+
+
 def compressed_strategy(cfg: ExperimentConfig, arch: Architecture) -> CompressedStrategy:
     """The configured Flower strategy inside fedcomp's transport, with fedcomp's seeded sampling."""
     fed = cfg.federation
@@ -77,6 +83,7 @@ def compressed_strategy(cfg: ExperimentConfig, arch: Architecture) -> Compressed
         max_examples=fed.max_examples,
         num_partitions=fed.num_clients,
         sampler=sampler,
+        evaluate_rounds=lambda r: evaluation_due(cfg, r),
     )
     strategy.roster = sampler.roster  # one roster: sampling orders by it, replies are judged against it
     return strategy
@@ -141,7 +148,6 @@ def serve(
     arch = Architecture.of_config(cfg, split.input_shape, split.num_classes)
     strategy = compressed_strategy(cfg, arch)
     rounds = cfg.federation.rounds
-    every = cfg.federation.evaluate_every
     eval_models: dict[Structure, torch.nn.Module] = {}
     loss = loss_fn(cfg.client.loss, split.is_classification)
 
@@ -174,7 +180,7 @@ def serve(
         snapshot = strategy.downlink.end_of_round(server_round, state, strategy.structure, server_round == rounds)
         server_metrics = {**stats.downlink_metrics, **snapshot.metrics}
         acc = loss = None
-        if (every and server_round % every == 0) or server_round == rounds:
+        if evaluation_due(cfg, server_round) and cfg.federation.evaluate_on != "clients":
             loss, acc = evaluate_state(snapshot.state, snapshot.structure)
             if not snapshot.is_global:
                 _, server_metrics["global_test_accuracy"] = evaluate_state(state, strategy.structure)
@@ -200,6 +206,7 @@ def serve(
             wall_s=time.perf_counter() - stats.started,
             client_metrics=stats.client_metrics,
             skipped=stats.skipped,
+            federated_eval=stats.evaluate_metrics,
         )
         recorder.append(row)
         if server_round == rounds:
@@ -232,6 +239,7 @@ def serve(
             num_rounds=rounds - done,
             timeout=cfg.federation.round_timeout_s,
             train_config=train_config,
+            evaluate_config=config_record(cfg.to_dict()),
             evaluate_fn=end_of_round,
         )
     finally:

@@ -94,6 +94,9 @@ class RoundRow:
     a compressed one, ``global_test_accuracy`` of the uncompressed global model."""
     skipped: str | None = None
     """Why the round aggregated no update (no usable reply, or fewer than ``federation.min_replies``)."""
+    federated_eval: dict[str, float] = field(default_factory=dict)
+    """The clients' evaluation on their own held-out data (``federation.evaluate_on``): example-weighted
+    ``test_loss`` and ``test_accuracy``, and ``clients``, how many replies counted."""
 
 
 def software_versions() -> dict[str, Any]:

@@ -120,8 +120,10 @@ def build_strategy(cfg: ExperimentConfig) -> Any:
     try:
         return entry.flower_class()(
             fraction_train=1.0,  # of the nodes fedcomp sampled
-            fraction_evaluate=0.0,  # evaluation is centralized, on the server
+            # Every client evaluates when they are asked to (federation.evaluate_on); else only the server.
+            fraction_evaluate=1.0 if cfg.federation.evaluate_on != "server" else 0.0,
             min_train_nodes=1,
+            min_evaluate_nodes=1,
             min_available_nodes=1,
             **params,
         )
