@@ -36,7 +36,7 @@ def run_example(name: str, tmp_path: Path, rounds: int) -> tuple[Path, list[dict
         cwd=tmp_path,  # not the repository: the example's own directory must be found without it
     )
     assert done.returncode == 0, (done.stdout + done.stderr).decode(errors="replace")[-3000:]
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in tmp_path.iterdir() if (p / "summary.json").exists()]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
     return run_dir, read_rounds(run_dir)
 
@@ -182,3 +182,12 @@ def test_data_that_comes_split_per_client_is_trained_as_split(tmp_path):
     assert rows[-1]["test_accuracy"] > 0.2
     with pytest.raises(ConfigError, match=r"federation\.num_clients.*split across 3 clients"):
         check_experiment(config_from_dict({**cfg.to_dict(), "federation": {"num_clients": 4}}))
+
+
+def test_a_federated_dataset_from_local_files_trains_on_flowers_partitions(tmp_path):
+    run_dir, rows = run_example("federated_dataset.py", tmp_path, rounds=2)
+    assert all(r["failed_clients"] == 0 and sorted(r["clients"]) == [0, 1, 2, 3] for r in rows)
+    assert rows[-1]["test_accuracy"] > 0.7  # two balanced classes: chance is 0.5
+    split = load_experiment_data(load_config(run_dir / "config.toml"))
+    sizes = [len(p) for p in split.partitions]
+    assert sum(sizes) == 2400 and len(set(sizes)) > 1  # Flower's Dirichlet split, as it made it

@@ -109,7 +109,7 @@ def _pre_split(out: dict[str, Any], spec: str) -> tuple[dict[str, Any], tuple[np
 
 
 def _tensor(value: Any, what: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(value)) if not isinstance(value, torch.Tensor) else value.detach().cpu()
+    t = torch.from_numpy(np.array(value)) if not isinstance(value, torch.Tensor) else value.detach().cpu()  # a copy
     if t.dtype == torch.float64:
         t = t.float()  # models train in float32
     return t.contiguous()
