@@ -17,11 +17,14 @@ def format_rounds_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of rounds, accuracy and bytes (as the demo prints it)."""
     from fedcomp.servers.app import human_bytes
 
-    header = ("round", "clients", "failed", "train loss", "test acc", "uplink", "downlink", "cum. uplink", "time")
+    # Regression (float targets) has no accuracy: the test loss (MSE) is the column then.
+    by_loss = all(r["test_accuracy"] is None for r in rows) and any(r.get("test_loss") is not None for r in rows)
+    key, title = ("test_loss", "test loss") if by_loss else ("test_accuracy", "test acc")
+    header = ("round", "clients", "failed", "train loss", title, "uplink", "downlink", "cum. uplink", "time")
     lines, cum = [], 0
     for r in rows:
         cum += r["uplink_bytes"]
-        acc = "-" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}"
+        acc = "-" if r.get(key) is None else f"{r[key]:.4f}"
         loss = "-" if r["train_loss"] is None else f"{r['train_loss']:.4f}"
         lines.append(
             (

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import fedcomp
+from fedcomp.cli import format_rounds_table
 from fedcomp.clients.training import evaluate, loss_fn
 from fedcomp.config import ConfigError, config_from_dict, load_config
 from fedcomp.data import load_experiment_data
@@ -60,6 +61,8 @@ def test_float_tabular_data_trains_a_regression_with_mse(tmp_path):
     assert acc is None and all(r["test_accuracy"] is None for r in rows)
     losses = [r["test_loss"] for r in rows]
     assert losses[-1] < 0.25 * before and losses == sorted(losses, reverse=True), (before, losses)
+    table = format_rounds_table(rows)  # what `fedcomp run` prints: the test loss, as there is no accuracy
+    assert "test loss" in table.splitlines()[0] and f"{losses[-1]:.4f}" in table.splitlines()[-1]
 
 
 def test_a_custom_train_fn_runs_on_every_client_with_the_rounds_learning_rate(tmp_path):
