@@ -79,26 +79,55 @@ MODULE = """
 import torch
 from torch import nn
 
+from fedcomp.clients.training import train_local
+from fedcomp.data import load_dataset
+
 
 def small_mlp(input_shape, num_classes, hidden=16):
     return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(input_shape).prod()), hidden), nn.ReLU(),
                          nn.Linear(hidden, num_classes))
+
+
+def pre_split_digits(seed=0):
+    # Three clients with 50, 100 and 150 of the embedded digits each, as if each device had its own.
+    split = load_dataset("mnist5k", seed=seed)
+    order = torch.randperm(len(split.train), generator=torch.Generator().manual_seed(seed))  # the set is by class
+    x, y = split.train.images[order], split.train.labels[order]
+    cuts = [(0, 50), (50, 150), (150, 300)]
+    return {"clients": [(x[a:b], y[a:b]) for a, b in cuts], "test": (split.test.images, split.test.labels),
+            "num_classes": 10}
+
+
+def train_counting(model, data, config, *, device, generator, loss_term, loss, server_round):
+    # fedcomp's loop, reporting how many examples this client holds.
+    stats = train_local(model, data, config, generator, device, loss_term=loss_term, loss=loss)
+    return {"train_loss": stats.loss, "local_steps": stats.steps, "held": float(len(data))}
 """
 
 
-def test_an_import_path_resolves_from_the_config_files_directory_in_the_workers(tmp_path):
+def test_import_paths_from_the_config_files_directory_with_data_split_per_client(tmp_path):
+    """A model, a loader (data that comes split per client) and a train_fn, all in the user's module."""
     project = tmp_path / "project"
     project.mkdir()
-    (project / "mynets.py").write_text(MODULE)
+    (project / "mycode.py").write_text(MODULE)
     (project / "experiment.toml").write_text(
-        f'name = "import-path"\noutput_dir = "{tmp_path / "runs"}"\n[model]\nname = "mynets:small_mlp"\n'
-        "[model.params]\nhidden = 24\n[federation]\nnum_clients = 2\nrounds = 2\n[client]\nlocal_steps = 10\n"
+        f'name = "import-path"\noutput_dir = "{tmp_path / "runs"}"\n'
+        '[data]\ndataset = "mycode:pre_split_digits"\n'
+        '[model]\nname = "mycode:small_mlp"\n[model.params]\nhidden = 24\n'
+        "[federation]\nnum_clients = 3\nrounds = 2\n"
+        '[client]\nlocal_steps = 20\ntrain_fn = "mycode:train_counting"\n'
     )
     cfg = load_config(project / "experiment.toml")  # from the test's cwd, not project/
     assert str(project) in cfg.python_path
     result = fedcomp.run(cfg, progress=False)
-    assert [r["failed_clients"] for r in result.rows] == [0, 0] and result.final_accuracy > 0.3
-    assert fedcomp.load_model(result.run_dir)[1].out_features == 24
+    rows = result.rows
+    assert all(r["failed_clients"] == 0 and sorted(r["clients"]) == [0, 1, 2] for r in rows)
+    # Client metrics are example-weighted: Σ n_i·n_i / Σ n_i for the sizes 50, 100, 150 as given.
+    assert rows[0]["client_metrics"]["held"] == pytest.approx((50**2 + 100**2 + 150**2) / 300)
+    assert rows[-1]["test_accuracy"] > 0.3
+    assert fedcomp.load_model(result.run_dir)[1].out_features == 24  # [model.params] reached the factory
+    with pytest.raises(ConfigError, match=r"federation\.num_clients.*split across 3 clients"):
+        check_experiment(config_from_dict({**cfg.to_dict(), "federation": {"num_clients": 4}}))
 
 
 def lambda_model():  # a module-level factory is fine; a lambda is not (workers must import it)
@@ -142,49 +171,6 @@ def test_a_loader_or_model_that_does_not_fit_is_refused_before_the_engine_starts
         with pytest.raises(ConfigError, match=message):
             check_experiment(cfg)
     assert resolve(f"{here}:lambda_model", "model.name")() is not None
-
-
-def pre_split_digits(seed: int = 0) -> dict:
-    """Three clients with 50, 100 and 150 of the embedded digits each, as if each device had its own."""
-    from fedcomp.data import load_dataset
-
-    split = load_dataset("mnist5k", seed=seed)
-    order = torch.randperm(len(split.train), generator=torch.Generator().manual_seed(seed))  # the set is by class
-    x, y = split.train.images[order], split.train.labels[order]
-    cuts = [(0, 50), (50, 150), (150, 300)]
-    return {
-        "clients": [(x[a:b], y[a:b]) for a, b in cuts],
-        "test": (split.test.images, split.test.labels),
-        "num_classes": 10,
-    }
-
-
-def train_counting(model, data, config, *, device, generator, loss_term, loss, server_round) -> dict:
-    """fedcomp's loop, reporting how many examples this client holds."""
-    from fedcomp.clients.training import train_local
-
-    stats = train_local(model, data, config, generator, device, loss_term=loss_term, loss=loss)
-    return {"train_loss": stats.loss, "local_steps": stats.steps, "held": float(len(data))}
-
-
-def test_data_that_comes_split_per_client_is_trained_as_split(tmp_path):
-    here = Path(__file__).resolve()
-    cfg = config_from_dict(
-        {
-            "output_dir": str(tmp_path),
-            "data": {"dataset": f"{here}:pre_split_digits"},
-            "federation": {"num_clients": 3, "rounds": 2},
-            "client": {"train_fn": f"{here}:train_counting", "local_steps": 20},
-        }
-    )
-    result = fedcomp.run(cfg, progress=False)
-    rows = result.rows
-    assert all(r["failed_clients"] == 0 and sorted(r["clients"]) == [0, 1, 2] for r in rows)
-    # Client metrics are example-weighted: Σ n_i·n_i / Σ n_i for the sizes 50, 100, 150 as given.
-    assert rows[0]["client_metrics"]["held"] == pytest.approx((50**2 + 100**2 + 150**2) / 300)
-    assert rows[-1]["test_accuracy"] > 0.2
-    with pytest.raises(ConfigError, match=r"federation\.num_clients.*split across 3 clients"):
-        check_experiment(config_from_dict({**cfg.to_dict(), "federation": {"num_clients": 4}}))
 
 
 def test_a_federated_dataset_from_local_files_trains_on_flowers_partitions(tmp_path):
