@@ -51,6 +51,9 @@ class DataConfig:
     """Dirichlet concentration: smaller means more label skew."""
     classes_per_client: int = 2
     """Pathological partition: number of classes each client holds."""
+    per_node: bool = False
+    """Deployment: every SuperNode trains on all of the data under its node config's ``data-dir``, not on a
+    partition of a shared set; the server's ``data_dir`` then holds only the test set it evaluates on."""
     client_test_fraction: float = 0.2
     """With ``federation.evaluate_on`` = clients or both: the share of each client's data held out for its
     own evaluation (the rest is trained on)."""

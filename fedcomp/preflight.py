@@ -61,6 +61,8 @@ def _check_data(cfg: ExperimentConfig) -> Any:
             )
         if cfg.client.loss == "cross_entropy":
             raise ConfigError(f"config key 'client.loss': cross-entropy needs class labels; {d.dataset!r} has float targets")  # fmt: skip
+    if d.per_node:  # each SuperNode brings its own training data: nothing here to split
+        return split
     try:
         parts = experiment_partitions(cfg, split.train.labels.numpy(), split.partitions)
     except ValueError as exc:

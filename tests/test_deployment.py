@@ -1,4 +1,4 @@
-"""Flower's deployment runtime on loopback: a SuperLink, two SuperNodes, `flwr run`, SuRP uplink.
+"""Flower's deployment runtime on loopback: a SuperLink, two SuperNodes with their own data, `flwr run`, SuRP.
 
 Insecure mode (no TLS) is fine on loopback; every process this test starts
 is in its own process group and stopped by PID afterwards, and the whole
@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedcomp.clients.training import float_state
 from fedcomp.compressors.update.identity import IdentityCompressor
@@ -47,7 +48,10 @@ def deployment(tmp_path):
                      "superlink.log")  # fmt: skip
         wait_for_port(link_port, link)
         for i in range(2):
-            node_config = f"partition-id={i} num-partitions=2 state-dir='{tmp_path / f'node{i}-state'}'"
+            node_config = (
+                f"partition-id={i} num-partitions=2 state-dir='{tmp_path / f'node{i}-state'}' "
+                f"data-dir='{tmp_path / f'node{i}-data'}'"  # read only when the experiment says data.per_node
+            )
             start(
                 [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
                  "--port", str(free_port()), "--node-config", node_config],
@@ -56,10 +60,48 @@ def deployment(tmp_path):
         yield env, "loopback"
 
 
-def test_superlink_and_two_supernodes_run_two_rounds_with_surp(deployment, tmp_path):
+NODE_SIZES = (400, 800)
+
+
+def own_digits(data_dir: str, seed: int = 0) -> dict:
+    """A device's own data: the digits file in its data-dir (the server's holds its test set)."""
+    x, y = torch.load(Path(data_dir) / "digits.pt", weights_only=True)
+    return {"train": (x, y), "test": (x[:200], y[:200]), "num_classes": 10}
+
+
+def counting_train(model, data, config, *, device, generator, loss_term, loss, server_round) -> dict:
+    from fedcomp.clients.training import train_local
+
+    stats = train_local(model, data, config, generator, device, loss_term=loss_term, loss=loss)
+    return {"train_loss": stats.loss, "local_steps": stats.steps, "held": float(len(data))}
+
+
+def write_own_data(tmp_path: Path) -> None:
+    """Node 0 holds 400 digits, node 1 another 800, the server 1,000 test digits: three folders, no overlap."""
+    split = load_dataset("mnist5k", seed=0)
+    order = torch.randperm(len(split.train), generator=torch.Generator().manual_seed(0))
+    x, y = split.train.images[order], split.train.labels[order]
+    start = 0
+    for i, n in enumerate(NODE_SIZES):
+        (tmp_path / f"node{i}-data").mkdir()
+        torch.save(
+            (x[start : start + n].clone(), y[start : start + n].clone()), tmp_path / f"node{i}-data" / "digits.pt"
+        )
+        start += n
+    (tmp_path / "server-data").mkdir()
+    torch.save((split.test.images, split.test.labels), tmp_path / "server-data" / "digits.pt")
+
+
+def test_superlink_and_two_supernodes_run_two_rounds_with_surp_on_their_own_data(deployment, tmp_path):
     env, connection = deployment
     run_dir = tmp_path / "run"
-    run_config = f'config="{ROOT / "simulations" / "deploy.toml"}" run-dir="{run_dir}"'
+    write_own_data(tmp_path)
+    here = Path(__file__).resolve()
+    own = ";".join([
+        f"data.dataset='{here}:own_digits'", "data.per_node=true", f"data.data_dir='{tmp_path / 'server-data'}'",
+        f"client.train_fn='{here}:counting_train'",
+    ])  # fmt: skip
+    run_config = f'config="{ROOT / "simulations" / "deploy.toml"}" run-dir="{run_dir}" set="{own}"'
     done = subprocess.run(
         [str(BIN / "flwr"), "run", ".", connection, "--stream", "--run-config", run_config],
         cwd=ROOT,
@@ -75,8 +117,7 @@ def test_superlink_and_two_supernodes_run_two_rounds_with_surp(deployment, tmp_p
     assert [r["round"] for r in rows] == [1, 2]
     cfg = load_config(run_dir / "config.toml")
     assert cfg.uplink.name == "surp"
-    split = load_dataset(cfg.data.dataset, test_size=cfg.data.test_size, seed=cfg.seed)
-    model = initial_model(cfg, split.input_shape, split.num_classes)
+    model = initial_model(cfg, (1, 28, 28), 10)
     dense = len(IdentityCompressor().encode(float_state(model)).payload)
     downlink = len(IdentityCompressor().encode(model.state_dict()).payload)
     for r in rows:
@@ -85,7 +126,9 @@ def test_superlink_and_two_supernodes_run_two_rounds_with_surp(deployment, tmp_p
         assert r["uplink_bytes_per_client"] == r["uplink_bytes_sent_per_client"]
         assert all(0 < b < dense / 20 for b in r["uplink_bytes_per_client"])
         assert r["downlink_bytes"] == 2 * downlink
-    assert rows[-1]["test_accuracy"] > 0.5
+    assert rows[-1]["test_accuracy"] > 0.5  # on the server's own 1,000 test digits
+    # Each device trained on all of its own data, not a partition of a shared set (example-weighted mean).
+    assert rows[0]["client_metrics"]["held"] == pytest.approx(sum(n * n for n in NODE_SIZES) / sum(NODE_SIZES))
     # Each device kept its compressor state (SuRP's error feedback) in its own state-dir.
     for i in range(2):
         assert sorted(p.name for p in (tmp_path / f"node{i}-state" / str(i)).iterdir()) == ["round-1.pt", "round-2.pt"]

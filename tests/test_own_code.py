@@ -153,6 +153,9 @@ def test_what_cannot_be_imported_is_a_config_error_naming_it(config, message):
         config_from_dict(config)
 
 
+REGRESSOR = f"{EXAMPLES / 'tabular_regression.py'}:Regressor"
+
+
 def regression_data(seed: int = 0) -> dict:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(200, 5, generator=gen)
@@ -165,6 +168,9 @@ def test_a_loader_or_model_that_does_not_fit_is_refused_before_the_engine_starts
         ({"data": {"partition": "dirichlet"}}, r"data\.partition.*float \(regression\) targets"),
         ({"client": {"loss": "cross_entropy"}}, r"client\.loss.*class labels"),
         ({}, r"model\.name.*does not run on \(5,\) inputs"),  # LeNet on tabular data
+        # Channel-pruning compressors on a model without conv–BN layers say so, before the engine starts.
+        ({"model": {"name": REGRESSOR}, "server_compression": {"name": "udfc"}}, r"UDFC found no untied conv–BN–ReLU"),
+        ({"model": {"name": REGRESSOR}, "server_compression": {"name": "bwcp"}}, r"BWCP found no conv–BN layer"),
     ):
         data = {"dataset": f"{here}:regression_data", **sections.get("data", {})}
         cfg = config_from_dict({**sections, "data": data})

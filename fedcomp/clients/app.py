@@ -91,14 +91,22 @@ def held_out(indices: np.ndarray, fraction: float, seed: int, partition: int) ->
 
 
 @functools.lru_cache(maxsize=16)
-def _runtime(config_json: str, partition_id: int, num_partitions: int) -> ClientRuntime:
+def _runtime(config_json: str, partition_id: int, num_partitions: int, own_data_dir: str = "") -> ClientRuntime:
     cfg = config_from_dict(json.loads(config_json))
     if num_partitions != cfg.federation.num_clients:
         raise ValueError(f"node has num-partitions={num_partitions}, config has {cfg.federation.num_clients} clients")
-    split = load_experiment_data(cfg)
-    parts = experiment_partitions(cfg, split.train.labels.numpy(), split.partitions)
+    if cfg.data.per_node:  # a device's own data, all of it: no partition of a shared set
+        if not own_data_dir:
+            raise ValueError(
+                "data.per_node = true, but this node's config has no data-dir (--node-config data-dir=...)"
+            )
+        split = load_experiment_data(cfg, data_dir=own_data_dir)
+        mine = np.arange(len(split.train))
+    else:
+        split = load_experiment_data(cfg)
+        mine = experiment_partitions(cfg, split.train.labels.numpy(), split.partitions)[partition_id]
     arch = Architecture.of_config(cfg, split.input_shape, split.num_classes)
-    mine, local_test = parts[partition_id], None
+    local_test = None
     if cfg.federation.evaluate_on != "server" and len(mine) >= 2:
         mine, test_idx = held_out(mine, cfg.data.client_test_fraction, cfg.seed, partition_id)
         local_test = split.train.subset(test_idx)
@@ -146,6 +154,7 @@ def runtime_for(msg: Message, context: Context) -> ClientRuntime:
         json.dumps(experiment_from(msg.content), sort_keys=True),
         int(context.node_config["partition-id"]),
         int(context.node_config["num-partitions"]),
+        str(context.node_config.get("data-dir", "")),
     )
 
 

@@ -35,12 +35,14 @@ class DataLoaderError(ValueError):
 
 
 @functools.lru_cache(maxsize=4)
-def load_custom(spec: str, params_json: str, seed: int) -> SplitData:
+def load_custom(spec: str, params_json: str, seed: int, data_dir: str = "") -> SplitData:
     """Call the loader ``spec`` names and check what it returns (cached per process, like registered sets)."""
     loader = resolve(spec, "data.dataset")
     kwargs = json.loads(params_json) if params_json else {}
     if "seed" not in kwargs and accepts(loader, "seed"):
         kwargs["seed"] = seed
+    if data_dir and accepts(loader, "data_dir"):  # data.data_dir, or a SuperNode's own data-dir
+        kwargs["data_dir"] = data_dir
     out = loader(**kwargs)
     extra: dict[str, Any] = {}
     partitions = None

@@ -359,6 +359,11 @@ class UDFCCompressor(ModelCompressor):
     def __init__(self, params: UDFCParams | None, arch: Architecture, seed: int = 0) -> None:
         super().__init__(params, arch, seed)
         self.graph = channel_graph(arch)
+        if self.params.prune > 0 and not self.graph.triples:  # said before the engine starts (preflight)
+            raise ValueError(
+                "server_compression: UDFC found no untied conv–BN–ReLU layer whose channels it can remove "
+                "(set prune = 0 to quantize only)"
+            )
         base = arch.build()
         self.eps = {n: m.eps for n, m in base.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
         self.pruned = False
