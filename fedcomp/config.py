@@ -140,8 +140,12 @@ class ClientConfig:
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
-    loss: Literal["auto", "cross_entropy", "mse"] = "auto"
-    """The training and test loss; auto = cross-entropy for class labels, MSE for float targets."""
+    loss: str = "auto"
+    """The training and test loss: ``auto`` (cross-entropy for class labels, MSE for float targets),
+    ``cross_entropy``, ``mse``, or your own ``"module:fn"`` with ``fn(outputs, targets) -> scalar tensor``."""
+    eval_metric: str = ""
+    """Your own test metric, ``"module:fn"`` with ``fn(outputs, targets) -> float`` (a batch mean); recorded
+    as ``test_<fn name>`` in the row's ``server_metrics`` (and in ``federated_eval``)."""
     lr_schedule: Literal["constant", "exponential", "cosine"] = "constant"
     """The clients' learning rate across rounds: lr · lr_gamma^(r−1), or cosine from lr to 0 over the rounds."""
     lr_gamma: float = 0.99
@@ -150,6 +154,11 @@ class ClientConfig:
 
     def validate(self, path: str) -> None:
         require(0 < self.lr_gamma <= 1, f"{path}.lr_gamma", "a number in (0, 1]")
+        require(
+            self.loss in ("auto", "cross_entropy", "mse") or ":" in self.loss,
+            f"{path}.loss",
+            f"'auto', 'cross_entropy', 'mse' or an import path 'module:fn', got {self.loss!r}",
+        )
         require(self.local_epochs >= 1, f"{path}.local_epochs", "an integer >= 1")
         require(self.local_steps >= 0, f"{path}.local_steps", "an integer >= 0")
         require(self.batch_size >= 1, f"{path}.batch_size", "an integer >= 1")
@@ -287,9 +296,13 @@ def _check_registered(cfg: ExperimentConfig) -> None:
     from fedcomp.strategies import STRATEGIES, parse_strategy_params
 
     add_to_sys_path(cfg.python_path)
-    for key, spec in (("data.dataset", cfg.data.dataset), ("model.name", cfg.model.name), ("client.train_fn", cfg.client.train_fn)):  # fmt: skip
+    c = cfg.client
+    for key, spec in (("data.dataset", cfg.data.dataset), ("model.name", cfg.model.name), ("client.train_fn", c.train_fn),
+                      ("client.loss", c.loss), ("client.eval_metric", c.eval_metric)):  # fmt: skip
         if is_import_spec(spec) and not callable(resolve(spec, key)):
             raise ConfigError(f"config key '{key}': {spec!r} is not a function or class")
+    if c.eval_metric and not is_import_spec(c.eval_metric):
+        raise ConfigError(f"config key 'client.eval_metric': expected an import path 'module:fn', got {c.eval_metric!r}")  # fmt: skip
     if cfg.client.train_fn and not is_import_spec(cfg.client.train_fn):
         raise ConfigError(f"config key 'client.train_fn': expected an import path 'module:function', got {cfg.client.train_fn!r}")  # fmt: skip
     for key, name, registry in (
@@ -332,7 +345,13 @@ def config_from_dict(data: dict[str, Any], base_dir: str | Path | None = None) -
     return cfg
 
 
-USER_CODE_KEYS = (("model", "name"), ("data", "dataset"), ("client", "train_fn"))
+USER_CODE_KEYS = (
+    ("model", "name"),
+    ("data", "dataset"),
+    ("client", "train_fn"),
+    ("client", "loss"),
+    ("client", "eval_metric"),
+)
 """Keys that may name the user's own code (an import path, or the object in the Python API)."""
 
 

@@ -52,15 +52,19 @@ def test_a_model_defined_in_the_users_script_trains_in_every_worker(tmp_path):
     assert type(model).__name__ == "TinyCNN" and model.head.in_features == 2 * 8 * 16
 
 
-def test_float_tabular_data_trains_a_regression_with_mse(tmp_path):
+def test_float_tabular_data_trains_a_regression_with_its_own_loss_and_metric(tmp_path):
     run_dir, rows = run_example("tabular_regression.py", tmp_path, rounds=3)
     cfg = load_config(run_dir / "config.toml")
     split = load_experiment_data(cfg)
     assert not split.is_classification and split.input_shape == (20,) and split.num_classes == 1
-    before, acc = evaluate(initial_model(cfg, split.input_shape, 1), split.test, torch.device("cpu"), loss=loss_fn("auto", False))  # fmt: skip
+    assert cfg.client.loss.endswith("tabular_regression.py:squared_error")  # the script's own loss, by its path
+    loss = loss_fn(cfg.client.loss, False)
+    before, acc = evaluate(initial_model(cfg, split.input_shape, 1), split.test, torch.device("cpu"), loss=loss)
     assert acc is None and all(r["test_accuracy"] is None for r in rows)
     losses = [r["test_loss"] for r in rows]
     assert losses[-1] < 0.25 * before and losses == sorted(losses, reverse=True), (before, losses)
+    errors = [r["server_metrics"]["test_mean_abs_error"] for r in rows]  # the script's own test metric
+    assert errors == sorted(errors, reverse=True) and errors[-1] < errors[0]
     table = format_rounds_table(rows)  # what `fedcomp run` prints: the test loss, as there is no accuracy
     assert "test loss" in table.splitlines()[0] and f"{losses[-1]:.4f}" in table.splitlines()[-1]
 

@@ -24,7 +24,7 @@ GRID = {"uplink": [{"name": "identity"}, {"name": "surp", "density": 0.01}]}
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    cfg = small_config(root)
+    cfg = small_config(root, client={"local_steps": 10})  # four runs: a few steps each are enough to compare
     return run_sweep(cfg, GRID, seeds=2, sweep_dir=root / "sweep", progress=False)
 
 

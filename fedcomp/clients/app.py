@@ -29,6 +29,7 @@ from fedcomp.clients.faults import UPDATE_ATTACKS, attack_of
 from fedcomp.clients.training import (
     TrainStats,
     evaluate,
+    evaluate_metric,
     float_state,
     loss_fn,
     model_delta,
@@ -245,4 +246,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     metrics = {"num-examples": len(rt.local_test), "test_loss": loss}
     if acc is not None:
         metrics["test_accuracy"] = acc
+    if rt.cfg.client.eval_metric:
+        fn = resolve(rt.cfg.client.eval_metric, "client.eval_metric")
+        metrics[f"test_{getattr(fn, '__name__', 'metric')}"] = evaluate_metric(model, rt.local_test, rt.device, fn)
     return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)

@@ -32,7 +32,11 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def loss_fn(kind: str, classification: bool) -> LossFn:
-    """``client.loss``: cross-entropy on class labels, MSE on float targets (auto picks by the targets)."""
+    """``client.loss``: cross-entropy on class labels, MSE on float targets (auto picks by the targets), or yours."""
+    if ":" in kind:
+        from fedcomp.imports import resolve
+
+        return resolve(kind, "client.loss")
     if kind == "auto":
         kind = "cross_entropy" if classification else "mse"
     if kind == "cross_entropy":
@@ -129,6 +133,22 @@ def evaluate(
             correct += int((out.argmax(1) == y).sum())
     n = max(len(data), 1)
     return loss_sum / n, (correct / n if data.is_classification else None)
+
+
+@torch.no_grad()
+def evaluate_metric(
+    model: nn.Module,
+    data: ImageData,
+    device: torch.device,
+    metric: Callable[[torch.Tensor, torch.Tensor], float],
+    batch_size: int = 1000,
+) -> float:
+    """``client.eval_metric`` over ``data``: the batch means, weighted by batch size."""
+    model.eval()
+    total = 0.0
+    for x, y in data.batches(batch_size, None, device):
+        total += float(metric(model(x), y)) * len(y)
+    return total / max(len(data), 1)
 
 
 def float_state(model: nn.Module) -> OrderedDict[str, torch.Tensor]:

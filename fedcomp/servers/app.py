@@ -18,13 +18,14 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, R
 from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
-from fedcomp.clients.training import evaluate, loss_fn, resolve_device
+from fedcomp.clients.training import evaluate, evaluate_metric, loss_fn, resolve_device
 from fedcomp.compressors.model.base import Snapshot
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_to_json
 from fedcomp.config import ExperimentConfig
 from fedcomp.data import load_experiment_data
 from fedcomp.errors import RunFailedError
 from fedcomp.flower.strategy import CompressedStrategy
+from fedcomp.imports import resolve
 from fedcomp.messages import CONFIG_KEY, METRICS_KEY, STATE_DIR_KEY, config_record
 from fedcomp.models import build_model
 from fedcomp.seeding import MODEL_INIT, derive_seed
@@ -150,6 +151,7 @@ def serve(
     rounds = cfg.federation.rounds
     eval_models: dict[Structure, torch.nn.Module] = {}
     loss = loss_fn(cfg.client.loss, split.is_classification)
+    metric = resolve(cfg.client.eval_metric, "client.eval_metric") if cfg.client.eval_metric else None
 
     def evaluate_state(state: dict[str, torch.Tensor], structure: Structure) -> tuple[float, float | None]:
         if structure not in eval_models:  # one module per architecture the run goes through
@@ -182,6 +184,9 @@ def serve(
         acc = loss = None
         if evaluation_due(cfg, server_round) and cfg.federation.evaluate_on != "clients":
             loss, acc = evaluate_state(snapshot.state, snapshot.structure)
+            if metric is not None:  # the user's own test metric, on the model just evaluated
+                name = f"test_{getattr(metric, '__name__', 'metric')}"
+                server_metrics[name] = evaluate_metric(eval_models[snapshot.structure], split.test, device, metric)
             if not snapshot.is_global:
                 _, server_metrics["global_test_accuracy"] = evaluate_state(state, strategy.structure)
         row = RoundRow(
