@@ -21,11 +21,14 @@ from tests.conftest import small_config
 GRID = {"uplink": [{"name": "identity"}, {"name": "surp", "density": 0.01}]}
 
 
+def sweep_config(root):
+    return small_config(root, client={"local_steps": 10})  # four runs: a few steps each are enough to compare
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    cfg = small_config(root, client={"local_steps": 10})  # four runs: a few steps each are enough to compare
-    return run_sweep(cfg, GRID, seeds=2, sweep_dir=root / "sweep", progress=False)
+    return run_sweep(sweep_config(root), GRID, seeds=2, sweep_dir=root / "sweep", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +132,7 @@ def test_every_figure_is_written_and_embedded_in_html_that_parses(report):
 
 
 def test_a_sweep_started_again_skips_the_runs_already_complete(sweep, tmp_path):
-    cfg = small_config(tmp_path)
+    cfg = sweep_config(tmp_path)
     again = run_sweep(cfg, GRID, seeds=2, sweep_dir=sweep.sweep_dir, progress=False)
     assert [r.status for r in again.runs] == ["skipped"] * 4
 
@@ -351,7 +354,7 @@ def test_a_sweep_started_again_moves_an_unfinished_run_aside_and_redoes_it(sweep
     summary = json.loads((crashed / "summary.json").read_text())
     (crashed / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
     (crashed / "model.pt").unlink()
-    res = run_sweep(small_config(tmp_path), GRID, seeds=2, sweep_dir=again_dir, progress=False)
+    res = run_sweep(sweep_config(tmp_path), GRID, seeds=2, sweep_dir=again_dir, progress=False)
     assert [r.status for r in res.runs] == ["skipped"] * 3 + ["complete"]
     (attempt,) = (again_dir / ".attempts").iterdir()
     assert _rows(attempt) == _rows(sweep.sweep_dir / sweep.runs[3].dir)[:1]  # kept as it was, not deleted
