@@ -190,3 +190,17 @@ def test_a_federated_dataset_from_local_files_trains_on_flowers_partitions(tmp_p
     split = load_experiment_data(load_config(run_dir / "config.toml"))
     sizes = [len(p) for p in split.partitions]
     assert sum(sizes) == 2400 and len(set(sizes)) > 1  # Flower's Dirichlet split, as it made it
+
+
+def train_without_loss(model, data, config, **kwargs) -> dict:
+    return {"steps_done": 1.0}
+
+
+def test_a_train_fn_must_report_its_loss():
+    """Sent as NaN, a missing train_loss would make the server take every reply for a diverged client."""
+    from fedcomp.clients.app import _runtime, run_train_fn
+
+    cfg = config_from_dict({"federation": {"num_clients": 3}, "client": {"train_fn": f"{Path(__file__).resolve()}:train_without_loss"}})  # fmt: skip
+    rt = _runtime(json.dumps(cfg.to_dict()), 0, 3)
+    with pytest.raises(TypeError, match="must return 'train_loss'"):
+        run_train_fn(rt, rt.arch.build(), cfg.client, torch.Generator(), None, 1)

@@ -30,7 +30,6 @@ from fedcomp.clients.training import (
     TrainStats,
     evaluate,
     evaluate_metric,
-    float_state,
     loss_fn,
     model_delta,
     resolve_device,
@@ -58,13 +57,14 @@ class TrainingDivergedError(RuntimeError):
     """Local training produced a non-finite update: nothing worth sending (and no codec should see it)."""
 
 
-def check_update(update: dict[str, torch.Tensor], loss: float) -> None:
-    """Refuse to encode an update with NaN or inf in it (a learning rate far too large, say).
+def check_trained(trained: dict[str, torch.Tensor], loss: float) -> None:
+    """Refuse to send a trained model with NaN or inf in it (a learning rate far too large, say).
 
-    The same one-pass check the receiver runs on decoded tensors (:func:`fedcomp.coding.check_all_values`).
+    The received model is finite (the mod checked it), so its update is finite exactly when the trained
+    model is. The same one-pass check the receiver runs on decoded tensors (:func:`fedcomp.coding.check_all_values`).
     """
     try:
-        check_all_values(list(update.items()))
+        check_all_values([(k, v) for k, v in trained.items() if v.is_floating_point()])
     except DecodeError as exc:
         raise TrainingDivergedError(f"local training diverged (loss {loss:.3g}): {exc}; lower client.lr") from None
 
@@ -133,7 +133,7 @@ def run_train_fn(
     """fedcomp's training loop, or the user's ``client.train_fn``; its extra metrics go into the row.
 
     A ``train_fn`` is called as ``train_fn(model, data, config, device=, generator=, loss_term=, loss=,
-    server_round=)`` and returns a dict of float metrics (``train_loss`` among them, ideally).
+    server_round=)`` and returns a dict of float metrics, ``train_loss`` among them.
     """
     loss = loss_fn(cfg.loss, rt.split.is_classification)
     if not cfg.train_fn:
@@ -144,7 +144,9 @@ def run_train_fn(
     if not isinstance(out, dict):
         raise TypeError(f"client.train_fn {cfg.train_fn!r} returned {type(out).__name__}, expected a dict of metrics")
     metrics = {str(k): float(v) for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    train_loss = metrics.pop("train_loss", float("nan"))
+    if "train_loss" not in metrics:  # sent as NaN, the server would take every reply for a diverged client
+        raise TypeError(f"client.train_fn {cfg.train_fn!r} must return 'train_loss' (a number) among its metrics")
+    train_loss = metrics.pop("train_loss")
     steps = int(metrics.pop("local_steps", 0))
     return TrainStats(train_loss, len(rt.data), steps), metrics
 
@@ -199,11 +201,10 @@ def train(msg: Message, context: Context) -> Message:
     # The model as the mod decoded it: its architecture may have changed, LC may add its penalty,
     # FedProx its proximal term.
     model = received_model(msg, rt.arch).to(rt.device)
-    before = float_state(model)
     loss_term = received_loss_term()
     mu = float(config.get("proximal-mu", 0.0))
-    if mu > 0:
-        loss_term = ProximalTerm({k: v for k, v in before.items() if k in dict(model.named_parameters())}, mu)
+    if mu > 0:  # centred on the received parameters
+        loss_term = ProximalTerm({k: p.detach().to("cpu").clone() for k, p in model.named_parameters()}, mu)
 
     t0 = time.perf_counter()
     gen = torch_generator(cfg.seed, TRAIN_SHUFFLE, server_round, partition_id)
@@ -214,13 +215,15 @@ def train(msg: Message, context: Context) -> Message:
     stats, extra = run_train_fn(rt, model, client_cfg, gen, loss_term, server_round)
     t_train = time.perf_counter()
 
+    # The mod forms the update against what it decoded; only an attack needs it here.
     trained = OrderedDict((k, v.detach().to("cpu")) for k, v in model.state_dict().items())
-    update = model_delta(float_state(model), before)
-    check_update(update, stats.loss)
+    check_trained(trained, stats.loss)
     if attack in UPDATE_ATTACKS:  # what the client sends is the attacked update on the model it received
+        received = msg.content.array_records[ARRAYS_KEY].to_torch_state_dict()
+        update = model_delta(trained, received)
         UPDATE_ATTACKS[attack](update)
         for k, delta in update.items():
-            trained[k] = (before[k].float() + delta).to(trained[k].dtype)
+            trained[k] = (received[k].float() + delta).to(trained[k].dtype)
     metrics = {
         "num-examples": stats.num_examples,
         "partition-id": partition_id,
