@@ -1,13 +1,24 @@
-"""SuRP against DGC and rTop-k (and no compression) at 99.9% sparsity, FedSGD.
+"""SuRP against top-k, rTop-k and DGC at equal bytes, FedSGD, over seeds and partitions.
 
 LeNet-5-Caffe on the embedded 5,000 MNIST digits, 10 clients all training
 every round, one local SGD step per round (FedSGD, the setting of the
-gradient-compression papers), error feedback for rTop-k and SuRP, DGC with
-momentum correction, masking and warm-up. Prints, for each method, the
-final test accuracy and the uplink bytes per client per round, then a JSON
-line with the same figures.
+gradient-compression papers). Every compressed method but the reference
+gets the same byte budget per update (``max_bytes``, the whole payload,
+container included, never exceeded): SuRP (staged, the default), top-k,
+rTop-k (r = 2k) with error feedback and DGC with momentum correction and
+masking. Under the budget DGC's warm-up densities and dense biases do not
+fit, so it compresses every tensor from round 1. ``rtopk-0.1%`` is rTop-k at
+the papers' 99.9% sparsity with no budget: the reference SuRP must match
+with a third of its bytes.
 
-    python simulations/surp_vs_baselines.py [--rounds N] [--methods surp,dgc,...]
+Each (partition, method) runs once per seed through ``fedcomp.run`` (the
+real Flower simulation, real payloads); the table gives final test
+accuracy mean ± sd over the seeds and the mean uplink bytes per client per
+round, then a JSON last line with every run's figures.
+``--markdown`` also prints the README's table.
+
+    python simulations/surp_vs_baselines.py [--rounds 100] [--seeds 0,1,2]
+        [--partitions iid,dirichlet] [--budget 720] [--methods surp,topk,...]
 """
 
 from __future__ import annotations
@@ -20,20 +31,27 @@ import tempfile
 
 import fedcomp
 
-METHODS = {
-    "identity": {"name": "identity"},
-    "dgc": {"name": "dgc", "density": 0.001, "momentum": 0.9, "warmup_rounds": 4},
-    "rtopk": {"name": "rtopk", "density": 0.001, "r_factor": 2.0},
-    "surp": {"name": "surp", "density": 0.001},
-}
+DENSITY_CAP = 0.01  # far above what the budget allows: the budget decides k
 
 
-def experiment(uplink: dict, rounds: int, output_dir: str) -> dict:
+def methods(budget: int) -> dict[str, dict]:
+    budgeted = {"density": DENSITY_CAP, "max_bytes": budget}
     return {
-        "name": f"fedsgd-{uplink['name']}",
-        "seed": 0,
+        "identity": {"name": "identity"},
+        "surp": {"name": "surp", **budgeted},
+        "topk": {"name": "topk", **budgeted},
+        "rtopk": {"name": "rtopk", "r_factor": 2.0, **budgeted},
+        "dgc": {"name": "dgc", "momentum": 0.9, "warmup_rounds": 4, **budgeted},
+        "rtopk-0.1%": {"name": "rtopk", "density": 0.001, "r_factor": 2.0},
+    }
+
+
+def experiment(uplink: dict, partition: str, seed: int, rounds: int, output_dir: str) -> dict:
+    return {
+        "name": f"fedsgd-{uplink['name']}-{partition}-{seed}",
+        "seed": seed,
         "output_dir": output_dir,
-        "data": {"dataset": "mnist5k", "partition": "iid"},
+        "data": {"dataset": "mnist5k", "partition": partition, "alpha": 0.5},
         "model": {"name": "lenet5_caffe"},
         "federation": {"num_clients": 10, "rounds": rounds, "fraction_train": 1.0, "evaluate_every": 10},
         "client": {"local_steps": 1, "batch_size": 64, "optimizer": "sgd", "lr": 0.1, "momentum": 0.0},
@@ -41,30 +59,82 @@ def experiment(uplink: dict, rounds: int, output_dir: str) -> dict:
     }
 
 
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: list[dict]) -> dict:
+    acc_mean, acc_sd = mean_sd([r["final_accuracy"] for r in runs])
+    return {
+        "accuracy_mean": acc_mean,
+        "accuracy_sd": acc_sd,
+        "uplink_bytes_per_client_round": statistics.mean(r["uplink_bytes_per_client_round"] for r in runs),
+        "max_uplink_bytes": max(r["max_uplink_bytes"] for r in runs),
+        "runs": runs,
+    }
+
+
+def markdown(results: dict, seeds: list[int], rounds: int) -> str:
+    lines = [
+        f"| partition | method | test accuracy (mean ± sd, {len(seeds)} seeds) | uplink B per client per round |",
+        "|---|---|---|---|",
+    ]
+    for partition, by_method in results.items():
+        for method, s in by_method.items():
+            lines.append(
+                f"| {partition} | {method} | {s['accuracy_mean']:.3f} ± {s['accuracy_sd']:.3f} "
+                f"| {s['uplink_bytes_per_client_round']:,.0f} |"
+            )
+    return "\n".join(lines) + f"\n\n({rounds} rounds, seeds {', '.join(map(str, seeds))})"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=300)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--partitions", default="iid,dirichlet")
+    parser.add_argument("--budget", type=int, default=720, help="bytes per update for the budgeted methods")
+    parser.add_argument("--methods", default=",".join(methods(0)))
     parser.add_argument("--output-dir", help="keep the run directories here (default: a temporary folder)")
+    parser.add_argument("--markdown", action="store_true", help="also print the README table")
     args = parser.parse_args(argv)
-    results = {}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    table = methods(args.budget)
+    chosen = args.methods.split(",")
+    unknown = [m for m in chosen if m not in table]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {sorted(table)}")
+    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = args.output_dir or tmp
-        for method in args.methods.split(","):
-            run = fedcomp.run(experiment(METHODS[method], args.rounds, out), progress=True)
-            per_client = [b for r in run.rows for b in r["uplink_bytes_per_client"]]
-            results[method] = {
-                "final_accuracy": run.final_accuracy,
-                "uplink_bytes_per_client_round": statistics.mean(per_client),
-                "uplink_bytes_total": run.uplink_bytes,
-            }
-    print(f"\nFedSGD, LeNet-5-Caffe, embedded MNIST (4,000 train), 10 clients, {args.rounds} rounds")
-    print(f"{'method':<10}{'test accuracy':>15}{'uplink B/client/round':>24}{'vs identity':>13}")
-    base = results.get("identity", {}).get("uplink_bytes_per_client_round")
-    for method, r in results.items():
-        ratio = f"{base / r['uplink_bytes_per_client_round']:.0f}×" if base else "-"
-        print(f"{method:<10}{r['final_accuracy']:>15.4f}{r['uplink_bytes_per_client_round']:>24.0f}{ratio:>13}")
-    print(json.dumps({"rounds": args.rounds, "methods": results}))
+        for partition in args.partitions.split(","):
+            results[partition] = {}
+            for method in chosen:
+                runs = []
+                for seed in seeds:
+                    run = fedcomp.run(experiment(table[method], partition, seed, args.rounds, out), progress=True)
+                    per_client = [b for r in run.rows for b in r["uplink_bytes_per_client"]]
+                    runs.append({
+                        "seed": seed,
+                        "final_accuracy": run.final_accuracy,
+                        "uplink_bytes_per_client_round": statistics.mean(per_client),
+                        "max_uplink_bytes": max(per_client),
+                        "uplink_bytes_total": run.uplink_bytes,
+                    })  # fmt: skip
+                results[partition][method] = summarize(runs)
+    print(f"\nFedSGD, LeNet-5-Caffe, embedded MNIST (4,000 train), 10 clients, {args.rounds} rounds, seeds {seeds}")
+    print(f"budgeted methods: at most {args.budget} B per update")
+    print(f"{'partition':<11}{'method':<12}{'test accuracy':>18}{'uplink B/client/round':>24}{'vs rtopk-0.1%':>15}")
+    for partition, by_method in results.items():
+        ref = by_method.get("rtopk-0.1%", {}).get("uplink_bytes_per_client_round")
+        for method, s in by_method.items():
+            ratio = f"{s['uplink_bytes_per_client_round'] / ref:.2f}" if ref else "-"
+            acc = f"{s['accuracy_mean']:.3f} ± {s['accuracy_sd']:.3f}"
+            print(f"{partition:<11}{method:<12}{acc:>18}{s['uplink_bytes_per_client_round']:>24,.0f}{ratio:>15}")
+    if args.markdown:
+        print()
+        print(markdown(results, seeds, args.rounds))
+    print(json.dumps({"rounds": args.rounds, "seeds": seeds, "budget": args.budget, "results": results}))
     return results
 
 
