@@ -1,7 +1,7 @@
 """fedcomp: federated learning with compressed communication, every byte measured."""
 
 from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, load_config
-from fedcomp.errors import RunFailedError
+from fedcomp.errors import RunFailedError, RunInterruptedError
 
 __all__ = [
     "CompressedStrategy",
@@ -9,6 +9,7 @@ __all__ = [
     "ConfigError",
     "ExperimentConfig",
     "RunFailedError",
+    "RunInterruptedError",
     "config_from_dict",
     "load_config",
     "load_model",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcomp.config import ConfigError
-from fedcomp.errors import ReportError, RunFailedError
+from fedcomp.errors import ReportError, RunFailedError, RunInterruptedError
 
 
 def format_rounds_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -229,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunFailedError as exc:
         print(f"fedcomp: run failed: {exc}", file=sys.stderr)
         return 1
+    except RunInterruptedError as exc:
+        print(f"fedcomp: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("fedcomp: interrupted; finished rounds are kept in the run directory", file=sys.stderr)
         return 130

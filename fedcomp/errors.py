@@ -13,3 +13,9 @@ class RunFailedError(RuntimeError):
 
 class ReportError(ValueError):
     """A report or sweep input is not usable: not a run, mixed experiments, an unknown key."""
+
+
+class RunInterruptedError(RuntimeError):
+    """The run was stopped by Ctrl-C (SIGINT) before its last round. Every finished round and its
+    checkpoint are in the run directory (``summary.json`` says ``interrupted``); ``fedcomp run
+    --resume RUN_DIR`` (or :func:`fedcomp.resume`) continues it."""

@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 
 from fedcomp.clients.state import drop_rounds_after
 from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, load_config
-from fedcomp.errors import RunFailedError
+from fedcomp.errors import RunFailedError, RunInterruptedError
 from fedcomp.preflight import check_experiment
 from fedcomp.servers.recorder import (
     CLIENT_STATE_DIR,
@@ -37,6 +38,7 @@ from fedcomp.servers.recorder import (
     read_rounds,
     software_versions,
 )
+from fedcomp.servers.stopping import ctrl_c_stops
 
 logger = logging.getLogger(__name__)
 
@@ -219,11 +221,14 @@ def _execute(
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     if not cfg.simulation.ray_address:
         _secure_local_ray()
-    server_app = build_server_app(cfg, recorder, progress, start, client_state_dir=path.resolve() / CLIENT_STATE_DIR)
+    stop = threading.Event()
+    server_app = build_server_app(
+        cfg, recorder, progress, start, client_state_dir=path.resolve() / CLIENT_STATE_DIR, stop=stop
+    )
     logger.info("run directory: %s", path)
     t0 = time.perf_counter()
     try:
-        with _engine_log(path, verbose):
+        with _engine_log(path, verbose), ctrl_c_stops(stop):
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
@@ -231,6 +236,13 @@ def _execute(
                 backend_config=backend_config(cfg, verbose),
                 verbose_logging=verbose,
             )
+    except (RunInterruptedError, KeyboardInterrupt) as exc:
+        done_rounds = len(read_rounds(path))
+        recorder.finish("interrupted", f"stopped by Ctrl-C after {done_rounds} of {cfg.federation.rounds} rounds")
+        raise RunInterruptedError(
+            f"stopped by Ctrl-C after {done_rounds} of {cfg.federation.rounds} rounds; "
+            f"continue with: fedcomp run --resume {path}"
+        ) from exc
     except BaseException as exc:
         recorder.finish("failed", f"{type(exc).__name__}: {exc}")
         raise

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcomp.config import ConfigError, ExperimentConfig, apply_overrides, config_from_dict, parse_value, set_dotted
+from fedcomp.errors import RunInterruptedError
 from fedcomp.reports.runs import SWEEP_FILE, ReportError, RunRecord, load_run
 from fedcomp.servers.recorder import CONFIG_FILE, RunDirBusyError, lock_run_dir
 
@@ -190,7 +191,7 @@ def _run_all(
         _say(progress, f"[{i}/{len(runs)}] {entry.dir}")
         try:
             res = run(cfg, run_dir=path, progress=progress, verbose=verbose)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RunInterruptedError):  # Ctrl-C stops the sweep, not only this run
             entry.status, entry.error = "failed", "interrupted"
             _write_state(root, grid, seeds, result.runs, state)
             raise

@@ -106,6 +106,43 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_every_round_once(tmp_path
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".lock"} == snapshot
 
 
+def test_ctrl_c_stops_a_run_at_once_and_leaves_it_resumable(tmp_path):
+    """SIGINT to the run's process group, as a terminal's Ctrl-C sends it, while the server waits on round 2.
+
+    Before the fix the engine stopped but the ServerApp thread kept waiting for replies (up to the round
+    timeout, here 10 minutes) and the process never exited.
+    """
+    cfg = small_config(tmp_path, federation={"rounds": 6, "round_timeout_s": 600.0}, client={"local_steps": 40})
+    cfg_file = tmp_path / "experiment.toml"
+    cfg_file.write_text(tomli_w.dumps(cfg))
+    run_dir = tmp_path / "stopped"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedcomp.cli", "run", str(cfg_file), "--run-dir", str(run_dir), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        _wait_for_checkpoint(run_dir, 1, proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        t0 = time.monotonic()
+        rc = proc.wait(timeout=90)  # Ray's shutdown takes seconds; the old hang took the round timeout
+        stopped_in = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    stderr = proc.stderr.read().decode()
+    assert rc == 130, stderr[-2000:]
+    assert f"fedcomp run --resume {run_dir}" in stderr
+    assert stopped_in < 90
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = read_rounds(run_dir)
+    assert summary["status"] == "interrupted" and 1 <= len(rows) < 6
+    assert summary["error"] == f"stopped by Ctrl-C after {len(rows)} of 6 rounds"
+    assert load_checkpoint(run_dir).round == len(rows)  # resumable from the last finished round
+
+
 def test_resume_refuses_what_is_not_a_run_and_a_config_beside_it(tmp_path, capsys):
     assert cli_main(["run", "--resume", str(tmp_path)]) == 2
     assert "not a fedcomp run directory" in capsys.readouterr().err

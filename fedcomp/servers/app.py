@@ -10,6 +10,7 @@ directory, so a row is on disk as soon as its round is over.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from fedcomp.messages import CONFIG_KEY, METRICS_KEY, STATE_DIR_KEY, config_reco
 from fedcomp.models import build_model
 from fedcomp.seeding import MODEL_INIT, derive_seed
 from fedcomp.servers.recorder import Checkpoint, RoundRow, RunRecorder
+from fedcomp.servers.stopping import StoppableGrid
 from fedcomp.strategies import build_strategy
 from fedcomp.strategies.replies import ReplyRejected, clean_reason
 from fedcomp.strategies.sampling import SeededSampler
@@ -264,12 +266,18 @@ def build_server_app(
     show_progress: bool = True,
     start: Checkpoint | None = None,
     client_state_dir: Path | None = None,
+    stop: threading.Event | None = None,
 ) -> ServerApp:
-    """A ServerApp bound to one experiment and its run directory (see :func:`serve`)."""
+    """A ServerApp bound to one experiment and its run directory (see :func:`serve`).
+
+    ``stop``: when set, the server stops waiting for replies and raises
+    :class:`~fedcomp.errors.RunInterruptedError` (Ctrl-C, :mod:`fedcomp.servers.stopping`).
+    """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        serve(grid, cfg, recorder, show_progress, start, client_state_dir)
+        rounds_grid = StoppableGrid(grid, stop) if stop is not None else grid
+        serve(rounds_grid, cfg, recorder, show_progress, start, client_state_dir)
 
     return app

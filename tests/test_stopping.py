@@ -1,0 +1,124 @@
+"""Waiting on nodes and replies, on Flower's own in-memory grid (the one its simulation runs on, without Ray).
+
+The seeded sampler's wait for nodes (all of them, a partial set past the wait, too few), and the stop
+request (Ctrl-C) ending the server's wait for replies and for nodes. The whole path, a real ``fedcomp
+run`` stopped by SIGINT, is in ``test_resume_and_faults.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+import pytest
+from flwr.app import Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.proto.task_pb2 import Task  # pylint: disable=no-name-in-module
+from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
+from flwr.server.superlink.linkstate import LinkStateFactory
+from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
+from flwr.supercore.object_store import ObjectStoreFactory
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.superlink.federation import NoOpFederationManager
+from flwr.superlink.grid import InMemoryGrid
+
+from fedcomp.errors import RunInterruptedError
+from fedcomp.servers.stopping import StoppableGrid, ctrl_c_stops
+from fedcomp.strategies.sampling import NotEnoughClientsError, SeededSampler
+
+
+class Federation:
+    """Flower's in-memory link state with a run and ``nodes`` registered, set up as its simulation does."""
+
+    def __init__(self, nodes: int) -> None:
+        self.factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+        self.node_ids = list(_register_nodes(nodes, self.factory))
+        run = Run.create_empty(run_id=7)
+        run.primary_task_id, run.federation_id = 9, NOOP_FEDERATION_ID
+        state = self.factory.state()
+        state.run_ids[7] = RunRecord(run=run)
+        state.task_store[9] = Task(task_id=9, run_id=7)
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, SUPERLINK_NODE_ID
+        self.grid = InMemoryGrid(state_factory=self.factory)
+        self.grid.set_run(run)
+
+    def add_node_after(self, seconds: float) -> threading.Timer:
+        timer = threading.Timer(seconds, lambda: self.node_ids.extend(_register_nodes(1, self.factory)))
+        timer.start()
+        return timer
+
+
+def test_the_sampler_waits_for_every_node_to_join():
+    fed = Federation(2)
+    joined = fed.add_node_after(0.3)
+    sampler = SeededSampler(num_clients=3, fraction=1.0, min_nodes=2, node_wait_s=30.0)
+    t0 = time.monotonic()
+    assert sampler(fed.grid, 1) == sorted(fed.node_ids) and len(fed.node_ids) == 3
+    assert 0.25 < time.monotonic() - t0 < 10  # it waited for the third node, not for the whole wait
+    joined.join()
+
+
+def test_past_the_wait_the_sampler_samples_the_nodes_that_joined(caplog):
+    fed = Federation(2)
+    sampler = SeededSampler(num_clients=3, fraction=1.0, min_nodes=2, node_wait_s=0.2)
+    with caplog.at_level(logging.WARNING, logger="fedcomp.strategies.sampling"):
+        assert sampler(fed.grid, 1) == sorted(fed.node_ids)
+    assert "only 2 of 3 nodes connected" in caplog.text
+
+
+def test_fewer_nodes_than_a_round_needs_is_a_named_error():
+    fed = Federation(2)
+    sampler = SeededSampler(num_clients=3, fraction=1.0, min_nodes=3, node_wait_s=0.2)
+    with pytest.raises(NotEnoughClientsError, match=r"2 nodes connected .* need at least 3"):
+        sampler(fed.grid, 1)
+
+
+def test_a_stop_request_ends_the_wait_for_replies_at_once():
+    fed = Federation(2)
+    stop = threading.Event()
+    grid = StoppableGrid(fed.grid, stop)
+    messages = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in fed.node_ids]
+    threading.Timer(0.3, stop.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(RunInterruptedError, match="Ctrl-C"):
+        grid.send_and_receive(messages, timeout=60.0)  # nobody answers: without the stop, a minute
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(RunInterruptedError):
+        SeededSampler(num_clients=3, node_wait_s=60.0)(grid, 2)  # nor does it wait for nodes any more
+
+
+def test_without_a_stop_the_wait_for_replies_ends_at_the_timeout_with_what_came():
+    fed = Federation(1)
+    grid = StoppableGrid(fed.grid, threading.Event())
+    t0 = time.monotonic()
+    replies = grid.send_and_receive(
+        [Message(RecordDict(), dst_node_id=fed.node_ids[0], message_type="train")], timeout=0.5
+    )
+    assert replies == [] and 0.45 < time.monotonic() - t0 < 10
+    assert sorted(grid.get_node_ids()) == sorted(fed.node_ids)  # the rest is Flower's grid
+
+
+def test_the_first_ctrl_c_asks_the_second_forces():
+    stop = threading.Event()
+    before = signal.getsignal(signal.SIGINT)
+    with ctrl_c_stops(stop):
+        signal.raise_signal(signal.SIGINT)
+        assert stop.is_set()  # a request, no exception: the server thread ends the run
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_an_ignored_sigint_stays_ignored():
+    stop = threading.Event()
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with ctrl_c_stops(stop):
+            signal.raise_signal(signal.SIGINT)
+        assert not stop.is_set()
+    finally:
+        signal.signal(signal.SIGINT, before)
