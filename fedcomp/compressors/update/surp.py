@@ -63,7 +63,13 @@ B/update, "global" 0.920 at 655 B (issue #17). "layer" is kept to reproduce the 
   the number of positions skipped + 1 (0 is the refresh). Since π is
   independent of the values, skips are geometric with p = |candidates|/n,
   so Golomb coding costs about log₂(n/|candidates|) + 1.5 bits; M is
-  fitted to the skips of this payload and sent (Elias-γ). A coordinate
+  fitted to the skips of this payload and sent (Elias-δ). An adaptive M
+  was measured and not adopted (``benchmarks/surp_skip_coding.py``, real
+  LeNet-5 updates): a backward-adaptive M (running mean, no side
+  information) saves 8–9% of the payload at 1% density with the global
+  norm but costs 4–7% more at 0.1%, where one M fits; one M per stretch
+  between refreshes saves at most 0.6% once its side information is
+  paid. The staged mode, the default, has no skip stream at all. A coordinate
   chosen once in a pass is reached again only on the next pass, which is
   sampling the candidates without replacement within a pass rather than
   independently each time; the geometric law of the skips is unchanged.
