@@ -40,3 +40,40 @@ def test_the_resnet20_configs_run_tiny_on_the_digits(name, overrides, tmp_path):
     first, second = (r["downlink_bytes_per_client"] for r in result.rows)
     assert second != first
     assert result.rows[-1]["test_accuracy"] is not None
+
+
+def test_the_baseline_comparison_compares_at_equal_bytes(tmp_path):
+    """simulations/surp_vs_baselines.py: every budgeted method fills the same budget on a LeNet-5-sized update."""
+    import importlib.util
+    from collections import OrderedDict
+
+    import numpy as np
+    import torch
+
+    from fedcomp.compressors.update import UPDATE_COMPRESSORS
+    from fedcomp.compressors.update.base import EncodeContext
+    from fedcomp.config import config_from_dict
+    from fedcomp.models import build_model
+
+    spec = importlib.util.spec_from_file_location("surp_vs_baselines", SIMULATIONS / "surp_vs_baselines.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rng = np.random.default_rng(0)
+    model = build_model("lenet5_caffe", (1, 28, 28), 10)
+    update = OrderedDict(
+        (k, torch.from_numpy(rng.laplace(size=tuple(v.shape)).astype(np.float32))) for k, v in model.state_dict().items()
+    )  # fmt: skip
+    budget = 720
+    sizes = {}
+    for method, uplink in script.methods(budget).items():
+        cfg = config_from_dict(script.experiment(uplink, "dirichlet", 0, 3, str(tmp_path)))  # a config fedcomp runs
+        assert cfg.uplink.name == uplink["name"] and cfg.data.partition == "dirichlet"
+        if method == "identity":
+            continue
+        codec_cls = UPDATE_COMPRESSORS.get(uplink["name"])
+        params = codec_cls.parse_params({k: v for k, v in uplink.items() if k != "name"}, "uplink")
+        sizes[method] = len(codec_cls(params, seed=0).encode(update, None, EncodeContext(1, 0, 10)).payload)
+    budgeted = {m: b for m, b in sizes.items() if m != "rtopk-0.1%"}
+    assert set(budgeted) == {"surp", "topk", "rtopk", "dgc"}
+    assert all(0.95 * budget <= b <= budget for b in budgeted.values()), budgeted  # the budget binds for each
+    assert sizes["rtopk-0.1%"] >= 3 * budget  # the reference SuRP must match with a third of its bytes
