@@ -15,7 +15,9 @@ Each (partition, method) runs once per seed through ``fedcomp.run`` (the
 real Flower simulation, real payloads); the table gives final test
 accuracy mean ± sd over the seeds and the mean uplink bytes per client per
 round, then a JSON last line with every run's figures.
-``--markdown`` also prints the README's table.
+``--markdown`` also prints the README's table; ``--from-runs`` rebuilds the
+tables from run directories kept with ``--output-dir`` (for instance of
+partitions run in two processes at once).
 
     python simulations/surp_vs_baselines.py [--rounds 100] [--seeds 0,1,2]
         [--partitions iid,dirichlet] [--budget 720] [--methods surp,topk,...]
@@ -28,6 +30,8 @@ import json
 import statistics
 import sys
 import tempfile
+import tomllib
+from pathlib import Path
 
 import fedcomp
 
@@ -46,9 +50,10 @@ def methods(budget: int) -> dict[str, dict]:
     }
 
 
-def experiment(uplink: dict, partition: str, seed: int, rounds: int, output_dir: str) -> dict:
+def experiment(uplink: dict, partition: str, seed: int, rounds: int, output_dir: str, label: str = "") -> dict:
+    tag = (label or uplink["name"]).replace(".", "_").replace("%", "pct")
     return {
-        "name": f"fedsgd-{uplink['name']}-{partition}-{seed}",
+        "name": f"fedsgd-{tag}-{partition}-{seed}",
         "seed": seed,
         "output_dir": output_dir,
         "data": {"dataset": "mnist5k", "partition": partition, "alpha": 0.5},
@@ -63,11 +68,48 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def run_figures(seed: int, rows: list[dict]) -> dict:
+    """One run's figures from its recorded rows."""
+    per_client = [b for r in rows for b in r["uplink_bytes_per_client"]]
+    accs = [r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None]
+    return {
+        "seed": seed,
+        "final_accuracy": accs[-1] if accs else None,
+        "uplink_bytes_per_client_round": statistics.mean(per_client),
+        "max_uplink_bytes": max(per_client),
+        "uplink_bytes_total": sum(r["uplink_bytes"] for r in rows),
+    }
+
+
+def from_run_dirs(folders: list[str], table: dict[str, dict], rounds: int) -> dict[str, dict[str, list[dict]]]:
+    """(partition → method → runs) from complete run directories: each run's method is the entry of ``table``
+    whose every key its ``[uplink]`` section has, with the same value."""
+    from fedcomp.servers.recorder import read_rounds
+
+    found: dict[str, dict[str, list[dict]]] = {}
+    for folder in folders:
+        for run_dir in sorted(Path(folder).iterdir()):
+            summary, config = run_dir / "summary.json", run_dir / "config.toml"
+            if not (summary.exists() and config.exists()):
+                continue
+            if json.loads(summary.read_text())["status"] != "complete":
+                continue
+            cfg = tomllib.loads(config.read_text())
+            if cfg["federation"]["rounds"] != rounds:
+                continue
+            method = next((m for m, u in table.items() if all(cfg["uplink"].get(k) == v for k, v in u.items())), None)
+            if method is not None:
+                runs = found.setdefault(cfg["data"]["partition"], {}).setdefault(method, [])
+                runs.append(run_figures(cfg["seed"], read_rounds(run_dir)))
+    return found
+
+
 def summarize(runs: list[dict]) -> dict:
     acc_mean, acc_sd = mean_sd([r["final_accuracy"] for r in runs])
     return {
         "accuracy_mean": acc_mean,
         "accuracy_sd": acc_sd,
+        "seeds": [r["seed"] for r in runs],
         "uplink_bytes_per_client_round": statistics.mean(r["uplink_bytes_per_client_round"] for r in runs),
         "max_uplink_bytes": max(r["max_uplink_bytes"] for r in runs),
         "runs": runs,
@@ -97,6 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", default=",".join(methods(0)))
     parser.add_argument("--output-dir", help="keep the run directories here (default: a temporary folder)")
     parser.add_argument("--markdown", action="store_true", help="also print the README table")
+    parser.add_argument(
+        "--from-runs", metavar="DIR[,DIR]", help="summarize the complete runs in these folders instead of running"
+    )
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     table = methods(args.budget)
@@ -105,23 +150,22 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {sorted(table)}")
     results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        out = args.output_dir or tmp
+    if args.from_runs:
+        found = from_run_dirs(args.from_runs.split(","), {m: table[m] for m in chosen}, args.rounds)
         for partition in args.partitions.split(","):
-            results[partition] = {}
-            for method in chosen:
-                runs = []
-                for seed in seeds:
-                    run = fedcomp.run(experiment(table[method], partition, seed, args.rounds, out), progress=True)
-                    per_client = [b for r in run.rows for b in r["uplink_bytes_per_client"]]
-                    runs.append({
-                        "seed": seed,
-                        "final_accuracy": run.final_accuracy,
-                        "uplink_bytes_per_client_round": statistics.mean(per_client),
-                        "max_uplink_bytes": max(per_client),
-                        "uplink_bytes_total": run.uplink_bytes,
-                    })  # fmt: skip
-                results[partition][method] = summarize(runs)
+            by_method = found.get(partition, {})
+            results[partition] = {m: summarize(by_method[m]) for m in chosen if m in by_method}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = args.output_dir or tmp
+            for partition in args.partitions.split(","):
+                results[partition] = {}
+                for method in chosen:
+                    runs = []
+                    for seed in seeds:
+                        cfg = experiment(table[method], partition, seed, args.rounds, out, method)
+                        runs.append(run_figures(seed, fedcomp.run(cfg, progress=True).rows))
+                    results[partition][method] = summarize(runs)
     print(f"\nFedSGD, LeNet-5-Caffe, embedded MNIST (4,000 train), 10 clients, {args.rounds} rounds, seeds {seeds}")
     print(f"budgeted methods: at most {args.budget} B per update")
     print(f"{'partition':<11}{'method':<12}{'test accuracy':>18}{'uplink B/client/round':>24}{'vs rtopk-0.1%':>15}")
