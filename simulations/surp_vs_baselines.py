@@ -98,8 +98,8 @@ def from_run_dirs(folders: list[str], table: dict[str, dict], rounds: int) -> di
             if cfg["federation"]["rounds"] != rounds:
                 continue
             method = next((m for m, u in table.items() if all(cfg["uplink"].get(k) == v for k, v in u.items())), None)
-            if method is not None:
-                runs = found.setdefault(cfg["data"]["partition"], {}).setdefault(method, [])
+            runs = found.setdefault(cfg["data"]["partition"], {}).setdefault(method, []) if method else None
+            if runs is not None and all(r["seed"] != cfg["seed"] for r in runs):  # a seed run twice counts once
                 runs.append(run_figures(cfg["seed"], read_rounds(run_dir)))
     return found
 

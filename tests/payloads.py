@@ -148,3 +148,20 @@ def damage(payload: bytes, rng: np.random.Generator, kind: str | None = None) ->
         at = int(rng.integers(0, len(body) + 1))
         body[at:at] = rng.integers(0, 256, size=int(rng.integers(1, 65)), dtype=np.uint8).tobytes()
     return kind, frame.with_body(bytes(body)).to_bytes()
+
+
+def dense_payloads(cfg: Any, input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10) -> tuple[bytes, bytes]:
+    """(uplink, downlink): the identity payloads a run of ``cfg`` sends for its initial model.
+
+    A client sends its float tensors; the server broadcasts the whole state
+    (buffers included). Values do not change an identity payload's length,
+    so these lengths are every round's, for the expected byte counts.
+    """
+    from fedcomp.clients.training import float_state
+    from fedcomp.compressors.update.identity import IdentityCompressor
+    from fedcomp.servers.app import initial_model
+
+    model = initial_model(cfg, input_shape, num_classes)
+    return IdentityCompressor().encode(float_state(model)).payload, IdentityCompressor().encode(
+        model.state_dict()
+    ).payload

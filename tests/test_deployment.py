@@ -16,12 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedcomp.clients.training import float_state
-from fedcomp.compressors.update.identity import IdentityCompressor
 from fedcomp.config import load_config
 from fedcomp.data import load_dataset
-from fedcomp.servers.app import initial_model
 from fedcomp.servers.recorder import read_rounds
+from tests.payloads import dense_payloads
 from tests.processes import free_port, process_group, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,9 +115,7 @@ def test_superlink_and_two_supernodes_run_two_rounds_with_surp_on_their_own_data
     assert [r["round"] for r in rows] == [1, 2]
     cfg = load_config(run_dir / "config.toml")
     assert cfg.uplink.name == "surp"
-    model = initial_model(cfg, (1, 28, 28), 10)
-    dense = len(IdentityCompressor().encode(float_state(model)).payload)
-    downlink = len(IdentityCompressor().encode(model.state_dict()).payload)
+    dense, downlink = (len(p) for p in dense_payloads(cfg))
     for r in rows:
         assert r["clients"] == [0, 1] and r["failed_clients"] == 0
         # What the server received is what each device measured before sending, and it is SuRP-sized.

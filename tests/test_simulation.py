@@ -10,11 +10,11 @@ import torch
 import fedcomp
 from fedcomp.clients.training import evaluate, float_state
 from fedcomp.coding import DecodeLimits, specs_of, unpack
-from fedcomp.compressors.update.identity import IdentityCompressor
 from fedcomp.config import load_config
 from fedcomp.data import load_dataset
 from fedcomp.servers.app import initial_model
 from fedcomp.servers.recorder import read_rounds
+from tests.payloads import dense_payloads
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +37,8 @@ def test_recorded_bytes_are_the_lengths_of_the_payloads_sent(baseline_run):
     cfg = load_config(baseline_run.run_dir / "config.toml")
     split = load_dataset(cfg.data.dataset, test_size=cfg.data.test_size, seed=cfg.seed)
     model = initial_model(cfg, split.input_shape, split.num_classes)
-    # Downlink: the server sent exactly this payload, the identity encoding of the model.
-    downlink = IdentityCompressor().encode(model.state_dict()).payload
-    # Uplink: an identity payload of the model's float tensors (values do not change its length).
-    uplink = IdentityCompressor().encode(float_state(model)).payload
+    # Downlink: the server sent exactly the identity encoding of the model; uplink: of its float tensors.
+    uplink, downlink = dense_payloads(cfg, split.input_shape, split.num_classes)
     n_float = sum(t.numel() for t in float_state(model).values())
     assert len(unpack(uplink, DecodeLimits.for_specs(specs_of(float_state(model)))).body) == 4 * n_float
     for r in baseline_run.rows:
