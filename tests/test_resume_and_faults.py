@@ -45,6 +45,18 @@ def _wait_for_checkpoint(run_dir, count, proc, limit_s=240):
         time.sleep(0.05)
 
 
+def start_run(cfg: dict, run_dir) -> subprocess.Popen:
+    """``fedcomp run`` of ``cfg`` in a process group of its own (a signal to the group reaches Ray's too)."""
+    cfg_file = run_dir.parent / f"{run_dir.name}.toml"
+    cfg_file.write_text(tomli_w.dumps(cfg))
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedcomp.cli", "run", str(cfg_file), "--run-dir", str(run_dir), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
 def test_a_killed_run_resumes_from_its_checkpoint_with_every_round_once(tmp_path):
     # Top-k with error feedback: the clients' residuals must survive the restart too; and FedAdam's
     # moments, the server's own state.
@@ -54,15 +66,8 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_every_round_once(tmp_path
         uplink={"name": "topk", "density": 0.05},
         strategy={"name": "fedadam", "eta": 0.01},
     )
-    cfg_file = tmp_path / "experiment.toml"
-    cfg_file.write_text(tomli_w.dumps(cfg))
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedcomp.cli", "run", str(cfg_file), "--run-dir", str(run_dir), "--no-progress"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group: the kill takes Ray's processes with it
-    )
+    proc = start_run(cfg, run_dir)
     try:
         _wait_for_checkpoint(run_dir, 2, proc)
     finally:
@@ -113,15 +118,8 @@ def test_ctrl_c_stops_a_run_at_once_and_leaves_it_resumable(tmp_path):
     timeout, here 10 minutes) and the process never exited.
     """
     cfg = small_config(tmp_path, federation={"rounds": 6, "round_timeout_s": 600.0}, client={"local_steps": 40})
-    cfg_file = tmp_path / "experiment.toml"
-    cfg_file.write_text(tomli_w.dumps(cfg))
     run_dir = tmp_path / "stopped"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedcomp.cli", "run", str(cfg_file), "--run-dir", str(run_dir), "--no-progress"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    proc = start_run(cfg, run_dir)
     try:
         _wait_for_checkpoint(run_dir, 1, proc)
         os.killpg(proc.pid, signal.SIGINT)
