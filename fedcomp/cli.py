@@ -131,8 +131,39 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for name in registry:
             print(f"  {name:<16} {registry.summary(name)}")
+            _print_params(_param_defaults(getattr(registry.get(name), "Params", None)))
     _list_strategies()
     return 0
+
+
+def _param_defaults(params_cls: type | None) -> str:
+    """A compressor's parameters with their defaults ("density = 0.01, values = 'fp32'"), or ""."""
+    import dataclasses
+
+    if params_cls is None or not dataclasses.is_dataclass(params_cls):
+        return ""
+    shown = []
+    for f in dataclasses.fields(params_cls):
+        if f.default is not dataclasses.MISSING:
+            value = "the method's own" if f.default is None and f.name == "error_feedback" else repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            value = repr(f.default_factory())
+        else:
+            value = "(required)"
+        shown.append(f"{f.name} = {value if len(value) <= 40 else '(see the README)'}")
+    return ", ".join(shown)
+
+
+def _print_params(shown: str) -> None:
+    """Parameters under their method, wrapped to 100 columns between parameters (never inside one)."""
+    line = ""
+    for item in shown.split(", ") if shown else []:
+        if line and 21 + len(line) + 2 + len(item) > 100:
+            print(" " * 21 + line + ",")
+            line = ""
+        line = f"{line}, {item}" if line else item
+    if line:
+        print(" " * 21 + line)
 
 
 DERIVED_SHOWN = {"client_learning_rate": "client.lr unless set"}
@@ -149,11 +180,12 @@ def _list_strategies() -> None:
         print(f"  {name:<16} {STRATEGIES.summary(name)}")
         params = STRATEGIES.get(name).params()
         if params:
-            shown = ", ".join(
-                f"{k} = {DERIVED_SHOWN.get(k, '(required)')}" if v is inspect.Parameter.empty else f"{k} = {v!r}"
-                for k, v in params.items()
+            _print_params(
+                ", ".join(
+                    f"{k} = {DERIVED_SHOWN.get(k, '(required)')}" if v is inspect.Parameter.empty else f"{k} = {v!r}"
+                    for k, v in params.items()
+                )
             )
-            print(f"  {'':<16}   {shown}")
 
 
 def build_parser() -> argparse.ArgumentParser:

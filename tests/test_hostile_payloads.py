@@ -63,6 +63,7 @@ from fedcomp.compressors.model.structure import Architecture
 from fedcomp.compressors.model.udfc import UDFCCompressor, UDFCParams
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update.base import EncodeContext, UpdateCompressor
+from fedcomp.compressors.update.qsgd import bucket_ids
 from fedcomp.compressors.update.surp import accumulate, max_picks, max_refresh_steps, read_stream, shared_order
 from tests.payloads import Frame, damage
 
@@ -312,6 +313,11 @@ UPLINK_VARIANTS = {
     "surp-alg1-layer": ("surp", {"density": 0.01, "mode": "iterative", "algorithm": 1, "normalization": "layer"}),
     "surp-iter": ("surp", {"density": 0.01, "mode": "iterative"}),
     "surp-alg1": ("surp", {"density": 0.01, "mode": "iterative", "algorithm": 1}),
+    "qsgd": ("qsgd", {"levels": 4, "bucket_size": 128}),
+    "terngrad": ("terngrad", {}),
+    "signsgd": ("signsgd", {}),
+    "ef_signsgd": ("ef_signsgd", {}),
+    "powersgd": ("powersgd", {"rank": 2}),
 }
 
 
@@ -579,13 +585,41 @@ def staged_cases(payload: bytes, specs: list[TensorSpec]) -> Iterator[tuple[str,
         yield f"params {raw}", frame.with_params(raw).to_bytes()
 
 
+def quantizer_cases(payload: bytes, specs: list[TensorSpec], name: str) -> Iterator[tuple[str, bytes]]:
+    """QSGD, TernGrad, (EF-)signSGD, PowerSGD: floats first (scales, norms, factors), then their codes."""
+    frame = Frame.parse(payload)
+    params, need, n = frame.params_dict, len(frame.body), sum(s.numel for s in specs)
+    for length in (0, 1, need - 1, need + 1, 2 * need):
+        yield f"body of {length} bytes", frame.with_body(frame.body[:length].ljust(length, b"\x00")).to_bytes()
+    yield "every bit set", frame.with_body(b"\xff" * need).to_bytes()
+    for at in sorted({0, FLOAT_AT[name](specs, params)}):
+        for value in HOSTILE_FLOATS:
+            body = bytearray(frame.body)
+            body[at : at + 4] = f32(value)
+            yield f"float at byte {at} = {value!r}", frame.with_body(bytes(body)).to_bytes()
+    if name not in ("qsgd", "terngrad"):
+        return
+    head = 4 * (int(bucket_ids(specs, params["bucket_size"]).max()) + 1 if name == "qsgd" else len(specs))
+    for k in (1, 2, n - 1, n, n + 1, 1 << 31, 1 << 63, U64 - 1):  # counts, with too little or no data after
+        w = BitWriter()
+        elias_delta_encode([min(k + 1, U64)], w)
+        if name == "qsgd" and k == 2:  # two gaps whose sum wraps int64, then levels above s
+            elias_gamma_encode(np.array([U64 - 1, 3], dtype=np.uint64), w)
+            w.write_bits(np.zeros(2, np.uint8))
+            elias_gamma_encode([1 << 40, 1], w)
+        yield f"count {k}", frame.with_body(frame.body[:head] + w.getvalue()).to_bytes()
+
+
 def uplink_cases(label: str, comp: UpdateCompressor, payload: bytes, specs: list[TensorSpec]):
     rng = np.random.default_rng(sum(map(ord, label)))
     name = comp.name
-    keys = {"identity": [], "surp": ["mode", "algorithm", "norm"]}.get(name, ["values"])
-    yield from container_cases(payload, specs, keys)
+    keys = {"identity": [], "surp": ["mode", "algorithm", "norm"], "qsgd": ["levels", "bucket_size"]}
+    keys.update(dict.fromkeys(("terngrad", "signsgd", "ef_signsgd"), []), powersgd=["rank"])
+    yield from container_cases(payload, specs, keys.get(name, ["values"]))
     if name == "identity":
         yield from identity_cases(payload, specs)
+    elif name in FLOAT_AT:
+        yield from quantizer_cases(payload, specs, name)
     elif name == "surp" and "mode" not in Frame.parse(payload).params_dict:
         yield from staged_cases(payload, specs)
     elif name == "surp":
@@ -897,6 +931,31 @@ def _forged_staged(specs: list[TensorSpec], value: float) -> tuple[bytes, str]:
     return staged_body(value, 2.0, 1, [([], 0, [at], n, [0])]), specs[2].name
 
 
+def _powersgd_first_factor_of_third(specs: list[TensorSpec], params: dict) -> int:
+    """Byte offset of '3.weight''s first P̂ value: past the first two tensors' factors or dense values."""
+    from fedcomp.compressors.update.powersgd import matrix_shape
+
+    values = 0
+    for spec in specs[:2]:
+        shape = matrix_shape(spec.shape)
+        values += spec.numel if shape is None else sum(shape) * min(params["rank"], *shape)
+    return 4 * values
+
+
+def _qsgd_norm_of_third(specs: list[TensorSpec], params: dict) -> int:
+    """Byte offset of the norm of '3.weight''s first bucket."""
+    return 4 * int(bucket_ids(specs, params["bucket_size"])[sum(s.numel for s in specs[:2])])
+
+
+FLOAT_AT = {
+    "signsgd": lambda specs, params: 4 * 2,  # the scales lead the body, one per tensor
+    "ef_signsgd": lambda specs, params: 4 * 2,
+    "terngrad": lambda specs, params: 4 * 2,
+    "qsgd": _qsgd_norm_of_third,
+    "powersgd": _powersgd_first_factor_of_third,
+}
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, 1e34])
 @pytest.mark.parametrize("label", sorted(UPLINK_VARIANTS))
 def test_a_forged_update_decoding_to_nan_inf_or_huge_is_refused_naming_the_tensor(label, value):
@@ -922,6 +981,10 @@ def test_a_forged_update_decoding_to_nan_inf_or_huge_is_refused_naming_the_tenso
         n_norms = len(specs) if params.get("normalization") == "layer" else 1
         seed = struct.unpack_from("<I", frame.body)[0]
         body, target = _forged_surp(specs, seed, sides, n_norms, 3.4e38 if math.isinf(value) else value)
+    elif name in FLOAT_AT:  # a per-tensor scale or norm, or a PowerSGD factor, that '3.weight' is decoded from
+        body = bytearray(frame.body)
+        at = FLOAT_AT[name](specs, params)
+        body[at : at + 4] = f32(value)
     else:
         numels = [s.numel for s in specs]
         values = [1.0, 1.0, value, 1.0, 1.0, 1.0]

@@ -6,6 +6,7 @@ import base64
 import csv
 import html
 import json
+import re
 import shutil
 from html.parser import HTMLParser
 
@@ -305,6 +306,17 @@ def test_fedcomp_list_names_every_registered_method(capsys):
     for registry in (DATASETS, MODELS, UPDATE_COMPRESSORS, MODEL_COMPRESSORS):
         for name in registry:
             assert f"  {name}" in out, name
+    # Each compressor's parameters with their defaults, read from its parameter class, under its name.
+    import dataclasses
+
+    for registry in (UPDATE_COMPRESSORS, MODEL_COMPRESSORS):
+        for name in registry:
+            params = getattr(registry.get(name), "Params", None)
+            fields = dataclasses.fields(params) if params and dataclasses.is_dataclass(params) else ()
+            block = re.split(r"\n(?=  \S|\S)", out.split(f"\n  {name} ", 1)[1], maxsplit=1)[0]
+            assert all(f"{f.name} = " in block for f in fields), (name, block)
+    assert "levels = 16, bucket_size = 512" in out and "rank = 2, warm_start = True" in out
+    assert max(len(line) for line in out.splitlines() if line.startswith(" " * 21)) <= 100
 
 
 def test_report_target_counts_rounds_and_bytes_from_the_rows(sweep, tmp_path, capsys):

@@ -17,6 +17,10 @@ UPLINKS = {
     "dgc": {"name": "dgc", "density": 0.001},
     "topk": {"name": "topk", "density": 0.01, "values": "fp16"},
     "randomk": {"name": "randomk", "density": 0.01},
+    "qsgd": {"name": "qsgd", "levels": 4},
+    "terngrad": {"name": "terngrad"},
+    "ef_signsgd": {"name": "ef_signsgd"},
+    "powersgd": {"name": "powersgd", "rank": 2},
 }
 DENSE_FP32 = 431_080 * 4
 
@@ -87,6 +91,10 @@ def assert_really_compressed_and_sent(rows, uplink) -> None:
         # What the server received is byte for byte what each client measured before sending.
         assert row["uplink_bytes_per_client"] == row["uplink_bytes_sent_per_client"]
         assert row["uplink_bytes"] == sum(row["uplink_bytes_per_client"])
+        if "density" not in uplink:  # the quantizers and PowerSGD: at least 8x below fp32, and what they report sent
+            density = row["client_metrics"]["uplink_density"]
+            assert 0 < density and all(density * 431_080 <= 8 * b < DENSE_FP32 for b in row["uplink_bytes_per_client"])
+            continue
         assert all(b < DENSE_FP32 / 20 for b in row["uplink_bytes_per_client"])  # really compressed
         # ... and really sent: at least one bit per coordinate the density asks for (a codec sending nothing fails).
         assert all(8 * b >= uplink["density"] * 431_080 for b in row["uplink_bytes_per_client"])

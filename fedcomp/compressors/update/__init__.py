@@ -9,4 +9,14 @@ from fedcomp.registry import Registry
 
 UPDATE_COMPRESSORS: Registry = Registry("update compressor")
 
-from fedcomp.compressors.update import dgc, identity, rtopk, surp, topk  # noqa: E402,F401  (registers)
+from fedcomp.compressors.update import (  # noqa: E402,F401  (registers)
+    dgc,
+    identity,
+    powersgd,
+    qsgd,
+    rtopk,
+    signsgd,
+    surp,
+    terngrad,
+    topk,
+)

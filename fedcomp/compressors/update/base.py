@@ -125,6 +125,13 @@ class UpdateCompressor(ABC):
         return out
 
 
+def refuse_negative(codec: str, what: str, specs: Sequence[TensorSpec], values: torch.Tensor) -> None:
+    """DecodeError naming the tensor whose per-tensor ``what`` (a scale, a norm) is negative."""
+    negative = torch.nonzero(values < 0).flatten()
+    if negative.numel():
+        raise DecodeError(f"{codec}: the {what} of tensor '{specs[int(negative[0])].name}' is negative")
+
+
 MALFORMED = (
     ValueError,
     LookupError,
