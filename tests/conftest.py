@@ -28,7 +28,9 @@ def small_config(tmp_path, **sections) -> dict:
         "output_dir": str(tmp_path / "runs"),
         "federation": {"num_clients": 3, "rounds": 2, "min_train_clients": 2},
         "client": {"local_epochs": 1, "batch_size": 32, "lr": 0.05},
-        "simulation": {"num_cpus": 1.0},
+        # One client actor: the tests' 3-client federations are tiny, and every extra actor is one more
+        # process importing torch at each engine start (the suite is CPU-bound on 2 cores).
+        "simulation": {"num_cpus": float(os.cpu_count() or 1)},
     }
     for key, value in sections.items():
         if isinstance(value, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import fedcomp
@@ -15,6 +16,7 @@ TINY = [
     "federation.fraction_train=1.0",
     "client.local_steps=5",
     "client.batch_size=32",
+    f"simulation.num_cpus={float(os.cpu_count() or 1)}",  # one client actor, as in conftest.small_config
 ]
 
 

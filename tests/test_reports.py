@@ -183,13 +183,17 @@ def test_grid_keys_that_do_not_exist_stop_the_sweep_before_it_runs(tmp_path, cap
 
 
 def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # Both runs lack their files: the second is still tried after the first failed, and each failure is its
+    # own; both are found before any engine starts, so the test needs none.
     cfg = small_config(tmp_path, federation={"rounds": 1}, data={"data_dir": str(tmp_path / "no-data")})
-    res = run_sweep(cfg, {"data.dataset": ["mnist", "mnist5k"]}, sweep_dir=tmp_path / "s", progress=False)
-    assert [r.status for r in res.runs] == ["failed", "complete"]
-    # Found before the engine starts, as a config error naming the key.
-    assert "data.data_dir" in res.runs[0].error and "mnist" in res.runs[0].error
+    res = run_sweep(cfg, {"data.dataset": ["mnist", "fashion_mnist"]}, sweep_dir=tmp_path / "s", progress=False)
+    assert [r.status for r in res.runs] == ["failed", "failed"]
+    # Found before the engine starts, as a config error naming the key and the dataset.
+    assert all("data.data_dir" in r.error for r in res.runs)
+    assert "MNIST" in res.runs[0].error and "FashionMNIST" in res.runs[1].error, [r.error for r in res.runs]
     recorded = json.loads((tmp_path / "s" / "sweep.json").read_text())["runs"]
-    assert recorded[0]["status"] == "failed" and recorded[0]["error"] == res.runs[0].error
+    assert [r["status"] for r in recorded] == ["failed", "failed"]
+    assert [r["error"] for r in recorded] == [r.error for r in res.runs]
 
 
 def test_group_labels_name_the_server_compression_and_shorten_long_values():

@@ -1,5 +1,5 @@
 """Every uplink compressor's bytes are the payloads': a tiny real Flower simulation (3 clients, 2 rounds) for
-SuRP and DGC, and for every compressor fedcomp's own train function, client mod and strategy wrapper in one
+SuRP, and for every compressor fedcomp's own train function, client mod and strategy wrapper in one
 process (real training, real payloads, real decoding; only the engine's hand-over is direct).
 """
 
@@ -25,9 +25,10 @@ UPLINKS = {
 DENSE_FP32 = 431_080 * 4
 
 
-@pytest.mark.parametrize("name", ["surp", "dgc"])
-def test_compressed_uplink_bytes_are_the_payload_lengths(make_config, name):
-    uplink = UPLINKS[name]
+def test_compressed_uplink_bytes_are_the_payload_lengths(make_config):
+    # One compressed codec through the engine (its state in Flower's Context.state across rounds); every
+    # codec goes through the same client mod and strategy wrapper in the next test.
+    uplink = UPLINKS["surp"]
     cfg = make_config(uplink=uplink, client={"local_steps": 2}, federation={"rounds": 2})
     result = fedcomp.run(cfg, progress=False)
     assert_really_compressed_and_sent(result.rows, uplink)
