@@ -9,8 +9,8 @@ one power-iteration step):
 r·(n + m) values instead of n·m. Q starts as a seeded Gaussian and is
 then *warm-started*: each round begins from the Q this client computed
 the round before (kept in its state), so repeated rounds run the power
-method on the slowly changing update (§3, "warm start"). Error feedback
-(on by default, the paper's Algorithm 2) keeps M − M̂ for the next round.
+method on the slowly changing update (the paper's warm start). Error feedback
+(on by default, as in the paper) keeps M − M̂ for the next round.
 One-dimensional tensors (biases, norms) are sent dense, as in the paper.
 At r ≥ min(n, m) the step is exact: M̂ = M up to rounding.
 

@@ -1,7 +1,7 @@
 """QSGD: stochastic quantization to s levels, Elias-coded (Alistarh et al. 2017).
 
 Each bucket v of ``bucket_size`` consecutive coordinates of a tensor (the
-paper's bucketing, §3.3; 0 = the whole tensor) is sent as (§3.1)
+paper's bucketing; 0 = the whole tensor) is sent as
 
     Q_s(v_i) = ‖v‖₂ · sign(v_i) · ξ_i(v, s),
 
@@ -13,14 +13,12 @@ n coordinates (Lemma 3.1). The draws come from a generator seeded by
 on the model change of several local steps: ``[uplink] name = "qsgd"``
 with ``client.local_steps`` > 1 (README, "Uplink compression").
 
-Coding (the paper's Elias coding, §3.2, one stream for the whole update):
-the bucket norms as fp32 (the paper's 32 bits per bucket), then the
-number of nonzero levels (Elias-δ of k + 1), then for each nonzero, in
-coordinate order, the gap since the previous one + 1 (Elias-γ), its sign
-bit and its integer level s·ξ_i ≥ 1 (Elias-γ). Small levels and short gaps
-get short codes, which is where the paper's bound of
-(3 + 3/2·log(2(s² + n)/(s(s + √n))))·s(s + √n) + 32 bits per bucket comes
-from; here the three fields are written as three arrays (same lengths).
+Coding (the paper's Elias coding, one stream for the whole update): the
+bucket norms as fp32 (the paper's 32 bits per bucket), then the number of
+nonzero levels (Elias-δ of k + 1), then for each nonzero, in coordinate
+order, the gap since the previous one + 1 (Elias-γ), its sign bit and its
+integer level s·ξ_i ≥ 1 (Elias-γ): small levels and short gaps get short
+codes. The three fields are written as three arrays of the same length.
 """
 
 from __future__ import annotations

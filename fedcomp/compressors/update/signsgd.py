@@ -1,15 +1,15 @@
 """signSGD with the ℓ₁ scale, and EF-signSGD (Karimireddy et al. 2019, "Error Feedback Fixes SignSGD").
 
-Each tensor p of the update is sent as its scaled sign (Algorithm 1,
-line 4 of EF-SGD with the compressor of its Theorem II):
+Each tensor p of the update is sent as its scaled sign, the compressor
+of the paper's EF-signSGD:
 
     C(p) = (‖p‖₁ / d) · sign(p)          d = p's number of coordinates
 
 one fp32 scale per tensor and one sign bit per coordinate (1 = negative;
 a zero coordinate goes out as +scale, as one bit cannot say "zero"):
 about 1 bit per coordinate, 32× below fp32. ``ef_signsgd`` keeps the
-error (p − C(p)) and adds it to the next update (error feedback, the
-paper's Algorithm 2), which is what makes the scaled sign converge where
+error and adds it to the next update (error feedback as in EF-SGD:
+p_t = Δ_t + e_t is compressed, e_{t+1} = p_t − C(p_t)), which is what makes the scaled sign converge where
 plain ``signsgd`` (the same compressor without the memory) can fail (the
 paper's counter-examples). The ℓ₁ scale is what carries the step size
 here: fedcomp compresses the model change of local training, which

@@ -1,13 +1,13 @@
 """TernGrad: ternary updates, unbiased (Wen et al. 2017).
 
-Each tensor g of the update is sent as (eq. 4)
+Each tensor g of the update is sent as
 
     g̃ = s · sign(g) ∘ b,    s = max|g|,    b_k ~ Bernoulli(|g_k| / s) independently,
 
-so E[g̃] = g (Theorem 1's unbiasedness), with values in {−s, 0, +s}. The
+so E[g̃] = g (the paper's unbiasedness), with values in {−s, 0, +s}. The
 Bernoulli draws come from a generator seeded by (seed, round, client).
 ``clip_sigma`` = c > 0 first clips g to [−cσ, cσ], σ the tensor's standard
-deviation (the paper's §3.3 gradient clipping, c = 2.5 in its
+deviation (the paper's layer-wise gradient clipping, c = 2.5 in its
 experiments): it lowers s and so the variance, at the price of a bias;
 the default 0 keeps the estimate unbiased.
 
