@@ -27,8 +27,13 @@ the SLB is not tight, so the curve is computed, not assumed.) A code of
 n = 431,080 symbols at 0.02 bits per coordinate sits where Blahut–Arimoto
 converges slowest; points near the curve there are within its tolerance.
 
+The quantizers and PowerSGD (QSGD at s = 1, 2, 4, 16; TernGrad; the
+scaled sign; PowerSGD at rank 1, 2, 4, 8) take no byte budget: each is
+measured at its own setting, with top-k and SuRP given that payload's
+length as their ``max_bytes``.
+
 Prints a table of distortions, a table of ratios against top-k at each
-budget (< 1: better than top-k at equal bytes), writes ``rate_distortion.png``
+budget (< 1: better than top-k at equal bytes), the quantizers' table, writes ``rate_distortion.png``
 and ``rate_distortion.json`` to ``--out`` (default
 ``runs/rate_distortion``, ignored by git), and ends with a JSON line.
 Seeds and threads are fixed (one torch thread).
@@ -68,6 +73,14 @@ COMPRESSORS = (
     ("dgc", "dgc", {"momentum_correction": False}),
     ("surp", "surp", {}),
     ("surp_iterative", "surp", {"mode": "iterative"}),
+)
+# The quantizers and PowerSGD take no byte budget: each is measured at its own settings, and top-k and SuRP
+# are measured at the same bytes as each of those payloads (label, registry name, settings).
+RATE_POINTS = (
+    ("qsgd", "qsgd", tuple({"levels": s} for s in (1, 2, 4, 16))),
+    ("terngrad", "terngrad", ({},)),
+    ("signsgd", "signsgd", ({},)),
+    ("powersgd", "powersgd", tuple({"rank": r} for r in (1, 2, 4, 8))),
 )
 RATES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 QUICK_RATES = (0.02, 0.1, 0.5)
@@ -218,6 +231,40 @@ def measure(source: OrderedDict[str, torch.Tensor], rates: tuple[float, ...], se
     return out
 
 
+def encode_distortion(source: OrderedDict[str, torch.Tensor], name: str, params: dict, seed: int) -> dict:
+    """One encode of ``source`` through its bytes: bytes, bits per coordinate, normalized distortion."""
+    n = sum(v.numel() for v in source.values())
+    g = torch.cat([v.reshape(-1) for v in source.values()]).double()
+    cls = UPDATE_COMPRESSORS.get(name)
+    comp = cls(cls.parse_params({"error_feedback": False, **params}, "uplink"), seed=seed)
+    enc = comp.encode(source, {}, EncodeContext(1, 0, 10))
+    dec = comp.decode(enc.payload, DecodeLimits.for_specs(specs_of(source)))
+    h = torch.cat([dec[k].reshape(-1) for k in source]).double()
+    return {
+        "bytes": len(enc.payload),
+        "bits_per_coord": 8 * len(enc.payload) / n,
+        "distortion": float(((g - h) ** 2).sum() / (g * g).sum()),
+    }
+
+
+def measure_points(source: OrderedDict[str, torch.Tensor], seed: int) -> dict[str, list[dict]]:
+    """Each quantizer setting, with top-k and SuRP at its bytes (``max_bytes`` = its payload's length)."""
+    n = sum(v.numel() for v in source.values())
+    out: dict[str, list[dict]] = {}
+    for label, name, settings in RATE_POINTS:
+        rows = []
+        for params in settings:
+            point = {"params": params, **encode_distortion(source, name, params, seed)}
+            for rival in ("topk", "surp"):
+                density = min(1.0, point["bytes"] / (2 * n / 8))  # far above what the budget allows
+                at = encode_distortion(source, rival, {"density": density, "max_bytes": point["bytes"]}, seed)
+                point[f"{rival}_distortion"] = at["distortion"]
+            point["ratio_to_topk"] = point["distortion"] / point["topk_distortion"]
+            rows.append(point)
+        out[label] = rows
+    return out
+
+
 def ratios_to_topk(results: dict[str, list[dict]]) -> dict[str, list[float]]:
     """Distortion / top-k's distortion at each budget (equal max_bytes)."""
     base = [r["distortion"] for r in results["topk"]]
@@ -227,7 +274,7 @@ def ratios_to_topk(results: dict[str, list[dict]]) -> dict[str, list[float]]:
     }
 
 
-def plot(all_results: dict, bound: list[tuple[float, float]], path: Path) -> None:
+def plot(all_results: dict, bound: list[tuple[float, float]], path: Path, points: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -237,6 +284,10 @@ def plot(all_results: dict, bound: list[tuple[float, float]], path: Path) -> Non
     for ax, (source, results) in zip(axes[0], all_results.items(), strict=True):
         for label, rows in results.items():
             ax.plot([r["bits_per_coord"] for r in rows], [r["distortion"] for r in rows], marker="o", label=label)
+        for label, rows in (points or {}).get(source, {}).items():
+            ax.plot(
+                [r["bits_per_coord"] for r in rows], [r["distortion"] for r in rows], ls=":", marker="s", label=label
+            )
         if source == "laplace":
             dd, rr = zip(*bound, strict=True)
             ax.plot(rr, dd, "k-", lw=2, label="Laplacian R(D), MSE (Blahut–Arimoto)")
@@ -269,10 +320,11 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     sources = {"laplace": laplace_source(args.seed), **training_sources(rounds, args.seed)}
     all_results = {name: measure(src, rates, args.seed) for name, src in sources.items()}
+    points = {name: measure_points(src, args.seed) for name, src in sources.items()}
     bound = laplace_rd_mse(*((241, 16, 3000) if args.quick else (601, 40, 6000)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    plot(all_results, bound, out / "rate_distortion.png")
+    plot(all_results, bound, out / "rate_distortion.png", points)
 
     n = sum(v.numel() for v in sources["laplace"].values())
     print(f"rate–distortion at equal bytes: n = {n:,}, budgets {list(rates)} bits per coordinate")
@@ -287,6 +339,15 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{source}: ratio to top-k at equal bytes (< 1 is better)")
         for label, values in ratios[source].items():
             print(f"{label:<16}" + "".join(f"{v:>16.3f}" for v in values))
+        print(f"{source}: the quantizers and PowerSGD, with top-k and SuRP at the same bytes")
+        print(f"{'method':<12}{'setting':<14}{'bits/coord':>11}{'distortion':>12}{'top-k':>9}{'SuRP':>9}{'÷ top-k':>9}")
+        for label, rows in points[source].items():
+            for r in rows:
+                setting = ",".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
+                print(
+                    f"{label:<12}{setting:<14}{r['bits_per_coord']:>11.3f}{r['distortion']:>12.4f}"
+                    f"{r['topk_distortion']:>9.4f}{r['surp_distortion']:>9.4f}{r['ratio_to_topk']:>9.3f}"
+                )
     bound_at = {str(r): float(np.interp(r, [b[1] for b in bound][::-1], [b[0] for b in bound][::-1])) for r in rates}
     figures = {
         "n": n,
@@ -294,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rounds": rounds,
         "results": all_results,
         "ratio_to_topk": ratios,
+        "rate_points": points,
         "laplace_rd_distortion_at_rate": bound_at,
         "figure": str(out / "rate_distortion.png"),
         "seconds": round(time.perf_counter() - t0, 1),
