@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -68,14 +69,23 @@ def test_run_directory_holds_config_rows_model_and_summary(baseline_run):
     )
 
 
-def test_failing_clients_are_recorded_and_rounds_go_on(make_config):
+def test_failing_clients_are_recorded_and_rounds_go_on(make_config, capfd):
     cfg = make_config(
         federation={"num_clients": 4, "rounds": 2, "min_train_clients": 4, "min_replies": 1},
         faults={"client_raise_rate": 0.3, "corrupt_payload_rate": 0.3},
         seed=0,  # with this seed: round 1 has a raise and a corrupt payload, round 2 a raise
     )
-    result = fedcomp.run(cfg, progress=False)
+    result = fedcomp.run(cfg, progress=True)
     rows = result.rows
+    # The progress bar says what the warm-up is doing, then how many clients are ready, and its rate
+    # counts rounds only: the warm-up (seconds) is not billed to round 1.
+    err = capfd.readouterr().err
+    assert "test: starting the engine and 4 clients" in err and "clients ready=4/4" in err, err[-2000:]
+    minutes, seconds = re.findall(r"2/2 \[(\d+):(\d+)<", err)[-1]  # the bar's elapsed time at the end
+    warmup = json.loads((result.run_dir / "summary.json").read_text())["warmup_s"]
+    assert (
+        60 * int(minutes) + int(seconds) <= sum(r["wall_s"] for r in rows) + 2 < warmup + sum(r["wall_s"] for r in rows)
+    )
     assert len(rows) == 2
     reasons = [f["reason"] for r in rows for f in r["failures"]]
     assert any("injected fault" in x for x in reasons), reasons

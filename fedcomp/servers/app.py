@@ -166,7 +166,14 @@ def serve(
         strategy.load_state_dict(start.server)
     strategy.round_offset = strategy.last_checkpoint = done
     latest = {"arrays": ArrayRecord(start.model if start is not None else model.state_dict())}
-    bar = tqdm(total=rounds, initial=done, unit="round", desc=cfg.name, disable=not show_progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=rounds,
+        initial=done,
+        unit="round",
+        desc=f"{cfg.name}: starting the engine and {cfg.federation.num_clients} clients",
+        disable=not show_progress,
+        dynamic_ncols=True,
+    )
     totals: dict[str, float] = {"up": 0, "down": 0}
     last_acc: list[float] = []
     final: dict[str, Snapshot] = {}
@@ -236,6 +243,11 @@ def serve(
         return MetricRecord({"test_accuracy": acc}) if acc is not None else None
 
     recorder.meta["warmup_s"] = warm_up(grid, cfg, strategy)
+    # The warm-up is not a round: the bar's clock (its rate and ETA) starts now.
+    bar.reset(total=rounds)
+    bar.initial = bar.n = done
+    bar.set_description(cfg.name, refresh=False)
+    bar.set_postfix({"clients ready": f"{len(strategy.roster.partition_of)}/{cfg.federation.num_clients}"})
     train_config = config_record(cfg.to_dict())
     if client_state_dir is not None:
         train_config[STATE_DIR_KEY] = str(client_state_dir)
