@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import struct
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -53,6 +54,11 @@ class Encoded:
     sent: dict[str, torch.Tensor]
     metrics: dict[str, float] = field(default_factory=dict)
     state: State = field(default_factory=dict)
+
+
+def float32_update(update: Update) -> OrderedDict[str, torch.Tensor]:
+    """The update as detached fp32 CPU tensors, in its order: what every codec encodes."""
+    return OrderedDict((k, v.detach().to("cpu", torch.float32)) for k, v in update.items())
 
 
 @dataclass

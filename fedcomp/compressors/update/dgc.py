@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
-from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update
+from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, float32_update
 from fedcomp.compressors.update.sparse import SparseParams, encode_sparse, fit_bytes, k_for, k_within, top_magnitude
 from fedcomp.compressors.update.topk import UPLINK_SELECTION, SparseCompressor
 from fedcomp.config import require
@@ -116,7 +116,7 @@ class DGCCompressor(SparseCompressor):
         ctx = ctx or EncodeContext()
         state = dict(state or {})
         gen = torch_generator(self.seed, UPLINK_SELECTION, ctx.server_round, ctx.client_id)
-        grads = OrderedDict((k, v.detach().to("cpu", torch.float32)) for k, v in update.items())
+        grads = float32_update(update)
         if p.clip_norm > 0:
             limit = p.clip_norm / math.sqrt(max(ctx.num_clients, 1))
             norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values()))

@@ -35,9 +35,9 @@ from typing import Any
 
 import torch
 
-from fedcomp.coding import DecodeError, TensorSpec, pack, pack_values, unpack_values
+from fedcomp.coding import DecodeError, TensorSpec, pack, pack_values, specs_of, unpack_values
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
-from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor
+from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor, float32_update
 from fedcomp.config import require
 from fedcomp.seeding import POWERSGD_INIT, torch_generator
 
@@ -81,7 +81,7 @@ class PowerSGDCompressor(UpdateCompressor):
         ctx = ctx or EncodeContext()
         p: PowerSGDParams = self.params
         gen = torch_generator(self.seed, POWERSGD_INIT, ctx.client_id)
-        tensors = OrderedDict((k, v.detach().to("cpu", torch.float32)) for k, v in update.items())
+        tensors = float32_update(update)
         state = dict(state or {})
         new_state: State = {}
         chunks, sent = [], OrderedDict()
@@ -103,7 +103,7 @@ class PowerSGDCompressor(UpdateCompressor):
             chunks += [pack_values(p32), pack_values(q32)]
             sent[name] = (p32 @ q32.T).view(t.shape)
             new_state[Q_PREFIX + name] = q32
-        specs = [TensorSpec(name, tuple(t.shape), torch.float32) for name, t in tensors.items()]
+        specs = specs_of(tensors)
         payload = pack(self.name, {"rank": p.rank}, specs, b"".join(chunks), by_digest=True)
         values = sum(len(c) for c in chunks) // 4
         return Encoded(payload, sent, {"density": values / max(sum(t.numel() for t in tensors.values()), 1)}, new_state)

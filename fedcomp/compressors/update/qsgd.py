@@ -44,10 +44,11 @@ from fedcomp.coding import (
     elias_gamma_encode,
     pack,
     pack_values,
+    specs_of,
     unpack_values,
 )
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
-from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor
+from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor, float32_update
 from fedcomp.config import require
 from fedcomp.seeding import UPLINK_QUANTIZATION, torch_generator
 
@@ -77,13 +78,13 @@ class QSGDCompressor(UpdateCompressor):
         ctx = ctx or EncodeContext()
         p: QSGDParams = self.params
         gen = torch_generator(self.seed, UPLINK_QUANTIZATION, ctx.server_round, ctx.client_id)
-        tensors = OrderedDict((k, v.detach().to("cpu", torch.float32)) for k, v in update.items())
-        specs = [TensorSpec(name, tuple(t.shape), torch.float32) for name, t in tensors.items()]
+        tensors = float32_update(update)
+        specs = specs_of(tensors)
         flat = torch.cat([t.reshape(-1) for t in tensors.values()]) if tensors else torch.zeros(0)
         buckets = bucket_ids(specs, p.bucket_size)
         norms = torch.zeros(int(buckets.max()) + 1 if buckets.size else 0, dtype=torch.float64)
         norms.index_add_(0, torch.from_numpy(buckets), flat.double() ** 2)
-        norms = unpack_values(pack_values(norms.sqrt()), "fp32", norms.numel())  # the norms as sent
+        norms = norms.sqrt().to(torch.float32)  # the norms as sent (fp32)
         norm_of = norms[torch.from_numpy(buckets)].double()
         ratio = torch.where(norm_of > 0, flat.abs().double() / norm_of, torch.zeros_like(norm_of)) * p.levels
         low = ratio.floor()

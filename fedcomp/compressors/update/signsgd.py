@@ -31,9 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedcomp.coding import DecodeError, TensorSpec, pack, pack_signs, pack_values, unpack_signs, unpack_values
+from fedcomp.coding import DecodeError, TensorSpec, pack, pack_signs, pack_values, specs_of, unpack_signs, unpack_values
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
-from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor, refuse_negative
+from fedcomp.compressors.update.base import (
+    EncodeContext,
+    Encoded,
+    State,
+    Update,
+    UpdateCompressor,
+    float32_update,
+    refuse_negative,
+)
 
 
 @dataclass
@@ -48,12 +56,12 @@ class ScaledSignCompressor(UpdateCompressor):
     Params = SignParams
 
     def encode(self, update: Update, state: State | None = None, ctx: EncodeContext | None = None) -> Encoded:
-        tensors = OrderedDict((k, v.detach().to("cpu", torch.float32)) for k, v in update.items())
-        scales = torch.tensor([float(t.abs().mean()) if t.numel() else 0.0 for t in tensors.values()])
-        scales = unpack_values(pack_values(scales), "fp32", scales.numel())  # the scales exactly as sent
+        tensors = float32_update(update)
+        means = [float(t.abs().mean()) if t.numel() else 0.0 for t in tensors.values()]
+        scales = torch.tensor(means, dtype=torch.float32)  # the scales as sent
         negative = np.concatenate([t.reshape(-1).numpy() < 0 for t in tensors.values()] or [np.zeros(0, bool)])
         body = pack_values(scales) + pack_signs(negative)
-        specs = [TensorSpec(name, tuple(t.shape), torch.float32) for name, t in tensors.items()]
+        specs = specs_of(tensors)
         sent = _expand(specs, scales, negative)
         return Encoded(pack(self.name, {}, specs, body, by_digest=True), sent, {"density": 1.0}, dict(state or {}))
 

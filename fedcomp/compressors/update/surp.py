@@ -134,12 +134,13 @@ from fedcomp.coding import (
     golomb_encode,
     golomb_parameter_for,
     pack,
+    specs_of,
     values_within,
 )
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update import surp_kernel as kernel
 from fedcomp.compressors.update import surp_staged as staged
-from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor
+from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor, float32_update
 from fedcomp.config import require
 from fedcomp.seeding import derive_seed
 
@@ -250,8 +251,8 @@ class SurpCompressor(UpdateCompressor):
 
     def encode(self, update: Update, state: State | None = None, ctx: EncodeContext | None = None) -> Encoded:
         ctx = ctx or EncodeContext()
-        tensors = OrderedDict((k, v.detach().to("cpu", torch.float32)) for k, v in update.items())
-        specs = [TensorSpec(name, tuple(t.shape), torch.float32) for name, t in tensors.items()]
+        tensors = float32_update(update)
+        specs = specs_of(tensors)
         if self.params.mode == "staged":
             return self._encode_staged(tensors, specs, state)
         flats = [t.reshape(-1).numpy() for t in tensors.values()]

@@ -39,10 +39,19 @@ from fedcomp.coding import (
     encode_indices,
     pack,
     pack_values,
+    specs_of,
     unpack_values,
 )
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
-from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor, refuse_negative
+from fedcomp.compressors.update.base import (
+    EncodeContext,
+    Encoded,
+    State,
+    Update,
+    UpdateCompressor,
+    float32_update,
+    refuse_negative,
+)
 from fedcomp.config import require
 from fedcomp.seeding import UPLINK_QUANTIZATION, torch_generator
 
@@ -66,7 +75,7 @@ class TernGradCompressor(UpdateCompressor):
     def encode(self, update: Update, state: State | None = None, ctx: EncodeContext | None = None) -> Encoded:
         ctx = ctx or EncodeContext()
         gen = torch_generator(self.seed, UPLINK_QUANTIZATION, ctx.server_round, ctx.client_id)
-        tensors = OrderedDict((k, v.detach().to("cpu", torch.float32)) for k, v in update.items())
+        tensors = float32_update(update)
         scales, ternaries = [], []
         for t in tensors.values():
             g = t.reshape(-1)
@@ -78,11 +87,11 @@ class TernGradCompressor(UpdateCompressor):
             keep = torch.rand(g.numel(), generator=gen) < (g.abs() / s if s > 0 else torch.zeros_like(g))
             ternaries.append((torch.sign(g) * keep).to(torch.int8).numpy())
             scales.append(s)
-        scale_t = unpack_values(pack_values(torch.tensor(scales)), "fp32", len(scales))  # as sent
+        scale_t = torch.tensor(scales, dtype=torch.float32)  # as sent
         w = BitWriter()
         for tern in ternaries:
             _write_ternary(tern, w)
-        specs = [TensorSpec(name, tuple(t.shape), torch.float32) for name, t in tensors.items()]
+        specs = specs_of(tensors)
         body = pack_values(scale_t) + w.getvalue()
         sent = _expand(specs, scale_t, ternaries)
         density = sum(int(np.count_nonzero(t)) for t in ternaries) / max(sum(t.size for t in ternaries), 1)

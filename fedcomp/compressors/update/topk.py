@@ -16,7 +16,7 @@ import torch
 
 from fedcomp.coding import TensorSpec
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
-from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor
+from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor, float32_update
 from fedcomp.compressors.update.sparse import (
     SparseParams,
     decode_sparse,
@@ -43,7 +43,7 @@ class SparseCompressor(UpdateCompressor):
 
     def encode(self, update: Update, state: State | None = None, ctx: EncodeContext | None = None) -> Encoded:
         ctx = ctx or EncodeContext()
-        tensors = {k: v.detach().to("cpu", torch.float32) for k, v in update.items()}
+        tensors = float32_update(update)
         total = sum(t.numel() for t in tensors.values())
 
         def attempt(density: float, budgeted: bool) -> tuple[bytes, dict[str, torch.Tensor], int]:
