@@ -65,6 +65,9 @@ def test_float_tabular_data_trains_a_regression_with_its_own_loss_and_metric(tmp
     assert losses[-1] < 0.25 * before and losses == sorted(losses, reverse=True), (before, losses)
     errors = [r["server_metrics"]["test_mean_abs_error"] for r in rows]  # the script's own test metric
     assert errors == sorted(errors, reverse=True) and errors[-1] < errors[0]
+    # ... measured by the clients too, on their own held-out data (federation.evaluate_on = "both").
+    on_clients = [r["federated_eval"]["test_mean_abs_error"] for r in rows]
+    assert all(r["federated_eval"]["clients"] == 4 for r in rows) and on_clients[-1] < on_clients[0]
     table = format_rounds_table(rows)  # what `fedcomp run` prints: the test loss, as there is no accuracy
     assert "test loss" in table.splitlines()[0] and f"{losses[-1]:.4f}" in table.splitlines()[-1]
 

@@ -31,6 +31,7 @@ from fedcomp.clients.training import (
     evaluate,
     evaluate_metric,
     loss_fn,
+    metric_key,
     model_delta,
     resolve_device,
     scheduled,
@@ -251,5 +252,5 @@ def evaluate_local(msg: Message, context: Context) -> Message:
         metrics["test_accuracy"] = acc
     if rt.cfg.client.eval_metric:
         fn = resolve(rt.cfg.client.eval_metric, "client.eval_metric")
-        metrics[f"test_{getattr(fn, '__name__', 'metric')}"] = evaluate_metric(model, rt.local_test, rt.device, fn)
+        metrics[metric_key(fn)] = evaluate_metric(model, rt.local_test, rt.device, fn)
     return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)

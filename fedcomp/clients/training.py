@@ -151,6 +151,11 @@ def evaluate_metric(
     return total / max(len(data), 1)
 
 
+def metric_key(metric: Callable) -> str:
+    """Where ``client.eval_metric``'s value is recorded: ``test_<its name>``, on the server and the clients."""
+    return f"test_{getattr(metric, '__name__', 'metric')}"
+
+
 def float_state(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
     """The model's floating-point state (parameters and float buffers), detached on CPU."""
     return OrderedDict(

@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, R
 from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
-from fedcomp.clients.training import evaluate, evaluate_metric, loss_fn, resolve_device
+from fedcomp.clients.training import evaluate, evaluate_metric, loss_fn, metric_key, resolve_device
 from fedcomp.compressors.model.base import Snapshot
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_to_json
 from fedcomp.config import ExperimentConfig
@@ -194,8 +194,8 @@ def serve(
         if evaluation_due(cfg, server_round) and cfg.federation.evaluate_on != "clients":
             loss, acc = evaluate_state(snapshot.state, snapshot.structure)
             if metric is not None:  # the user's own test metric, on the model just evaluated
-                name = f"test_{getattr(metric, '__name__', 'metric')}"
-                server_metrics[name] = evaluate_metric(eval_models[snapshot.structure], split.test, device, metric)
+                evaluated = eval_models[snapshot.structure]
+                server_metrics[metric_key(metric)] = evaluate_metric(evaluated, split.test, device, metric)
             if not snapshot.is_global:
                 _, server_metrics["global_test_accuracy"] = evaluate_state(state, strategy.structure)
         row = RoundRow(
