@@ -30,7 +30,6 @@ import json
 import statistics
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
 
 import fedcomp
@@ -84,23 +83,22 @@ def run_figures(seed: int, rows: list[dict]) -> dict:
 def from_run_dirs(folders: list[str], table: dict[str, dict], rounds: int) -> dict[str, dict[str, list[dict]]]:
     """(partition → method → runs) from complete run directories: each run's method is the entry of ``table``
     whose every key its ``[uplink]`` section has, with the same value."""
-    from fedcomp.servers.recorder import read_rounds
+    from fedcomp.reports.runs import ReportError, load_run
 
     found: dict[str, dict[str, list[dict]]] = {}
     for folder in folders:
         for run_dir in sorted(Path(folder).iterdir()):
-            summary, config = run_dir / "summary.json", run_dir / "config.toml"
-            if not (summary.exists() and config.exists()):
+            try:
+                run = load_run(run_dir)
+            except ReportError:  # not a run directory
                 continue
-            if json.loads(summary.read_text())["status"] != "complete":
+            if run.status != "complete" or run.planned_rounds != rounds:
                 continue
-            cfg = tomllib.loads(config.read_text())
-            if cfg["federation"]["rounds"] != rounds:
-                continue
-            method = next((m for m, u in table.items() if all(cfg["uplink"].get(k) == v for k, v in u.items())), None)
-            runs = found.setdefault(cfg["data"]["partition"], {}).setdefault(method, []) if method else None
-            if runs is not None and all(r["seed"] != cfg["seed"] for r in runs):  # a seed run twice counts once
-                runs.append(run_figures(cfg["seed"], read_rounds(run_dir)))
+            uplink = run.config.get("uplink", {})
+            method = next((m for m, u in table.items() if all(uplink.get(k) == v for k, v in u.items())), None)
+            runs = found.setdefault(run.get("data.partition"), {}).setdefault(method, []) if method else None
+            if runs is not None and all(r["seed"] != run.seed for r in runs):  # a seed run twice counts once
+                runs.append(run_figures(run.seed, run.rows))
     return found
 
 
