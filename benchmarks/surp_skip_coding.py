@@ -6,8 +6,8 @@ refresh. Skips are geometric with p = |candidates|/n, and the pool of
 candidates changes within a payload: it shrinks as picks use it up and a
 refresh restores about β. The payload codes every symbol with one Golomb
 parameter M fitted to their mean (sent, Elias-δ). This script measures
-what two adaptive codes would save, bit-exact (code lengths of the same
-truncated-binary Golomb code the payload uses):
+what two adaptive codes would save, bit-exact (each code written by the payload's own
+Golomb and Elias coders and its length counted):
 
 - ``per_refresh``: one M per stretch between refreshes, fitted to that
   stretch and sent (Elias-γ, its side information counted);
@@ -39,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rate_distortion import laplace_source, training_sources  # noqa: E402
 
+from fedcomp.coding import BitWriter, elias_delta_encode, elias_gamma_encode, golomb_encode  # noqa: E402
 from fedcomp.coding.codes import golomb_parameter_for, golomb_parameter_from_mean  # noqa: E402
 from fedcomp.compressors.update.surp import SurpParams, run_encoder, write_stream  # noqa: E402
 
@@ -47,22 +48,21 @@ EMA_WEIGHT = 1.0 / 16
 
 
 def golomb_bits(x: np.ndarray, m: np.ndarray | int) -> int:
-    """Total length of the Golomb codes of ``x`` with parameter(s) ``m`` (the payload's code)."""
+    """Total length of the Golomb codes of ``x`` with parameter(s) ``m``, as the payload's own coder writes them.
+
+    Each symbol's code depends only on it and its M, so symbols are coded in groups of equal M.
+    """
     x = np.asarray(x, dtype=np.int64)
-    m = np.broadcast_to(np.asarray(m, dtype=np.int64), x.shape)
-    q, r = x // m, x % m
-    b = np.ceil(np.log2(m)).astype(np.int64)  # ⌈log₂ M⌉, 0 for M = 1
-    short = r < (1 << b) - m
-    return int((q + 1).sum() + np.where(b == 0, 0, np.where(short, b - 1, b)).sum())
+    ms = np.broadcast_to(np.asarray(m, dtype=np.int64), x.shape)
+    return sum(golomb_encode(x[ms == value], int(value), BitWriter()).nbits for value in np.unique(ms))
 
 
 def elias_gamma_bits(v: int) -> int:
-    return 2 * int(v).bit_length() - 1
+    return elias_gamma_encode([int(v)], BitWriter()).nbits
 
 
 def elias_delta_bits(v: int) -> int:
-    n = int(v).bit_length()
-    return n - 1 + elias_gamma_bits(n)
+    return elias_delta_encode([int(v)], BitWriter()).nbits
 
 
 def fixed_code(symbols: np.ndarray) -> int:
