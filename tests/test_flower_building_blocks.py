@@ -26,21 +26,13 @@ from fedcomp.flower import CompressedStrategy, CompressionMod, TransportError, r
 from fedcomp.flower.transport import TRANSPORT_KEY
 from fedcomp.messages import PAYLOAD_KEY, payload_from
 from fedcomp.strategies import STRATEGIES, build_strategy
+from tests.flower_grid import InMemoryFederation
 
 pytestmark = pytest.mark.usefixtures("task_identity")  # tests/conftest.py: messages need a run and task id
 
 ARCH = Architecture("mlp", (1, 4, 4), 3)
-NODES = [11, 22, 33, 44, 55]
-
-
-class NodeList:
-    """The one thing a strategy asks of the grid when it configures a round: which nodes are connected."""
-
-    def __init__(self, nodes: list[int]) -> None:
-        self.nodes = nodes
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.nodes)
+FEDERATION = InMemoryFederation(5)  # Flower's own grid: strategies ask it which nodes are connected
+NODES = FEDERATION.node_ids
 
 
 def contexts() -> dict[int, Context]:
@@ -75,7 +67,7 @@ def initial_state(seed: int = 0) -> OrderedDict[str, torch.Tensor]:
 
 def run_round(strategy, server_round: int, state, ctxs, mod=None, train=local_train):
     """configure_train → each node (through the mod, if any) → aggregate_train; returns the new state and the wire."""
-    messages = list(strategy.configure_train(server_round, ArrayRecord(state), ConfigRecord(), NodeList(NODES)))
+    messages = list(strategy.configure_train(server_round, ArrayRecord(state), ConfigRecord(), FEDERATION.grid))
     replies, sent = [], {}
     for m in messages:
         node = int(m.metadata.dst_node_id)
@@ -206,7 +198,7 @@ def test_the_mod_leaves_other_messages_alone_and_names_what_a_train_function_got
     assert seen[0] is plain and "arrays" not in plain.content  # no transport settings: not the mod's message
 
     strategy = CompressedStrategy(FedAvg(), arch=ARCH)
-    (msg, *_) = strategy.configure_train(1, ArrayRecord(initial_state()), ConfigRecord(), NodeList(NODES))
+    (msg, *_) = strategy.configure_train(1, ArrayRecord(initial_state()), ConfigRecord(), FEDERATION.grid)
 
     def two_records(m, c):
         arrays = m.content["arrays"]

@@ -10,6 +10,7 @@ import json
 import pytest
 
 import fedcomp
+from tests.flower_grid import InMemoryFederation
 
 UPLINKS = {
     "surp": {"name": "surp", "density": 0.001},
@@ -52,7 +53,8 @@ def test_every_uplink_through_fedcomps_own_client_and_server(make_config, name):
     cfg = config_from_dict(make_config(uplink=uplink, client={"local_steps": 2}, federation={"rounds": 2}))
     model = initial_model(cfg, (1, 28, 28), 10)
     strategy = compressed_strategy(cfg, Architecture.of_config(cfg, (1, 28, 28), 10))
-    nodes = [101, 202, 303]
+    federation = InMemoryFederation(3)  # Flower's own grid: the sampler asks it which nodes are connected
+    nodes = federation.node_ids
     contexts = {
         n: Context(
             run_id=1, node_id=n, node_config={"partition-id": i, "num-partitions": 3}, state=RecordDict(), run_config={}
@@ -60,14 +62,10 @@ def test_every_uplink_through_fedcomps_own_client_and_server(make_config, name):
         for i, n in enumerate(nodes)
     }
 
-    class Connected:  # the one thing the sampler asks of the grid
-        def get_node_ids(self):
-            return nodes
-
     arrays, rows, mod = ArrayRecord(model.state_dict()), [], CompressionMod()
     for server_round in (1, 2):
         config = ConfigRecord({EXPERIMENT_KEY: json.dumps(cfg.to_dict())})
-        messages = strategy.configure_train(server_round, arrays, config, Connected())
+        messages = strategy.configure_train(server_round, arrays, config, federation.grid)
         replies = []
         for m in messages:
             replies.append(mod(m, contexts[int(m.metadata.dst_node_id)], train))

@@ -14,46 +14,17 @@ import time
 
 import pytest
 from flwr.app import Message, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.proto.task_pb2 import Task  # pylint: disable=no-name-in-module
-from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
-from flwr.server.superlink.linkstate import LinkStateFactory
-from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
-from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
-from flwr.supercore.object_store import ObjectStoreFactory
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
-from flwr.superlink.federation import NoOpFederationManager
-from flwr.superlink.grid import InMemoryGrid
 
 from fedcomp.errors import RunInterruptedError
 from fedcomp.servers.stopping import StoppableGrid, ctrl_c_stops
 from fedcomp.strategies.sampling import NotEnoughClientsError, SeededSampler
+from tests.flower_grid import InMemoryFederation
 
-
-class Federation:
-    """Flower's in-memory link state with a run and ``nodes`` registered, set up as its simulation does."""
-
-    def __init__(self, nodes: int) -> None:
-        self.factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
-        self.node_ids = list(_register_nodes(nodes, self.factory))
-        run = Run.create_empty(run_id=7)
-        run.primary_task_id, run.federation_id = 9, NOOP_FEDERATION_ID
-        state = self.factory.state()
-        state.run_ids[7] = RunRecord(run=run)
-        state.task_store[9] = Task(task_id=9, run_id=7)
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, SUPERLINK_NODE_ID
-        self.grid = InMemoryGrid(state_factory=self.factory)
-        self.grid.set_run(run)
-
-    def add_node_after(self, seconds: float) -> threading.Timer:
-        timer = threading.Timer(seconds, lambda: self.node_ids.extend(_register_nodes(1, self.factory)))
-        timer.start()
-        return timer
+pytestmark = pytest.mark.usefixtures("task_identity")  # pushing messages needs Flower's task identity
 
 
 def test_the_sampler_waits_for_every_node_to_join():
-    fed = Federation(2)
+    fed = InMemoryFederation(2)
     joined = fed.add_node_after(0.3)
     sampler = SeededSampler(num_clients=3, fraction=1.0, min_nodes=2, node_wait_s=30.0)
     t0 = time.monotonic()
@@ -63,7 +34,7 @@ def test_the_sampler_waits_for_every_node_to_join():
 
 
 def test_past_the_wait_the_sampler_samples_the_nodes_that_joined(caplog):
-    fed = Federation(2)
+    fed = InMemoryFederation(2)
     sampler = SeededSampler(num_clients=3, fraction=1.0, min_nodes=2, node_wait_s=0.2)
     with caplog.at_level(logging.WARNING, logger="fedcomp.strategies.sampling"):
         assert sampler(fed.grid, 1) == sorted(fed.node_ids)
@@ -71,14 +42,14 @@ def test_past_the_wait_the_sampler_samples_the_nodes_that_joined(caplog):
 
 
 def test_fewer_nodes_than_a_round_needs_is_a_named_error():
-    fed = Federation(2)
+    fed = InMemoryFederation(2)
     sampler = SeededSampler(num_clients=3, fraction=1.0, min_nodes=3, node_wait_s=0.2)
     with pytest.raises(NotEnoughClientsError, match=r"2 nodes connected .* need at least 3"):
         sampler(fed.grid, 1)
 
 
 def test_a_stop_request_ends_the_wait_for_replies_at_once():
-    fed = Federation(2)
+    fed = InMemoryFederation(2)
     stop = threading.Event()
     grid = StoppableGrid(fed.grid, stop)
     messages = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in fed.node_ids]
@@ -92,7 +63,7 @@ def test_a_stop_request_ends_the_wait_for_replies_at_once():
 
 
 def test_without_a_stop_the_wait_for_replies_ends_at_the_timeout_with_what_came():
-    fed = Federation(1)
+    fed = InMemoryFederation(1)
     grid = StoppableGrid(fed.grid, threading.Event())
     t0 = time.monotonic()
     replies = grid.send_and_receive(
