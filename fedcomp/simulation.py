@@ -237,12 +237,9 @@ def _execute(
                 verbose_logging=verbose,
             )
     except (RunInterruptedError, KeyboardInterrupt) as exc:
-        done_rounds = len(read_rounds(path))
-        recorder.finish("interrupted", f"stopped by Ctrl-C after {done_rounds} of {cfg.federation.rounds} rounds")
-        raise RunInterruptedError(
-            f"stopped by Ctrl-C after {done_rounds} of {cfg.federation.rounds} rounds; "
-            f"continue with: fedcomp run --resume {path}"
-        ) from exc
+        error = f"stopped by Ctrl-C after {len(recorder.rows)} of {cfg.federation.rounds} rounds"
+        recorder.finish("interrupted", error)
+        raise RunInterruptedError(f"{error}; continue with: fedcomp run --resume {path}") from exc
     except BaseException as exc:
         recorder.finish("failed", f"{type(exc).__name__}: {exc}")
         raise
