@@ -19,6 +19,7 @@ from fedcomp.cli import main as cli_main
 from fedcomp.compressors.update.identity import IdentityCompressor
 from fedcomp.servers.recorder import load_checkpoint, read_rounds
 from tests.conftest import small_config
+from tests.processes import stop
 from tests.simulated import SIMULATIONS
 
 
@@ -127,9 +128,7 @@ def test_ctrl_c_stops_a_run_at_once_and_leaves_it_resumable(tmp_path):
         rc = proc.wait(timeout=90)  # Ray's shutdown takes seconds; the old hang took the round timeout
         stopped_in = time.monotonic() - t0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
+        stop(proc)  # a no-op once it exited; else its whole group goes
     stderr = proc.stderr.read().decode()
     assert rc == 130, stderr[-2000:]
     assert f"fedcomp run --resume {run_dir}" in stderr
