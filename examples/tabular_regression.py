@@ -1,5 +1,8 @@
 """Tabular float data and regression: your own loader, model, loss and test metric; top-k updates.
 
+The metric is measured on the server's test set and, with ``federation.evaluate_on = "both"``, by every
+client on the share of its own data it holds out (``data.client_test_fraction``).
+
     python examples/tabular_regression.py [--rounds 5] [--output-dir runs]
 
 The loader makes a synthetic regression problem (y = x·w + noise, 20
