@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedcomp import engine
 from fedcomp.clients.state import drop_rounds_after
 from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, load_config
 from fedcomp.errors import RunFailedError, RunInterruptedError
@@ -158,19 +159,22 @@ def run(
     run_dir: str | Path | None = None,
     progress: bool = True,
     verbose: bool = False,
+    label: str | None = None,
 ) -> RunResult:
     """Run one experiment end to end and return its recorded rows.
 
     ``config`` is an :class:`ExperimentConfig`, a dict in the TOML shape, or
     a path to a TOML file. The run directory is ``run_dir`` if given, else a
-    new one under ``output_dir``.
+    new one under ``output_dir``. ``label`` names the run on its progress bar
+    (default: the config's ``name``). Inside :func:`fedcomp.shared_engine`
+    the engine started by an earlier run is used again.
     """
     cfg = as_config(config)
     check_experiment(cfg)
     path = prepare_run_dir(run_dir) if run_dir is not None else new_run_dir(cfg)
     with lock_run_dir(path):
         recorder = RunRecorder(path, cfg, meta=software_versions())
-        return _execute(cfg, path, recorder, None, progress, verbose)
+        return _execute(cfg, path, recorder, None, progress, verbose, label)
 
 
 def resume(run_dir: str | Path, *, progress: bool = True, verbose: bool = False) -> RunResult:
@@ -212,6 +216,7 @@ def _execute(
     start: Checkpoint | None,
     progress: bool,
     verbose: bool,
+    label: str | None = None,
 ) -> RunResult:
     from flwr.simulation import run_simulation
 
@@ -223,12 +228,12 @@ def _execute(
         _secure_local_ray()
     stop = threading.Event()
     server_app = build_server_app(
-        cfg, recorder, progress, start, client_state_dir=path.resolve() / CLIENT_STATE_DIR, stop=stop
+        cfg, recorder, progress, start, client_state_dir=path.resolve() / CLIENT_STATE_DIR, stop=stop, label=label
     )
     logger.info("run directory: %s", path)
     t0 = time.perf_counter()
     try:
-        with _engine_log(path, verbose), ctrl_c_stops(stop):
+        with _engine_log(path, verbose), ctrl_c_stops(stop), engine.backend_for_run():
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,

@@ -3,7 +3,7 @@
     sweep_dir/
         sweep.json                       the grid, the seeds and every run with its status
         .lock                            held by the sweep while it runs (a second sweep here is refused)
-        uplink.name-surp__seed-0/        an ordinary run directory
+        uplink.name=surp__seed=0/        an ordinary run directory (one name per grid point and seed)
         ...
         .attempts/                       earlier, unfinished attempts of a run (kept, not reported)
 
@@ -120,11 +120,20 @@ def plan(base: dict[str, Any], grid: dict[str, list[Any]], seeds: int) -> list[t
     return out
 
 
-def _slug(combo: dict[str, Any], seed: int) -> str:
-    def show(v: Any) -> str:
-        return ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else str(v)
+def _flat(key: str, value: Any) -> list[tuple[str, Any]]:
+    """A grid value as dotted keys: ``uplink={name="surp", density=0.01}`` is ``uplink.name``, ``uplink.density``."""
+    if isinstance(value, dict):
+        return [item for k, v in value.items() for item in _flat(f"{key}.{k}", v)]
+    return [(key, value)]
 
-    parts = [f"{k}-{show(v)}" for k, v in combo.items()] + [f"seed-{seed}"]
+
+def _slug(combo: dict[str, Any], seed: int) -> str:
+    """A run's directory name: ``uplink.name=surp__uplink.density=0.01__seed=0``.
+
+    One scheme whatever the interface: a table value given on the command
+    line and the same keys given dotted from Python name the same directory.
+    """
+    parts = [f"{k}={v}" for key, value in combo.items() for k, v in _flat(key, value)] + [f"seed={seed}"]
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", "__".join(parts))
 
 
@@ -165,6 +174,20 @@ def _run_all(
     verbose: bool,
 ) -> SweepResult:
     """The sweep's loop, run while the sweep directory is locked."""
+    from fedcomp.engine import shared_engine
+
+    with shared_engine():  # one engine start for the whole sweep, not one per run
+        return _run_each(root, runs, grid, seeds, progress, verbose)
+
+
+def _run_each(
+    root: Path,
+    runs: list[tuple[SweepRun, ExperimentConfig]],
+    grid: dict[str, list[Any]],
+    seeds: int,
+    progress: bool,
+    verbose: bool,
+) -> SweepResult:
     from fedcomp.simulation import run
 
     result = SweepResult(root, [r for r, _ in runs])
@@ -190,7 +213,7 @@ def _run_all(
         _write_state(root, grid, seeds, result.runs, state)
         _say(progress, f"[{i}/{len(runs)}] {entry.dir}")
         try:
-            res = run(cfg, run_dir=path, progress=progress, verbose=verbose)
+            res = run(cfg, run_dir=path, progress=progress, verbose=verbose, label=f"[{i}/{len(runs)}] {entry.dir}")
         except (KeyboardInterrupt, RunInterruptedError):  # Ctrl-C stops the sweep, not only this run
             entry.status, entry.error = "failed", "interrupted"
             _write_state(root, grid, seeds, result.runs, state)

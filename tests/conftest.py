@@ -9,6 +9,27 @@ import pytest
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_engine_per_test_process():
+    """Simulations share one engine (Ray and its client actors) per test process, as a sweep does.
+
+    The engine's start-up (ray.init, then actors importing torch) is most of a tiny run's time; a test
+    that must see a fresh start takes the ``fresh_engine`` fixture.
+    """
+    from fedcomp.engine import shared_engine
+
+    with shared_engine():
+        yield
+
+
+@pytest.fixture
+def fresh_engine():
+    """The next run starts its own engine, as a run outside ``shared_engine()`` does."""
+    from fedcomp.engine import release
+
+    release()
+
+
 @pytest.fixture
 def task_identity():
     """Flower's server runtime sets these before a ServerApp builds messages; tests that build messages do too."""

@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ from fedcomp.cli import main as cli_main
 from fedcomp.config import ConfigError
 from fedcomp.reports import ReportError, make_report
 from fedcomp.servers.recorder import read_rounds
-from fedcomp.sweep import parse_grid, run_sweep
+from fedcomp.sweep import parse_grid, plan, run_sweep
 from tests.conftest import small_config
 
 GRID = {"uplink": [{"name": "identity"}, {"name": "surp", "density": 0.01}]}
@@ -162,6 +163,14 @@ def test_bad_report_inputs_get_clear_errors(sweep, tmp_path, capsys):
         make_report([sweep.sweep_dir / sweep.runs[0].dir, other], tmp_path / "out")
     assert cli_main(["report", str(tmp_path / "missing"), "-o", str(tmp_path / "out")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_sweep_directories_have_one_name_whichever_way_the_grid_is_written():
+    base = small_config(Path("/nonexistent"))
+    from_cli = plan(base, parse_grid(['uplink={name="surp",density=0.01}']), seeds=2)
+    from_python = plan(base, {"uplink.name": ["surp"], "uplink.density": [0.01]}, seeds=2)
+    names = ["uplink.name=surp__uplink.density=0.01__seed=0", "uplink.name=surp__uplink.density=0.01__seed=1"]
+    assert [r.dir for r, _ in from_cli] == [r.dir for r, _ in from_python] == names
 
 
 def test_grid_keys_that_do_not_exist_stop_the_sweep_before_it_runs(tmp_path, capsys):
@@ -361,7 +370,7 @@ def test_a_sweep_whose_runs_fail_exits_1_and_records_why(tmp_path, capsys):
     assert run["status"] == "failed" and "data.data_dir" in run["error"]
 
 
-def test_a_sweep_started_again_moves_an_unfinished_run_aside_and_redoes_it(sweep, tmp_path):
+def test_a_sweep_started_again_moves_an_unfinished_run_aside_and_redoes_it(sweep, tmp_path, capfd):
     again_dir = tmp_path / "again"
     shutil.copytree(sweep.sweep_dir, again_dir, ignore=shutil.ignore_patterns(".lock"))
     crashed = again_dir / sweep.runs[3].dir
@@ -370,8 +379,11 @@ def test_a_sweep_started_again_moves_an_unfinished_run_aside_and_redoes_it(sweep
     summary = json.loads((crashed / "summary.json").read_text())
     (crashed / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
     (crashed / "model.pt").unlink()
-    res = run_sweep(sweep_config(tmp_path), GRID, seeds=2, sweep_dir=again_dir, progress=False)
+    res = run_sweep(sweep_config(tmp_path), GRID, seeds=2, sweep_dir=again_dir, progress=True)
     assert [r.status for r in res.runs] == ["skipped"] * 3 + ["complete"]
+    # The progress bar names the grid point and seed it is running, not the experiment.
+    err = capfd.readouterr().err
+    assert "[4/4] uplink.name=surp__uplink.density=0.01__seed=1: 100%" in err, err[-1500:]
     (attempt,) = (again_dir / ".attempts").iterdir()
     assert _rows(attempt) == _rows(sweep.sweep_dir / sweep.runs[3].dir)[:1]  # kept as it was, not deleted
     redone = _rows(crashed)

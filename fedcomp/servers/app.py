@@ -138,8 +138,11 @@ def serve(
     show_progress: bool = True,
     start: Checkpoint | None = None,
     client_state_dir: Path | None = None,
+    label: str | None = None,
 ) -> None:
     """Run the federation for ``cfg`` on ``grid``, recording every round.
+
+    ``label``: the progress bar's name for this run (default ``cfg.name``; a sweep gives the grid point).
 
     ``start``: continue after this checkpoint's round from its model.
     ``client_state_dir``: where simulated clients keep their state files
@@ -170,7 +173,7 @@ def serve(
         total=rounds,
         initial=done,
         unit="round",
-        desc=f"{cfg.name}: starting the engine and {cfg.federation.num_clients} clients",
+        desc=f"{label or cfg.name}: starting the engine and {cfg.federation.num_clients} clients",
         disable=not show_progress,
         dynamic_ncols=True,
     )
@@ -246,7 +249,7 @@ def serve(
     # The warm-up is not a round: the bar's clock (its rate and ETA) starts now.
     bar.reset(total=rounds)
     bar.initial = bar.n = done
-    bar.set_description(cfg.name, refresh=False)
+    bar.set_description(label or cfg.name, refresh=False)
     bar.set_postfix({"clients ready": f"{len(strategy.roster.partition_of)}/{cfg.federation.num_clients}"})
     train_config = config_record(cfg.to_dict())
     if client_state_dir is not None:
@@ -279,6 +282,7 @@ def build_server_app(
     start: Checkpoint | None = None,
     client_state_dir: Path | None = None,
     stop: threading.Event | None = None,
+    label: str | None = None,
 ) -> ServerApp:
     """A ServerApp bound to one experiment and its run directory (see :func:`serve`).
 
@@ -290,6 +294,6 @@ def build_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         rounds_grid = StoppableGrid(grid, stop) if stop is not None else grid
-        serve(rounds_grid, cfg, recorder, show_progress, start, client_state_dir)
+        serve(rounds_grid, cfg, recorder, show_progress, start, client_state_dir, label)
 
     return app

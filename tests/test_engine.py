@@ -1,0 +1,54 @@
+"""One engine for several runs (``fedcomp.shared_engine``): the same worker processes, the same results.
+
+The suite runs inside one shared engine per test process (``conftest.one_engine_per_test_process``);
+here ``fresh_engine`` makes the first run start its own, as a run outside the block does.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+import fedcomp
+from fedcomp.clients.training import train_local
+from fedcomp.engine import release
+
+
+def train_reporting_pid(model, data, config, *, device, generator, loss_term, loss, server_round) -> dict:
+    """fedcomp's own training, plus the id of the worker process that ran it (a metric in the row)."""
+    stats = train_local(model, data, config, generator, device, loss_term=loss_term, loss=loss)
+    return {"train_loss": stats.loss, "local_steps": stats.steps, "worker_pid": os.getpid()}
+
+
+KEYS = ("clients", "train_loss", "test_accuracy", "uplink_bytes", "downlink_bytes")
+
+
+def test_a_shared_engine_serves_the_next_run_with_the_same_workers_and_the_same_results(make_config, fresh_engine):
+    cfg = make_config(
+        federation={"num_clients": 3, "rounds": 2}, client={"local_steps": 3, "train_fn": train_reporting_pid}
+    )
+    first = fedcomp.run(cfg, progress=False).rows
+    assert ray.is_initialized()  # kept for the next run, not shut down
+    again = fedcomp.run(cfg, progress=False).rows
+    pid = round(first[0]["client_metrics"]["worker_pid"])
+    assert pid != os.getpid()  # trained in a Ray worker, not in the driver
+    assert [round(r["client_metrics"]["worker_pid"]) for r in first + again] == [pid] * 4
+    assert [[r[k] for k in KEYS] for r in again] == [[r[k] for k in KEYS] for r in first]
+
+    release()  # a fresh engine: new worker processes, the same results
+    assert not ray.is_initialized()
+    fresh = fedcomp.run(cfg, progress=False).rows
+    assert round(fresh[0]["client_metrics"]["worker_pid"]) != pid
+    assert [[r[k] for k in KEYS] for r in fresh] == [[r[k] for k in KEYS] for r in first]
+
+
+def test_other_client_resources_get_a_new_pool_of_workers(make_config):
+    cfg = make_config(
+        federation={"num_clients": 3, "rounds": 1}, client={"local_steps": 2, "train_fn": train_reporting_pid}
+    )
+    one_actor = fedcomp.run(cfg, progress=False).rows
+    half_cpu = {**cfg, "simulation": {"num_cpus": (os.cpu_count() or 1) / 2}}  # two actors at once
+    two_actors = fedcomp.run(half_cpu, progress=False).rows
+    assert round(one_actor[0]["client_metrics"]["worker_pid"]) != round(two_actors[0]["client_metrics"]["worker_pid"])
+    assert [r["test_accuracy"] for r in two_actors] == [r["test_accuracy"] for r in one_actor]
