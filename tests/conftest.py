@@ -9,6 +9,36 @@ import pytest
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
+# Seconds each file's tests took on a 2-core machine (pytest --durations, December 2026). pytest-xdist's
+# loadfile hands whole files to the two workers in collection order; starting with the longest ones
+# (longest processing time first) keeps both workers busy to the end instead of one finishing minutes
+# early. Files not listed keep their order after these.
+FILE_SECONDS = {
+    "test_resume_and_faults.py": 215,
+    "test_own_code.py": 150,
+    "test_reports.py": 95,
+    "test_server_compression_lc.py": 70,
+    "test_simulation_configs.py": 77,
+    "test_hostile_payloads.py": 65,
+    "test_hostile_clients.py": 60,
+    "test_deployment.py": 57,
+    "test_server_compression_structured.py": 54,
+    "test_example_flower_app.py": 54,
+    "test_ray_cluster.py": 52,
+    "test_simulation.py": 48,
+    "test_engine.py": 30,
+    "test_update_compressors.py": 30,
+    "test_simulation_strategies.py": 27,
+    "test_model_compressors.py": 25,
+    "test_reproducibility.py": 22,
+    "test_udfc.py": 20,
+}
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))  # stable: order within a file kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_engine_per_test_process():
     """Simulations share one engine (Ray and its client actors) per test process, as a sweep does.
