@@ -21,7 +21,7 @@ install: $(STAMP)
 ## at 1% density, then a report comparing the two (run again: complete runs are kept).
 DEMO_GRID := uplink={name="identity"},{name="surp",density=0.01}
 demo: $(STAMP)
-	$(BIN)/fedcomp sweep simulations/demo.toml --grid '$(DEMO_GRID)' --sweep-dir runs/demo --report
+	$(BIN)/fedcomp sweep demo --grid '$(DEMO_GRID)' --sweep-dir runs/demo --report
 
 ## Lint, then the whole test suite (two workers).
 test: $(STAMP)

@@ -33,7 +33,7 @@ def _compressor_params(params_cls: type | None) -> list[list[str]]:
             value = repr(f.default_factory())
         else:
             value = "(required)"
-        shown.append([f.name, value if len(value) <= SHOWN_DEFAULT_CHARS else "(see the README)"])
+        shown.append([f.name, value if len(value) <= SHOWN_DEFAULT_CHARS else "(see docs/)"])
     return shown
 
 

@@ -1,4 +1,8 @@
-"""The ``fedcomp`` command line: ``run``, ``sweep``, ``report`` and ``list``."""
+"""The ``fedcomp`` command line: ``run``, ``sweep``, ``report``, ``list`` and ``init``.
+
+Importing this module imports neither torch nor Flower (each command
+imports what it needs), so ``--help`` and ``list`` answer at once.
+"""
 
 from __future__ import annotations
 
@@ -54,16 +58,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.config or args.set or args.run_dir:
             raise ConfigError("--resume RUN_DIR takes the run's own config.toml: give no CONFIG, --set or --run-dir")
         result = resume(args.resume, progress=not args.no_progress, verbose=args.verbose)
-    elif not args.config:
-        raise ConfigError("give a CONFIG file to run, or --resume RUN_DIR")
     else:
-        cfg = load_config(args.config, args.set or [])
+        cfg = load_config(args.config, args.set or []) if args.config else _defaults(args.set or [])
         result = run(cfg, run_dir=args.run_dir, progress=not args.no_progress, verbose=args.verbose)
     print(format_rounds_table(result.rows))
     print(f"\nrun directory: {result.run_dir}")
     if args.report:
         _print_report([result.run_dir], Path(result.run_dir) / "report", None, False)
     return 0
+
+
+def _defaults(overrides: list[str]) -> Any:
+    """``fedcomp run`` with no CONFIG: every key at its default, then the ``--set`` overrides."""
+    from fedcomp.config import apply_overrides, config_from_dict
+
+    return config_from_dict(apply_overrides({}, overrides))
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -116,48 +125,26 @@ def _print_report(paths: Sequence[str | Path], out: Path, target: float | None, 
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from fedcomp.compressors.model import MODEL_COMPRESSORS
-    from fedcomp.compressors.update import UPDATE_COMPRESSORS
-    from fedcomp.data import DATASETS
-    from fedcomp.models import MODELS
+    """Every method with its whole description and its parameters (from the catalogue: no torch import)."""
+    import textwrap
 
-    families = (
-        ("datasets", DATASETS),
-        ("models", MODELS),
-        ("uplink compressors ([uplink] name)", UPDATE_COMPRESSORS),
-        ("model compressors ([server_compression] name)", MODEL_COMPRESSORS),
-    )
-    for title, registry in families:
-        print(f"{title}:")
-        for name in registry:
-            print(f"  {name:<16} {registry.summary(name)}")
-            _print_params(_param_defaults(getattr(registry.get(name), "Params", None)))
-    _list_strategies()
+    from fedcomp.catalogue import load
+
+    for family in load()["families"]:
+        print(f"{family['title']}:")
+        for entry in family["entries"]:
+            lines = textwrap.wrap(entry["description"], 100 - 19) or [""]
+            print(f"  {entry['name']:<16} {lines[0]}")
+            for line in lines[1:]:
+                print(" " * 19 + line)
+            _print_params([f"{k} = {v}" for k, v in entry["params"]])
     return 0
 
 
-def _param_defaults(params_cls: type | None) -> str:
-    """A compressor's parameters with their defaults ("density = 0.01, values = 'fp32'"), or ""."""
-    import dataclasses
-
-    if params_cls is None or not dataclasses.is_dataclass(params_cls):
-        return ""
-    shown = []
-    for f in dataclasses.fields(params_cls):
-        if f.default is not dataclasses.MISSING:
-            value = "the method's own" if f.default is None and f.name == "error_feedback" else repr(f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            value = repr(f.default_factory())
-        else:
-            value = "(required)"
-        shown.append(f"{f.name} = {value if len(value) <= 40 else '(see the README)'}")
-    return ", ".join(shown)
-
-
-def _print_params(shown: str) -> None:
+def _print_params(items: list[str]) -> None:
     """Parameters under their method, wrapped to 100 columns between parameters (never inside one)."""
     line = ""
-    for item in shown.split(", ") if shown else []:
+    for item in items:
         if line and 21 + len(line) + 2 + len(item) > 100:
             print(" " * 21 + line + ",")
             line = ""
@@ -166,26 +153,19 @@ def _print_params(shown: str) -> None:
         print(" " * 21 + line)
 
 
-DERIVED_SHOWN = {"client_learning_rate": "client.lr unless set"}
+def _cmd_init(args: argparse.Namespace) -> int:
+    """Copy a packaged config to edit; never over an existing file."""
+    from fedcomp.configs import packaged_config
 
-
-def _list_strategies() -> None:
-    """Flower's strategies with their parameters and defaults (``[strategy]``)."""
-    import inspect
-
-    from fedcomp.strategies import STRATEGIES
-
-    print("strategies ([strategy] name, then its parameters; Flower's own):")
-    for name in STRATEGIES:
-        print(f"  {name:<16} {STRATEGIES.summary(name)}")
-        params = STRATEGIES.get(name).params()
-        if params:
-            _print_params(
-                ", ".join(
-                    f"{k} = {DERIVED_SHOWN.get(k, '(required)')}" if v is inspect.Parameter.empty else f"{k} = {v!r}"
-                    for k, v in params.items()
-                )
-            )
+    source = packaged_config(args.name)
+    dest = Path(args.dest) if args.dest else Path(f"{args.name}.toml")
+    if dest.is_dir():
+        dest = dest / source.name
+    if dest.exists():
+        raise ConfigError(f"{dest} exists; give another destination (fedcomp init {args.name} DEST)")
+    dest.write_bytes(source.read_bytes())
+    print(f"wrote {dest}: edit it, then: fedcomp run {dest}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,7 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_run = sub.add_parser("run", help="run one experiment from a TOML config")
-    p_run.add_argument("config", nargs="?", help="experiment TOML file (see simulations/)")
+    p_run.add_argument(
+        "config",
+        nargs="?",
+        help="experiment TOML file, or a packaged config's name (demo, ...: see fedcomp list); "
+        "none runs every key's default",
+    )
     p_run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p_run.add_argument(
         "--set",
@@ -208,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.set_defaults(func=_cmd_run)
 
     p_sweep = sub.add_parser("sweep", help="run a grid of configs x seeds, one run directory each")
-    p_sweep.add_argument("config", help="base experiment TOML file")
+    p_sweep.add_argument("config", help="base experiment TOML file, or a packaged config's name (demo, ...)")
     p_sweep.add_argument(
         "--grid",
         action="append",
@@ -236,8 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument("--allow-mixed", action="store_true", help="accept runs of different experiments")
     p_report.set_defaults(func=_cmd_report)
 
-    p_list = sub.add_parser("list", help="list datasets, models, compressors and strategies")
+    p_list = sub.add_parser("list", help="list datasets, models, compressors, strategies and example configs")
     p_list.set_defaults(func=_cmd_list)
+
+    p_init = sub.add_parser("init", help="copy a packaged example config to edit (fedcomp init demo)")
+    p_init.add_argument("name", help="a packaged config (see fedcomp list)")
+    p_init.add_argument("dest", nargs="?", help="file or folder to write (default: ./NAME.toml)")
+    p_init.set_defaults(func=_cmd_init)
     return parser
 
 
@@ -267,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedcomp: interrupted; finished rounds are kept in the run directory", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fedcomp list | head`: the reader left; nothing to report
+        sys.stdout = None  # type: ignore[assignment]  # no flush of the closed pipe at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ class ClientConfig:
     """The clients' learning rate across rounds: lr · lr_gamma^(r−1), or cosine from lr to 0 over the rounds."""
     lr_gamma: float = 0.99
     train_fn: str = ""
-    """Your own local training by import path (``"module:train"``); "" = fedcomp's loop. See README."""
+    """Your own local training by import path (``"module:train"``); "" = fedcomp's loop. See docs/own_code.md."""
 
     def validate(self, path: str) -> None:
         require(0 < self.lr_gamma <= 1, f"{path}.lr_gamma", "a number in (0, 1]")
@@ -392,8 +392,10 @@ def _user_code_as_paths(data: dict[str, Any], base_dir: str | Path | None) -> di
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Load a TOML file, apply ``key=value`` overrides, validate."""
-    p = Path(path)
+    """Load a TOML file (or a packaged config by name, ``"demo"``), apply ``key=value`` overrides, validate."""
+    from fedcomp.configs import config_path  # the package imports this module
+
+    p = config_path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:

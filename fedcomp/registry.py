@@ -12,6 +12,16 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+def first_paragraph(doc: str) -> str:
+    """A docstring's first paragraph on one line: the description ``fedcomp list`` shows, whole."""
+    lines = []
+    for line in doc.strip().splitlines():
+        if not line.strip():
+            break
+        lines.append(line.strip())
+    return " ".join(lines)
+
+
 class UnknownNameError(KeyError):
     """A name that is not in a registry; the message lists the choices."""
 
@@ -20,7 +30,7 @@ class UnknownNameError(KeyError):
 
 
 class Registry(Generic[T]):
-    """Maps names to entries of one family, with a one-line summary each."""
+    """Maps names to entries of one family, with a description each (given, or the docstring's first paragraph)."""
 
     def __init__(self, family: str) -> None:
         self.family = family
@@ -32,8 +42,7 @@ class Registry(Generic[T]):
             if name in self._entries:
                 raise ValueError(f"{self.family} {name!r} is registered twice")
             self._entries[name] = entry
-            doc = summary or (getattr(entry, "__doc__", None) or "").strip().splitlines()[:1]
-            self._summaries[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            self._summaries[name] = summary or first_paragraph(getattr(entry, "__doc__", None) or "")
             return entry
 
         return decorator

@@ -232,7 +232,9 @@ def _load_base(config: str | Path | dict[str, Any], overrides: list[str] | tuple
     if isinstance(config, dict):
         data = json.loads(json.dumps(config))
     else:
-        p = Path(config)
+        from fedcomp.configs import config_path
+
+        p = config_path(config)
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except OSError as exc:

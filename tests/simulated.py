@@ -8,7 +8,7 @@ from pathlib import Path
 import fedcomp
 from fedcomp.config import load_config
 
-SIMULATIONS = Path(__file__).resolve().parent.parent / "simulations"
+SIMULATIONS = Path(__file__).resolve().parent.parent / "fedcomp" / "configs"
 TINY = [
     "data.dataset=mnist5k",
     "federation.num_clients=3",

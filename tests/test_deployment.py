@@ -99,7 +99,7 @@ def test_superlink_and_two_supernodes_run_two_rounds_with_surp_on_their_own_data
         f"data.dataset='{here}:own_digits'", "data.per_node=true", f"data.data_dir='{tmp_path / 'server-data'}'",
         f"client.train_fn='{here}:counting_train'",
     ])  # fmt: skip
-    run_config = f'config="{ROOT / "simulations" / "deploy.toml"}" run-dir="{run_dir}" set="{own}"'
+    run_config = f'config="{ROOT / "fedcomp" / "configs" / "deploy.toml"}" run-dir="{run_dir}" set="{own}"'
     done = subprocess.run(
         [str(BIN / "flwr"), "run", ".", connection, "--stream", "--run-config", run_config],
         cwd=ROOT,

@@ -12,7 +12,7 @@ import pytest
 from fedcomp.config import dump_config, load_config
 from tests.simulated import assert_downlink_as_measured, run_config
 
-SIMULATIONS = Path(__file__).resolve().parent.parent / "simulations"
+SIMULATIONS = Path(__file__).resolve().parent.parent / "fedcomp" / "configs"
 
 
 @pytest.mark.parametrize("path", sorted(SIMULATIONS.glob("*.toml")), ids=lambda p: p.name)

@@ -7,7 +7,7 @@ optionally ``state-dir``). The run configuration (``[tool.flwr.app.config]``
 in ``pyproject.toml``, or ``flwr run --run-config``) names the experiment:
 
     config      the experiment TOML: absolute, relative to where the SuperLink runs,
-                or inside the app bundle (its simulations/*.toml travel with `flwr run`)
+                inside the app bundle, or a config packaged with fedcomp by name ("deploy")
     set         overrides, "key=value" separated by ";" (e.g. "uplink.name='surp';federation.rounds=3")
     run-dir     where to write the run directory ("" = a new one under the experiment's output_dir)
 

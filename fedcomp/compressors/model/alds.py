@@ -526,7 +526,9 @@ class ALDSParams:
         require(self.seeds >= 1, f"{path}.seeds", "an integer >= 1")
 
 
-@MODEL_COMPRESSORS.register("alds", "ALDS: per-layer low-rank factorization with automatic ranks, trained on")
+@MODEL_COMPRESSORS.register(
+    "alds", "ALDS: per-layer low-rank factorization with automatic ranks; the federation trains the factors on"
+)
 class ALDSCompressor(ModelCompressor):
     """Compress at the chosen rounds (the factorized model is then broadcast and trained), or the final model.
 

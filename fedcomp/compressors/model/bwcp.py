@@ -432,7 +432,7 @@ class SparseRegularizer:
         return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
-@MODEL_COMPRESSORS.register("bwcp", "BWCP: channels pruned by batch whitening + soft masks, trained in")
+@MODEL_COMPRESSORS.register("bwcp", "BWCP: channels pruned by batch whitening + soft masks, trained in the federation")
 class BWCPCompressor(ModelCompressor):
     name = "bwcp"
     Params = BWCPParams

@@ -165,7 +165,9 @@ class LCParams:
                 form.validate(f"{path}.groups[{g}].forms[{f}]")
 
 
-@MODEL_COMPRESSORS.register("lc", "learning-compression: quantize/prune/low-rank and their sums, trained in")
+@MODEL_COMPRESSORS.register(
+    "lc", "learning-compression: quantize/prune/low-rank and their sums, trained in the federation"
+)
 class LCCompressor(ModelCompressor):
     name = "lc"
     Params = LCParams

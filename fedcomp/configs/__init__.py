@@ -1,0 +1,57 @@
+"""The example experiment configs shipped with fedcomp: ``fedcomp run demo``, ``fedcomp init demo``.
+
+Each ``<name>.toml`` here is a complete experiment with comments; its first
+sentence is its description in ``fedcomp list``. ``fedcomp run NAME`` runs
+one as it is, ``fedcomp init NAME`` copies it to edit. A path always wins
+over a name: ``fedcomp run demo.toml`` reads the file in the current folder.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedcomp.config import ConfigError
+
+DIR = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class PackagedConfig:
+    name: str
+    path: Path
+    description: str
+
+
+def _description(text: str) -> str:
+    """The first sentence of the file's leading comment block."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    words = " ".join(lines)
+    match = re.match(r"(.+?\.)(\s|$)", words)
+    return match.group(1) if match else words
+
+
+def packaged_configs() -> list[PackagedConfig]:
+    return [PackagedConfig(p.stem, p, _description(p.read_text(encoding="utf-8"))) for p in sorted(DIR.glob("*.toml"))]
+
+
+def packaged_config(name: str) -> Path:
+    """The path of the packaged config ``name``; a ConfigError listing the names if there is none."""
+    path = DIR / f"{name}.toml"
+    if re.fullmatch(r"[A-Za-z0-9_]+", name) and path.is_file():
+        return path
+    names = ", ".join(c.name for c in packaged_configs())
+    raise ConfigError(f"no config file {name!r} and no packaged config of that name; packaged: {names}")
+
+
+def config_path(arg: str | Path) -> Path:
+    """A config argument as a file: an existing path as given, else a packaged config's name."""
+    path = Path(arg)
+    if path.exists() or path.suffix == ".toml" or len(path.parts) > 1:
+        return path  # a path: reading it gives the clear error if it is missing
+    return packaged_config(str(arg))
