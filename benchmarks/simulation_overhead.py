@@ -1,6 +1,6 @@
 """What does running through Flower + Ray cost over a plain PyTorch loop?
 
-Runs the default experiment (``simulations/demo.toml``, FedAvg) through fedcomp,
+Runs the default experiment (``fedcomp/configs/demo.toml``, FedAvg) through fedcomp,
 then, in the same process, a plain sequential loop that does the same
 local training (same clients each round, same partitions, same seeds, same
 FedAvg and the same centralized evaluation) with no federation around it.
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 rounds (ends within a minute)")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
-    parser.add_argument("--config", default=str(ROOT / "simulations" / "demo.toml"))
+    parser.add_argument("--config", default=str(ROOT / "fedcomp" / "configs" / "demo.toml"))
     args = parser.parse_args(argv)
 
     rounds = args.rounds or (3 if args.quick else None)

@@ -11,7 +11,7 @@ so E[Q_s(v)] = v and E‖Q_s(v) − v‖² ≤ min(n/s², √n/s)·‖v‖² for
 n coordinates (Lemma 3.1). The draws come from a generator seeded by
 (seed, round, client). FedPAQ (Reisizadeh et al. 2020) is this quantizer
 on the model change of several local steps: ``[uplink] name = "qsgd"``
-with ``client.local_steps`` > 1 (README, "Uplink compression").
+with ``client.local_steps`` > 1 (docs/uplink.md).
 
 Coding (the paper's Elias coding, one stream for the whole update): the
 bucket norms as fp32 (the paper's 32 bits per bucket), then the number of

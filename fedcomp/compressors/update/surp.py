@@ -7,8 +7,8 @@ rate and the format). **"iterative"** is the paper's loop as written, one
 index per iteration, described here. At equal bytes the staged form wins:
 on an 11.2M-coordinate Laplacian update at 1% density it spends 9.2 bits
 per nonzero (log₂(n/k) + 2.6) where the iterative one spends 23.5, for the
-same support size and about the same distortion; see the README's
-"Uplink compression" for the measured comparison.
+same support size and about the same distortion; see docs/uplink.md for
+the measured comparison.
 
 **What the iterative encoder does** (appendix D, Algorithm 2 "SuRP-modified"):
 
