@@ -1,6 +1,7 @@
 """fedcomp: federated learning with compressed communication, every byte measured."""
 
 from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, load_config
+from fedcomp.engine import shared_engine
 from fedcomp.errors import RunFailedError, RunInterruptedError
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "resume",
     "run",
     "run_sweep",
+    "shared_engine",
 ]
 
 

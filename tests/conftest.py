@@ -46,9 +46,9 @@ def one_engine_per_test_process():
     The engine's start-up (ray.init, then actors importing torch) is most of a tiny run's time; a test
     that must see a fresh start takes the ``fresh_engine`` fixture.
     """
-    from fedcomp.engine import shared_engine
+    import fedcomp
 
-    with shared_engine():
+    with fedcomp.shared_engine():  # as users call it
         yield
 
 
