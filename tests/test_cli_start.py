@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
 import sys
 import tomllib
@@ -16,8 +18,30 @@ from fedcomp.servers.recorder import read_rounds
 
 
 def test_the_catalogue_file_is_what_the_registries_say():
-    """``fedcomp list`` reads catalogue.json; regenerate it with ``python -m fedcomp.catalogue`` after a change."""
-    assert catalogue.load() == catalogue.build(), "catalogue.json is stale: run python -m fedcomp.catalogue"
+    """``fedcomp list`` reads catalogue.json; regenerate it with ``python -m fedcomp.catalogue`` after a change.
+
+    Built in a fresh process: this one has imported every test module, and some register names of their own.
+    """
+    probe = "from fedcomp import catalogue\nprint('SAME' if catalogue.load() == catalogue.build() else 'STALE')"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "SAME", "catalogue.json is stale: run python -m fedcomp.catalogue"
+
+
+def test_list_names_every_method_with_its_parameters_under_its_name(capsys):
+    assert cli_main(["list"]) == 0
+    out = capsys.readouterr().out
+    families = {f["title"].split(" (")[0]: f["entries"] for f in catalogue.load()["families"]}
+    assert {"datasets", "models", "uplink compressors", "model compressors", "strategies"} <= set(families)
+    for entries in families.values():
+        for entry in entries:
+            block = re.split(r"\n(?=  \S|\S)", out.split(f"\n  {entry['name']} ", 1)[1], maxsplit=1)[0]
+            assert all(f"{k} = " in block for k, _ in entry["params"]), (entry["name"], block)
+    # Each compressor's parameters are its parameter class's fields with their defaults.
+    from fedcomp.compressors.update import UPDATE_COMPRESSORS
+
+    qsgd = [[f.name, repr(f.default)] for f in dataclasses.fields(UPDATE_COMPRESSORS.get("qsgd").Params)][:2]
+    assert qsgd == [["levels", "16"], ["bucket_size", "512"]] and "levels = 16, bucket_size = 512" in out
+    assert "rank = 2, warm_start = True" in out and "eta = 0.1" in out.split("  fedadam ")[1].split("\n  fed")[0]
 
 
 def test_help_and_list_import_neither_torch_nor_flower():

@@ -308,30 +308,6 @@ def test_a_corrupt_model_file_is_named_and_the_ratio_left_out(sweep, tmp_path, c
 # ----------------------------------------------------------------------------- the command line, as users call it
 
 
-def test_fedcomp_list_names_every_registered_method(capsys):
-    from fedcomp.compressors.model import MODEL_COMPRESSORS
-    from fedcomp.compressors.update import UPDATE_COMPRESSORS
-    from fedcomp.data import DATASETS
-    from fedcomp.models import MODELS
-
-    assert cli_main(["list"]) == 0
-    out = capsys.readouterr().out
-    for registry in (DATASETS, MODELS, UPDATE_COMPRESSORS, MODEL_COMPRESSORS):
-        for name in registry:
-            assert f"  {name}" in out, name
-    # Each compressor's parameters with their defaults, read from its parameter class, under its name.
-    import dataclasses
-
-    for registry in (UPDATE_COMPRESSORS, MODEL_COMPRESSORS):
-        for name in registry:
-            params = getattr(registry.get(name), "Params", None)
-            fields = dataclasses.fields(params) if params and dataclasses.is_dataclass(params) else ()
-            block = re.split(r"\n(?=  \S|\S)", out.split(f"\n  {name} ", 1)[1], maxsplit=1)[0]
-            assert all(f"{f.name} = " in block for f in fields), (name, block)
-    assert "levels = 16, bucket_size = 512" in out and "rank = 2, warm_start = True" in out
-    assert max(len(line) for line in out.splitlines() if line.startswith(" " * 21)) <= 100
-
-
 def test_report_target_counts_rounds_and_bytes_from_the_rows(sweep, tmp_path, capsys):
     """--target: the first evaluated round at or above it, recomputed here from rounds.jsonl."""
     run_dir = sweep.sweep_dir / sweep.runs[0].dir
