@@ -92,7 +92,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         acc = "" if r.final_accuracy is None else f"  final accuracy {r.final_accuracy:.4f}"
         print(f"  {r.status:<9} {r.dir}{acc}" + (f"  ({r.error})" if r.error else ""))
     if args.report:
-        _print_report([result.sweep_dir], Path(result.sweep_dir) / "report", args.target, False)
+        _print_report([result.sweep_dir], Path(result.sweep_dir) / "report", args.target, False, args.budget)
     return 1 if result.failed else 0
 
 
@@ -104,15 +104,21 @@ reported (not a run or sweep directory, different experiments, an unwritable OUT
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    _print_report(args.paths, Path(args.output), args.target, args.allow_mixed)
+    _print_report(args.paths, Path(args.output), args.target, args.allow_mixed, args.budget)
     return 0
 
 
-def _print_report(paths: Sequence[str | Path], out: Path, target: float | None, allow_mixed: bool) -> None:
+def _print_report(
+    paths: Sequence[str | Path],
+    out: Path,
+    target: Sequence[float] | None,
+    allow_mixed: bool,
+    budgets: Sequence[float] | None = None,
+) -> None:
     from fedcomp.reports import make_report
 
     try:
-        report = make_report(list(paths), out, target=target, allow_mixed=allow_mixed)
+        report = make_report(list(paths), out, target=target, allow_mixed=allow_mixed, budgets=budgets)
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
         raise ReportError(f"cannot write the report{where}: {exc.strerror or exc}") from exc
@@ -122,6 +128,27 @@ def _print_report(paths: Sequence[str | Path], out: Path, target: float | None, 
     print(f"        {report.markdown}, {report.csv.name}, {report.json.name}, figures/ in {report.out_dir}")
     if report.warnings:
         print(f"        {len(report.warnings)} warnings about damaged run files (listed above and in the report)")
+    if report.headline is not None:
+        for question in report.headline.questions:
+            print(f"  {question.sentence()}")
+
+
+def _byte_budget(text: str) -> float:
+    from fedcomp.reports.units import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+TARGET_HELP = (
+    "target accuracy (repeatable: the headline answers each, the table uses the first; default: the lower "
+    "median of the groups' mean final accuracies, rounded down to 0.01)"
+)
+BUDGET_HELP = (
+    "a budget of total bytes, both directions, for the headline, e.g. 10MB (repeatable; default: each method's total)"
+)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -204,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_sweep.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the base config")
     p_sweep.add_argument("--sweep-dir", help="sweep directory (give an existing one to resume: complete runs are kept)")
     p_sweep.add_argument("--report", action="store_true", help="write a report into SWEEP_DIR/report at the end")
-    p_sweep.add_argument("--target", type=float, help="target accuracy for the report (default: 99%% of identity's)")
+    p_sweep.add_argument("--target", type=float, action="append", help=TARGET_HELP)
+    p_sweep.add_argument("--budget", type=_byte_budget, action="append", metavar="BYTES", help=BUDGET_HELP)
     p_sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
     p_sweep.add_argument("-v", "--verbose", action="store_true", help="show Flower's and Ray's own logs")
     p_sweep.set_defaults(func=_cmd_sweep)
@@ -217,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_report.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="run or sweep directories")
     p_report.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write the report into")
-    p_report.add_argument("--target", type=float, help="target accuracy (default: 99%% of the identity run's final)")
+    p_report.add_argument("--target", type=float, action="append", help=TARGET_HELP)
+    p_report.add_argument("--budget", type=_byte_budget, action="append", metavar="BYTES", help=BUDGET_HELP)
     p_report.add_argument("--allow-mixed", action="store_true", help="accept runs of different experiments")
     p_report.set_defaults(func=_cmd_report)
 

@@ -6,8 +6,11 @@ import base64
 import csv
 import html
 import json
+import math
 import re
 import shutil
+import statistics
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -79,21 +82,120 @@ def test_report_figures_match_the_run_files(report, sweep):
     ratios = groups["surp density=0.01"]["metrics"]["compression_ratio"]["values"]
     assert ratios == [pytest.approx(identity_pcr / _per_client_round(runs[("surp", s)])) for s in (0, 1)]
     assert min(ratios) > 20  # 1% of the coordinates, each costing well under 5 floats
-    # Bytes to target: the default target is 99% of identity's final accuracy (mean over seeds).
+    # Totals both ways: each run's uplink plus downlink bytes, summed over its rows.
+    for label, name in (("identity", "identity"), ("surp density=0.01", "surp")):
+        m = groups[label]["metrics"]
+        downs = [sum(r["downlink_bytes"] for r in runs[(name, s)]) for s in (0, 1)]
+        assert m["downlink_bytes"]["values"] == downs
+        assert m["total_bytes"]["values"] == [u + d for u, d in zip(m["uplink_bytes"]["values"], downs, strict=True)]
+    # The default target: the lower median of the groups' mean final accuracies, rounded down to 0.01.
     target = json.loads(report.json.read_text())["target_accuracy"]
-    id_finals = [runs[("identity", s)][-1]["test_accuracy"] for s in (0, 1)]
-    assert target == pytest.approx(0.99 * sum(id_finals) / 2)
-    for s in (0, 1):
-        cum, expected = 0, None
-        for r in runs[("identity", s)]:
-            cum += r["uplink_bytes"]
-            if r["test_accuracy"] >= target:
-                expected = (r["round"], cum)
-                break
-        got = groups["identity"]["metrics"]
-        assert (got["rounds_to_target"]["values"][s], got["uplink_bytes_to_target"]["values"][s]) == (
-            (expected[0], expected[1]) if expected else (None, None)
-        )
+    means = sorted(sum(runs[(name, s)][-1]["test_accuracy"] for s in (0, 1)) / 2 for name in ("identity", "surp"))
+    assert target == pytest.approx(math.floor(round(means[0] * 100, 6)) / 100)
+    for label, name in (("identity", "identity"), ("surp density=0.01", "surp")):
+        for s in (0, 1):
+            up = down = 0
+            expected = (None, None, None)
+            for r in runs[(name, s)]:
+                up, down = up + r["uplink_bytes"], down + r["downlink_bytes"]
+                if r["test_accuracy"] >= target:
+                    expected = (r["round"], up, up + down)
+                    break
+            got = groups[label]["metrics"]
+            assert (
+                got["rounds_to_target"]["values"][s],
+                got["uplink_bytes_to_target"]["values"][s],
+                got["total_bytes_to_target"]["values"][s],
+            ) == expected
+    # Useful for compressed methods: the compressed group (the lower of the two) reaches it on average.
+    surp_best = [max(r["test_accuracy"] for r in runs[("surp", s)]) for s in (0, 1)]
+    assert max(surp_best) >= target
+
+
+def _markdown_table(markdown):
+    """The Results table of report.md as {method: {column: cell}}."""
+    lines = markdown.split("## Results", 1)[1].strip().splitlines()
+    cols = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:] if line.startswith("|")]
+    return {r[0]: dict(zip(cols, r, strict=True)) for r in rows}
+
+
+def test_the_table_is_compact_and_shows_totals_both_ways(report, sweep):
+    table = _markdown_table(report.markdown.read_text())
+    runs = {(r.overrides["uplink"]["name"], r.seed): _rows(sweep.sweep_dir / r.dir) for r in sweep.runs}
+    for label, name in (("identity", "identity"), ("surp density=0.01", "surp")):
+        totals = [sum(r["uplink_bytes"] + r["downlink_bytes"] for r in runs[(name, s)]) for s in (0, 1)]
+        mean = sum(totals) / 2
+        assert 1e6 <= mean < 1e9  # written in MB
+        assert table[label]["total bytes ↑+↓"] == f"{mean / 1e6:.2f} MB"
+    assert len(next(iter(table.values()))) <= 11  # was 16 columns, each cell wrapped on three lines
+    assert list(table) == sorted(table, key=lambda k: -float(table[k]["final accuracy"].split(" ")[0]))
+
+
+def _answers(markdown):
+    section = markdown.split("## Answer", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("- ")]
+
+
+def _leaders(per_group, higher_is_better, relative=0.0):
+    """Recomputed tie rule: the best mean, and every group whose mean is within the larger seed sd of it."""
+    stats = {g: (statistics.mean(v), statistics.stdev(v)) for g, v in per_group.items()}
+    order = sorted(stats, key=lambda g: -stats[g][0] if higher_is_better else stats[g][0])
+    first = order[0]
+    tied = [first]
+    for g in order[1:]:
+        diff = abs(stats[first][0] - stats[g][0])
+        if diff <= max(stats[first][1], stats[g][1]) or diff <= relative * min(stats[first][0], stats[g][0]):
+            tied.append(g)
+    return tied, ("wins" if len(tied) == 1 and len(order) > 1 else "only" if len(order) == 1 else "tie")
+
+
+def test_the_headline_names_the_method_the_run_files_make_best(report, sweep):
+    """Each budget and target, recomputed here from rounds.jsonl: the named method(s) and the verdict."""
+    by_group = {"identity": [], "surp density=0.01": []}
+    for r in sweep.runs:
+        label = "identity" if r.overrides["uplink"]["name"] == "identity" else "surp density=0.01"
+        by_group[label].append(_rows(sweep.sweep_dir / r.dir))
+
+    def cumulative(rows):  # (accuracy, bytes both ways so far) per round; every round is evaluated here
+        assert all(r["test_accuracy"] is not None for r in rows)
+        out, spent = [], 0
+        for r in rows:
+            spent += r["uplink_bytes"] + r["downlink_bytes"]
+            out.append((r["test_accuracy"], spent))
+        return out
+
+    headline = json.loads(report.json.read_text())["headline"]
+    answers = _answers(report.markdown.read_text())
+    budgets = sorted({max(cumulative(rows)[-1][1] for rows in runs) for runs in by_group.values()})
+    assert [q["value"] for q in headline["budgets"]] == budgets
+    for q, line, budget in zip(headline["budgets"], answers[: len(budgets)], budgets, strict=True):
+        per_group = {
+            g: [max(a for a, spent in cumulative(rows) if spent <= budget) for rows in runs]
+            for g, runs in by_group.items()
+            if all(cumulative(rows)[0][1] <= budget for rows in runs)
+        }
+        tied, verdict = _leaders(per_group, higher_is_better=True)
+        assert (q["best"], q["verdict"]) == (tied, verdict), (budget, per_group)
+        assert all(f"**{g}**" in line for g in tied) and line.startswith("- Within ")
+    # Both methods compete at every budget here (identity fits one round of the compressed run's total).
+    assert all(len(q["order"]) == 2 for q in headline["budgets"])
+
+    target = json.loads(report.json.read_text())["target_accuracy"]
+    (q,) = headline["targets"]
+    assert q["value"] == target
+    reached = {}
+    for g, runs in by_group.items():
+        firsts = [next((spent for a, spent in cumulative(rows) if a >= target), None) for rows in runs]
+        if None not in firsts:
+            reached[g] = firsts
+    assert reached, "the default target is reached in every seed by some method"
+    tied, verdict = _leaders(reached, higher_is_better=False, relative=0.05)
+    assert (q["best"], q["verdict"]) == (tied, verdict)
+    line = answers[len(budgets)]
+    assert line.startswith("- To reach accuracy") and all(f"**{g}**" in line for g in tied)
+    for g in set(by_group) - set(reached):
+        assert g in line  # named with how many seeds got there
 
 
 class _Images(HTMLParser):
@@ -117,10 +219,10 @@ def test_every_figure_is_written_and_embedded_in_html_that_parses(report):
         set(parser.images)
         == set(report.figures)
         == {
-            "accuracy_vs_uplink",
+            "frontier",
+            "accuracy_vs_bytes",
             "accuracy_vs_rounds",
             "bytes_per_round",
-            "frontier",
         }
     )
     for name, path in report.figures.items():
@@ -270,7 +372,9 @@ def test_a_report_shows_rounds_that_aggregated_nothing(sweep, tmp_path):
     (group,) = json.loads(rep.json.read_text())["groups"]
     assert group["metrics"]["rounds_without_update"]["values"] == [1.0]
     assert group["metrics"]["failed_replies"]["values"] == [float(rows[0]["failed_clients"] + empty["failed_clients"])]
-    assert "rounds w/o update" in rep.markdown.read_text() and not rep.warnings
+    n = rows[0]["failed_clients"] + empty["failed_clients"]
+    (row,) = _markdown_table(rep.markdown.read_text()).values()
+    assert row["failures"] == f"{n} {'reply' if n == 1 else 'replies'}, 1 round w/o update" and not rep.warnings
 
 
 def test_a_report_on_a_damaged_sweep_record_or_member_does_not_crash(sweep, tmp_path, capsys):
@@ -313,11 +417,29 @@ def test_report_target_counts_rounds_and_bytes_from_the_rows(sweep, tmp_path, ca
     run_dir = sweep.sweep_dir / sweep.runs[0].dir
     rows = _rows(run_dir)
     target = rows[0]["test_accuracy"]  # reached in round 1 by construction
-    assert cli_main(["report", str(run_dir), "-o", str(tmp_path / "out"), "--target", str(target)]) == 0
-    (group,) = json.loads((tmp_path / "out" / "table.json").read_text())["groups"]
+    unreachable = max(r["test_accuracy"] for r in rows) + 0.01
+    first_round = rows[0]["uplink_bytes"] + rows[0]["downlink_bytes"]  # a budget that only round 1 fits
+    args = ["--target", str(target), "--target", str(unreachable), "--budget", f"{first_round}"]
+    assert cli_main(["report", str(run_dir), "-o", str(tmp_path / "out"), *args]) == 0
+    printed = capsys.readouterr().out
+    table = json.loads((tmp_path / "out" / "table.json").read_text())
+    (group,) = table["groups"]
     assert group["metrics"]["rounds_to_target"]["values"] == [1.0]
     assert group["metrics"]["uplink_bytes_to_target"]["values"] == [float(rows[0]["uplink_bytes"])]
-    unreachable = max(r["test_accuracy"] for r in rows) + 0.01
+    assert group["metrics"]["total_bytes_to_target"]["values"] == [float(first_round)]
+    (budget,) = table["headline"]["budgets"]
+    assert budget["value"] == first_round and budget["order"][0]["values"] == [rows[0]["test_accuracy"]]
+    reachable, beyond = table["headline"]["targets"]
+    assert (reachable["value"], reachable["best"], reachable["rounds"][group["label"]]["values"]) == (
+        target,
+        [group["label"]],
+        [1.0],
+    )
+    assert beyond["verdict"] == "none" and beyond["incomplete"][0]["seeds_with_value"] == 0
+    assert all(line in printed for line in table["headline"]["lines"])  # the answer on the command line too
+    with pytest.raises(SystemExit):
+        cli_main(["report", str(run_dir), "-o", str(tmp_path / "out3"), "--budget", "10 XB"])
+    assert "not a byte count: '10 XB'" in capsys.readouterr().err
     assert cli_main(["report", str(run_dir), "-o", str(tmp_path / "out2"), "--target", str(unreachable)]) == 0
     (group,) = json.loads((tmp_path / "out2" / "table.json").read_text())["groups"]
     assert group["metrics"]["rounds_to_target"]["values"] == [None]
@@ -368,3 +490,178 @@ def test_a_sweep_started_again_moves_an_unfinished_run_aside_and_redoes_it(sweep
     assert [r["uplink_bytes"] for r in redone] == [
         r["uplink_bytes"] for r in _rows(sweep.sweep_dir / sweep.runs[3].dir)
     ]
+
+
+# ----------------------------------------------------------------------------- ties, ticks, the browser
+
+
+def test_ties_wins_and_leads_follow_the_seed_spread():
+    from fedcomp.reports.compare import Entry, rank
+
+    clear = rank([Entry("a", (0.80, 0.82)), Entry("b", (0.70, 0.72))], higher_is_better=True)
+    assert (clear.tied, clear.verdict) == (("a",), "wins")  # 0.10 apart, sd 0.014
+    close = rank([Entry("a", (0.80, 0.90)), Entry("b", (0.78, 0.80))], higher_is_better=True)
+    assert (close.tied, close.verdict) == (("a", "b"), "tie")  # 0.06 apart, a's sd 0.071
+    # One seed against a spread: judged by that spread. One seed each: no spread, so only "leads".
+    assert rank([Entry("a", (0.9,)), Entry("b", (0.5, 0.52))], higher_is_better=True).verdict == "wins"
+    assert rank([Entry("a", (0.9,)), Entry("b", (0.89, 0.60))], higher_is_better=True).verdict == "tie"
+    assert rank([Entry("a", (0.8,)), Entry("b", (0.7,))], higher_is_better=True).verdict == "leads"
+    # Fewest bytes: 3% apart with no spread at all is still a tie; 30% apart is a win.
+    assert rank([Entry("a", (100.0, 100.0)), Entry("b", (103.0, 103.0))], False, relative=0.05).verdict == "tie"
+    assert rank([Entry("a", (100.0, 100.0)), Entry("b", (130.0, 130.0))], False, relative=0.05).tied == ("a",)
+
+
+def test_pareto_stars_need_a_difference_beyond_noise():
+    from fedcomp.reports.compare import Entry, pareto_front
+
+    def point(label, nbytes, accs):
+        return Entry(label, (nbytes, nbytes)), Entry(label, accs)
+
+    good = point("good", 1_000_000, (0.90, 0.91))
+    random_k = point("random-k", 997_000, (0.12, 0.13))  # 0.3% fewer bytes, far lower accuracy: no star
+    cheap = point("cheap", 400_000, (0.70, 0.72))  # 60% fewer bytes: a real trade-off, a star
+    noisy = point("noisy", 1_000_000, (0.80, 0.99))  # as many bytes, within good's noise: both keep their star
+    assert pareto_front([good, random_k, cheap, noisy]) == [0, 2, 3]
+
+
+def _group(label, totals, accs):
+    from fedcomp.reports.runs import RunGroup, RunRecord
+
+    runs = []
+    for total, acc in zip(totals, accs, strict=True):
+        row = {"round": 1, "uplink_bytes": total // 2, "downlink_bytes": total - total // 2, "test_accuracy": acc}
+        runs.append(RunRecord(Path(label), {"uplink": {"name": label}}, {}, [row]))
+    return RunGroup(label, runs)
+
+
+def test_default_budgets_are_each_methods_largest_total_and_near_ones_merge():
+    from fedcomp.reports.headline import default_budgets
+
+    groups = [_group("a", [200, 210], [0.5, 0.6]), _group("b", [1000, 1000], [0.7, 0.7]), _group("c", [208], [0.1])]
+    assert default_budgets(groups) == [210.0, 1000.0]  # c's 208 is within 5% of a's 210: the same question
+
+
+def test_byte_labels_are_human_units_with_the_decimals_neighbours_need():
+    from fedcomp.reports.units import parse_bytes, tick_labels
+
+    assert tick_labels([1e4, 1e5, 1e6, 1e7]) == ["10 kB", "100 kB", "1 MB", "10 MB"]
+    assert tick_labels([9e5, 9.5e5, 1e6, 1.05e6]) == ["900 kB", "950 kB", "1.00 MB", "1.05 MB"]
+    assert tick_labels([130_100, 130_120, 130_140]) == ["130.10 kB", "130.12 kB", "130.14 kB"]
+    assert tick_labels([5_000_000, 5_000_001]) == ["5.000000 MB", "5.000001 MB"]
+    assert (parse_bytes("10MB"), parse_bytes("2.5 kB"), parse_bytes("1e6")) == (1e7, 2500.0, 1e6)
+    with pytest.raises(ValueError, match="not a byte count"):
+        parse_bytes("10 mb")
+
+
+BYTE_LABEL = re.compile(r"^\d+(\.\d+)? (B|kB|MB|GB)$")
+
+
+def _tick_boxes(fig, axis):
+    """The drawn tick labels of an axis with their text extents (display pixels)."""
+    fig.canvas.draw()
+    labels = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
+    return [t.get_text() for t in labels], [t.get_window_extent() for t in labels]
+
+
+def _assert_readable(texts, boxes, which="x"):
+    assert len(texts) >= 2, texts
+    assert all(BYTE_LABEL.match(t) for t in texts), texts
+    assert len(set(texts)) == len(texts), texts
+    for a, b in zip(boxes, boxes[1:], strict=False):
+        if which == "x":
+            assert a.x1 < b.x0, (texts, a, b)  # left to right, none over its neighbour
+        else:
+            assert a.y1 < b.y0, (texts, a, b)
+
+
+@pytest.mark.parametrize("lo, hi", [(130_100, 130_150), (10_380_000, 20_690_000), (900, 1_100), (1, 1e12)])
+def test_byte_axes_have_a_few_non_overlapping_human_labels_for_any_range(lo, hi):
+    import matplotlib.pyplot as plt
+
+    from fedcomp.reports.axes import byte_axis
+
+    fig, (ax, ay) = plt.subplots(1, 2, figsize=(11, 4.8), layout="constrained")  # the report's panel size
+    ax.plot([lo, hi], [0, 1], "o")
+    ax.set_xscale("log")
+    byte_axis(ax)
+    ay.plot([0, 1], [lo, hi], "o")
+    ay.set_yscale("log")
+    byte_axis(ay, "y")
+    for axis, which in ((ax.xaxis, "x"), (ay.yaxis, "y")):
+        texts, boxes = _tick_boxes(fig, axis)
+        _assert_readable(texts, boxes, which)
+        assert len(texts) <= 7
+    plt.close(fig)
+
+
+def test_the_frontier_of_the_sweep_reads_in_human_units(report, sweep):
+    """The issue's case: total bytes span less than a factor of ten (a dense downlink for both methods)."""
+    import matplotlib.pyplot as plt
+
+    from fedcomp.reports import figures
+
+    totals = [sum(r["uplink_bytes"] + r["downlink_bytes"] for r in _rows(sweep.sweep_dir / r.dir)) for r in sweep.runs]
+    assert max(totals) / min(totals) < 10
+    fig = figures.frontier(report.table)
+    total_ax, uplink_ax = fig.axes[:2]
+    for ax in (total_ax, uplink_ax):
+        texts, boxes = _tick_boxes(fig, ax.xaxis)
+        _assert_readable(texts, boxes)
+        assert not [t for t in ax.xaxis.get_minorticklabels() if t.get_text()]  # no 1.3015×10⁵ in between
+        assert ax.get_legend() is not None
+    assert total_ax.get_xlim()[0] <= min(totals) and max(totals) <= total_ax.get_xlim()[1]
+    plt.close(fig)
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+# Appended to a copy of report.html: measures the page as laid out and writes it into the DOM.
+PROBE = """
+window.addEventListener("load", () => {
+  const box = el => { const r = el.getBoundingClientRect();
+    return {top: r.top + scrollY, bottom: r.bottom + scrollY, left: r.left, right: r.right}; };
+  const lines = td => { const r = document.createRange(); r.selectNodeContents(td); return r.getClientRects().length; };
+  const table = document.querySelector("#results");
+  const column = i => [...table.tBodies[0].rows].map(tr => tr.cells[i].dataset.v);
+  const out = {
+    viewport: document.documentElement.clientWidth,
+    images: [...document.images].map(img => ({id: img.id, natural: [img.naturalWidth, img.naturalHeight], box: box(img)})),
+    table: box(table), headline: box(document.querySelector("#headline")),
+    heads: [...table.tHead.rows[0].cells].map(th => th.textContent),
+    lines: [...table.querySelectorAll("td, th")].filter(c => c.textContent.trim()).map(lines),
+  };
+  const th = [...table.tHead.rows[0].cells].find(c => c.textContent.startsWith("total bytes"));
+  th.click(); out.ascending = column(th.cellIndex);
+  th.click(); out.descending = column(th.cellIndex);
+  const pre = document.createElement("pre"); pre.id = "probe"; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+"""
+
+
+def test_report_html_lays_out_in_headless_chromium(report, tmp_path):
+    browser = next((b for b in map(shutil.which, BROWSERS) if b), None)
+    if browser is None:
+        pytest.skip("no chromium, chromium-browser or google-chrome on PATH (Debian: apt-get install chromium)")
+    page = tmp_path / "report.html"
+    page.write_text(report.html.read_text().replace("</body>", f"<script>{PROBE}</script></body>"))
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+    cmd += ["--window-size=1280,1000", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    seen = json.loads(html.unescape(found.group(1)))
+    # Every figure decoded (natural size) and shown within the window, one below the other.
+    assert [i["id"] for i in seen["images"]] == list(report.figures)
+    for img in seen["images"]:
+        assert img["natural"][0] > 400 and img["natural"][1] > 200, img
+        assert 0 <= img["box"]["left"] and img["box"]["right"] <= seen["viewport"], img
+    for a, b in zip(seen["images"], seen["images"][1:], strict=False):
+        assert a["box"]["bottom"] <= b["box"]["top"]
+    # The answer comes first; the table fits the window's width with every cell on one line.
+    assert seen["headline"]["bottom"] <= seen["table"]["top"] < seen["images"][0]["box"]["top"]
+    assert seen["table"]["right"] <= seen["viewport"] and set(seen["lines"]) == {1}
+    groups = json.loads(report.json.read_text())["groups"]
+    totals = sorted(g["metrics"]["total_bytes"]["mean"] for g in groups)
+    assert [float(v) for v in seen["ascending"]] == totals  # clicking a header sorts by it
+    assert [float(v) for v in seen["descending"]] == totals[::-1]

@@ -1,71 +1,112 @@
-"""The report's figures (matplotlib, no display needed): PNG bytes, one function each.
+"""The report's figures (matplotlib, no display needed): one function each, returning the Figure.
 
-Measured bytes are solid lines and markers; formula-based budgets are grey
-dashed lines labelled as references, never mixed with measurements.
+Every group keeps one colour, marker and line style in every figure. Curves
+are the mean over seeds, round by round, with a band of ± one standard
+deviation of accuracy. Byte axes read in kB/MB/GB for any range
+(:mod:`fedcomp.reports.axes`). Measured bytes are solid lines and markers;
+formula-based budgets are dark dashed lines named "reference" in the legend,
+never mixed with measurements. Legends sit below the axes, so they cover no data.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from fedcomp.reports.axes import byte_axis  # noqa: E402
+from fedcomp.reports.compare import Entry, pareto_front  # noqa: E402
+from fedcomp.reports.curves import Direction, curve  # noqa: E402
 from fedcomp.reports.runs import RunGroup  # noqa: E402
-from fedcomp.reports.table import Table, accuracy_curve  # noqa: E402
+from fedcomp.reports.table import Table  # noqa: E402
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+LINES = ("-", "--", "-.", ":")
+REFERENCE = {"color": "#444444", "linestyle": (0, (6, 3)), "linewidth": 1.2}
+LEGEND = {"fontsize": 9, "loc": "upper center", "bbox_to_anchor": (0.5, -0.16), "frameon": False}
+DIRECTION_LABEL = {"total": "both directions", "uplink": "uplink", "downlink": "downlink"}
 
 
-def _png(fig: Figure) -> bytes:
+def png(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", pad_inches=0.15)  # legends below the axes too
     plt.close(fig)
     return buf.getvalue()
 
 
-def _mean_curve(group: RunGroup, x_of: Callable[[tuple[int, float, int]], float]) -> tuple[list[float], list[float]]:
-    """Accuracy against x, averaged over the group's seeds round by round."""
+def style(i: int) -> dict[str, object]:
+    """Group i's colour, marker and line style: lines that lie on top of each other stay distinguishable."""
+    return {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)], "linestyle": LINES[i % len(LINES)]}
+
+
+def _legend(ax: Axes) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    # Groups first, then what explains them (the Pareto front, references); long names one per line.
+    order = sorted(range(len(labels)), key=lambda k: labels[k].startswith(("Pareto", "reference")))
+    if handles:
+        ncol = 1 if max(len(lab) for lab in labels) > 36 or len(handles) < 2 else 2
+        ax.legend([handles[k] for k in order], [labels[k] for k in order], ncol=ncol, **LEGEND)
+
+
+def _seed_curve(group: RunGroup, x_of: str) -> tuple[list[float], list[float], list[float]]:
+    """Mean x, mean accuracy and accuracy's standard deviation over the seeds, round by round."""
     by_round: dict[int, list[tuple[float, float]]] = {}
     for run in group.runs:
-        for point in accuracy_curve(run):
-            by_round.setdefault(point[0], []).append((x_of(point), point[1]))
-    xs, ys = [], []
+        for p in curve(run):
+            x = float(p.round) if x_of == "round" else float(max(p.spent(x_of), 1))
+            by_round.setdefault(p.round, []).append((x, p.accuracy))
+    xs, ys, sds = [], [], []
     for rnd in sorted(by_round):
         pts = by_round[rnd]
-        xs.append(sum(p[0] for p in pts) / len(pts))
-        ys.append(sum(p[1] for p in pts) / len(pts))
-    return xs, ys
+        mean = sum(a for _, a in pts) / len(pts)
+        xs.append(sum(x for x, _ in pts) / len(pts))
+        ys.append(mean)
+        sds.append(math.sqrt(sum((a - mean) ** 2 for _, a in pts) / (len(pts) - 1)) if len(pts) > 1 else 0.0)
+    return xs, ys, sds
 
 
-def accuracy_vs_uplink(groups: list[RunGroup]) -> bytes:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for g in groups:
-        xs, ys = _mean_curve(g, lambda p: max(p[2], 1))
-        ax.plot(xs, ys, marker="o", markersize=3, label=g.label)
-    ax.set_xscale("log")
-    ax.set(xlabel="cumulative uplink bytes (all clients, log scale)", ylabel="test accuracy")
-    ax.set_title("Accuracy against uplink bytes")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    return _png(fig)
+def _curves(ax: Axes, groups: list[RunGroup], x_of: str) -> None:
+    for i, g in enumerate(groups):
+        xs, ys, sds = _seed_curve(g, x_of)
+        if not xs:
+            continue
+        st = style(i)
+        ax.plot(xs, ys, markersize=4, label=f"{g.label} ({len(g.runs)} seeds)", **st)
+        if any(sds):
+            lo = [y - s for y, s in zip(ys, sds, strict=True)]
+            hi = [y + s for y, s in zip(ys, sds, strict=True)]
+            ax.fill_between(xs, lo, hi, color=st["color"], alpha=0.18, linewidth=0)
 
 
-def accuracy_vs_rounds(groups: list[RunGroup]) -> bytes:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for g in groups:
-        xs, ys = _mean_curve(g, lambda p: p[0])
-        ax.plot(xs, ys, marker="o", markersize=3, label=g.label)
-    ax.set(xlabel="round", ylabel="test accuracy", title="Accuracy against rounds")
+def accuracy_vs_bytes(groups: list[RunGroup]) -> Figure:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True, layout="constrained")
+    for ax, direction in zip(axes, ("total", "uplink"), strict=True):
+        _curves(ax, groups, direction)
+        ax.set_xscale("log")
+        byte_axis(ax)
+        ax.set(xlabel=f"cumulative bytes, {DIRECTION_LABEL[direction]} (all clients, log scale)")
+        ax.set_title(f"Accuracy against bytes sent, {DIRECTION_LABEL[direction]}")
+        ax.grid(True, alpha=0.3)
+        _legend(ax)
+    axes[0].set_ylabel("test accuracy (mean ± sd over seeds)")
+    return fig
+
+
+def accuracy_vs_rounds(groups: list[RunGroup]) -> Figure:
+    fig, ax = plt.subplots(figsize=(7, 4.8), layout="constrained")
+    _curves(ax, groups, "round")
+    ax.set(xlabel="round", ylabel="test accuracy (mean ± sd over seeds)", title="Accuracy against rounds")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    return _png(fig)
+    _legend(ax)
+    return fig
 
 
 def reference_budgets(groups: list[RunGroup], n_params: int | None) -> list[tuple[str, float]]:
@@ -98,58 +139,89 @@ def _density(group: RunGroup) -> float | None:
     return float(density) if density is not None else None
 
 
-def bytes_per_round(groups: list[RunGroup], n_params: int | None) -> bytes:
-    fig, (up, down) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    for g in groups:
-        for ax, key, count in ((up, "uplink_bytes", "clients"), (down, "downlink_bytes", "sampled_clients")):
-            per_round: dict[int, list[float]] = {}
-            for run in g.runs:
-                for r in run.rows:
-                    m = len(r[count]) if isinstance(r[count], list) else int(r[count])
-                    if m:
-                        per_round.setdefault(int(r["round"]), []).append(int(r[key]) / m)
-            rounds = sorted(per_round)
-            ax.plot(
-                rounds, [sum(per_round[t]) / len(per_round[t]) for t in rounds], marker="o", markersize=3, label=g.label
-            )
-    for label, value in reference_budgets(groups, n_params):
-        for ax in (up, down):
-            ax.axhline(value, color="grey", linestyle="--", linewidth=1)
-        up.annotate(f"reference — {label}", (0.01, value), xycoords=("axes fraction", "data"), fontsize=7,
-                    color="dimgrey", va="bottom")  # fmt: skip
-    up.set(yscale="log", xlabel="round", ylabel="bytes per client (log scale)", title="Uplink per client per round")
-    down.set(xlabel="round", title="Downlink per client per round")
-    for ax in (up, down):
-        ax.grid(True, which="both", alpha=0.3)
+def _per_client(group: RunGroup, key: str, count: str) -> tuple[list[int], list[float]]:
+    per_round: dict[int, list[float]] = {}
+    for run in group.runs:
+        for r in run.rows:
+            m = len(r[count]) if isinstance(r[count], list) else int(r[count])
+            if m:
+                per_round.setdefault(int(r["round"]), []).append(int(r[key]) / m)
+    rounds = sorted(per_round)
+    return rounds, [sum(per_round[t]) / len(per_round[t]) for t in rounds]
+
+
+def bytes_per_round(groups: list[RunGroup], n_params: int | None) -> Figure:
+    refs = reference_budgets(groups, n_params)
+    # Room for a legend of one line per group and reference below each panel.
+    fig, (up, down) = plt.subplots(1, 2, figsize=(11, 4.2 + 0.2 * (len(groups) + len(refs))), layout="constrained")
+    panels = ((up, "uplink_bytes", "clients", "Uplink"), (down, "downlink_bytes", "sampled_clients", "Downlink"))
+    for ax, key, count, title in panels:
+        series = [_per_client(g, key, count) for g in groups]
+        for i, (g, (rounds, values)) in enumerate(zip(groups, series, strict=True)):
+            if rounds:
+                ax.plot(rounds, values, markersize=5, label=g.label, **style(i))
+        for label, value in refs if ax is up else refs[:1]:  # a sparse budget is the uplink's alone
+            ax.axhline(value, label=f"reference — {label}", **REFERENCE)
+        same = len(groups) > 1 and _coincide([v for _, vs in series for v in vs])  # lines on top of each other
+        ax.set_yscale("log")
+        byte_axis(ax, "y")
+        ax.set(xlabel="round", title=f"{title} per client per round" + (" (the same for every group)" if same else ""))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    up.legend(fontsize=8)
-    return _png(fig)
+        ax.grid(True, alpha=0.3)
+        _legend(ax)
+    up.set_ylabel("bytes per client (log scale)")
+    return fig
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats (fewer or equal bytes and higher or equal accuracy, one strictly)."""
-    front = []
-    for i, (b, a) in enumerate(points):
-        dominated = any((b2 <= b and a2 >= a) and (b2 < b or a2 > a) for j, (b2, a2) in enumerate(points) if j != i)
-        if not dominated:
-            front.append(i)
-    return front
+def _coincide(values: list[float]) -> bool:
+    """Whether every value is within 0.5% of the others (the lines lie on top of each other)."""
+    return bool(values) and max(values) <= min(values) * 1.005
 
 
-def frontier(table: Table) -> bytes:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    rows = [r for r in table.rows if r.metrics["final_accuracy"].mean is not None and r.metrics["uplink_bytes"].mean]
-    points = [(r.metrics["uplink_bytes"].mean or 0.0, r.metrics["final_accuracy"].mean or 0.0) for r in rows]
+def frontier(table: Table) -> Figure:
+    """Final accuracy against total bytes and against uplink bytes; ★ where no group is better beyond noise."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True, layout="constrained")
+    for ax, direction in zip(axes, ("total", "uplink"), strict=True):
+        _frontier_panel(ax, table, direction)
+    axes[0].set_ylabel("final test accuracy (mean ± sd over seeds)")
+    return fig
+
+
+def _entry(label: str, values: list[float | None]) -> Entry | None:
+    known = tuple(v for v in values if v is not None)
+    return Entry(label, known) if known else None
+
+
+def _frontier_panel(ax: Axes, table: Table, direction: Direction) -> None:
+    key = f"{direction}_bytes"
+    points: list[tuple[Entry, Entry]] = []
+    index = []
+    for i, row in enumerate(table.rows):
+        b, a = _entry(row.label, row.metrics[key].values), _entry(row.label, row.metrics["final_accuracy"].values)
+        if b is not None and a is not None and b.mean > 0:
+            points.append((b, a))
+            index.append(i)
     front = set(pareto_front(points))
-    for i, (row, (x, y)) in enumerate(zip(rows, points, strict=True)):
-        err = row.metrics["final_accuracy"].std or 0.0
-        ax.errorbar(x, y, yerr=err, fmt="*" if i in front else "o", markersize=12 if i in front else 6, capsize=3)
-        ax.annotate(row.label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    if front:
-        fx, fy = zip(*sorted(points[i] for i in front), strict=True)
-        ax.plot(fx, fy, color="black", linewidth=1, linestyle=":", label="Pareto front (★)")
-        ax.legend(fontsize=8)
+    for k, ((b, a), i) in enumerate(zip(points, index, strict=True)):
+        st = style(i)
+        on_front = k in front
+        ax.errorbar(
+            b.mean,
+            a.mean,
+            xerr=b.std or None,
+            yerr=a.std or None,
+            fmt="*" if on_front else str(st["marker"]),
+            markersize=14 if on_front else 7,
+            color=st["color"],
+            capsize=3,
+            label=f"{b.label}{' ★' if on_front else ''}",
+        )
+    if len(front) > 1:
+        fx, fy = zip(*sorted((points[k][0].mean, points[k][1].mean) for k in front), strict=True)
+        ax.plot(fx, fy, color="black", linewidth=1, linestyle=":", label="Pareto front (★: none better beyond noise)")
     ax.set_xscale("log")
-    ax.set(xlabel="total uplink bytes (log scale)", ylabel="final test accuracy", title="Accuracy–bytes frontier")
-    ax.grid(True, which="both", alpha=0.3)
-    return _png(fig)
+    byte_axis(ax)
+    ax.set(xlabel=f"bytes, {DIRECTION_LABEL[direction]}, whole run (log scale)")
+    ax.set_title(f"Accuracy–bytes frontier, {DIRECTION_LABEL[direction]}")
+    ax.grid(True, alpha=0.3)
+    _legend(ax)

@@ -1,14 +1,17 @@
 """Write a report: self-contained HTML, the same as Markdown, and the table as CSV and JSON.
 
-OUT/report.html     figures embedded as data: URIs (one file to mail around)
+OUT/report.html     figures embedded as data: URIs (one file to mail around, no server, works offline);
+                    click a column's header to sort the table
 OUT/report.md       the same text; figures next to it in OUT/figures/
 OUT/table.csv       one row per group: mean and std of every metric
-OUT/table.json      header, target, ratio source and every group with per-seed values
+OUT/table.json      header, target, ratio source, the headline and every group with per-seed values
 OUT/figures/*.png
 
-A run with damaged files is reported over what is intact: the table's
-"notes" column marks its group (⚠) and a "Warnings" section names each file
-and line; :attr:`Report.warnings` has the same lines for the command line.
+The report opens with its answer (:mod:`fedcomp.reports.headline`), then a
+compact table (:mod:`fedcomp.reports.cells`), then the figures. A run with
+damaged files is reported over what is intact: the table's "notes" column
+marks its group (⚠) and a "Warnings" section names each file and line;
+:attr:`Report.warnings` has the same lines for the command line.
 """
 
 from __future__ import annotations
@@ -18,20 +21,24 @@ import csv
 import html
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedcomp.reports import figures
+from fedcomp.reports.cells import table_cells
+from fedcomp.reports.compare import BYTES_TIE_FRACTION
+from fedcomp.reports.headline import Headline, make_headline
 from fedcomp.reports.runs import RunGroup, RunRecord, check_same_experiment, expand, group_runs
 from fedcomp.reports.table import METRICS, Table, build_table
 from fedcomp.servers.app import human_bytes
 
 FIGURES = {
-    "accuracy_vs_uplink": "Accuracy against cumulative uplink bytes",
-    "accuracy_vs_rounds": "Accuracy against rounds",
-    "bytes_per_round": "Bytes per client per round, each way (grey dashed: formula-based references)",
-    "frontier": "Accuracy–bytes frontier (★ = Pareto-optimal)",
+    "frontier": "Accuracy–bytes frontier, both directions and uplink (★ = no group better beyond noise)",
+    "accuracy_vs_bytes": "Accuracy against cumulative bytes, both directions and uplink (band: ± 1 sd over seeds)",
+    "accuracy_vs_rounds": "Accuracy against rounds (band: ± 1 sd over seeds)",
+    "bytes_per_round": "Bytes per client per round, each way (dashed: formula-based references)",
 }
 
 
@@ -46,26 +53,40 @@ class Report:
     table: Table
     warnings: list[str] = field(default_factory=list)
     """Damaged or left-out run files, each naming the file (and line)."""
+    headline: Headline | None = None
 
 
 def make_report(
-    paths: list[str | Path], out_dir: str | Path, target: float | None = None, allow_mixed: bool = False
+    paths: list[str | Path],
+    out_dir: str | Path,
+    target: float | Sequence[float] | None = None,
+    allow_mixed: bool = False,
+    budgets: Sequence[float] | None = None,
 ) -> Report:
-    """Read runs (and sweeps), group them by seed, write every report file under ``out_dir``."""
+    """Read runs (and sweeps), group them by seed, write every report file under ``out_dir``.
+
+    ``target``: one accuracy or several (the table uses the first; the headline answers each); default:
+    :func:`fedcomp.reports.table.default_target`. ``budgets``: total bytes (both directions) for the
+    headline; default: :func:`fedcomp.reports.headline.default_budgets`.
+    """
     notes: list[str] = []
     runs = expand(list(paths), notes)
     if not allow_mixed:
         check_same_experiment(runs)
     groups = group_runs(runs)
-    table = build_table(groups, target)
+    targets = [target] if isinstance(target, int | float) else list(target or [])
+    table = build_table(groups, targets[0] if targets else None)
+    if not targets and table.target_accuracy is not None:
+        targets = [table.target_accuracy]
+    headline = make_headline(groups, targets, budgets)
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     n_params = _model_size(runs)
     pngs = {
-        "accuracy_vs_uplink": figures.accuracy_vs_uplink(groups),
-        "accuracy_vs_rounds": figures.accuracy_vs_rounds(groups),
-        "bytes_per_round": figures.bytes_per_round(groups, n_params),
-        "frontier": figures.frontier(table),
+        "frontier": figures.png(figures.frontier(table)),
+        "accuracy_vs_bytes": figures.png(figures.accuracy_vs_bytes(groups)),
+        "accuracy_vs_rounds": figures.png(figures.accuracy_vs_rounds(groups)),
+        "bytes_per_round": figures.png(figures.bytes_per_round(groups, n_params)),
     }
     fig_paths = {}
     for name, data in pngs.items():
@@ -84,11 +105,12 @@ def make_report(
         fig_paths,
         table,
         list(table.warnings),
+        headline,
     )
-    report.json.write_text(json.dumps(_json(head, table), indent=2), encoding="utf-8")
+    report.json.write_text(json.dumps(_json(head, table, headline), indent=2), encoding="utf-8")
     _write_csv(report.csv, table)
-    report.markdown.write_text(_markdown(head, table), encoding="utf-8")
-    report.html.write_text(_html(head, table, pngs), encoding="utf-8")
+    report.markdown.write_text(_markdown(head, table, headline), encoding="utf-8")
+    report.html.write_text(_html(head, table, headline, pngs), encoding="utf-8")
     return report
 
 
@@ -120,6 +142,20 @@ def header(runs: list[RunRecord], groups: list[RunGroup]) -> dict[str, Any]:
     }
 
 
+def _header_lines(head: dict[str, Any]) -> tuple[str, str]:
+    """The experiment on one line, the versions on another."""
+    experiment = (
+        f"{head['dataset']} · {head['partition']} · {head['model']} · {head['clients']} clients, "
+        f"fraction {head['clients per round (fraction)']} per round · {head['rounds']} rounds × "
+        f"{head['local epochs']} local epochs · runs: {head['runs']}"
+    )
+    versions = (
+        f"fedcomp version {head['fedcomp version']} · Flower version {head['Flower version']} · "
+        f"generated {head['generated']}"
+    )
+    return experiment, versions
+
+
 def _model_size(runs: list[RunRecord]) -> int | None:
     for r in runs:
         state = r.model_state()
@@ -128,55 +164,44 @@ def _model_size(runs: list[RunRecord]) -> int | None:
     return None
 
 
-# ----------------------------------------------------------------------------- formatting
+# ----------------------------------------------------------------------------- text around the table
 
 
-def _fmt(key: str, mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "—"
-    if key.endswith("accuracy"):
-        body, spread = f"{mean:.4f}", f"{std:.4f}" if std else ""
-    elif key == "compression_ratio":
-        body, spread = f"{mean:,.1f}×", f"{std:,.1f}" if std else ""
-    elif key in ("rounds_to_target", "wall_s"):
-        body, spread = f"{mean:,.1f}", f"{std:,.1f}" if std else ""
-    elif key in ("rounds_without_update", "failed_replies"):
-        body, spread = f"{mean:,.4g}", f"{std:,.2g}" if std else ""
-    else:
-        body, spread = human_bytes(mean), human_bytes(std) if std else ""
-    return f"{body} ± {spread}" if spread else body
-
-
-def _table_cells(table: Table) -> tuple[list[str], list[list[str]]]:
-    head = ["run (group)", "seeds", "status", *METRICS.values(), "notes"]
-    body = []
-    for row in table.rows:
-        cells = [row.label, str(len(row.seeds)), row.status]
-        cells += [_fmt(k, row.metrics[k].mean, row.metrics[k].std) for k in METRICS]
-        cells.append(f"⚠ damaged files (see Warnings, {len(row.warnings)})" if row.warnings else "")
-        body.append(cells)
-    return head, body
+def _rules(headline: Headline) -> str:
+    budgets = "given" if headline.budget_source == "given" else headline.budget_source
+    return (
+        f"Bytes are both directions together. Budgets: {budgets}; accuracy within a budget is the best "
+        "evaluated accuracy among the rounds that ended within it. A method counts only if every seed has a "
+        "value. Ties: the difference of the means is within the larger seed standard deviation "
+        f"(bytes also tie within {BYTES_TIE_FRACTION:.0%}); with one seed each there is no spread, so the "
+        "first only leads."
+    )
 
 
 def _notes(table: Table) -> list[str]:
-    target = "none" if table.target_accuracy is None else f"{table.target_accuracy:.4f}"
+    target = "none" if table.target_accuracy is None else f"{table.target_accuracy:.4g}"
     ratio = "—" if table.identity_bytes is None else human_bytes(table.identity_bytes)
     return [
-        f"Target accuracy: {target} ({table.target_source}).",
-        f"Compression ratio = identity bytes per client per round ({ratio}; {table.identity_source}) "
+        f"Target accuracy: {target} ({table.target_source}; --target sets it). Bytes and rounds to it: at the "
+        "first evaluated round at or above it; '(k/n seeds)': only k of n seeds got there, the mean is over those.",
+        f"↑ ratio = identity bytes per client per round ({ratio}; {table.identity_source}) "
         "/ the run's uplink bytes per client per round.",
-        "Values are mean ± standard deviation over seeds; bytes are payload lengths as sent.",
+        "Values are mean ± standard deviation over seeds; bytes are payload lengths as sent, all clients.",
+        "Failures, summed over the seeds: failed client replies, rounds in which no client's update was "
+        "aggregated (w/o update), failed runs.",
         "Partial runs (crashed, failed or still running) are reported over the rounds they finished.",
-        "Rounds w/o update: rounds in which no client's update was aggregated (every reply failed or none came).",
+        "Sorted by final accuracy (click a header to sort); every metric per group and seed: table.csv, table.json.",
     ]
 
 
-def _markdown(head: dict[str, Any], table: Table) -> str:
-    cols, rows = _table_cells(table)
-    lines = ["# fedcomp report", ""]
-    lines += [f"- **{k}**: {v}" for k, v in head.items()]
-    lines += ["", "## Results", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+def _markdown(head: dict[str, Any], table: Table, headline: Headline) -> str:
+    cols, rows = table_cells(table)
+    experiment, versions = _header_lines(head)
+    lines = ["# fedcomp report", "", experiment, "", f"<sub>{versions}</sub>", "", "## Answer", ""]
+    lines += [f"- {q.sentence(lambda s: f'**{s}**')}" for q in headline.questions] or ["- no evaluated rounds"]
+    lines += ["", f"_{_rules(headline)}_", ""]
+    lines += ["## Results", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(c.text.replace("|", "\\|") for c in r) + " |" for r in rows]
     lines += [""] + [f"- {n}" for n in _notes(table)] + [""]
     if table.warnings:
         lines += ["## Warnings", "", "Damaged run files; the report uses every intact row.", ""]
@@ -186,23 +211,55 @@ def _markdown(head: dict[str, Any], table: Table) -> str:
     return "\n".join(lines)
 
 
-def _html(head: dict[str, Any], table: Table, pngs: dict[str, bytes]) -> str:
-    cols, rows = _table_cells(table)
+STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em;color:#222}"
+    "h1{margin:0 0 .2em}h2{margin:1.2em 0 .4em}.meta{color:#555;font-size:12px;margin:0}"
+    "#headline li{margin:.25em 0}.rules{color:#444;font-size:13px}"
+    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;"
+    "text-align:right;white-space:nowrap}td:first-child,th:first-child{text-align:left}"
+    "th{cursor:pointer;background:#f4f4f4}th[aria-sort=ascending]::after{content:' ▲'}"
+    "th[aria-sort=descending]::after{content:' ▼'}.notes{font-size:12px;color:#444}"
+    "figure{margin:1em 0}img{max-width:100%;height:auto;display:block}figcaption{font-weight:bold;margin:.3em 0}"
+)
+
+# Sorting by a column: numbers as numbers, empty cells last; click again to reverse. No library, no server.
+SORT_SCRIPT = """
+document.querySelectorAll("#results th").forEach((th, col) => th.addEventListener("click", () => {
+  const body = th.closest("table").tBodies[0];
+  const dir = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
+  th.parentNode.querySelectorAll("th").forEach(h => h.removeAttribute("aria-sort"));
+  th.setAttribute("aria-sort", dir > 0 ? "ascending" : "descending");
+  const key = tr => { const v = tr.cells[col].dataset.v; return v === undefined ? null : isNaN(+v) ? v : +v; };
+  const rows = [...body.rows].sort((a, b) => {
+    const x = key(a), y = key(b);
+    return x === null ? 1 : y === null ? -1 : (x < y ? -1 : x > y ? 1 : 0) * dir;
+  });
+  rows.forEach(r => body.appendChild(r));
+}));
+"""
+
+
+def _html(head: dict[str, Any], table: Table, headline: Headline, pngs: dict[str, bytes]) -> str:
+    cols, rows = table_cells(table)
     e = html.escape
+    experiment, versions = _header_lines(head)
+    answers = [f"<li>{q.sentence(lambda s: f'<strong>{e(s)}</strong>', e)}</li>" for q in headline.questions]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>fedcomp report</title>',
-        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
-        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}img{max-width:100%}dt{font-weight:bold}</style>",
+        f"<style>{STYLE}</style>",
         "</head><body>",
         "<h1>fedcomp report</h1>",
-        "<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in head.items()) + "</dl>",
+        f'<p class="experiment">{e(experiment)}</p><p class="meta">{e(versions)}</p>',
+        '<section id="headline"><h2>Answer</h2><ul>' + ("".join(answers) or "<li>no evaluated rounds</li>") + "</ul>",
+        f'<p class="rules">{e(_rules(headline))}</p></section>',
         "<h2>Results</h2>",
-        "<table><thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr></thead><tbody>",
+        '<table id="results"><thead><tr>' + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr></thead><tbody>",
     ]
-    parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
-    parts += ["</tbody></table>", "<ul>" + "".join(f"<li>{e(n)}</li>" for n in _notes(table)) + "</ul>"]
+    for r in rows:
+        tds = "".join(f"<td{_sort_attr(c.sort)}>{e(c.text)}</td>" for c in r)
+        parts.append(f"<tr>{tds}</tr>")
+    parts += ["</tbody></table>", '<ul class="notes">' + "".join(f"<li>{e(n)}</li>" for n in _notes(table)) + "</ul>"]
     if table.warnings:
         parts += [
             '<h2 id="warnings">Warnings</h2>',
@@ -211,18 +268,26 @@ def _html(head: dict[str, Any], table: Table, pngs: dict[str, bytes]) -> str:
         ]
     for name, title in FIGURES.items():
         data = base64.b64encode(pngs[name]).decode("ascii")
-        parts += [f"<h2>{e(title)}</h2>", f'<img alt="{e(title)}" id="{name}" src="data:image/png;base64,{data}">']
-    parts += ["</body></html>", ""]
+        parts += [
+            f"<figure><figcaption>{e(title)}</figcaption>",
+            f'<img alt="{e(title)}" id="{name}" src="data:image/png;base64,{data}"></figure>',
+        ]
+    parts += [f"<script>{SORT_SCRIPT}</script>", "</body></html>", ""]
     return "\n".join(parts)
 
 
-def _json(head: dict[str, Any], table: Table) -> dict[str, Any]:
+def _sort_attr(value: float | str | None) -> str:
+    return "" if value is None else f' data-v="{html.escape(str(value))}"'
+
+
+def _json(head: dict[str, Any], table: Table, headline: Headline) -> dict[str, Any]:
     return {
         "header": head,
         "target_accuracy": table.target_accuracy,
         "target_source": table.target_source,
         "identity_bytes_per_client_round": table.identity_bytes,
         "identity_source": table.identity_source,
+        "headline": headline.as_dict(),
         "warnings": table.warnings,
         "groups": [r.as_dict() for r in table.rows],
     }
@@ -232,8 +297,10 @@ def _write_csv(path: Path, table: Table) -> None:
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         metrics = (f"{k}_{s}" for k in METRICS for s in ("mean", "std"))
-        w.writerow(["label", "uplink", "seeds", "status", *metrics, "warnings"])
+        w.writerow(["label", "uplink", "seeds", "status", *metrics, "failed_runs", "warnings"])
         for row in table.rows:
             stats = [v for k in METRICS for v in (row.metrics[k].mean, row.metrics[k].std)]
             cells = ["" if v is None else v for v in stats]
-            w.writerow([row.label, row.uplink, len(row.seeds), row.status, *cells, " | ".join(row.warnings)])
+            w.writerow(
+                [row.label, row.uplink, len(row.seeds), row.status, *cells, row.failed_runs, " | ".join(row.warnings)]
+            )

@@ -1,0 +1,57 @@
+"""A run's accuracy against what it has spent so far: the curve every comparison in a report reads.
+
+One point per evaluated round: the round, its test accuracy, and the bytes
+sent up to the end of that round, uplink, downlink and both together
+(payload lengths as ``rounds.jsonl`` records them). Rounds without an
+evaluation still add their bytes to the next point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from fedcomp.reports.runs import RunRecord
+
+Direction = Literal["total", "uplink", "downlink"]
+
+
+@dataclass(frozen=True)
+class Point:
+    round: int
+    accuracy: float
+    uplink: int
+    """Cumulative uplink bytes (all clients) at the end of the round."""
+    downlink: int
+
+    @property
+    def total(self) -> int:
+        return self.uplink + self.downlink
+
+    def spent(self, direction: Direction) -> int:
+        return self.total if direction == "total" else self.uplink if direction == "uplink" else self.downlink
+
+
+def curve(run: RunRecord) -> list[Point]:
+    out, up, down = [], 0, 0
+    for r in run.rows:
+        up += int(r["uplink_bytes"])
+        down += int(r["downlink_bytes"])
+        if r.get("test_accuracy") is not None:
+            out.append(Point(int(r["round"]), float(r["test_accuracy"]), up, down))
+    return out
+
+
+def accuracy_within(run: RunRecord, budget: float, direction: Direction = "total") -> float | None:
+    """The best accuracy among the evaluated rounds that ended within ``budget`` bytes; None if none did.
+
+    The best, not the last: the run could have stopped at that round and kept that model, and it makes
+    "accuracy within B ≥ T" the same statement as "bytes to reach T ≤ B".
+    """
+    accs = [p.accuracy for p in curve(run) if p.spent(direction) <= budget]
+    return max(accs) if accs else None
+
+
+def first_reach(run: RunRecord, target: float) -> Point | None:
+    """The first evaluated round at or above ``target``; None if the run never got there."""
+    return next((p for p in curve(run) if p.accuracy >= target), None)
