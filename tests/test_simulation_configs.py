@@ -1,4 +1,4 @@
-"""Every config in simulations/ loads and survives a round trip through its TOML.
+"""Every packaged config (fedcomp/configs/) loads and survives a round trip through its TOML.
 
 The model-compression configs are also run (tiny) in test_server_compression.py.
 """
@@ -12,7 +12,8 @@ import pytest
 from fedcomp.config import dump_config, load_config
 from tests.simulated import assert_downlink_as_measured, run_config
 
-SIMULATIONS = Path(__file__).resolve().parent.parent / "fedcomp" / "configs"
+ROOT = Path(__file__).resolve().parent.parent
+SIMULATIONS = ROOT / "fedcomp" / "configs"  # the packaged configs; the comparison scripts stay in simulations/
 
 
 @pytest.mark.parametrize("path", sorted(SIMULATIONS.glob("*.toml")), ids=lambda p: p.name)
@@ -55,7 +56,7 @@ def test_the_baseline_comparison_compares_at_equal_bytes(tmp_path):
     from fedcomp.config import config_from_dict
     from fedcomp.models import build_model
 
-    spec = importlib.util.spec_from_file_location("surp_vs_baselines", SIMULATIONS / "surp_vs_baselines.py")
+    spec = importlib.util.spec_from_file_location("surp_vs_baselines", ROOT / "simulations" / "surp_vs_baselines.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     rng = np.random.default_rng(0)
