@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/update_compressors.py --quick
 	$(BIN)/python benchmarks/rate_distortion.py --quick
 	$(BIN)/python benchmarks/model_compressors.py --quick
+	$(BIN)/python benchmarks/startup.py --quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
