@@ -50,8 +50,14 @@ def start_run(cfg: dict, run_dir) -> subprocess.Popen:
     """``fedcomp run`` of ``cfg`` in a process group of its own (a signal to the group reaches Ray's too)."""
     cfg_file = run_dir.parent / f"{run_dir.name}.toml"
     cfg_file.write_text(tomli_w.dumps(cfg))
+    # `python -m fedcomp.cli`, with Ctrl-C acting as in a terminal even when the suite itself runs as a
+    # shell's background job (which starts with SIGINT ignored, and a child inherits that).
+    as_in_a_terminal = (
+        "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "runpy.run_module('fedcomp.cli', run_name='__main__', alter_sys=True)"
+    )
     return subprocess.Popen(
-        [sys.executable, "-m", "fedcomp.cli", "run", str(cfg_file), "--run-dir", str(run_dir), "--no-progress"],
+        [sys.executable, "-c", as_in_a_terminal, "run", str(cfg_file), "--run-dir", str(run_dir), "--no-progress"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,

@@ -75,13 +75,17 @@ def test_without_a_stop_the_wait_for_replies_ends_at_the_timeout_with_what_came(
 
 def test_the_first_ctrl_c_asks_the_second_forces():
     stop = threading.Event()
-    before = signal.getsignal(signal.SIGINT)
-    with ctrl_c_stops(stop):
-        signal.raise_signal(signal.SIGINT)
-        assert stop.is_set()  # a request, no exception: the server thread ends the run
-        with pytest.raises(KeyboardInterrupt):
+    # As in a terminal, whatever this test process inherited (a shell's background job ignores SIGINT).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with ctrl_c_stops(stop):
             signal.raise_signal(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before
+            assert stop.is_set()  # a request, no exception: the server thread ends the run
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_an_ignored_sigint_stays_ignored():
