@@ -165,6 +165,29 @@ def test_the_wrapper_changes_the_transport_not_the_mathematics(make_inner):
     assert any(not torch.equal(wrapped_state[k], v) for k, v in initial_state().items())
 
 
+def test_with_a_state_dir_client_state_lives_in_files_only_and_gives_the_same_rounds(tmp_path):
+    """Error feedback kept on disk (a node's state-dir) instead of Context.state: bit-identical rounds, and
+    nothing of it in the Context that Flower keeps in memory for every node."""
+    from fedcomp.clients.state import UPLINK_STATE_KEY
+
+    in_memory, on_disk = contexts(), contexts()
+    for i, ctx in enumerate(on_disk.values()):
+        ctx.node_config["state-dir"] = str(tmp_path / f"node{i}")
+    make = lambda: CompressedStrategy(FedAvg(), arch=ARCH, uplink="topk", uplink_params={"density": 0.2})  # noqa: E731
+    a, b, state_a, state_b = make(), make(), initial_state(), initial_state()
+    for r in (1, 2, 3):
+        state_a, _, up_a = run_round(a, r, state_a, in_memory, mod=CompressionMod())
+        state_b, _, up_b = run_round(b, r, state_b, on_disk, mod=CompressionMod())
+        assert up_a == up_b
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert all(UPLINK_STATE_KEY in c.state for c in in_memory.values())  # top-k's residual, per node
+    assert not any(UPLINK_STATE_KEY in c.state for c in on_disk.values())
+    for i in range(len(NODES)):  # ... which is in that node's file of the last round instead
+        saved = torch.load(tmp_path / f"node{i}" / str(i) / "round-3.pt", weights_only=True)
+        held = in_memory[NODES[i]].state[UPLINK_STATE_KEY].to_torch_state_dict()
+        assert saved.keys() == held.keys() and all(torch.equal(saved[k], held[k]) for k in saved)
+
+
 def test_strategy_state_checkpoints_so_a_restored_wrapper_continues_exactly():
     ctxs = contexts()
     a = CompressedStrategy(FedAdam(eta=0.05), arch=ARCH, uplink="topk", uplink_params={"density": 0.2})

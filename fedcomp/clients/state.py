@@ -1,17 +1,20 @@
 """A client's compressor state (error-feedback residual, DGC momentum) across rounds and restarts.
 
-Two places, one truth:
+One place at a time:
 
-- Flower's per-node ``Context.state`` (fast; survives between rounds in
-  simulation and deployment, but not a restart of the federation);
 - when a state directory is known, a file per round,
   ``<state-dir>/<partition>/round-<r>.pt``, written after the round's
-  encode. The directory comes from the node config (``state-dir``: on a
-  device, a folder of its own) or, in simulation, from the server (the run
-  directory's ``client_state/``).
+  encode and read only when that client is sampled again: the state of
+  clients not in the round is on disk, not in memory, so memory does not
+  grow with the number of clients (a 45 MB ResNet-18 residual for each of
+  1,000 clients would be 45 GB in memory). The directory comes from the
+  node config (``state-dir``: on a device, a folder of its own) or, in
+  simulation, from the server (the run directory's ``client_state/``);
+- without one (a Flower app of the user's that sets no ``state-dir``),
+  Flower's per-node ``Context.state``, which the simulation copies to and
+  from the worker on every call and keeps in memory for every node.
 
-After a resume the node's ``Context.state`` is empty; the client then
-takes the newest file of a round before the current one. The server
+The client takes the newest file of a round before the current one. The server
 deletes files of rounds after the checkpoint it resumes from before round
 1 of the new attempt, so a file left by a round that was redone is never
 read. Files older than the newest one at or before the last checkpoint are
@@ -61,12 +64,10 @@ def fit_state(state: State, update: dict[str, torch.Tensor]) -> State:
 
 
 def load_state(context: Context, folder: Path | None, server_round: int) -> State:
-    """This client's state from earlier rounds: ``Context.state``, else the newest earlier file."""
-    record = context.state.array_records.get(UPLINK_STATE_KEY)
-    if record is not None:
-        return dict(record.to_torch_state_dict())
+    """This client's state from earlier rounds: the newest earlier file, or ``Context.state`` without a folder."""
     if folder is None:
-        return {}
+        record = context.state.array_records.get(UPLINK_STATE_KEY)
+        return dict(record.to_torch_state_dict()) if record is not None else {}
     earlier = [r for r in _rounds(folder) if r < server_round]
     if not earlier:
         return {}
@@ -74,18 +75,16 @@ def load_state(context: Context, folder: Path | None, server_round: int) -> Stat
 
 
 def save_state(context: Context, folder: Path | None, server_round: int, state: State, checkpoint_round: int) -> None:
-    """Keep the state in ``Context.state`` and, with a folder, in this round's file.
+    """Keep the state in this round's file, or in ``Context.state`` when there is no folder.
 
-    Flower copies ``Context.state`` to and from the worker on every call,
-    so this costs about the size of the state per round (one model's worth
-    of floats for error feedback). An empty state is written too, so that a
-    resume never falls back to an older, non-empty one.
+    An empty state is written too, so that a later round or a resume never
+    falls back to an older, non-empty one.
     """
-    if state:
-        context.state[UPLINK_STATE_KEY] = ArrayRecord({k: v.contiguous() for k, v in state.items()})
-    elif UPLINK_STATE_KEY in context.state:
-        del context.state[UPLINK_STATE_KEY]
     if folder is None:
+        if state:
+            context.state[UPLINK_STATE_KEY] = ArrayRecord({k: v.contiguous() for k, v in state.items()})
+        elif UPLINK_STATE_KEY in context.state:
+            del context.state[UPLINK_STATE_KEY]
         return
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".round-{server_round}.pt.tmp"

@@ -9,8 +9,9 @@ out it takes the one ArrayRecord the function returned, forms the update
 ``w_local − w_received`` over the floating-point tensors, adds the error
 feedback residual and encodes it with the configured update compressor,
 and replaces the arrays by the payload. Error-feedback and compressor
-state persists per node (``Context.state``, and files under the node's
-``state-dir``: :mod:`fedcomp.clients.state`).
+state persists per node: in a file per round under the node's
+``state-dir`` (or the run directory in simulation), read only when the
+node is sampled, else in ``Context.state`` (:mod:`fedcomp.clients.state`).
 
 What it needs from the node: the model (``model_fn``, or the fedcomp
 registry model the server names). Which codecs, their parameters and the
