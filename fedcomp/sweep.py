@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcomp.config import ConfigError, ExperimentConfig, apply_overrides, config_from_dict, parse_value, set_dotted
+from fedcomp.engine import shared_engine
 from fedcomp.errors import RunInterruptedError
 from fedcomp.reports.runs import SWEEP_FILE, ReportError, RunRecord, load_run
 from fedcomp.servers.recorder import CONFIG_FILE, RunDirBusyError, lock_run_dir
@@ -161,7 +162,8 @@ def run_sweep(
             )
     root = Path(sweep_dir)
     root.mkdir(parents=True, exist_ok=True)
-    with lock_run_dir(root, what="sweep directory"):
+    # One engine start for the whole sweep, not one per run.
+    with lock_run_dir(root, what="sweep directory"), shared_engine():
         return _run_all(root, runs, grid or {}, seeds, progress, verbose)
 
 
@@ -174,20 +176,6 @@ def _run_all(
     verbose: bool,
 ) -> SweepResult:
     """The sweep's loop, run while the sweep directory is locked."""
-    from fedcomp.engine import shared_engine
-
-    with shared_engine():  # one engine start for the whole sweep, not one per run
-        return _run_each(root, runs, grid, seeds, progress, verbose)
-
-
-def _run_each(
-    root: Path,
-    runs: list[tuple[SweepRun, ExperimentConfig]],
-    grid: dict[str, list[Any]],
-    seeds: int,
-    progress: bool,
-    verbose: bool,
-) -> SweepResult:
     from fedcomp.simulation import run
 
     result = SweepResult(root, [r for r, _ in runs])
