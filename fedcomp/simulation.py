@@ -83,13 +83,31 @@ def as_config(config: ExperimentConfig | dict[str, Any] | str | Path) -> Experim
 ENGINE_LOG_FILE = "engine.log"
 
 
+class _DeprecationsToConsole(logging.Handler):
+    """Flower's deprecation warnings reach the console as fedcomp warnings, once each per run.
+
+    Flower 1.42 marks ``run_simulation``, which fedcomp calls, as deprecated;
+    a user should see that, not find it only in ``engine.log``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = " ".join(record.getMessage().split())
+        if "deprecated" in text.lower() and text not in self.seen:
+            self.seen.add(text)
+            logger.warning("Flower says: %s", text)
+
+
 @contextlib.contextmanager
 def _engine_log(run_dir: Path, verbose: bool) -> Iterator[None]:
     """Flower's log, client tracebacks included, goes to ``engine.log`` in the run directory.
 
     The console gets fedcomp's own lines (one per failed client, from the
-    strategy) instead of one Ray traceback per failure; ``verbose`` keeps
-    Flower's console output as well.
+    strategy) instead of one Ray traceback per failure, plus Flower's
+    deprecation warnings; ``verbose`` keeps Flower's console output as well.
     """
     flwr_logger = logging.getLogger("flwr")
     old_level, old_handlers, old_propagate = flwr_logger.level, list(flwr_logger.handlers), flwr_logger.propagate
@@ -100,11 +118,15 @@ def _engine_log(run_dir: Path, verbose: bool) -> Iterator[None]:
             flwr_logger.removeHandler(h)
         flwr_logger.propagate = False  # nor through the root logger's console handler (the CLI's basicConfig)
     flwr_logger.addHandler(handler)
+    deprecations = _DeprecationsToConsole()
+    if not verbose:  # verbose keeps Flower's console handler, which shows them already
+        flwr_logger.addHandler(deprecations)
     flwr_logger.setLevel(logging.INFO)
     try:
         yield
     finally:
         flwr_logger.removeHandler(handler)
+        flwr_logger.removeHandler(deprecations)
         handler.close()
         for h in old_handlers:
             if h not in flwr_logger.handlers:

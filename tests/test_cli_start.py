@@ -91,7 +91,7 @@ def test_init_copies_a_packaged_config_and_never_overwrites(tmp_path, monkeypatc
     assert "packaged: alds_lenet5" in capsys.readouterr().err
 
 
-def test_run_without_a_config_file_runs_every_default(tmp_path, capsys):
+def test_run_without_a_config_file_runs_every_default(tmp_path, capsys, caplog):
     tiny = ["federation.num_clients=2", "federation.rounds=1", "client.local_steps=2", f'output_dir="{tmp_path}"']
     assert cli_main(["run", "--no-progress", *(arg for kv in tiny for arg in ("--set", kv))]) == 0
     (run_dir,) = tmp_path.iterdir()
@@ -103,3 +103,6 @@ def test_run_without_a_config_file_runs_every_default(tmp_path, capsys):
     )
     assert [r["round"] for r in read_rounds(run_dir)] == [1]
     assert f"run directory: {run_dir}" in capsys.readouterr().out
+    # Flower 1.42 deprecates run_simulation, which fedcomp.run calls: the user is told, not only engine.log.
+    said = [r.getMessage() for r in caplog.records if r.name == "fedcomp.simulation" and r.levelname == "WARNING"]
+    assert any("Flower says" in m and "run_simulation" in m and "deprecated" in m for m in said), said

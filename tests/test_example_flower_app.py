@@ -1,4 +1,9 @@
-"""examples/flower_app, run as its users run it: ``flwr run .`` on a local simulation SuperLink, offline.
+"""Flower apps run as their users run them: ``flwr run .`` on a local simulation SuperLink, offline.
+
+Two apps: examples/flower_app (a Flower app of a user's, with fedcomp's mod
+and wrapper added), and fedcomp's own app (this repository's
+``[tool.flwr.app]``: the ClientApp and the deployment ServerApp, an
+experiment config named in the run config), on Flower's supported runtime.
 
 The SuperLink is the one ``flwr run`` would start itself for the ``:local:``
 address (simulation mode, subprocess isolation); the test starts it in its
@@ -11,17 +16,22 @@ simulation tests).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import tomli_w
 import torch
 
+from fedcomp.servers.recorder import read_rounds
+from tests.conftest import small_config
 from tests.processes import free_port, process_group, wait_for_port
 
-APP = Path(__file__).resolve().parents[1] / "examples" / "flower_app"
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "examples" / "flower_app"
 BIN = Path(sys.executable).parent
 
 
@@ -51,6 +61,7 @@ def local_superlink(tmp_path_factory):
 
 
 def flwr_run(env, out: Path, **run_config) -> dict:
+    """examples/flower_app for ``num-server-rounds`` 2; its result file (the model and fedcomp's rows)."""
     settings = " ".join(
         f"{k}={v}" for k, v in {"num-server-rounds": 2, "result-file": f'"{out}"', **run_config}.items()
     )
@@ -81,3 +92,28 @@ def test_the_example_app_runs_with_flwr_run_and_fedcomp_changes_only_the_transpo
     for r in identity["rounds"]:
         assert r["failures"] == 0 and 2 * dense < r["uplink_bytes"] < 2 * dense * 1.05
     assert [r["round"] for r in identity["rounds"]] == [1, 2]
+
+
+def test_fedcomps_own_app_runs_with_flwr_run_on_a_local_simulation(local_superlink, tmp_path):
+    env, _ = local_superlink
+    cfg = small_config(tmp_path, federation={"num_clients": 2, "rounds": 2}, client={"local_steps": 5})
+    cfg["uplink"] = {"name": "surp", "density": 0.01}
+    (tmp_path / "exp.toml").write_text(tomli_w.dumps(cfg))
+    run_dir = tmp_path / "run"
+    settings = f'config="{tmp_path / "exp.toml"}" run-dir="{run_dir}"'
+    done = subprocess.run(
+        [str(BIN / "flwr"), "run", ".", "--stream", "--run-config", settings],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    output = (done.stdout + done.stderr).decode(errors="replace")
+    assert done.returncode == 0, output[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["runtime"]) == ("complete", "deployment"), summary
+    rows = read_rounds(run_dir)
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(sorted(r["clients"]) == [0, 1] and r["failed_clients"] == 0 for r in rows)
+    dense = rows[0]["downlink_bytes_per_client"]  # the identity model broadcast
+    assert all(0 < b < 0.05 * dense for r in rows for b in r["uplink_bytes_per_client"])  # SuRP at 1%
