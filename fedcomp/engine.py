@@ -77,10 +77,11 @@ def _close_kept(*, shutdown_ray: bool) -> None:
         return
     import ray
 
-    if kept.backend.pool is not None:
-        kept.backend.pool.terminate_all_actors()
     if shutdown_ray:
-        ray.shutdown()
+        ray.shutdown()  # its actors go with it
+    elif kept.backend.pool is not None:
+        for actor in kept.backend.pool.pool:  # idle (a kept pool has none busy)
+            ray.kill(actor)
 
 
 class KeptRayBackend:

@@ -83,8 +83,12 @@ def as_config(config: ExperimentConfig | dict[str, Any] | str | Path) -> Experim
 ENGINE_LOG_FILE = "engine.log"
 
 
+DEPRECATIONS_SHOWN: set[str] = set()
+"""Flower's deprecation warnings already passed on in this process (a sweep's runs say each once)."""
+
+
 class _DeprecationsToConsole(logging.Handler):
-    """Flower's deprecation warnings reach the console as fedcomp warnings, once each per run.
+    """Flower's deprecation warnings reach the console as fedcomp warnings, once each per process.
 
     Flower 1.42 marks ``run_simulation``, which fedcomp calls, as deprecated;
     a user should see that, not find it only in ``engine.log``.
@@ -92,12 +96,11 @@ class _DeprecationsToConsole(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
-        self.seen: set[str] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
         text = " ".join(record.getMessage().split())
-        if "deprecated" in text.lower() and text not in self.seen:
-            self.seen.add(text)
+        if "deprecated" in text.lower() and text not in DEPRECATIONS_SHOWN:
+            DEPRECATIONS_SHOWN.add(text)
             logger.warning("Flower says: %s", text)
 
 

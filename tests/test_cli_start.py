@@ -15,6 +15,7 @@ from fedcomp.cli import main as cli_main
 from fedcomp.config import ConfigError, load_config
 from fedcomp.configs import DIR, packaged_configs
 from fedcomp.servers.recorder import read_rounds
+from fedcomp.simulation import DEPRECATIONS_SHOWN
 
 
 def test_the_catalogue_file_is_what_the_registries_say():
@@ -92,6 +93,7 @@ def test_init_copies_a_packaged_config_and_never_overwrites(tmp_path, monkeypatc
 
 
 def test_run_without_a_config_file_runs_every_default(tmp_path, capsys, caplog):
+    DEPRECATIONS_SHOWN.clear()  # said once per process: earlier runs of this test process may have said it
     tiny = ["federation.num_clients=2", "federation.rounds=1", "client.local_steps=2", f'output_dir="{tmp_path}"']
     assert cli_main(["run", "--no-progress", *(arg for kv in tiny for arg in ("--set", kv))]) == 0
     (run_dir,) = tmp_path.iterdir()
