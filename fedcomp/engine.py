@@ -54,7 +54,6 @@ class _Kept:
     def __init__(self, settings: str, backend: Any) -> None:
         self.settings = settings
         self.backend = backend
-        self.runs = 0
 
     def init_args(self) -> str:
         return json.dumps(json.loads(self.settings).get("init_args", {}), sort_keys=True)
@@ -92,7 +91,7 @@ class KeptRayBackend:
     (and Ray) when every actor came back idle.
     """
 
-    ray_backend_class: type  # Flower's RayBackend, set by _using_kept_backends
+    ray_backend_class: type  # Flower's RayBackend, set by backend_for_run
 
     def __init__(self, backend_config: dict[str, Any]) -> None:
         global _kept, _built
@@ -103,7 +102,6 @@ class KeptRayBackend:
         with _lock:
             if _kept is not None and _kept.settings == settings and self._keep:
                 self._inner, self._reused = _kept.backend, True
-                _kept.runs += 1
                 return
             if _kept is not None:  # other settings: a fresh pool; a fresh Ray only if its arguments differ
                 same_ray = self._keep and _kept.init_args() == _Kept(settings, None).init_args()
