@@ -6,7 +6,11 @@ here ``fresh_engine`` makes the first run start its own, as a run outside the bl
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import ray
@@ -52,3 +56,24 @@ def test_a_shared_engine_serves_the_next_run_with_the_same_workers_and_the_same_
 
     release()  # the next run starts a fresh engine, as a run outside shared_engine() does
     assert not ray.is_initialized()
+
+
+def test_the_example_runs_two_densities_on_one_engine(tmp_path):
+    """examples/compare_densities.py, as a user runs it (its own process, another directory)."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "compare_densities.py"
+    done = subprocess.run(
+        [sys.executable, str(example), "--rounds", "2", "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    runs = {}
+    for run_dir in tmp_path.iterdir():
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "complete"
+        runs[run_dir.name.split("-")[1]] = summary["uplink_bytes"]
+    assert sorted(runs) == ["0.01", "0.1"] and runs["0.1"] > 5 * runs["0.01"]
+    lines = [x for x in done.stdout.splitlines() if x.startswith("density ")]
+    assert [x.split()[1] for x in lines] == ["0.1:", "0.01:"]
