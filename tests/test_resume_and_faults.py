@@ -162,9 +162,10 @@ def test_clients_past_the_round_timeout_are_recorded_and_rounds_go_on(make_confi
         # Well past the timeout (a loaded machine still answers the others in time), not far past it: the
         # engine's shutdown waits for the sleeper.
         faults={"client_delay_rate": 0.3, "client_delay_s": 30.0},
-        # A quarter CPU per client: all three run at once even on a one-core runner, so the sleeper never
-        # holds the only slot while the others wait behind it past the timeout.
-        simulation={"num_cpus": 0.25},
+        # A third of the machine per client: all three run at once on any number of cores, so the sleeper
+        # never holds the only slot while the others wait behind it past the timeout (and no more actors
+        # start than there are clients: 0.25 CPU made 8 on 2 cores, each importing torch).
+        simulation={"num_cpus": (os.cpu_count() or 1) / 3},
         seed=2,  # with this seed client 2 sleeps past the timeout in round 1, nobody in round 2
     )
     result = fedcomp.run(cfg, progress=False)
