@@ -60,20 +60,27 @@ def local_superlink(tmp_path_factory):
         yield env, home
 
 
-def flwr_run(env, out: Path, **run_config) -> dict:
-    """examples/flower_app for ``num-server-rounds`` 2; its result file (the model and fedcomp's rows)."""
-    settings = " ".join(
-        f"{k}={v}" for k, v in {"num-server-rounds": 2, "result-file": f'"{out}"', **run_config}.items()
-    )
+def flwr_run_app(app: Path, env, settings: str) -> str:
+    """``flwr run . --stream`` in ``app`` against the local SuperLink; its output, after checking it succeeded."""
     done = subprocess.run(
         [str(BIN / "flwr"), "run", ".", "--stream", "--run-config", settings],
-        cwd=APP,
+        cwd=app,
         env=env,
         capture_output=True,
         timeout=300,
     )
     output = (done.stdout + done.stderr).decode(errors="replace")
-    assert done.returncode == 0 and out.exists(), output[-3000:]
+    assert done.returncode == 0, output[-3000:]
+    return output
+
+
+def flwr_run(env, out: Path, **run_config) -> dict:
+    """examples/flower_app for ``num-server-rounds`` 2; its result file (the model and fedcomp's rows)."""
+    settings = " ".join(
+        f"{k}={v}" for k, v in {"num-server-rounds": 2, "result-file": f'"{out}"', **run_config}.items()
+    )
+    output = flwr_run_app(APP, env, settings)
+    assert out.exists(), output[-3000:]
     return torch.load(out, weights_only=True)
 
 
@@ -101,15 +108,7 @@ def test_fedcomps_own_app_runs_with_flwr_run_on_a_local_simulation(local_superli
     (tmp_path / "exp.toml").write_text(tomli_w.dumps(cfg))
     run_dir = tmp_path / "run"
     settings = f'config="{tmp_path / "exp.toml"}" run-dir="{run_dir}"'
-    done = subprocess.run(
-        [str(BIN / "flwr"), "run", ".", "--stream", "--run-config", settings],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        timeout=300,
-    )
-    output = (done.stdout + done.stderr).decode(errors="replace")
-    assert done.returncode == 0, output[-3000:]
+    flwr_run_app(ROOT, env, settings)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["status"], summary["runtime"]) == ("complete", "deployment"), summary
     rows = read_rounds(run_dir)
