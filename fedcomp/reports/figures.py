@@ -85,16 +85,25 @@ def _curves(ax: Axes, groups: list[RunGroup], x_of: str) -> None:
             ax.fill_between(xs, lo, hi, color=st["color"], alpha=0.18, linewidth=0)
 
 
+def _log_bytes_panel(ax: Axes, xlabel: str, title: str) -> None:
+    """A panel whose x axis is bytes on a log scale, in human units (both accuracy-against-bytes figures)."""
+    ax.set_xscale("log")
+    byte_axis(ax)
+    ax.set(xlabel=xlabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    _legend(ax)
+
+
 def accuracy_vs_bytes(groups: list[RunGroup]) -> Figure:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True, layout="constrained")
     for ax, direction in zip(axes, ("total", "uplink"), strict=True):
         _curves(ax, groups, direction)
-        ax.set_xscale("log")
-        byte_axis(ax)
-        ax.set(xlabel=f"cumulative bytes, {DIRECTION_LABEL[direction]} (all clients, log scale)")
-        ax.set_title(f"Accuracy against bytes sent, {DIRECTION_LABEL[direction]}")
-        ax.grid(True, alpha=0.3)
-        _legend(ax)
+        _log_bytes_panel(
+            ax,
+            f"cumulative bytes, {DIRECTION_LABEL[direction]} (all clients, log scale)",
+            f"Accuracy against bytes sent, {DIRECTION_LABEL[direction]}",
+        )
     axes[0].set_ylabel("test accuracy (mean ± sd over seeds)")
     return fig
 
@@ -219,9 +228,8 @@ def _frontier_panel(ax: Axes, table: Table, direction: Direction) -> None:
     if len(front) > 1:
         fx, fy = zip(*sorted((points[k][0].mean, points[k][1].mean) for k in front), strict=True)
         ax.plot(fx, fy, color="black", linewidth=1, linestyle=":", label="Pareto front (★: none better beyond noise)")
-    ax.set_xscale("log")
-    byte_axis(ax)
-    ax.set(xlabel=f"bytes, {DIRECTION_LABEL[direction]}, whole run (log scale)")
-    ax.set_title(f"Accuracy–bytes frontier, {DIRECTION_LABEL[direction]}")
-    ax.grid(True, alpha=0.3)
-    _legend(ax)
+    _log_bytes_panel(
+        ax,
+        f"bytes, {DIRECTION_LABEL[direction]}, whole run (log scale)",
+        f"Accuracy–bytes frontier, {DIRECTION_LABEL[direction]}",
+    )
