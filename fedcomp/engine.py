@@ -55,12 +55,14 @@ class _Kept:
         self.settings = settings
         self.backend = backend
 
-    def init_args(self) -> str:
-        return json.dumps(json.loads(self.settings).get("init_args", {}), sort_keys=True)
-
 
 def _settings(backend_config: dict[str, Any]) -> str:
     return json.dumps(backend_config, sort_keys=True, default=str)
+
+
+def _ray_init_args(settings: str) -> str:
+    """The ``ray.init`` part of the backend settings: two runs with the same one can share a Ray."""
+    return json.dumps(json.loads(settings).get("init_args", {}), sort_keys=True)
 
 
 def _attaches_to_cluster(backend_config: dict[str, Any]) -> bool:
@@ -104,7 +106,7 @@ class KeptRayBackend:
                 self._inner, self._reused = _kept.backend, True
                 return
             if _kept is not None:  # other settings: a fresh pool; a fresh Ray only if its arguments differ
-                same_ray = self._keep and _kept.init_args() == _Kept(settings, None).init_args()
+                same_ray = self._keep and _ray_init_args(_kept.settings) == _ray_init_args(settings)
                 _close_kept(shutdown_ray=not same_ray)
             self._inner, self._reused = self.ray_backend_class(backend_config), False
             if self._keep:
