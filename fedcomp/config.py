@@ -184,6 +184,20 @@ class ServerCompressionConfig:
 
 
 @dataclass
+class DownlinkConfig:
+    """The update compressor the server sends the global model's *change* with (``identity``: the model, dense).
+
+    Any uplink compressor, with its parameters; see :mod:`fedcomp.flower.downlink`.
+    """
+
+    name: str = "identity"
+    initial: Literal["seed", "dense"] = "seed"
+    """How a client gets its first model: ``seed``, it builds the round-0 model from the experiment seed as the
+    server does (checked by CRC) and receives the change since; ``dense``, the model is sent to it dense once."""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class StrategyConfig:
     """Flower's aggregation strategy (``fedcomp list``), with its own parameters under Flower's names."""
 
@@ -252,6 +266,7 @@ class ExperimentConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     server_compression: ServerCompressionConfig = field(default_factory=ServerCompressionConfig)
+    downlink: DownlinkConfig = field(default_factory=DownlinkConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
@@ -275,7 +290,7 @@ class ExperimentConfig:
         data = dataclasses.asdict(self)
         for section in _OPEN_SECTION_NAMES:
             own = data.pop(section)
-            data[section] = {"name": own["name"], **own["params"]}
+            data[section] = {**{k: v for k, v in own.items() if k != "params"}, **own["params"]}
         return data
 
 
@@ -310,6 +325,7 @@ def _check_registered(cfg: ExperimentConfig) -> None:
         ("model.name", cfg.model.name, MODELS),
         ("uplink.name", cfg.uplink.name, UPDATE_COMPRESSORS),
         ("server_compression.name", cfg.server_compression.name, MODEL_COMPRESSORS),
+        ("downlink.name", cfg.downlink.name, UPDATE_COMPRESSORS),
         ("strategy.name", cfg.strategy.name, STRATEGIES),
     ):
         if is_import_spec(name):
@@ -320,7 +336,15 @@ def _check_registered(cfg: ExperimentConfig) -> None:
                 "or give your own as an import path 'module:name' / 'file.py:name'"
             )
     UPDATE_COMPRESSORS.get(cfg.uplink.name).parse_params(cfg.uplink.params, "uplink")
-    MODEL_COMPRESSORS.get(cfg.server_compression.name).parse_params(cfg.server_compression.params, "server_compression")
+    model_params = MODEL_COMPRESSORS.get(cfg.server_compression.name).parse_params(
+        cfg.server_compression.params, "server_compression"
+    )
+    UPDATE_COMPRESSORS.get(cfg.downlink.name).parse_params(cfg.downlink.params, "downlink")
+    from fedcomp.flower.transport import downlink_problem
+
+    problem = downlink_problem(cfg.server_compression.name, model_params, cfg.downlink.name, cfg.downlink.params)
+    if problem:
+        raise ConfigError(f"config key 'downlink.name': {problem}")
     strategy = parse_strategy_params(cfg.strategy.name, cfg.strategy.params)
     if strategy.get("proximal_mu", 0) and cfg.server_compression.name == "lc":
         raise ConfigError(
@@ -447,8 +471,8 @@ def dump_config(cfg: ExperimentConfig) -> str:
 
 
 # Sections whose extra keys are a method's own parameters, kept in ``params``.
-_OPEN_SECTIONS = {UplinkConfig, ServerCompressionConfig, StrategyConfig}
-_OPEN_SECTION_NAMES = ("uplink", "server_compression", "strategy")
+_OPEN_SECTIONS = {UplinkConfig, ServerCompressionConfig, DownlinkConfig, StrategyConfig}
+_OPEN_SECTION_NAMES = ("uplink", "server_compression", "downlink", "strategy")
 # Keys that existed once: what to write instead.
 _REMOVED = {
     "federation.server_lr": 'the server step is FedAvgM\'s now: [strategy] name = "fedavgm", '
@@ -465,7 +489,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
     extra: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{path}.{key}" if path else key
-        if cls in _OPEN_SECTIONS and key != "name":
+        if cls in _OPEN_SECTIONS and (key not in names or key == "params"):
             extra[key] = value
             continue
         if dotted in _REMOVED:

@@ -45,6 +45,7 @@ from fedcomp.data import ImageData, SplitData, experiment_partitions, load_exper
 from fedcomp.flower.mod import received_loss_term, received_model
 from fedcomp.imports import resolve
 from fedcomp.messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, experiment_from
+from fedcomp.models import initial_model
 from fedcomp.seeding import FAULTS, LOCAL_TEST, TRAIN_SHUFFLE, numpy_rng, torch_generator
 
 logger = logging.getLogger(__name__)
@@ -167,7 +168,13 @@ def _build_app() -> ClientApp:
     from fedcomp.flower.mod import CompressionMod
 
     # Outermost first: wire faults act on what the compression mod sends.
-    return ClientApp(mods=[wire_faults_mod, CompressionMod()])
+    return ClientApp(mods=[wire_faults_mod, CompressionMod(initial_model=seeded_initial_state)])
+
+
+def seeded_initial_state(msg: Message, context: Context) -> dict[str, torch.Tensor]:
+    """The server's round-0 model, built here from the experiment seed (``[downlink] initial = "seed"``)."""
+    rt = runtime_for(msg, context)
+    return initial_model(rt.cfg, rt.split.input_shape, rt.split.num_classes).state_dict()
 
 
 app = _build_app()

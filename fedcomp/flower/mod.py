@@ -29,7 +29,7 @@ import functools
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -43,10 +43,13 @@ from fedcomp.compressors.model.identity import IdentityModelCompressor
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
 from fedcomp.compressors.update.base import EncodeContext, UpdateCompressor
 from fedcomp.compressors.update.feedback import encode_with_feedback
+from fedcomp.flower.downlink import Held, apply_change, dense_version, held_to_state, is_change, model_crc, split_state
 from fedcomp.flower.transport import STRUCTURE_KEY, Transport, transport_from
 from fedcomp.messages import CHECKPOINT_ROUND_KEY, CONFIG_KEY, PAYLOAD_KEY, STATE_DIR_KEY, payload_from, payload_record
 
 ClientAppCallable = Callable[[Message, Context], Message]
+InitialModel = Callable[[Message, Context], Mapping[str, torch.Tensor]]
+"""(the train message, the node's context) → the round-0 model's state, exactly as the server built it."""
 
 # The loss term of the broadcast being trained on (LC's penalty, BWCP's sparsity regularizer): a function
 # of the model, not data, so it is handed to the train function in-process, for the duration of the call.
@@ -62,8 +65,16 @@ class CompressionMod:
     model compressors (UDFC, BWCP).
     """
 
-    def __init__(self, model_fn: Callable[[], nn.Module] | None = None, input_shape: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        model_fn: Callable[[], nn.Module] | None = None,
+        input_shape: tuple[int, ...] = (),
+        initial_model: InitialModel | None = None,
+    ) -> None:
         self.arch = Architecture.of(model_fn, input_shape) if model_fn is not None else None
+        self.initial_model = initial_model
+        """Builds the server's round-0 model on this node (same seed), when the downlink sends the model's
+        change: the first broadcast is then the change since round 0, not the dense model."""
 
     def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         kind = msg.metadata.message_type
@@ -76,7 +87,17 @@ class CompressionMod:
         t0 = time.perf_counter()
         codecs = _codecs(transport.to_json(), self.arch)
         broadcast = payload_from(msg.content)
-        received = codecs.decode_broadcast(broadcast, transport.max_abs_value)
+        server_round = int(config.get("server-round", 0))
+        partition = _client_id(context)
+        root = state_dir_for(context, str(config.get(STATE_DIR_KEY, "")) or None)
+        folder = root / str(partition) if root is not None else None
+        stored = load_state(context, folder, server_round) if kind == MessageType.TRAIN else {}
+        held, uplink_state = split_state(stored)
+        if kind == MessageType.TRAIN and transport.sends_model_change:
+            held = self._model_from_change(broadcast, held, codecs, transport, msg, context)
+            received = Received(held.state)
+        else:
+            received = codecs.decode_broadcast(broadcast, transport.max_abs_value)
         msg.content = _plain_content(msg.content, received, transport.arrays_key)
         t_decode = time.perf_counter()
 
@@ -92,15 +113,12 @@ class CompressionMod:
 
         t_train = time.perf_counter()
         update = update_against(returned_arrays(reply), received.state)
-        server_round = int(config.get("server-round", 0))
-        partition = _client_id(context)
-        root = state_dir_for(context, str(config.get(STATE_DIR_KEY, "")) or None)
-        folder = root / str(partition) if root is not None else None
-        state = fit_state(load_state(context, folder, server_round), update)
+        state = fit_state(uplink_state, update)
         num_clients = int(context.node_config.get("num-partitions", 1))
         ctx = EncodeContext(server_round, partition, max(num_clients, partition + 1))
         encoded = encode_with_feedback(codecs.uplink, update, state, ctx)
-        save_state(context, folder, server_round, encoded.state, int(config.get(CHECKPOINT_ROUND_KEY, 0)))
+        kept = {**encoded.state, **(held_to_state(held) if held is not None else {})}
+        save_state(context, folder, server_round, kept, int(config.get(CHECKPOINT_ROUND_KEY, 0)))
         t_encode = time.perf_counter()
 
         metrics = _metrics_of(reply)
@@ -115,6 +133,8 @@ class CompressionMod:
                 **{f"uplink_{k}": float(v) for k, v in encoded.metrics.items()},
             }
         )
+        if held is not None and transport.sends_model_change:
+            metrics["model-version"] = held.version
         reply.content = RecordDict(
             {
                 PAYLOAD_KEY: payload_record(encoded.payload),
@@ -123,6 +143,24 @@ class CompressionMod:
             }
         )
         return reply
+
+    def _model_from_change(
+        self, payload: bytes, held: Held | None, codecs: _Codecs, transport: Transport, msg: Message, context: Context
+    ) -> Held:
+        """The model a downlink of the model's change brings this node to: a catch-up, or the model dense."""
+        if is_change(payload):
+            initial = functools.partial(self.initial_model, msg, context) if self.initial_model is not None else None
+            return apply_change(payload, held, codecs.arch, codecs.downlink_update, transport.max_abs_value, initial)
+        received = codecs.identity.decode(payload, max_abs=transport.max_abs_value)
+        named = dense_version(payload)
+        if named is None:
+            raise DecodeError("the downlink sends the model's change, but this dense broadcast names no version")
+        version, crc = named
+        if model_crc(received.state) != crc:
+            raise DecodeError(
+                f"dense broadcast: the model's CRC is {model_crc(received.state):#010x}, it names {crc:#010x}"
+            )
+        return Held(OrderedDict(received.state), version, crc)
 
 
 class _Codecs:
@@ -133,6 +171,7 @@ class _Codecs:
         self.downlink: ModelCompressor = transport.model_compressor(arch)
         self.identity = IdentityModelCompressor(None, arch)
         self.uplink: UpdateCompressor = transport.update_compressor()
+        self.downlink_update: UpdateCompressor = transport.downlink_update_compressor()
 
     def decode_broadcast(self, payload: bytes, max_abs: float) -> Received:
         """The configured model compressor's payload, or a dense one (what evaluate messages carry)."""

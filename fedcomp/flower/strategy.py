@@ -51,6 +51,7 @@ from torch import nn
 from fedcomp.coding import DecodeLimits, TensorSpec
 from fedcomp.compressors.model.base import dense_payload
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
+from fedcomp.flower.downlink import DownlinkChannel
 from fedcomp.flower.transport import TRANSPORT_KEY, Transport
 from fedcomp.messages import CHECKPOINT_ROUND_KEY, METRICS_KEY, PAYLOAD_KEY, payload_record
 from fedcomp.strategies.replies import (
@@ -93,9 +94,12 @@ class RoundStats:
     uplink_bytes_sent: list[int] = field(default_factory=list)
     """The same payloads' lengths as each client measured them before sending."""
     failures: list[ClientFailure] = field(default_factory=list)
-    downlink_bytes_per_client: int = 0
+    downlink_bytes_sent: list[int] = field(default_factory=list)
+    """The train payload's length for each sampled node, same order as ``sampled_nodes`` (equal unless
+    the downlink carries the model's change: then each node's catch-up differs)."""
     downlink_crc32: int = 0
-    """CRC32 of the broadcast payload (without its trailing CRC field): identifies the model a round started from."""
+    """Identifies the model a round started from: CRC32 of the broadcast payload (without its trailing CRC
+    field), or, when the downlink carries the model's change, of the model the clients rebuild."""
     downlink_bytes_received: list[int] = field(default_factory=list)
     """The broadcast's length as each aggregated client measured it on arrival, same order as ``clients``."""
     downlink_metrics: dict[str, float] = field(default_factory=dict)
@@ -112,7 +116,13 @@ class RoundStats:
 
     @property
     def downlink_bytes(self) -> int:
-        return self.downlink_bytes_per_client * len(self.sampled_nodes) + self.evaluate_downlink_bytes
+        return sum(self.downlink_bytes_sent) + self.evaluate_downlink_bytes
+
+    @property
+    def downlink_bytes_per_client(self) -> int:
+        """The train payload's mean length over the sampled nodes (exact when they all got the same)."""
+        sent = self.downlink_bytes_sent
+        return round(sum(sent) / len(sent)) if sent else 0
 
     @property
     def uplink_bytes_total(self) -> int:
@@ -155,6 +165,9 @@ class CompressedStrategy(Strategy):
         uplink_params: dict[str, Any] | None = None,
         downlink: str = "identity",
         downlink_params: dict[str, Any] | None = None,
+        downlink_update: str = "identity",
+        downlink_update_params: dict[str, Any] | None = None,
+        clients_build_initial_model: bool = False,
         seed: int = 0,
         max_abs_value: float = 1e6,
         min_replies: int = 1,
@@ -185,6 +198,8 @@ class CompressedStrategy(Strategy):
             uplink_params=dict(uplink_params or {}),
             downlink=downlink,
             downlink_params=dict(downlink_params or {}),
+            downlink_update=downlink_update,
+            downlink_update_params=dict(downlink_update_params or {}),
             seed=seed,
             max_abs_value=max_abs_value,
             model=registry_model,
@@ -196,6 +211,9 @@ class CompressedStrategy(Strategy):
         """The global model's architecture edits (ALDS factorized layers, ...); () = the configured model."""
         self.max_abs_value = max_abs_value
         self.update_limits = _update_limits(self.arch.specs(()), max_abs_value)
+        self.clients_build_initial_model = clients_build_initial_model
+        self.channel = self._new_channel() if self.transport.sends_model_change else None
+        """The downlink of the model's change (:mod:`.downlink`); None: the broadcast is the model."""
         self.sampler = sampler
         self.evaluate_rounds = evaluate_rounds
         """Which rounds clients evaluate in (None: whenever the inner strategy asks them)."""
@@ -219,6 +237,8 @@ class CompressedStrategy(Strategy):
         server_round += self.round_offset
         stats = RoundStats(round=server_round)
         self.current = stats
+        if self.channel is not None:
+            return self._configure_change(server_round, arrays, config, grid, stats)
         broadcast = self.downlink.broadcast(server_round, OrderedDict(arrays.to_torch_state_dict()), self.structure)
         if broadcast.structure != self.structure:  # the architecture changed: updates now come in its shapes
             self.structure = broadcast.structure
@@ -232,12 +252,43 @@ class CompressedStrategy(Strategy):
         config[CHECKPOINT_ROUND_KEY] = self.last_checkpoint
         messages = list(self.inner.configure_train(server_round, _float_record(broadcast.start), config, view))
         stats.sampled_nodes = sorted(int(m.metadata.dst_node_id) for m in messages)
-        stats.downlink_bytes_per_client = len(payload)
+        stats.downlink_bytes_sent = [len(payload)] * len(stats.sampled_nodes)
         # Over all but the container's own trailing CRC: a CRC32 over data plus its CRC is a constant.
         stats.downlink_crc32 = zlib.crc32(payload[:-4])
         for m in messages:
             m.content = _with_payload(m.content, payload)
         return messages
+
+    def _configure_change(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid, stats: RoundStats
+    ) -> list[Message]:
+        """The round's messages when the downlink carries the model's change: each node its own catch-up."""
+        assert self.channel is not None
+        model = OrderedDict(arrays.to_torch_state_dict())
+        self.global_state = self.channel.advance(server_round, model, first_round_of_run=server_round == 1)
+        stats.downlink_metrics = dict(self.channel.last_metrics)
+        stats.downlink_crc32 = self.channel.crc
+        view = _SampledGrid(grid, self.sampler(grid, server_round)) if self.sampler is not None else grid
+        config[TRANSPORT_KEY] = self.transport.to_json()
+        config[CHECKPOINT_ROUND_KEY] = self.last_checkpoint
+        messages = list(self.inner.configure_train(server_round, _float_record(self.global_state), config, view))
+        dense = self.channel.dense()
+        sent: dict[int, int] = {}
+        for m in messages:
+            node = int(m.metadata.dst_node_id)
+            payload = self.channel.payload_for(node, dense)
+            sent[node] = len(payload)
+            m.content = _with_payload(m.content, payload)
+        stats.sampled_nodes = sorted(sent)
+        stats.downlink_bytes_sent = [sent[n] for n in stats.sampled_nodes]
+        return messages
+
+    def _new_channel(self) -> DownlinkChannel:
+        return DownlinkChannel(
+            self.transport.downlink_update_compressor(),
+            self.update_limits,
+            seeded_start=self.clients_build_initial_model,
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -257,6 +308,8 @@ class CompressedStrategy(Strategy):
             replied.add(node)
             try:
                 accepted.append((judge_reply(msg, self._decode_update, self.roster, self.policy), msg))
+                if self.channel is not None:
+                    self.channel.learn(node, accepted[-1][0].model_version)
             except ReplyRejected as exc:
                 self._fail(stats, node, exc.reason, exc.uplink_bytes)
         for node in stats.sampled_nodes:
@@ -387,6 +440,8 @@ class CompressedStrategy(Strategy):
     def _fail(self, stats: RoundStats, node: int, reason: str, uplink_bytes: int = 0) -> None:
         """Record a client's failure; one short line on the console (the details are in the row)."""
         stats.failures.append(ClientFailure(node, reason, uplink_bytes))
+        if self.channel is not None:  # what it holds now is unknown: its next broadcast is the dense model
+            self.channel.learn(node, None)
         partition = self.roster.partition_of.get(node)
         who = f"client {partition}" if partition is not None else f"node {node}"
         logger.warning("round %d: %s failed: %s", stats.round, who, reason[:200])

@@ -35,6 +35,9 @@ class Transport:
     uplink_params: Mapping[str, Any] = field(default_factory=dict)
     downlink: str = "identity"
     downlink_params: Mapping[str, Any] = field(default_factory=dict)
+    downlink_update: str = "identity"
+    """The update compressor the server sends the model's change with ("identity": the model itself, dense)."""
+    downlink_update_params: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
     max_abs_value: float = 1e6
     """A decoded value beyond ±this (or not finite) is refused, by the server and by the clients."""
@@ -50,6 +53,7 @@ class Transport:
         for what, name, registry in (
             ("uplink", self.uplink, UPDATE_COMPRESSORS),
             ("downlink", self.downlink, MODEL_COMPRESSORS),
+            ("downlink update", self.downlink_update, UPDATE_COMPRESSORS),
         ):
             if not isinstance(name, str) or name not in registry:
                 raise TransportError(f"{what} compressor {name!r} is unknown; choose one of {sorted(registry)}")
@@ -60,6 +64,17 @@ class Transport:
         # Parameters are checked where they are parsed (a ConfigError naming the key).
         self.update_params()
         self.model_params()
+        self.downlink_update_compressor()
+        problem = downlink_problem(
+            self.downlink, self.model_params(), self.downlink_update, self.downlink_update_params
+        )
+        if problem:
+            raise TransportError(problem)
+
+    @property
+    def sends_model_change(self) -> bool:
+        """Whether the downlink carries the model's change (:mod:`.downlink`) instead of the model."""
+        return self.downlink_update != "identity"
 
     def update_params(self) -> Any:
         from fedcomp.compressors.update import UPDATE_COMPRESSORS
@@ -77,6 +92,13 @@ class Transport:
 
         return UPDATE_COMPRESSORS.get(self.uplink)(self.update_params(), seed=self.seed)
 
+    def downlink_update_compressor(self) -> Any:
+        """The compressor of the model's change on the downlink (the server encodes with it, clients decode)."""
+        from fedcomp.compressors.update import UPDATE_COMPRESSORS
+
+        cls = UPDATE_COMPRESSORS.get(self.downlink_update)
+        return cls(cls.parse_params(dict(self.downlink_update_params), "downlink"), seed=self.seed)
+
     def model_compressor(self, arch: Any) -> Any:
         """The configured model compressor for ``arch`` (the server broadcasts with it, clients decode)."""
         from fedcomp.compressors.model import MODEL_COMPRESSORS
@@ -88,6 +110,7 @@ class Transport:
             {
                 "uplink": {"name": self.uplink, **self.uplink_params},
                 "downlink": {"name": self.downlink, **self.downlink_params},
+                "downlink_update": {"name": self.downlink_update, **self.downlink_update_params},
                 "seed": self.seed,
                 "max_abs_value": self.max_abs_value if math.isfinite(self.max_abs_value) else "inf",
                 "model": dict(self.model) if self.model is not None else None,
@@ -101,12 +124,15 @@ class Transport:
         try:
             data = json.loads(text)
             up, down = dict(data["uplink"]), dict(data["downlink"])
+            change = dict(data.get("downlink_update", {"name": "identity"}))
             bound = data["max_abs_value"]
             return cls(
                 uplink=up.pop("name"),
                 uplink_params=up,
                 downlink=down.pop("name"),
                 downlink_params=down,
+                downlink_update=change.pop("name"),
+                downlink_update_params=change,
                 seed=data["seed"],
                 max_abs_value=math.inf if bound == "inf" else bound,
                 model=data.get("model"),
@@ -116,6 +142,33 @@ class Transport:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TransportError(f"malformed transport settings ({TRANSPORT_KEY}): {exc}") from None
+
+
+def downlink_problem(model_name: str, model_params: Any, change_name: str, change_params: Mapping[str, Any]) -> str:
+    """Why a model compressor and a downlink update compressor cannot go together ("" if they can).
+
+    The model's change is sent only while the broadcast is the model itself:
+    with no model compressor, or one that acts on the final model only
+    (UDFC ``final_only``, ALDS without ``compress_at``). LC's Δ(Θ), BWCP's
+    masks and a pruned or factorized model change what the clients hold in
+    ways a change of w cannot express.
+    """
+    from fedcomp.compressors.model import MODEL_COMPRESSORS
+
+    if change_name == "identity":
+        return ""
+    if not MODEL_COMPRESSORS.get(model_name).broadcasts_dense_model(model_params):
+        return (
+            f"[downlink] name = {change_name!r} sends the model's change, which needs a broadcast of the model "
+            f"itself; server_compression {model_name!r} compresses the broadcast during training. Use one of them, "
+            "or a model compressor that acts on the final model only (udfc final_only = true, alds compress_at = [])"
+        )
+    if change_params.get("error_feedback") is False:
+        return (
+            "downlink.error_feedback = false: the downlink always feeds back what was not sent "
+            "(it sends w − R, the global model minus what clients hold); remove the key"
+        )
+    return ""
 
 
 def transport_from(config: ConfigRecord) -> Transport | None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from fedcomp.registry import Registry
+
+if TYPE_CHECKING:
+    from fedcomp.config import ExperimentConfig
 
 ModelFactory = Callable[[tuple[int, int, int], int], nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model")
@@ -35,6 +39,19 @@ def build_model(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def initial_model(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The round-0 global model, initialized from the experiment seed (the server's, and any client's).
+
+    torch modules initialize from the global generator; it is forked so the
+    caller's random state is left as it was.
+    """
+    from fedcomp.seeding import MODEL_INIT, derive_seed
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, MODEL_INIT))
+        return build_model(cfg.model.name, input_shape, num_classes, cfg.model.params)
 
 
 from fedcomp.models import lenet, mlp, resnet18, resnet_cifar, vgg  # noqa: E402,F401  (register)

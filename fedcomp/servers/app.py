@@ -28,8 +28,7 @@ from fedcomp.errors import RunFailedError
 from fedcomp.flower.strategy import CompressedStrategy
 from fedcomp.imports import resolve
 from fedcomp.messages import CONFIG_KEY, METRICS_KEY, STATE_DIR_KEY, config_record
-from fedcomp.models import build_model
-from fedcomp.seeding import MODEL_INIT, derive_seed
+from fedcomp.models import initial_model
 from fedcomp.servers.recorder import Checkpoint, RoundRow, RunRecorder
 from fedcomp.servers.stopping import StoppableGrid
 from fedcomp.strategies import build_strategy
@@ -37,17 +36,6 @@ from fedcomp.strategies.replies import ReplyRejected, clean_reason
 from fedcomp.strategies.sampling import SeededSampler
 
 logger = logging.getLogger(__name__)
-
-
-def initial_model(cfg: ExperimentConfig, input_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
-    """The round-0 global model, initialized from the experiment seed.
-
-    torch modules initialize from the global generator; it is forked so the
-    caller's random state is left as it was.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.seed, MODEL_INIT))
-        return build_model(cfg.model.name, input_shape, num_classes, cfg.model.params)
 
 
 def human_bytes(n: float) -> str:
@@ -80,6 +68,9 @@ def compressed_strategy(cfg: ExperimentConfig, arch: Architecture) -> Compressed
         uplink_params=cfg.uplink.params,
         downlink=cfg.server_compression.name,
         downlink_params=cfg.server_compression.params,
+        downlink_update=cfg.downlink.name,
+        downlink_update_params=cfg.downlink.params,
+        clients_build_initial_model=cfg.downlink.initial == "seed",
         seed=cfg.seed,
         max_abs_value=fed.max_abs_value,
         min_replies=fed.quorum,
@@ -217,6 +208,7 @@ def serve(
             uplink_bytes_sent_per_client=stats.uplink_bytes_sent,
             downlink_bytes=stats.downlink_bytes,
             downlink_bytes_per_client=stats.downlink_bytes_per_client,
+            downlink_bytes_sent_per_client=stats.downlink_bytes_sent,
             downlink_crc32=stats.downlink_crc32,
             downlink_bytes_received_per_client=stats.downlink_bytes_received,
             server_metrics=server_metrics,

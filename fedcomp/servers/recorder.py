@@ -83,9 +83,13 @@ class RoundRow:
     uplink_bytes_sent_per_client: list[int]
     downlink_bytes: int
     downlink_bytes_per_client: int
+    """The train payload's mean length per sampled client (every client's, unless the downlink carries the
+    model's change: then see ``downlink_bytes_sent_per_client``)."""
     wall_s: float
     downlink_crc32: int = 0
-    """CRC32 of the broadcast payload: which model this round started from."""
+    """Which model this round started from: CRC32 of the broadcast payload, or of the model clients rebuild."""
+    downlink_bytes_sent_per_client: list[int] = field(default_factory=list)
+    """The train payload's length for each sampled client, in node order (catch-ups differ per client)."""
     downlink_bytes_received_per_client: list[int] = field(default_factory=list)
     """The broadcast's length as each aggregated client measured it, same order as ``clients``."""
     client_metrics: dict[str, float] = field(default_factory=dict)

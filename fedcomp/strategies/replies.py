@@ -10,8 +10,9 @@ checked here, inside one error handling:
   than ``federation.max_examples`` and, where the node reported its
   partition's size at warm-up (simulation), equal to it; ``partition-id``
   the one the node gave at warm-up (or, for a node the warm-up did not
-  reach, one no other node holds); ``payload-bytes`` and ``downlink-bytes``
-  non-negative integers; ``train_loss`` finite (a diverged client);
+  reach, one no other node holds); ``payload-bytes``, ``downlink-bytes``
+  and ``model-version`` (the model a client holds when the downlink
+  carries the model's change) non-negative integers; ``train_loss`` finite (a diverged client);
 - the payload decodes within the receiver's limits to finite values no
   larger than ``federation.max_abs_value`` (the codec's own checks).
 
@@ -35,7 +36,7 @@ from fedcomp.coding import DecodeError
 from fedcomp.messages import METRICS_KEY, payload_from
 
 # Metrics the server reads itself; every other numeric metric is averaged into the row.
-PROTOCOL_METRICS = ("num-examples", "partition-id", "payload-bytes", "downlink-bytes")
+PROTOCOL_METRICS = ("num-examples", "partition-id", "payload-bytes", "downlink-bytes", "model-version")
 MAX_BYTES_METRIC = 1 << 48
 
 
@@ -97,6 +98,8 @@ class Accepted:
     uplink_bytes: int
     payload_bytes_sent: int
     downlink_bytes_received: int
+    model_version: int | None = None
+    """The version of the model the client now holds (downlink update compression), if it said."""
 
 
 def judge_reply(
@@ -123,6 +126,7 @@ def judge_reply(
             raise ReplyRejected(f"num-examples = {weight}, but its partition reported {told} at warm-up")
         sent = int_metric(metrics, "payload-bytes", 0, MAX_BYTES_METRIC, default=-1)
         received = int_metric(metrics, "downlink-bytes", 0, MAX_BYTES_METRIC, default=-1)
+        version = int_metric(metrics, "model-version", 0, MAX_BYTES_METRIC, default=-1)
         others = _other_metrics(metrics)
     except ReplyRejected as exc:
         raise ReplyRejected(f"bad metrics: {exc.reason}", size) from None
@@ -132,7 +136,7 @@ def judge_reply(
         raise ReplyRejected(f"undecodable payload: {exc}", size) from None
     if node not in roster.partition_of and partition >= 0:
         roster.claim(node, partition)
-    return Accepted(node, partition, weight, update, others, size, sent, received)
+    return Accepted(node, partition, weight, update, others, size, sent, received, version if version >= 0 else None)
 
 
 def int_metric(metrics: Any, key: str, lo: int, hi: int, default: int | None = None) -> int:

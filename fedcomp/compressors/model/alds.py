@@ -603,6 +603,10 @@ class ALDSCompressor(ModelCompressor):
         metrics = {"alds_max_error": alloc.max_error, "alds_params_kept": alloc.params / self.dense_params}
         return new_state, new_structure, metrics
 
+    @classmethod
+    def broadcasts_dense_model(cls, params: Any) -> bool:
+        return not params.compress_at
+
     def broadcast(self, server_round: int, state: State, structure: Structure) -> Broadcast:
         metrics: dict[str, float] = {}
         if server_round in self.params.compress_at:

@@ -173,6 +173,16 @@ class ModelCompressor(ABC):
         """
         return Snapshot(state, structure, payload=dense_payload(self.name, state, structure) if last else None)
 
+    @classmethod
+    def broadcasts_dense_model(cls, params: Any) -> bool:
+        """True if every broadcast during training is the global model, dense: the compressor acts on the final model only.
+
+        Only then may the downlink carry the model's change instead
+        (``[downlink]``, :mod:`fedcomp.flower.downlink`): the change of a
+        model whose broadcast is compressed, pruned or factorized is not defined.
+        """
+        return False
+
     def state_dict(self) -> dict[str, Any]:
         """Server-side state for a checkpoint (tensors, numbers and strings only)."""
         return {}
@@ -192,12 +202,12 @@ class ModelCompressor(ABC):
         """
         bound = self.max_abs if max_abs is None else max_abs
         try:
-            coarse = _limits(self.arch.specs(()), self.payload_factor, bound)
+            coarse = broadcast_limits(self.arch.specs(()), self.payload_factor, bound)
             codec, params = peek(payload, coarse)
             if codec != self.name:
                 raise DecodeError(f"broadcast was made by {codec!r}, this client expects {self.name!r}")
             structure = structure_from_json(params.get("structure", []))
-            limits = _limits(self.arch.specs(structure), self.payload_factor, bound)
+            limits = broadcast_limits(self.arch.specs(structure), self.payload_factor, bound)
             parsed = unpack(payload, limits)
             received = self.decode_body(parsed, structure)
             check_decoded(received.state, parsed.specs, limits.max_abs, f"{self.name} broadcast")
@@ -224,7 +234,7 @@ def build_model_compressor(cfg: ExperimentConfig, arch: Architecture) -> ModelCo
     return cls(cls.parse_params(section.params, "server_compression"), arch, seed=cfg.seed)
 
 
-def _limits(specs: Sequence[TensorSpec], factor: float, max_abs: float = math.inf) -> DecodeLimits:
+def broadcast_limits(specs: Sequence[TensorSpec], factor: float, max_abs: float = math.inf) -> DecodeLimits:
     """What a client accepts for a model of ``specs``: ``factor`` dense copies plus 1 MiB, values within ``max_abs``."""
     dense = sum(s.nbytes for s in specs)
     return DecodeLimits(

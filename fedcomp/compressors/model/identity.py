@@ -7,6 +7,8 @@ is byte-for-byte what it always was.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fedcomp.coding import Payload
 from fedcomp.compressors.model import MODEL_COMPRESSORS
 from fedcomp.compressors.model.base import Broadcast, ModelCompressor, Received, State, dense_payload, read_whole
@@ -19,6 +21,10 @@ class IdentityModelCompressor(ModelCompressor):
 
     def broadcast(self, server_round: int, state: State, structure: Structure) -> Broadcast:
         return Broadcast(dense_payload(self.name, state, structure), state, structure)
+
+    @classmethod
+    def broadcasts_dense_model(cls, params: Any) -> bool:
+        return True
 
     def decode_body(self, parsed: Payload, structure: Structure) -> Received:
         return Received(read_whole(parsed), structure)

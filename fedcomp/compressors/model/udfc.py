@@ -130,7 +130,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -423,6 +423,10 @@ class UDFCCompressor(ModelCompressor):
         return payload, decoded.state, decoded.structure, metrics
 
     # ------------------------------------------------------------------ server
+    @classmethod
+    def broadcasts_dense_model(cls, params: Any) -> bool:
+        return bool(params.final_only)
+
     def broadcast(self, server_round: int, state: State, structure: Structure) -> Broadcast:
         p = self.params
         if p.final_only or server_round < p.start_round:
