@@ -11,6 +11,14 @@ fit, so it compresses every tensor from round 1. ``rtopk-0.1%`` is rTop-k at
 the papers' 99.9% sparsity with no budget: the reference SuRP must match
 with a third of its bytes.
 
+The quantizers and PowerSGD take no byte budget: QSGD (s = 1, buckets of
+512), EF-signSGD and PowerSGD (rank 1, warm start, error feedback) run at
+their own rate, and ``surp@<method>`` is SuRP under a budget of exactly
+that method's payload on a LeNet-5 FedSGD gradient (the first round's, one
+batch of 64 digits: PowerSGD's and signSGD's sizes do not depend on the
+values, QSGD's varies a little from round to round; the table shows the
+bytes each method really sent).
+
 Each (partition, method) runs once per seed through ``fedcomp.run`` (the
 real Flower simulation, real payloads); the table gives final test
 accuracy mean ± sd over the seeds and the mean uplink bytes per client per
@@ -26,6 +34,7 @@ partitions run in two processes at once).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -35,6 +44,12 @@ from pathlib import Path
 import fedcomp
 
 DENSITY_CAP = 0.01  # far above what the budget allows: the budget decides k
+MATCHED_DENSITY_CAP = 0.25  # the same at the fixed-rate methods' larger budgets
+FIXED_RATE = {
+    "qsgd": {"name": "qsgd", "levels": 1},
+    "ef_signsgd": {"name": "ef_signsgd"},
+    "powersgd": {"name": "powersgd", "rank": 1},
+}
 
 
 def methods(budget: int) -> dict[str, dict]:
@@ -46,7 +61,43 @@ def methods(budget: int) -> dict[str, dict]:
         "rtopk": {"name": "rtopk", "r_factor": 2.0, **budgeted},
         "dgc": {"name": "dgc", "momentum": 0.9, "warmup_rounds": 4, **budgeted},
         "rtopk-0.1%": {"name": "rtopk", "density": 0.001, "r_factor": 2.0},
+        **FIXED_RATE,
+        **{
+            f"surp@{m}": {"name": "surp", "density": MATCHED_DENSITY_CAP, "max_bytes": n}
+            for m, n in matched_bytes().items()
+        },
     }
+
+
+def first_gradient() -> dict:
+    """The round-1 FedSGD gradient of the seed-0 LeNet-5 on one batch of 64 digits (what the budgets are set on)."""
+    import torch
+
+    from fedcomp.config import config_from_dict
+    from fedcomp.data import load_experiment_data
+    from fedcomp.models import initial_model
+
+    cfg = config_from_dict(experiment({"name": "identity"}, "iid", 0, 1, "runs"))
+    split = load_experiment_data(cfg)
+    model = initial_model(cfg, split.input_shape, split.num_classes)
+    images, labels = next(split.train.batches(64))
+    torch.nn.functional.cross_entropy(model(images), labels).backward()
+    return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+
+
+@functools.cache
+def matched_bytes() -> dict[str, int]:
+    """Each fixed-rate method's payload length on :func:`first_gradient`: the budget of its ``surp@`` twin."""
+    from fedcomp.compressors.update import UPDATE_COMPRESSORS
+    from fedcomp.compressors.update.base import EncodeContext
+
+    grad = first_gradient()
+    sizes = {}
+    for method, uplink in FIXED_RATE.items():
+        cls = UPDATE_COMPRESSORS.get(uplink["name"])
+        params = cls.parse_params({k: v for k, v in uplink.items() if k != "name"}, "uplink")
+        sizes[method] = len(cls(params, seed=0).encode(grad, None, EncodeContext(1, 0, 10)).payload)
+    return sizes
 
 
 def experiment(uplink: dict, partition: str, seed: int, rounds: int, output_dir: str, label: str = "") -> dict:
@@ -134,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--partitions", default="iid,dirichlet")
     parser.add_argument("--budget", type=int, default=720, help="bytes per update for the budgeted methods")
-    parser.add_argument("--methods", default=",".join(methods(0)))
+    parser.add_argument("--methods", default="identity,surp,topk,rtopk,dgc,rtopk-0.1%," + ",".join(
+        m for f in FIXED_RATE for m in (f, f"surp@{f}")))  # fmt: skip
     parser.add_argument("--output-dir", help="keep the run directories here (default: a temporary folder)")
     parser.add_argument("--markdown", action="store_true", help="also print the README table")
     parser.add_argument(

@@ -74,7 +74,22 @@ def test_the_baseline_comparison_compares_at_equal_bytes(tmp_path):
         codec_cls = UPDATE_COMPRESSORS.get(uplink["name"])
         params = codec_cls.parse_params({k: v for k, v in uplink.items() if k != "name"}, "uplink")
         sizes[method] = len(codec_cls(params, seed=0).encode(update, None, EncodeContext(1, 0, 10)).payload)
-    budgeted = {m: b for m, b in sizes.items() if m != "rtopk-0.1%"}
-    assert set(budgeted) == {"surp", "topk", "rtopk", "dgc"}
+    budgeted = {m: b for m, b in sizes.items() if m in ("surp", "topk", "rtopk", "dgc")}
+    assert set(sizes) - set(budgeted) == {"rtopk-0.1%", *script.FIXED_RATE, *(f"surp@{m}" for m in script.FIXED_RATE)}
     assert all(0.95 * budget <= b <= budget for b in budgeted.values()), budgeted  # the budget binds for each
     assert sizes["rtopk-0.1%"] >= 3 * budget  # the reference SuRP must match with a third of its bytes
+    # SuRP's twins fill the bytes their fixed-rate method sends on the gradient the budgets were set on.
+    grad = script.first_gradient()
+    for method, uplink in script.FIXED_RATE.items():
+        twin = script.methods(budget)[f"surp@{method}"]
+        own = encoded_size(uplink, grad)
+        assert twin["max_bytes"] == own and 0.95 * own <= encoded_size(twin, grad) <= own, method
+
+
+def encoded_size(uplink: dict, update) -> int:
+    from fedcomp.compressors.update import UPDATE_COMPRESSORS
+    from fedcomp.compressors.update.base import EncodeContext
+
+    cls = UPDATE_COMPRESSORS.get(uplink["name"])
+    params = cls.parse_params({k: v for k, v in uplink.items() if k != "name"}, "uplink")
+    return len(cls(params, seed=0).encode(update, None, EncodeContext(1, 0, 10)).payload)
