@@ -17,11 +17,13 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-## The demo: the federation on the embedded digits, uncompressed and with SuRP
-## at 1% density, then a report comparing the two (run again: complete runs are kept).
-DEMO_GRID := uplink={name="identity"},{name="surp",density=0.01}
+## The demo: the federation on the embedded digits, uplink dense or SuRP at 1% density, times
+## downlink dense or the model's change with SuRP at 5%, then a report comparing the four
+## (run again: complete runs are kept).
+DEMO_UPLINK := uplink={name="identity"},{name="surp",density=0.01}
+DEMO_DOWNLINK := downlink={name="identity"},{name="surp",density=0.05}
 demo: $(STAMP)
-	$(BIN)/fedcomp sweep demo --grid '$(DEMO_GRID)' --sweep-dir runs/demo --report
+	$(BIN)/fedcomp sweep demo --grid '$(DEMO_UPLINK)' --grid '$(DEMO_DOWNLINK)' --sweep-dir runs/demo --report
 
 ## Lint, then the whole test suite (two workers).
 test: $(STAMP)

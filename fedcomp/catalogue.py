@@ -65,7 +65,7 @@ def build() -> dict[str, Any]:
             family("datasets ([data] dataset)", DATASETS, none),
             family("models ([model] name)", MODELS, none),
             family(
-                "uplink compressors ([uplink] name)",
+                "update compressors ([uplink] name, and [downlink] name for the model's change)",
                 UPDATE_COMPRESSORS,
                 lambda e: _compressor_params(getattr(e, "Params", None)),
             ),

@@ -32,7 +32,7 @@ def test_list_names_every_method_with_its_parameters_under_its_name(capsys):
     assert cli_main(["list"]) == 0
     out = capsys.readouterr().out
     families = {f["title"].split(" (")[0]: f["entries"] for f in catalogue.load()["families"]}
-    assert {"datasets", "models", "uplink compressors", "model compressors", "strategies"} <= set(families)
+    assert {"datasets", "models", "update compressors", "model compressors", "strategies"} <= set(families)
     for entries in families.values():
         for entry in entries:
             block = re.split(r"\n(?=  \S|\S)", out.split(f"\n  {entry['name']} ", 1)[1], maxsplit=1)[0]

@@ -26,6 +26,8 @@ import pytest
 import tomli_w
 import torch
 
+from fedcomp.config import config_from_dict
+from fedcomp.models import initial_model
 from fedcomp.servers.recorder import read_rounds
 from tests.conftest import small_config
 from tests.processes import free_port, process_group, wait_for_port
@@ -105,6 +107,7 @@ def test_fedcomps_own_app_runs_with_flwr_run_on_a_local_simulation(local_superli
     env, _ = local_superlink
     cfg = small_config(tmp_path, federation={"num_clients": 2, "rounds": 2}, client={"local_steps": 5})
     cfg["uplink"] = {"name": "surp", "density": 0.01}
+    cfg["downlink"] = {"name": "surp", "density": 0.01}  # the model's change, both ways compressed
     (tmp_path / "exp.toml").write_text(tomli_w.dumps(cfg))
     run_dir = tmp_path / "run"
     settings = f'config="{tmp_path / "exp.toml"}" run-dir="{run_dir}"'
@@ -114,5 +117,11 @@ def test_fedcomps_own_app_runs_with_flwr_run_on_a_local_simulation(local_superli
     rows = read_rounds(run_dir)
     assert [r["round"] for r in rows] == [1, 2]
     assert all(sorted(r["clients"]) == [0, 1] and r["failed_clients"] == 0 for r in rows)
-    dense = rows[0]["downlink_bytes_per_client"]  # the identity model broadcast
+    dense = 4 * sum(v.numel() for v in initial_model(config_from_dict(cfg), (1, 28, 28), 10).state_dict().values())
     assert all(0 < b < 0.05 * dense for r in rows for b in r["uplink_bytes_per_client"])  # SuRP at 1%
+    # The clients built the round-0 model from the seed: round 1 sends no model, round 2 one step of it.
+    sent = [r["downlink_bytes_sent_per_client"] for r in rows]
+    assert all(0 < b < 0.05 * dense for per_round in sent for b in per_round) and max(sent[0]) < max(sent[1])
+    assert all(
+        sorted(r["downlink_bytes_received_per_client"]) == sorted(r["downlink_bytes_sent_per_client"]) for r in rows
+    )

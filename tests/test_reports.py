@@ -315,6 +315,8 @@ def test_group_labels_name_the_server_compression_and_shorten_long_values():
     label = _label(flat, ["server_compression.groups", "server_compression.name"])
     assert label.startswith("surp ↓lc groups=") and label.endswith("…") and len(label) < 60
     assert _label({"uplink.name": "topk"}, []) == "topk"  # no server compression: nothing added
+    both = {"uplink.name": "surp", "downlink.name": "surp", "downlink.density": 0.05}
+    assert _label(both, ["downlink.density"]) == "surp ↓Δsurp downlink.density=0.05"
 
 
 # ----------------------------------------------------------------------------- damaged run directories

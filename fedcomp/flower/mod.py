@@ -13,6 +13,12 @@ state persists per node: in a file per round under the node's
 ``state-dir`` (or the run directory in simulation), read only when the
 node is sampled, else in ``Context.state`` (:mod:`fedcomp.clients.state`).
 
+When the server sends the model's change (``[downlink]``,
+:mod:`.downlink`), the mod applies the catch-up to the model this node
+holds (kept with the compressor state, checked by CRC; the seeded round-0
+model from ``initial_model`` when it holds none) and reports the version it
+now holds in the reply (``model-version``).
+
 What it needs from the node: the model (``model_fn``, or the fedcomp
 registry model the server names). Which codecs, their parameters and the
 value bound come from the server in the message (:mod:`.transport`), so

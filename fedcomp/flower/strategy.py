@@ -11,6 +11,11 @@ travel, not how they are aggregated (the pattern of Flower's own
   ``proximal-mu``, ...) for the model the clients will start from, exactly
   as they decode it; the wrapper swaps that model's arrays for the payload
   and adds the transport settings (:mod:`.transport`) the client mod obeys.
+- with ``downlink_update`` (an update compressor), the broadcast is the
+  model's *change* instead (:mod:`.downlink`): the wrapper keeps the model
+  the clients hold, sends each sampled node its own catch-up (or the model
+  dense when that is smaller) and learns from each reply which version the
+  node now holds;
 - ``aggregate_train``: every reply is judged (:mod:`fedcomp.strategies.replies`:
   metrics range-checked, the payload decoded within limits to finite
   values); a usable reply becomes the message the inner strategy expects,

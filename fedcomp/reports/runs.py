@@ -274,7 +274,7 @@ def group_runs(runs: list[RunRecord]) -> list[RunGroup]:
 
 
 def _label(flat: dict[str, Any], varying: list[str]) -> str:
-    """The uplink name, then the server compression (if any), then every other key that varies across groups.
+    """The uplink name, the server compression and the downlink's (if any), then every other key that varies.
 
     Section prefixes are dropped and long values (LC's group lists) shortened: the table's columns and
     ``config.toml`` in each run have the rest.
@@ -283,8 +283,11 @@ def _label(flat: dict[str, Any], varying: list[str]) -> str:
     downlink = str(flat.get("server_compression.name", "identity"))
     if downlink != "identity" or "server_compression.name" in varying:
         parts.append(f"↓{downlink}")
+    change = str(flat.get("downlink.name", "identity"))  # the model's change sent with an update compressor
+    if change != "identity" or "downlink.name" in varying:
+        parts.append(f"↓Δ{change}")
     for key in varying:
-        if key in ("uplink.name", "server_compression.name") or key not in flat:
+        if key in ("uplink.name", "server_compression.name", "downlink.name") or key not in flat:
             continue
         short = key.removeprefix("uplink.").removeprefix("server_compression.")
         value = str(flat[key])

@@ -29,6 +29,8 @@ def main(grid: Grid, context: Context) -> None:
             uplink=str(rc["compression"]),
             uplink_params=json.loads(str(rc["compression-params"])),
             downlink=str(rc["downlink"]),
+            # "surp", say: the model's change goes down compressed (each client gets what it missed).
+            downlink_update=str(rc.get("downlink-update", "identity")),
         )
     rounds: list[dict] = []
 
