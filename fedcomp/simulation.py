@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedcomp import engine
+from fedcomp import engine, polling
 from fedcomp.clients.state import drop_rounds_after
 from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, load_config
 from fedcomp.errors import RunFailedError, RunInterruptedError
@@ -258,7 +258,7 @@ def _execute(
     logger.info("run directory: %s", path)
     t0 = time.perf_counter()
     try:
-        with _engine_log(path, verbose), ctrl_c_stops(stop), engine.backend_for_run():
+        with _engine_log(path, verbose), ctrl_c_stops(stop), engine.backend_for_run(), polling.node_polling():
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,

@@ -29,6 +29,7 @@ from fedcomp.flower.strategy import CompressedStrategy
 from fedcomp.imports import resolve
 from fedcomp.messages import CONFIG_KEY, METRICS_KEY, STATE_DIR_KEY, config_record
 from fedcomp.models import initial_model
+from fedcomp.polling import quicker_pulls
 from fedcomp.servers.recorder import Checkpoint, RoundRow, RunRecorder
 from fedcomp.servers.stopping import StoppableGrid
 from fedcomp.strategies import build_strategy
@@ -285,6 +286,7 @@ def build_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        quicker_pulls(grid)
         rounds_grid = StoppableGrid(grid, stop) if stop is not None else grid
         serve(rounds_grid, cfg, recorder, show_progress, start, client_state_dir, label)
 

@@ -31,7 +31,7 @@ from fedcomp.errors import RunInterruptedError
 
 logger = logging.getLogger(__name__)
 
-POLL_S = 0.1  # Flower's own grids poll every 0.1 s
+POLL_S = 0.1  # Flower's own grids poll every 0.1 s; an in-memory grid, as often as its pull_interval says
 
 
 class StoppableGrid:
@@ -50,7 +50,7 @@ class StoppableGrid:
             got = list(self._grid.pull_messages(pending))
             replies.extend(got)
             pending.difference_update(m.metadata.reply_to_message_id for m in got)
-            if pending and self._stop.wait(POLL_S):
+            if pending and self._stop.wait(getattr(self._grid, "pull_interval", POLL_S)):
                 self.raise_if_stopped()
         return replies
 
