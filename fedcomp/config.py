@@ -339,6 +339,9 @@ def _check_registered(cfg: ExperimentConfig) -> None:
     model_params = MODEL_COMPRESSORS.get(cfg.server_compression.name).parse_params(
         cfg.server_compression.params, "server_compression"
     )
+    late = MODEL_COMPRESSORS.get(cfg.server_compression.name).schedule_problem(model_params, cfg.federation.rounds)
+    if late:
+        raise ConfigError(f"config key 'server_compression': {late}")
     UPDATE_COMPRESSORS.get(cfg.downlink.name).parse_params(cfg.downlink.params, "downlink")
     from fedcomp.flower.transport import downlink_problem
 

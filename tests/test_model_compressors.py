@@ -168,6 +168,25 @@ def test_lc_groups_that_match_nothing_and_bad_forms_are_config_errors(tmp_path):
         config_from_dict({"server_compression": {"name": "alds", "compress_at": [3, 2]}})
 
 
+@pytest.mark.parametrize(
+    "section, says",
+    [
+        ({"name": "alds", "compress_at": [2, 5]}, r"compress_at = \[5\] is after the last round \(4\)"),
+        ({"name": "bwcp", "prune_at": [6]}, r"prune_at = \[6\] is after the last round"),
+        ({"name": "bwcp", "prune_at": [2, 3]}, "BWCP prunes once"),
+        ({"name": "bwcp", "regularize_from": 5}, "regularize_from = 5 is after the last round"),
+        ({"name": "lc", "start_round": 5}, "LC would never compress"),
+        ({"name": "udfc", "start_round": 9}, "set final_only = true"),
+    ],
+)
+def test_a_schedule_past_the_last_round_is_refused_before_the_run(section, says):
+    base = {"model": {"name": "resnet20"}, "federation": {"rounds": 4}}
+    with pytest.raises(ConfigError, match=says):
+        config_from_dict({**base, "server_compression": section})
+    at_the_end = {**section, **{k: [4] if isinstance(v, list) else 4 for k, v in section.items() if k != "name"}}
+    config_from_dict({**base, "server_compression": at_the_end})  # the last round itself is fine
+
+
 def test_lc_damaged_broadcasts_raise_decode_errors_only():
     server = lc("compressed_start")
     w = lenet_state()

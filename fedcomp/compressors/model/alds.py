@@ -516,6 +516,12 @@ class ALDSParams:
     plus: bool = False
     """ALDS+ (supplement A.6): also search the folding schemes 1–3 for every conv with a spatial kernel."""
 
+    def schedule_problem(self, rounds: int) -> str:
+        late = [r for r in self.compress_at if r > rounds]
+        if late:
+            return f"compress_at = {late} is after the last round ({rounds}): those rounds never come"
+        return ""
+
     def validate(self, path: str) -> None:
         require(0 < self.target < 1, f"{path}.target", "a fraction of parameters removed in (0, 1)")
         rounds = self.compress_at

@@ -174,6 +174,17 @@ class ModelCompressor(ABC):
         return Snapshot(state, structure, payload=dense_payload(self.name, state, structure) if last else None)
 
     @classmethod
+    def schedule_problem(cls, params: Any, rounds: int) -> str:
+        """Why the compressor's schedule does not fit a run of ``rounds`` rounds ("" if it does).
+
+        A round it would act in after the last one is a setting that does
+        nothing, silently: the config refuses it before the engine starts.
+        The parameter class says (its own ``schedule_problem(rounds)``, if it has one).
+        """
+        check = getattr(params, "schedule_problem", None)
+        return check(rounds) if callable(check) else ""
+
+    @classmethod
     def broadcasts_dense_model(cls, params: Any) -> bool:
         """True if every broadcast during training is the global model, dense: the compressor acts on the final model only.
 

@@ -396,6 +396,16 @@ class BWCPParams:
     share_residual: bool = True
     """Also prune channels tied by residual additions, one mask per stream (appendix A.6); off: untied layers only."""
 
+    def schedule_problem(self, rounds: int) -> str:
+        late = [r for r in self.prune_at if r > rounds]
+        if late:
+            return f"prune_at = {late} is after the last round ({rounds}): those rounds never come"
+        if len(self.prune_at) > 1:
+            return f"prune_at = {self.prune_at}: BWCP prunes once (the first round would act, the others not)"
+        if self.regularize_from > rounds:
+            return f"regularize_from = {self.regularize_from} is after the last round ({rounds})"
+        return ""
+
     def validate(self, path: str) -> None:
         require(self.lambda1 >= 0 and self.lambda2 >= 0, f"{path}.lambda1/lambda2", "numbers >= 0")
         require(self.regularize_from >= 1, f"{path}.regularize_from", "an integer >= 1")

@@ -151,6 +151,11 @@ class LCParams:
     groups: list[GroupParams] = field(default_factory=lambda: [GroupParams()])
     """The first group whose pattern matches a tensor compresses it."""
 
+    def schedule_problem(self, rounds: int) -> str:
+        if self.start_round > rounds:
+            return f"start_round = {self.start_round} is after the last round ({rounds}): LC would never compress"
+        return ""
+
     def validate(self, path: str) -> None:
         require(self.start_round >= 1, f"{path}.start_round", "an integer >= 1")
         require(self.rounds_per_step >= 1, f"{path}.rounds_per_step", "an integer >= 1")

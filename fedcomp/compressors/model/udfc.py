@@ -168,6 +168,12 @@ class UDFCParams:
     final_only: bool = False
     """Broadcast dense every round; compress only the final model."""
 
+    def schedule_problem(self, rounds: int) -> str:
+        if not self.final_only and self.start_round > rounds:
+            return (f"start_round = {self.start_round} is after the last round ({rounds}): "
+                    "for the final model only, set final_only = true")  # fmt: skip
+        return ""
+
     def validate(self, path: str) -> None:
         require(0 <= self.prune < 1, f"{path}.prune", "a fraction in [0, 1)")
         require(2 <= self.bits <= 16, f"{path}.bits", "a bit width between 2 and 16")
