@@ -166,30 +166,68 @@ def test_theta_travels_as_bytes_and_decodes_to_the_same_weights(form, expected_b
         decode_theta(form, data[: len(data) // 2], w.shape)
 
 
+def rank_of(theta, shape) -> int:
+    return int(np.linalg.matrix_rank(theta[0] @ theta[1], tol=1e-9))
+
+
 def test_rank_selection_picks_the_rank_that_minimizes_its_cost():
-    """min_r α·r(m+n) + μ/2·‖W − W_r‖², checked against every rank with torch's SVD (an independent one)."""
+    """min_{r >= 1} α·C(r) + μ/2·‖W − W_r‖², C(r) = min(r(m+n), mn), against every rank with torch's SVD."""
     import torch
 
-    from fedcomp.compressors.model.lc_forms import RankSelection
+    from fedcomp.compressors.model.lc_forms import RankSelection, factor_storage
 
     rng = np.random.default_rng(3)
     for trial in range(12):
-        m, n = rng.integers(2, 7, size=2)
+        m, n = (int(x) for x in rng.integers(2, 7, size=2))
         w = rng.normal(size=(m, n)) @ np.diag(rng.uniform(0.01, 3, size=n))
         alpha, mu = float(rng.choice([1e-4, 1e-2, 0.1, 1.0])), float(rng.uniform(0.5, 4))
         u, s, vt = torch.linalg.svd(torch.from_numpy(w), full_matrices=False)
-        costs = []
-        for r in range(min(m, n) + 1):
+        costs = {}
+        for r in range(1, min(m, n) + 1):
             w_r = (u[:, :r] * s[:r]) @ vt[:r]
-            costs.append(alpha * r * (m + n) + 0.5 * mu * float(((torch.from_numpy(w) - w_r) ** 2).sum()))
+            costs[r] = alpha * min(r * (m + n), m * n) + 0.5 * mu * float(((torch.from_numpy(w) - w_r) ** 2).sum())
         form = RankSelection(alpha=alpha, mu=mu)
-        a, b = form.c_step(w)
-        assert a.shape[1] == int(np.argmin(costs)), (trial, costs)
-        approx = form.decompress((a, b), w.shape)
-        assert 0.5 * mu * sse(w, approx) + alpha * a.shape[1] * (m + n) == pytest.approx(
-            min(costs), rel=1e-9, abs=1e-12
+        theta = form.c_step(w)
+        best = min(costs, key=costs.get)
+        assert rank_of(theta, w.shape) == best, (trial, costs)
+        approx = form.decompress(theta, w.shape)
+        assert 0.5 * mu * sse(w, approx) + alpha * factor_storage(best, m, n) == pytest.approx(
+            costs[best], rel=1e-9, abs=1e-12
         )
-    # The extremes: storage for free keeps the full rank, storage that costs more than any error keeps none.
+        stored = theta[0].size + theta[1].size if theta[1].shape != (n, n) else theta[0].size
+        assert stored == factor_storage(best, m, n)  # never more numbers than the matrix itself
+    # The extremes: storage for free keeps the full rank; storage dearer than any error keeps rank 1, not 0
+    # (a zeroed layer breaks the network).
     w = rng.normal(size=(4, 5))
-    assert RankSelection(alpha=0.0, mu=1.0).c_step(w)[0].shape[1] == 4
-    assert RankSelection(alpha=1e6, mu=1.0).c_step(w)[0].shape[1] == 0
+    assert rank_of(RankSelection(alpha=0.0, mu=1.0).c_step(w), w.shape) == 4
+    assert rank_of(RankSelection(alpha=1e6, mu=1.0).c_step(w), w.shape) == 1
+
+
+def test_low_rank_factors_larger_than_the_matrix_are_stored_as_the_matrix():
+    from fedcomp.compressors.model.lc_forms import LowRank, decode_theta, encode_theta
+
+    rng = np.random.default_rng(8)
+    square = rng.normal(size=(6, 6))  # full-rank factors: 72 numbers for a 36-number matrix
+    form = LowRank(rank=6)
+    theta = form.c_step(square)
+    assert theta[0].shape == (6, 6) and np.allclose(form.decompress(theta, square.shape), square)
+    dense_bytes, factor_bytes = (len(encode_theta(LowRank(r), LowRank(r).c_step(square), square.shape)) for r in (6, 2))
+    assert dense_bytes < 36 * 2 + 8 and factor_bytes < dense_bytes  # fp16 numbers plus the rank field
+    back = decode_theta(form, encode_theta(form, theta, square.shape), square.shape)
+    assert np.allclose(form.decompress(back, square.shape), square, atol=1e-2)  # fp16
+
+
+def test_exact_k_means_refuses_a_table_it_cannot_hold_and_lloyd_seeds_itself_without_one():
+    from fedcomp.compressors.model.lc import FormParams, GroupParams, LCCompressor, LCParams
+    from fedcomp.compressors.model.lc_forms import AdaptiveQuantization, kmeans_1d_optimal
+    from fedcomp.compressors.model.structure import Architecture
+    from fedcomp.config import ConfigError
+
+    w = np.random.default_rng(9).normal(size=400_000)
+    with pytest.raises(ValueError, match="needs 209.7 GB"):  # 8 · 65,536 · 400,001 bytes, refused before allocating
+        kmeans_1d_optimal(w, 65_536)
+    codebook, idx = AdaptiveQuantization(k=65_536).c_step(w)  # Lloyd, seeded from quantiles instead
+    assert codebook.size == 65_536 and np.all(np.diff(codebook) >= 0) and sse(w, codebook[idx]) < 1e-3 * sse(w, 0 * w)
+    exact = GroupParams(forms=[FormParams(form="quantize", k=65_536, exact=True)])
+    with pytest.raises(ConfigError, match=r"exact = false for k = 65536 on .* GB"):
+        LCCompressor(LCParams(groups=[exact]), Architecture("lenet5_caffe", (1, 28, 28), 10))

@@ -63,6 +63,7 @@ from fedcomp.compressors.model.base import (
     read_dense,
 )
 from fedcomp.compressors.model.lc_forms import (
+    DP_MAX_BYTES,
     AdaptiveQuantization,
     Binarization,
     Form,
@@ -72,6 +73,7 @@ from fedcomp.compressors.model.lc_forms import (
     Ternarization,
     additive_c_step,
     decode_theta,
+    dp_bytes,
     encode_theta,
 )
 from fedcomp.compressors.model.structure import Architecture, Structure
@@ -189,6 +191,12 @@ class LCCompressor(ModelCompressor):
             for group in self.params.groups:
                 if any(fnmatch.fnmatchcase(spec.name, p) for p in group.layers):
                     self.forms[spec.name] = [f.build(spec.numel) for f in group.forms]
+                    for i, form in enumerate(self.forms[spec.name]):
+                        if isinstance(form, AdaptiveQuantization) and form.exact:
+                            need = dp_bytes(form.k, spec.numel)
+                            require(need <= DP_MAX_BYTES, f"server_compression.groups[*].forms[{i}].exact",
+                                    f"exact = false for k = {form.k} on {spec.name} ({spec.numel:,} weights): "
+                                    f"the exact k-means would need {need / 1e9:.1f} GB")  # fmt: skip
                     break
         if not self.forms:
             patterns = [p for g in self.params.groups for p in g.layers]
