@@ -667,3 +667,41 @@ def test_report_html_lays_out_in_headless_chromium(report, tmp_path):
     totals = sorted(g["metrics"]["total_bytes"]["mean"] for g in groups)
     assert [float(v) for v in seen["ascending"]] == totals  # clicking a header sorts by it
     assert [float(v) for v in seen["descending"]] == totals[::-1]
+
+
+def test_the_table_has_the_downlink_ratio_and_for_model_compression_the_shipped_bytes_and_dense_accuracy():
+    from fedcomp.reports.cells import table_cells
+    from fedcomp.reports.runs import RunGroup, RunRecord
+    from fedcomp.reports.table import build_table
+
+    def run(name, server, rows, summary, uplink="surp"):
+        config = {"uplink": {"name": uplink}, "server_compression": {"name": server}, "federation": {"rounds": 2}}
+        return RunGroup(name, [RunRecord(Path(name), config, {"status": "complete", **summary}, rows)])
+
+    def row(r, acc, sent, up=100, **server_metrics):
+        return {"round": r, "sampled_clients": len(sent), "clients": [0, 1], "failed_clients": 0,
+                "uplink_bytes": 2 * up, "uplink_bytes_per_client": [up, up],
+                "downlink_bytes": sum(sent) + 50,  # + a dense evaluation
+                "downlink_bytes_sent_per_client": sent, "test_accuracy": acc, "server_metrics": server_metrics}  # fmt: skip
+
+    # The identity run measures the uncompressed payload: 1,000 B per client per round.
+    dense = run("dense", "identity", [row(1, 0.5, [1000, 1000], 1000), row(2, 0.7, [1000, 1000], 1000)], {}, "identity")
+
+    change = run("change", "identity", [row(1, 0.5, [10, 30]), row(2, 0.6, [20, 20])], {})
+    udfc = run("udfc", "udfc", [row(1, 0.7, [1000, 1000]), row(2, 0.65, [1000, 1000], global_test_accuracy=0.8)],
+               {"final_model_bytes": 321})  # fmt: skip
+    table = build_table([dense, change, udfc])
+    assert table.identity_bytes == 1000.0
+    by_label = {r.label: r.metrics for r in table.rows}
+    assert by_label["change"]["downlink_ratio"].mean == 1000 / 20  # train payloads (80 B over 4) only
+    assert by_label["udfc"]["downlink_ratio"].mean == 1.0
+    assert by_label["udfc"]["final_model_bytes"].mean == 321 and by_label["change"]["final_model_bytes"].mean is None
+    assert by_label["udfc"]["dense_accuracy"].mean == 0.8 and by_label["udfc"]["final_accuracy"].mean == 0.65
+    assert by_label["change"]["dense_accuracy"].mean == 0.6  # the evaluated model was the dense one
+    cols, body = table_cells(table)
+    assert {"↓ ratio", "final model", "dense accuracy"} <= set(cols)
+    cells = {row[0].text: dict(zip(cols, (c.text for c in row), strict=True)) for row in body}
+    assert cells["change"]["↓ ratio"] == "50.0×" and cells["udfc"]["final model"] == "321 B"
+    assert cells["udfc"]["dense accuracy"] == "0.800" and cells["change"]["final model"] == "—"
+    plain_cols, _ = table_cells(build_table([dense, change]))
+    assert "↓ ratio" in plain_cols and "final model" not in plain_cols  # no model compression: no model columns

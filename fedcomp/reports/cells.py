@@ -28,9 +28,16 @@ class Cell:
 
 def columns(table: Table, with_notes: bool) -> list[str]:
     target = "target" if table.target_accuracy is None else f"{table.target_accuracy:.4g}"
-    cols = ["method", "seeds", "final accuracy", "total bytes ↑+↓", "uplink ↑", "downlink ↓", "↑ ratio"]
+    cols = ["method", "seeds", "final accuracy", "total bytes ↑+↓", "uplink ↑", "downlink ↓", "↑ ratio", "↓ ratio"]
+    if with_model_columns(table):
+        cols += ["final model", "dense accuracy"]
     cols += [f"bytes to {target}", f"rounds to {target}", "failures"]
     return cols + (["notes"] if with_notes else [])
+
+
+def with_model_columns(table: Table) -> bool:
+    """The final model's bytes and the dense model's accuracy, when a group compresses the model itself."""
+    return any(r.server_compression != "identity" for r in table.rows)
 
 
 def notes_of(row: GroupRow) -> str:
@@ -42,6 +49,7 @@ def notes_of(row: GroupRow) -> str:
 
 def table_cells(table: Table) -> tuple[list[str], list[list[Cell]]]:
     with_notes = any(notes_of(r) for r in table.rows)
+    model_columns = with_model_columns(table)
     rows = sorted(table.rows, key=lambda r: -(r.metrics["final_accuracy"].mean or float("-inf")))
     body = []
     for row in rows:
@@ -54,6 +62,8 @@ def table_cells(table: Table) -> tuple[list[str], list[list[Cell]]]:
             byte_count(m["uplink_bytes"]),
             byte_count(m["downlink_bytes"]),
             ratio(m["compression_ratio"]),
+            ratio(m["downlink_ratio"]),
+            *((byte_count(m["final_model_bytes"]), accuracy(m["dense_accuracy"])) if model_columns else ()),
             to_target(m["total_bytes_to_target"], human_bytes, short_bytes),
             to_target(m["rounds_to_target"], lambda v: f"{v:.3g}", lambda v: f"{v:.2g}"),
             failures(row),

@@ -99,7 +99,14 @@ class RunGroup:
 
     @property
     def uplink(self) -> str:
-        section = self.config.get("uplink", {})
+        return self._name_in("uplink")
+
+    @property
+    def server_compression(self) -> str:
+        return self._name_in("server_compression")
+
+    def _name_in(self, section_name: str) -> str:
+        section = self.config.get(section_name, {})
         return str(section.get("name", "identity")) if isinstance(section, dict) else "identity"
 
 

@@ -2,7 +2,8 @@
 
 Per run: final and best test accuracy, total bytes (both directions) and
 each direction, mean bytes per client per round each way, the compression
-ratio against the identity codec, the bytes (total and uplink) and rounds
+ratio against the identity codec both ways, the final model's shipped bytes
+and the uncompressed model's accuracy (server compression), the bytes (total and uplink) and rounds
 to first reach a target accuracy, wall time, the rounds that aggregated no
 update and the failed client replies. Per group (runs that differ only in
 seed): mean and standard deviation (n − 1) of each, and how many of its
@@ -27,6 +28,9 @@ METRICS: dict[str, str] = {
     "uplink_per_client_round": "uplink bytes per client per round",
     "downlink_per_client_round": "downlink bytes per client per round",
     "compression_ratio": "uplink compression ratio vs identity",
+    "downlink_ratio": "downlink compression ratio vs identity (train payloads per client per round)",
+    "final_model_bytes": "the final model's bytes as shipped (final_model.bin)",
+    "dense_accuracy": "final test accuracy of the uncompressed global model",
     "total_bytes_to_target": "total bytes (both directions) to reach the target",
     "uplink_bytes_to_target": "uplink bytes to reach the target",
     "rounds_to_target": "rounds to reach the target",
@@ -65,6 +69,8 @@ class GroupRow:
     """What is damaged in the group's run files (each names the file and line)."""
     failed_runs: int = 0
     """Runs whose summary says ``failed`` (reported over the rounds they finished)."""
+    server_compression: str = "identity"
+    """The group's model compressor (the report shows the final model's bytes and the dense accuracy for it)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +103,13 @@ def run_metrics(run: RunRecord, target: float | None, identity_bytes: float | No
     up = sum(int(r["uplink_bytes"]) for r in run.rows)
     down = sum(int(r["downlink_bytes"]) for r in run.rows)
     up_pcr = up / uploads if uploads else None
+    # Train payloads only (client-side evaluation gets the model dense): per sampled client, as sent.
+    sent = [b for r in run.rows for b in r.get("downlink_bytes_sent_per_client") or []]
+    if not sent:  # runs from before per-client downlink bytes: every sampled client got the same payload
+        sent = [
+            int(r.get("downlink_bytes_per_client") or 0) for r in run.rows for _ in range(int(r["sampled_clients"]))
+        ]
+    down_pcr = sum(sent) / len(sent) if sent and sum(sent) else None
     reached = first_reach(run, target) if target is not None else None
     return {
         "final_accuracy": accs[-1] if accs else None,
@@ -107,6 +120,9 @@ def run_metrics(run: RunRecord, target: float | None, identity_bytes: float | No
         "uplink_per_client_round": up_pcr,
         "downlink_per_client_round": down / sampled if sampled else None,
         "compression_ratio": identity_bytes / up_pcr if identity_bytes and up_pcr else None,
+        "downlink_ratio": identity_bytes / down_pcr if identity_bytes and down_pcr else None,
+        "final_model_bytes": _number(run.summary.get("final_model_bytes")),
+        "dense_accuracy": _dense_accuracy(run),
         "total_bytes_to_target": float(reached.total) if reached else None,
         "uplink_bytes_to_target": float(reached.uplink) if reached else None,
         "rounds_to_target": float(reached.round) if reached else None,
@@ -114,6 +130,22 @@ def run_metrics(run: RunRecord, target: float | None, identity_bytes: float | No
         "failed_replies": float(sum(int(r["failed_clients"]) for r in run.rows)),
         "wall_s": _wall(run),
     }
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _dense_accuracy(run: RunRecord) -> float | None:
+    """The last evaluation of the uncompressed global model: the row's own accuracy unless the evaluated
+    model was a compressed one (LC's Δ(Θ), a final-only compressor's last round), then ``global_test_accuracy``."""
+    for r in reversed(run.rows):
+        if r.get("test_accuracy") is None:
+            continue
+        dense = (r.get("server_metrics") or {}).get("global_test_accuracy", r["test_accuracy"])
+        return _number(dense)
+    return None
 
 
 def _wall(run: RunRecord) -> float | None:
@@ -199,6 +231,7 @@ def build_table(groups: list[RunGroup], target: float | None = None) -> Table:
                 metrics,
                 [p for r in g.runs for p in r.problems],
                 failed,
+                g.server_compression,
             )
         )
     return Table(rows, target, target_source, identity, identity_source)
