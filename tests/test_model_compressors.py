@@ -377,3 +377,22 @@ def test_the_final_payload_is_the_final_model_even_when_the_last_round_compresse
     assert IdentityModelCompressor(None, LENET).end_of_round(1, w, (), last=True).payload == (
         IdentityCompressor().encode(w).payload
     )
+
+
+def test_alds_counts_its_target_over_the_whole_model_and_searches_every_divisor_when_asked():
+    from fedcomp.compressors.model.alds import tabulate
+
+    arch = Architecture("resnet20", (3, 32, 32), 10)
+    torch.manual_seed(0)
+    state = arch.build().state_dict()
+    total = sum(p.numel() for p in arch.build().parameters())
+    server = ALDSCompressor(ALDSParams(target=0.5, target_of="model", seeds=2), arch)
+    new_state, structure, metrics = server.compress(state, (), 0.5)
+    kept = sum(p.numel() for p in arch.build(structure).parameters())
+    assert kept <= 0.5 * total and metrics["alds_model_params_kept"] == pytest.approx(kept / total)
+    layers_only = ALDSCompressor(ALDSParams(target=0.5, seeds=2), arch).compress(state, (), 0.5)[1]
+    assert sum(p.numel() for p in arch.build(layers_only).parameters()) > 0.5 * total  # BN, fc bias, stem stay on top
+    assert tabulate("w", np.zeros((4, 12, 3, 3)), max_k=0).ks == [1, 2, 3, 4, 6, 12]  # every divisor of 12
+    assert tabulate("w", np.zeros((4, 12, 3, 3))).ks == [1, 2, 3, 4, 6]  # the default stops at 8
+    with pytest.raises(ConfigError, match="removes more than its decomposable weights hold"):
+        ALDSCompressor(ALDSParams(target=0.9999, target_of="model"), arch)

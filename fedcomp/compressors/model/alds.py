@@ -36,7 +36,7 @@ import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ from fedcomp.compressors.model.base import (
     read_whole,
 )
 from fedcomp.compressors.model.structure import Architecture, Edit, Structure, structure_op
-from fedcomp.config import require
+from fedcomp.config import ConfigError, require
 
 SCHEMES = (0, 1, 2, 3)
 
@@ -156,10 +156,10 @@ class LayerTable:
 
 
 def tabulate(name: str, weight: np.ndarray, max_k: int = 8, schemes: tuple[int, ...] = (0,)) -> LayerTable:
-    """One SVD per slice per (k, scheme) (k among the divisors of c up to ``max_k``)."""
+    """One SVD per slice per (k, scheme) (k among the divisors of c up to ``max_k``; 0: every divisor)."""
     w = np.asarray(weight, dtype=np.float64)
     c = w.shape[1]
-    ks = [k for k in range(1, min(max_k, c) + 1) if c % k == 0]
+    ks = [k for k in range(1, (min(max_k, c) if max_k > 0 else c) + 1) if c % k == 0]
     if w.ndim == 2 or w.shape[2:] == (1, 1):
         schemes = (0,)  # every folding of a 1×1 kernel is the same matrix
     sigmas = {
@@ -501,14 +501,18 @@ def uniform_svd(tables: list[LayerTable], budget: int) -> Allocation:
 @dataclass
 class ALDSParams:
     target: float = 0.5
-    """Fraction of the decomposable layers' parameters removed (after the last compression step)."""
+    """Fraction of parameters removed (after the last compression step): of the decomposable layers' weights,
+    or of all the model's parameters with ``target_of = "model"``."""
+    target_of: Literal["layers", "model"] = "layers"
+    """What ``target`` is a fraction of: the decomposable weights, or every parameter of the model (the paper's
+    CR-P: biases, BatchNorm and excluded layers count, and stay, so the layers give up the whole target)."""
     compress_at: list[int] = field(default_factory=lambda: [1])
     """Rounds whose broadcast is compressed anew. With several, the kept fraction follows the geometric
     schedule (1 − target)^(i/m) at the i-th of m steps: the paper's iterative compress-retrain."""
     final: bool = False
     """Also compress the final model after the last round (``compress_at = []``: only the final model)."""
     max_k: int = 8
-    """Largest number of input-channel subspaces searched per layer."""
+    """Largest number of input-channel subspaces searched per layer (0: every divisor, the authors' code)."""
     seeds: int = 15
     """Initializations of Algorithm 1 (the paper uses 15)."""
     exclude: list[str] = field(default_factory=list)
@@ -528,7 +532,8 @@ class ALDSParams:
         require(all(r >= 1 for r in rounds), f"{path}.compress_at", "rounds >= 1")
         require(rounds == sorted(set(rounds)), f"{path}.compress_at", "strictly increasing rounds")
         require(bool(rounds) or self.final, f"{path}.compress_at", "at least one round, or final = true")
-        require(self.max_k >= 1, f"{path}.max_k", "an integer >= 1")
+        require(self.max_k >= 0, f"{path}.max_k", "an integer >= 1, or 0 for every divisor")
+        require(self.target_of in ("layers", "model"), f"{path}.target_of", '"layers" or "model"')
         require(self.seeds >= 1, f"{path}.seeds", "an integer >= 1")
 
 
@@ -564,6 +569,18 @@ class ALDSCompressor(ModelCompressor):
         if not self.layers:
             raise ValueError("server_compression: ALDS found no Conv2d or Linear layer to decompose")
         self.dense_params = sum(m.weight.numel() for _, m in self.layers)
+        self.model_params = sum(p.numel() for p in arch.build().parameters())
+        if self.params.target_of == "model" and self.budget(1 - self.params.target) <= 0:
+            raise ConfigError(
+                f"server_compression.target = {self.params.target} of the model's {self.model_params:,} parameters "
+                f"removes more than its decomposable weights hold ({self.dense_params:,}): lower it"
+            )
+
+    def budget(self, keep: float) -> int:
+        """The decomposable weights' parameter budget when ``keep`` of the target's parameters stay."""
+        if self.params.target_of == "layers":
+            return int(keep * self.dense_params)
+        return int(keep * self.model_params) - (self.model_params - self.dense_params)
 
     def keep_fraction(self, server_round: int) -> float:
         rounds = self.params.compress_at
@@ -588,7 +605,7 @@ class ALDSCompressor(ModelCompressor):
                 biases[name] = state.get(f"{name}.bias")
         schemes = SCHEMES if self.params.plus else (0,)
         tables = [tabulate(n, w, self.params.max_k, schemes) for n, w in weights.items()]
-        alloc = allocate(tables, int(keep * self.dense_params), self.params.seeds, rng_seed=self.seed)
+        alloc = allocate(tables, self.budget(keep), self.params.seeds, rng_seed=self.seed)
         new_edits = {e.layer: e for e in structure if e.layer not in weights}
         fresh: dict[str, Any] = {}
         for name, w in weights.items():
@@ -606,7 +623,11 @@ class ALDSCompressor(ModelCompressor):
         for key, ref in self.arch.build(new_structure).state_dict().items():
             value = fresh[key] if key in fresh else state[key]
             new_state[key] = torch.as_tensor(value).reshape(ref.shape).to(ref.dtype)
-        metrics = {"alds_max_error": alloc.max_error, "alds_params_kept": alloc.params / self.dense_params}
+        metrics = {
+            "alds_max_error": alloc.max_error,
+            "alds_params_kept": alloc.params / self.dense_params,
+            "alds_model_params_kept": (alloc.params + self.model_params - self.dense_params) / self.model_params,
+        }
         return new_state, new_structure, metrics
 
     @classmethod
