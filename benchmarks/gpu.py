@@ -7,9 +7,9 @@ use to check that the script itself works):
     python benchmarks/gpu.py            # ResNet-18, 8 clients at num_gpus = 0.125, 3 rounds
     python benchmarks/gpu.py --device cpu --quick   # the same code, tiny, on CPU
 
-Three parts, all in one process tree and within 5 minutes on an H100-class
-machine (about 1 minute of it is starting Ray and eight workers that import
-torch with CUDA):
+Three parts, all in one process tree, sized to end within 5 minutes on a
+machine with a data-centre GPU and 16 cores (not yet measured on one:
+none was available where it was written):
 
 1. **Federation on the GPU**: torchvision ResNet-18 (11.2 M parameters,
    ``resnet18``) on synthetic 32×32 images (10 classes, 256 per client, a
