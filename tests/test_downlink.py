@@ -232,3 +232,23 @@ def test_a_simulation_with_a_compressed_downlink_records_each_clients_bytes(tmp_
         assert max(sent) < dense / 4  # seeded start: nobody needs the model dense
     assert sum(r["downlink_bytes"] for r in rows) < 4 * 2 * dense / 10
     assert 0.0 < rows[-1]["test_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("name", sorted(UPDATE_COMPRESSORS))
+def test_every_update_compressor_carries_the_change_and_the_client_rebuilds_the_same_model(name):
+    """Three steps and a catch-up from version 0 with each codec: the bits a client rebuilds are the server's."""
+    specs = ARCH.specs(())
+    limits = DecodeLimits.for_specs([s for s in specs if s.dtype.is_floating_point])
+    cls = UPDATE_COMPRESSORS.get(name)
+    channel = DownlinkChannel(cls(cls.parse_params({}, "downlink"), seed=3), limits)
+    start = channel.advance(1, initial_state(0), first_round_of_run=True)
+    held = Held(OrderedDict(start), 0, model_crc(start))
+    for r in (2, 3, 4):
+        channel.advance(r, initial_state(r), first_round_of_run=False)
+    channel.versions[1] = 0
+    payload = channel.payload_for(1, channel.dense())
+    if name == "identity":  # three dense changes weigh more than the model: the model goes instead
+        assert payload == channel.dense()
+        return
+    got = apply_change(payload, held, ARCH, cls(cls.parse_params({}, "downlink"), seed=3), 1e6, None)
+    assert got.version == 3 and same(got.state, channel.reference)
