@@ -32,6 +32,7 @@ FILE_SECONDS = {
     "test_cli_start.py": 25,
     "test_udfc.py": 24,
     "test_model_compressors.py": 19,
+    "test_downlink.py": 15,
     "test_reproducibility.py": 18,
 }
 
