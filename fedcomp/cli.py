@@ -172,7 +172,7 @@ def _print_params(items: list[str]) -> None:
     """Parameters under their method, wrapped to 100 columns between parameters (never inside one)."""
     line = ""
     for item in items:
-        if line and 21 + len(line) + 2 + len(item) > 100:
+        if line and 21 + len(line) + 2 + len(item) + 1 > 100:  # + the comma that ends a wrapped line
             print(" " * 21 + line + ",")
             line = ""
         line = f"{line}, {item}" if line else item
