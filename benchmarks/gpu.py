@@ -70,20 +70,21 @@ class GpuMonitor:
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     @staticmethod
-    def used_mb() -> float:
+    def _query(what: str) -> list[str]:
+        """The non-empty lines ``nvidia-smi --query-<what> --format=csv,noheader,nounits -i 0`` prints."""
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+            ["nvidia-smi", f"--query-{what}", "--format=csv,noheader,nounits", "-i", "0"],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
-        return float(out.strip().splitlines()[0])
+        return [line.strip() for line in out.splitlines() if line.strip()]
 
-    @staticmethod
-    def process_count() -> int:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader", "-i", "0"],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        return len([line for line in out.splitlines() if line.strip()])
+    @classmethod
+    def used_mb(cls) -> float:
+        return float(cls._query("gpu=memory.used")[0])
+
+    @classmethod
+    def process_count(cls) -> int:
+        return len(cls._query("compute-apps=pid"))
 
     def _poll(self) -> None:
         while not self._stop.is_set():
