@@ -252,3 +252,20 @@ def test_every_update_compressor_carries_the_change_and_the_client_rebuilds_the_
         return
     got = apply_change(payload, held, ARCH, cls(cls.parse_params({}, "downlink"), seed=3), 1e6, None)
     assert got.version == 3 and same(got.state, channel.reference)
+
+
+def test_the_server_keeps_only_the_steps_a_catch_up_can_still_use(monkeypatch):
+    import fedcomp.flower.downlink as downlink
+
+    monkeypatch.setattr(downlink, "MAX_CATCH_UP_STEPS", 3)  # bounded however small the steps are
+    specs = ARCH.specs(())
+    limits = DecodeLimits.for_specs([s for s in specs if s.dtype.is_floating_point])
+    topk = UPDATE_COMPRESSORS.get("topk")
+    channel = DownlinkChannel(topk(topk.Params(density=0.01)), limits)
+    channel.advance(1, initial_state(0), first_round_of_run=True)
+    for r in range(2, 9):
+        channel.advance(r, initial_state(r), first_round_of_run=False)
+    assert sorted(channel.steps) == [5, 6, 7] and min(channel.base_crcs) == 4
+    channel.versions.update({1: 3, 2: 4})
+    dense = channel.dense()
+    assert channel.payload_for(1, dense) == dense and channel.payload_for(2, dense) != dense

@@ -31,7 +31,8 @@ With ``initial = "seed"`` (fedcomp's own app) every client can build the
 round-0 model from the experiment seed, as the server does, so a client
 never seen before gets the catch-up from version 0; its CRC proves the two
 equal. The server keeps the payloads of the newest steps only while their
-sum is under one dense model: an older base gets the dense model anyway.
+sum is under one dense model (and at most :data:`MAX_CATCH_UP_STEPS`): an older base
+gets the dense model anyway.
 
 A resumed run starts its channel again: every client gets R dense once.
 """
@@ -54,6 +55,9 @@ CHANGE_CODEC = "model-change"
 """The container of a catch-up: steps ``base+1 … version`` of the change, and the integer buffers dense."""
 DENSE_CODEC = "identity"
 """A dense broadcast (the identity model codec), with ``version`` and ``crc`` in its params."""
+MAX_CATCH_UP_STEPS = 1000
+"""The most steps one catch-up carries (their lengths ride in the container's params, which are bounded):
+a base older than that gets the model dense."""
 SERVER_CLIENT_ID = (1 << 32) - 1
 """The ``client_id`` the server encodes with: no client's (partition ids and node-derived ids are < 2³¹), so
 compressors that draw per client (QSGD's rounding, SuRP's order) draw a stream of the server's own."""
@@ -151,7 +155,7 @@ class DownlinkChannel:
         """Keep the shortest run of newest steps whose sum reaches one dense model: older bases get it dense."""
         total = sum(len(p) for p in self.steps.values())
         for k in sorted(self.steps):
-            if total - len(self.steps[k]) < self.dense_size:
+            if total - len(self.steps[k]) < self.dense_size and len(self.steps) <= MAX_CATCH_UP_STEPS:
                 break
             total -= len(self.steps.pop(k))
         oldest_base = min(self.steps, default=self.version + 1) - 1
