@@ -336,10 +336,9 @@ def _check_registered(cfg: ExperimentConfig) -> None:
                 "or give your own as an import path 'module:name' / 'file.py:name'"
             )
     UPDATE_COMPRESSORS.get(cfg.uplink.name).parse_params(cfg.uplink.params, "uplink")
-    model_params = MODEL_COMPRESSORS.get(cfg.server_compression.name).parse_params(
-        cfg.server_compression.params, "server_compression"
-    )
-    late = MODEL_COMPRESSORS.get(cfg.server_compression.name).schedule_problem(model_params, cfg.federation.rounds)
+    model_compressor = MODEL_COMPRESSORS.get(cfg.server_compression.name)
+    model_params = model_compressor.parse_params(cfg.server_compression.params, "server_compression")
+    late = model_compressor.schedule_problem(model_params, cfg.federation.rounds)
     if late:
         raise ConfigError(f"config key 'server_compression': {late}")
     UPDATE_COMPRESSORS.get(cfg.downlink.name).parse_params(cfg.downlink.params, "downlink")

@@ -43,6 +43,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -82,10 +83,6 @@ def add_change(reference: Mapping[str, torch.Tensor], change: Mapping[str, torch
         else:
             out[name] = value
     return out
-
-
-def float_part(state: Mapping[str, torch.Tensor]) -> Model:
-    return OrderedDict((k, v) for k, v in state.items() if v.is_floating_point())
 
 
 def other_part(state: Mapping[str, torch.Tensor]) -> Model:
@@ -215,14 +212,6 @@ class Held:
     crc: int
 
 
-def is_change(payload: bytes) -> bool:
-    try:
-        codec, _ = peek(payload)
-    except DecodeError:
-        return False
-    return codec == CHANGE_CODEC
-
-
 def apply_change(
     payload: bytes,
     held: Held | None,
@@ -290,9 +279,8 @@ def apply_change(
     return Held(state, version, got)
 
 
-def dense_version(payload: bytes) -> tuple[int, int] | None:
-    """The (version, crc) a dense broadcast names, or None (a broadcast without downlink update compression)."""
-    _, params = peek(payload)
+def dense_version(params: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The (version, crc) a dense broadcast's params name, or None (a broadcast without downlink update compression)."""
     if "version" not in params or "crc" not in params:
         return None
     try:

@@ -49,7 +49,15 @@ from fedcomp.compressors.model.identity import IdentityModelCompressor
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
 from fedcomp.compressors.update.base import EncodeContext, UpdateCompressor
 from fedcomp.compressors.update.feedback import encode_with_feedback
-from fedcomp.flower.downlink import Held, apply_change, dense_version, held_to_state, is_change, model_crc, split_state
+from fedcomp.flower.downlink import (
+    CHANGE_CODEC,
+    Held,
+    apply_change,
+    dense_version,
+    held_to_state,
+    model_crc,
+    split_state,
+)
 from fedcomp.flower.transport import STRUCTURE_KEY, Transport, transport_from
 from fedcomp.messages import CHECKPOINT_ROUND_KEY, CONFIG_KEY, PAYLOAD_KEY, STATE_DIR_KEY, payload_from, payload_record
 
@@ -154,11 +162,15 @@ class CompressionMod:
         self, payload: bytes, held: Held | None, codecs: _Codecs, transport: Transport, msg: Message, context: Context
     ) -> Held:
         """The model a downlink of the model's change brings this node to: a catch-up, or the model dense."""
-        if is_change(payload):
+        try:
+            codec, params = peek(payload)
+        except DecodeError:
+            codec, params = "", {}  # the decoder below says what is wrong with it
+        if codec == CHANGE_CODEC:
             initial = functools.partial(self.initial_model, msg, context) if self.initial_model is not None else None
             return apply_change(payload, held, codecs.arch, codecs.downlink_update, transport.max_abs_value, initial)
         received = codecs.identity.decode(payload, max_abs=transport.max_abs_value)
-        named = dense_version(payload)
+        named = dense_version(params)
         if named is None:
             raise DecodeError("the downlink sends the model's change, but this dense broadcast names no version")
         version, crc = named

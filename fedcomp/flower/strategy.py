@@ -216,8 +216,15 @@ class CompressedStrategy(Strategy):
         """The global model's architecture edits (ALDS factorized layers, ...); () = the configured model."""
         self.max_abs_value = max_abs_value
         self.update_limits = _update_limits(self.arch.specs(()), max_abs_value)
-        self.clients_build_initial_model = clients_build_initial_model
-        self.channel = self._new_channel() if self.transport.sends_model_change else None
+        self.channel = (
+            DownlinkChannel(
+                self.transport.downlink_update_compressor(),
+                self.update_limits,
+                seeded_start=clients_build_initial_model,
+            )
+            if self.transport.sends_model_change
+            else None
+        )
         """The downlink of the model's change (:mod:`.downlink`); None: the broadcast is the model."""
         self.sampler = sampler
         self.evaluate_rounds = evaluate_rounds
@@ -252,10 +259,7 @@ class CompressedStrategy(Strategy):
         self.global_state = broadcast.start
         payload = broadcast.payload
         stats.downlink_metrics = broadcast.metrics
-        view = _SampledGrid(grid, self.sampler(grid, server_round)) if self.sampler is not None else grid
-        config[TRANSPORT_KEY] = self.transport.to_json()
-        config[CHECKPOINT_ROUND_KEY] = self.last_checkpoint
-        messages = list(self.inner.configure_train(server_round, _float_record(broadcast.start), config, view))
+        messages = self._inner_messages(server_round, broadcast.start, config, grid)
         stats.sampled_nodes = sorted(int(m.metadata.dst_node_id) for m in messages)
         stats.downlink_bytes_sent = [len(payload)] * len(stats.sampled_nodes)
         # Over all but the container's own trailing CRC: a CRC32 over data plus its CRC is a constant.
@@ -273,10 +277,7 @@ class CompressedStrategy(Strategy):
         self.global_state = self.channel.advance(server_round, model, first_round_of_run=server_round == 1)
         stats.downlink_metrics = dict(self.channel.last_metrics)
         stats.downlink_crc32 = self.channel.crc
-        view = _SampledGrid(grid, self.sampler(grid, server_round)) if self.sampler is not None else grid
-        config[TRANSPORT_KEY] = self.transport.to_json()
-        config[CHECKPOINT_ROUND_KEY] = self.last_checkpoint
-        messages = list(self.inner.configure_train(server_round, _float_record(self.global_state), config, view))
+        messages = self._inner_messages(server_round, self.global_state, config, grid)
         dense = self.channel.dense()
         sent: dict[int, int] = {}
         for m in messages:
@@ -288,12 +289,14 @@ class CompressedStrategy(Strategy):
         stats.downlink_bytes_sent = [sent[n] for n in stats.sampled_nodes]
         return messages
 
-    def _new_channel(self) -> DownlinkChannel:
-        return DownlinkChannel(
-            self.transport.downlink_update_compressor(),
-            self.update_limits,
-            seeded_start=self.clients_build_initial_model,
-        )
+    def _inner_messages(
+        self, server_round: int, start: OrderedDict[str, torch.Tensor], config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """The inner strategy's train messages for the model clients start from, with the transport settings."""
+        view = _SampledGrid(grid, self.sampler(grid, server_round)) if self.sampler is not None else grid
+        config[TRANSPORT_KEY] = self.transport.to_json()
+        config[CHECKPOINT_ROUND_KEY] = self.last_checkpoint
+        return list(self.inner.configure_train(server_round, _float_record(start), config, view))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -63,7 +63,6 @@ class Transport:
             raise TransportError(f"seed must be an integer >= 0, got {self.seed!r}")
         # Parameters are checked where they are parsed (a ConfigError naming the key).
         self.update_params()
-        self.model_params()
         self.downlink_update_compressor()
         problem = downlink_problem(
             self.downlink, self.model_params(), self.downlink_update, self.downlink_update_params
