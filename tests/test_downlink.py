@@ -269,3 +269,25 @@ def test_the_server_keeps_only_the_steps_a_catch_up_can_still_use(monkeypatch):
     channel.versions.update({1: 3, 2: 4})
     dense = channel.dense()
     assert channel.payload_for(1, dense) == dense and channel.payload_for(2, dense) != dense
+
+
+@pytest.mark.parametrize(
+    "lie, says",
+    [
+        ({"steps": [5]}, "step lengths for versions"),  # two steps declared by the versions, one length
+        ({"steps": [-4, 10**6]}, "step lengths for versions"),
+        ({"base": 2, "version": 1}, "step lengths for versions"),
+        ({"steps": [1, 1]}, "steps hold 2 bytes"),  # lengths that do not add up to the body
+        ({"version": "two"}, "malformed params"),
+        ({"codec": "dgc"}, "made by 'dgc'"),
+        ({"crc": 12345}, "the server's 0x00003039"),
+    ],
+)
+def test_a_catch_up_whose_params_lie_under_a_valid_checksum_is_refused(lie, says):
+    from fedcomp.coding import pack, unpack
+
+    payload, held, channel = catch_up()
+    parsed = unpack(payload, DecodeLimits(expected=None, max_tensors=10))
+    forged = pack(parsed.codec, {**parsed.params, **lie}, parsed.specs, parsed.body)  # a fresh, valid CRC
+    with pytest.raises(DecodeError, match=says):
+        apply_change(forged, held, ARCH, channel.compressor, 1e6, None)
