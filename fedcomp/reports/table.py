@@ -149,9 +149,9 @@ def _dense_accuracy(run: RunRecord) -> float | None:
 
 
 def _wall(run: RunRecord) -> float | None:
-    wall = run.summary.get("wall_s")
-    if isinstance(wall, int | float) and not isinstance(wall, bool) and math.isfinite(wall):
-        return float(wall)
+    wall = _number(run.summary.get("wall_s"))
+    if wall is not None:
+        return wall
     return sum(float(r.get("wall_s", 0.0)) for r in run.rows) or None
 
 
