@@ -23,6 +23,9 @@ from fedcomp.config import ConfigError, config_from_dict
 
 LENET = Architecture("lenet5_caffe", (1, 28, 28), 10)
 RESNET = Architecture("resnet20", (3, 32, 32), 10)
+FAST = "tabulated"
+"""ALDS's error kind where a test is about structures, payloads or checkpoints, not the allocation: the
+default (exact) error costs seconds on LeNet-5's 500 × 800 classifier; test_alds.py checks it."""
 
 
 def lenet_state(seed: int = 0) -> OrderedDict[str, torch.Tensor]:
@@ -248,7 +251,7 @@ def test_alds_compression_meets_the_schedule_and_the_broadcast_rebuilds_the_mode
 
 @pytest.mark.parametrize("plus", [False, True], ids=["alds", "alds+"])
 def test_alds_factorized_model_computes_its_dense_operators(plus):
-    params = ALDSParams(target=0.3, compress_at=[1], seeds=4, plus=plus)
+    params = ALDSParams(target=0.3, compress_at=[1], seeds=4, plus=plus, error=FAST)
     server = ALDSCompressor(params, LENET)
     w = lenet_state()
     b = server.broadcast(1, w, ())
@@ -274,7 +277,7 @@ def test_alds_factorized_model_computes_its_dense_operators(plus):
 
 
 def test_alds_broadcasts_with_bad_structures_are_decode_errors():
-    client = ALDSCompressor(ALDSParams(seeds=1), LENET)
+    client = ALDSCompressor(ALDSParams(seeds=1, error=FAST), LENET)
     w = lenet_state()
     bad = [
         [["alds", "features.9", [1, 2, 0]]],  # no such layer
@@ -293,7 +296,7 @@ def test_alds_broadcasts_with_bad_structures_are_decode_errors():
         with pytest.raises(DecodeError):
             client.decode(payload)
     # The right structure with the wrong tensors: the digest does not match.
-    good = ALDSCompressor(ALDSParams(seeds=1), LENET).broadcast(1, w, ())
+    good = ALDSCompressor(ALDSParams(seeds=1, error=FAST), LENET).broadcast(1, w, ())
     params = {"structure": [[e.op, e.layer, list(e.args)] for e in good.structure]}
     with pytest.raises(DecodeError, match="tensor list"):
         client.decode(pack("alds", params, specs_of(w), dense_bytes(w.values()), by_digest=True))
@@ -321,7 +324,7 @@ def test_structure_edits_rebuild_the_same_specs_on_both_sides():
 
 
 def test_alds_final_only_compresses_the_last_model_and_nothing_before():
-    params = ALDSParams(target=0.5, compress_at=[], final=True, seeds=2)
+    params = ALDSParams(target=0.5, compress_at=[], final=True, seeds=2, error=FAST)
     server, client = ALDSCompressor(params, LENET), ALDSCompressor(params, LENET)
     w = lenet_state()
     assert server.broadcast(1, w, ()).structure == ()
@@ -348,9 +351,9 @@ def test_strategy_checkpoint_restores_structure_and_compressor_state(tmp_path):
     lc_server = strategy(lc("augmented_lagrangian"))
     lc_server.downlink.broadcast(1, w, ())
     lc_server.downlink.end_of_round(1, w, (), last=False)
-    alds_server = strategy(ALDSCompressor(ALDSParams(seeds=1), LENET))
+    alds_server = strategy(ALDSCompressor(ALDSParams(seeds=1, error=FAST), LENET))
     alds_server.structure = alds_server.downlink.broadcast(1, w, ()).structure
-    for server, fresh in ((lc_server, strategy(lc("augmented_lagrangian"))), (alds_server, strategy(ALDSCompressor(ALDSParams(seeds=1), LENET)))):  # fmt: skip
+    for server, fresh in ((lc_server, strategy(lc("augmented_lagrangian"))), (alds_server, strategy(ALDSCompressor(ALDSParams(seeds=1, error=FAST), LENET)))):  # fmt: skip
         torch.save({"server": server.state_dict()}, tmp_path / "ckpt.pt")
         fresh.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True)["server"])
         assert fresh.structure == server.structure
@@ -366,10 +369,10 @@ def test_strategy_checkpoint_restores_structure_and_compressor_state(tmp_path):
 
 def test_the_final_payload_is_the_final_model_even_when_the_last_round_compresses():
     """ALDS acting in the last round: final_model.bin must decode to the model evaluated and saved, not a re-compression."""
-    server = ALDSCompressor(ALDSParams(compress_at=[2], seeds=2), LENET)
+    server = ALDSCompressor(ALDSParams(compress_at=[2], seeds=2, error=FAST), LENET)
     b = server.broadcast(2, lenet_state(), ())
     snap = server.end_of_round(2, b.start, b.structure, last=True)
-    got = ALDSCompressor(ALDSParams(compress_at=[2], seeds=2), LENET).decode(snap.payload)
+    got = ALDSCompressor(ALDSParams(compress_at=[2], seeds=2, error=FAST), LENET).decode(snap.payload)
     assert got.structure == snap.structure == b.structure
     assert all(torch.equal(got.state[k], snap.state[k]) for k in snap.state)
     # The identity compressor's final payload is still the identity codec's bytes.

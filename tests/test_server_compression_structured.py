@@ -28,6 +28,9 @@ def test_federated_alds_trains_the_factorized_model(tmp_path):
     first, *later = (r["downlink_bytes_per_client"] for r in rows)
     assert all(b < 0.75 * first for b in later)  # the factors are what travels
     assert rows[1]["server_metrics"]["alds_params_kept"] == pytest.approx(0.5, abs=0.005)
+    assert "alds_params_kept" not in rows[0]["server_metrics"]  # dense before the compression round
+    kept = [r["server_metrics"]["alds_params_kept"] for r in rows[1:]]
+    assert kept == [rows[1]["server_metrics"]["alds_params_kept"]] * len(kept)  # every row after says what it is
     assert rows[2]["uplink_bytes"] < rows[0]["uplink_bytes"]  # smaller model, smaller updates
     model = fedcomp.load_model(run_dir)
     assert any(isinstance(m, ALDSConv2d) for m in model.modules())
