@@ -231,3 +231,39 @@ def test_exact_k_means_refuses_a_table_it_cannot_hold_and_lloyd_seeds_itself_wit
     exact = GroupParams(forms=[FormParams(form="quantize", k=65_536, exact=True)])
     with pytest.raises(ConfigError, match=r"exact = false for k = 65536 on .* GB"):
         LCCompressor(LCParams(groups=[exact]), Architecture("lenet5_caffe", (1, 28, 28), 10))
+
+
+def test_a_net_wide_kappa_keeps_the_largest_entries_of_the_whole_group():
+    """One κ for the net (Part V's "1-bit codebook + x% corrections"): the κ largest |w| wherever they are,
+    the exact minimizer over all tensors together; per tensor it would keep small entries of a small layer."""
+    from fedcomp.compressors.model.lc_forms import net_prune_c_step
+
+    rng = np.random.default_rng(4)
+    w = {"small": rng.normal(size=(6, 5)) * 0.1, "large": rng.normal(size=(4, 10)) * 3.0}
+    kappa = 21
+    shares = net_prune_c_step(w, kappa)
+    assert sum(idx.size for idx, _ in shares.values()) == kappa
+    flat = np.concatenate([np.abs(v).ravel() for v in w.values()])
+    threshold = np.sort(flat)[-kappa]
+    for name, (idx, values) in shares.items():
+        kept = np.abs(w[name].ravel())
+        assert np.array_equal(values, w[name].ravel()[idx])
+        assert kept[idx].min(initial=np.inf) >= threshold and np.delete(kept, idx).max(initial=0) <= threshold
+    net_error = sum(sse(w[n], PruneL0(kappa).decompress(shares[n], w[n].shape)) for n in w)
+    per_tensor = {n: PruneL0(kappa * w[n].size // 70).c_step(w[n]) for n in w}  # same total split by size: 9 + 12
+    assert sum(per_tensor[n][0].size for n in w) == kappa
+    split_error = sum(sse(w[n], PruneL0(kappa).decompress(per_tensor[n], w[n].shape)) for n in w)
+    assert net_error < split_error
+
+
+def test_quantize_plus_net_wide_corrections_never_increase_the_group_error():
+    from fedcomp.compressors.model.lc_forms import joint_additive_c_step
+
+    rng = np.random.default_rng(5)
+    targets = {"a": rng.normal(size=(8, 6)), "b": rng.standard_t(2, size=(5, 4, 3))}  # heavy tails in b
+    forms = {n: [AdaptiveQuantization(k=2), PruneL0(10)] for n in targets}
+    thetas, errors = joint_additive_c_step(forms, targets, {}, {1}, kappa=10, sweeps=10)
+    assert all(b <= a + 1e-9 for a, b in zip(errors, errors[1:], strict=False))
+    assert sum(thetas[n][1][0].size for n in targets) == 10
+    alone = {n: additive_c_step([AdaptiveQuantization(k=2)], targets[n])[1][-1] for n in targets}
+    assert errors[-1] < sum(alone.values())  # the corrections help

@@ -399,3 +399,39 @@ def test_alds_counts_its_target_over_the_whole_model_and_searches_every_divisor_
     assert tabulate("w", np.zeros((4, 12, 3, 3))).ks == [1, 2, 3, 4, 6]  # the default stops at 8
     with pytest.raises(ConfigError, match="removes more than its decomposable weights hold"):
         ALDSCompressor(ALDSParams(target=0.9999, target_of="model"), arch)
+
+
+def test_lc_net_wide_corrections_and_normalized_alpha_travel_in_the_broadcast():
+    """Q(2) + P(net-wide 1%) on LeNet-5: κ is counted over all its weights together, the broadcast's Θ
+    decodes to the server's Δ(Θ); a net-wide scope on another form and normalize on another form are refused."""
+    from collections import OrderedDict
+
+    import torch
+
+    from fedcomp.compressors.model.lc import FormParams, GroupParams, LCCompressor, LCParams
+    from fedcomp.compressors.model.lc_forms import RankSelection
+    from fedcomp.compressors.model.structure import Architecture
+    from fedcomp.config import ConfigError
+
+    arch = Architecture("lenet5_caffe", (1, 28, 28), 10)
+    forms = [FormParams(form="quantize", k=2), FormParams(form="prune", keep=0.01, scope="net")]
+    params = LCParams(variant="quadratic_penalty", groups=[GroupParams(forms=forms)])
+    server, client = LCCompressor(params, arch), LCCompressor(params, arch)
+    torch.manual_seed(0)
+    state = OrderedDict(arch.build().state_dict())
+    weights = [n for n in server.forms]
+    total = sum(state[n].numel() for n in weights)
+    b = server.broadcast(1, state, ())
+    corrections = {n: server.thetas[n][1][0].size for n in weights}
+    assert sum(corrections.values()) == -(-total // 100)  # ⌈1% of all the weights⌉, shared unevenly
+    assert len(set(corrections.values())) > 1
+    got = client.decode(b.payload)
+    for n in weights:
+        assert torch.equal(got.loss_term.centre[n], server.delta[n])
+    with pytest.raises(ConfigError, match="scope"):
+        LCParams(groups=[GroupParams(forms=[FormParams(form="quantize", scope="net")])]).validate("server_compression")
+    with pytest.raises(ConfigError, match="normalize"):
+        LCParams(groups=[GroupParams(forms=[FormParams(form="prune", keep=0.1, normalize=True)])]).validate("s")
+    normalized = GroupParams(forms=[FormParams(form="rank_selection", alpha=0.05, normalize=True)])
+    lc = LCCompressor(LCParams(groups=[normalized]), arch)
+    assert all(isinstance(f[0], RankSelection) and f[0].alpha == pytest.approx(0.05 / total) for f in lc.forms.values())

@@ -75,6 +75,7 @@ from fedcomp.compressors.model.lc_forms import (
     decode_theta,
     dp_bytes,
     encode_theta,
+    joint_additive_c_step,
 )
 from fedcomp.compressors.model.structure import Architecture, Structure
 from fedcomp.config import ConfigError, require
@@ -94,13 +95,19 @@ class FormParams:
     exact: bool = False
     """quantize: globally optimal 1-D k-means by dynamic programming instead of warm-started Lloyd."""
     keep: float = 0.0
-    """prune: fraction of the tensor's entries kept (κ = ⌈keep·n⌉), unless ``kappa`` is set."""
+    """prune: fraction of the entries kept (κ = ⌈keep·n⌉), unless ``kappa`` is set."""
     kappa: int = 0
     """prune: number of entries kept."""
+    scope: Literal["tensor", "net"] = "tensor"
+    """prune: κ per tensor, or one κ over all the group's tensors together (the paper's net-wide κ:
+    the κ largest entries of the whole group, wherever they are; ``keep`` is then of the group's entries)."""
     rank: int = 0
     """lowrank: the rank; rank_selection: the largest rank considered (0 = full)."""
     alpha: float = 1e-6
-    """rank_selection: cost per stored parameter, α in α·C(r) + μ/2·Σ_{i>r} s_i²."""
+    """rank_selection: α in α·C(r) + μ/2·Σ_{i>r} s_i², per stored parameter (or see ``normalize``)."""
+    normalize: bool = False
+    """rank_selection: α per the group's whole dense storage instead of per parameter (α / Σ m·n over
+    the group's tensors): the same α then means the same trade-off on a small or a large model."""
 
     def validate(self, path: str) -> None:
         if self.form == "quantize":
@@ -113,8 +120,12 @@ class FormParams:
         if self.form == "rank_selection":
             require(self.rank >= 0, f"{path}.rank", "an integer >= 0 (0 = full rank)")
             require(self.alpha > 0, f"{path}.alpha", "a number > 0")
+        require(self.scope in ("tensor", "net"), f"{path}.scope", '"tensor" or "net"')
+        require(self.scope == "tensor" or self.form == "prune", f"{path}.scope", '"net" only with form = "prune"')
+        require(not self.normalize or self.form == "rank_selection", f"{path}.normalize", "only with rank_selection")
 
-    def build(self, numel: int) -> Form:
+    def build(self, numel: int, group_numel: int = 0) -> Form:
+        """The form for one tensor of ``numel`` entries in a group of ``group_numel`` (net-wide settings)."""
         if self.form == "quantize":
             return AdaptiveQuantization(self.k, exact=self.exact)
         if self.form == "binarize":
@@ -122,10 +133,17 @@ class FormParams:
         if self.form == "ternarize":
             return Ternarization()
         if self.form == "prune":
-            return PruneL0(self.kappa if self.kappa > 0 else max(1, math.ceil(self.keep * numel)))
+            return PruneL0(self.net_kappa(group_numel) if self.scope == "net" else self._kappa(numel))
         if self.form == "lowrank":
             return LowRank(self.rank)
-        return RankSelection(self.rank, self.alpha)
+        return RankSelection(self.rank, self.alpha / group_numel if self.normalize else self.alpha)
+
+    def _kappa(self, entries: int) -> int:
+        return self.kappa if self.kappa > 0 else max(1, math.ceil(self.keep * entries))
+
+    def net_kappa(self, group_numel: int) -> int:
+        """κ of a net-wide pruning: over all the group's entries."""
+        return self._kappa(group_numel)
 
 
 @dataclass
@@ -185,12 +203,19 @@ class LCCompressor(ModelCompressor):
         specs = arch.specs(())
         self.specs = {s.name: s for s in specs}
         self.forms: OrderedDict[str, list[Form]] = OrderedDict()
+        members = self._group_members(specs)
+        totals = [sum(self.specs[n].numel for n in names) for names in members]
+        self.net_groups: list[tuple[list[str], set[int], int]] = []
+        """(tensors, index of their net-wide prune form, κ) per group with a net-wide form."""
+        for g, group in enumerate(self.params.groups):
+            net = {i for i, f in enumerate(group.forms) if f.form == "prune" and f.scope == "net"}
+            require(len(net) <= 1, f"server_compression.groups[{g}].forms", "at most one net-wide pruning")
+            if net and members[g]:
+                self.net_groups.append((members[g], net, group.forms[min(net)].net_kappa(totals[g])))
         for spec in specs:
-            if not spec.dtype.is_floating_point or len(spec.shape) < 2:
-                continue
-            for group in self.params.groups:
-                if any(fnmatch.fnmatchcase(spec.name, p) for p in group.layers):
-                    self.forms[spec.name] = [f.build(spec.numel) for f in group.forms]
+            for g, group in enumerate(self.params.groups):
+                if spec.name in members[g]:
+                    self.forms[spec.name] = [f.build(spec.numel, totals[g]) for f in group.forms]
                     for i, form in enumerate(self.forms[spec.name]):
                         if isinstance(form, AdaptiveQuantization) and form.exact:
                             need = dp_bytes(form.k, spec.numel)
@@ -208,6 +233,18 @@ class LCCompressor(ModelCompressor):
         self.lam: dict[str, torch.Tensor] = {}
         self.step = 0
 
+    def _group_members(self, specs: list[TensorSpec]) -> list[list[str]]:
+        """The weights each group compresses: floating tensors of two or more dimensions, first match wins."""
+        members: list[list[str]] = [[] for _ in self.params.groups]
+        for spec in specs:
+            if not spec.dtype.is_floating_point or len(spec.shape) < 2:
+                continue
+            for g, group in enumerate(self.params.groups):
+                if any(fnmatch.fnmatchcase(spec.name, p) for p in group.layers):
+                    members[g].append(spec.name)
+                    break
+        return members
+
     @property
     def active(self) -> bool:
         return bool(self.delta)
@@ -220,6 +257,7 @@ class LCCompressor(ModelCompressor):
     def c_step(self, state: State) -> None:
         """Θ = argmin ‖(w − λ/μ) − Δ(Θ)‖² per tensor (λ = 0 outside the augmented Lagrangian); Θ as decoded."""
         mu = self.mu
+        targets = {}
         for name, forms in self.forms.items():
             w = state[name].detach().to(torch.float64)
             if name in self.lam:
@@ -227,13 +265,28 @@ class LCCompressor(ModelCompressor):
             for form in forms:
                 if isinstance(form, RankSelection):
                     form.mu = mu
-            target = w.numpy()
+            targets[name] = w.numpy()
+        joint = {n for names, _, _ in self.net_groups for n in names}
+        for name, forms in self.forms.items():
+            if name in joint:
+                continue
             warm = self.thetas.get(name)
             if len(forms) == 1:
-                thetas = [forms[0].c_step(target, warm[0] if warm else None)]
+                thetas = [forms[0].c_step(targets[name], warm[0] if warm else None)]
             else:
-                thetas, _ = additive_c_step(forms, target, warm, self.params.sweeps)
+                thetas, _ = additive_c_step(forms, targets[name], warm, self.params.sweeps)
             self._set_theta(name, encode_group(forms, thetas, self.specs[name].shape))
+        for names, net, kappa in self.net_groups:  # a net-wide κ: the group's tensors in one C step
+            thetas_of, _ = joint_additive_c_step(
+                {n: self.forms[n] for n in names},
+                {n: targets[n] for n in names},
+                {n: self.thetas.get(n) for n in names},
+                net,
+                kappa,
+                self.params.sweeps,
+            )
+            for n in names:
+                self._set_theta(n, encode_group(self.forms[n], thetas_of[n], self.specs[n].shape))
 
     def _set_theta(self, name: str, data: bytes) -> None:
         spec = self.specs[name]

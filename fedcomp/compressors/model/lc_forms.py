@@ -12,7 +12,8 @@ where that is affordable.
 - :class:`Binarization` — fixed codebook {−a, a}, scale a = mean |w| (optimal).
 - :class:`Ternarization` — {−a, 0, a}: over the i largest |w|, a = their mean, i maximizing
   (Σ_{t≤i} |w|_(t))² / i; that is the exact minimizer (sort once, O(n log n)).
-- :class:`PruneL0` — constraint ℓ0: keep the κ largest |w| (exact).
+- :class:`PruneL0` — constraint ℓ0: keep the κ largest |w| (exact); with one κ for several tensors,
+  :func:`net_prune_c_step` (the paper's net-wide κ).
 - :class:`LowRank` — truncated SVD at rank r (Eckart–Young); a conv weight (n, m, d1, d2) is
   reshaped to n × (m·d1·d2) as in the paper.
 - :class:`RankSelection` — low rank with the rank chosen by cost: min_r α·C(r) + μ/2·Σ_{i>r} s_i².
@@ -469,6 +470,69 @@ def additive_c_step(
         if len(errors) > len(forms) and errors[-len(forms) - 1] - errors[-1] <= 1e-12 * max(errors[-1], 1.0):
             break
     return thetas, errors
+
+
+def net_prune_c_step(residuals: dict[str, np.ndarray], kappa: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Constraint ℓ0 over several tensors at once: the κ largest |w| of all of them together (exact).
+
+    LC's pruning with one κ for the net (Part V, its "1-bit codebook + x% corrections" setting): the
+    per-tensor C step is this problem with the tensors taken separately. Each tensor's θ is the
+    (indices, values) of its share, so each still travels as a :class:`PruneL0` θ.
+    """
+    flat = [np.asarray(r, dtype=np.float64).ravel() for r in residuals.values()]
+    magnitudes = np.concatenate([np.abs(f) for f in flat]) if flat else np.zeros(0)
+    k = min(kappa, magnitudes.size)
+    keep = np.zeros(magnitudes.size, dtype=bool)
+    if k > 0:
+        keep[np.argpartition(-magnitudes, k - 1)[:k]] = True
+    out, start = {}, 0
+    for name, f in zip(residuals, flat, strict=True):
+        idx = np.flatnonzero(keep[start : start + f.size])
+        out[name] = (idx, f[idx])
+        start += f.size
+    return out
+
+
+def joint_additive_c_step(
+    forms: dict[str, list[Form]],
+    targets: dict[str, np.ndarray],
+    thetas: dict[str, list[Any] | None],
+    net: set[int],
+    kappa: int,
+    sweeps: int = 10,
+) -> tuple[dict[str, list[Any]], list[float]]:
+    """Eq. 4 over a group of tensors whose forms ``net`` (indices) are one net-wide pruning of ``kappa`` entries.
+
+    The other forms take their C step per tensor, as in :func:`additive_c_step`; a net-wide form takes
+    :func:`net_prune_c_step` on all the tensors' residuals at once. Each update is an exact block
+    minimization of Σ_tensors ‖w − Σ_f Δ_f(θ_f)‖², so the returned errors never increase.
+    """
+    names = list(targets)
+    count = len(forms[names[0]])
+    parts, theta = {}, {}
+    for n in names:
+        shape, warm = targets[n].shape, thetas.get(n)
+        theta[n] = list(warm) if warm is not None else [None] * count
+        parts[n] = [
+            f.decompress(t, shape) if t is not None else np.zeros(shape)
+            for f, t in zip(forms[n], theta[n], strict=True)
+        ]
+    errors: list[float] = []
+    for _ in range(sweeps):
+        for i in range(count):
+            residual = {n: targets[n] - sum((p for j, p in enumerate(parts[n]) if j != i), 0.0) for n in names}
+            if i in net:
+                for n, share in net_prune_c_step(residual, kappa).items():
+                    theta[n][i] = share
+            else:
+                for n in names:
+                    theta[n][i] = forms[n][i].c_step(residual[n], theta[n][i])
+            for n in names:
+                parts[n][i] = forms[n][i].decompress(theta[n][i], targets[n].shape)
+            errors.append(sum(float(((targets[n] - sum(parts[n])) ** 2).sum()) for n in names))
+        if len(errors) > count and errors[-count - 1] - errors[-1] <= 1e-12 * max(errors[-1], 1.0):
+            break
+    return theta, errors
 
 
 def quantize_plus_sparse_exact(
