@@ -166,6 +166,12 @@ def test_beta_init_shifts_only_the_modules_whose_masks_are_used_and_params_are_c
     for bad in ({"sharpness": 0.5}, {"sharpness": 101}, {"beta_init": -1}, {"momentum": 0.0015}, {"sharpness": 2.25}):
         with pytest.raises(ConfigError, match="sharpness|beta_init|momentum"):
             BWCPParams(**bad).validate("server_compression")
+    # A group that does not divide a layer's width is refused, not shrunk (7 ran as 4 on 16 channels).
+    with pytest.raises(ConfigError, match=r"group_size = 7 does not divide the 16 channels of .* groups of 4"):
+        BWCPCompressor(BWCPParams(group_size=7), RESNET)
+    assert BWCPCompressor(BWCPParams(group_size=8), RESNET).triples  # 8 divides 16, 32 and 64
+    wide = BWCPCompressor(BWCPParams(group_size=64), RESNET)  # wider than 16 and 32: one group there
+    assert {m.group for m in RESNET.build(wide.bwcp_edits).modules() if isinstance(m, BWCP)} == {16, 32, 64}
 
 
 def test_residual_streams_are_found_between_the_shortcuts():

@@ -122,7 +122,7 @@ from fedcomp.compressors.model.base import (
 )
 from fedcomp.compressors.model.channels import channel_graph
 from fedcomp.compressors.model.structure import Architecture, Edit, Structure, after_build, structure_op
-from fedcomp.config import require
+from fedcomp.config import ConfigError, require
 
 DELTA = 0.05
 TAU = 0.5
@@ -455,6 +455,7 @@ class BWCPCompressor(ModelCompressor):
         if not self.triples and not self.streams:
             raise ValueError("server_compression: BWCP found no conv–BN layer whose channels it can remove")
         p = self.params
+        self._check_groups(arch)
         args = (p.group_size, p.iterations, max(1, round(p.momentum * 1000)), round(p.sharpness * 10))
         edits = [Edit("bwcp", t.bn, args) for t in self.triples]
         for k, stream in enumerate(self.streams):
@@ -462,6 +463,27 @@ class BWCPCompressor(ModelCompressor):
             edits += [Edit("shared_mask", m, (k,)) for m in stream.maps_in]
         self.bwcp_edits = tuple(edits)
         self.pruned = False
+
+    def _check_groups(self, arch: Architecture) -> None:
+        """Refuse a ``group_size`` that some layer cannot use as set (main ran 7 as 4 on 16 channels, silently).
+
+        A layer narrower than the group is whitened as one group (a smaller group is the only choice there).
+        """
+        with torch.random.fork_rng():  # reading the widths must not move the caller's random stream
+            base = arch.build()
+        names = [t.bn for t in self.triples] + [bn for stream in self.streams for _, bn in stream.members]
+        wanted = self.params.group_size
+        bad = {}
+        for name in names:
+            channels = base.get_submodule(name).num_features
+            if channels > wanted and channels % wanted:
+                bad[name] = (channels, group_size_for(channels, wanted))
+        if bad:
+            name, (channels, used) = next(iter(bad.items()))
+            raise ConfigError(
+                f"server_compression.group_size = {wanted} does not divide the {channels} channels of {name!r} "
+                f"({len(bad)} layer(s)): it would whiten groups of {used}; use a divisor of every layer's width"
+            )
 
     def to_bwcp(self, state: State) -> State:
         """The configured model's state with its BatchNorms as BWCP modules (identity whitening, β + beta_init).
