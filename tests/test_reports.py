@@ -698,6 +698,13 @@ def test_the_table_has_the_downlink_ratio_and_for_model_compression_the_shipped_
     assert by_label["udfc"]["final_model_bytes"].mean == 321 and by_label["change"]["final_model_bytes"].mean is None
     assert by_label["udfc"]["dense_accuracy"].mean == 0.8 and by_label["udfc"]["final_accuracy"].mean == 0.65
     assert by_label["change"]["dense_accuracy"].mean == 0.6  # the evaluated model was the dense one
+    # Best accuracy is of the shipped model: round 1 evaluated the uncompressed global model (0.7), never sent.
+    assert by_label["udfc"]["best_accuracy"].mean == 0.65 and by_label["change"]["best_accuracy"].mean == 0.6
+    from fedcomp.reports.curves import accuracy_within, first_reach
+
+    (udfc_run,) = udfc.runs
+    assert accuracy_within(udfc_run, 10**9) == 0.65 and first_reach(udfc_run, 0.7) is None
+    assert first_reach(udfc_run, 0.6).round == 2
     cols, body = table_cells(table)
     assert {"↓ ratio", "final model", "dense accuracy"} <= set(cols)
     cells = {row[0].text: dict(zip(cols, (c.text for c in row), strict=True)) for row in body}
