@@ -262,7 +262,7 @@ def test_quantize_plus_net_wide_corrections_never_increase_the_group_error():
     rng = np.random.default_rng(5)
     targets = {"a": rng.normal(size=(8, 6)), "b": rng.standard_t(2, size=(5, 4, 3))}  # heavy tails in b
     forms = {n: [AdaptiveQuantization(k=2), PruneL0(10)] for n in targets}
-    thetas, errors = joint_additive_c_step(forms, targets, {}, {1}, kappa=10, sweeps=10)
+    thetas, errors = joint_additive_c_step(forms, targets, {}, 1, kappa=10, sweeps=10)
     assert all(b <= a + 1e-9 for a, b in zip(errors, errors[1:], strict=False))
     assert sum(thetas[n][1][0].size for n in targets) == 10
     alone = {n: additive_c_step([AdaptiveQuantization(k=2)], targets[n])[1][-1] for n in targets}

@@ -133,17 +133,14 @@ class FormParams:
         if self.form == "ternarize":
             return Ternarization()
         if self.form == "prune":
-            return PruneL0(self.net_kappa(group_numel) if self.scope == "net" else self._kappa(numel))
+            return PruneL0(self.kappa_of(group_numel if self.scope == "net" else numel))
         if self.form == "lowrank":
             return LowRank(self.rank)
         return RankSelection(self.rank, self.alpha / group_numel if self.normalize else self.alpha)
 
-    def _kappa(self, entries: int) -> int:
+    def kappa_of(self, entries: int) -> int:
+        """prune: κ over ``entries`` (the tensor's, or the whole group's with a net-wide scope)."""
         return self.kappa if self.kappa > 0 else max(1, math.ceil(self.keep * entries))
-
-    def net_kappa(self, group_numel: int) -> int:
-        """κ of a net-wide pruning: over all the group's entries."""
-        return self._kappa(group_numel)
 
 
 @dataclass
@@ -205,13 +202,13 @@ class LCCompressor(ModelCompressor):
         self.forms: OrderedDict[str, list[Form]] = OrderedDict()
         members = self._group_members(specs)
         totals = [sum(self.specs[n].numel for n in names) for names in members]
-        self.net_groups: list[tuple[list[str], set[int], int]] = []
+        self.net_groups: list[tuple[list[str], int, int]] = []
         """(tensors, index of their net-wide prune form, κ) per group with a net-wide form."""
         for g, group in enumerate(self.params.groups):
-            net = {i for i, f in enumerate(group.forms) if f.form == "prune" and f.scope == "net"}
+            net = [i for i, f in enumerate(group.forms) if f.form == "prune" and f.scope == "net"]
             require(len(net) <= 1, f"server_compression.groups[{g}].forms", "at most one net-wide pruning")
             if net and members[g]:
-                self.net_groups.append((members[g], net, group.forms[min(net)].net_kappa(totals[g])))
+                self.net_groups.append((members[g], net[0], group.forms[net[0]].kappa_of(totals[g])))
         for spec in specs:
             for g, group in enumerate(self.params.groups):
                 if spec.name in members[g]:

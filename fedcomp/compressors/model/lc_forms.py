@@ -497,11 +497,11 @@ def joint_additive_c_step(
     forms: dict[str, list[Form]],
     targets: dict[str, np.ndarray],
     thetas: dict[str, list[Any] | None],
-    net: set[int],
+    net: int,
     kappa: int,
     sweeps: int = 10,
 ) -> tuple[dict[str, list[Any]], list[float]]:
-    """Eq. 4 over a group of tensors whose forms ``net`` (indices) are one net-wide pruning of ``kappa`` entries.
+    """Eq. 4 over a group of tensors whose form number ``net`` is one net-wide pruning of ``kappa`` entries.
 
     The other forms take their C step per tensor, as in :func:`additive_c_step`; a net-wide form takes
     :func:`net_prune_c_step` on all the tensors' residuals at once. Each update is an exact block
@@ -521,7 +521,7 @@ def joint_additive_c_step(
     for _ in range(sweeps):
         for i in range(count):
             residual = {n: targets[n] - sum((p for j, p in enumerate(parts[n]) if j != i), 0.0) for n in names}
-            if i in net:
+            if i == net:
                 for n, share in net_prune_c_step(residual, kappa).items():
                     theta[n][i] = share
             else:
