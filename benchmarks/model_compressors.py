@@ -127,74 +127,203 @@ def _train_data(split, quick: bool):  # noqa: ANN001, ANN202 - SplitData in, Ima
     return split.train.subset(np.arange(1500)) if quick else split.train
 
 
-UDFC_EPOCH_LRS = (0.1, 0.1, 0.03, 0.03, 0.01, 0.003)
-"""The UDFC reference: six epochs with a decaying learning rate (the test accuracy has levelled off by then)."""
+UDFC_EPOCH_LRS = (0.1,) * 5 + (0.03,) * 4 + (0.01,) * 3 + (0.003,) * 3
+"""The UDFC reference, trained to convergence: 15 epochs, step-decayed (training loss ≈ 0.005, test accuracy flat)."""
+UDFC_WEIGHT_DECAY = 5e-4
+"""The usual CIFAR ResNet weight decay: the kind of trained model a data-free compressor is handed."""
 UDFC_THREADS = 2
 """Training and evaluation threads: the float sums, and so the trained reference, depend on the thread count."""
-UDFC_SETTINGS = ((0.1, 6), (0.3, 6), (0.5, 4))
+UDFC_SETTINGS = tuple((0.0, b) for b in (6, 4)) + tuple((p, b) for b in (16, 6, 4) for p in (0.1, 0.3, 0.5))
+"""(prune, bits): quantization only; pruning only (16 bits: no visible rounding); both."""
+UDFC_VARIANTS = {
+    "plain": {"compensate": False},
+    "compensated": {},
+    "no_recal": {"recalibrate": False},
+    "random": {"criterion": "random"},
+}
+"""UDFC's defaults against plain pruning, the closed forms alone (no BN recalibration) and random channels."""
 
 
-def _udfc_reference(arch: Architecture, split, out_dir: Path, quick: bool) -> OrderedDict:  # noqa: ANN001
-    """ResNet-20 trained once on the embedded digits and cached under ``out_dir`` (never in the repository)."""
-    lrs = UDFC_EPOCH_LRS[:1] if quick else UDFC_EPOCH_LRS
-    path = out_dir / f"udfc_reference_resnet20_{'quick' if quick else 'full'}_{len(lrs)}ep_t{UDFC_THREADS}.pt"
+def _train_reference(arch: Architecture, data, lrs, weight_decay: float, path: Path) -> OrderedDict:  # noqa: ANN001
+    """Trained once (seed 0) and cached at ``path`` (under ``--out``, never in the repository)."""
     if path.exists():
         return OrderedDict(torch.load(path, weights_only=True))
     torch.manual_seed(0)
     model = arch.build()
     gen = torch.Generator().manual_seed(0)
     for lr in lrs:
-        cfg = ClientConfig(local_epochs=1, batch_size=64, lr=lr, momentum=0.9)
-        train_local(model, _train_data(split, quick), cfg, gen, torch.device("cpu"))
+        cfg = ClientConfig(local_epochs=1, batch_size=64, lr=lr, momentum=0.9, weight_decay=weight_decay)
+        train_local(model, data, cfg, gen, torch.device("cpu"))
     state = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
-    out_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return state
 
 
+def _udfc_reference(arch: Architecture, split, out_dir: Path, quick: bool) -> OrderedDict:  # noqa: ANN001
+    lrs = UDFC_EPOCH_LRS[:1] if quick else UDFC_EPOCH_LRS
+    name = (
+        f"udfc_reference_resnet20_{'quick' if quick else 'full'}_{len(lrs)}ep_wd{UDFC_WEIGHT_DECAY:g}_t{UDFC_THREADS}"
+    )
+    return _train_reference(arch, _train_data(split, quick), lrs, UDFC_WEIGHT_DECAY, out_dir / f"{name}.pt")
+
+
+class fixed_threads:  # noqa: N801 - used like a function
+    """torch's intra-op threads set for a block, restored after it."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __enter__(self) -> None:
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.old)
+
+
+def neuron_merging(state: OrderedDict, arch: Architecture, prune: float) -> tuple[OrderedDict, tuple]:
+    """Neuron Merging (Kim et al. 2020) at UDFC's channels and counts: each removed channel j is merged
+    into its most similar kept channel i (cosine of the BN-folded filters ŵ): next-layer weights
+    V_{:,i} += (‖ŵ_j‖/‖ŵ_i‖)·V_{:,j}, then j is removed plainly. Returns the state and its structure."""
+    from fedcomp.compressors.model.channels import channel_graph, resize_edits
+    from fedcomp.compressors.model.udfc import bn_fold, prune_counts, prune_layer, select_channels
+
+    graph = channel_graph(arch)
+    plain = UDFCParams(prune, compensate=False)
+    out = OrderedDict((k, v.clone()) for k, v in state.items())
+    widths = [out[f"{t.conv}.weight"].shape[0] for t in graph.triples]
+    eps = 1e-5
+    rng = np.random.default_rng(0)
+    for t, n_prune in zip(graph.triples, prune_counts(widths, prune), strict=True):
+        if n_prune == 0:
+            continue
+        g, _ = bn_fold(out, t.bn, eps)
+        w_hat = g[:, None] * out[f"{t.conv}.weight"].double().numpy().reshape(len(g), -1)
+        pruned, kept = select_channels(w_hat, out[f"{t.bn}.weight"].double().numpy(), n_prune, "gamma", rng)
+        norms = np.linalg.norm(w_hat, axis=1)
+        cosine = (w_hat[pruned] @ w_hat[kept].T) / np.outer(norms[pruned], norms[kept])
+        nxt = out[f"{t.next}.weight"]
+        original = nxt.clone()
+        for row, j in enumerate(pruned):
+            i = int(kept[int(np.argmax(cosine[row]))])
+            nxt[:, i] += float(norms[j] / norms[i]) * original[:, int(j)]
+        prune_layer(out, t, None, eps, n_prune, plain, rng)  # the same |γ| channels go, uncompensated
+    return out, resize_edits(arch, out)
+
+
+def _merging_accuracy(arch: Architecture, state: OrderedDict, prune: float, bits: int, test) -> float:  # noqa: ANN001
+    """Neuron Merging's pruning, then UDFC's b-bit quantization (with its s̃) so that the sizes match."""
+    merged, structure = neuron_merging(state, arch, prune) if prune > 0 else (state, ())
+    udfc = UDFCCompressor(UDFCParams(0.0, bits=bits), arch)
+    udfc.pruned = True
+    _, got, structure, _ = udfc.compress(merged, structure)
+    return _accuracy(arch, structure, got, test)
+
+
+def _accuracy(arch: Architecture, structure: tuple, state: OrderedDict, test) -> float:  # noqa: ANN001
+    model = arch.build(structure).eval()
+    model.load_state_dict(state)
+    return evaluate(model, test, torch.device("cpu"))[1]
+
+
+def _udfc_row(arch: Architecture, state: OrderedDict, prune: float, bits: int, subsets: list) -> dict:
+    """One (prune, bits) setting: every variant and Neuron Merging on every seed's test half; mean ± sd."""
+    acc: dict[str, list[float]] = {k: [] for k in (*UDFC_VARIANTS, "merging")}
+    size, elapsed = 0, 0.0
+    for seed, test in enumerate(subsets):
+        for key, kw in UDFC_VARIANTS.items():
+            if prune == 0 and key != "compensated":  # nothing is pruned: the variants are the same model
+                continue
+            t0 = time.perf_counter()
+            udfc = UDFCCompressor(UDFCParams(prune, bits=bits, **kw), arch, seed=seed)
+            payload, got, structure, _ = udfc.compress(state, ())
+            if key == "compensated":
+                elapsed, size = time.perf_counter() - t0, len(payload)
+            acc[key].append(_accuracy(arch, structure, got, test))
+        acc["merging"].append(_merging_accuracy(arch, state, prune, bits, test))
+    for key in acc:
+        acc[key] = acc[key] or acc["compensated"]
+    row: dict = {"prune": prune, "bits": bits}
+    row.update({k: round(float(np.mean(v)), 4) for k, v in acc.items()})
+    row["sd"] = {k: round(float(np.std(v, ddof=1)), 4) if len(v) > 1 else 0.0 for k, v in acc.items()}
+    row["bytes"], row["time_s"] = size, round(elapsed, 3)
+    return row
+
+
 def udfc_vs_plain(out_dir: Path, quick: bool = False, seeds: int = 3) -> dict:
-    """UDFC's defaults against plain pruning + quantization and against random channels, data-free.
+    """UDFC's defaults against plain pruning, random channels and Neuron Merging, data-free.
 
     One reference model (trained once, cached); per seed, a class-stratified half of the test set and the
-    seed of the random channels; mean ± sd over the seeds.
+    compressor's seed (random channels, distilled inputs); mean ± sd over the seeds.
     """
     from fedcomp.data.embedded import stratified_split
 
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(UDFC_THREADS)
-    try:
+    with fixed_threads(UDFC_THREADS):
         split = load_dataset("mnist5k", "", False, 1000, 0)
         arch = Architecture("resnet20", split.input_shape, split.num_classes)
         state = _udfc_reference(arch, split, out_dir, quick)
-        cpu = torch.device("cpu")
         labels = split.test.labels.numpy()
         subsets = [split.test.subset(stratified_split(labels, len(labels) // 2, seed)[1]) for seed in range(seeds)]
-        model = arch.build().eval()
-        model.load_state_dict(state)
-        reference = [evaluate(model, test, cpu)[1] for test in subsets]
-        variants = {"plain": {"compensate": False}, "compensated": {}, "random": {"criterion": "random"}}
-        rows = []
-        for prune, bits in UDFC_SETTINGS:
-            acc: dict[str, list[float]] = {k: [] for k in variants}
-            size, elapsed = 0, 0.0
-            for seed, test in enumerate(subsets):
-                for key, kw in variants.items():
-                    t0 = time.perf_counter()
-                    udfc = UDFCCompressor(UDFCParams(prune, bits=bits, **kw), arch, seed=seed)
-                    payload, got, structure, _ = udfc.compress(state, ())
-                    if key == "compensated":
-                        elapsed, size = time.perf_counter() - t0, len(payload)
-                    thin = arch.build(structure).eval()
-                    thin.load_state_dict(got)
-                    acc[key].append(evaluate(thin, test, cpu)[1])
-            row: dict = {"prune": prune, "bits": bits}
-            row.update({k: round(float(np.mean(v)), 4) for k, v in acc.items()})
-            row["sd"] = {k: round(float(np.std(v, ddof=1)), 4) if len(v) > 1 else 0.0 for k, v in acc.items()}
-            row["bytes"], row["time_s"] = size, round(elapsed, 3)
-            rows.append(row)
-    finally:
-        torch.set_num_threads(old_threads)
+        reference = [_accuracy(arch, (), state, test) for test in subsets]
+        settings = ((0.3, 6),) if quick else UDFC_SETTINGS
+        rows = [_udfc_row(arch, state, prune, bits, subsets) for prune, bits in settings]
     return {"reference_accuracy": round(float(np.mean(reference)), 4), "seeds": seeds, "settings": rows}
+
+
+LENET_EPOCH_LRS = (0.05,) * 4 + (0.01,) * 3 + (0.002,) * 3
+"""The ALDS reference LeNet-5-Caffe: ten epochs, step-decayed."""
+ALDS_TARGETS = (0.5, 0.6, 0.8)
+ALDS_VARIANTS = {
+    "uniform_svd": {},
+    "k1": {"max_k": 1},
+    "alds_tabulated": {"error": "tabulated"},
+    "alds_true": {"error": "true"},
+}
+"""Uniform-rank SVD; Algorithm 1 with one subspace per layer (k = 1); ALDS equalizing either error."""
+
+
+def _alds_model(arch: Architecture, state: OrderedDict, target: float, variant: str, seeds: int):  # noqa: ANN202
+    """(state, structure) of ``variant`` at ``target`` removed, via the compressor (uniform SVD: its allocation)."""
+    from unittest import mock
+
+    from fedcomp.compressors.model import alds as alds_module
+    from fedcomp.compressors.model.alds import ALDSCompressor, ALDSParams
+
+    kw = {k: v for k, v in ALDS_VARIANTS[variant].items()}
+    comp = ALDSCompressor(ALDSParams(target=target, seeds=seeds, **kw), arch)
+    if variant != "uniform_svd":
+        return comp.compress(state, (), 1 - target)[:2]
+    with mock.patch.object(alds_module, "allocate", lambda tables, budget, *_a, **_k: uniform_svd(tables, budget)):
+        return comp.compress(state, (), 1 - target)[:2]
+
+
+def alds_on_lenet(out_dir: Path, quick: bool = False, seeds: int = 15) -> dict:
+    """ALDS one-shot and after one epoch of retraining on a trained LeNet-5-Caffe, against its baselines."""
+    with fixed_threads(UDFC_THREADS):
+        split = load_dataset("mnist5k", "", False, 1000, 0)
+        arch = Architecture("lenet5_caffe", split.input_shape, split.num_classes)
+        data = _train_data(split, quick)
+        lrs = LENET_EPOCH_LRS[:1] if quick else LENET_EPOCH_LRS
+        path = out_dir / f"alds_reference_lenet5_{'quick' if quick else 'full'}_{len(lrs)}ep_t{UDFC_THREADS}.pt"
+        state = _train_reference(arch, data, lrs, 0.0, path)
+        rows = []
+        for target in ALDS_TARGETS[:1] if quick else ALDS_TARGETS:
+            row: dict = {"target": target}
+            for variant in ALDS_VARIANTS:
+                got, structure = _alds_model(arch, state, target, variant, seeds)
+                model = arch.build(structure)
+                model.load_state_dict(got)
+                one_shot = evaluate(model, split.test, torch.device("cpu"))[1]
+                torch.manual_seed(0)
+                cfg = ClientConfig(local_epochs=1, batch_size=64, lr=0.01, momentum=0.9)
+                train_local(model, data, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+                row[variant] = {"one_shot": one_shot, "retrained": evaluate(model, split.test, torch.device("cpu"))[1]}
+            rows.append(row)
+        model = arch.build()
+        model.load_state_dict(state)
+        reference = evaluate(model, split.test, torch.device("cpu"))[1]
+    return {"reference_accuracy": reference, "settings": rows}
 
 
 def flops_and_params(model: torch.nn.Module, shape: tuple[int, int, int]) -> tuple[int, int]:
@@ -281,6 +410,64 @@ def bwcp_tradeoff(settings, quick: bool = False) -> dict:  # noqa: ANN001
     return out
 
 
+UDFC_COLUMNS = ("plain", "merging", "random", "no_recal", "compensated")
+
+
+def print_udfc(udfc: dict) -> None:
+    print(
+        f"\nUDFC on ResNet-20 trained to convergence on the embedded digits (accuracy {udfc['reference_accuracy']:.3f}),"
+        f" data-free; mean ± sd over {udfc['seeds']} seed(s) (class-stratified test halves, compressor seed)"
+    )
+    print(
+        f"{'prune':>6}{'bits':>6}{'bytes':>10}"
+        + "".join(f"{c:>16}" for c in UDFC_COLUMNS)
+        + f"{'/plain':>8}{'udfc s':>8}"
+    )
+    for r in udfc["settings"]:
+        cells = "".join(f"{r[k]:>9.3f} ±{r['sd'][k]:.3f}" for k in UDFC_COLUMNS)
+        ratio = r["compensated"] / r["plain"] if r["plain"] else float("nan")
+        print(f"{r['prune']:>6.1f}{r['bits']:>6}{r['bytes']:>10,}{cells}{ratio:>8.2f}{r['time_s']:>8.2f}")
+    print("(compensated: the defaults, |γ| channels, signed ŝ, mean correction, BN statistics recalibrated on")
+    print(" distilled inputs; no_recal: the same without the recalibration; random: random channels, compensated;")
+    print(" merging: Neuron Merging at the same channels; 16 bits: pruning only; /plain: compensated ÷ plain)")
+
+
+def print_alds_lenet(res: dict) -> None:
+    print(f"\nALDS on LeNet-5-Caffe trained on the embedded digits (accuracy {res['reference_accuracy']:.3f}):")
+    print("one-shot / after one epoch of retraining (lr 0.01)")
+    print(f"{'removed':>8}" + "".join(f"{v:>22}" for v in ALDS_VARIANTS) + f"{'true/svd':>10}")
+    for r in res["settings"]:
+        cells = "".join(f"{r[v]['one_shot']:>13.3f} / {r[v]['retrained']:.3f}" for v in ALDS_VARIANTS)
+        ratio = r["alds_true"]["one_shot"] / max(r["uniform_svd"]["one_shot"], 1e-9)
+        print(f"{r['target']:>8.1f}{cells}{ratio:>10.2f}")
+    print("(k1: Algorithm 1 with one subspace per layer; alds_tabulated / alds_true: the error Algorithm 1 equalizes;")
+    print(" true/svd: one-shot accuracy of alds_true ÷ uniform SVD)")
+
+
+PARTS = ("alds", "lc", "udfc", "alds_lenet", "bwcp")
+
+
+def run_part(part: str, args: argparse.Namespace) -> dict:
+    """One part of the benchmark, as ``main`` runs it."""
+    out, quick = Path(args.out), args.quick
+    if part == "alds":
+        return alds_vs_svd(seeds=4 if quick else 15)
+    if part == "lc":
+        models = [("lenet5_caffe", (1, 28, 28))] + ([] if quick else [("resnet20", (3, 32, 32))])
+        return {name: lc_c_steps(name, shape) for name, shape in models}
+    if part == "udfc":
+        return udfc_vs_plain(out, quick=quick, seeds=1 if quick else 3)
+    if part == "alds_lenet":
+        return alds_on_lenet(out, quick=quick, seeds=4 if quick else 15)
+    return bwcp_tradeoff(BWCP_SETTINGS[-1:] if quick else BWCP_SETTINGS, quick)
+
+
+def _udfc_means(udfc: dict) -> list[dict]:
+    """The JSON's ``udfc``: per setting the means of each variant (``udfc_detail`` has the sds)."""
+    keys = ("prune", "bits", "plain", "compensated", "random", "merging", "no_recal")
+    return [{k: r[k] for k in keys} for r in udfc["settings"]]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -289,12 +476,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--out", default="runs/model_compressors", help="folder for cached reference models (outside the repository)"
     )
+    parser.add_argument("--only", choices=PARTS, help="run one part only (its JSON is the last line)")
     args = parser.parse_args(argv)
-    alds = alds_vs_svd(seeds=4 if args.quick else 15)
-    models = [("lenet5_caffe", (1, 28, 28))] + ([] if args.quick else [("resnet20", (3, 32, 32))])
-    lc = {name: lc_c_steps(name, shape) for name, shape in models}
-    udfc = udfc_vs_plain(Path(args.out), quick=args.quick)
-    bwcp = bwcp_tradeoff(BWCP_SETTINGS[-1:] if args.quick else BWCP_SETTINGS, args.quick)
+    if args.only:
+        figures = {args.only: run_part(args.only, args)}
+        if args.only == "udfc":
+            print_udfc(figures["udfc"])
+            figures = {"udfc": _udfc_means(figures["udfc"]), "udfc_detail": figures["udfc"]}
+        print(json.dumps(figures))
+        return figures
+    alds, lc, udfc, alds_lenet, bwcp = (run_part(part, args) for part in PARTS)
 
     print(f"ALDS on ResNet-20's {alds['layers']} 3x3 convs ({alds['dense_params']:,} params), target 50% removed")
     print(f"{'method':<13}{'time s':>9}{'removed':>9}{'max err':>9}{'max true':>10}{'err / svd':>11}")
@@ -314,15 +505,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:<14}{r['params']:>10,}" + "".join(f"{r[f]:>22.4f}" for f in forms))
     if args.quick:
         print("\n(--quick: UDFC and BWCP train on 1,500 digits only; a smoke test, not their numbers)")
-    print(
-        f"\nUDFC on ResNet-20 trained on the embedded digits (accuracy {udfc['reference_accuracy']:.3f}), data-free;"
-        f" mean ± sd over {udfc['seeds']} seeds (class-stratified test halves, random channels' seed)"
-    )
-    print(f"{'prune':>6}{'bits':>6}{'bytes':>10}{'plain':>15}{'udfc':>15}{'random':>15}{'udfc s':>8}")
-    for r in udfc["settings"]:
-        cells = "".join(f"{r[k]:>8.3f} ±{r['sd'][k]:.3f}" for k in ("plain", "compensated", "random"))
-        print(f"{r['prune']:>6.1f}{r['bits']:>6}{r['bytes']:>10,}{cells}{r['time_s']:>8.2f}")
-    print("(udfc: the defaults, |γ| channels, ŝ ≥ 0, mean correction; random: random channels, same compensation)")
+    print_udfc(udfc)
+    print_alds_lenet(alds_lenet)
     epochs = 1 if args.quick else len(BWCP_EPOCH_LRS)
     print(
         f"\nBWCP on ResNet-20, {epochs} epoch(s) on the embedded digits (plain BatchNorm: {bwcp['baseline_accuracy']:.3f})"
@@ -340,8 +524,14 @@ def main(argv: list[str] | None = None) -> dict:
             f"{change:>+12.3f}{r['channels_removed']:>10.3f}{r['flops_removed']:>8.3f}{r['params_removed']:>8.3f}"
         )
     print("(channels: of every BWCP layer, block-inner and residual streams; FLOPs and params: whole network)")
-    udfc_means = [{k: r[k] for k in ("prune", "bits", "plain", "compensated", "random")} for r in udfc["settings"]]
-    figures = {"alds": alds, "lc_c_step": lc, "udfc": udfc_means, "udfc_detail": udfc, "bwcp": bwcp}
+    figures = {
+        "alds": alds,
+        "alds_lenet": alds_lenet,
+        "lc_c_step": lc,
+        "udfc": _udfc_means(udfc),
+        "udfc_detail": udfc,
+        "bwcp": bwcp,
+    }
     print(json.dumps(figures))
     return figures
 

@@ -18,12 +18,15 @@ from fedcomp.compressors.model.structure import Architecture
 from fedcomp.compressors.model.udfc import (
     UDFCCompressor,
     UDFCParams,
+    _bn_mismatch,
     bn_fold,
+    distill_inputs,
     prune_counts,
     prune_layer,
     prune_scales,
     quant_scale,
     quantize_rows,
+    recalibrate_bn,
     relu_mean,
 )
 from fedcomp.config import ClientConfig, ConfigError
@@ -106,8 +109,10 @@ def _trained_resnet() -> tuple[OrderedDict, object]:
     torch.manual_seed(0)
     split = load_dataset("mnist5k", "", False, 1000, 0)
     model = RESNET.build()
-    cfg = ClientConfig(local_epochs=1, batch_size=64, lr=0.1, momentum=0.9)
-    train_local(model, split.train, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    for lr in (0.05, 0.01):  # two epochs, weight decay: 0.956 whatever the thread count (one epoch: 0.79-0.92)
+        cfg = ClientConfig(local_epochs=1, batch_size=64, lr=lr, momentum=0.9, weight_decay=5e-4)
+        train_local(model, split.train, cfg, gen, torch.device("cpu"))
     return OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items()), split
 
 
@@ -150,10 +155,13 @@ def test_a_channel_that_is_a_scaled_copy_is_removed_without_changing_the_functio
 
 @fixed_threads(REFERENCE_THREADS)
 def test_compensation_beats_plain_pruning_and_quantization_on_a_trained_resnet():
-    """The defaults (|γ| criterion, signed ŝ, mean correction) against plain pruning and against random channels.
+    """The defaults (|γ|, signed ŝ, mean correction, BN recalibration) against plain pruning and the closed forms alone.
 
-    Measured on this model (2 threads, accuracy 0.876; 30 % + 6 bits): compensated 0.734, plain 0.337,
-    random channels compensated 0.470.
+    Measured on this model (accuracy 0.956 with 1 or 2 threads; 30 % + 6 bits): compensated 0.906 / 0.930,
+    without the recalibration 0.745 / 0.727, plain 0.312 / 0.302; with training seed 1 instead, 0.925-0.952,
+    0.40-0.72 and 0.42-0.51. Random channels (compensated) measured 0.85-0.92: not compared here, see
+    benchmarks/model_compressors.py on a converged model. (A one-epoch model, as first used, was too
+    fragile to test on: 0.79-0.92 accuracy across thread counts, and the orderings flipped with it.)
     """
     state, split = _trained_resnet()
     model = RESNET.build().eval()
@@ -161,7 +169,11 @@ def test_compensation_beats_plain_pruning_and_quantization_on_a_trained_resnet()
     cpu = torch.device("cpu")
     _, reference_acc = evaluate(model, split.test, cpu)
     results = {}
-    for label, kw in {"compensated": {}, "plain": {"compensate": False}, "random": {"criterion": "random"}}.items():
+    for label, kw in {
+        "compensated": {},
+        "plain": {"compensate": False},
+        "closed_forms": {"recalibrate": False},
+    }.items():
         udfc = UDFCCompressor(UDFCParams(prune=0.3, bits=6, **kw), RESNET)
         payload, got, structure, metrics = udfc.compress(state, ())
         thin = RESNET.build(structure).eval()
@@ -173,10 +185,49 @@ def test_compensation_beats_plain_pruning_and_quantization_on_a_trained_resnet()
             )
         results[label] = (err, evaluate(thin, split.test, cpu)[1], len(payload))
     (err_c, acc_c, bytes_c), (err_p, acc_p, bytes_p) = results["compensated"], results["plain"]
-    assert bytes_c == bytes_p == results["random"][2]  # the same ratio and bit width
-    assert err_c < err_p and acc_c > acc_p
-    assert acc_c > results["random"][1] + 0.1  # the |γ| criterion beats random channels with margin
+    assert bytes_c == bytes_p == results["closed_forms"][2]  # the same ratio and bit width
+    assert err_c < err_p and acc_c > acc_p + 0.3
+    assert acc_c > results["closed_forms"][1] + 0.05  # the recalibrated statistics are the larger part
+    assert acc_c > 0.85
     assert reference_acc > acc_c  # compression without fine-tuning costs something
+
+
+def test_distilled_inputs_match_the_batchnorm_statistics_and_recalibration_measures_them():
+    """ZeroQ's distillation lowers the BN-statistics mismatch far below noise's; recalibration is exact."""
+    torch.manual_seed(0)
+    model = RESNET.build().eval()
+    with torch.no_grad():  # statistics unlike N(0, 1) noise's, as a trained model's are
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+
+    def mismatch(x: torch.Tensor) -> float:
+        seen = []
+        hooks = [m.register_forward_hook(lambda m, i, _o: seen.append((m, i[0]))) for m in model.modules()
+                 if isinstance(m, torch.nn.BatchNorm2d)]  # fmt: skip
+        with torch.no_grad():
+            model(x)
+        for h in hooks:
+            h.remove()
+        return sum(float(_bn_mismatch(m, i)) for m, i in seen)
+
+    noise = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    distilled = distill_inputs(model, (1, 28, 28), 16, 30, seed=0)
+    assert distilled.shape == noise.shape and torch.equal(distilled, distill_inputs(model, (1, 28, 28), 16, 30, 0))
+    assert mismatch(distilled) < 0.5 * mismatch(noise)  # measured 0.18-0.24 (30 steps; CPUs differ)
+    assert not any(p.grad is not None for p in model.parameters())  # only the inputs were fitted
+    student = RESNET.build()
+    recalibrate_bn(student, distilled)
+    assert not student.training
+    stem = []
+    hook = student.bn1.register_forward_hook(lambda m, i, _o: stem.append(i[0]))
+    student.train()
+    with torch.no_grad():
+        student(distilled)
+    hook.remove()
+    batch = stem[0]
+    assert torch.allclose(student.bn1.running_mean, batch.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(student.bn1.running_var, batch.var((0, 2, 3)), rtol=1e-4)  # unbiased, as BN keeps it
 
 
 def test_payload_round_trip_and_damaged_payloads():
@@ -369,5 +420,9 @@ def test_prune_counts_total_and_spread():
 def test_new_options_parse_from_the_config():
     params = UDFCCompressor.parse_params({"criterion": "random", "nonnegative": False}, "server_compression")
     assert (params.criterion, params.nonnegative, params.mean_correction) == ("random", False, True)
+    assert params.recalibrate and (params.distill_samples, params.distill_steps) == (64, 50)
+    for bad in ({"distill_samples": 1}, {"distill_steps": 0}):
+        with pytest.raises(ConfigError):
+            UDFCCompressor.parse_params(bad, "server_compression")
     with pytest.raises(ConfigError):
         UDFCCompressor.parse_params({"criterion": "norm"}, "server_compression")

@@ -159,6 +159,13 @@ class UDFCParams:
     """Which channels go: smallest |γ| (BN scale, network slimming), smallest ‖ŵ‖ (as first landed), or random."""
     mean_correction: bool = True
     """Correct the next BatchNorm's running mean for the removed channels' mean activations (with compensate)."""
+    recalibrate: bool = True
+    """Re-estimate the pruned model's BatchNorm statistics on inputs distilled from the unpruned model's own
+    BatchNorm statistics (ZeroQ; no data; with compensate): the next BN's variance is what pruning breaks."""
+    distill_samples: int = 64
+    """Distilled inputs for ``recalibrate``."""
+    distill_steps: int = 50
+    """Adam steps that fit the distilled inputs to the unpruned model's BatchNorm statistics."""
     nonnegative: bool = False
     """Constrain the pruning scales ŝ ≥ 0 (non-negative least squares): what the fold through the ReLU needs in
     principle; off by default because with the mean correction the paper's signed ŝ measured better on trained
@@ -179,6 +186,8 @@ class UDFCParams:
         require(2 <= self.bits <= 16, f"{path}.bits", "a bit width between 2 and 16")
         require(self.alpha1 >= 0 and self.alpha2 >= 0, f"{path}.alpha1/alpha2", "numbers >= 0")
         require(self.criterion in ("gamma", "l2", "random"), f"{path}.criterion", '"gamma", "l2" or "random"')
+        require(self.distill_samples >= 2, f"{path}.distill_samples", "an integer >= 2")
+        require(self.distill_steps >= 1, f"{path}.distill_steps", "an integer >= 1")
         require(self.start_round >= 1, f"{path}.start_round", "an integer >= 1")
 
 
@@ -336,6 +345,56 @@ def prune_layer(
     return pruned
 
 
+DISTILL_LR = 0.2
+"""Adam's step on the distilled inputs (in the model's normalized input units)."""
+
+
+def distill_inputs(model: torch.nn.Module, shape: tuple[int, ...], samples: int, steps: int, seed: int) -> torch.Tensor:
+    """Inputs whose BatchNorm batch statistics match ``model``'s running ones (ZeroQ, Cai et al. 2020, eq. 4).
+
+    From N(0, 1) noise, Adam on min_x Σ_l (‖μ̃_l(x) − μ_l‖² + ‖σ̃_l(x) − σ_l‖²)/C_l over the BatchNorms l
+    (μ̃, σ̃: the batch mean and standard deviation of the BN's input, per channel; C_l its channels; the mean
+    over channels so that wide layers do not dominate). Needs no data: only the model's stored statistics.
+    """
+    model = model.eval()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    seen: list[tuple[torch.nn.BatchNorm2d, torch.Tensor]] = []
+    hooks = [bn.register_forward_hook(lambda m, inp, _out: seen.append((m, inp[0]))) for bn in bns]
+    x = torch.randn(samples, *shape, generator=torch.Generator().manual_seed(seed)).requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=DISTILL_LR)
+    try:
+        for _ in range(steps):
+            seen.clear()
+            opt.zero_grad()
+            model(x)
+            loss = sum(_bn_mismatch(bn, inp) for bn, inp in seen)
+            (x.grad,) = torch.autograd.grad(loss, [x])  # the inputs' gradient only: the weights stay untouched
+            opt.step()
+    finally:
+        for h in hooks:
+            h.remove()
+    return x.detach()
+
+
+def _bn_mismatch(bn: torch.nn.BatchNorm2d, inp: torch.Tensor) -> torch.Tensor:
+    mean, var = inp.mean((0, 2, 3)), inp.var((0, 2, 3), unbiased=False)
+    sd_gap = var.clamp_min(0).add(bn.eps).sqrt() - bn.running_var.add(bn.eps).sqrt()
+    return ((mean - bn.running_mean) ** 2 + sd_gap**2).mean()
+
+
+@torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, inputs: torch.Tensor) -> None:
+    """Every BatchNorm's running mean and variance := the statistics of its input on ``inputs`` (in place)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average: one pass gives the batch statistics
+        bn.train()
+    model(inputs)
+    model.eval()
+
+
 def quant_scale(w: np.ndarray, w_q: np.ndarray, g: float, b_hat: float, alpha2: float) -> float:
     """s̃ = (a⟨W̃, W⟩ + α₂b̂²) / (a‖W̃‖² + α₂b̂²), a = (γ/σ)² (module docstring; eq. 13)."""
     a = g * g
@@ -393,6 +452,22 @@ class UDFCCompressor(ModelCompressor):
             "udfc_channel_fraction_removed": removed / max(sum(widths), 1),
         }
 
+    def recalibrate(self, original: State, structure: Structure, pruned: State, thin: Structure) -> State:
+        """``pruned`` (structure ``thin``) with every BatchNorm's statistics measured on inputs distilled from
+        ``original`` (structure ``structure``) (ZeroQ; module docstring).
+
+        The inputs depend only on ``original`` and the compressor's seed.
+        """
+        p = self.params
+        teacher = self.arch.build(structure)
+        teacher.load_state_dict(original)
+        inputs = distill_inputs(teacher, self.arch.input_shape, p.distill_samples, p.distill_steps, self.seed)
+        student = self.arch.build(thin)
+        student.load_state_dict(pruned)
+        recalibrate_bn(student, inputs)
+        stats = {k: v for k, v in student.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+        return OrderedDict((k, stats[k].to(v.dtype) if k in stats else v) for k, v in pruned.items())
+
     def quantize(self, state: State) -> tuple[State, dict[str, tuple[np.ndarray, np.ndarray]]]:
         """b-bit codes for every conv/linear weight; s̃ (eq. 13) folded into the following BN.
 
@@ -418,14 +493,20 @@ class UDFCCompressor(ModelCompressor):
         return out, packed
 
     def compress(self, state: State, structure: Structure) -> tuple[bytes, State, Structure, dict[str, float]]:
-        """Prune (once) and quantize; the payload and the model exactly as decoded from it."""
+        """Prune (once), quantize, recalibrate (after pruning); the payload and the model exactly as decoded."""
+        p = self.params
         metrics: dict[str, float] = {}
-        if not self.pruned and self.params.prune > 0:
-            state, metrics = self.prune(state)
-            structure = resize_edits(self.arch, state)
+        if self.pruned or p.prune == 0:
+            quantized, packed = self.quantize(state)
+        else:
+            pruned, metrics = self.prune(state)
+            thin = resize_edits(self.arch, pruned)
+            quantized, packed = self.quantize(pruned)
+            if p.compensate and p.recalibrate:  # the statistics of the model the clients will run
+                quantized = self.recalibrate(state, structure, quantized, thin)
+            structure = thin
         self.pruned = True
-        payload = self._payload(*self.quantize(state), structure)
-        decoded = self.decode(payload)
+        decoded = self.decode(payload := self._payload(quantized, packed, structure))
         return payload, decoded.state, decoded.structure, metrics
 
     # ------------------------------------------------------------------ server
