@@ -23,3 +23,4 @@ def torch_generator(seed: int, *keys: int) -> torch.Generator:
 TRAIN_SHUFFLE, CLIENT_SAMPLING, FAULTS, MODEL_INIT, LOCAL_TEST = 1, 2, 3, 4, 5
 # 11 and 12 are the sparsifiers' selection and SuRP's shared order (their modules name them).
 UPLINK_QUANTIZATION, POWERSGD_INIT = 13, 14  # stochastic rounding (QSGD, TernGrad); PowerSGD's first Q
+STATISTICS_SAMPLE = 15  # the examples a client measures normalization statistics on (flower.recalibration)

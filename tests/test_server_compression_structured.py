@@ -79,6 +79,14 @@ def test_federated_bwcp_trains_masks_and_broadcasts_the_pruned_model(tmp_path):
     plain = Architecture("resnet20", (1, 28, 28), 10).build(()).state_dict().values()
     assert first > sum(4 * v.numel() for v in plain if v.is_floating_point())
     assert rows[1]["server_metrics"]["bwcp_channels_removed"] > 0
+    # Before pruning, a statistics round: the BWCP model dense to each of the round's 3 clients, their moments back.
+    assert rows[0]["statistics_downlink_bytes"] == rows[0]["statistics_uplink_bytes"] == 0
+    assert rows[1]["server_metrics"]["statistics_clients"] == 3
+    # The unpruned BWCP model, dense as in round 1 (its container header names "identity", not "bwcp").
+    assert abs(rows[1]["statistics_downlink_bytes"] - 3 * first) <= 3 * 64
+    report_bytes = rows[1]["statistics_uplink_bytes"] / 3
+    assert 0 < report_bytes < 0.1 * first  # moments per channel and whitening group: small next to the model
+    assert rows[1]["uplink_bytes"] == sum(rows[1]["uplink_bytes_per_client"]) + rows[1]["statistics_uplink_bytes"]
     assert second < first and rows[1]["uplink_bytes"] < rows[0]["uplink_bytes"]  # channels physically gone
     assert second < dense + 64 * 1024  # what travels is the pruned model
     assert math.isfinite(rows[1]["train_loss"])  # the pruned model still trains (its BatchNorms kept)

@@ -42,11 +42,12 @@ from fedcomp.compressors.model.base import ProximalTerm
 from fedcomp.compressors.model.structure import Architecture
 from fedcomp.config import ExperimentConfig, config_from_dict
 from fedcomp.data import ImageData, SplitData, experiment_partitions, load_experiment_data
+from fedcomp.flower import recalibration
 from fedcomp.flower.mod import received_loss_term, received_model
 from fedcomp.imports import resolve
 from fedcomp.messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, experiment_from
 from fedcomp.models import initial_model
-from fedcomp.seeding import FAULTS, LOCAL_TEST, TRAIN_SHUFFLE, numpy_rng, torch_generator
+from fedcomp.seeding import FAULTS, LOCAL_TEST, STATISTICS_SAMPLE, TRAIN_SHUFFLE, numpy_rng, torch_generator
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +187,18 @@ def warm_up(msg: Message, context: Context) -> Message:
     rt = runtime_for(msg, context)
     metrics = MetricRecord({"partition-id": rt.partition_id, "num-examples": len(rt.data)})
     return Message(content=RecordDict({METRICS_KEY: metrics}), reply_to=msg)
+
+
+@app.query(recalibration.ACTION)
+def statistics(msg: Message, context: Context) -> Message:
+    """The received model's normalization moments on this client's data (a statistics round, :mod:`.recalibration`)."""
+    rt = runtime_for(msg, context)
+    config = msg.content.config_records[CONFIG_KEY]
+    torch.set_num_threads(max(1, int(rt.cfg.simulation.num_cpus)))
+    gen = torch_generator(rt.cfg.seed, STATISTICS_SAMPLE, int(config.get("server-round", 0)), rt.partition_id)
+    reply = recalibration.statistics_reply(msg, rt.arch, rt.data, rt.cfg.client.batch_size, rt.device, gen)
+    reply.content.metric_records[METRICS_KEY]["partition-id"] = rt.partition_id
+    return reply
 
 
 @app.train()

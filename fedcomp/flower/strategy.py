@@ -57,6 +57,7 @@ from fedcomp.coding import DecodeLimits, TensorSpec
 from fedcomp.compressors.model.base import dense_payload
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
 from fedcomp.flower.downlink import DownlinkChannel
+from fedcomp.flower.recalibration import gather
 from fedcomp.flower.transport import TRANSPORT_KEY, Transport
 from fedcomp.messages import CHECKPOINT_ROUND_KEY, METRICS_KEY, PAYLOAD_KEY, payload_record
 from fedcomp.strategies.replies import (
@@ -111,6 +112,10 @@ class RoundStats:
     """What the model compressor reported when it built the broadcast."""
     evaluate_downlink_bytes: int = 0
     """Bytes sent for client-side evaluation (the aggregated model, dense, to each evaluating node)."""
+    statistics_downlink_bytes: int = 0
+    """Bytes sent for a statistics round (:mod:`.recalibration`): the global model, dense, to each asked node."""
+    statistics_uplink_bytes: int = 0
+    """The statistics reports received in that round."""
     evaluate_metrics: dict[str, float] = field(default_factory=dict)
     """The inner strategy's aggregate of the clients' evaluation replies (plus ``clients``: how many counted)."""
     train_loss: float | None = None
@@ -121,7 +126,7 @@ class RoundStats:
 
     @property
     def downlink_bytes(self) -> int:
-        return sum(self.downlink_bytes_sent) + self.evaluate_downlink_bytes
+        return sum(self.downlink_bytes_sent) + self.evaluate_downlink_bytes + self.statistics_downlink_bytes
 
     @property
     def downlink_bytes_per_client(self) -> int:
@@ -132,7 +137,7 @@ class RoundStats:
     @property
     def uplink_bytes_total(self) -> int:
         """Every uplink byte received, undecodable payloads included."""
-        return sum(self.uplink_bytes) + sum(f.uplink_bytes for f in self.failures)
+        return sum(self.uplink_bytes) + sum(f.uplink_bytes for f in self.failures) + self.statistics_uplink_bytes
 
 
 class _SampledGrid:
@@ -181,6 +186,7 @@ class CompressedStrategy(Strategy):
         sampler: Sampler | None = None,
         input_shape: tuple[int, ...] = (),
         evaluate_rounds: Callable[[int], bool] | None = None,
+        round_timeout_s: float | None = None,
     ) -> None:
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}")
@@ -228,6 +234,8 @@ class CompressedStrategy(Strategy):
         """The downlink of the model's change (:mod:`.downlink`); None: the broadcast is the model."""
         self.sampler = sampler
         self.evaluate_rounds = evaluate_rounds
+        self.round_timeout_s = round_timeout_s
+        """How long a statistics round waits for replies (None: Flower's default, no limit)."""
         """Which rounds clients evaluate in (None: whenever the inner strategy asks them)."""
         self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict()
         """The model this round's clients start from, as they decode it (updates are added to it)."""
@@ -251,14 +259,15 @@ class CompressedStrategy(Strategy):
         self.current = stats
         if self.channel is not None:
             return self._configure_change(server_round, arrays, config, grid, stats)
-        broadcast = self.downlink.broadcast(server_round, OrderedDict(arrays.to_torch_state_dict()), self.structure)
+        state = self.recalibrate(grid, server_round, OrderedDict(arrays.to_torch_state_dict()), config, stats)
+        broadcast = self.downlink.broadcast(server_round, state, self.structure)
         if broadcast.structure != self.structure:  # the architecture changed: updates now come in its shapes
             self.structure = broadcast.structure
             self.update_limits = _update_limits(self.arch.specs(self.structure), self.max_abs_value)
             self._reset_inner_state()
         self.global_state = broadcast.start
         payload = broadcast.payload
-        stats.downlink_metrics = broadcast.metrics
+        stats.downlink_metrics.update(broadcast.metrics)
         messages = self._inner_messages(server_round, broadcast.start, config, grid)
         stats.sampled_nodes = sorted(int(m.metadata.dst_node_id) for m in messages)
         stats.downlink_bytes_sent = [len(payload)] * len(stats.sampled_nodes)
@@ -350,6 +359,31 @@ class CompressedStrategy(Strategy):
                 if key not in out and isinstance(value, (int, float)):
                     out[key] = value
         return ArrayRecord(merged), out
+
+    def recalibrate(
+        self,
+        grid: Grid,
+        server_round: int,
+        state: OrderedDict[str, torch.Tensor],
+        config: ConfigRecord,
+        stats: RoundStats,
+        last: bool = False,
+    ) -> OrderedDict[str, torch.Tensor]:
+        """``state`` with its normalization statistics measured by the round's nodes, when the model compressor
+        asks for them (:mod:`.recalibration`); else ``state`` as it is. The bytes go into ``stats``."""
+        samples = self.downlink.statistics_wanted(server_round, self.structure, last)
+        if not samples:
+            return state
+        nodes = self.sampler(grid, server_round) if self.sampler is not None else list(grid.get_node_ids())
+        settings = ConfigRecord(dict(config))
+        settings[TRANSPORT_KEY] = self.transport.to_json()
+        settings["server-round"] = server_round
+        result = gather(grid, nodes, state, self.structure, self.arch, settings, samples=samples,
+                        max_abs=self.max_abs_value, policy=self.policy, timeout=self.round_timeout_s)  # fmt: skip
+        stats.statistics_downlink_bytes += result.downlink_bytes
+        stats.statistics_uplink_bytes += result.uplink_bytes
+        stats.downlink_metrics["statistics_clients"] = float(result.clients)
+        return result.state if result.state is not None else state
 
     # ------------------------------------------------------------------ evaluate
     def configure_evaluate(

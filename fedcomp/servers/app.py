@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -79,6 +80,7 @@ def compressed_strategy(cfg: ExperimentConfig, arch: Architecture) -> Compressed
         num_partitions=fed.num_clients,
         sampler=sampler,
         evaluate_rounds=lambda r: evaluation_due(cfg, r),
+        round_timeout_s=fed.round_timeout_s,
     )
     strategy.roster = sampler.roster  # one roster: sampling orders by it, replies are judged against it
     return strategy
@@ -182,6 +184,8 @@ def serve(
         if stats is None:  # pragma: no cover - Flower always trains before this hook
             return None
         state = arrays.to_torch_state_dict()
+        if server_round == rounds:  # the final pruning may want the model's statistics first (BWCP)
+            state = strategy.recalibrate(grid, server_round, OrderedDict(state), evaluate_config, stats, last=True)
         # The model the compressor stands for (LC: Δ(Θ); a final-only compressor: the compressed model).
         snapshot = strategy.downlink.end_of_round(server_round, state, strategy.structure, server_round == rounds)
         server_metrics = {**stats.downlink_metrics, **snapshot.metrics}
@@ -217,6 +221,8 @@ def serve(
             client_metrics=stats.client_metrics,
             skipped=stats.skipped,
             federated_eval=stats.evaluate_metrics,
+            statistics_downlink_bytes=stats.statistics_downlink_bytes,
+            statistics_uplink_bytes=stats.statistics_uplink_bytes,
         )
         recorder.append(row)
         if server_round == rounds:
@@ -245,6 +251,7 @@ def serve(
     bar.set_description(label or cfg.name, refresh=False)
     bar.set_postfix({"clients ready": f"{len(strategy.roster.partition_of)}/{cfg.federation.num_clients}"})
     train_config = config_record(cfg.to_dict())
+    evaluate_config = config_record(cfg.to_dict())
     if client_state_dir is not None:
         train_config[STATE_DIR_KEY] = str(client_state_dir)
     try:
@@ -254,7 +261,7 @@ def serve(
             num_rounds=rounds - done,
             timeout=cfg.federation.round_timeout_s,
             train_config=train_config,
-            evaluate_config=config_record(cfg.to_dict()),
+            evaluate_config=evaluate_config,
             evaluate_fn=end_of_round,
         )
     finally:

@@ -98,6 +98,11 @@ class RoundRow:
     a compressed one, ``global_test_accuracy`` of the uncompressed global model."""
     skipped: str | None = None
     """Why the round aggregated no update (no usable reply, or fewer than ``federation.min_replies``)."""
+    statistics_downlink_bytes: int = 0
+    """Of ``downlink_bytes``: a statistics round's (the global model sent dense to each asked client, BWCP
+    before pruning; :mod:`fedcomp.flower.recalibration`)."""
+    statistics_uplink_bytes: int = 0
+    """Of ``uplink_bytes``: the statistics reports received in that round."""
     federated_eval: dict[str, float] = field(default_factory=dict)
     """The clients' evaluation on their own held-out data (``federation.evaluate_on``): example-weighted
     ``test_loss`` and ``test_accuracy``, and ``clients``, how many replies counted."""

@@ -173,6 +173,15 @@ class ModelCompressor(ABC):
         """
         return Snapshot(state, structure, payload=dense_payload(self.name, state, structure) if last else None)
 
+    def statistics_wanted(self, server_round: int, structure: Structure, last: bool) -> int:
+        """Examples per client whose normalization statistics the server should gather before acting in this round
+        (before :meth:`broadcast`, or with ``last`` before the final :meth:`end_of_round`); 0: none.
+
+        The server then asks the round's clients for them and sets the model's
+        running statistics from the combined moments (:mod:`.statistics`).
+        """
+        return 0
+
     @classmethod
     def schedule_problem(cls, params: Any, rounds: int) -> str:
         """Why the compressor's schedule does not fit a run of ``rounds`` rounds ("" if it does).

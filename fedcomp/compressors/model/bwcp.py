@@ -67,7 +67,14 @@ on after a warm-up on ImageNet).
 layer, found on the dependency graph as for UDFC; ``bwcp_shared`` those of
 the residual streams below); clients train it; FedAvg
 averages every parameter and buffer, the running whitening matrices
-included (a convex combination of the clients' moving averages). At a
+included (a convex combination of the clients' moving averages). Such
+averaged statistics are stale (each client's were gathered under its own
+moving weights and Gumbel masks), and the hard masks and the fold read
+them; so before each pruning (``recalibrate``, default on) the server runs
+a statistics round: the round's clients measure every normalization
+layer's input moments on their data under the hard masks, and the server
+sets the running mean, variance and whitening from their example-weighted
+mean (:mod:`.statistics`, :mod:`fedcomp.flower.recalibration`). At a
 pruning round the server computes the hard masks from the aggregated
 parameters and removes the masked channels physically: in eval mode the
 block computes out_c = m_c[(A W_conv)_c ⊛ x + (A b₀ + b)_c] with
@@ -246,6 +253,8 @@ class BWCP(SharedMask, nn.Module):
         self.register_buffer("running_whitening", torch.eye(self.group).repeat(groups, 1, 1))
         self.generator: torch.Generator | None = None
         """Where the Gumbel noise comes from (the client sets its round's generator)."""
+        self.calibrating = False
+        """Measuring statistics (:func:`~fedcomp.compressors.model.statistics.measure`): batch statistics, hard masks."""
 
     def _grouped(self, v: torch.Tensor) -> torch.Tensor:
         return v.reshape(-1, self.group)
@@ -258,13 +267,37 @@ class BWCP(SharedMask, nn.Module):
         """
         n, c = x_bar.shape[:2]
         xg = x_bar.transpose(0, 1).reshape(c // self.group, self.group, -1)
-        rho = xg @ xg.transpose(1, 2) / xg.shape[-1]
-        g = self._grouped(self.weight)
-        sigma_n = (g[:, :, None] * g[:, None, :]) * rho / (g.pow(2).sum(1)[:, None, None] + 1e-12)
-        w = newton_inverse_sqrt(sigma_n, self.iterations) / math.sqrt(self.group)
-        with torch.no_grad():
-            self.running_whitening.lerp_(w.detach(), self.momentum)
+        w = self._whitening_of(xg @ xg.transpose(1, 2) / xg.shape[-1], self._grouped(self.weight))
+        if self.training:
+            with torch.no_grad():
+                self.running_whitening.lerp_(w.detach(), self.momentum)
         return w
+
+    def _whitening_of(self, rho: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Σ_N = (γγᵀ ⊙ ρ)/‖γ‖² (eq. 4) per group, then Σ_N^{-1/2}/√group by eq. 5."""
+        sigma_n = (g[:, :, None] * g[:, None, :]) * rho / (g.pow(2).sum(1)[:, None, None] + 1e-12)
+        return newton_inverse_sqrt(sigma_n, self.iterations) / math.sqrt(self.group)
+
+    @torch.no_grad()
+    def set_statistics(self, mean: torch.Tensor, second: torch.Tensor) -> None:
+        """Running mean, variance and whitening from the moments E[z] (C,) and E[zzᵀ] (G, g, g) of the input.
+
+        σ² = diag(E[zzᵀ]) − μ², ρ = (E[zzᵀ] − μμᵀ)/(σ̃σ̃ᵀ) with σ̃ = √(σ² + ε): the
+        correlation of x̄ = (z − μ)/σ̃, which training computes per batch, over the
+        data the moments came from; then eq. 4–5 as in training
+        (:mod:`~fedcomp.compressors.model.statistics`). The variance is the
+        biased one (BatchNorm keeps the unbiased; the counts are thousands).
+        """
+        mg = mean.double().reshape(-1, self.group)
+        cov = second.double() - mg[:, :, None] * mg[:, None, :]
+        cov = 0.5 * (cov + cov.transpose(1, 2))
+        var = torch.diagonal(cov, dim1=1, dim2=2).clamp_min(0)
+        s = torch.sqrt(var + self.eps)
+        rho = cov / (s[:, :, None] * s[:, None, :])
+        w = self._whitening_of(rho, self._grouped(self.weight).double())
+        self.running_mean.copy_(mean)
+        self.running_var.copy_(var.reshape(-1))
+        self.running_whitening.copy_(w)
 
     def probability(self, w: torch.Tensor) -> torch.Tensor:
         """Per channel P(X̂_c > δ) with γ̂ = Σ_N^{-1/2}γ, β̂ = Σ_N^{-1/2}β (Proposition 2)."""
@@ -278,11 +311,15 @@ class BWCP(SharedMask, nn.Module):
             return (self.probability(self.running_whitening) > 0.5).to(self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_bar = F.batch_norm(x, self.running_mean, self.running_var, None, None, self.training, self.momentum, self.eps)
-        if self.training:
+        if self.calibrating:  # batch statistics and whitening, hard masks, no buffer moves (statistics.measure)
+            x_bar = F.batch_norm(x, None, None, None, None, True, 0.0, self.eps)
+            w = self.whitening(x_bar)
+        elif self.training:
+            x_bar = F.batch_norm(x, self.running_mean, self.running_var, None, None, True, self.momentum, self.eps)
             self.num_batches_tracked.add_(1)
             w = self.whitening(x_bar)
         else:
+            x_bar = F.batch_norm(x, self.running_mean, self.running_var, None, None, False, 0.0, self.eps)
             w = self.running_whitening
         n, c, *spatial = x.shape
         y = x_bar * self.weight.view(1, c, *([1] * len(spatial))) + self.bias.view(1, c, *([1] * len(spatial)))
@@ -395,6 +432,11 @@ class BWCPParams:
     """Added to every BWCP module's β when the configured model becomes a BWCP model (0 = BatchNorm's init)."""
     share_residual: bool = True
     """Also prune channels tied by residual additions, one mask per stream (appendix A.6); off: untied layers only."""
+    recalibrate: bool = True
+    """Before each pruning (and the final one) ask the round's clients for the normalization layers' moments under
+    the hard masks and set the running statistics and whitening from them (:mod:`.statistics`)."""
+    recalibrate_samples: int = 512
+    """Examples each client measures statistics on (at most its own data)."""
 
     def schedule_problem(self, rounds: int) -> str:
         late = [r for r in self.prune_at if r > rounds]
@@ -421,6 +463,7 @@ class BWCPParams:
         require(_exact(self.momentum, 1000), f"{path}.momentum", f"a multiple of 0.001, got {self.momentum}")
         require(_exact(self.sharpness, 10), f"{path}.sharpness", f"a multiple of 0.1, got {self.sharpness}")
         require(0 <= self.beta_init <= 10, f"{path}.beta_init", "a number in [0, 10]")
+        require(1 <= self.recalibrate_samples <= 1_000_000, f"{path}.recalibrate_samples", "an integer in 1..1000000")
 
 
 def _exact(value: float, scale: int) -> bool:
@@ -610,6 +653,13 @@ class BWCPCompressor(ModelCompressor):
         return edits
 
     # ------------------------------------------------------------------ server
+    def statistics_wanted(self, server_round: int, structure: Structure, last: bool) -> int:
+        """Examples per client to recalibrate on before this round's pruning (0: none); see :mod:`.statistics`."""
+        if not self.params.recalibrate or self.pruned or not any(e.op.startswith("bwcp") for e in structure):
+            return 0
+        prunes = server_round in self.params.prune_at or (last and not self.params.prune_at)
+        return self.params.recalibrate_samples if prunes else 0
+
     def broadcast(self, server_round: int, state: State, structure: Structure) -> Broadcast:
         metrics: dict[str, float] = {}
         if not structure and not self.pruned:  # the configured model: BatchNorms become BWCP modules

@@ -1,0 +1,165 @@
+"""Normalization statistics measured by the clients and combined by the server (a recalibration round).
+
+A federated model's running statistics are stale: every client's running
+mean and variance (and BWCP's running whitening) were gathered while its
+own weights moved, under the training-time Gumbel masks, and FedAvg
+averages them as if they were weights. BWCP's issue measured it: the
+aggregate evaluated at 0.19 after four rounds, 0.65 with its statistics
+recalibrated on data. The fix needs data, which only the clients hold, but
+not their raw data: per normalization layer, each client reports the mean
+E[z] and the second moment E[zzᵀ] of the layer's input over its examples
+(per whitening group for BWCP; E[z²] per channel for a BatchNorm). Both are
+linear in the data, so the example-weighted mean of the clients' reports
+is exactly the moments over the union of their data, and from them the
+server sets
+
+- running mean μ = E[z] and running variance σ² = E[z²] − μ²;
+- for BWCP, the whitening of eq. 3–5 for that data: the correlation
+  ρ = (E[zzᵀ] − μμᵀ)/(σσᵀ) of the standardized input, Σ_N =
+  (γγᵀ ⊙ ρ)/‖γ‖² (eq. 4) and Σ_N^{-1/2} by eq. 5
+  (:meth:`~fedcomp.compressors.model.bwcp.BWCP.set_statistics`).
+
+While measuring, every normalization layer normalizes by its batch's own
+statistics (as in training: the layers below a recalibrated one see inputs
+normalized the way the new statistics will normalize them, as in the usual
+BatchNorm recalibration) and BWCP uses its hard masks, the ones inference
+and pruning use. One round trip measures all layers at once; a layer's
+input is then normalized below by each client's batch statistics rather
+than the combined ones, which agree for IID clients and approximately
+otherwise.
+
+On the wire a report is a dense container (codec ``statistics``) of float32
+moments, counted both ways like every other byte, and checked like any
+reply: exactly the expected tensors, finite, within ``max_abs``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from fedcomp.coding import DecodeError, DecodeLimits, TensorSpec, check_decoded, pack, specs_of, unpack
+from fedcomp.compressors.model.base import State, dense_bytes, read_whole
+
+CODEC = "statistics"
+
+
+def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The layers whose statistics are measured: BatchNorm2d and BWCP modules, in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) or _whitened(m)]
+
+
+def _whitened(module: nn.Module) -> bool:
+    return hasattr(module, "set_statistics") and hasattr(module, "group")
+
+
+def statistics_specs(model: nn.Module) -> list[TensorSpec]:
+    """What a report holds for ``model``: per layer ``<name>.mean`` (C,) and ``<name>.second`` ((G, g, g) or (C,))."""
+    specs = []
+    for name, m in norm_layers(model):
+        c = m.num_features
+        specs.append(TensorSpec(f"{name}.mean", (c,), torch.float32))
+        second = (c // m.group, m.group, m.group) if _whitened(m) else (c,)
+        specs.append(TensorSpec(f"{name}.second", second, torch.float32))
+    return specs
+
+
+@torch.no_grad()
+def measure(model: nn.Module, batches: Iterable[torch.Tensor]) -> tuple[State, int]:
+    """E[z] and E[zzᵀ] (per group) of every normalization layer's input over ``batches``; and how many examples.
+
+    The model runs in eval mode except its normalization layers, which use
+    their batch's statistics (and BWCP its hard masks, see the module
+    docstring). ``model`` is left in eval mode with its buffers as they were.
+    """
+    layers = norm_layers(model)
+    if not layers:
+        raise ValueError("the model has no BatchNorm2d or BWCP layer whose statistics could be measured")
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    sums: dict[str, list[torch.Tensor]] = {}
+    counts: dict[str, int] = {}
+
+    def record(name: str, module: nn.Module):  # noqa: ANN202 - a forward pre-hook
+        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            z = inputs[0].detach().double().transpose(0, 1).reshape(module.num_features, -1)
+            if _whitened(module):  # per whitening group: (G, g, g)
+                zg = z.reshape(module.num_features // module.group, module.group, -1)
+                second = zg @ zg.transpose(1, 2)
+            else:
+                second = z.pow(2).sum(1)
+            parts = [z.sum(1), second]
+            old = sums.get(name)
+            sums[name] = parts if old is None else [a + b for a, b in zip(old, parts, strict=True)]
+            counts[name] = counts.get(name, 0) + z.shape[1]
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(n, m)) for n, m in layers]
+    model.eval()
+    for _, m in layers:
+        if _whitened(m):
+            m.calibrating = True
+        else:
+            m.train()  # batch statistics (its running buffers are restored below)
+    examples = 0
+    try:
+        for x in batches:
+            model(x)
+            examples += len(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        for _, m in layers:
+            if _whitened(m):
+                m.calibrating = False
+        model.eval()
+        model.load_state_dict(saved)
+    if examples == 0:
+        raise ValueError("no examples to measure statistics on")
+    out: State = OrderedDict()
+    for name, _ in layers:
+        if name not in sums:
+            raise ValueError(f"layer {name!r} was not reached by the forward pass")
+        first, second = sums[name]
+        out[f"{name}.mean"] = (first / counts[name]).float()
+        out[f"{name}.second"] = (second / counts[name]).float()
+    return out, examples
+
+
+def combine(reports: Sequence[tuple[int, State]]) -> State:
+    """The example-weighted mean of the clients' reports: the moments over the union of their data."""
+    if not reports:
+        raise ValueError("no statistics to combine")
+    total = sum(n for n, _ in reports)
+    keys = list(reports[0][1])
+    return OrderedDict((k, sum(r[k].double() * (n / total) for n, r in reports)) for k in keys)
+
+
+@torch.no_grad()
+def apply(model: nn.Module, moments: State) -> None:
+    """Set every normalization layer's running statistics (BWCP: and whitening) from ``moments`` (in place)."""
+    for name, m in norm_layers(model):
+        mean, second = moments[f"{name}.mean"].double(), moments[f"{name}.second"].double()
+        if _whitened(m):
+            m.set_statistics(mean, second)
+        else:
+            m.running_mean.copy_(mean)
+            m.running_var.copy_((second - mean.pow(2)).clamp_min(0))
+
+
+def encode(moments: State) -> bytes:
+    """A report as it travels (float32, dense)."""
+    return pack(CODEC, {}, specs_of(moments), dense_bytes(moments.values()))
+
+
+def decode(payload: bytes, specs: Sequence[TensorSpec], max_abs: float) -> State:
+    """A client's report, checked: exactly ``specs``, finite, within ``max_abs``; DecodeError otherwise."""
+    parsed = unpack(payload, DecodeLimits.for_specs(specs, slack_bytes=1 << 16, max_abs=max_abs))
+    if parsed.codec != CODEC:
+        raise DecodeError(f"statistics report was made by {parsed.codec!r}, expected {CODEC!r}")
+    moments = read_whole(parsed)
+    check_decoded(moments, specs, max_abs, "statistics report")
+    return moments

@@ -1,0 +1,185 @@
+"""The statistics round: the server asks clients for the global model's normalization moments.
+
+A model compressor that needs the model's statistics before it acts (BWCP
+before pruning: its hard masks and the fold read the running statistics
+and whitening) says so with ``statistics_wanted``; the strategy then sends
+the round's nodes the global model dense (a ``query.statistics`` message),
+each client measures the moments of every normalization layer's input on
+its data (:func:`fedcomp.compressors.model.statistics.measure`) and
+replies with them as a payload, and the server sets the model's statistics
+from their example-weighted mean. Both directions' bytes are counted in
+the round's row. A reply that fails its checks is left out and logged; if
+none is usable, the model keeps the statistics it had (and the row says 0
+clients): the round goes on either way.
+
+fedcomp's own ClientApp answers these messages; a Flower app of your own
+needs a ``@app.query("statistics")`` handler (:func:`statistics_reply`
+does the work), else its error replies simply leave the statistics as
+they were.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedcomp.coding import DecodeError, TensorSpec
+from fedcomp.compressors.model import statistics as stats_codec
+from fedcomp.compressors.model.base import State, dense_payload
+from fedcomp.compressors.model.identity import IdentityModelCompressor
+from fedcomp.compressors.model.structure import Architecture, Structure
+from fedcomp.data import ImageData
+from fedcomp.messages import CONFIG_KEY, METRICS_KEY, PAYLOAD_KEY, payload_from, payload_record
+from fedcomp.strategies.replies import ReplyPolicy, ReplyRejected, clean_reason, int_metric
+
+logger = logging.getLogger(__name__)
+
+ACTION = "statistics"
+MESSAGE_TYPE = f"{MessageType.QUERY}.{ACTION}"
+SAMPLES_KEY = "statistics-samples"
+MAX_ABS_KEY = "statistics-max-abs"
+
+
+@dataclass
+class StatisticsRound:
+    """What one statistics round sent, received and made of it."""
+
+    clients: int = 0
+    """Replies whose moments were used."""
+    downlink_bytes: int = 0
+    uplink_bytes: int = 0
+    failures: list[str] = field(default_factory=list)
+    state: State | None = None
+    """The model with its statistics set from the combined moments; None if no reply was usable."""
+
+
+def statistics_messages(
+    nodes: Iterable[int], state: State, structure: Structure, config: ConfigRecord, samples: int, max_abs: float
+) -> tuple[list[Message], int]:
+    """One ``query.statistics`` message per node (the model dense, how many examples to measure); and its bytes."""
+    payload = dense_payload("identity", state, structure)
+    settings = ConfigRecord({**dict(config), SAMPLES_KEY: int(samples), MAX_ABS_KEY: float(max_abs)})
+    messages = [
+        Message(
+            content=RecordDict({PAYLOAD_KEY: payload_record(payload), CONFIG_KEY: settings}),
+            message_type=MESSAGE_TYPE,
+            dst_node_id=int(n),
+        )
+        for n in nodes
+    ]
+    return messages, len(payload)
+
+
+def judge_statistics(
+    reply: Message, specs: Sequence[TensorSpec], max_abs: float, policy: ReplyPolicy
+) -> tuple[int, State]:
+    """A statistics reply's example count and moments; ReplyRejected naming what is wrong with it."""
+    if reply.has_error():
+        raise ReplyRejected(f"client error: {clean_reason(reply.error.reason)}")
+    if METRICS_KEY not in reply.content.metric_records:
+        raise ReplyRejected("statistics reply lacks metrics")
+    examples = int_metric(reply.content.metric_records[METRICS_KEY], "num-examples", 1, policy.max_examples)
+    try:
+        return examples, stats_codec.decode(payload_from(reply.content), specs, max_abs)
+    except DecodeError as exc:
+        raise ReplyRejected(f"undecodable statistics: {exc}") from None
+
+
+def apply_reports(
+    state: State, structure: Structure, arch: Architecture, reports: Sequence[tuple[int, State]], max_abs: float
+) -> State | None:
+    """``state`` with its statistics set from the combined ``reports``; None if that gives non-finite values."""
+    model = arch.build(structure)
+    model.load_state_dict(state)
+    stats_codec.apply(model, stats_codec.combine(reports))
+    new = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+    if all(torch.isfinite(v).all() and v.abs().max() <= max_abs for v in new.values() if v.is_floating_point()):
+        return new
+    return None  # moments within bounds can still make an indefinite Σ_N
+
+
+def gather(
+    grid: Grid,
+    nodes: Iterable[int],
+    state: State,
+    structure: Structure,
+    arch: Architecture,
+    config: ConfigRecord,
+    *,
+    samples: int,
+    max_abs: float,
+    policy: ReplyPolicy,
+    timeout: float | None,
+) -> StatisticsRound:
+    """Ask ``nodes`` for ``state``'s moments on up to ``samples`` of their examples; combine and apply them."""
+    model = arch.build(structure)
+    specs = stats_codec.statistics_specs(model)
+    nodes = [int(n) for n in nodes]
+    messages, payload_bytes = statistics_messages(nodes, state, structure, config, samples, max_abs)
+    out = StatisticsRound(downlink_bytes=payload_bytes * len(nodes))
+    reports: list[tuple[int, State]] = []
+    answered: set[int] = set()
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = int(reply.metadata.src_node_id)
+        if node in answered or node not in nodes:
+            out.failures.append(f"node {node}: an unexpected statistics reply: ignored")
+            continue
+        answered.add(node)
+        if not reply.has_error() and PAYLOAD_KEY in reply.content.array_records:
+            try:
+                out.uplink_bytes += len(payload_from(reply.content))
+            except DecodeError:
+                pass  # judged below
+        try:
+            reports.append(judge_statistics(reply, specs, max_abs, policy))
+        except ReplyRejected as exc:
+            out.failures.append(f"node {node}: {exc.reason}")
+    out.failures += [f"node {n}: no statistics reply before the timeout" for n in nodes if n not in answered]
+    if reports:
+        out.state = apply_reports(state, structure, arch, reports, max_abs)
+        if out.state is None:
+            out.failures.append("the combined moments gave non-finite or out-of-range statistics: not applied")
+        else:
+            out.clients = len(reports)
+    for why in out.failures:
+        logger.warning("statistics round: %s", why[:200])
+    return out
+
+
+def statistics_reply(msg: Message, arch: Architecture, data: ImageData, batch_size: int, device: torch.device,
+                     generator: torch.Generator | None = None) -> Message:  # fmt: skip
+    """A client's answer to a ``query.statistics`` message: the moments of the received model on ``data``.
+
+    Measures on the first ``statistics-samples`` examples of ``data`` in
+    ``generator``'s order (in batches of ``batch_size``, as in training).
+    """
+    config = msg.content.config_records[CONFIG_KEY]
+    samples = int(config[SAMPLES_KEY])
+    received = IdentityModelCompressor(None, arch).decode(payload_from(msg.content), max_abs=float(config[MAX_ABS_KEY]))
+    model = arch.build(received.structure)
+    model.load_state_dict(received.state)
+    model.to(device)
+
+    def batches() -> Iterable[torch.Tensor]:
+        left = samples
+        for x, _ in data.batches(batch_size, generator, device):
+            if left <= 0:
+                return
+            yield x[:left]
+            left -= len(x)
+
+    moments, examples = stats_codec.measure(model, batches())
+    moments = OrderedDict((k, v.cpu()) for k, v in moments.items())
+    content = RecordDict(
+        {
+            PAYLOAD_KEY: payload_record(stats_codec.encode(moments)),
+            METRICS_KEY: MetricRecord({"num-examples": examples}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
