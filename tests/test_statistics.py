@@ -16,12 +16,12 @@ from fedcomp.compressors.model.base import dense_bytes
 from fedcomp.compressors.model.bwcp import BWCP, BWCPCompressor, BWCPParams
 from fedcomp.compressors.model.structure import Architecture
 from fedcomp.data import load_dataset
+from fedcomp.flower import statistics_reply
 from fedcomp.flower.recalibration import (
     MESSAGE_TYPE,
     apply_reports,
     judge_statistics,
     statistics_messages,
-    statistics_reply,
 )
 from fedcomp.messages import METRICS_KEY, PAYLOAD_KEY, payload_record
 from fedcomp.strategies.replies import ReplyPolicy, ReplyRejected
@@ -87,7 +87,12 @@ def test_the_whole_round_trip_from_server_message_to_client_reply_to_statistics(
     assert len(messages) == 2 and messages[0].metadata.message_type == MESSAGE_TYPE
     assert payload_bytes > 4 * sum(v.numel() for v in state.values() if v.is_floating_point())
     specs = S.statistics_specs(model)
-    replies = [statistics_reply(m, RESNET, data, 32, torch.device("cpu")) for m in messages]
+
+    # As a user's own ClientApp calls it: a model function and batches of inputs.
+    def net() -> torch.nn.Module:
+        return RESNET.build()
+
+    replies = [statistics_reply(m, net, (x for x, _ in data.batches(32))) for m in messages]
     reports = [judge_statistics(r, specs, 1e6, ReplyPolicy(num_partitions=None, max_examples=1000)) for r in replies]
     assert [n for n, _ in reports] == [64, 64]  # capped at statistics-samples
     new = apply_reports(state, structure, RESNET, reports, 1e6)
@@ -122,7 +127,7 @@ def test_hostile_statistics_replies_are_refused_with_a_reason():
 
     cases = {
         "not finite": (tampered("bn1.mean", math.nan), {"num-examples": 8}),
-        "exceed the bound": (tampered("bn1.second", 1e9), {"num-examples": 8}),
+        "exceed the bound": (tampered("bn1.cov", 1e9), {"num-examples": 8}),
         "expected 38": (S.encode(OrderedDict(list(good.items())[:-1])), {"num-examples": 8}),
         "undecodable": (b"\x00" * 40, {"num-examples": 8}),
         "num-examples": (S.encode(good), {"num-examples": 10**6}),
@@ -148,5 +153,5 @@ def test_bwcp_asks_for_statistics_only_before_its_pruning():
     assert final_only.statistics_wanted(5, edits, last=False) == 0
     off = BWCPCompressor(BWCPParams(prune_at=[3], recalibrate=False), RESNET)
     assert off.statistics_wanted(3, edits, last=False) == 0
-    bwcp.pruned = True
+    bwcp.prunes_done = 1
     assert bwcp.statistics_wanted(3, edits, last=True) == 0

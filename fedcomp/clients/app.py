@@ -196,7 +196,8 @@ def statistics(msg: Message, context: Context) -> Message:
     config = msg.content.config_records[CONFIG_KEY]
     torch.set_num_threads(max(1, int(rt.cfg.simulation.num_cpus)))
     gen = torch_generator(rt.cfg.seed, STATISTICS_SAMPLE, int(config.get("server-round", 0)), rt.partition_id)
-    reply = recalibration.statistics_reply(msg, rt.arch, rt.data, rt.cfg.client.batch_size, rt.device, gen)
+    inputs = (x for x, _ in rt.data.batches(rt.cfg.client.batch_size, gen, rt.device))
+    reply = recalibration.statistics_reply(msg, rt.arch, inputs, rt.device)
     reply.content.metric_records[METRICS_KEY]["partition-id"] = rt.partition_id
     return reply
 

@@ -17,6 +17,7 @@ each round (an ``evaluate_fn`` is a good place) gives the bytes each way.
 """
 
 from fedcomp.flower.mod import CompressionMod, received_loss_term, received_model
+from fedcomp.flower.recalibration import statistics_reply
 from fedcomp.flower.strategy import CompressedStrategy, RoundStats
 from fedcomp.flower.transport import Transport, TransportError
 
@@ -28,4 +29,5 @@ __all__ = [
     "TransportError",
     "received_model",
     "received_loss_term",
+    "statistics_reply",
 ]

@@ -14,7 +14,7 @@ clients): the round goes on either way.
 
 fedcomp's own ClientApp answers these messages; a Flower app of your own
 needs a ``@app.query("statistics")`` handler (:func:`statistics_reply`
-does the work), else its error replies simply leave the statistics as
+does the work, see its docstring), else its error replies simply leave the statistics as
 they were.
 """
 
@@ -22,19 +22,19 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from torch import nn
 
 from fedcomp.coding import DecodeError, TensorSpec
 from fedcomp.compressors.model import statistics as stats_codec
 from fedcomp.compressors.model.base import State, dense_payload
 from fedcomp.compressors.model.identity import IdentityModelCompressor
 from fedcomp.compressors.model.structure import Architecture, Structure
-from fedcomp.data import ImageData
 from fedcomp.messages import CONFIG_KEY, METRICS_KEY, PAYLOAD_KEY, payload_from, payload_record
 from fedcomp.strategies.replies import ReplyPolicy, ReplyRejected, clean_reason, int_metric
 
@@ -152,13 +152,24 @@ def gather(
     return out
 
 
-def statistics_reply(msg: Message, arch: Architecture, data: ImageData, batch_size: int, device: torch.device,
-                     generator: torch.Generator | None = None) -> Message:  # fmt: skip
-    """A client's answer to a ``query.statistics`` message: the moments of the received model on ``data``.
+def statistics_reply(
+    msg: Message,
+    model_fn: Callable[[], nn.Module] | Architecture,
+    inputs: Iterable[torch.Tensor],
+    device: torch.device | str = "cpu",
+) -> Message:
+    """A client's answer to a ``query.statistics`` message: the received model's moments on ``inputs``.
 
-    Measures on the first ``statistics-samples`` examples of ``data`` in
-    ``generator``'s order (in batches of ``batch_size``, as in training).
+    ``inputs``: batches of model inputs (as training sees them: the same
+    batch size and normalization), consumed until the message's
+    ``statistics-samples`` examples have been measured. In a Flower app of
+    your own::
+
+        @app.query("statistics")
+        def statistics(msg, context):
+            return statistics_reply(msg, Net, (x for x, _ in my_train_loader))
     """
+    arch = model_fn if isinstance(model_fn, Architecture) else Architecture.of(model_fn)
     config = msg.content.config_records[CONFIG_KEY]
     samples = int(config[SAMPLES_KEY])
     received = IdentityModelCompressor(None, arch).decode(payload_from(msg.content), max_abs=float(config[MAX_ABS_KEY]))
@@ -166,15 +177,15 @@ def statistics_reply(msg: Message, arch: Architecture, data: ImageData, batch_si
     model.load_state_dict(received.state)
     model.to(device)
 
-    def batches() -> Iterable[torch.Tensor]:
+    def capped() -> Iterable[torch.Tensor]:
         left = samples
-        for x, _ in data.batches(batch_size, generator, device):
+        for x in inputs:
             if left <= 0:
                 return
-            yield x[:left]
+            yield x[:left].to(device)
             left -= len(x)
 
-    moments, examples = stats_codec.measure(model, batches())
+    moments, examples = stats_codec.measure(model, capped())
     moments = OrderedDict((k, v.cpu()) for k, v in moments.items())
     content = RecordDict(
         {

@@ -7,15 +7,18 @@ averages them as if they were weights. BWCP's issue measured it: the
 aggregate evaluated at 0.19 after four rounds, 0.65 with its statistics
 recalibrated on data. The fix needs data, which only the clients hold, but
 not their raw data: per normalization layer, each client reports the mean
-E[z] and the second moment E[zzᵀ] of the layer's input over its examples
-(per whitening group for BWCP; E[z²] per channel for a BatchNorm). Both are
-linear in the data, so the example-weighted mean of the clients' reports
-is exactly the moments over the union of their data, and from them the
-server sets
+m_c and the covariance C_c about it of the layer's input over its n_c
+examples (per whitening group for BWCP; the variance per channel for a
+BatchNorm). Pooled by the parallel-axis rule, μ = Σ w_c m_c and
+C = Σ w_c (C_c + (m_c − μ)(m_c − μ)ᵀ) with w_c = n_c/Σn, they are exactly
+the moments over the union of the clients' data (the sums Σz and Σzzᵀ are
+linear in the data; sending them centred avoids the cancellation of
+E[z²] − μ² in float32 for a channel whose mean dwarfs its spread), and
+from them the server sets
 
-- running mean μ = E[z] and running variance σ² = E[z²] − μ²;
+- running mean μ and running variance σ² = diag C;
 - for BWCP, the whitening of eq. 3–5 for that data: the correlation
-  ρ = (E[zzᵀ] − μμᵀ)/(σσᵀ) of the standardized input, Σ_N =
+  ρ = C/(σσᵀ) of the standardized input, Σ_N =
   (γγᵀ ⊙ ρ)/‖γ‖² (eq. 4) and Σ_N^{-1/2} by eq. 5
   (:meth:`~fedcomp.compressors.model.bwcp.BWCP.set_statistics`).
 
@@ -57,19 +60,19 @@ def _whitened(module: nn.Module) -> bool:
 
 
 def statistics_specs(model: nn.Module) -> list[TensorSpec]:
-    """What a report holds for ``model``: per layer ``<name>.mean`` (C,) and ``<name>.second`` ((G, g, g) or (C,))."""
+    """What a report holds for ``model``: per layer ``<name>.mean`` (C,) and ``<name>.cov`` ((G, g, g) or (C,))."""
     specs = []
     for name, m in norm_layers(model):
         c = m.num_features
         specs.append(TensorSpec(f"{name}.mean", (c,), torch.float32))
         second = (c // m.group, m.group, m.group) if _whitened(m) else (c,)
-        specs.append(TensorSpec(f"{name}.second", second, torch.float32))
+        specs.append(TensorSpec(f"{name}.cov", second, torch.float32))
     return specs
 
 
 @torch.no_grad()
 def measure(model: nn.Module, batches: Iterable[torch.Tensor]) -> tuple[State, int]:
-    """E[z] and E[zzᵀ] (per group) of every normalization layer's input over ``batches``; and how many examples.
+    """Mean and covariance (per group) of every normalization layer's input over ``batches``; and the examples.
 
     The model runs in eval mode except its normalization layers, which use
     their batch's statistics (and BWCP its hard masks, see the module
@@ -120,34 +123,51 @@ def measure(model: nn.Module, batches: Iterable[torch.Tensor]) -> tuple[State, i
     if examples == 0:
         raise ValueError("no examples to measure statistics on")
     out: State = OrderedDict()
-    for name, _ in layers:
+    for name, m in layers:
         if name not in sums:
             raise ValueError(f"layer {name!r} was not reached by the forward pass")
         first, second = sums[name]
-        out[f"{name}.mean"] = (first / counts[name]).float()
-        out[f"{name}.second"] = (second / counts[name]).float()
+        mean, second = first / counts[name], second / counts[name]  # float64: centring here is exact enough
+        if _whitened(m):
+            mg = mean.reshape(-1, m.group)
+            cov = second - mg[:, :, None] * mg[:, None, :]
+        else:
+            cov = second - mean.pow(2)
+        out[f"{name}.mean"] = mean.float()
+        out[f"{name}.cov"] = cov.float()
     return out, examples
 
 
 def combine(reports: Sequence[tuple[int, State]]) -> State:
-    """The example-weighted mean of the clients' reports: the moments over the union of their data."""
+    """The clients' reports pooled by the parallel-axis rule: the moments over the union of their data."""
     if not reports:
         raise ValueError("no statistics to combine")
     total = sum(n for n, _ in reports)
-    keys = list(reports[0][1])
-    return OrderedDict((k, sum(r[k].double() * (n / total) for n, r in reports)) for k in keys)
+    out: State = OrderedDict()
+    for key in reports[0][1]:
+        if not key.endswith(".mean"):
+            continue
+        layer = key[: -len(".mean")]
+        means = [(n / total, r[key].double(), r[f"{layer}.cov"].double()) for n, r in reports]
+        mu = sum(w * m for w, m, _ in means)
+        cov = 0
+        for w, m, c in means:
+            d = (m - mu).reshape(c.shape[0], -1) if c.dim() == 3 else m - mu
+            cov = cov + w * (c + (d[:, :, None] * d[:, None, :] if c.dim() == 3 else d.pow(2)))
+        out[key], out[f"{layer}.cov"] = mu, cov
+    return out
 
 
 @torch.no_grad()
 def apply(model: nn.Module, moments: State) -> None:
     """Set every normalization layer's running statistics (BWCP: and whitening) from ``moments`` (in place)."""
     for name, m in norm_layers(model):
-        mean, second = moments[f"{name}.mean"].double(), moments[f"{name}.second"].double()
+        mean, cov = moments[f"{name}.mean"].double(), moments[f"{name}.cov"].double()
         if _whitened(m):
-            m.set_statistics(mean, second)
+            m.set_statistics(mean, cov)
         else:
             m.running_mean.copy_(mean)
-            m.running_var.copy_((second - mean.pow(2)).clamp_min(0))
+            m.running_var.copy_(cov.clamp_min(0))
 
 
 def encode(moments: State) -> bytes:
