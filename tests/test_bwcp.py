@@ -20,7 +20,7 @@ from fedcomp.compressors.model.bwcp import (
     sharpen,
 )
 from fedcomp.compressors.model.channels import ChannelMap, channel_graph
-from fedcomp.compressors.model.structure import Architecture, Edit
+from fedcomp.compressors.model.structure import Architecture, Edit, structure_from_json
 from fedcomp.config import ConfigError
 
 RESNET = Architecture("resnet20", (1, 28, 28), 10)
@@ -120,6 +120,77 @@ def test_pruned_model_computes_the_masked_model_in_eval_mode():
 
     got = client.decode(dense_payload("bwcp", pruned_state, pruned_structure))
     assert got.structure == pruned_structure and all(torch.equal(got.state[k], pruned_state[k]) for k in pruned_state)
+
+
+def _close_more_channels(model: torch.nn.Module, seed: int) -> None:
+    """Training between two prunings: some β fall, the statistics and whitening move."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, BWCP):
+                m.weight.mul_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.sub_(torch.rand(m.num_features, generator=gen) * 0.6)
+    model.train()
+    for _ in range(3):
+        model(torch.randn(16, 1, 28, 28, generator=gen))
+    model.eval()
+
+
+def test_progressive_pruning_keeps_bwcp_modules_and_each_pruning_is_exact():
+    comp, state, structure = _bwcp_resnet()
+    x = torch.randn(8, 1, 28, 28)
+    widths = []
+    for step, more in enumerate((True, True, False)):
+        masked = RESNET.build(structure)
+        masked.load_state_dict(state)
+        masked.eval()
+        state, structure, metrics = comp.prune(state, structure, keep_bwcp=more)
+        pruned = RESNET.build(structure)
+        pruned.load_state_dict(state)
+        pruned.eval()
+        with torch.no_grad():
+            assert torch.allclose(pruned(x), masked(x), atol=1e-4, rtol=1e-4), step
+        widths.append(sum(m.out_channels for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)))
+        bwcp_layers = [m for m in pruned.modules() if isinstance(m, BWCP)]
+        assert bool(bwcp_layers) == more  # re-inserted for the next pruning, plain BatchNorm after the last
+        if more:
+            assert all(torch.equal(m.running_whitening, torch.eye(m.group).expand_as(m.running_whitening))
+                       for m in bwcp_layers)  # fmt: skip
+            assert metrics["bwcp_channels_removed"] > 0
+            _close_more_channels(pruned, step)
+            state = OrderedDict(pruned.state_dict())
+    assert widths[0] > widths[1] > widths[2]  # each pruning removed what had closed since
+
+
+def test_prune_at_several_rounds_prunes_at_each_and_regularizes_until_the_last():
+    comp, state, structure = _bwcp_resnet()
+    comp = BWCPCompressor(BWCPParams(prune_at=[2, 4]), RESNET)
+    first = comp.broadcast(2, state, structure)
+    assert comp.prunes_done == 1 and not comp.pruned and first.metrics["bwcp_prunings"] == 1
+    assert any(e.op == "bwcp" for e in first.structure)
+    assert comp.decode(first.payload).loss_term is not None  # still regularized between prunings
+    assert comp.statistics_wanted(3, first.structure, last=False) == 0
+    assert comp.statistics_wanted(4, first.structure, last=False) == 512
+    second = comp.broadcast(4, first.start, first.structure)
+    assert comp.pruned and not any(e.op.startswith("bwcp") for e in second.structure)
+    assert comp.decode(second.payload).loss_term is None
+    assert comp.statistics_wanted(4, second.structure, last=True) == 0
+    restored = BWCPCompressor(BWCPParams(prune_at=[2, 4]), RESNET)
+    restored.load_state_dict(comp.state_dict())
+    assert restored.prunes_done == 2
+    old = BWCPCompressor(BWCPParams(prune_at=[2, 4]), RESNET)
+    old.load_state_dict({"pruned": True})  # a checkpoint written before progressive pruning
+    assert old.pruned
+    # A layer may be edited twice only as pruning + re-inserted BWCP module; anything else is refused.
+    bn = next(e for e in first.structure if e.op == "bwcp")
+    assert sum(e.layer == bn.layer for e in first.structure) == 2
+    for twice in (
+        [["resize", bn.layer, [3]], ["resize", bn.layer, [2]]],
+        [["bwcp", bn.layer, list(bn.args)], ["resize", bn.layer, [3]]],
+        [["resize", bn.layer, [3]], ["bwcp", bn.layer, list(bn.args)], ["bwcp", bn.layer, list(bn.args)]],
+    ):
+        with pytest.raises(DecodeError, match="twice"):
+            structure_from_json(twice)
 
 
 def test_regularizer_is_eq_7_over_the_bwcp_modules():

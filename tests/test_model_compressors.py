@@ -176,7 +176,7 @@ def test_lc_groups_that_match_nothing_and_bad_forms_are_config_errors(tmp_path):
     [
         ({"name": "alds", "compress_at": [2, 5]}, r"compress_at = \[5\] is after the last round \(4\)"),
         ({"name": "bwcp", "prune_at": [6]}, r"prune_at = \[6\] is after the last round"),
-        ({"name": "bwcp", "prune_at": [2, 3]}, "BWCP prunes once"),
+        ({"name": "bwcp", "prune_at": [2, 2]}, "names a round twice"),
         ({"name": "bwcp", "regularize_from": 5}, "regularize_from = 5 is after the last round"),
         ({"name": "lc", "start_round": 5}, "LC would never compress"),
         ({"name": "udfc", "start_round": 9}, "set final_only = true"),

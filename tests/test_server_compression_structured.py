@@ -63,17 +63,20 @@ def test_federated_udfc_broadcast_gets_thinner(tmp_path):
 
 def test_federated_bwcp_trains_masks_and_broadcasts_the_pruned_model(tmp_path):
     # A strong regularizer so a few local steps already close channels (the paper's λ are for 160 epochs).
+    # Progressive: pruned at round 2 (BWCP modules kept on the thinner layers), again at round 3.
     _, result = run_config(
         "bwcp_resnet20.toml",
         tmp_path,
-        "federation.rounds=2",
-        "server_compression.lambda1=0.3",
-        "server_compression.lambda2=0.6",
-        "server_compression.prune_at=[2]",
+        "federation.rounds=3",
+        "server_compression.lambda1=0.05",
+        "server_compression.lambda2=0.1",
+        "server_compression.prune_at=[2, 3]",
     )
     rows, run_dir = result.rows, result.run_dir
     assert_downlink_as_measured(rows)
-    first, second = (r["downlink_bytes_per_client"] for r in rows)
+    first, second, third = (r["downlink_bytes_per_client"] for r in rows)
+    assert rows[2]["server_metrics"]["bwcp_prunings"] == 2 and rows[2]["server_metrics"]["statistics_clients"] == 3
+    assert third < second and rows[2]["statistics_downlink_bytes"] > 0  # the second pruning removed more
     dense = 4 * sum(p.numel() for p in fedcomp.load_model(run_dir).parameters())
     # Round 1: the BWCP model (BatchNorms replaced by BWCP modules, whitening buffers added) is larger than the plain one.
     plain = Architecture("resnet20", (1, 28, 28), 10).build(()).state_dict().values()
@@ -87,8 +90,9 @@ def test_federated_bwcp_trains_masks_and_broadcasts_the_pruned_model(tmp_path):
     report_bytes = rows[1]["statistics_uplink_bytes"] / 3
     assert 0 < report_bytes < 0.1 * first  # moments per channel and whitening group: small next to the model
     assert rows[1]["uplink_bytes"] == sum(rows[1]["uplink_bytes_per_client"]) + rows[1]["statistics_uplink_bytes"]
-    assert second < first and rows[1]["uplink_bytes"] < rows[0]["uplink_bytes"]  # channels physically gone
-    assert second < dense + 64 * 1024  # what travels is the pruned model
+    updates = [sum(r["uplink_bytes_per_client"]) for r in rows]
+    assert second < first and updates[2] < updates[1] < updates[0]  # channels physically gone
+    assert third < dense + 64 * 1024  # what travels is the pruned model
     assert math.isfinite(rows[1]["train_loss"])  # the pruned model still trains (its BatchNorms kept)
     model = fedcomp.load_model(run_dir)
     inner = [model.get_submodule(f"layer{s}.{b}.conv1") for s in (1, 2, 3) for b in range(3)]

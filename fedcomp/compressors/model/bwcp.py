@@ -279,17 +279,16 @@ class BWCP(SharedMask, nn.Module):
         return newton_inverse_sqrt(sigma_n, self.iterations) / math.sqrt(self.group)
 
     @torch.no_grad()
-    def set_statistics(self, mean: torch.Tensor, second: torch.Tensor) -> None:
-        """Running mean, variance and whitening from the moments E[z] (C,) and E[zzᵀ] (G, g, g) of the input.
+    def set_statistics(self, mean: torch.Tensor, cov: torch.Tensor) -> None:
+        """Running mean, variance and whitening from the mean (C,) and covariance (G, g, g) of the input.
 
-        σ² = diag(E[zzᵀ]) − μ², ρ = (E[zzᵀ] − μμᵀ)/(σ̃σ̃ᵀ) with σ̃ = √(σ² + ε): the
-        correlation of x̄ = (z − μ)/σ̃, which training computes per batch, over the
-        data the moments came from; then eq. 4–5 as in training
+        σ² = diag C, ρ = C/(σ̃σ̃ᵀ) with σ̃ = √(σ² + ε): the correlation of
+        x̄ = (z − μ)/σ̃, which training computes per batch, over the data the
+        moments came from; then eq. 4–5 as in training
         (:mod:`~fedcomp.compressors.model.statistics`). The variance is the
         biased one (BatchNorm keeps the unbiased; the counts are thousands).
         """
-        mg = mean.double().reshape(-1, self.group)
-        cov = second.double() - mg[:, :, None] * mg[:, None, :]
+        cov = cov.double()
         cov = 0.5 * (cov + cov.transpose(1, 2))
         var = torch.diagonal(cov, dim1=1, dim2=2).clamp_min(0)
         s = torch.sqrt(var + self.eps)
@@ -354,7 +353,7 @@ def gumbel_mask(p: torch.Tensor, tau: float, generator: torch.Generator | None) 
     return torch.sigmoid((logit(p) + g[0] - g[1]) / tau)
 
 
-@structure_op("bwcp")
+@structure_op("bwcp", wraps=True)
 def _bwcp_layer(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
     """Structure edit ``bwcp`` (group size, iterations, momentum‰, sharpness×10): a BatchNorm2d's BWCP module."""
     if not isinstance(layer, nn.BatchNorm2d) or len(args) != 4:
@@ -365,7 +364,7 @@ def _bwcp_layer(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
     return BWCP(layer.num_features, group, iterations, momentum / 1000, sharpness / 10, layer.eps)
 
 
-@structure_op("bwcp_shared")
+@structure_op("bwcp_shared", wraps=True)
 def _bwcp_shared(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
     """Structure edit ``bwcp_shared`` (the ``bwcp`` arguments, stream, 1 if its source): a BWCP layer of a stream."""
     if len(args) != 6 or args[4] > 4096 or args[5] > 1:
@@ -375,7 +374,7 @@ def _bwcp_shared(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
     return bw
 
 
-@structure_op("shared_mask")
+@structure_op("shared_mask", wraps=True)
 def _shared_mask(layer: nn.Module, args: tuple[int, ...]) -> nn.Module:
     """Structure edit ``shared_mask`` (stream): a channel-mapping shortcut masked by its stream."""
     if not hasattr(layer, "channel_sources") or len(args) != 1 or args[0] > 4096:
@@ -419,7 +418,11 @@ class BWCPParams:
     regularize_from: int = 1
     """First round in which clients add the regularizer (a warm-up before it)."""
     prune_at: list[int] = field(default_factory=list)
-    """Rounds whose broadcast removes the masked channels (default none: only the final model is pruned)."""
+    """Rounds whose broadcast removes the masked channels (default none: only the final model is pruned).
+
+    Several rounds prune progressively: after each but the last, the thinned layers get BWCP modules again
+    (identity whitening, the folded statistics: the same function), the regularizer stays on, and the next
+    pruning removes what has closed since; after the last, plain BatchNorm trains on."""
     group_size: int = 16
     """Whitening group (the paper: 16)."""
     iterations: int = 5
@@ -442,8 +445,8 @@ class BWCPParams:
         late = [r for r in self.prune_at if r > rounds]
         if late:
             return f"prune_at = {late} is after the last round ({rounds}): those rounds never come"
-        if len(self.prune_at) > 1:
-            return f"prune_at = {self.prune_at}: BWCP prunes once (the first round would act, the others not)"
+        if len(set(self.prune_at)) != len(self.prune_at):
+            return f"prune_at = {self.prune_at} names a round twice"
         if self.regularize_from > rounds:
             return f"regularize_from = {self.regularize_from} is after the last round ({rounds})"
         return ""
@@ -505,7 +508,17 @@ class BWCPCompressor(ModelCompressor):
             edits += [Edit("bwcp_shared", bn, (*args, k, int(i == 0))) for i, (_, bn) in enumerate(stream.members)]
             edits += [Edit("shared_mask", m, (k,)) for m in stream.maps_in]
         self.bwcp_edits = tuple(edits)
-        self.pruned = False
+        self.prunes_done = 0
+        """Prunings applied so far (``prune_at`` in order; the final model's when ``prune_at`` is empty)."""
+
+    @property
+    def pruned(self) -> bool:
+        """Every pruning done: the model is plain BatchNorm from here on."""
+        return self.prunes_done >= max(1, len(self.params.prune_at))
+
+    def _prunes_now(self, server_round: int) -> bool:
+        due = sorted(self.params.prune_at)
+        return self.prunes_done < len(due) and server_round == due[self.prunes_done]
 
     def _check_groups(self, arch: Architecture) -> None:
         """Refuse a ``group_size`` that some layer cannot use as set (main ran 7 as 4 on 16 channels, silently).
@@ -548,18 +561,24 @@ class BWCPCompressor(ModelCompressor):
                 out[key] += self.params.beta_init
         return out
 
-    def prune(self, state: State, structure: Structure) -> tuple[State, Structure, dict[str, float]]:
+    def prune(
+        self, state: State, structure: Structure, keep_bwcp: bool = False
+    ) -> tuple[State, Structure, dict[str, float]]:
         """Fold BN + whitening into each conv and keep the hard-mask channels (exact in eval mode).
 
         An untied layer keeps the channels of its own mask; a residual stream
         those of its source's mask, in every member conv, every consumer and
-        the channel-mapping shortcuts on either side of it.
+        the channel-mapping shortcuts on either side of it. ``keep_bwcp``
+        (progressive pruning): the thinned layers become BWCP modules again,
+        with identity whitening over the folded statistics, which computes the
+        same function (a kept channel has β̂ > δ, so its new hard mask is 1).
         """
         model = self.arch.build(structure)
         model.load_state_dict(state)
         model.eval()
         work: dict[str, torch.Tensor] = dict(state)
-        edits = [e for e in structure if e.op not in ("bwcp", "bwcp_shared", "shared_mask")]
+        earlier = [e for e in structure if e.op not in ("bwcp", "bwcp_shared", "shared_mask")]
+        edits: list[Edit] = []
         reads: list[tuple[str, torch.Tensor]] = []  # (consumer, kept input channels)
         removed = total = 0
         kept_by_stream: dict[int, torch.Tensor] = {}
@@ -586,13 +605,19 @@ class BWCPCompressor(ModelCompressor):
             ins[name] = int(keep.sum())
         edits += [Edit("conv_out", c, (n, ins[c]) if c in ins else (n,)) for c, n in outs.items()]
         edits += [Edit("conv_in", c, (n,)) for c, n in ins.items() if c not in outs]
-        base = self.arch.build()
-        edits += self._remap_shortcuts(base, kept_by_stream)
-        order = {name: i for i, (name, _) in enumerate(base.named_modules())}
+        edits += self._remap_shortcuts(model, kept_by_stream)
+        # An earlier pruning's edit of a layer this one edits again is replaced (the new one has the counts).
+        replaced = {(e.op, e.layer) for e in edits}
+        edits = [e for e in earlier if (e.op, e.layer) not in replaced] + edits
+        if keep_bwcp:  # after the resize of the same layer (a stable sort keeps the order)
+            edits += list(self.bwcp_edits)
+        order = {name: i for i, (name, _) in enumerate(self.arch.build().named_modules())}
         new_structure = tuple(sorted(edits, key=lambda e: order.get(e.layer, -1)))
         new_state: State = OrderedDict()
         for key, ref in self.arch.build(new_structure).state_dict().items():
-            new_state[key] = work[key].detach().clone().to(ref.dtype)
+            # A re-inserted BWCP module starts from identity whitening (the fresh module's).
+            value = ref if key.endswith("running_whitening") else work[key]
+            new_state[key] = value.detach().clone().to(ref.dtype)
         return (
             new_state,
             new_structure,
@@ -635,14 +660,18 @@ class BWCPCompressor(ModelCompressor):
         work[f"{bn_name}.weight"], work[f"{bn_name}.bias"] = torch.sqrt(var + bw.eps), mean.clone()
         work[f"{bn_name}.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
 
-    def _remap_shortcuts(self, base: nn.Module, kept_by_stream: dict[int, torch.Tensor]) -> list[Edit]:
-        """``channel_map`` edits: each shortcut between two streams copies what survives on both sides."""
+    def _remap_shortcuts(self, model: nn.Module, kept_by_stream: dict[int, torch.Tensor]) -> list[Edit]:
+        """``channel_map`` edits: each shortcut between two streams copies what survives on both sides.
+
+        Read off ``model``'s shortcuts as they are (after an earlier pruning, already channel maps).
+        """
         edits = []
         for k, stream in enumerate(self.streams):
             for name in stream.maps_in:
                 into = kept_by_stream.get(k)
                 feeding = [j for j, st in enumerate(self.streams) if name in st.maps_out]
-                layer = base.get_submodule(name)
+                layer = model.get_submodule(name)
+                layer = layer.inner if isinstance(layer, MaskedShortcut) else layer
                 sources = layer.channel_sources()
                 kept_in = kept_by_stream.get(feeding[0]) if feeding else None
                 kept_in = torch.ones(max(sources) + 1, dtype=torch.bool) if kept_in is None else kept_in
@@ -657,16 +686,18 @@ class BWCPCompressor(ModelCompressor):
         """Examples per client to recalibrate on before this round's pruning (0: none); see :mod:`.statistics`."""
         if not self.params.recalibrate or self.pruned or not any(e.op.startswith("bwcp") for e in structure):
             return 0
-        prunes = server_round in self.params.prune_at or (last and not self.params.prune_at)
+        prunes = self._prunes_now(server_round) or (last and not self.params.prune_at)
         return self.params.recalibrate_samples if prunes else 0
 
     def broadcast(self, server_round: int, state: State, structure: Structure) -> Broadcast:
         metrics: dict[str, float] = {}
         if not structure and not self.pruned:  # the configured model: BatchNorms become BWCP modules
             state, structure = self.to_bwcp(state), self.bwcp_edits
-        if server_round in self.params.prune_at and not self.pruned:
-            state, structure, metrics = self.prune(state, structure)
-            self.pruned = True
+        if self._prunes_now(server_round):
+            more = self.prunes_done + 1 < len(self.params.prune_at)
+            state, structure, metrics = self.prune(state, structure, keep_bwcp=more)
+            self.prunes_done += 1
+            metrics["bwcp_prunings"] = float(self.prunes_done)
         regularize = not self.pruned and server_round >= self.params.regularize_from
         params = {"regularize": int(regularize)}
         return Broadcast(dense_payload(self.name, state, structure, params), state, structure, metrics)
@@ -680,10 +711,13 @@ class BWCPCompressor(ModelCompressor):
         )
 
     def state_dict(self) -> dict[str, object]:
-        return {"pruned": self.pruned}
+        return {"prunes_done": self.prunes_done}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        self.pruned = bool(state.get("pruned", False))
+        done = state.get("prunes_done")
+        if done is None:  # a checkpoint from before progressive pruning: one pruning, done or not
+            done = max(1, len(self.params.prune_at)) if state.get("pruned", False) else 0
+        self.prunes_done = int(done)
 
     # ------------------------------------------------------------------ client
     def decode_body(self, parsed: Payload, structure: Structure) -> Received:

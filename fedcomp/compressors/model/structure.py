@@ -55,11 +55,21 @@ def after_build(fn: Callable[[nn.Module], None]) -> Callable[[nn.Module], None]:
     return fn
 
 
-def structure_op(name: str) -> Callable[[StructureOp], StructureOp]:
-    """Register a structure edit (an op raises ValueError for arguments its layer cannot take)."""
+WRAPPING_OPS: set[str] = set()
+"""Ops that wrap a layer as it is (BWCP's modules): one may follow another edit of the same layer."""
+
+
+def structure_op(name: str, wraps: bool = False) -> Callable[[StructureOp], StructureOp]:
+    """Register a structure edit (an op raises ValueError for arguments its layer cannot take).
+
+    ``wraps``: the op wraps the layer as built so far, so it may come second on a layer another edit
+    replaced (a BatchNorm resized by a pruning, then made a BWCP module again).
+    """
 
     def decorator(fn: StructureOp) -> StructureOp:
         STRUCTURE_OPS[name] = fn
+        if wraps:
+            WRAPPING_OPS.add(name)
         return fn
 
     return decorator
@@ -82,8 +92,12 @@ def structure_from_json(data: Any) -> Structure:
         if item[0] not in STRUCTURE_OPS:
             raise DecodeError(f"structure edit #{i}: unknown op {item[0]!r}; known: {sorted(STRUCTURE_OPS)}")
         edits.append(Edit(item[0], item[1], tuple(args)))
-    if len({e.layer for e in edits}) != len(edits):
-        raise DecodeError("structure edits name the same layer twice")
+    by_layer: dict[str, list[str]] = {}
+    for e in edits:
+        by_layer.setdefault(e.layer, []).append(e.op)
+    for layer, ops in by_layer.items():  # one edit per layer, or one and then one that wraps it
+        if len(ops) > 2 or (len(ops) == 2 and (ops[0] in WRAPPING_OPS or ops[1] not in WRAPPING_OPS)):
+            raise DecodeError(f"structure edits name layer {layer!r:.60} twice ({ops[:3]})")
     return tuple(edits)
 
 
