@@ -11,7 +11,7 @@ has removed (against plain ResNet-20), and the downlink bytes per client
 in the first and the last round; mean ± sd over ``--seeds`` experiment
 seeds (torch threads fixed per client by ``simulation.num_cpus``).
 
-    python benchmarks/bwcp_federated.py [--quick] [--rounds 10] [--prune-at 6] [--seeds 2] [--out runs/bench]
+    python benchmarks/bwcp_federated.py [--quick] [--rounds 10] [--prune-at 6] [--seeds 2] [--set KEY=VALUE]
 
 Prints a table, then a JSON object as its last line. ``--quick``: 3 rounds, prune at 2, one seed (a smoke test).
 """
@@ -42,7 +42,7 @@ VARIANTS = {
 }
 
 
-def run_variant(name: str, seed: int, rounds: int, prune_at: int, out: Path) -> dict:
+def run_variant(name: str, seed: int, rounds: int, prune_at: int, out: Path, bwcp_set: list[str]) -> dict:
     overrides = [
         "data.dataset=mnist5k",
         "federation.num_clients=5",
@@ -55,6 +55,7 @@ def run_variant(name: str, seed: int, rounds: int, prune_at: int, out: Path) -> 
         f"seed={seed}",
         f'output_dir="{out / name / str(seed)}"',
         *VARIANTS[name],
+        *(bwcp_set if name != "plain_bn" else []),
     ]
     cfg = load_config(CONFIG, overrides)
     t0 = time.perf_counter()
@@ -87,11 +88,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prune-at", type=int, default=6)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", default="runs/bench_bwcp_federated")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="config override for the BWCP variants (e.g. server_compression.lambda1=4e-3)",
+    )
     args = parser.parse_args(argv)
     rounds, prune_at, seeds = (3, 2, 1) if args.quick else (args.rounds, args.prune_at, args.seeds)
     torch.set_num_threads(1)
     runs = {
-        name: [run_variant(name, seed, rounds, prune_at, Path(args.out)) for seed in range(seeds)] for name in VARIANTS
+        name: [run_variant(name, seed, rounds, prune_at, Path(args.out), args.set) for seed in range(seeds)]
+        for name in VARIANTS
     }
     base_acc = [r["accuracy"] for r in runs["plain_bn"]]
     print(f"\nBWCP federated: ResNet-20, 5 clients, {rounds} rounds, pruned at round {prune_at}, {seeds} seed(s)")
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:<15}{acc:>10.3f} ±{sd:.3f}{diff:>+13.3f}{flops:>10.3f}{params:>11.3f}{down:>17.3f}")
     print("(vs plain BN: accuracy minus the same seed's plain-BatchNorm federation; FLOPs/params: removed")
     print(" from plain ResNet-20; down last/first: the last round's broadcast over the first's)")
-    figures = {"rounds": rounds, "prune_at": prune_at, "seeds": seeds, "table": table, "runs": runs}
+    figures = {"rounds": rounds, "prune_at": prune_at, "seeds": seeds, "set": args.set, "table": table, "runs": runs}
     print(json.dumps(figures))
     return figures
 
