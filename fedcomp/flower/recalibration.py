@@ -149,6 +149,8 @@ def gather(
             out.clients = len(reports)
     for why in out.failures:
         logger.warning("statistics round: %s", why[:200])
+    logger.info("statistics round: %d of %d clients' moments applied (%d bytes down, %d up)",
+                out.clients, len(nodes), out.downlink_bytes, out.uplink_bytes)  # fmt: skip
     return out
 
 

@@ -22,6 +22,11 @@ travel, not how they are aggregated (the pattern of Flower's own
   the client's weights ``start + Δ`` with its metrics, in partition order;
   the inner strategy aggregates them if at least ``min_replies`` are usable
   (the quorum), else the model is kept and the round records why.
+- before a broadcast the model compressor acts on with the model's
+  statistics (BWCP's pruning), ``configure_train`` first runs a statistics
+  round (:mod:`.recalibration`): the round's nodes measure the
+  normalization layers' moments on their data, and the model's running
+  statistics are set from them (bytes counted both ways);
 - ``configure_evaluate``: client-side evaluation gets the aggregated model
   as a dense payload; ``aggregate_evaluate`` is the inner strategy's.
 
@@ -234,9 +239,9 @@ class CompressedStrategy(Strategy):
         """The downlink of the model's change (:mod:`.downlink`); None: the broadcast is the model."""
         self.sampler = sampler
         self.evaluate_rounds = evaluate_rounds
+        """Which rounds clients evaluate in (None: whenever the inner strategy asks them)."""
         self.round_timeout_s = round_timeout_s
         """How long a statistics round waits for replies (None: Flower's default, no limit)."""
-        """Which rounds clients evaluate in (None: whenever the inner strategy asks them)."""
         self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict()
         """The model this round's clients start from, as they decode it (updates are added to it)."""
         self.current: RoundStats | None = None
