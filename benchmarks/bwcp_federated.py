@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--prune-at", type=int, default=6)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--first-seed", type=int, default=0, help="experiment seeds first-seed, first-seed + 1, ...")
     parser.add_argument("--out", default="runs/bench_bwcp_federated")
     parser.add_argument(
         "--set",
@@ -98,7 +99,10 @@ def main(argv: list[str] | None = None) -> dict:
     rounds, prune_at, seeds = (3, 2, 1) if args.quick else (args.rounds, args.prune_at, args.seeds)
     torch.set_num_threads(1)
     runs = {
-        name: [run_variant(name, seed, rounds, prune_at, Path(args.out), args.set) for seed in range(seeds)]
+        name: [
+            run_variant(name, seed, rounds, prune_at, Path(args.out), args.set)
+            for seed in range(args.first_seed, args.first_seed + seeds)
+        ]
         for name in VARIANTS
     }
     base_acc = [r["accuracy"] for r in runs["plain_bn"]]
