@@ -30,7 +30,7 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from torch import nn
 
-from fedcomp.coding import DecodeError, TensorSpec
+from fedcomp.coding import DecodeError, TensorSpec, values_within
 from fedcomp.compressors.model import statistics as stats_codec
 from fedcomp.compressors.model.base import State, dense_payload
 from fedcomp.compressors.model.identity import IdentityModelCompressor
@@ -91,15 +91,12 @@ def judge_statistics(
         raise ReplyRejected(f"undecodable statistics: {exc}") from None
 
 
-def apply_reports(
-    state: State, structure: Structure, arch: Architecture, reports: Sequence[tuple[int, State]], max_abs: float
-) -> State | None:
-    """``state`` with its statistics set from the combined ``reports``; None if that gives non-finite values."""
-    model = arch.build(structure)
-    model.load_state_dict(state)
+def apply_reports(model: nn.Module, reports: Sequence[tuple[int, State]], max_abs: float) -> State | None:
+    """``model``'s state with its statistics set from the combined ``reports`` (in place); None if that gives
+    non-finite or out-of-range values."""
     stats_codec.apply(model, stats_codec.combine(reports))
     new = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
-    if all(torch.isfinite(v).all() and v.abs().max() <= max_abs for v in new.values() if v.is_floating_point()):
+    if all(values_within(v, max_abs) for v in new.values() if v.is_floating_point()):
         return new
     return None  # moments within bounds can still make an indefinite Σ_N
 
@@ -119,6 +116,7 @@ def gather(
 ) -> StatisticsRound:
     """Ask ``nodes`` for ``state``'s moments on up to ``samples`` of their examples; combine and apply them."""
     model = arch.build(structure)
+    model.load_state_dict(state)
     specs = stats_codec.statistics_specs(model)
     nodes = [int(n) for n in nodes]
     messages, payload_bytes = statistics_messages(nodes, state, structure, config, samples, max_abs)
@@ -142,7 +140,7 @@ def gather(
             out.failures.append(f"node {node}: {exc.reason}")
     out.failures += [f"node {n}: no statistics reply before the timeout" for n in nodes if n not in answered]
     if reports:
-        out.state = apply_reports(state, structure, arch, reports, max_abs)
+        out.state = apply_reports(model, reports, max_abs)
         if out.state is None:
             out.failures.append("the combined moments gave non-finite or out-of-range statistics: not applied")
         else:

@@ -123,18 +123,13 @@ def measure(model: nn.Module, batches: Iterable[torch.Tensor]) -> tuple[State, i
     if examples == 0:
         raise ValueError("no examples to measure statistics on")
     out: State = OrderedDict()
-    for name, m in layers:
+    for name, _ in layers:
         if name not in sums:
             raise ValueError(f"layer {name!r} was not reached by the forward pass")
         first, second = sums[name]
         mean, second = first / counts[name], second / counts[name]  # float64: centring here is exact enough
-        if _whitened(m):
-            mg = mean.reshape(-1, m.group)
-            cov = second - mg[:, :, None] * mg[:, None, :]
-        else:
-            cov = second - mean.pow(2)
         out[f"{name}.mean"] = mean.float()
-        out[f"{name}.cov"] = cov.float()
+        out[f"{name}.cov"] = (second - _outer(mean, second)).float()
     return out, examples
 
 
@@ -150,12 +145,17 @@ def combine(reports: Sequence[tuple[int, State]]) -> State:
         layer = key[: -len(".mean")]
         means = [(n / total, r[key].double(), r[f"{layer}.cov"].double()) for n, r in reports]
         mu = sum(w * m for w, m, _ in means)
-        cov = 0
-        for w, m, c in means:
-            d = (m - mu).reshape(c.shape[0], -1) if c.dim() == 3 else m - mu
-            cov = cov + w * (c + (d[:, :, None] * d[:, None, :] if c.dim() == 3 else d.pow(2)))
-        out[key], out[f"{layer}.cov"] = mu, cov
+        out[key] = mu
+        out[f"{layer}.cov"] = sum(w * (c + _outer(m - mu, c)) for w, m, c in means)
     return out
+
+
+def _outer(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """vvᵀ per whitening group when ``like`` is a (G, g, g) covariance, else v² per channel."""
+    if like.dim() == 1:
+        return v.pow(2)
+    vg = v.reshape(like.shape[0], -1)
+    return vg[:, :, None] * vg[:, None, :]
 
 
 @torch.no_grad()
