@@ -131,6 +131,11 @@ def test_hostile_statistics_replies_are_refused_with_a_reason():
         "not finite": (tampered("bn1.mean", math.nan), {"num-examples": 8}),
         "exceed the bound": (tampered("bn1.cov", 1e9), {"num-examples": 8}),
         "expected 38": (S.encode(OrderedDict(list(good.items())[:-1])), {"num-examples": 8}),
+        # A well-formed container (valid CRC) whose covariance claims another group size.
+        "bn1.cov": (
+            S.encode(OrderedDict((k, torch.zeros(2, 8, 8) if k == "bn1.cov" else v) for k, v in good.items())),
+            {"num-examples": 8},
+        ),  # fmt: skip
         "undecodable": (b"\x00" * 40, {"num-examples": 8}),
         "num-examples": (S.encode(good), {"num-examples": 10**6}),
         "lacks metrics": (S.encode(good), {}),
