@@ -162,3 +162,16 @@ def test_bwcp_asks_for_statistics_only_before_its_pruning():
     assert off.statistics_wanted(3, edits, last=False) == 0
     bwcp.prunes_done = 1
     assert bwcp.statistics_wanted(3, edits, last=True) == 0
+
+
+def test_bwcp_asks_for_statistics_before_evaluation_only_when_told_and_only_while_it_has_bwcp_modules():
+    default = BWCPCompressor(BWCPParams(prune_at=[3]), RESNET)
+    edits = default.bwcp_edits
+    assert default.statistics_wanted(1, edits, last=False, evaluating=True) == 0  # recalibrate_eval is off by default
+    asked = BWCPCompressor(BWCPParams(prune_at=[3], recalibrate=False, recalibrate_eval=True), RESNET)
+    assert asked.statistics_wanted(1, edits, last=False, evaluating=True) == 512
+    assert asked.statistics_wanted(1, edits, last=False) == 0  # not before a broadcast that prunes nothing
+    assert asked.statistics_wanted(3, edits, last=False) == 0  # its pruning's own round is off (recalibrate)
+    assert asked.statistics_wanted(1, (), last=False, evaluating=True) == 0  # the configured model: no BWCP yet
+    asked.prunes_done = 1  # after the last pruning the model is plain BatchNorm again
+    assert asked.statistics_wanted(4, edits, last=False, evaluating=True) == 0

@@ -373,10 +373,12 @@ class CompressedStrategy(Strategy):
         config: ConfigRecord,
         stats: RoundStats,
         last: bool = False,
+        evaluating: bool = False,
     ) -> OrderedDict[str, torch.Tensor]:
         """``state`` with its normalization statistics measured by the round's nodes, when the model compressor
-        asks for them (:mod:`.recalibration`); else ``state`` as it is. The bytes go into ``stats``."""
-        samples = self.downlink.statistics_wanted(server_round, self.structure, last)
+        asks for them (:mod:`.recalibration`; ``last``: before the final model is made, ``evaluating``: before
+        the round's model is evaluated); else ``state`` as it is. The bytes go into ``stats``."""
+        samples = self.downlink.statistics_wanted(server_round, self.structure, last, evaluating)
         if not samples:
             return state
         nodes = self.sampler(grid, server_round) if self.sampler is not None else list(grid.get_node_ids())

@@ -183,14 +183,17 @@ def serve(
         stats = strategy.take_round_stats()
         if stats is None:  # pragma: no cover - Flower always trains before this hook
             return None
-        state = arrays.to_torch_state_dict()
-        if server_round == rounds:  # the final pruning may want the model's statistics first (BWCP)
-            state = strategy.recalibrate(grid, server_round, OrderedDict(state), evaluate_config, stats, last=True)
+        trained = OrderedDict(arrays.to_torch_state_dict())
+        last = server_round == rounds
+        evaluating = evaluation_due(cfg, server_round) and cfg.federation.evaluate_on != "clients"
+        state = trained
+        if last or evaluating:  # the final pruning or the evaluation may want the model's statistics first (BWCP)
+            state = strategy.recalibrate(grid, server_round, trained, evaluate_config, stats, last, evaluating)
         # The model the compressor stands for (LC: Δ(Θ); a final-only compressor: the compressed model).
-        snapshot = strategy.downlink.end_of_round(server_round, state, strategy.structure, server_round == rounds)
+        snapshot = strategy.downlink.end_of_round(server_round, state, strategy.structure, last)
         server_metrics = {**stats.downlink_metrics, **snapshot.metrics}
         acc = loss = None
-        if evaluation_due(cfg, server_round) and cfg.federation.evaluate_on != "clients":
+        if evaluating:
             loss, acc = evaluate_state(snapshot.state, snapshot.structure)
             if metric is not None:  # the user's own test metric, on the model just evaluated
                 evaluated = eval_models[snapshot.structure]
@@ -225,11 +228,12 @@ def serve(
             statistics_uplink_bytes=stats.statistics_uplink_bytes,
         )
         recorder.append(row)
-        if server_round == rounds:
+        if last:
             final["snapshot"] = snapshot
         ckpt = cfg.federation.checkpoint_every
-        if ckpt and (server_round % ckpt == 0 or server_round == rounds):
-            recorder.save_checkpoint(server_round, state, strategy.state_dict())
+        if ckpt and (server_round % ckpt == 0 or last):
+            # Statistics measured for an evaluation alone are not the model training goes on from.
+            recorder.save_checkpoint(server_round, state if last else trained, strategy.state_dict())
             strategy.last_checkpoint = server_round
         totals["up"] += row.uplink_bytes
         totals["down"] += row.downlink_bytes

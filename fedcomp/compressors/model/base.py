@@ -173,12 +173,15 @@ class ModelCompressor(ABC):
         """
         return Snapshot(state, structure, payload=dense_payload(self.name, state, structure) if last else None)
 
-    def statistics_wanted(self, server_round: int, structure: Structure, last: bool) -> int:
+    def statistics_wanted(self, server_round: int, structure: Structure, last: bool, evaluating: bool = False) -> int:
         """Examples per client whose normalization statistics the server should gather before acting in this round
-        (before :meth:`broadcast`, or with ``last`` before the final :meth:`end_of_round`); 0: none.
+        (before :meth:`broadcast`, or with ``last`` before the final :meth:`end_of_round`), or with
+        ``evaluating`` before the round's model is evaluated; 0: none.
 
         The server then asks the round's clients for them and sets the model's
         running statistics from the combined moments (:mod:`.statistics`).
+        For an evaluation the measured statistics serve that evaluation only:
+        the next round trains from the aggregated model as it was.
         """
         return 0
 

@@ -440,6 +440,11 @@ class BWCPParams:
     the hard masks and set the running statistics and whitening from them (:mod:`.statistics`)."""
     recalibrate_samples: int = 512
     """Examples each client measures statistics on (at most its own data)."""
+    recalibrate_eval: bool = False
+    """Also run a statistics round before each server-side evaluation while the model has BWCP modules, so the
+    rows before the last pruning report the model under its measured statistics instead of the averaged ones.
+    It costs the model, dense, to each of the round's clients per evaluation (counted in the row), and changes
+    only what is evaluated: training continues from the aggregated model."""
 
     def schedule_problem(self, rounds: int) -> str:
         late = [r for r in self.prune_at if r > rounds]
@@ -682,12 +687,14 @@ class BWCPCompressor(ModelCompressor):
         return edits
 
     # ------------------------------------------------------------------ server
-    def statistics_wanted(self, server_round: int, structure: Structure, last: bool) -> int:
-        """Examples per client to recalibrate on before this round's pruning (0: none); see :mod:`.statistics`."""
-        if not self.params.recalibrate or self.pruned or not any(e.op.startswith("bwcp") for e in structure):
+    def statistics_wanted(self, server_round: int, structure: Structure, last: bool, evaluating: bool = False) -> int:
+        """Examples per client to recalibrate on before this round's pruning, or before its evaluation with
+        ``recalibrate_eval`` (0: none); see :mod:`.statistics`."""
+        if self.pruned or not any(e.op.startswith("bwcp") for e in structure):
             return 0
-        prunes = self._prunes_now(server_round) or (last and not self.params.prune_at)
-        return self.params.recalibrate_samples if prunes else 0
+        prunes = self.params.recalibrate and (self._prunes_now(server_round) or (last and not self.params.prune_at))
+        evaluates = evaluating and self.params.recalibrate_eval
+        return self.params.recalibrate_samples if prunes or evaluates else 0
 
     def broadcast(self, server_round: int, state: State, structure: Structure) -> Broadcast:
         metrics: dict[str, float] = {}
