@@ -73,6 +73,21 @@ def test_fedavg_weights_updates_by_examples_and_takes_the_server_step():
     assert stats.clients == [0, 1, 2] and stats.failures == [] and stats.skipped is None
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # numpy's, inside FedAvgM's step
+def test_an_aggregate_that_is_not_finite_keeps_the_model_and_says_why():
+    """Every reply finite and within max_abs_value, but the inner strategy's server step overflows float32 (a real
+    Flower strategy with a step far too large): the round keeps the model, so no model compressor (LC's C step,
+    UDFC's closed forms, ...) and no client ever sees a non-finite global model."""
+    s = strategy(FedAvgM(server_learning_rate=1e38))
+    s.inner.current_arrays = ArrayRecord(s.global_state)
+    state, stats = aggregate(s, [reply(n, update_filled(10.0)) for n in NODES])
+    assert all(torch.equal(state[k], v) for k, v in zero_state().items())
+    assert stats.clients == [] and "not finite" in stats.skipped and "FedAvgM" in stats.skipped
+    # The three updates were received all the same: their bytes count.
+    one = len(IdentityCompressor().encode(update_filled(10.0)).payload)
+    assert stats.unused_uplink_bytes == 3 * one == stats.uplink_bytes_total
+
+
 def _nan_update():
     u = update_filled(1.0)
     next(iter(u.values())).view(-1)[3] = float("nan")
@@ -135,6 +150,9 @@ def test_a_round_below_the_quorum_keeps_the_model_and_says_why():
     state, stats = aggregate(s, [reply(NODES[0], **{"num-examples": 10**9}), reply(NODES[1]), reply(NODES[2])])
     assert all(torch.equal(state[k], v) for k, v in zero_state().items())
     assert stats.clients == [] and "2 usable of 3 replies, quorum is 3" in stats.skipped
+    one = len(IdentityCompressor().encode(update_filled(1.0)).payload)
+    assert stats.unused_uplink_bytes == 2 * one  # the two usable updates were received all the same
+    assert stats.uplink_bytes_total == 2 * one + sum(f.uplink_bytes for f in stats.failures)
     # A sampled node that never replied counts as a failure too.
     s = strategy(min_replies=2)
     _, stats = aggregate(s, [reply(NODES[0]), reply(NODES[1])])

@@ -46,7 +46,7 @@ import math
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from copy import copy
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,7 +126,10 @@ class RoundStats:
     train_loss: float | None = None
     client_metrics: dict[str, float] = field(default_factory=dict)
     skipped: str | None = None
-    """Why the round aggregated nothing (no usable reply, fewer than the quorum, the strategy refused); None if it did."""
+    """Why the round aggregated nothing (no usable reply, fewer than the quorum, the strategy refused, a non-finite
+    aggregate); None if it did."""
+    unused_uplink_bytes: int = 0
+    """Usable updates received in a round that then aggregated nothing (``skipped``): sent all the same."""
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -141,8 +144,9 @@ class RoundStats:
 
     @property
     def uplink_bytes_total(self) -> int:
-        """Every uplink byte received, undecodable payloads included."""
-        return sum(self.uplink_bytes) + sum(f.uplink_bytes for f in self.failures) + self.statistics_uplink_bytes
+        """Every uplink byte received: undecodable payloads and the updates of a round that kept its model included."""
+        failed = sum(f.uplink_bytes for f in self.failures)
+        return sum(self.uplink_bytes) + failed + self.unused_uplink_bytes + self.statistics_uplink_bytes
 
 
 class _SampledGrid:
@@ -341,7 +345,7 @@ class CompressedStrategy(Strategy):
         quorum = max(1, self.min_replies)
         if len(accepted) < quorum:
             return self._keep(stats, f"{len(accepted)} usable of {len(stats.sampled_nodes)} replies, "
-                              f"quorum is {quorum} (federation.min_replies): model kept")  # fmt: skip
+                              f"quorum is {quorum} (federation.min_replies): model kept", accepted)  # fmt: skip
         # Partition order, not arrival order, so neither the aggregate nor the row depends on timing.
         accepted.sort(key=lambda pair: (pair[0].partition, pair[0].node))
         try:
@@ -349,15 +353,19 @@ class CompressedStrategy(Strategy):
                 server_round, [self._as_weights(a, msg) for a, msg in accepted]
             )
         except Exception as exc:  # noqa: BLE001 - the inner strategy refusing is the round's outcome, not a crash
-            return self._keep(stats, f"{type(self.inner).__name__} did not aggregate: {exc}: model kept")
+            return self._keep(stats, f"{type(self.inner).__name__} did not aggregate: {exc}: model kept", accepted)
         if arrays is None:
-            return self._keep(stats, f"{type(self.inner).__name__} aggregated nothing: model kept")
+            return self._keep(stats, f"{type(self.inner).__name__} aggregated nothing: model kept", accepted)
+        merged = self._merge(arrays)
+        overflowed = [k for k, v in merged.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if overflowed:  # finite replies, yet the server step overflowed: no compressor or client gets that model
+            return self._keep(stats, f"{type(self.inner).__name__}'s aggregate is not finite "
+                              f"({len(overflowed)} tensors, first {overflowed[0]!r}): model kept", accepted)  # fmt: skip
         stats.clients = [a.partition for a, _ in accepted]
         stats.uplink_bytes = [a.uplink_bytes for a, _ in accepted]
         stats.uplink_bytes_sent = [a.payload_bytes_sent for a, _ in accepted]
         stats.downlink_bytes_received = [a.downlink_bytes_received for a, _ in accepted]
         stats.train_loss, stats.client_metrics = _weighted_metrics([a for a, _ in accepted])
-        merged = self._merge(arrays)
         out = MetricRecord({"train_loss": stats.train_loss})
         if metrics is not None:
             for key, value in metrics.items():
@@ -480,8 +488,11 @@ class CompressedStrategy(Strategy):
                 merged[name] = value
         return merged
 
-    def _keep(self, stats: RoundStats, why: str) -> tuple[ArrayRecord, None]:
+    def _keep(
+        self, stats: RoundStats, why: str, accepted: Sequence[tuple[Accepted, Message]] = ()
+    ) -> tuple[ArrayRecord, None]:
         stats.skipped = why
+        stats.unused_uplink_bytes = sum(a.uplink_bytes for a, _ in accepted)  # received all the same: counted
         logger.warning("round %d: %s", stats.round, why)
         # The round's start model stays the global one (in the structure it was broadcast in).
         return ArrayRecord(self.global_state), None
