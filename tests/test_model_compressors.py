@@ -190,6 +190,17 @@ def test_a_schedule_past_the_last_round_is_refused_before_the_run(section, says)
     config_from_dict({**base, "server_compression": at_the_end})  # the last round itself is fine
 
 
+def test_a_bwcp_regularizer_that_starts_at_or_after_the_last_pruning_is_refused():
+    base = {"model": {"name": "resnet20"}, "federation": {"rounds": 6}}
+    for start in (4, 5):
+        with pytest.raises(ConfigError, match=rf"regularize_from = {start} is not before the last pruning \(round 4\)"):
+            config_from_dict(
+                {**base, "server_compression": {"name": "bwcp", "prune_at": [2, 4], "regularize_from": start}}
+            )
+    config_from_dict({**base, "server_compression": {"name": "bwcp", "prune_at": [2, 4], "regularize_from": 3}})
+    config_from_dict({**base, "server_compression": {"name": "bwcp", "regularize_from": 6}})  # final model only
+
+
 def test_lc_damaged_broadcasts_raise_decode_errors_only():
     server = lc("compressed_start")
     w = lenet_state()

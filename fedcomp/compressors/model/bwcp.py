@@ -454,6 +454,9 @@ class BWCPParams:
             return f"prune_at = {self.prune_at} names a round twice"
         if self.regularize_from > rounds:
             return f"regularize_from = {self.regularize_from} is after the last round ({rounds})"
+        if self.prune_at and self.regularize_from >= max(self.prune_at):
+            return (f"regularize_from = {self.regularize_from} is not before the last pruning (round "
+                    f"{max(self.prune_at)}): the regularizer would never act on a model still to be pruned")  # fmt: skip
         return ""
 
     def validate(self, path: str) -> None:
