@@ -567,7 +567,7 @@ class ALDSParams:
     """Largest number of input-channel subspaces searched per layer (0: every divisor, the authors' code)."""
     seeds: int = 15
     """Initializations of Algorithm 1: the authors' code uses 15 (its iterative allocator's ``_num_seeds``: the
-    uniform k = 3, 5, 7, 9 and random ones), each alternated 4 times; ours also adds plain SVD (k = 1)."""
+    uniform k = 3, 5, 7, 9 and random ones), each alternated 4 times; here plain SVD (k = 1) is the first of them."""
     exclude: list[str] = field(default_factory=list)
     """fnmatch patterns of layers never decomposed (e.g. the first conv)."""
     plus: bool = False

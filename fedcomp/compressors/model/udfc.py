@@ -65,8 +65,8 @@ output is γ_i x̂ + β_i and |γ_i| is its spread. ``"l2"`` (the smallest
 a baseline) are kept for comparison. Measured, 30 % pruned + 6 bits, no
 compensation / the compensation as first landed (signed ŝ, no mean
 correction): issue #18, on its 1-epoch ResNet-20, ℓ2 0.100 / 0.133, random
-0.465 / 0.539, |γ| 0.585 / 0.608. On the fixed-thread 1-epoch model of
-tests/test_udfc.py (accuracy 0.876) the order differs: ℓ2 0.530 / 0.617,
+0.465 / 0.539, |γ| 0.585 / 0.608. On a fixed-thread 1-epoch model (accuracy
+0.876; tests/test_udfc.py has since moved to a 2-epoch model) the order differs: ℓ2 0.530 / 0.617,
 random (5 seeds) 0.198 ± 0.084 / 0.436 ± 0.271, |γ| 0.337 / 0.443; with
 the mean correction |γ| leads (signed ŝ: |γ| 0.804, ℓ2 0.712, random
 (5 seeds) 0.465 ± 0.108). Briefly trained models rank criteria noisily.
