@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/rate_distortion.py --quick
 	$(BIN)/python benchmarks/model_compressors.py --quick
 	$(BIN)/python benchmarks/bwcp_federated.py --quick --out runs/bench_bwcp_federated
+	$(BIN)/python benchmarks/federated_server_compression.py --quick --out runs/bench_federated_server_compression
 	$(BIN)/python benchmarks/startup.py --quick
 	$(BIN)/python benchmarks/gpu.py --device cpu --quick   # its code path; with a GPU: benchmarks/gpu.py
 

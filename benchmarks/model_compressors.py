@@ -1,29 +1,41 @@
-"""Model compressors' building blocks: ALDS against uniform SVD, and LC C-step times.
+"""Model compressors' building blocks and their accuracy on trained models.
 
-ALDS (Algorithm 1) on ResNet-20's 3×3 convolutions at a target of 50% of
-their parameters removed, next to the uniform-rank SVD baseline at the same
-budget (measured in the same run): time, achieved size and the maximum
-relative error (the tabulated measure, and the true operator-norm error of
-the worst layer), and ALDS+ (the same search over the four folding
-schemes of supplement A.6). Then one LC C step per model and form (adaptive 2-entry
-quantization, 1% pruning, Q+P additive combination, rank-8 low rank on the
-big matrices), timed over all the model's weight tensors. Then UDFC on
-ResNet-20 trained six epochs on the embedded digits (once, cached under
-``--out``), at 10% and 30% pruning + 6 bits and 50% + 4 bits: accuracy with
-UDFC's defaults next to plain pruning + quantization and to random channels
-(same compensation) at the same size, mean ± sd over 3 seeds
-(class-stratified test halves; the random channels' seed). Then
-BWCP: ResNet-20 trained three epochs (learning rate 0.1, 0.03, 0.01) with
-BWCP modules and the sparse regularizer — as the paper writes it, and with
-fedcomp's sigmoid-alike transformation and β start, at the paper's λ and at
-the stronger ones a short training needs — pruned: accuracy change against
-plain BatchNorm trained the same way, and the fraction of FLOPs and
-parameters removed.
+Parts (``--only PART`` runs one):
 
-    python benchmarks/model_compressors.py [--quick] [--out runs/model_compressors]
+- ``alds``: Algorithm 1 on ResNet-20's 3×3 convolutions at 50 % of their
+  parameters removed, next to the uniform-rank SVD baseline at the same
+  budget: time, achieved size and the worst layer's error (the tabulated
+  measure and the true operator-norm error), and ALDS+ (the four folding
+  schemes of supplement A.6). The network is freshly initialized: this
+  part measures the allocator (time, budget, errors), not accuracy.
+- ``lc``: one LC C step per model and form (adaptive 2-entry quantization,
+  1 % pruning, Q+P additive combination, rank-8 low rank on the big
+  matrices), timed over all the model's weight tensors.
+- ``udfc``: ResNet-20 trained to convergence on the embedded digits (15
+  epochs, once, cached under ``--out``), quantization only (6 and 4 bits),
+  pruning only (10/30/50 % at 16 bits) and both (10/30/50 % with 6 and 4
+  bits): UDFC's defaults next to plain pruning + quantization, the closed
+  forms without the BN recalibration, random channels (same compensation)
+  and Neuron Merging, mean ± sd over 3 seeds (class-stratified test halves;
+  the compressor's seed).
+- ``alds_lenet``: LeNet-5-Caffe trained ten epochs (once, cached), 50/60/80 %
+  removed: uniform SVD, Algorithm 1 with k = 1, ALDS equalizing the
+  tabulated or the true error, one-shot and after one epoch of retraining,
+  mean ± sd over 3 seeds (class-stratified test halves; the compressor's
+  seed; the retraining's order).
+- ``bwcp``: ResNet-20 trained three epochs (learning rate 0.1, 0.03, 0.01)
+  with BWCP modules and the sparse regularizer — as the paper writes it,
+  and with fedcomp's sigmoid-alike transformation and β start, at the
+  paper's λ and at the stronger ones a short training needs — pruned:
+  accuracy against plain BatchNorm trained the same way, and the fraction
+  of FLOPs and parameters removed (one seed; the federated comparison is
+  ``benchmarks/bwcp_federated.py``).
+
+    python benchmarks/model_compressors.py [--quick] [--only PART] [--out runs/model_compressors]
 
 Prints a table, then a JSON object as its last line. ``--quick`` uses fewer
-ALDS initializations and LeNet-5-Caffe only for LC.
+ALDS initializations, LeNet-5-Caffe only for LC, one seed and shorter
+reference trainings (a smoke test).
 """
 
 from __future__ import annotations
@@ -233,7 +245,9 @@ def _udfc_row(arch: Architecture, state: OrderedDict, prune: float, bits: int, s
     size, elapsed = 0, 0.0
     for seed, test in enumerate(subsets):
         for key, kw in UDFC_VARIANTS.items():
-            if prune == 0 and key != "compensated":  # nothing is pruned: the variants are the same model
+            # Nothing pruned: the channel criterion and the recalibration (after pruning) change nothing, so
+            # "random" and "no_recal" are the compensated model; "plain" is not (no s̃ on the quantization).
+            if prune == 0 and key in ("random", "no_recal"):
                 continue
             t0 = time.perf_counter()
             udfc = UDFCCompressor(UDFCParams(prune, bits=bits, **kw), arch, seed=seed)
@@ -283,23 +297,37 @@ ALDS_VARIANTS = {
 """Uniform-rank SVD; Algorithm 1 with one subspace per layer (k = 1); ALDS equalizing either error."""
 
 
-def _alds_model(arch: Architecture, state: OrderedDict, target: float, variant: str, seeds: int):  # noqa: ANN202
-    """(state, structure) of ``variant`` at ``target`` removed, via the compressor (uniform SVD: its allocation)."""
+def _alds_model(  # noqa: ANN202
+    arch: Architecture, state: OrderedDict, target: float, variant: str, inits: int, seed: int = 0
+):
+    """(state, structure) of ``variant`` at ``target`` removed, via the compressor (uniform SVD: its allocation).
+
+    ``inits``: Algorithm 1's initializations; ``seed``: the compressor's seed (its random initializations)."""
     from unittest import mock
 
     from fedcomp.compressors.model import alds as alds_module
     from fedcomp.compressors.model.alds import ALDSCompressor, ALDSParams
 
     kw = {k: v for k, v in ALDS_VARIANTS[variant].items()}
-    comp = ALDSCompressor(ALDSParams(target=target, seeds=seeds, **kw), arch)
+    comp = ALDSCompressor(ALDSParams(target=target, seeds=inits, **kw), arch, seed=seed)
     if variant != "uniform_svd":
         return comp.compress(state, (), 1 - target)[:2]
     with mock.patch.object(alds_module, "allocate", lambda tables, budget, *_a, **_k: uniform_svd(tables, budget)):
         return comp.compress(state, (), 1 - target)[:2]
 
 
-def alds_on_lenet(out_dir: Path, quick: bool = False, seeds: int = 15) -> dict:
-    """ALDS one-shot and after one epoch of retraining on a trained LeNet-5-Caffe, against its baselines."""
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return round(float(np.mean(values)), 4), round(float(np.std(values, ddof=1)), 4) if len(values) > 1 else 0.0
+
+
+def alds_on_lenet(out_dir: Path, quick: bool = False, inits: int = 15, seeds: int = 3) -> dict:
+    """ALDS one-shot and after one epoch of retraining on a trained LeNet-5-Caffe, against its baselines.
+
+    One reference model (trained once, cached); per seed, a class-stratified half of the test set, the
+    compressor's seed (Algorithm 1's random initializations) and the retraining's order; mean ± sd over the seeds.
+    """
+    from fedcomp.data.embedded import stratified_split
+
     with fixed_threads(UDFC_THREADS):
         split = load_dataset("mnist5k", "", False, 1000, 0)
         arch = Architecture("lenet5_caffe", split.input_shape, split.num_classes)
@@ -307,23 +335,29 @@ def alds_on_lenet(out_dir: Path, quick: bool = False, seeds: int = 15) -> dict:
         lrs = LENET_EPOCH_LRS[:1] if quick else LENET_EPOCH_LRS
         path = out_dir / f"alds_reference_lenet5_{'quick' if quick else 'full'}_{len(lrs)}ep_t{UDFC_THREADS}.pt"
         state = _train_reference(arch, data, lrs, 0.0, path)
+        labels = split.test.labels.numpy()
+        subsets = [split.test.subset(stratified_split(labels, len(labels) // 2, seed)[1]) for seed in range(seeds)]
         rows = []
         for target in ALDS_TARGETS[:1] if quick else ALDS_TARGETS:
             row: dict = {"target": target}
             for variant in ALDS_VARIANTS:
-                got, structure = _alds_model(arch, state, target, variant, seeds)
-                model = arch.build(structure)
-                model.load_state_dict(got)
-                one_shot = evaluate(model, split.test, torch.device("cpu"))[1]
-                torch.manual_seed(0)
-                cfg = ClientConfig(local_epochs=1, batch_size=64, lr=0.01, momentum=0.9)
-                train_local(model, data, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
-                row[variant] = {"one_shot": one_shot, "retrained": evaluate(model, split.test, torch.device("cpu"))[1]}
+                one_shot, retrained = [], []
+                for seed, test in enumerate(subsets):
+                    got, structure = _alds_model(arch, state, target, variant, inits, seed)
+                    model = arch.build(structure)
+                    model.load_state_dict(got)
+                    one_shot.append(evaluate(model, test, torch.device("cpu"))[1])
+                    torch.manual_seed(seed)
+                    cfg = ClientConfig(local_epochs=1, batch_size=64, lr=0.01, momentum=0.9)
+                    train_local(model, data, cfg, torch.Generator().manual_seed(seed), torch.device("cpu"))
+                    retrained.append(evaluate(model, test, torch.device("cpu"))[1])
+                (m1, s1), (m2, s2) = _mean_sd(one_shot), _mean_sd(retrained)
+                row[variant] = {"one_shot": m1, "one_shot_sd": s1, "retrained": m2, "retrained_sd": s2}
             rows.append(row)
         model = arch.build()
         model.load_state_dict(state)
-        reference = evaluate(model, split.test, torch.device("cpu"))[1]
-    return {"reference_accuracy": reference, "settings": rows}
+        reference = _mean_sd([evaluate(model, test, torch.device("cpu"))[1] for test in subsets])[0]
+    return {"reference_accuracy": reference, "seeds": seeds, "settings": rows}
 
 
 def flops_and_params(model: torch.nn.Module, shape: tuple[int, int, int]) -> tuple[int, int]:
@@ -434,10 +468,13 @@ def print_udfc(udfc: dict) -> None:
 
 def print_alds_lenet(res: dict) -> None:
     print(f"\nALDS on LeNet-5-Caffe trained on the embedded digits (accuracy {res['reference_accuracy']:.3f}):")
-    print("one-shot / after one epoch of retraining (lr 0.01)")
-    print(f"{'removed':>8}" + "".join(f"{v:>22}" for v in ALDS_VARIANTS) + f"{'true/svd':>10}")
+    print(f"one-shot / after one epoch of retraining (lr 0.01); mean ± sd over {res['seeds']} seed(s)")
+    print(f"{'removed':>8}" + "".join(f"{v:>32}" for v in ALDS_VARIANTS) + f"{'true/svd':>10}")
     for r in res["settings"]:
-        cells = "".join(f"{r[v]['one_shot']:>13.3f} / {r[v]['retrained']:.3f}" for v in ALDS_VARIANTS)
+        cells = "".join(
+            f"{r[v]['one_shot']:>11.3f} ±{r[v]['one_shot_sd']:.3f} / {r[v]['retrained']:.3f} ±{r[v]['retrained_sd']:.3f}"
+            for v in ALDS_VARIANTS
+        )
         ratio = r["alds_true"]["one_shot"] / max(r["uniform_svd"]["one_shot"], 1e-9)
         print(f"{r['target']:>8.1f}{cells}{ratio:>10.2f}")
     print("(k1: Algorithm 1 with one subspace per layer; alds_tabulated / alds_true: the error Algorithm 1 equalizes;")
@@ -458,7 +495,7 @@ def run_part(part: str, args: argparse.Namespace) -> dict:
     if part == "udfc":
         return udfc_vs_plain(out, quick=quick, seeds=1 if quick else 3)
     if part == "alds_lenet":
-        return alds_on_lenet(out, quick=quick, seeds=4 if quick else 15)
+        return alds_on_lenet(out, quick=quick, inits=4 if quick else 15, seeds=1 if quick else 3)
     return bwcp_tradeoff(BWCP_SETTINGS[-1:] if quick else BWCP_SETTINGS, quick)
 
 

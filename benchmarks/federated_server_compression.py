@@ -1,0 +1,347 @@
+"""Long federated runs of each global-model compressor against the same federation uncompressed.
+
+Each case is a shipped config (``fedcomp/configs``) on the embedded digits,
+run for ``--lenet-rounds`` or ``--resnet-rounds`` with its schedule scaled to that length, and the same
+federation with ``server_compression = identity`` measured in the same run
+(once per model family and seed; the benchmark checks that the family's
+cases share every setting but the compressor):
+
+- LeNet-5 (``lc_lenet5``, ``alds_lenet5``): the configs' own federation, 10
+  clients, IID, half of them sampled per round; 30 rounds by default.
+- ResNet-20 (``udfc_resnet20``, ``bwcp_resnet20``, ``alds_resnet20``,
+  ``lc_resnet20``): 5 clients, Dirichlet α = 0.5, every client every round;
+  20 rounds by default. UDFC broadcasts the compressed model from the middle
+  round on (``final_only = false``: clients train the pruned, quantized
+  model); BWCP prunes at the middle round with λ ×250 the paper's (what
+  ``benchmarks/bwcp_federated.py`` found to prune 60 % of the FLOPs in so
+  few rounds).
+
+Per case: the final accuracy of the model the compressor ships and the
+mean over the last ``--tail`` rounds (a federation on non-IID data swings
+from round to round, the uncompressed one too), each against the same
+seed's uncompressed federation, the downlink bytes of all rounds and the
+final model's bytes as ratios to the uncompressed run's, and the downlink
+bytes per client of every round's broadcast (a statistics round's bytes are
+in the totals). Mean ± sd
+over ``--seeds`` experiment seeds; torch threads fixed per client by
+``simulation.num_cpus``.
+
+    python benchmarks/federated_server_compression.py [--quick] [--cases lc_lenet5,...] [--seeds 3]
+        [--lenet-rounds 30] [--resnet-rounds 20] [--tail 5] [--out DIR]
+    python benchmarks/federated_server_compression.py --from-json LOG   # the table again from a run's output
+
+Prints a table, then a JSON object as its last line. ``--quick``: 3 rounds, one seed, the LeNet-5 cases
+(a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import fedcomp
+from fedcomp.config import ExperimentConfig, load_config
+
+CONFIGS = Path(fedcomp.__file__).resolve().parent / "configs"
+RESNET_FEDERATION = [
+    "federation.num_clients=5",
+    "federation.fraction_train=1.0",
+    "federation.min_train_clients=5",
+    "simulation.num_cpus=1.0",
+]
+
+
+def _half(rounds: int) -> int:
+    return max(1, rounds // 2)
+
+
+def _lc_schedule(filename: str, start: int, rounds: int) -> list[str]:
+    """LC from ``start`` with one L step a round, μ growing so that it ends where the config's own schedule ends.
+
+    μ is what pulls w onto Δ(Θ): cut the config's steps short at its growth and μ stays far too small (ResNet-20's
+    config, 30 steps of ×1.25 to μ ≈ 0.81, cut to 12 steps ended at 0.015 and its Δ(Θ) at chance accuracy)."""
+    cfg = load_config(CONFIGS / filename)
+    p = cfg.server_compression.params  # the config's own values (the keys LC's parameters have)
+    config_steps = (cfg.federation.rounds - p["start_round"] + 1) // p["rounds_per_step"]
+    steps = max(1, rounds - start + 1)
+    growth = (p["mu_growth"] ** config_steps) ** (1 / steps)
+    return [
+        f"server_compression.start_round={start}",
+        "server_compression.rounds_per_step=1",
+        f"server_compression.mu_growth={growth:.6g}",
+    ]
+
+
+# case → (family, config file, overrides given the run's rounds). Schedules scale with the rounds.
+CASES: dict[str, tuple[str, str, Callable[[int], list[str]]]] = {
+    "lc_lenet5": ("lenet5", "lc_lenet5.toml", lambda r: _lc_schedule("lc_lenet5.toml", min(6, r), r)),
+    "alds_lenet5": ("lenet5", "alds_lenet5.toml", lambda r: [f"server_compression.compress_at=[{min(6, r)}]"]),
+    "udfc_resnet20": (
+        "resnet20",
+        "udfc_resnet20.toml",
+        lambda r: ["server_compression.final_only=false", f"server_compression.start_round={_half(r) + 1}"],
+    ),
+    "bwcp_resnet20": (
+        "resnet20",
+        "bwcp_resnet20.toml",
+        lambda r: [
+            f"server_compression.prune_at=[{_half(r)}]",
+            "server_compression.lambda1=1e-2",
+            "server_compression.lambda2=2e-2",
+        ],
+    ),
+    "alds_resnet20": (
+        "resnet20",
+        "alds_resnet20.toml",
+        lambda r: (
+            [f"server_compression.compress_at=[{_half(r) - 2}, {_half(r)}, {_half(r) + 2}]"]
+            if r >= 6
+            else [f"server_compression.compress_at=[{_half(r)}]"]
+        ),
+    ),
+    "lc_resnet20": (
+        "resnet20",
+        "lc_resnet20.toml",
+        lambda r: _lc_schedule("lc_resnet20.toml", _half(r) - 1 if r >= 4 else 1, r),
+    ),
+}
+
+
+def config_for(case: str, rounds: int, seed: int, out: Path, identity: bool = False) -> ExperimentConfig:
+    family, filename, schedule = CASES[case]
+    overrides = [
+        "data.dataset=mnist5k",
+        f"federation.rounds={rounds}",
+        "federation.evaluate_every=1",
+        f"seed={seed}",
+        f'output_dir="{out / (family + "_identity" if identity else case) / str(seed)}"',
+        *(RESNET_FEDERATION if family == "resnet20" else []),
+        *(['server_compression={name="identity"}'] if identity else schedule(rounds)),
+    ]
+    return load_config(CONFIGS / filename, overrides)
+
+
+def federation_of(cfg: ExperimentConfig) -> dict:
+    """Every setting but the compressor, the name and the output folder: what a family's cases must share."""
+    d = cfg.to_dict()
+    for key in ("server_compression", "name", "output_dir"):
+        d.pop(key, None)
+    return d
+
+
+def run_once(cfg: ExperimentConfig) -> dict:
+    t0 = time.perf_counter()
+    result = fedcomp.run(cfg, progress=False)
+    rows = result.rows
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    return {
+        "accuracy": rows[-1]["test_accuracy"],
+        "accuracy_by_round": [r["test_accuracy"] for r in rows],
+        "downlink_per_client_by_round": [r["downlink_bytes_per_client"] for r in rows],
+        "downlink_bytes": sum(r["downlink_bytes"] for r in rows),
+        "statistics_bytes": sum(r["statistics_downlink_bytes"] + r["statistics_uplink_bytes"] for r in rows),
+        "uplink_bytes": sum(r["uplink_bytes"] for r in rows),
+        "final_model_bytes": summary["final_model_bytes"],
+        "failed_clients": sum(r["failed_clients"] for r in rows),
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _runs_of_bytes(per_round: list[int]) -> str:
+    """Per-round bytes as ranges of equal values: ``1-5: 1.72 MB, 6: 0.31 MB, 7-30: 0.10 MB``."""
+    shown = [f"{b / 1e6:.3f} MB" for b in per_round]  # runs of what is shown (LC's Θ varies by a few bytes)
+    parts, start = [], 0
+    for i in range(1, len(shown) + 1):
+        if i == len(shown) or shown[i] != shown[start]:
+            span = f"{start + 1}" if i - 1 == start else f"{start + 1}-{i}"
+            parts.append(f"{span}: {shown[start]}")
+            start = i
+    return ", ".join(parts)
+
+
+def _run_case(
+    case: str, seeds: list[int], rounds: dict[str, int], out: Path,
+    baselines: dict[tuple[str, int], dict], results: dict[str, list[dict]],
+) -> None:  # fmt: skip
+    """Run ``case`` for every seed (and its family's uncompressed baseline once per seed); fill ``results``."""
+    family = CASES[case][0]
+    results[case] = []
+    for seed in seeds:
+        cfg = config_for(case, rounds[family], seed, out)
+        if (family, seed) not in baselines:
+            base_cfg = config_for(case, rounds[family], seed, out, identity=True)
+            baselines[family, seed] = {"federation": federation_of(base_cfg), **run_once(base_cfg)}
+        base = baselines[family, seed]
+        if federation_of(cfg) != base["federation"]:
+            raise SystemExit(f"{case}: its federation differs from the other {family} cases': no common baseline")
+        run = run_once(cfg)
+        run["vs_uncompressed"] = run["accuracy"] - base["accuracy"]
+        run["downlink_ratio"] = run["downlink_bytes"] / base["downlink_bytes"]
+        run["uplink_ratio"] = run["uplink_bytes"] / base["uplink_bytes"]
+        run["final_model_ratio"] = run["final_model_bytes"] / base["final_model_bytes"]
+        results[case].append(run)
+        print(f"{case} seed {seed}: {run['accuracy']:.3f} (uncompressed {base['accuracy']:.3f}), "
+              f"downlink x{run['downlink_ratio']:.3f}, {run['wall_s']:.0f} s", flush=True)  # fmt: skip
+
+
+def _tail_mean(accuracy_by_round: list[float], tail: int) -> float:
+    return statistics.fmean(accuracy_by_round[-tail:])
+
+
+def summarize(
+    seeds: list[int], rounds: dict[str, int], baselines: dict[tuple[str, int], dict], results: dict[str, list[dict]],
+    tail: int,
+) -> dict[str, dict]:  # fmt: skip
+    """One row per family's uncompressed federation and per case: means (± sd) over the seeds.
+
+    ``accuracy``: the last round's; ``tail_accuracy``: the mean of the last ``tail`` rounds' (a federation on
+    non-IID data swings from round to round, the uncompressed one too); ``vs_*``: minus the same seed's
+    uncompressed federation, then averaged."""
+    table: dict[str, dict] = {}
+    for family in dict.fromkeys(f for f, _ in baselines):
+        base_runs = [baselines[family, s] for s in seeds]
+        acc, sd = _mean_sd([b["accuracy"] for b in base_runs])
+        tail_acc, tail_sd = _mean_sd([_tail_mean(b["accuracy_by_round"], tail) for b in base_runs])
+        table[f"{family}_identity"] = {
+            "rounds": rounds[family],
+            "accuracy": acc,
+            "sd": sd,
+            "tail_accuracy": tail_acc,
+            "tail_sd": tail_sd,
+            "downlink_bytes": statistics.fmean(b["downlink_bytes"] for b in base_runs),
+            "uplink_bytes": statistics.fmean(b["uplink_bytes"] for b in base_runs),
+            "final_model_bytes": statistics.fmean(b["final_model_bytes"] for b in base_runs),
+            "downlink_per_client": _runs_of_bytes(base_runs[0]["downlink_per_client_by_round"]),
+        }
+    for case, runs in results.items():
+        family = CASES[case][0]
+        acc, sd = _mean_sd([r["accuracy"] for r in runs])
+        tails = [_tail_mean(r["accuracy_by_round"], tail) for r in runs]
+        base_tails = [_tail_mean(baselines[family, s]["accuracy_by_round"], tail) for s in seeds]
+        tail_acc, tail_sd = _mean_sd(tails)
+        table[case] = {
+            "rounds": rounds[family],
+            "accuracy": acc,
+            "sd": sd,
+            "vs_uncompressed": statistics.fmean(r["vs_uncompressed"] for r in runs),
+            "tail_accuracy": tail_acc,
+            "tail_sd": tail_sd,
+            "tail_vs_uncompressed": statistics.fmean(t - b for t, b in zip(tails, base_tails, strict=True)),
+            "downlink_ratio": statistics.fmean(r["downlink_ratio"] for r in runs),
+            "uplink_ratio": statistics.fmean(r["uplink_ratio"] for r in runs),
+            "final_model_ratio": statistics.fmean(r["final_model_ratio"] for r in runs),
+            "statistics_bytes": statistics.fmean(r["statistics_bytes"] for r in runs),
+            "failed_clients": sum(r["failed_clients"] for r in runs),
+            "downlink_per_client": _runs_of_bytes(
+                [
+                    round(statistics.fmean(v))
+                    for v in zip(*(r["downlink_per_client_by_round"] for r in runs), strict=True)
+                ]
+            ),
+        }
+    return table
+
+
+def print_table(table: dict[str, dict], seeds: int, tail: int) -> None:
+    print(f"\nGlobal-model compressors in long federations, {seeds} seed(s) (mean ± sd)")
+    print(f"{'case':<18}{'rounds':>7}{'last round':>16}{'vs dense':>10}{f'last {tail} mean':>17}{'vs dense':>10}"
+          f"{'downlink':>10}{'uplink':>8}{'final model':>13}")  # fmt: skip
+    for name, row in table.items():
+        vs, tail_vs = (
+            f"{row[k]:>+10.3f}" if k in row else f"{'—':>10}" for k in ("vs_uncompressed", "tail_vs_uncompressed")
+        )
+        head = (f"{name:<18}{row['rounds']:>7}{row['accuracy']:>10.3f} ±{row['sd']:.3f}{vs}"
+                f"{row['tail_accuracy']:>11.3f} ±{row['tail_sd']:.3f}{tail_vs}")  # fmt: skip
+        if "vs_uncompressed" in row:
+            print(f"{head}{row['downlink_ratio']:>10.3f}{row['uplink_ratio']:>8.3f}{row['final_model_ratio']:>13.4f}")
+        else:
+            print(f"{head}{1.0:>10.3f}{1.0:>8.3f}{1.0:>13.4f}   ({row['downlink_bytes'] / 1e6:.1f} MB down, "
+                  f"{row['uplink_bytes'] / 1e6:.1f} MB up, {row['final_model_bytes']:.0f} B final)")  # fmt: skip
+    print("(vs dense: accuracy minus the same seed's uncompressed federation; downlink: all rounds' broadcast")
+    print(" bytes, statistics rounds included, over the uncompressed run's; uplink likewise; final model:")
+    print(" final_model.bin's bytes over the uncompressed run's)")
+    print("\nDownlink bytes per client, by round (mean over seeds):")
+    for name, row in table.items():
+        print(f"  {name}: {row['downlink_per_client']}")
+
+
+def _load(paths: list[str]) -> tuple[list[int], dict[str, int], dict[str, list[dict]], dict[tuple[str, int], dict]]:
+    """Seeds, rounds, runs and baselines of earlier runs' JSON lines, merged (a later file's case wins)."""
+    seeds, rounds, results, baselines = None, {}, {}, {}
+    for path in paths:
+        saved = json.loads(Path(path).read_text().strip().splitlines()[-1])
+        if seeds is not None and saved["seeds"] != seeds:
+            raise SystemExit(f"{path}: seeds {saved['seeds']}, the other files' {seeds}")
+        seeds = saved["seeds"]
+        for family, n in saved["rounds"].items():
+            if rounds.setdefault(family, n) != n:
+                raise SystemExit(f"{path}: {family} ran {n} rounds, another file's {rounds[family]}")
+        results.update(saved["runs"])
+        for key, run in saved["baselines"].items():
+            family, seed = key.split("/")
+            old = baselines.setdefault((family, int(seed)), run)
+            if old["accuracy_by_round"] != run["accuracy_by_round"]:  # the same federation must give the same run
+                raise SystemExit(f"{path}: baseline {key} differs from another file's")
+    return seeds, rounds, results, baselines
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--lenet-rounds", type=int, default=30)
+    parser.add_argument("--resnet-rounds", type=int, default=20)
+    parser.add_argument("--out", default="runs/bench_federated_server_compression")
+    parser.add_argument("--tail", type=int, default=5, help="also report the mean accuracy of the last TAIL rounds")
+    parser.add_argument(
+        "--from-json", nargs="+", help="print the table from these files' last lines (earlier runs' output; a case "
+        "in a later file replaces an earlier file's, and the baselines they share must agree)"
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; the cases are {', '.join(CASES)}")
+    if args.quick:
+        cases, seeds, rounds = (
+            [c for c in cases if CASES[c][0] == "lenet5"] or cases[:1],
+            [0],
+            {"lenet5": 3, "resnet20": 3},
+        )
+    else:
+        seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+        rounds = {"lenet5": args.lenet_rounds, "resnet20": args.resnet_rounds}
+    torch.set_num_threads(1)
+    out = Path(args.out)
+
+    if args.from_json:  # the table again from finished runs' JSON lines: no federation runs
+        seeds, rounds, results, baselines = _load(args.from_json)
+    else:
+        baselines, results = {}, {}
+        with fedcomp.shared_engine():  # one engine start per client-resource setting, not one per run
+            for case in cases:
+                _run_case(case, seeds, rounds, out, baselines, results)
+    table = summarize(seeds, rounds, baselines, results, args.tail)
+    print_table(table, len(seeds), args.tail)
+    figures = {"seeds": seeds, "rounds": rounds, "tail": args.tail, "table": table, "runs": results,
+               "baselines": {f"{f}/{s}": {k: v for k, v in b.items() if k != "federation"}
+                             for (f, s), b in baselines.items()}}  # fmt: skip
+    print(json.dumps(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
