@@ -116,7 +116,8 @@ steps to the *unpruned* model's own BN running statistics (ZeroQ, Cai et
 al. 2020, eq. 4), and :func:`recalibrate_bn` sets every BN of the pruned,
 quantized model from one pass over them. Measured on a converged ResNet-20
 (``benchmarks/model_compressors.py --only udfc``, 3 seeds): 30 % + 6 bits
-0.885 → 0.969, 50 % + 6 bits 0.457 → 0.917 (docs/server_compression.md).
+0.794 → 0.949, 50 % + 6 bits 0.339 → 0.889 (docs/server_compression.md;
+the reference model, and so these figures, vary with the CPU).
 
 **Other choices the seed text leaves open, stated.** Only untied layers are
 pruned (:mod:`.channels`: the conv's channels feed one BN → ReLU → one
