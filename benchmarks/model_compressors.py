@@ -239,6 +239,10 @@ def _accuracy(arch: Architecture, structure: tuple, state: OrderedDict, test) ->
     return evaluate(model, test, torch.device("cpu"))[1]
 
 
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return round(float(np.mean(values)), 4), round(float(np.std(values, ddof=1)), 4) if len(values) > 1 else 0.0
+
+
 def _udfc_row(arch: Architecture, state: OrderedDict, prune: float, bits: int, subsets: list) -> dict:
     """One (prune, bits) setting: every variant and Neuron Merging on every seed's test half; mean ± sd."""
     acc: dict[str, list[float]] = {k: [] for k in (*UDFC_VARIANTS, "merging")}
@@ -259,8 +263,9 @@ def _udfc_row(arch: Architecture, state: OrderedDict, prune: float, bits: int, s
     for key in acc:
         acc[key] = acc[key] or acc["compensated"]
     row: dict = {"prune": prune, "bits": bits}
-    row.update({k: round(float(np.mean(v)), 4) for k, v in acc.items()})
-    row["sd"] = {k: round(float(np.std(v, ddof=1)), 4) if len(v) > 1 else 0.0 for k, v in acc.items()}
+    stats = {k: _mean_sd(v) for k, v in acc.items()}
+    row.update({k: mean for k, (mean, _) in stats.items()})
+    row["sd"] = {k: sd for k, (_, sd) in stats.items()}
     row["bytes"], row["time_s"] = size, round(elapsed, 3)
     return row
 
@@ -314,10 +319,6 @@ def _alds_model(  # noqa: ANN202
         return comp.compress(state, (), 1 - target)[:2]
     with mock.patch.object(alds_module, "allocate", lambda tables, budget, *_a, **_k: uniform_svd(tables, budget)):
         return comp.compress(state, (), 1 - target)[:2]
-
-
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    return round(float(np.mean(values)), 4), round(float(np.std(values, ddof=1)), 4) if len(values) > 1 else 0.0
 
 
 def alds_on_lenet(out_dir: Path, quick: bool = False, inits: int = 15, seeds: int = 3) -> dict:

@@ -58,7 +58,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from fedcomp.coding import DecodeLimits, TensorSpec
+from fedcomp.coding import DecodeLimits, TensorSpec, values_within
 from fedcomp.compressors.model.base import dense_payload
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
 from fedcomp.flower.downlink import DownlinkChannel
@@ -357,7 +357,7 @@ class CompressedStrategy(Strategy):
         if arrays is None:
             return self._keep(stats, f"{type(self.inner).__name__} aggregated nothing: model kept", accepted)
         merged = self._merge(arrays)
-        overflowed = [k for k, v in merged.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        overflowed = [k for k, v in merged.items() if not values_within(v)]
         if overflowed:  # finite replies, yet the server step overflowed: no compressor or client gets that model
             return self._keep(stats, f"{type(self.inner).__name__}'s aggregate is not finite "
                               f"({len(overflowed)} tensors, first {overflowed[0]!r}): model kept", accepted)  # fmt: skip
