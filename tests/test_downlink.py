@@ -21,7 +21,7 @@ from fedcomp.config import ConfigError, config_from_dict
 from fedcomp.flower import CompressedStrategy, CompressionMod
 from fedcomp.flower.downlink import DownlinkChannel, Held, apply_change, model_crc
 from fedcomp.flower.transport import TransportError
-from fedcomp.messages import payload_from
+from fedcomp.messages import METRICS_KEY, payload_from
 from tests.test_flower_building_blocks import ARCH, FEDERATION, NODES, contexts, initial_state, local_train
 
 pytestmark = pytest.mark.usefixtures("task_identity")  # tests/conftest.py: messages need a run and task id
@@ -120,7 +120,7 @@ def test_a_node_that_lost_its_model_fails_once_and_then_gets_the_model_dense():
     (sent3, stats3), (sent4, stats4) = log
     assert [f.node_id for f in stats3.failures] == [NODES[0]]
     assert "holds no model" in stats3.failures[0].reason
-    assert sent4[NODES[0]] == strategy.channel.dense_size and stats4.failures == []
+    assert sent4[NODES[0]] == len(strategy.channel.dense()) and stats4.failures == []  # dense (its CRC in decimal)
     assert sent4[NODES[1]] < sent4[NODES[0]]
 
 
@@ -232,6 +232,10 @@ def test_a_simulation_with_a_compressed_downlink_records_each_clients_bytes(tmp_
         assert max(sent) < dense / 4  # seeded start: nobody needs the model dense
     assert sum(r["downlink_bytes"] for r in rows) < 4 * 2 * dense / 10
     assert 0.0 < rows[-1]["test_accuracy"] <= 1.0
+    # Both models are recorded: the server's w (test_accuracy) and the clients' R, which lags it.
+    last = rows[-1]["server_metrics"]
+    assert 0.0 < last["client_model_accuracy"] <= 1.0
+    assert rows[0]["server_metrics"]["downlink_residual_norm"] == 0.0 < last["downlink_residual_norm"]
 
 
 @pytest.mark.parametrize("name", sorted(UPDATE_COMPRESSORS))
@@ -291,3 +295,35 @@ def test_a_catch_up_whose_params_lie_under_a_valid_checksum_is_refused(lie, says
     forged = pack(parsed.codec, {**parsed.params, **lie}, parsed.specs, parsed.body)  # a fresh, valid CRC
     with pytest.raises(DecodeError, match=says):
         apply_change(forged, held, ARCH, channel.compressor, 1e6, None)
+
+
+def test_the_server_aggregates_onto_its_own_model_so_what_the_downlink_left_out_is_carried():
+    """w_{t+1} = w_t + Σ nᵢΔᵢ / Σ nᵢ, with w_t the server's model, not R_t (the clients'): aggregating onto R_t
+    would drop w_t − R_t every round, and the downlink's error feedback would not exist (docs/downlink.md)."""
+    strategy = wrapper()  # top-k 10 % for the change, top-k for the updates
+    ctxs, mod = contexts(), CompressionMod()
+    uplink = UPDATE_COMPRESSORS.get("topk")(UPDATE_COMPRESSORS.get("topk").Params())  # decodes independently
+    state = initial_state()
+    gaps = []
+    for r in range(1, 6):
+        messages = list(strategy.configure_train(r, ArrayRecord(state), ConfigRecord(), FEDERATION.grid))
+        clients_hold = OrderedDict(strategy.channel.reference)
+        replies = [deliver(mod, m, ctxs[int(m.metadata.dst_node_id)], local_train) for m in messages]
+        expected, total = {k: v.clone() for k, v in state.items()}, 0
+        counts = [int(m.content[METRICS_KEY]["num-examples"]) for m in replies]
+        for reply, n in zip(replies, counts, strict=True):
+            for k, delta in uplink.decode(payload_from(reply.content), strategy.update_limits).items():
+                expected[k] = expected[k] + n * delta / sum(counts)
+            total += n
+        arrays, _ = strategy.aggregate_train(r, replies)
+        stats = strategy.take_round_stats()
+        assert stats.failures == []
+        got = arrays.to_torch_state_dict()
+        for k in state:
+            assert torch.allclose(got[k].float(), expected[k].float(), atol=1e-6), (r, k)
+        gap = sum(float((state[k] - v).square().sum()) for k, v in clients_hold.items()) ** 0.5
+        assert stats.downlink_metrics["downlink_residual_norm"] == pytest.approx(gap, rel=1e-6)
+        assert stats.client_model is not None and same(stats.client_model, clients_hold)
+        gaps.append(gap)
+        state = OrderedDict(got)
+    assert gaps[0] == 0 and all(g > 1e-3 for g in gaps[1:])  # w ≠ R from round 2: there is a residual to carry

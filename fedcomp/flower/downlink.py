@@ -11,7 +11,8 @@ global model the server holds and R the model the clients hold
 C is the compressor, D its decoder: R_t is built from the payload exactly as
 a client rebuilds it, so server and clients hold the same bytes (a CRC32 of
 R_t travels with every payload and the client checks it). Clients train
-from R_t, and the server aggregates their updates onto R_t.
+from R_t; the server adds their updates to its own w_t (not to R_t, which
+would drop w_t − R_t every round).
 
 Server-side error feedback is built in: what C leaves out of Δ_t stays in
 w − R and goes out in later rounds. The server's memory e_t = w_t − R_t is

@@ -130,6 +130,9 @@ class RoundStats:
     aggregate); None if it did."""
     unused_uplink_bytes: int = 0
     """Usable updates received in a round that then aggregated nothing (``skipped``): sent all the same."""
+    client_model: OrderedDict[str, torch.Tensor] | None = None
+    """When the downlink carries the model's change: R_t, the model the round's clients held and trained from
+    (the server's own model w_t differs from it by what the change's compressor has not sent yet)."""
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -247,7 +250,11 @@ class CompressedStrategy(Strategy):
         self.round_timeout_s = round_timeout_s
         """How long a statistics round waits for replies (None: Flower's default, no limit)."""
         self.global_state: OrderedDict[str, torch.Tensor] = OrderedDict()
-        """The model this round's clients start from, as they decode it (updates are added to it)."""
+        """The model this round's clients start from, as they decode it (they train from it)."""
+        self.aggregate_base: OrderedDict[str, torch.Tensor] = OrderedDict()
+        """The model the round's updates are added to and the inner strategy steps from: the broadcast model,
+        or, when the downlink carries the model's change, the server's own model w (so w − R, what the change's
+        compressor left out, stays in w and goes out in later rounds: the downlink's error feedback)."""
         self.current: RoundStats | None = None
         self.roster = Roster()
         """Node id → partition id and size, learnt at warm-up (fedcomp's own apps)."""
@@ -274,7 +281,7 @@ class CompressedStrategy(Strategy):
             self.structure = broadcast.structure
             self.update_limits = _update_limits(self.arch.specs(self.structure), self.max_abs_value)
             self._reset_inner_state()
-        self.global_state = broadcast.start
+        self.global_state = self.aggregate_base = broadcast.start
         payload = broadcast.payload
         stats.downlink_metrics.update(broadcast.metrics)
         messages = self._inner_messages(server_round, broadcast.start, config, grid)
@@ -291,11 +298,16 @@ class CompressedStrategy(Strategy):
     ) -> list[Message]:
         """The round's messages when the downlink carries the model's change: each node its own catch-up."""
         assert self.channel is not None
-        model = OrderedDict(arrays.to_torch_state_dict())
+        model = OrderedDict(arrays.to_torch_state_dict())  # w_t, the server's own model
         self.global_state = self.channel.advance(server_round, model, first_round_of_run=server_round == 1)
+        # Updates go onto w_t, not R_t: aggregating onto R_t would drop w_t − R_t every round (no error feedback).
+        self.aggregate_base = model
         stats.downlink_metrics = dict(self.channel.last_metrics)
+        stats.downlink_metrics["downlink_residual_norm"] = _distance(model, self.global_state)
         stats.downlink_crc32 = self.channel.crc
-        messages = self._inner_messages(server_round, self.global_state, config, grid)
+        stats.client_model = self.global_state
+        # The inner strategy steps from w_t (FedAdam's, FedAvgM's current model); clients get R_t's catch-up.
+        messages = self._inner_messages(server_round, model, config, grid)
         dense = self.channel.dense()
         sent: dict[int, int] = {}
         for m in messages:
@@ -466,10 +478,11 @@ class CompressedStrategy(Strategy):
         return self.uplink.decode(payload, self.update_limits)
 
     def _as_weights(self, accepted: Accepted, msg: Message) -> Message:
-        """The reply as the inner strategy expects it: the client's weights ``start + Δ`` and its metrics."""
+        """The reply as the inner strategy expects it: the weights ``base + Δ`` (:attr:`aggregate_base`) and its
+        metrics."""
+        base = self.aggregate_base
         weights = OrderedDict(
-            (name, (self.global_state[name].float() + delta).to(self.global_state[name].dtype))
-            for name, delta in accepted.update.items()
+            (name, (base[name].float() + delta).to(base[name].dtype)) for name, delta in accepted.update.items()
         )
         metrics = MetricRecord({"num-examples": accepted.weight, **accepted.metrics})
         return Message(
@@ -478,10 +491,10 @@ class CompressedStrategy(Strategy):
         )
 
     def _merge(self, arrays: ArrayRecord) -> OrderedDict[str, torch.Tensor]:
-        """The full model: the inner strategy's float tensors in their dtypes, integer buffers from the broadcast."""
+        """The full model: the inner strategy's float tensors in their dtypes, integer buffers from the base."""
         out = arrays.to_torch_state_dict()
         merged: OrderedDict[str, torch.Tensor] = OrderedDict()
-        for name, value in self.global_state.items():
+        for name, value in self.aggregate_base.items():
             if value.is_floating_point() and name in out:
                 merged[name] = out[name].to(value.dtype).reshape(value.shape)
             else:
@@ -494,8 +507,8 @@ class CompressedStrategy(Strategy):
         stats.skipped = why
         stats.unused_uplink_bytes = sum(a.uplink_bytes for a, _ in accepted)  # received all the same: counted
         logger.warning("round %d: %s", stats.round, why)
-        # The round's start model stays the global one (in the structure it was broadcast in).
-        return ArrayRecord(self.global_state), None
+        # The model the round stepped from stays the global one (in the structure it was broadcast in).
+        return ArrayRecord(self.aggregate_base), None
 
     def _fail(self, stats: RoundStats, node: int, reason: str, uplink_bytes: int = 0) -> None:
         """Record a client's failure; one short line on the console (the details are in the row)."""
@@ -541,6 +554,12 @@ class CompressedStrategy(Strategy):
         """Hand over (and forget) the statistics of the round just aggregated."""
         stats, self.current = self.current, None
         return stats
+
+
+def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """‖a − b‖₂ over the floating-point tensors."""
+    total = sum(float((a[k].double() - v.double()).square().sum()) for k, v in b.items() if v.is_floating_point())
+    return math.sqrt(total)
 
 
 def _float_record(state: dict[str, torch.Tensor]) -> ArrayRecord:

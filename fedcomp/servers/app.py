@@ -200,6 +200,8 @@ def serve(
                 server_metrics[metric_key(metric)] = evaluate_metric(evaluated, split.test, device, metric)
             if not snapshot.is_global:
                 _, server_metrics["global_test_accuracy"] = evaluate_state(state, strategy.structure)
+            if stats.client_model is not None:  # the downlink sends the change: the clients' model R ≠ w
+                _, server_metrics["client_model_accuracy"] = evaluate_state(stats.client_model, strategy.structure)
         row = RoundRow(
             round=server_round,
             sampled_clients=len(stats.sampled_nodes),
