@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import tomli_w
 
+from fedcomp.suggest import did_you_mean
+
 
 class ConfigError(ValueError):
     """A configuration key is unknown, has the wrong type or an impossible value."""
@@ -332,8 +334,8 @@ def _check_registered(cfg: ExperimentConfig) -> None:
             continue
         if name not in registry:
             raise ConfigError(
-                f"config key '{key}': unknown name {name!r}; choose one of {sorted(registry)} "
-                "or give your own as an import path 'module:name' / 'file.py:name'"
+                f"config key '{key}': unknown name {name!r}{did_you_mean(name, registry)}; choose one of "
+                f"{sorted(registry)} or give your own as an import path 'module:name' / 'file.py:name'"
             )
     UPDATE_COMPRESSORS.get(cfg.uplink.name).parse_params(cfg.uplink.params, "uplink")
     model_compressor = MODEL_COMPRESSORS.get(cfg.server_compression.name)
@@ -366,7 +368,7 @@ def config_from_dict(data: dict[str, Any], base_dir: str | Path | None = None) -
     :mod:`fedcomp.imports`. ``base_dir``: where the config file lives (its
     relative file paths and modules are looked for there first).
     """
-    cfg = _build(ExperimentConfig, _user_code_as_paths(data, base_dir), "")
+    cfg = _build(ExperimentConfig, user_code_as_paths(data, base_dir), "")
     cfg.validate()
     return cfg
 
@@ -381,7 +383,7 @@ USER_CODE_KEYS = (
 """Keys that may name the user's own code (an import path, or the object in the Python API)."""
 
 
-def _user_code_as_paths(data: dict[str, Any], base_dir: str | Path | None) -> dict[str, Any]:
+def user_code_as_paths(data: dict[str, Any], base_dir: str | Path | None) -> dict[str, Any]:
     """Objects → import paths, relative script paths → absolute, and ``python_path`` filled once (then kept)."""
     from fedcomp.imports import is_import_spec, spec_of
 
@@ -497,7 +499,9 @@ def _build(cls: type, data: Any, path: str) -> Any:
         if dotted in _REMOVED:
             raise ConfigError(f"config key '{dotted}' was removed: {_REMOVED[dotted]}")
         if key not in names:
-            raise ConfigError(f"unknown config key '{dotted}'; known keys here: {sorted(names)}")
+            raise ConfigError(
+                f"unknown config key '{dotted}'{did_you_mean(key, names)}; known keys here: {sorted(names)}"
+            )
         kwargs[key] = _coerce(hints[key], value, dotted)
     if cls in _OPEN_SECTIONS:
         kwargs["params"] = extra

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from fedcomp.suggest import did_you_mean
+
 T = TypeVar("T")
 
 
@@ -51,7 +53,9 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise UnknownNameError(f"unknown {self.family} {name!r}; choose one of {sorted(self._entries)}") from None
+            raise UnknownNameError(
+                f"unknown {self.family} {name!r}{did_you_mean(name, self._entries)}; choose one of {sorted(self._entries)}"
+            ) from None
 
     def summary(self, name: str) -> str:
         return self._summaries[name]

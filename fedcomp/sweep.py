@@ -33,9 +33,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcomp.config import ConfigError, ExperimentConfig, apply_overrides, config_from_dict, parse_value, set_dotted
+from fedcomp.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    config_from_dict,
+    parse_value,
+    set_dotted,
+    user_code_as_paths,
+)
 from fedcomp.engine import shared_engine
 from fedcomp.errors import RunInterruptedError
+from fedcomp.imports import is_import_spec, spec_of
 from fedcomp.reports.runs import SWEEP_FILE, ReportError, RunRecord, load_run
 from fedcomp.servers.recorder import CONFIG_FILE, RunDirBusyError, lock_run_dir
 
@@ -128,18 +137,23 @@ def _flat(key: str, value: Any) -> list[tuple[str, Any]]:
     return [(key, value)]
 
 
+def _short(value: Any) -> Any:
+    """An import path by its file or module and name (``own.py:Net``), not the folders above it."""
+    return value.rsplit("/", 1)[-1] if is_import_spec(value) else value
+
+
 def _slug(combo: dict[str, Any], seed: int) -> str:
     """A run's directory name: ``uplink.name=surp__uplink.density=0.01__seed=0``.
 
     One scheme whatever the interface: a table value given on the command
     line and the same keys given dotted from Python name the same directory.
     """
-    parts = [f"{k}={v}" for key, value in combo.items() for k, v in _flat(key, value)] + [f"seed={seed}"]
+    parts = [f"{k}={_short(v)}" for key, value in combo.items() for k, v in _flat(key, value)] + [f"seed={seed}"]
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", "__".join(parts))
 
 
 def run_sweep(
-    config: str | Path | dict[str, Any],
+    config: str | Path | dict[str, Any] | ExperimentConfig,
     grid: dict[str, list[Any]] | None = None,
     *,
     seeds: int = 1,
@@ -150,7 +164,8 @@ def run_sweep(
 ) -> SweepResult:
     """Run the grid × seeds; see the module docstring for the directory and the restart rules."""
     base = _load_base(config, overrides)
-    runs = plan(base, grid or {}, seeds)
+    grid = _grid_as_paths(grid or {}, base)
+    runs = plan(base, grid, seeds)
     if sweep_dir is None:
         name = base.get("name", "experiment")
         out = Path(str(base.get("output_dir", "runs"))).expanduser()
@@ -216,9 +231,15 @@ def _run_all(
     return result
 
 
-def _load_base(config: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    if isinstance(config, dict):
-        data = json.loads(json.dumps(config))
+def _load_base(
+    config: str | Path | dict[str, Any] | ExperimentConfig, overrides: list[str] | tuple[str, ...]
+) -> dict[str, Any]:
+    """The base config as plain TOML-shaped data: what :func:`fedcomp.run` takes, objects turned into the import
+    paths it records (:mod:`fedcomp.imports`), so every run of the sweep is recorded as a single run is."""
+    if isinstance(config, ExperimentConfig):
+        data = config.to_dict()
+    elif isinstance(config, dict):
+        data = user_code_as_paths(config, None)
     else:
         from fedcomp.configs import config_path
 
@@ -229,7 +250,31 @@ def _load_base(config: str | Path | dict[str, Any], overrides: list[str] | tuple
             raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p} is not valid TOML: {exc}") from exc
+        data = user_code_as_paths(data, p.parent)
+    try:
+        data = json.loads(json.dumps(data))  # a deep copy that also proves the rest is plain data
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"the sweep's config holds a value that is not a config value: {exc}") from None
     return apply_overrides(data, list(overrides))
+
+
+def _grid_as_paths(grid: dict[str, list[Any]], base: dict[str, Any]) -> dict[str, list[Any]]:
+    """Grid values that are your own model, dataset or function become import paths, as in the base config
+    (``{"model.name": [Net, "lenet5"]}``); their folders join ``python_path`` so every worker imports them."""
+    out: dict[str, list[Any]] = {}
+    dirs = list(base.get("python_path") or [])
+    for key, values in grid.items():
+        out[key] = []
+        for value in values:
+            if callable(value):
+                spec, where = spec_of(value, key)
+                if where and where not in dirs:
+                    dirs.append(where)
+                value = spec
+            out[key].append(value)
+    if dirs:
+        base["python_path"] = dirs
+    return out
 
 
 def _completed_run(path: Path) -> RunRecord | None:

@@ -75,3 +75,34 @@ def test_load_config_errors(tmp_path):
 def test_demo_config_loads():
     cfg = load_config(SIMULATIONS / "demo.toml")
     assert isinstance(cfg, ExperimentConfig) and cfg.federation.num_clients == 10
+
+
+def test_a_folder_never_shadows_a_packaged_config_and_is_never_read_as_one(tmp_path, monkeypatch):
+    """docs/deployment.md runs ``config="deploy"`` from the repository root, where the deploy/ folder is."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "mine").mkdir()
+    assert load_config("deploy").name == "deploy"  # the packaged config, not the folder
+    with pytest.raises(ConfigError, match=r"'mine' is a folder, not a config file.*deploy"):
+        load_config("mine")
+
+
+@pytest.mark.parametrize(
+    ("data", "suggestion"),
+    [
+        ({"uplink": {"name": "srup"}}, "did you mean 'surp'"),
+        ({"federation": {"round": 3}}, "did you mean 'rounds'"),
+        ({"strategy": {"name": "fedavgm", "server_momentun": 0.5}}, "did you mean 'server_momentum'"),
+        ({"strategy": {"name": "fedadma"}}, "did you mean 'fedadam'"),
+        ({"model": {"name": "lenet5_cafe"}}, "did you mean 'lenet5_caffe'"),
+    ],
+)
+def test_a_mistyped_name_or_key_gets_a_suggestion(data, suggestion):
+    with pytest.raises(ConfigError, match=suggestion):
+        config_from_dict(data)
+
+
+def test_a_mistyped_packaged_config_gets_a_suggestion(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="did you mean 'demo'"):
+        load_config("dmeo")

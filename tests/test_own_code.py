@@ -20,11 +20,12 @@ import fedcomp
 from fedcomp.cli import format_rounds_table
 from fedcomp.clients.training import evaluate, loss_fn
 from fedcomp.config import ConfigError, config_from_dict, load_config
-from fedcomp.data import load_experiment_data
+from fedcomp.data import load_dataset, load_experiment_data
 from fedcomp.imports import resolve
 from fedcomp.preflight import check_experiment
 from fedcomp.servers.app import initial_model
 from fedcomp.servers.recorder import read_rounds
+from tests.conftest import small_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -207,3 +208,40 @@ def test_a_train_fn_must_report_its_loss():
     rt = _runtime(json.dumps(cfg.to_dict()), 0, 3)
     with pytest.raises(TypeError, match="must return 'train_loss'"):
         run_train_fn(rt, rt.arch.build(), cfg.client, torch.Generator(), None, 1)
+
+
+def tiny_mlp(input_shape, num_classes, hidden=8):  # a model function and class defined in this test module,
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(torch.tensor(input_shape).prod()), hidden),
+                               torch.nn.ReLU(), torch.nn.Linear(hidden, num_classes))  # fmt: skip
+
+
+class WideMLP(torch.nn.Module):  # handed to run_sweep as they are
+    def __init__(self, input_shape, num_classes, hidden=12):
+        super().__init__()
+        self.body = tiny_mlp(input_shape, num_classes, hidden)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def first_digits(seed=0):  # a data function defined here too
+    split = load_dataset("mnist5k", seed=seed)
+    return {"train": (split.train.images[:900], split.train.labels[:900]),
+            "test": (split.test.images[:300], split.test.labels[:300]), "num_classes": 10}  # fmt: skip
+
+
+def test_run_sweep_takes_your_model_class_and_data_function_as_run_does(tmp_path):
+    """docs/own_code.md: the Python API takes the model and data as they are; a sweep records them as a run does."""
+    base = small_config(tmp_path, data={"dataset": first_digits}, model={"name": WideMLP})
+    result = fedcomp.run_sweep(base, {"model.name": [WideMLP, tiny_mlp]}, sweep_dir=tmp_path / "sweep", progress=False)
+    assert [r.status for r in result.runs] == ["complete", "complete"]
+    assert [r.dir for r in result.runs] == [f"model.name={__name__}_WideMLP__seed=0",
+                                            f"model.name={__name__}_tiny_mlp__seed=0"]  # fmt: skip
+    single = fedcomp.run(base, progress=False)
+    recorded = load_config(single.run_dir / "config.toml")
+    for run, name in zip(result.runs, ("WideMLP", "tiny_mlp"), strict=True):
+        cfg = load_config(result.sweep_dir / run.dir / "config.toml")
+        assert cfg.data.dataset == recorded.data.dataset == f"{__name__}:first_digits"
+        assert cfg.model.name == f"{__name__}:{name}" and cfg.python_path == recorded.python_path
+    rows = read_rounds(result.sweep_dir / result.runs[0].dir)
+    assert rows[-1]["test_accuracy"] == single.rows[-1]["test_accuracy"]  # the same run, seeded alike

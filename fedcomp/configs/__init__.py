@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedcomp.config import ConfigError
+from fedcomp.suggest import did_you_mean
 
 DIR = Path(__file__).parent
 
@@ -45,13 +46,30 @@ def packaged_config(name: str) -> Path:
     path = DIR / f"{name}.toml"
     if re.fullmatch(r"[A-Za-z0-9_]+", name) and path.is_file():
         return path
-    names = ", ".join(c.name for c in packaged_configs())
-    raise ConfigError(f"no config file {name!r} and no packaged config of that name; packaged: {names}")
+    names = [c.name for c in packaged_configs()]
+    raise ConfigError(
+        f"no config file {name!r} and no packaged config of that name{did_you_mean(name, names)}; "
+        f"packaged: {', '.join(names)}"
+    )
 
 
 def config_path(arg: str | Path) -> Path:
-    """A config argument as a file: an existing path as given, else a packaged config's name."""
+    """A config argument as a file: an existing file as given, else a packaged config's name.
+
+    A folder is never a config: ``deploy`` in the repository root (where the
+    ``deploy/`` folder is) still names the packaged ``deploy`` config; a
+    folder that names no packaged config is refused, naming both readings.
+    """
     path = Path(arg)
+    if path.is_dir():
+        name = str(arg)
+        if (DIR / f"{name}.toml").is_file() and re.fullmatch(r"[A-Za-z0-9_]+", name):
+            return DIR / f"{name}.toml"
+        raise ConfigError(
+            f"{str(arg)[:200]!r} is a folder, not a config file, and no packaged config has that name; "
+            f"give a TOML file (e.g. {str(Path(name) / 'experiment.toml')!r}) or one of: "
+            f"{', '.join(c.name for c in packaged_configs())}"
+        )
     if path.exists() or path.suffix == ".toml" or len(path.parts) > 1:
         return path  # a path: reading it gives the clear error if it is missing
     return packaged_config(str(arg))

@@ -77,7 +77,7 @@ def main(grid: Grid, context: Context) -> None:
 def _find(config: str) -> Path:
     """The config file as given, else the same relative path inside the installed app bundle (on sys.path)."""
     path = Path(config)
-    if path.is_absolute() or path.exists():
+    if path.is_absolute() or path.is_file():  # a folder is no config (``deploy/`` in the repository root)
         return path
     for entry in sys.path:
         if entry and (Path(entry) / path).is_file():

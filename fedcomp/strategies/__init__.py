@@ -19,6 +19,7 @@ from typing import Any
 
 from fedcomp.config import ConfigError, ExperimentConfig
 from fedcomp.registry import Registry
+from fedcomp.suggest import did_you_mean
 
 # Set by fedcomp: sampling is seeded (SeededSampler), evaluation is centralized, replies carry these keys.
 CONTROLLED = frozenset(
@@ -93,7 +94,8 @@ def parse_strategy_params(name: str, data: dict[str, Any], path: str = "strategy
     for key, value in data.items():
         if key not in known:
             raise ConfigError(
-                f"unknown config key '{path}.{key}' for strategy {name!r}; its parameters: {sorted(known)}"
+                f"unknown config key '{path}.{key}'{did_you_mean(key, known)} for strategy {name!r}; "
+                f"its parameters: {sorted(known)}"
             )
         default = known[key]
         kind = type(default) if default is not inspect.Parameter.empty else float
