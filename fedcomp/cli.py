@@ -1,4 +1,4 @@
-"""The ``fedcomp`` command line: ``run``, ``sweep``, ``report``, ``list`` and ``init``.
+"""The ``fedcomp`` command line: ``run``, ``sweep``, ``report``, ``submit``, ``list`` and ``init``.
 
 Importing this module imports neither torch nor Flower (each command
 imports what it needs), so ``--help`` and ``list`` answer at once.
@@ -181,9 +181,19 @@ def _print_params(items: list[str]) -> None:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    """Copy a packaged config to edit; never over an existing file."""
+    """Copy a packaged config (or, with --flower-app, the Flower app template) to edit; never over a file."""
     from fedcomp.configs import packaged_config
 
+    if args.flower_app:
+        from fedcomp.templates import copy_flower_app
+
+        if args.name or args.dest:
+            raise ConfigError("fedcomp init --flower-app DIR takes no config name")
+        dest = copy_flower_app(args.flower_app)
+        print(f"wrote a Flower app with fedcomp's compression to {dest}: cd {dest} && flwr run .")
+        return 0
+    if not args.name:
+        raise ConfigError("fedcomp init NAME [DEST] (a packaged config, see fedcomp list) or --flower-app DIR")
     source = packaged_config(args.name)
     dest = Path(args.dest) if args.dest else Path(f"{args.name}.toml")
     if dest.is_dir():
@@ -192,6 +202,14 @@ def _cmd_init(args: argparse.Namespace) -> int:
         raise ConfigError(f"{dest} exists; give another destination (fedcomp init {args.name} DEST)")
     dest.write_bytes(source.read_bytes())
     print(f"wrote {dest}: edit it, then: fedcomp run {dest}")
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from fedcomp.submit import submit
+
+    run_id = submit(args.app, args.connection, args.config, args.run_dir, args.set or [])
+    print(f"fedcomp: run {run_id} completed")
     return 0
 
 
@@ -250,11 +268,25 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument("--allow-mixed", action="store_true", help="accept runs of different experiments")
     p_report.set_defaults(func=_cmd_report)
 
+    p_submit = sub.add_parser(
+        "submit",
+        help="start fedcomp's app on a SuperLink (flwr run --stream); exit 0 only if the run completed",
+    )
+    p_submit.add_argument("app", nargs="?", default=".", help="the Flower app folder (default: .)")
+    p_submit.add_argument("connection", nargs="?", help="the SuperLink connection in $FLWR_HOME/config.toml")
+    p_submit.add_argument("--config", default="deploy", help="experiment TOML on the SuperLink, or a packaged name")
+    p_submit.add_argument("--run-dir", help="run directory on the SuperLink (default: a new one under output_dir)")
+    p_submit.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p_submit.set_defaults(func=_cmd_submit)
+
     p_list = sub.add_parser("list", help="list datasets, models, compressors, strategies and example configs")
     p_list.set_defaults(func=_cmd_list)
 
     p_init = sub.add_parser("init", help="copy a packaged example config to edit (fedcomp init demo)")
-    p_init.add_argument("name", help="a packaged config (see fedcomp list)")
+    p_init.add_argument("name", nargs="?", help="a packaged config (see fedcomp list)")
+    p_init.add_argument(
+        "--flower-app", metavar="DIR", help="write a Flower app (quickstart layout) with fedcomp's mod and wrapper"
+    )
     p_init.add_argument("dest", nargs="?", help="file or folder to write (default: ./NAME.toml)")
     p_init.set_defaults(func=_cmd_init)
     return parser

@@ -315,3 +315,17 @@ def test_flowers_dp_wrapper_composes_inside_the_compressed_transport():
     assert strategy.take_round_stats().failures == []
     moved = torch.cat([(state[k] - start[k]).flatten() for k in start if start[k].is_floating_point()])
     assert 0 < float(moved.norm()) <= clip + 1e-5  # a mean of updates each clipped to the norm
+
+
+def test_an_adaptive_server_optimizer_with_sparse_updates_is_warned_about(caplog):
+    """docs/own_code.md, 'Adaptive server optimizers': measured to stall (examples/flower_app, FedAdam + SuRP)."""
+    from flwr.serverapp.strategy import FedAdam, FedAvgM
+
+    with caplog.at_level("WARNING", logger="fedcomp.flower.strategy"):
+        CompressedStrategy(FedAdam(), arch=ARCH, uplink="surp")
+    assert "FedAdam with surp updates" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fedcomp.flower.strategy"):
+        CompressedStrategy(FedAdam(), arch=ARCH, uplink="qsgd")  # dense: every coordinate every round
+        CompressedStrategy(FedAvgM(), arch=ARCH, uplink="topk")
+    assert caplog.text == ""

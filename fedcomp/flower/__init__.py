@@ -12,16 +12,21 @@ Server::
     strategy.start(grid=grid, initial_arrays=ArrayRecord(Net().state_dict()), num_rounds=3)
 
 The wrapper sends the codec settings in every message's ConfigRecord, so
-the mod needs nothing but the model. ``strategy.take_round_stats()`` after
-each round (an ``evaluate_fn`` is a good place) gives the bytes each way.
+the mod needs nothing but the model. ``recorder=AppRecorder("runs/x")``
+writes the run directory fedcomp's own apps write (``fedcomp report`` reads
+it); without one, ``strategy.take_round_stats()`` in your ``evaluate_fn``
+gives each round's bytes each way (None in Flower's round-0 call, which
+evaluates the initial model before any round).
 """
 
 from fedcomp.flower.mod import CompressionMod, received_loss_term, received_model
 from fedcomp.flower.recalibration import statistics_reply
+from fedcomp.flower.recording import AppRecorder
 from fedcomp.flower.strategy import CompressedStrategy, RoundStats
 from fedcomp.flower.transport import Transport, TransportError
 
 __all__ = [
+    "AppRecorder",
     "CompressedStrategy",
     "CompressionMod",
     "RoundStats",

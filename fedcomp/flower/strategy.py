@@ -55,7 +55,8 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy.fedopt import FedOpt
 from torch import nn
 
 from fedcomp.coding import DecodeLimits, TensorSpec, values_within
@@ -63,6 +64,7 @@ from fedcomp.compressors.model.base import dense_payload
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
 from fedcomp.flower.downlink import DownlinkChannel
 from fedcomp.flower.recalibration import gather
+from fedcomp.flower.recording import AppRecorder
 from fedcomp.flower.transport import TRANSPORT_KEY, Transport
 from fedcomp.messages import CHECKPOINT_ROUND_KEY, METRICS_KEY, PAYLOAD_KEY, payload_record
 from fedcomp.strategies.replies import (
@@ -199,6 +201,7 @@ class CompressedStrategy(Strategy):
         input_shape: tuple[int, ...] = (),
         evaluate_rounds: Callable[[int], bool] | None = None,
         round_timeout_s: float | None = None,
+        recorder: AppRecorder | None = None,
     ) -> None:
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}")
@@ -229,6 +232,15 @@ class CompressedStrategy(Strategy):
             arrays_key=str(getattr(strategy, "arrayrecord_key", "arrays")),
         )
         self.uplink = self.transport.update_compressor()
+        if isinstance(strategy, FedOpt) and hasattr(self.transport.update_params(), "density"):
+            logger.warning(
+                "%s with %s updates: an adaptive server optimizer steps each coordinate by m/√v, so a coordinate "
+                "that is nonzero in few rounds (a sparse update's) moves by about eta in its sign whatever its "
+                "size; measured, this can stall training (docs/own_code.md, 'Adaptive server optimizers'). "
+                "FedAvg, FedAvgM or a lower eta are safer with sparse updates",
+                type(strategy).__name__,
+                uplink,
+            )
         self.downlink = self.transport.model_compressor(self.arch)
         self.structure: Structure = ()
         """The global model's architecture edits (ALDS factorized layers, ...); () = the configured model."""
@@ -264,6 +276,26 @@ class CompressedStrategy(Strategy):
         """Rounds already done before this attempt (a resumed run): Flower counts from 1 again."""
         self.last_checkpoint = 0
         """The last round saved in a checkpoint; clients keep state files from there on."""
+        self.recorder = recorder
+        """Writes a run directory of :meth:`start` (:class:`~fedcomp.flower.recording.AppRecorder`); None: none."""
+
+    def start(  # noqa: PLR0913 - Flower's signature
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Flower's round loop; with a ``recorder``, every round also goes into its run directory."""
+        if self.recorder is None:
+            return super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate_fn)
+        return self.recorder.run(
+            self, super().start, grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, timeout=timeout,
+            train_config=train_config, evaluate_config=evaluate_config, evaluate_fn=evaluate_fn,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ train
     def configure_train(
@@ -551,7 +583,8 @@ class CompressedStrategy(Strategy):
                 setattr(self.inner, attr, _to_numpy(value))
 
     def take_round_stats(self) -> RoundStats | None:
-        """Hand over (and forget) the statistics of the round just aggregated."""
+        """Hand over (and forget) the statistics of the round just aggregated; None before round 1 (Flower
+        calls ``evaluate_fn`` with round 0 for the initial model) and when already taken."""
         stats, self.current = self.current, None
         return stats
 

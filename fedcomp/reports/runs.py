@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from fedcomp.errors import ReportError
-from fedcomp.servers.recorder import CONFIG_FILE, MODEL_FILE, ROUNDS_FILE, SUMMARY_FILE, read_rounds_checked
+from fedcomp.servers.recorder import (
+    APP_RUNTIME,
+    CONFIG_FILE,
+    MODEL_FILE,
+    ROUNDS_FILE,
+    SUMMARY_FILE,
+    read_rounds_checked,
+)
 
 SWEEP_FILE = "sweep.json"
 MAX_LINES_NAMED = 5
@@ -266,6 +273,9 @@ def check_same_experiment(runs: list[RunRecord]) -> None:
 def group_runs(runs: list[RunRecord]) -> list[RunGroup]:
     """Group runs whose configurations differ only in seed; label each group by what sets it apart."""
     flats = [{k: v for k, v in flatten(r.config).items() if k not in IGNORED_KEYS} for r in runs]
+    for run, flat in zip(runs, flats, strict=True):
+        if run.summary.get("runtime") == APP_RUNTIME:  # your own Flower app trains its own way: never one of ours
+            flat["app"] = APP_RUNTIME
     groups: dict[str, RunGroup] = {}
     keys: list[dict[str, Any]] = []
     for run, flat in zip(runs, flats, strict=True):

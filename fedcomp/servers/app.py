@@ -26,12 +26,13 @@ from fedcomp.compressors.model.structure import Architecture, Structure, structu
 from fedcomp.config import ExperimentConfig
 from fedcomp.data import load_experiment_data
 from fedcomp.errors import RunFailedError
+from fedcomp.flower.recording import round_row
 from fedcomp.flower.strategy import CompressedStrategy
 from fedcomp.imports import resolve
 from fedcomp.messages import CONFIG_KEY, METRICS_KEY, STATE_DIR_KEY, config_record
 from fedcomp.models import initial_model
 from fedcomp.polling import quicker_pulls
-from fedcomp.servers.recorder import Checkpoint, RoundRow, RunRecorder
+from fedcomp.servers.recorder import Checkpoint, RunRecorder
 from fedcomp.servers.stopping import StoppableGrid
 from fedcomp.strategies import build_strategy
 from fedcomp.strategies.replies import ReplyRejected, clean_reason
@@ -202,33 +203,7 @@ def serve(
                 _, server_metrics["global_test_accuracy"] = evaluate_state(state, strategy.structure)
             if stats.client_model is not None:  # the downlink sends the change: the clients' model R ≠ w
                 _, server_metrics["client_model_accuracy"] = evaluate_state(stats.client_model, strategy.structure)
-        row = RoundRow(
-            round=server_round,
-            sampled_clients=len(stats.sampled_nodes),
-            clients=stats.clients,
-            failed_clients=len(stats.failures),
-            failures=[
-                {"node_id": f.node_id, "reason": f.reason, "uplink_bytes": f.uplink_bytes} for f in stats.failures
-            ],
-            train_loss=stats.train_loss,
-            test_accuracy=acc,
-            test_loss=loss,
-            uplink_bytes=stats.uplink_bytes_total,
-            uplink_bytes_per_client=stats.uplink_bytes,
-            uplink_bytes_sent_per_client=stats.uplink_bytes_sent,
-            downlink_bytes=stats.downlink_bytes,
-            downlink_bytes_per_client=stats.downlink_bytes_per_client,
-            downlink_bytes_sent_per_client=stats.downlink_bytes_sent,
-            downlink_crc32=stats.downlink_crc32,
-            downlink_bytes_received_per_client=stats.downlink_bytes_received,
-            server_metrics=server_metrics,
-            wall_s=time.perf_counter() - stats.started,
-            client_metrics=stats.client_metrics,
-            skipped=stats.skipped,
-            federated_eval=stats.evaluate_metrics,
-            statistics_downlink_bytes=stats.statistics_downlink_bytes,
-            statistics_uplink_bytes=stats.statistics_uplink_bytes,
-        )
+        row = round_row(stats, test_accuracy=acc, test_loss=loss, server_metrics=server_metrics)
         recorder.append(row)
         if last:
             final["snapshot"] = snapshot

@@ -56,6 +56,8 @@ FINAL_PAYLOAD_FILE = "final_model.bin"
 """The final model as its model compressor ships it (a client decodes it to ``model.pt``'s model)."""
 CLIENT_STATE_DIR = "client_state"
 LOCK_FILE = ".lock"
+APP_RUNTIME = "flower-app"
+"""``summary.json``'s ``runtime`` for a run of your own Flower app (:class:`fedcomp.flower.AppRecorder`)."""
 
 
 class RunDirBusyError(ConfigError):
