@@ -50,11 +50,12 @@ def resume(run_dir, **kwargs):  # noqa: ANN001, ANN201 - documented in fedcomp.s
     return _resume(run_dir, **kwargs)
 
 
-def load_model(run_dir):  # noqa: ANN001, ANN201 - documented in fedcomp.servers.recorder.load_model
-    """The final model of a run as a runnable module; see :func:`fedcomp.servers.recorder.load_model`."""
+def load_model(run_dir, *, trust_code=False):  # noqa: ANN001, ANN201 - documented in fedcomp.servers.recorder.load_model
+    """The final model of a run as a runnable module; ``trust_code=True`` lets the run's config import
+    the model it names by import path. See :func:`fedcomp.servers.recorder.load_model`."""
     from fedcomp.servers.recorder import load_model as _load_model
 
-    return _load_model(run_dir)
+    return _load_model(run_dir, trust_code=trust_code)
 
 
 def __getattr__(name):  # noqa: ANN001, ANN202 - lazy: the Flower building blocks import torch and flwr

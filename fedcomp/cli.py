@@ -57,8 +57,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config or args.set or args.run_dir:
             raise ConfigError("--resume RUN_DIR takes the run's own config.toml: give no CONFIG, --set or --run-dir")
-        result = resume(args.resume, progress=not args.no_progress, verbose=args.verbose)
+        result = resume(args.resume, progress=not args.no_progress, verbose=args.verbose, trust_code=args.trust_code)
     else:
+        if args.trust_code:
+            raise ConfigError("--trust-code goes with --resume RUN_DIR; a config you run yourself may import its code already")  # fmt: skip
         cfg = load_config(args.config, args.set or []) if args.config else _defaults(args.set or [])
         result = run(cfg, run_dir=args.run_dir, progress=not args.no_progress, verbose=args.verbose)
     print(format_rounds_table(result.rows))
@@ -232,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. federation.rounds=3 (repeatable)",
     )
     p_run.add_argument("--run-dir", help="write the run here instead of a new folder under output_dir")
+    p_run.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="with --resume: let the run directory's config import the code it names (its own model, loader "
+        "or functions by import path); without it such a run is refused, as a run directory may come from anyone",
+    )
     p_run.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_run.add_argument("-v", "--verbose", action="store_true", help="show Flower's and Ray's own logs")
     p_run.add_argument("--report", action="store_true", help="write a report into RUN_DIR/report at the end")

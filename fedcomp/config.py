@@ -278,7 +278,13 @@ class ExperimentConfig:
         require(
             self.name not in (".", "..") and not any(c in self.name for c in "/\\\0"),
             "name",
-            f"a name without path separators (it names a folder under output_dir), got {self.name!r}",
+            f"a name without path separators (it names a folder under output_dir), got {_shown(self.name)}",
+        )
+        require(
+            len(self.name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES,
+            "name",
+            f"a name of at most {MAX_NAME_BYTES} bytes (the run directory's name adds a timestamp, and a file "
+            f"system allows 255), got {_shown(self.name)}",
         )
         require(self.seed >= 0, "seed", "an integer >= 0")
         for f in dataclasses.fields(self):
@@ -294,6 +300,15 @@ class ExperimentConfig:
             own = data.pop(section)
             data[section] = {**{k: v for k, v in own.items() if k != "params"}, **own["params"]}
         return data
+
+
+MAX_NAME_BYTES = 200
+"""The longest experiment ``name`` (UTF-8 bytes): ``<name>-<YYYYmmdd-HHMMSS>-<n>`` must fit a file name (255)."""
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """``text`` quoted for a message, cut to ``limit`` characters (a name may be megabytes long)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 def require(ok: bool, key: str, expected: str) -> None:
@@ -420,7 +435,30 @@ def user_code_as_paths(data: dict[str, Any], base_dir: str | Path | None) -> dic
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Load a TOML file (or a packaged config by name, ``"demo"``), apply ``key=value`` overrides, validate."""
+    """Load a TOML file (or a packaged config by name, ``"demo"``), apply ``key=value`` overrides, validate.
+
+    Validation resolves the config's import paths (see :mod:`fedcomp.imports` for who allows that).
+    """
+    p, data = read_toml(path)
+    apply_overrides(data, overrides)
+    try:
+        return config_from_dict(data, base_dir=p.parent)
+    except RecursionError:  # a value nested deeper than tomllib's own limit, met while building
+        raise ConfigError(f"{p}: a value is nested too deeply to be a config") from None
+
+
+def load_config_unchecked(path: str | Path) -> ExperimentConfig:
+    """The typed config of a TOML file, not validated: it imports nothing, so a run directory's
+    ``config.toml`` can be compared with its recorded digest before any of its code is trusted."""
+    p, data = read_toml(path)
+    try:
+        return _build(ExperimentConfig, user_code_as_paths(data, p.parent), "")
+    except RecursionError:
+        raise ConfigError(f"{p}: a value is nested too deeply to be a config") from None
+
+
+def read_toml(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A config file's path (a packaged config by name, too) and its TOML table; ConfigError if unreadable."""
     from fedcomp.configs import config_path  # the package imports this module
 
     p = config_path(path)
@@ -431,11 +469,11 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p} is not a text file (byte {exc.start} is not UTF-8): expected a TOML config") from None
     try:
-        data = tomllib.loads(text)
+        return p, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p} is not valid TOML: {exc}") from exc
-    apply_overrides(data, overrides)
-    return config_from_dict(data, base_dir=p.parent)
+    except RecursionError:  # tomllib recurses once per nesting level: [[[[...]]]] 100k deep
+        raise ConfigError(f"{p} is not a usable TOML config: its values are nested too deeply") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -467,6 +505,8 @@ def parse_value(raw: str) -> Any:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
+    except RecursionError:
+        raise ConfigError(f"override value {_shown(raw)}: nested too deeply") from None
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

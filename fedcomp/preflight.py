@@ -12,12 +12,18 @@ checked in the driver is checked here, with the config key named:
   run is refused, since workers do not import that script);
 - float (regression) targets are split IID and not trained with cross-entropy;
 - the model compressor applies to the model (LC groups, ALDS exclusions,
-  BWCP's conv–BN layers) and every round its schedule names exists.
+  BWCP's conv–BN layers) and every round its schedule names exists;
+- at least one client fits the machine (``simulation.num_cpus`` / ``num_gpus``
+  against this machine's CPUs and the CUDA devices torch sees, or against each
+  node of the Ray cluster ``simulation.ray_address`` names): otherwise Flower's
+  engine stops with "ActorPool is empty" and no round runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from typing import Any
 
 import torch
@@ -30,9 +36,65 @@ SCHEDULE_FIELDS = ("start_round", "compress_at", "prune_at")
 
 def check_experiment(cfg: ExperimentConfig) -> None:
     """Raise :class:`ConfigError` naming the key if ``cfg`` cannot run; cheap (one dataset load, one forward)."""
+    check_resources(cfg)
     split = _check_data(cfg)
     _check_model(cfg, split)
     _check_model_compressor(cfg, split)
+
+
+def check_resources(cfg: ExperimentConfig) -> None:
+    """ConfigError naming ``simulation.num_gpus`` / ``num_cpus`` unless some node can host one client.
+
+    Flower's rule (``pool_size_from_resources``): a node hosts clients if it has the CPUs one client asks
+    for and, when a client asks for GPUs, that many GPUs too.
+    """
+    sim = cfg.simulation
+    if sim.ray_address:
+        found = _cluster_nodes(sim.ray_address)
+        if found is None:
+            return
+        nodes, where = found, f"any node of the Ray cluster at {sim.ray_address}"
+    else:
+        nodes = [{"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}]
+        where = "this machine"
+    gpus = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+    cpus = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    if sim.num_gpus > 0 and gpus == 0:
+        raise ConfigError(
+            f"config key 'simulation.num_gpus': expected 0: {where} has no GPU "
+            f"({'torch sees no CUDA device' if not sim.ray_address else 'Ray reports none'}); set num_gpus = 0"
+        )
+    fits = [n for n in nodes if n.get("CPU", 0.0) >= sim.num_cpus and (sim.num_gpus == 0 or n.get("GPU", 0.0) >= sim.num_gpus)]  # fmt: skip
+    if fits:
+        return
+    if sim.num_gpus > gpus:
+        raise ConfigError(
+            f"config key 'simulation.num_gpus': a client asks for {sim.num_gpus:g} GPUs, {where} has at most {gpus:g}"
+        )
+    raise ConfigError(
+        f"config key 'simulation.num_cpus': a client asks for {sim.num_cpus:g} CPUs, {where} has at most {cpus:g}"
+        + (f" with {sim.num_gpus:g} GPUs" if sim.num_gpus else "")
+    )
+
+
+def _cluster_nodes(address: str) -> list[dict[str, float]] | None:
+    """Each live node's resources in the Ray cluster at ``address``, connecting just to ask.
+
+    None when this process is connected to a Ray already (a shared engine's): asking would mean
+    leaving it; the engine's own start then finds out, and the run ends as failed.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return None
+    try:
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive") and n.get("Resources")]
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, TimeoutError or RuntimeError here
+        raise ConfigError(f"config key 'simulation.ray_address': cannot reach a Ray cluster at {address!r}: {_why(exc)}") from None  # fmt: skip
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()  # the engine connects with its own arguments
 
 
 def _check_data(cfg: ExperimentConfig) -> Any:

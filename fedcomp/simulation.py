@@ -20,13 +20,15 @@ from typing import Any
 
 from fedcomp import engine, polling
 from fedcomp.clients.state import drop_rounds_after
-from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, load_config
+from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, load_config, load_config_unchecked
 from fedcomp.errors import RunFailedError, RunInterruptedError
+from fedcomp.imports import exactly, import_paths_of, only_allowed
 from fedcomp.preflight import check_experiment
 from fedcomp.servers.recorder import (
     CLIENT_STATE_DIR,
     CONFIG_FILE,
     MODEL_FILE,
+    TRUST_CODE_HOW,
     Checkpoint,
     RunRecorder,
     check_resumable,
@@ -37,6 +39,7 @@ from fedcomp.servers.recorder import (
     new_run_dir,
     prepare_run_dir,
     read_rounds,
+    settle_finished_run,
     software_versions,
 )
 from fedcomp.servers.stopping import ctrl_c_stops
@@ -202,24 +205,31 @@ def run(
         return _execute(cfg, path, recorder, None, progress, verbose, label)
 
 
-def resume(run_dir: str | Path, *, progress: bool = True, verbose: bool = False) -> RunResult:
+def resume(run_dir: str | Path, *, progress: bool = True, verbose: bool = False, trust_code: bool = False) -> RunResult:
     """Continue a run from its last checkpoint (``fedcomp run --resume``).
 
     Rows of rounds after the checkpoint move to ``rounds.dropped.jsonl`` and
     those rounds are redone (the clients' state files of those rounds are
     deleted first), so every round appears once in ``rounds.jsonl``. A run
     without a checkpoint starts again from round 1; a complete run is left
-    as it is.
+    as it is (one killed after its last round is marked ``complete``).
+
+    A run directory is data: a config naming code by import path is refused
+    (:class:`~fedcomp.imports.UntrustedCodeError`) unless ``trust_code=True``,
+    and an edited ``config.toml`` is refused before anything in it is imported.
     """
     path = Path(run_dir)
     if not (path / CONFIG_FILE).exists():
         raise ConfigError(f"{path} is not a fedcomp run directory (no {CONFIG_FILE}); nothing to resume")
-    with lock_run_dir(path):
+    with lock_run_dir(path), only_allowed(None if trust_code else (), TRUST_CODE_HOW):
+        check_resumable(path, load_config_unchecked(path / CONFIG_FILE))  # imports nothing
         cfg = load_config(path / CONFIG_FILE)
-        check_resumable(path, cfg)
         rows = read_rounds(path)
         if len(rows) >= cfg.federation.rounds and (path / MODEL_FILE).exists():
-            logger.warning("%s is complete (%d rounds); nothing to resume", path, len(rows))
+            status = settle_finished_run(path)
+            logger.warning(
+                "%s has all %d rounds and its model (status: %s); nothing to resume", path, len(rows), status
+            )
             return RunResult(path, rows, 0.0)
         check_experiment(cfg)
         start = load_checkpoint(path)
@@ -245,7 +255,7 @@ def _execute(
 ) -> RunResult:
     from flwr.simulation import run_simulation
 
-    from fedcomp.clients.app import app as client_app
+    from fedcomp.clients.app import build_client_app
     from fedcomp.servers.app import build_server_app
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -261,7 +271,8 @@ def _execute(
         with _engine_log(path, verbose), ctrl_c_stops(stop), engine.backend_for_run(), polling.node_polling():
             run_simulation(
                 server_app=server_app,
-                client_app=client_app,
+                # This process owns both sides: its simulated nodes may import what its config names, nothing more.
+                client_app=build_client_app(allow_imports=exactly(import_paths_of(cfg))),
                 num_supernodes=cfg.federation.num_clients,
                 backend_config=backend_config(cfg, verbose),
                 verbose_logging=verbose,
@@ -271,6 +282,9 @@ def _execute(
         recorder.finish("interrupted", error)
         raise RunInterruptedError(f"{error}; continue with: fedcomp run --resume {path}") from exc
     except BaseException as exc:
+        # The engine is gone (e.g. no client actor fits the resources): the ServerApp thread, which
+        # is no daemon, would wait for warm-up replies for minutes and keep the process alive.
+        stop.set()
         recorder.finish("failed", f"{type(exc).__name__}: {exc}")
         raise
     total = time.perf_counter() - t0

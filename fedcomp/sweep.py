@@ -28,7 +28,6 @@ import re
 import shutil
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from fedcomp.config import (
     apply_overrides,
     config_from_dict,
     parse_value,
+    read_toml,
     set_dotted,
     user_code_as_paths,
 )
@@ -241,15 +241,7 @@ def _load_base(
     elif isinstance(config, dict):
         data = user_code_as_paths(config, None)
     else:
-        from fedcomp.configs import config_path
-
-        p = config_path(config)
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p} is not valid TOML: {exc}") from exc
+        p, data = read_toml(config)  # the same reading, and errors, as load_config
         data = user_code_as_paths(data, p.parent)
     try:
         data = json.loads(json.dumps(data))  # a deep copy that also proves the rest is plain data

@@ -56,8 +56,9 @@ def process_group(env: dict[str, str] | None = None, logs: Path | None = None) -
 
     def start(args: list[str], log_name: str | None = None, **kwargs) -> subprocess.Popen:
         out = (logs / log_name).open("wb") if logs is not None and log_name else subprocess.DEVNULL
+        kwargs.setdefault("env", env)  # one process may get an environment of its own
         try:
-            p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, **kwargs)
+            p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()

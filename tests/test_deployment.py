@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -41,14 +43,19 @@ def deployment(tmp_path):
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # fedcomp is installed already; no internet
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+    env.pop("FEDCOMP_ALLOW_IMPORTS", None)
+    # The SuperLink's operator allows this file's loader and train function (docs/threat_model.md); each
+    # SuperNode's allow-list is in its own node config below.
+    operator = {**env, "FEDCOMP_ALLOW_IMPORTS": f"{Path(__file__).resolve()}:*"}
     with process_group(env, logs=tmp_path) as start:
         link = start([str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link_port)],
-                     "superlink.log")  # fmt: skip
+                     "superlink.log", env=operator)  # fmt: skip
         wait_for_port(link_port, link)
         for i in range(2):
             node_config = (
                 f"partition-id={i} num-partitions=2 state-dir='{tmp_path / f'node{i}-state'}' "
-                f"data-dir='{tmp_path / f'node{i}-data'}'"  # read only when the experiment says data.per_node
+                f"data-dir='{tmp_path / f'node{i}-data'}' "  # read only when the experiment says data.per_node
+                f"allow-imports='{Path(__file__).resolve()}:*'"  # each node's own allow-list
             )
             start(
                 [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
@@ -128,3 +135,53 @@ def test_superlink_and_two_supernodes_run_two_rounds_with_surp_on_their_own_data
     # Each device kept its compressor state (SuRP's error feedback) in its own state-dir.
     for i in range(2):
         assert sorted(p.name for p in (tmp_path / f"node{i}-state" / str(i)).iterdir()) == ["round-1.pt", "round-2.pt"]
+
+
+def documented_commands() -> tuple[list[str], list[str]]:
+    """docs/deployment.md step 1, as written: the set-up lines and the four process lines."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    step = text[text.index("**1. Everything on one machine") : text.index("**2. Real devices.**")]
+    blocks = re.findall(r"```sh\n(.*?)```", step, re.S)
+    lines = [ln.split("  #")[0].strip() for block in blocks for ln in block.splitlines() if ln.strip()]
+    setup = [ln for ln in lines if ln.startswith("mkdir")]
+    run = [ln for ln in lines if ln.startswith(("flower-superlink", "flower-supernode", "fedcomp submit"))]
+    return setup, run
+
+
+def test_the_documented_loopback_deployment_runs_as_written_from_the_repository_root(tmp_path):
+    """The doc's commands verbatim but for free ports and a temporary run directory; config by name."""
+    setup, commands = documented_commands()
+    assert [c.split()[0] for c in commands] == ["flower-superlink", "flower-supernode", "flower-supernode", "fedcomp"]
+    ports = {p: str(free_port()) for p in ("9093", "9094", "9095")}
+    run_dir = tmp_path / "deploy-1"
+
+    def as_here(line: str) -> list[str]:
+        for doc_port, port in ports.items():
+            line = line.replace(doc_port, port)
+        return [str(run_dir) if a == "runs/deploy-1" else a for a in shlex.split(line)]
+
+    env = {
+        **os.environ,
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_HOME": str(tmp_path / ".flwr-deploy"),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    for line in setup:  # mkdir -p "$FLWR_HOME" && cp deploy/flwr-config.toml "$FLWR_HOME/config.toml"
+        subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, check=True)
+    config = tmp_path / ".flwr-deploy" / "config.toml"
+    config.write_text(config.read_text().replace("9093", ports["9093"]))
+    with process_group(env, logs=tmp_path) as start:
+        link = start(as_here(commands[0]), "superlink.log", cwd=ROOT)
+        wait_for_port(int(ports["9093"]), link)
+        for i, line in enumerate(commands[1:3]):
+            start(as_here(line), f"supernode{i}.log", cwd=ROOT)
+        done = subprocess.run(as_here(commands[3]), cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert done.stdout.strip().endswith("completed")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["runtime"] == "deployment", summary
+    cfg = load_config(run_dir / "config.toml")
+    assert (cfg.name, cfg.uplink.name, cfg.federation.rounds) == ("deploy", "surp", 2)  # the packaged config
+    rows = read_rounds(run_dir)
+    assert [r["round"] for r in rows] == [1, 2] and all(r["clients"] == [0, 1] for r in rows)
+    assert rows[-1]["test_accuracy"] > 0.5

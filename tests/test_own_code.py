@@ -49,7 +49,7 @@ def test_a_model_defined_in_the_users_script_trains_in_every_worker(tmp_path):
     assert cfg.model.name == f"{EXAMPLES / 'own_model.py'}:TinyCNN" and cfg.model.params == {"width": 8}
     assert all(r["failed_clients"] == 0 for r in rows)
     assert rows[-1]["test_accuracy"] > 0.3  # chance is 0.1
-    model = fedcomp.load_model(run_dir)  # rebuilt from the recorded import path
+    model = fedcomp.load_model(run_dir, trust_code=True)  # rebuilt from the recorded import path (its own code)
     assert type(model).__name__ == "TinyCNN" and model.head.in_features == 2 * 8 * 16
 
 
@@ -133,7 +133,7 @@ def test_import_paths_from_the_config_files_directory_with_data_split_per_client
     # Client metrics are example-weighted: Σ n_i·n_i / Σ n_i for the sizes 50, 100, 150 as given.
     assert rows[0]["client_metrics"]["held"] == pytest.approx((50**2 + 100**2 + 150**2) / 300)
     assert rows[-1]["test_accuracy"] > 0.3
-    assert fedcomp.load_model(result.run_dir)[1].out_features == 24  # [model.params] reached the factory
+    assert fedcomp.load_model(result.run_dir, trust_code=True)[1].out_features == 24  # [model.params] reached the factory
     with pytest.raises(ConfigError, match=r"federation\.num_clients.*split across 3 clients"):
         check_experiment(config_from_dict({**cfg.to_dict(), "federation": {"num_clients": 4}}))
 

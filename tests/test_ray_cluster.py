@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
+
+import tomli_w
 
 import fedcomp
 from fedcomp.config import config_from_dict
@@ -46,3 +50,36 @@ def test_client_resources_follow_the_config():
     assert backend["init_args"]["address"] == "10.0.0.1:6379" and "num_cpus" not in backend["init_args"]
     local = backend_config(config_from_dict({}))["init_args"]
     assert local["address"] == "local" and local["num_cpus"] >= 1  # never joins a cluster left running here
+
+
+def test_the_documented_token_authentication_admits_fedcomp_and_refuses_a_driver_without_the_token(tmp_path):
+    """docs/deployment.md's cluster commands with RAY_AUTH_MODE=token, on loopback."""
+    port = free_port()
+    temp_dir = Path("/tmp") / f"fc-ray-auth-{os.getpid()}-{port}"
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    try:
+        with process_group({**plain, **token}) as start:
+            head = start([RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                          "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"])  # fmt: skip
+            deadline = time.monotonic() + 120
+            while not list(temp_dir.glob("session_*/logs/raylet.out")):
+                assert head.poll() is None, "ray start --head exited"
+                assert time.monotonic() < deadline, "the Ray head did not come up"
+                time.sleep(0.2)
+            (tmp_path / "exp.toml").write_text(tomli_w.dumps(small_config(tmp_path)))
+            ours = subprocess.run(
+                [str(Path(sys.executable).with_name("fedcomp")), "run", str(tmp_path / "exp.toml"), "--no-progress",
+                 "--set", f'simulation.ray_address="127.0.0.1:{port}"'],
+                env={**plain, **token}, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert ours.returncode == 0, (ours.stdout + ours.stderr)[-3000:]
+            assert "test acc" in ours.stdout  # its rounds table
+            stranger = subprocess.run(
+                [sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR')"],
+                env=plain, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert stranger.returncode != 0
+            assert "Authentication token is missing or incorrect" in stranger.stderr
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)

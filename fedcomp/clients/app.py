@@ -8,6 +8,17 @@ metrics, hostile payloads) are :func:`fedcomp.clients.faults.wire_faults_mod`,
 outside it. One ClientApp serves simulation and deployment alike:
 everything it needs comes in the message (the experiment configuration)
 and the node config (``partition-id``, ``num-partitions``).
+
+The message is the server's word, not the node owner's: an import path in
+its configuration (a model, a loader, a train function) is resolved only if
+it matches the node's own allow-list, node config ``allow-imports``
+(comma-separated ``fnmatch`` patterns, e.g. ``"mypkg.*,/opt/fl/net.py:Net"``)
+or the ``FEDCOMP_ALLOW_IMPORTS`` environment variable of the node's process;
+registry names always work. Anything else is refused before it is imported,
+and the refusal is the client's failure the server records
+(:class:`NodeAllowList`; docs/threat_model.md). In simulation the launching
+process owns both sides: :func:`fedcomp.simulation.run` builds the app with
+exactly its config's import paths allowed.
 """
 
 from __future__ import annotations
@@ -15,8 +26,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +57,7 @@ from fedcomp.config import ExperimentConfig, config_from_dict
 from fedcomp.data import ImageData, SplitData, experiment_partitions, load_experiment_data
 from fedcomp.flower import recalibration
 from fedcomp.flower.mod import received_loss_term, received_model
-from fedcomp.imports import resolve
+from fedcomp.imports import ALLOW_IMPORTS_ENV, current_patterns, only_allowed, parse_patterns, resolve
 from fedcomp.messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, experiment_from
 from fedcomp.models import initial_model
 from fedcomp.seeding import FAULTS, LOCAL_TEST, STATISTICS_SAMPLE, TRAIN_SHUFFLE, numpy_rng, torch_generator
@@ -95,7 +108,13 @@ def held_out(indices: np.ndarray, fraction: float, seed: int, partition: int) ->
 
 
 @functools.lru_cache(maxsize=16)
-def _runtime(config_json: str, partition_id: int, num_partitions: int, own_data_dir: str = "") -> ClientRuntime:
+def _runtime(
+    config_json: str,
+    partition_id: int,
+    num_partitions: int,
+    own_data_dir: str = "",
+    allowed: tuple[str, ...] | None = None,  # loaded under one allow-list: not reused under a narrower one
+) -> ClientRuntime:
     cfg = config_from_dict(json.loads(config_json))
     if num_partitions != cfg.federation.num_clients:
         raise ValueError(f"node has num-partitions={num_partitions}, config has {cfg.federation.num_clients} clients")
@@ -161,15 +180,56 @@ def runtime_for(msg: Message, context: Context) -> ClientRuntime:
         int(context.node_config["partition-id"]),
         int(context.node_config["num-partitions"]),
         str(context.node_config.get("data-dir", "")),
+        current_patterns(),
     )
 
 
-def _build_app() -> ClientApp:
+ALLOW_IMPORTS_KEY = "allow-imports"
+"""Node config key: the import paths this node may resolve (comma-separated fnmatch patterns)."""
+
+NODE_HOW = (
+    "a SuperNode resolves only the import paths its own node config allows: its operator starts it with "
+    "--node-config \"allow-imports='mypkg.*'\" (comma-separated fnmatch patterns; see docs/threat_model.md)"
+)
+SIMULATION_HOW = "a simulated node allows exactly the import paths of the config that launched the simulation"
+
+
+class NodeAllowList:
+    """The outermost mod: everything the message asks for runs under the node owner's allow-list.
+
+    ``patterns``: fixed by the process that builds the app (simulation: the launching config's
+    import paths); None reads the node config's ``allow-imports`` and the ``FEDCOMP_ALLOW_IMPORTS``
+    environment variable of the node's process (both its operator's).
+    """
+
+    def __init__(self, patterns: Sequence[str] | None = None) -> None:
+        self.patterns = None if patterns is None else tuple(patterns)
+
+    def __call__(self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        if self.patterns is None:  # the node config, and the environment the node's operator started it in
+            given = f"{context.node_config.get(ALLOW_IMPORTS_KEY, '')},{os.environ.get(ALLOW_IMPORTS_ENV, '')}"
+            patterns, how = parse_patterns(given), NODE_HOW
+        else:
+            patterns, how = self.patterns, SIMULATION_HOW
+        with only_allowed(patterns, how):
+            return call_next(msg, context)
+
+
+def build_client_app(allow_imports: Sequence[str] | None = None) -> ClientApp:
+    """fedcomp's ClientApp; ``allow_imports`` fixes its allow-list (None: each node's ``allow-imports``)."""
     from fedcomp.clients.faults import wire_faults_mod
     from fedcomp.flower.mod import CompressionMod
 
-    # Outermost first: wire faults act on what the compression mod sends.
-    return ClientApp(mods=[wire_faults_mod, CompressionMod(initial_model=seeded_initial_state)])
+    # Outermost first: the allow-list covers everything after it; wire faults act on what the
+    # compression mod sends.
+    client_app = ClientApp(
+        mods=[NodeAllowList(allow_imports), wire_faults_mod, CompressionMod(initial_model=seeded_initial_state)]
+    )
+    client_app.query()(warm_up)
+    client_app.query(recalibration.ACTION)(statistics)
+    client_app.train()(train)
+    client_app.evaluate()(evaluate_local)
+    return client_app
 
 
 def seeded_initial_state(msg: Message, context: Context) -> dict[str, torch.Tensor]:
@@ -178,10 +238,6 @@ def seeded_initial_state(msg: Message, context: Context) -> dict[str, torch.Tens
     return initial_model(rt.cfg, rt.split.input_shape, rt.split.num_classes).state_dict()
 
 
-app = _build_app()
-
-
-@app.query()
 def warm_up(msg: Message, context: Context) -> Message:
     """Load data, partition and model once, before round 1 (see ``servers.app.warm_up``)."""
     rt = runtime_for(msg, context)
@@ -189,7 +245,6 @@ def warm_up(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({METRICS_KEY: metrics}), reply_to=msg)
 
 
-@app.query(recalibration.ACTION)
 def statistics(msg: Message, context: Context) -> Message:
     """The received model's normalization moments on this client's data (a statistics round, :mod:`.recalibration`)."""
     rt = runtime_for(msg, context)
@@ -202,7 +257,6 @@ def statistics(msg: Message, context: Context) -> Message:
     return reply
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local training on the model the mod decoded; replies with the trained model."""
     rt = runtime_for(msg, context)
@@ -260,7 +314,6 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-@app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
     """The global model (as the mod decoded it) on this client's held-out data (``federation.evaluate_on``)."""
     rt = runtime_for(msg, context)
@@ -275,3 +328,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
         fn = resolve(rt.cfg.client.eval_metric, "client.eval_metric")
         metrics[metric_key(fn)] = evaluate_metric(model, rt.local_test, rt.device, fn)
     return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
+
+
+app = build_client_app()
+"""What a SuperNode runs (``[tool.flwr.app.components] clientapp``): each node's own ``allow-imports``."""

@@ -4,11 +4,15 @@ Files are read in torchvision's own on-disk layout (``MNIST/raw/*-ubyte``,
 ``cifar-10-batches-py/``, ...). Nothing is downloaded unless
 ``data.download = true``; then torchvision fetches the files. CIFAR batches
 are read directly (the pickled dicts torchvision reads) so a local copy is
-not rejected for lacking the official MD5 sums.
+not rejected for lacking the official MD5 sums — with an unpickler that
+builds only what a batch holds (builtin containers and numpy arrays): a
+pickle can name any function to call while it loads, and a data file must
+not run code (:class:`CifarUnpickler`).
 """
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from pathlib import Path
 
@@ -16,6 +20,8 @@ import numpy as np
 import torch
 
 from fedcomp.data.base import DATASETS, DatasetNotFoundError, ImageData, SplitData
+
+_NUMPY_CORE = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core (pickles name either)
 
 _CIFAR_MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.5071, 0.4865, 0.4409)}
 _CIFAR_STD = {10: (0.2470, 0.2435, 0.2616), 100: (0.2673, 0.2564, 0.2762)}
@@ -58,18 +64,52 @@ def load_fashion_mnist(data_dir: str, download: bool, test_size: int, seed: int)
     return _load_mnist_like("FashionMNIST", "fashion_mnist", 0.2860, 0.3530, data_dir, download)
 
 
+class CifarUnpickler(pickle.Unpickler):
+    """Loads a CIFAR batch (a dict of lists, strings and numpy arrays) and nothing that could run code.
+
+    A pickle calls whatever globals it names while it loads; this one resolves only numpy's array and
+    scalar reconstruction (``_reconstruct``, ``scalar``, ``ndarray``, ``dtype``) and the ``_codecs.encode``
+    that Python 3 pickles of bytes use. Any other global is an ``UnpicklingError`` before it is called.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _NUMPY_CORE.multiarray._reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _NUMPY_CORE.multiarray._reconstruct,
+        # numpy scalars (labels re-saved as numpy integers): a dtype and its raw bytes
+        ("numpy.core.multiarray", "scalar"): _NUMPY_CORE.multiarray.scalar,
+        ("numpy._core.multiarray", "scalar"): _NUMPY_CORE.multiarray.scalar,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"it names {module[:60]}.{name[:60]}, which a CIFAR batch never does (refused before it is called: it could "
+                "run code)"
+            ) from None
+
+
 def read_cifar_batches(folder: Path, files: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 3, 32, 32) uint8 and labels from torchvision's CIFAR pickles."""
+    """Images (N, 3, 32, 32) uint8 and labels from torchvision's CIFAR pickles (see :class:`CifarUnpickler`)."""
     xs, ys = [], []
     for fname in files:
         path = folder / fname
         try:
             with path.open("rb") as fh:
-                entry = pickle.load(fh, encoding="latin1")
+                entry = CifarUnpickler(fh, encoding="latin1").load()
         except FileNotFoundError:
             raise DatasetNotFoundError(f"missing CIFAR file {path}") from None
-        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            # What a damaged or foreign pickle raises inside the allowed constructors, too.
             raise DatasetNotFoundError(f"{path} is not a CIFAR batch file: {exc}") from None
+        if not isinstance(entry, dict):
+            raise DatasetNotFoundError(
+                f"{path} is not a CIFAR batch file: it holds a {type(entry).__name__}, not a dict"
+            )
         try:
             data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             labels = np.asarray(entry[label_key], dtype=np.int64)

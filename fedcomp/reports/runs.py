@@ -126,8 +126,8 @@ def load_run(path: str | Path) -> RunRecord:
         raise ReportError(f"{p}: not a fedcomp run directory (no {CONFIG_FILE}; expected a run or sweep directory)")
     try:
         config = tomllib.loads((p / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
-        raise ReportError(f"{p / CONFIG_FILE}: unreadable ({_first_line(exc)})") from exc
+    except (OSError, ValueError, RecursionError) as exc:  # TOMLDecodeError, UnicodeDecodeError: ValueErrors
+        raise ReportError(f"{p / CONFIG_FILE}: unreadable ({_first_line(exc)})") from None
     problems: list[str] = []
     summary: dict[str, Any] = {}
     if (p / SUMMARY_FILE).exists():

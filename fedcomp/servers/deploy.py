@@ -21,11 +21,20 @@ create a run directory wherever it may write (never into a non-empty
 folder). Run the SuperLink as an unprivileged user and restrict who can
 reach its control API. The SuperNodes are not trusted: every reply is judged
 (:mod:`fedcomp.strategies.replies`).
+
+The config and its ``set`` overrides are the caller's too (the app bundle that
+carries a config is uploaded by ``flwr run``), so an import path anywhere in
+them — a model, loader or function of the caller's choosing, run here — is
+refused before anything is imported unless it matches the SuperLink operator's
+``FEDCOMP_ALLOW_IMPORTS`` (comma-separated fnmatch patterns, in the environment
+of the process that runs this app). Registry names always work. See
+docs/threat_model.md.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +43,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedcomp.config import ConfigError, load_config
 from fedcomp.errors import RunFailedError
+from fedcomp.imports import ALLOW_IMPORTS_ENV, only_allowed, parse_patterns
 from fedcomp.servers.app import serve
 from fedcomp.servers.recorder import (
     ROUNDS_FILE,
@@ -49,8 +59,20 @@ logger = logging.getLogger(__name__)
 app = ServerApp()
 
 
+OPERATOR_HOW = (
+    f"a deployed run's config comes from the flwr run caller: the SuperLink's operator allows import paths by "
+    f"setting {ALLOW_IMPORTS_ENV}='mypkg.*' (comma-separated fnmatch patterns) in its environment "
+    "(see docs/threat_model.md)"
+)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    with only_allowed(parse_patterns(os.environ.get(ALLOW_IMPORTS_ENV, "")), OPERATOR_HOW):
+        _main(grid, context)
+
+
+def _main(grid: Grid, context: Context) -> None:
     rc = context.run_config
     config = str(rc.get("config", ""))
     if not config:

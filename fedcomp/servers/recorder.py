@@ -348,9 +348,16 @@ class RunRecorder:
         os.replace(tmp, self.dir / CHECKPOINT_FILE)
 
     def finish(self, status: str = "complete", error: str | None = None) -> None:
+        self.finished = (status, error)
         self._write_summary(status, error)
 
+    finished: tuple[str, str | None] | None = None
+    """The status :meth:`finish` wrote; a row the server thread appends after it (the engine died under
+    it) is still recorded, but the summary keeps saying how the run ended."""
+
     def _write_summary(self, status: str, error: str | None = None) -> None:
+        if self.finished is not None:
+            status, error = self.finished
         accs = [r["test_accuracy"] for r in self.rows if r.get("test_accuracy") is not None]
         summary = {
             "status": status,
@@ -410,19 +417,88 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint | None:
     return Checkpoint(int(data["round"]), dict(data["model"]), dict(data.get("server", {})))
 
 
-def load_model(run_dir: str | Path) -> torch.nn.Module:
-    """The final model of a complete run as a runnable module (factorized layers and all)."""
-    from fedcomp.compressors.model.structure import Architecture, structure_from_json
+TRUST_CODE_HOW = (
+    "a run directory is data and may come from anyone: if you trust the code its config names, "
+    "pass trust_code=True (command line: --trust-code)"
+)
+
+
+def load_model(run_dir: str | Path, *, trust_code: bool = False) -> torch.nn.Module:
+    """The final model of a complete run as a runnable module (factorized layers and all).
+
+    A config naming a model, dataset or function by import path is refused
+    (:class:`~fedcomp.imports.UntrustedCodeError`) before anything is imported,
+    unless ``trust_code=True``; ``sys.path`` is left as it was either way.
+    ``summary.json``'s structure is built on the meta device and must give
+    ``model.pt``'s names, shapes and dtypes before any weight is allocated
+    (:class:`CorruptRunError` otherwise).
+    """
+    from fedcomp.coding import DecodeError
+    from fedcomp.compressors.model.structure import Architecture, load_structured, same_specs, structure_from_json
+    from fedcomp.imports import only_allowed
 
     path = Path(run_dir)
     summary = _read_json(path / SUMMARY_FILE)
     if not (path / MODEL_FILE).exists() or "input_shape" not in summary:
         raise FileNotFoundError(f"{path} holds no final model (is it a complete run directory?)")
-    cfg = load_config(path / CONFIG_FILE)
-    arch = Architecture.of_config(cfg, tuple(summary["input_shape"]), int(summary["num_classes"]))
-    model = arch.build(structure_from_json(summary.get("model_structure", [])))
-    model.load_state_dict(torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True))
-    return model
+    input_shape, num_classes = _recorded_shape(summary, path)
+    with only_allowed(None if trust_code else (), TRUST_CODE_HOW):
+        cfg = load_config(path / CONFIG_FILE)
+        arch = Architecture.of_config(cfg, input_shape, num_classes)
+        try:
+            structure = structure_from_json(summary.get("model_structure", []))
+            specs = arch.specs(structure)  # on the meta device: no memory, however large the claim
+        except DecodeError as exc:
+            raise CorruptRunError(f"{path / SUMMARY_FILE}: its model_structure does not fit the model: {exc}") from None
+        try:
+            state = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - whatever unpickling raises, the file is unusable
+            raise CorruptRunError(f"{path / MODEL_FILE} cannot be loaded: {type(exc).__name__}: {exc}"[:300]) from exc
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CorruptRunError(f"{path / MODEL_FILE} is not a state dict (a dict of tensors)")
+        if not same_specs(state, specs):
+            raise CorruptRunError(
+                f"{path / MODEL_FILE} does not hold the model {path / SUMMARY_FILE} describes "
+                f"({len(state)} tensors, expected {len(specs)} with the recorded shapes)"
+            )
+        return load_structured(arch, structure, state)
+
+
+_MAX_INPUT_DIMS = 4
+
+
+def _recorded_shape(summary: dict[str, Any], path: Path) -> tuple[tuple[int, ...], int]:
+    """``input_shape`` and ``num_classes`` from a summary, as positive integers (CorruptRunError otherwise)."""
+    shape, classes = summary.get("input_shape"), summary.get("num_classes")
+    if not (
+        isinstance(shape, list) and 1 <= len(shape) <= _MAX_INPUT_DIMS and all(_is_int(d) and d > 0 for d in shape)
+    ):
+        raise CorruptRunError(f"{path / SUMMARY_FILE}: 'input_shape' is not 1 to {_MAX_INPUT_DIMS} positive integers")
+    if not (_is_int(classes) and classes > 0):
+        raise CorruptRunError(f"{path / SUMMARY_FILE}: 'num_classes' is not a positive integer")
+    return tuple(shape), classes
+
+
+def settle_finished_run(run_dir: str | Path) -> str:
+    """The status of a run whose every round and final model are on disk, settled in ``summary.json``.
+
+    A run killed between its last row and :meth:`RunRecorder.finish` still says ``running``
+    (or ``interrupted``); it gets the status its end would have written: ``complete``, or
+    ``failed`` if no round aggregated an update. A settled status is kept. Returns the status.
+    """
+    path = Path(run_dir)
+    summary = _read_json(path / SUMMARY_FILE)
+    status = summary.get("status")
+    if not summary or status in ("complete", "failed"):
+        return str(status or "unknown")
+    aggregated = any(r.get("clients") for r in read_rounds(path))
+    summary["status"] = "complete" if aggregated else "failed"
+    summary["error"] = None if aggregated else "no round aggregated an update"
+    tmp = path / (SUMMARY_FILE + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    os.replace(tmp, path / SUMMARY_FILE)
+    logger.info("%s: every round and the final model were recorded; status %s -> %s", path, status, summary["status"])
+    return summary["status"]
 
 
 @dataclass(frozen=True)
