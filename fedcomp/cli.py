@@ -131,8 +131,8 @@ def _print_report(
     if report.warnings:
         print(f"        {len(report.warnings)} warnings about damaged run files (listed above and in the report)")
     if report.headline is not None:
-        for question in report.headline.questions:
-            print(f"  {question.sentence()}")
+        for line in report.headline.lines():
+            print(f"  {line}")
 
 
 def _byte_budget(text: str) -> float:

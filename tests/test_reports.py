@@ -60,17 +60,17 @@ def test_sweep_runs_the_cross_product_one_directory_each(sweep):
 
 def test_report_groups_seeds_into_one_row_per_compressor(report, sweep):
     table = json.loads(report.json.read_text())
-    assert [g["label"] for g in table["groups"]] == ["identity", "surp density=0.01"]
+    assert [g["label"] for g in table["groups"]] == ["dense", "SuRP 1% ↑"]
     assert all(g["seeds"] == [0, 1] and g["status"] == "complete" for g in table["groups"])
     with report.csv.open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["label"] for r in rows] == ["identity", "surp density=0.01"]
+    assert [r["label"] for r in rows] == ["dense", "SuRP 1% ↑"]
 
 
 def test_report_figures_match_the_run_files(report, sweep):
     groups = {g["label"]: g for g in json.loads(report.json.read_text())["groups"]}
     runs = {(r.overrides["uplink"]["name"], r.seed): _rows(sweep.sweep_dir / r.dir) for r in sweep.runs}
-    for label, name in (("identity", "identity"), ("surp density=0.01", "surp")):
+    for label, name in (("dense", "identity"), ("SuRP 1% ↑", "surp")):
         m = groups[label]["metrics"]
         totals = [sum(r["uplink_bytes"] for r in runs[(name, s)]) for s in (0, 1)]
         assert m["uplink_bytes"]["values"] == totals
@@ -79,11 +79,11 @@ def test_report_figures_match_the_run_files(report, sweep):
         assert m["final_accuracy"]["values"] == finals
         assert m["final_accuracy"]["std"] == pytest.approx(abs(finals[0] - finals[1]) / 2**0.5)
     identity_pcr = (_per_client_round(runs[("identity", 0)]) + _per_client_round(runs[("identity", 1)])) / 2
-    ratios = groups["surp density=0.01"]["metrics"]["compression_ratio"]["values"]
+    ratios = groups["SuRP 1% ↑"]["metrics"]["compression_ratio"]["values"]
     assert ratios == [pytest.approx(identity_pcr / _per_client_round(runs[("surp", s)])) for s in (0, 1)]
     assert min(ratios) > 20  # 1% of the coordinates, each costing well under 5 floats
     # Totals both ways: each run's uplink plus downlink bytes, summed over its rows.
-    for label, name in (("identity", "identity"), ("surp density=0.01", "surp")):
+    for label, name in (("dense", "identity"), ("SuRP 1% ↑", "surp")):
         m = groups[label]["metrics"]
         downs = [sum(r["downlink_bytes"] for r in runs[(name, s)]) for s in (0, 1)]
         assert m["downlink_bytes"]["values"] == downs
@@ -92,7 +92,7 @@ def test_report_figures_match_the_run_files(report, sweep):
     target = json.loads(report.json.read_text())["target_accuracy"]
     means = sorted(sum(runs[(name, s)][-1]["test_accuracy"] for s in (0, 1)) / 2 for name in ("identity", "surp"))
     assert target == pytest.approx(math.floor(round(means[0] * 100, 6)) / 100)
-    for label, name in (("identity", "identity"), ("surp density=0.01", "surp")):
+    for label, name in (("dense", "identity"), ("SuRP 1% ↑", "surp")):
         for s in (0, 1):
             up = down = 0
             expected = (None, None, None)
@@ -123,12 +123,12 @@ def _markdown_table(markdown):
 def test_the_table_is_compact_and_shows_totals_both_ways(report, sweep):
     table = _markdown_table(report.markdown.read_text())
     runs = {(r.overrides["uplink"]["name"], r.seed): _rows(sweep.sweep_dir / r.dir) for r in sweep.runs}
-    for label, name in (("identity", "identity"), ("surp density=0.01", "surp")):
+    for label, name in (("dense", "identity"), ("SuRP 1% ↑", "surp")):
         totals = [sum(r["uplink_bytes"] + r["downlink_bytes"] for r in runs[(name, s)]) for s in (0, 1)]
         mean = sum(totals) / 2
         assert 1e6 <= mean < 1e9  # written in MB
         assert table[label]["total bytes ↑+↓"] == f"{mean / 1e6:.2f} MB"
-    assert len(next(iter(table.values()))) <= 11  # was 16 columns, each cell wrapped on three lines
+    assert len(next(iter(table.values()))) <= 13  # was 16 columns, each cell wrapped on three lines
     assert list(table) == sorted(table, key=lambda k: -float(table[k]["final accuracy"].split(" ")[0]))
 
 
@@ -137,24 +137,29 @@ def _answers(markdown):
     return [line for line in section.splitlines() if line.startswith("- ")]
 
 
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
+
+
 def _leaders(per_group, higher_is_better, relative=0.0):
-    """Recomputed tie rule: the best mean, and every group whose mean is within the larger seed sd of it."""
-    stats = {g: (statistics.mean(v), statistics.stdev(v)) for g, v in per_group.items()}
-    order = sorted(stats, key=lambda g: -stats[g][0] if higher_is_better else stats[g][0])
+    """Recomputed tie rule for groups that ran the same seeds (values in seed order): the best mean, and every
+    group whose per-seed differences from it lie within their paired 95% t-interval (or within ``relative``)."""
+    means = {g: statistics.mean(v) for g, v in per_group.items()}
+    order = sorted(means, key=lambda g: -means[g] if higher_is_better else means[g])
     first = order[0]
     tied = [first]
     for g in order[1:]:
-        diff = abs(stats[first][0] - stats[g][0])
-        if diff <= max(stats[first][1], stats[g][1]) or diff <= relative * min(stats[first][0], stats[g][0]):
+        d = [a - b for a, b in zip(per_group[first], per_group[g], strict=True)]
+        half = T975[len(d) - 1] * statistics.stdev(d) / len(d) ** 0.5
+        if abs(statistics.mean(d)) <= half or abs(means[first] - means[g]) <= relative * min(means[first], means[g]):
             tied.append(g)
     return tied, ("wins" if len(tied) == 1 and len(order) > 1 else "only" if len(order) == 1 else "tie")
 
 
 def test_the_headline_names_the_method_the_run_files_make_best(report, sweep):
     """Each budget and target, recomputed here from rounds.jsonl: the named method(s) and the verdict."""
-    by_group = {"identity": [], "surp density=0.01": []}
+    by_group = {"dense": [], "SuRP 1% ↑": []}
     for r in sweep.runs:
-        label = "identity" if r.overrides["uplink"]["name"] == "identity" else "surp density=0.01"
+        label = "dense" if r.overrides["uplink"]["name"] == "identity" else "SuRP 1% ↑"
         by_group[label].append(_rows(sweep.sweep_dir / r.dir))
 
     def cumulative(rows):  # (accuracy, bytes both ways so far) per round; every round is evaluated here
@@ -182,20 +187,31 @@ def test_the_headline_names_the_method_the_run_files_make_best(report, sweep):
     assert all(len(q["order"]) == 2 for q in headline["budgets"])
 
     target = json.loads(report.json.read_text())["target_accuracy"]
-    (q,) = headline["targets"]
-    assert q["value"] == target
-    reached = {}
-    for g, runs in by_group.items():
-        firsts = [next((spent for a, spent in cumulative(rows) if a >= target), None) for rows in runs]
-        if None not in firsts:
-            reached[g] = firsts
-    assert reached, "the default target is reached in every seed by some method"
-    tied, verdict = _leaders(reached, higher_is_better=False, relative=0.05)
-    assert (q["best"], q["verdict"]) == (tied, verdict)
-    line = answers[len(budgets)]
-    assert line.startswith("- To reach accuracy") and all(f"**{g}**" in line for g in tied)
-    for g in set(by_group) - set(reached):
-        assert g in line  # named with how many seeds got there
+    # One answer per direction: both together, the uplink alone, the downlink alone.
+    assert [(q["value"], q["direction"]) for q in headline["targets"]] == [
+        (target, "total"), (target, "uplink"), (target, "downlink")]  # fmt: skip
+    for k, (q, key) in enumerate(zip(headline["targets"], ("both", "uplink_bytes", "downlink_bytes"), strict=True)):
+        reached = {}
+        for g, runs in by_group.items():
+            firsts = []
+            for rows in runs:
+                spent = 0
+                for r in rows:
+                    spent += r["uplink_bytes"] + r["downlink_bytes"] if key == "both" else r[key]
+                    if r["test_accuracy"] >= target:
+                        break
+                else:
+                    spent = None
+                firsts.append(spent)
+            if None not in firsts:
+                reached[g] = firsts
+        assert reached, "the default target is reached in every seed by some method"
+        tied, verdict = _leaders(reached, higher_is_better=False, relative=0.05)
+        assert (q["best"], q["verdict"]) == (tied, verdict), (key, reached)
+        line = answers[len(budgets) + k]
+        assert line.startswith("- To reach accuracy") and all(f"**{g}**" in line for g in tied)
+        for g in set(by_group) - set(reached):
+            assert g in line  # named with how many seeds got there
 
 
 class _Images(HTMLParser):
@@ -250,8 +266,12 @@ def test_partial_runs_are_reported_as_partial(sweep, tmp_path):
     (crashed / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
     rep = make_report([crashed], tmp_path / "out")
     (group,) = json.loads(rep.json.read_text())["groups"]
-    assert group["status"] == "partial: 1 of 1 runs (1/2 rounds)"
+    assert group["status"] == "partial only, not counted: seed 1 partial (1/2 rounds)" and not group["counted"]
     assert group["metrics"]["uplink_bytes"]["values"] == [_rows(crashed)[0]["uplink_bytes"]]
+    # Beside the complete run of the same seed, the crashed one is not a second seed.
+    rep = make_report([sweep.sweep_dir / sweep.runs[1].dir, crashed], tmp_path / "both")
+    (group,) = json.loads(rep.json.read_text())["groups"]
+    assert group["seeds"] == [1] and group["status"] == "complete (1 seeds); not counted: seed 1 partial (1/2 rounds)"
 
 
 def test_bad_report_inputs_get_clear_errors(sweep, tmp_path, capsys):
@@ -307,16 +327,21 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert [r["error"] for r in recorded] == [r.error for r in res.runs]
 
 
-def test_group_labels_name_the_server_compression_and_shorten_long_values():
+def test_group_labels_read_as_methods_with_their_rates_per_direction():
     from fedcomp.reports.runs import _label
 
+    both = {"uplink.name": "surp", "uplink.density": 0.01, "downlink.name": "surp", "downlink.density": 0.05}
+    assert _label(both, ["downlink.density"]) == "SuRP 1% ↑ · SuRP 5% Δ↓"
+    assert _label({"uplink.name": "identity"}, ["uplink.name"]) == "dense"  # nothing compressed
+    assert _label({"uplink.name": "identity", "downlink.name": "topk"}, []) == "dense ↑ · top-k Δ↓"
+    assert _label({"uplink.name": "surp", "uplink.density": 1.0, "uplink.max_bytes": 4000}, []) == "SuRP ≤4 kB ↑"
+    assert _label({"uplink.name": "mine.py:Codec"}, []) == "mine.py:Codec ↑"  # your own: as it is named
     groups = "[{'layers': ['features.*'], 'forms': [{'form': 'quantize', 'k': 4}]}]"
     flat = {"uplink.name": "surp", "server_compression.name": "lc", "server_compression.groups": groups}
     label = _label(flat, ["server_compression.groups", "server_compression.name"])
-    assert label.startswith("surp ↓lc groups=") and label.endswith("…") and len(label) < 60
-    assert _label({"uplink.name": "topk"}, []) == "topk"  # no server compression: nothing added
-    both = {"uplink.name": "surp", "downlink.name": "surp", "downlink.density": 0.05}
-    assert _label(both, ["downlink.density"]) == "surp ↓Δsurp downlink.density=0.05"
+    assert label.startswith("SuRP ↑ · LC groups=") and "…" in label and len(label) < 70
+    lr = {"uplink.name": "topk", "uplink.density": 0.01, "client.lr": 0.1}
+    assert _label(lr, ["client.lr"]) == "top-k 1% ↑ · client.lr=0.1"  # other varying keys after the methods
 
 
 # ----------------------------------------------------------------------------- damaged run directories
@@ -342,7 +367,7 @@ def test_a_report_on_damaged_run_files_names_them_and_uses_every_intact_row(swee
     assert code == 0
     assert f"{binary / 'rounds.jsonl'} line 1: not UTF-8 text" in err and "line 2" in err
     (group,) = json.loads((tmp_path / "out1" / "table.json").read_text())["groups"]
-    assert group["status"] == "partial: 1 of 1 runs (0/2 rounds)" and group["warnings"]
+    assert group["status"] == "partial only, not counted: seed 0 partial (0/2 rounds)" and group["warnings"]
 
     # Round 1's row lacks a key in one copy; round 2's has a None count in the other: the other row is used.
     rows = _rows(sweep.sweep_dir / sweep.runs[0].dir)
@@ -431,7 +456,7 @@ def test_report_target_counts_rounds_and_bytes_from_the_rows(sweep, tmp_path, ca
     assert group["metrics"]["total_bytes_to_target"]["values"] == [float(first_round)]
     (budget,) = table["headline"]["budgets"]
     assert budget["value"] == first_round and budget["order"][0]["values"] == [rows[0]["test_accuracy"]]
-    reachable, beyond = table["headline"]["targets"]
+    reachable, _, _, beyond, _, _ = table["headline"]["targets"]  # total, uplink, downlink for each target
     assert (reachable["value"], reachable["best"], reachable["rounds"][group["label"]]["values"]) == (
         target,
         [group["label"]],
@@ -513,6 +538,69 @@ def test_ties_wins_and_leads_follow_the_seed_spread():
     assert rank([Entry("a", (100.0, 100.0)), Entry("b", (130.0, 130.0))], False, relative=0.05).tied == ("a",)
 
 
+def test_paired_seeds_are_judged_seed_by_seed_and_a_lower_mean_never_wins_on_spread_alone():
+    from fedcomp.reports.compare import Entry, pareto_front, rank
+
+    # Better on every one of five seeds by about a point, across seeds that differ by tens of points:
+    # unpaired, the spread hides it; paired (the same seeds), it is a win.
+    a = (0.50, 0.70, 0.90, 0.60, 0.80)
+    b = tuple(v - 0.01 - 0.001 * k for k, v in enumerate(a))
+    assert rank([Entry("a", a), Entry("b", b)], True).verdict == "tie"
+    seeds = (0, 1, 2, 3, 4)
+    assert rank([Entry("a", a, seeds), Entry("b", b, seeds)], True).verdict == "wins"
+    # Worse on some seeds, better on others: a tie, paired or not.
+    mixed = (0.52, 0.68, 0.91, 0.59, 0.79)
+    assert rank([Entry("a", a, seeds), Entry("m", mixed, seeds)], True).verdict == "tie"
+    # Half the bytes at 3 points lower accuracy on every seed, across seeds that vary by 30 points. Unpaired, the
+    # spread calls the accuracies level and the cheaper one takes the higher one's star; paired, it is a
+    # trade-off and each keeps its star.
+    accs = (0.60, 0.90, 0.62, 0.92, 0.70)
+    cheap = tuple(v - d for v, d in zip(accs, (0.030, 0.031, 0.029, 0.032, 0.030), strict=True))
+    full = (Entry("full", (1e6,) * 5, seeds), Entry("full", accs, seeds))
+    half = (Entry("half", (5e5,) * 5, seeds), Entry("half", cheap, seeds))
+    assert pareto_front([full, half]) == [0, 1]
+    assert pareto_front([tuple(Entry(e.label, e.values) for e in p) for p in (full, half)]) == [1]
+
+
+def test_partial_runs_enter_neither_the_headline_nor_the_frontier_nor_the_seed_count():
+    from fedcomp.reports.headline import make_headline
+    from fedcomp.reports.table import build_table
+
+    done = _group("done", [100, 110], [0.8, 0.81])
+    half = _group("half", [50], [0.9], complete=False)  # crashed early with a lucky accuracy
+    headline = make_headline([done, half], [0.5])
+    assert all(e["label"] != "half" for q in headline.as_dict()["targets"] for e in q["order"])
+    assert headline.left_out == ["half"] and "Not counted (no complete run): half." in headline.lines()
+    rows = {r.label: r for r in build_table([done, half], 0.5).rows}
+    assert rows["done"].counted and not rows["half"].counted
+    assert rows["done"].seeds == [0, 1] and rows["half"].status.startswith("partial only")
+    # A second, interrupted run of seed 0 beside the complete one: still two seeds.
+    again = _group("done", [100, 110], [0.8, 0.81])
+    again.runs.append(_group("done", [30], [0.2], complete=False).runs[0])
+    assert [r.seed for r in again.counted] == [0, 1] and len(again.left_out) == 1
+
+
+def test_the_bottom_line_names_the_cheapest_method_within_a_point_of_dense():
+    from fedcomp.reports.headline import bottom_line
+    from fedcomp.reports.runs import RunGroup, RunRecord
+
+    def group(label, name, up, down, acc):
+        row = {"round": 1, "uplink_bytes": up, "downlink_bytes": down, "test_accuracy": acc}
+        runs = [RunRecord(Path(label), {"uplink": {"name": name}, "seed": s}, {"status": "complete"}, [row])
+                for s in (0, 1)]  # fmt: skip
+        return RunGroup(label, runs)
+
+    dense = group("dense", "identity", 1000, 1000, 0.90)
+    close = group("SuRP 1% ↑", "surp", 10, 1000, 0.895)
+    closer_cheaper = group("SuRP 0.1% ↑", "surp", 1, 1000, 0.891)
+    far = group("top-k 0.01% ↑", "topk", 1, 10, 0.80)  # cheapest, but 10 points below dense
+    line = bottom_line([dense, close, closer_cheaper, far])
+    assert line.startswith("SuRP 0.1% ↑ reaches within 1 point of dense accuracy (0.891 against 0.900)")
+    assert "2.0× fewer bytes in both directions (1,000.0× uplink, 1.0× downlink)" in line
+    assert bottom_line([dense, far]) == "No compressed method comes within 1 point of dense accuracy (0.900)."
+    assert bottom_line([close]).startswith("No dense run")
+
+
 def test_pareto_stars_need_a_difference_beyond_noise():
     from fedcomp.reports.compare import Entry, pareto_front
 
@@ -526,13 +614,15 @@ def test_pareto_stars_need_a_difference_beyond_noise():
     assert pareto_front([good, random_k, cheap, noisy]) == [0, 2, 3]
 
 
-def _group(label, totals, accs):
+def _group(label, totals, accs, complete=True):
     from fedcomp.reports.runs import RunGroup, RunRecord
 
     runs = []
-    for total, acc in zip(totals, accs, strict=True):
-        row = {"round": 1, "uplink_bytes": total // 2, "downlink_bytes": total - total // 2, "test_accuracy": acc}
-        runs.append(RunRecord(Path(label), {"uplink": {"name": label}}, {}, [row]))
+    for seed, (total, acc) in enumerate(zip(totals, accs, strict=True)):
+        row = {"round": 1, "uplink_bytes": total // 2, "downlink_bytes": total - total // 2, "test_accuracy": acc,
+               "clients": [0], "sampled_clients": 1, "failed_clients": 0}  # fmt: skip
+        summary = {"status": "complete" if complete else "failed"}
+        runs.append(RunRecord(Path(label), {"uplink": {"name": label}, "seed": seed}, summary, [row]))
     return RunGroup(label, runs)
 
 

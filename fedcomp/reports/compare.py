@@ -1,11 +1,17 @@
 """When a difference between two groups of seeds counts, who comes first, and who is Pareto-optimal.
 
-The rule, one for the whole report: two groups differ *beyond noise* when
-the difference of their means is larger than the larger of their seed
-standard deviations (sample standard deviation, n − 1; a group of one seed
-has none and does not count). Byte counts also tie when they are within
-:data:`BYTES_TIE_FRACTION` of the smaller one: nobody picks a method to save
-0.3% of the bytes, however repeatable that saving is.
+The rule, one for the whole report. When two groups ran the same seeds (a
+sweep's runs: the same partitions and sampling per seed), they are compared
+**paired**: they differ *beyond noise* when the mean of the per-seed
+differences lies outside its 95% t-interval's half-width, t₀.₉₇₅,ₙ₋₁ ·
+sd(d)/√n (the paired t-test at 5%). Otherwise the difference of their means
+must be larger than the larger of their seed standard deviations (sample
+standard deviation, n − 1; a group of one seed has none and does not
+count). So a lower mean never wins on its spread alone: with paired seeds
+the question is whether one is better seed by seed. Byte counts also tie
+when they are within :data:`BYTES_TIE_FRACTION` of the smaller one: nobody
+picks a method to save 0.3% of the bytes, however repeatable that saving
+is.
 
 With one seed in both groups there is no spread to judge by: a first place
 is then said to *lead*, never to *win*, and the frontier compares the point
@@ -29,6 +35,8 @@ class Entry:
 
     label: str
     values: tuple[float, ...]
+    seeds: tuple[int, ...] = ()
+    """The seed of each value (same order), when known: two entries with the same seeds compare paired."""
 
     @property
     def mean(self) -> float:
@@ -49,6 +57,21 @@ def noise(a: Entry, b: Entry) -> float | None:
     return max(spreads) if spreads else None
 
 
+# Student's t, two-sided 95% (0.975 quantile), by degrees of freedom; beyond 30: the normal's 1.96.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def paired_differences(a: Entry, b: Entry) -> tuple[float, ...] | None:
+    """``a − b`` seed by seed when both ran the same (at least two) seeds, else None."""
+    if len(a.seeds) != len(a.values) or len(b.seeds) != len(b.values) or len(a.seeds) < 2:
+        return None
+    if sorted(a.seeds) != sorted(b.seeds) or len(set(a.seeds)) != len(a.seeds):
+        return None
+    of_b = dict(zip(b.seeds, b.values, strict=True))
+    return tuple(v - of_b[s] for s, v in sorted(zip(a.seeds, a.values, strict=True)))
+
+
 def differs(a: Entry, b: Entry, relative: float = 0.0) -> bool | None:
     """True beyond noise, False within it, None when there is no spread to judge by (one seed each).
 
@@ -57,6 +80,13 @@ def differs(a: Entry, b: Entry, relative: float = 0.0) -> bool | None:
     diff = abs(a.mean - b.mean)
     if diff <= relative * min(abs(a.mean), abs(b.mean)):
         return False
+    d = paired_differences(a, b)
+    if d is not None:
+        n = len(d)
+        mean = sum(d) / n
+        sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+        t = T975[n - 2] if n - 1 <= len(T975) else 1.96
+        return abs(mean) > t * sd / math.sqrt(n) if sd > 0 else mean != 0
     spread = noise(a, b)
     return None if spread is None else diff > spread
 

@@ -58,7 +58,7 @@ def _legend(ax: Axes) -> None:
 def _seed_curve(group: RunGroup, x_of: str) -> tuple[list[float], list[float], list[float]]:
     """Mean x, mean accuracy and accuracy's standard deviation over the seeds, round by round."""
     by_round: dict[int, list[tuple[float, float]]] = {}
-    for run in group.runs:
+    for run in group.counted or group.runs:  # a group of partial runs only is drawn over those
         for p in curve(run):
             x = float(p.round) if x_of == "round" else float(max(p.spent(x_of), 1))
             by_round.setdefault(p.round, []).append((x, p.accuracy))
@@ -78,7 +78,7 @@ def _curves(ax: Axes, groups: list[RunGroup], x_of: str) -> None:
         if not xs:
             continue
         st = style(i)
-        ax.plot(xs, ys, markersize=4, label=f"{g.label} ({len(g.runs)} seeds)", **st)
+        ax.plot(xs, ys, markersize=4, label=f"{g.label} ({len(g.counted)} seeds)", **st)
         if any(sds):
             lo = [y - s for y, s in zip(ys, sds, strict=True)]
             hi = [y + s for y, s in zip(ys, sds, strict=True)]
@@ -150,7 +150,7 @@ def _density(group: RunGroup) -> float | None:
 
 def _per_client(group: RunGroup, key: str, count: str) -> tuple[list[int], list[float]]:
     per_round: dict[int, list[float]] = {}
-    for run in group.runs:
+    for run in group.counted or group.runs:
         for r in run.rows:
             m = len(r[count]) if isinstance(r[count], list) else int(r[count])
             if m:
@@ -196,9 +196,9 @@ def frontier(table: Table) -> Figure:
     return fig
 
 
-def _entry(label: str, values: list[float | None]) -> Entry | None:
-    known = tuple(v for v in values if v is not None)
-    return Entry(label, known) if known else None
+def _entry(label: str, values: list[float | None], seeds: list[int]) -> Entry | None:
+    known = [(v, s) for v, s in zip(values, seeds, strict=True) if v is not None]
+    return Entry(label, tuple(v for v, _ in known), tuple(s for _, s in known)) if known else None
 
 
 def _frontier_panel(ax: Axes, table: Table, direction: Direction) -> None:
@@ -206,7 +206,10 @@ def _frontier_panel(ax: Axes, table: Table, direction: Direction) -> None:
     points: list[tuple[Entry, Entry]] = []
     index = []
     for i, row in enumerate(table.rows):
-        b, a = _entry(row.label, row.metrics[key].values), _entry(row.label, row.metrics["final_accuracy"].values)
+        if not row.counted:  # partial runs only: shown in the table, never on the frontier
+            continue
+        b = _entry(row.label, row.metrics[key].values, row.seeds)
+        a = _entry(row.label, row.metrics["final_accuracy"].values, row.seeds)
         if b is not None and a is not None and b.mean > 0:
             points.append((b, a))
             index.append(i)

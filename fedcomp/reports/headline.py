@@ -11,12 +11,20 @@ at each target accuracy, which needs the fewest bytes. Bytes are both directions
   (:func:`fedcomp.reports.curves.accuracy_within`).
 - **Bytes to a target**: the cumulative bytes at the first evaluated round at
   or above it (the table's target, given or default; see
-  :func:`fedcomp.reports.table.default_target`).
+  :func:`fedcomp.reports.table.default_target`), asked three times: both
+  directions together, the uplink alone and the downlink alone ("which
+  uplink?" has its own answer even when a dense downlink dominates the total).
+- Only complete runs count, one per seed (:attr:`RunGroup.counted`): a group
+  with partial runs only is named as left out, never ranked.
 - A group takes part only if every one of its seeds has a value (an
   evaluated round within the budget; the target reached); the others are
   named with how many seeds did.
-- Ties and wins follow :mod:`fedcomp.reports.compare`: the difference of the
+- Ties and wins follow :mod:`fedcomp.reports.compare`: paired per-seed
+  differences where the groups ran the same seeds, else the difference of the
   means against the larger seed standard deviation (bytes also tie within 5%).
+- The **bottom line** (:func:`bottom_line`) is one plain sentence: the
+  compressed method with the fewest total bytes among those within one
+  point of dense accuracy, and its factor in each direction.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fedcomp.reports.compare import BYTES_TIE_FRACTION, Entry, Ranking, rank
-from fedcomp.reports.curves import accuracy_within, first_reach
+from fedcomp.reports.curves import Direction, accuracy_within, first_reach
 from fedcomp.reports.runs import RunGroup, RunRecord
 from fedcomp.reports.units import short_bytes
 from fedcomp.servers.app import human_bytes
@@ -42,11 +50,14 @@ class Question:
     """Groups left out: (label, seeds with a value, seeds)."""
     rounds: dict[str, Entry] = field(default_factory=dict)
     """For a target: each ranked group's rounds to reach it."""
+    direction: Direction = "total"
+    """Which bytes count: both directions, or the uplink or the downlink alone."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "value": self.value,
+            "direction": self.direction,
             "verdict": self.ranking.verdict,
             "best": list(self.ranking.tied),
             "order": [
@@ -63,7 +74,12 @@ class Question:
             ask, what, value = f"Within {human_bytes(self.value)} both ways", "reaches the highest accuracy", _accuracy
             nobody = "no method has an evaluated round within this budget in every seed"
         else:
-            ask, what, value = f"To reach accuracy {self.value:.4g}", "needs the fewest bytes", _bytes
+            which = {"total": "bytes (both directions)", "uplink": "uplink bytes", "downlink": "downlink bytes"}
+            ask, what, value = (
+                f"To reach accuracy {self.value:.4g}",
+                f"needs the fewest {which[self.direction]}",
+                _bytes,
+            )
             nobody = "no method reached it in every seed"
         r = self.ranking
         if r.verdict == "none":
@@ -95,17 +111,30 @@ class Headline:
     budgets: list[Question]
     targets: list[Question]
     budget_source: str
+    bottom_line: str = ""
+    """One plain sentence (:func:`bottom_line`)."""
+    left_out: list[str] = field(default_factory=list)
+    """Groups with no complete run: named, never ranked."""
 
     @property
     def questions(self) -> list[Question]:
         return self.budgets + self.targets
 
+    def lines(self) -> list[str]:
+        out = [self.bottom_line] if self.bottom_line else []
+        out += [q.sentence() for q in self.questions]
+        if self.left_out:
+            out.append("Not counted (no complete run): " + ", ".join(self.left_out) + ".")
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "budget_source": self.budget_source,
+            "bottom_line": self.bottom_line,
+            "left_out": self.left_out,
             "budgets": [q.as_dict() for q in self.budgets],
             "targets": [q.as_dict() for q in self.targets],
-            "lines": [q.sentence() for q in self.questions],
+            "lines": self.lines(),
         }
 
 
@@ -115,7 +144,7 @@ def default_budgets(groups: list[RunGroup]) -> list[float]:
     A budget within 5% below a larger one asks the same question and is merged into it (the larger is
     kept, so that every run of both groups fits).
     """
-    totals = sorted({max(_total(r) for r in g.runs) for g in groups if g.runs}, reverse=True)
+    totals = sorted({max(_total(r) for r in g.counted) for g in groups if g.counted}, reverse=True)
     kept: list[float] = []
     for t in totals:
         if t > 0 and (not kept or t * (1 + BYTES_TIE_FRACTION) < kept[-1]):
@@ -130,27 +159,35 @@ def _total(run: RunRecord) -> float:
 def budget_question(groups: list[RunGroup], budget: float) -> Question:
     entries, incomplete = [], []
     for g in groups:
-        values = [accuracy_within(r, budget) for r in g.runs]
+        if not g.counted:
+            continue
+        values = [accuracy_within(r, budget) for r in g.counted]
         known = tuple(v for v in values if v is not None)
         if len(known) == len(values):
-            entries.append(Entry(g.label, known))
+            entries.append(Entry(g.label, known, tuple(r.seed for r in g.counted)))
         else:
             incomplete.append((g.label, len(known), len(values)))
     return Question("budget", budget, rank(entries, higher_is_better=True), incomplete)
 
 
-def target_question(groups: list[RunGroup], target: float) -> Question:
+def target_question(groups: list[RunGroup], target: float, direction: Direction = "total") -> Question:
     entries, incomplete, rounds = [], [], {}
     for g in groups:
-        reached = [first_reach(r, target) for r in g.runs]
+        if not g.counted:
+            continue
+        reached = [first_reach(r, target) for r in g.counted]
         known = [p for p in reached if p is not None]
+        seeds = tuple(r.seed for r in g.counted)
         if len(known) == len(reached):
-            entries.append(Entry(g.label, tuple(float(p.total) for p in known)))
-            rounds[g.label] = Entry(g.label, tuple(float(p.round) for p in known))
+            entries.append(Entry(g.label, tuple(float(p.spent(direction)) for p in known), seeds))
+            rounds[g.label] = Entry(g.label, tuple(float(p.round) for p in known), seeds)
         else:
             incomplete.append((g.label, len(known), len(reached)))
     ranking = rank(entries, higher_is_better=False, relative=BYTES_TIE_FRACTION)
-    return Question("target", target, ranking, incomplete, rounds)
+    return Question("target", target, ranking, incomplete, rounds, direction)
+
+
+DIRECTIONS: tuple[Direction, ...] = ("total", "uplink", "downlink")
 
 
 def make_headline(groups: list[RunGroup], targets: Sequence[float], budgets: Sequence[float] | None = None) -> Headline:
@@ -160,9 +197,63 @@ def make_headline(groups: list[RunGroup], targets: Sequence[float], budgets: Seq
         chosen, source = default_budgets(groups), "each method's total bytes over its whole run (largest seed)"
     return Headline(
         [budget_question(groups, b) for b in chosen],
-        [target_question(groups, t) for t in targets],
+        [target_question(groups, t, d) for t in targets for d in DIRECTIONS],
         source,
+        bottom_line(groups),
+        [g.label for g in groups if not g.counted],
     )
+
+
+WITHIN = 0.01
+"""How close to dense accuracy counts as "as good" for the bottom line: one point."""
+
+
+def is_dense(group: RunGroup) -> bool:
+    """Nothing compressed in either direction: the reference every compression is measured against."""
+    return all(str((group.config.get(s) or {}).get("name", "identity")) == "identity"
+               for s in ("uplink", "downlink", "server_compression"))  # fmt: skip
+
+
+def bottom_line(groups: list[RunGroup]) -> str:
+    """One plain sentence: which compressed method reaches within a point of dense with the fewest bytes."""
+    counted = [g for g in groups if g.counted]
+    dense = next((g for g in counted if is_dense(g)), None)
+    if dense is None:
+        return "No dense run to measure against: add one (uplink, downlink and server compression all identity)."
+    ref = _mean([_final(r) for r in dense.counted])
+    if ref is None:
+        return "The dense run has no evaluated accuracy to measure against."
+    best: tuple[float, RunGroup, float] | None = None
+    for g in counted:
+        acc = _mean([_final(r) for r in g.counted])
+        if g is dense or acc is None or acc < ref - WITHIN:
+            continue
+        ratio = _mean([_total(r) for r in dense.counted]) / max(_mean([_total(r) for r in g.counted]) or 1.0, 1.0)
+        if best is None or ratio > best[0]:
+            best = (ratio, g, acc)
+    if best is None:
+        return f"No compressed method comes within {WITHIN * 100:.0f} point of dense accuracy ({ref:.3f})."
+    ratio, g, acc = best
+    up, down = (_mean([_spent(r, d) for r in dense.counted]) / max(_mean([_spent(r, d) for r in g.counted]) or 1, 1)
+                for d in ("uplink", "downlink"))  # fmt: skip
+    return (
+        f"{g.label} reaches within {WITHIN * 100:.0f} point of dense accuracy ({acc:.3f} against {ref:.3f}) with "
+        f"{ratio:,.1f}× fewer bytes in both directions ({up:,.1f}× uplink, {down:,.1f}× downlink)."
+    )
+
+
+def _final(run: RunRecord) -> float | None:
+    accs = [r["test_accuracy"] for r in run.rows if r.get("test_accuracy") is not None]
+    return float(accs[-1]) if accs else None
+
+
+def _spent(run: RunRecord, direction: str) -> float:
+    return float(sum(int(r[f"{direction}_bytes"]) for r in run.rows))
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
 
 
 def _accuracy(e: Entry) -> str:

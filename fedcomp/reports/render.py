@@ -170,11 +170,13 @@ def _model_size(runs: list[RunRecord]) -> int | None:
 def _rules(headline: Headline) -> str:
     budgets = "given" if headline.budget_source == "given" else headline.budget_source
     return (
-        f"Bytes are both directions together. Budgets: {budgets}; accuracy within a budget is the best "
-        "evaluated accuracy among the rounds that ended within it. A method counts only if every seed has a "
-        "value. Ties: the difference of the means is within the larger seed standard deviation "
-        f"(bytes also tie within {BYTES_TIE_FRACTION:.0%}); with one seed each there is no spread, so the "
-        "first only leads."
+        f"Budgets are bytes of both directions together: {budgets}; accuracy within a budget is the best "
+        "evaluated accuracy among the rounds that ended within it. Bytes to a target are asked for both "
+        "directions, the uplink and the downlink. Only complete runs count, one per seed; a method counts "
+        "only if every seed has a value. Ties: where methods ran the same seeds, the paired per-seed "
+        "differences are within their 95% t-interval; otherwise the difference of the means is within the "
+        f"larger seed standard deviation (bytes also tie within {BYTES_TIE_FRACTION:.0%}); with one seed each "
+        "there is no spread, so the first only leads."
     )
 
 
@@ -198,7 +200,11 @@ def _markdown(head: dict[str, Any], table: Table, headline: Headline) -> str:
     cols, rows = table_cells(table)
     experiment, versions = _header_lines(head)
     lines = ["# fedcomp report", "", experiment, "", f"<sub>{versions}</sub>", "", "## Answer", ""]
+    if headline.bottom_line:
+        lines += [f"**{headline.bottom_line}**", ""]
     lines += [f"- {q.sentence(lambda s: f'**{s}**')}" for q in headline.questions] or ["- no evaluated rounds"]
+    if headline.left_out:
+        lines += [f"- Not counted (no complete run): {', '.join(headline.left_out)}."]
     lines += ["", f"_{_rules(headline)}_", ""]
     lines += ["## Results", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(c.text.replace("|", "\\|") for c in r) + " |" for r in rows]
@@ -244,6 +250,9 @@ def _html(head: dict[str, Any], table: Table, headline: Headline, pngs: dict[str
     e = html.escape
     experiment, versions = _header_lines(head)
     answers = [f"<li>{q.sentence(lambda s: f'<strong>{e(s)}</strong>', e)}</li>" for q in headline.questions]
+    if headline.left_out:
+        answers.append(f"<li>Not counted (no complete run): {e(', '.join(headline.left_out))}.</li>")
+    bottom = f'<p class="bottom-line"><strong>{e(headline.bottom_line)}</strong></p>' if headline.bottom_line else ""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>fedcomp report</title>',
@@ -251,7 +260,11 @@ def _html(head: dict[str, Any], table: Table, headline: Headline, pngs: dict[str
         "</head><body>",
         "<h1>fedcomp report</h1>",
         f'<p class="experiment">{e(experiment)}</p><p class="meta">{e(versions)}</p>',
-        '<section id="headline"><h2>Answer</h2><ul>' + ("".join(answers) or "<li>no evaluated rounds</li>") + "</ul>",
+        '<section id="headline"><h2>Answer</h2>'
+        + bottom
+        + "<ul>"
+        + ("".join(answers) or "<li>no evaluated rounds</li>")
+        + "</ul>",
         f'<p class="rules">{e(_rules(headline))}</p></section>',
         "<h2>Results</h2>",
         '<table id="results"><thead><tr>' + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr></thead><tbody>",

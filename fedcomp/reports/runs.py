@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcomp.errors import ReportError
+from fedcomp.reports.units import short_bytes
 from fedcomp.servers.recorder import (
     APP_RUNTIME,
     CONFIG_FILE,
@@ -103,6 +104,23 @@ class RunGroup:
     @property
     def config(self) -> dict[str, Any]:
         return self.runs[0].config
+
+    @property
+    def counted(self) -> list[RunRecord]:
+        """The complete runs, one per seed: the only runs the headline, the frontier and the seed counts use
+        (an interrupted run, or a second run of a seed, would count a seed twice or a half-run as a result)."""
+        out, seen = [], set()
+        for run in self.runs:
+            if run.status == "complete" and run.seed not in seen:
+                seen.add(run.seed)
+                out.append(run)
+        return out
+
+    @property
+    def left_out(self) -> list[RunRecord]:
+        """The runs :attr:`counted` leaves out: partial runs and repeated seeds (shown apart, marked)."""
+        counted = {id(r) for r in self.counted}
+        return [r for r in self.runs if id(r) not in counted]
 
     @property
     def uplink(self) -> str:
@@ -290,23 +308,58 @@ def group_runs(runs: list[RunRecord]) -> list[RunGroup]:
     return list(groups.values())
 
 
-def _label(flat: dict[str, Any], varying: list[str]) -> str:
-    """The uplink name, the server compression and the downlink's (if any), then every other key that varies.
+METHOD_NAMES = {
+    "identity": "dense", "surp": "SuRP", "topk": "top-k", "rtopk": "rTop-k", "randomk": "random-k", "dgc": "DGC",
+    "qsgd": "QSGD", "terngrad": "TernGrad", "signsgd": "signSGD", "ef_signsgd": "EF-signSGD", "powersgd": "PowerSGD",
+    "stc": "STC", "lc": "LC", "alds": "ALDS", "bwcp": "BWCP", "udfc": "UDFC",
+}  # fmt: skip
+"""How a report names a registered method; any other name (your own, a newer one) is shown as it is."""
+SECTIONS = (("uplink", "↑"), ("downlink", "Δ↓"), ("server_compression", "↓"))
+"""The three places a method compresses, as a label marks them: the update, the model's change, the model."""
 
-    Section prefixes are dropped and long values (LC's group lists) shortened: the table's columns and
-    ``config.toml`` in each run have the rest.
+
+def _label(flat: dict[str, Any], varying: list[str]) -> str:
+    """A readable name: each direction's method with its rate (``SuRP 1% ↑ · SuRP 5% Δ↓``), ``dense`` when
+    nothing is compressed, then every other key that varies among the groups.
+
+    A method's density shows as a percentage and ``max_bytes`` as a budget; its other parameters show only
+    where they vary. Long values (LC's group lists) are shortened: ``config.toml`` in each run has the rest.
     """
-    parts = [str(flat.get("uplink.name", "identity"))]
-    downlink = str(flat.get("server_compression.name", "identity"))
-    if downlink != "identity" or "server_compression.name" in varying:
-        parts.append(f"↓{downlink}")
-    change = str(flat.get("downlink.name", "identity"))  # the model's change sent with an update compressor
-    if change != "identity" or "downlink.name" in varying:
-        parts.append(f"↓Δ{change}")
-    for key in varying:
-        if key in ("uplink.name", "server_compression.name", "downlink.name") or key not in flat:
+    parts = []
+    for section, mark in SECTIONS:
+        name = str(flat.get(f"{section}.name", "identity"))
+        if name == "identity" and not (section == "uplink" and _compressed(flat)):
             continue
-        short = key.removeprefix("uplink.").removeprefix("server_compression.")
-        value = str(flat[key])
-        parts.append(f"{short}={value if len(value) <= 32 else value[:31] + '…'}")
-    return " ".join(parts)
+        shown = [METHOD_NAMES.get(name, name)]
+        if name != "identity":
+            shown += _rate(flat, section)
+            shown += [_short(f"{k.split('.', 1)[1]}={flat[k]}") for k in varying
+                      if k.startswith(f"{section}.") and k not in _RATE_KEYS(section) and k in flat]  # fmt: skip
+        parts.append(" ".join(shown) + f" {mark}")
+    if not parts:
+        parts = ["dense"]
+    others = [k for k in varying if k in flat and not k.startswith(tuple(f"{s}." for s, _ in SECTIONS))]
+    return " · ".join(parts + [_short(f"{k}={flat[k]}") for k in others])
+
+
+def _RATE_KEYS(section: str) -> tuple[str, ...]:  # noqa: N802 - reads as the constant it is
+    return (f"{section}.name", f"{section}.density", f"{section}.max_bytes")
+
+
+def _compressed(flat: dict[str, Any]) -> bool:
+    return any(str(flat.get(f"{s}.name", "identity")) != "identity" for s, _ in SECTIONS)
+
+
+def _rate(flat: dict[str, Any], section: str) -> list[str]:
+    out = []
+    density = flat.get(f"{section}.density")
+    if isinstance(density, int | float) and not isinstance(density, bool) and density < 1:
+        out.append(f"{100 * density:.3g}%")
+    budget = flat.get(f"{section}.max_bytes")
+    if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0:
+        out.append(f"≤{short_bytes(budget)}")
+    return out
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:39] + "…"

@@ -27,6 +27,8 @@ METRICS: dict[str, str] = {
     "downlink_bytes": "total downlink bytes",
     "uplink_per_client_round": "uplink bytes per client per round",
     "downlink_per_client_round": "downlink bytes per client per round",
+    "uplink_bits_per_parameter": "uplink bits per model parameter per client per round",
+    "downlink_bits_per_parameter": "downlink bits per model parameter per client per round (train payloads)",
     "compression_ratio": "uplink compression ratio vs identity",
     "downlink_ratio": "downlink compression ratio vs identity (train payloads per client per round)",
     "final_model_bytes": "the final model's bytes as shipped (final_model.bin)",
@@ -71,6 +73,8 @@ class GroupRow:
     """Runs whose summary says ``failed`` (reported over the rounds they finished)."""
     server_compression: str = "identity"
     """The group's model compressor (the report shows the final model's bytes and the dense accuracy for it)."""
+    counted: bool = True
+    """Whether the figures are of complete runs, one per seed (else of partial runs: never in the frontier)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +85,7 @@ class GroupRow:
             "status": self.status,
             "warnings": self.warnings,
             "failed_runs": self.failed_runs,
+            "counted": self.counted,
             "metrics": {k: {"mean": s.mean, "std": s.std, "values": s.values} for k, s in self.metrics.items()},
         }
 
@@ -96,7 +101,9 @@ class Table:
     """Every damaged or left-out run file the report saw (each names the file and line)."""
 
 
-def run_metrics(run: RunRecord, target: float | None, identity_bytes: float | None) -> dict[str, float | None]:
+def run_metrics(
+    run: RunRecord, target: float | None, identity_bytes: float | None, n_params: int | None = None
+) -> dict[str, float | None]:
     accs = [p.accuracy for p in curve(run)]
     shipped = [p.accuracy for p in shipped_curve(run)]  # best: of the models the run ships, not the dense global
     uploads = sum(len(r["clients"]) for r in run.rows)
@@ -120,6 +127,8 @@ def run_metrics(run: RunRecord, target: float | None, identity_bytes: float | No
         "downlink_bytes": float(down),
         "uplink_per_client_round": up_pcr,
         "downlink_per_client_round": down / sampled if sampled else None,
+        "uplink_bits_per_parameter": 8 * up_pcr / n_params if up_pcr and n_params else None,
+        "downlink_bits_per_parameter": 8 * down_pcr / n_params if down_pcr and n_params else None,
         "compression_ratio": identity_bytes / up_pcr if identity_bytes and up_pcr else None,
         "downlink_ratio": identity_bytes / down_pcr if identity_bytes and down_pcr else None,
         "final_model_bytes": _number(run.summary.get("final_model_bytes")),
@@ -186,6 +195,33 @@ def _identity_length(state: dict[str, Any]) -> int:
     return len(IdentityCompressor().encode(update).payload)
 
 
+def _status(group: RunGroup) -> str:
+    """``complete``, or what was left out of the counted seeds and why."""
+    left = group.left_out
+    if not left:
+        return "complete"
+    why = [
+        f"seed {r.seed} again" if r.status == "complete" else f"seed {r.seed} partial ({len(r.rows)}/{r.planned_rounds} rounds)"
+        for r in left
+    ]  # fmt: skip
+    if not group.counted:
+        return f"partial only, not counted: {', '.join(why)}"
+    return f"complete ({len(group.counted)} seeds); not counted: {', '.join(why)}"
+
+
+def model_parameters(groups: list[RunGroup]) -> int | None:
+    """The configured model's floating-point parameter count, from a ``model.pt`` of the configured
+    architecture (the denominator of bits per parameter); None if no such file is readable."""
+    for g in groups:
+        for r in g.runs:
+            if r.summary.get("model_structure"):
+                continue
+            state = r.model_state()
+            if state:
+                return sum(v.numel() for v in state.values() if v.is_floating_point())
+    return None
+
+
 def default_target(groups: list[RunGroup]) -> tuple[float | None, str]:
     """The lower median of the groups' mean final accuracies, rounded down to a hundredth.
 
@@ -197,7 +233,7 @@ def default_target(groups: list[RunGroup]) -> tuple[float | None, str]:
     finals = sorted(
         mean
         for g in groups
-        if (mean := Stat.of([run_metrics(r, None, None)["final_accuracy"] for r in g.runs]).mean) is not None
+        if (mean := Stat.of([run_metrics(r, None, None)["final_accuracy"] for r in g.counted]).mean) is not None
     )
     if not finals:
         return None, "no target given and no evaluated accuracy to derive one from"
@@ -212,27 +248,26 @@ def build_table(groups: list[RunGroup], target: float | None = None) -> Table:
     else:
         target, target_source = default_target(groups)
     identity, identity_source = identity_payload_bytes(groups)
+    n_params = model_parameters(groups)
     rows = []
     for g in groups:
-        per_run = [run_metrics(r, target, identity) for r in g.runs]
+        # Complete runs, one per seed; a group with none is shown over its partial runs, marked, uncounted.
+        shown = g.counted or g.runs
+        per_run = [run_metrics(r, target, identity, n_params) for r in shown]
         metrics = {k: Stat.of([m[k] for m in per_run]) for k in METRICS}
-        partial = [r for r in g.runs if r.status != "complete"]
         failed = sum(1 for r in g.runs if r.summary.get("status") == "failed")
-        status = "complete"
-        if partial:
-            rounds = ", ".join(f"{len(r.rows)}/{r.planned_rounds}" for r in partial)
-            status = f"partial: {len(partial)} of {len(g.runs)} runs ({rounds} rounds)"
         rows.append(
             GroupRow(
                 g.label,
                 g.uplink,
-                [str(r.path) for r in g.runs],
-                [r.seed for r in g.runs],
-                status,
+                [str(r.path) for r in shown],
+                [r.seed for r in shown],
+                _status(g),
                 metrics,
                 [p for r in g.runs for p in r.problems],
                 failed,
                 g.server_compression,
+                counted=bool(g.counted),
             )
         )
     return Table(rows, target, target_source, identity, identity_source)
