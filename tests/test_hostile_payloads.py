@@ -307,6 +307,9 @@ UPLINK_VARIANTS = {
     "randomk": ("randomk", {"density": 0.01, "values": "fp16"}),
     "rtopk": ("rtopk", {"density": 0.01, "values": "bf16"}),
     "dgc": ("dgc", {"density": 0.01}),
+    "dgc-global": ("dgc", {"density": 0.01, "allocation": "global"}),
+    "stc": ("stc", {"density": 0.01}),
+    "topk-global-int8": ("topk", {"density": 0.01, "allocation": "global", "values": "int8"}),
     "surp": ("surp", {"density": 0.01}),  # staged
     "surp-staged-budget": ("surp", {"density": 0.05, "stage_ratio": 1.25, "max_bytes": 2000}),
     "surp-iter-layer": ("surp", {"density": 0.01, "mode": "iterative", "normalization": "layer"}),
@@ -350,6 +353,15 @@ def float_bytes(values: Iterable[float], fmt: str) -> bytes:
 VALUE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def coded_values(values: list[float], fmt: str, scale: float = 1.0) -> bytes:
+    """The sparse format's value bytes: floats, or one fp32 scale then int8 steps / sign bits."""
+    if fmt in VALUE_DTYPES:
+        return float_bytes(values, fmt)
+    if fmt == "int8":
+        return f32(scale) + bytes(int(round(v)) & 0xFF for v in values)
+    return f32(scale) + np.packbits(np.array(values) < 0).tobytes()
+
+
 def f32(value: float) -> bytes:
     return float_bytes([value], "fp32")
 
@@ -385,9 +397,9 @@ def sparse_body(sets: list[tuple[int, list[int] | None]], numels: list[int], val
 def sparse_cases(payload: bytes, specs: list[TensorSpec], fmt: str) -> Iterator[tuple[str, bytes]]:
     frame = Frame.parse(payload)
     numels = [s.numel for s in specs]
-    width = {"fp32": 4, "fp16": 2, "bf16": 2}[fmt]
+    width = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "sign": 1}[fmt]
     one = [(1, [0]) for _ in specs]
-    values = float_bytes([1.0] * len(specs), fmt)
+    values = coded_values([1.0] * len(specs), fmt)
     yield "one index per tensor (valid)", frame.with_body(sparse_body(one, numels, values)).to_bytes()
     for k in (0, 1, 2, numels[0] - 1, numels[0], numels[0] + 1, 1 << 31, U64 >> 32, 1 << 63, U64 - 1):
         sets = [(k, None), *one[1:]]
@@ -400,10 +412,14 @@ def sparse_cases(payload: bytes, specs: list[TensorSpec], fmt: str) -> Iterator[
         sets = [(k, [0] * k), *one[1:]]
         yield (
             f"{k} indices at 0",
-            frame.with_body(sparse_body(sets, numels, float_bytes([1.0] * (len(specs) + k - 1), fmt))).to_bytes(),
+            frame.with_body(sparse_body(sets, numels, coded_values([1.0] * (len(specs) + k - 1), fmt))).to_bytes(),
         )
     for value in HOSTILE_FLOATS:
-        body = sparse_body(one, numels, float_bytes([value, *[1.0] * (len(specs) - 1)], fmt))
+        if fmt in VALUE_DTYPES:
+            vals = float_bytes([value, *[1.0] * (len(specs) - 1)], fmt)
+        else:  # the one scale carries the hostile float
+            vals = coded_values([1.0] * len(specs), fmt, scale=value)
+        body = sparse_body(one, numels, vals)
         yield f"value {value!r}", frame.with_body(body).to_bytes()
     for bad in ("fp64", "", "FP32", None, ["fp32"], 32):
         yield f"values {bad!r}", frame.with_params({"values": bad}).to_bytes()
@@ -985,6 +1001,19 @@ def test_a_forged_update_decoding_to_nan_inf_or_huge_is_refused_naming_the_tenso
         body = bytearray(frame.body)
         at = FLOAT_AT[name](specs, params)
         body[at : at + 4] = f32(value)
+    elif (code := frame.params_dict.get("values")) in ("int8", "sign"):  # one scale for the whole update
+        numels = [s.numel for s in specs]
+        steps = [0.0, 0.0, 1.0, 0.0, 0.0, 0.0] if code == "int8" else [1.0] * len(specs)
+        body = sparse_body([(1, [0]) for _ in specs], numels, coded_values(steps, code, scale=value))
+        forged = _forge(payload, body)
+        with pytest.raises(DecodeError) as info:
+            comp.decode(forged, DecodeLimits.for_specs(specs, max_abs=MAX_ABS))
+        if not math.isfinite(value):
+            assert "the scale is not finite" in str(info.value), info.value
+            return
+        target = target if code == "int8" else specs[0].name  # ±scale everywhere: the first tensor fails first
+        assert f"tensor '{target}'" in str(info.value) and "1e+06" in str(info.value), info.value
+        return
     else:
         numels = [s.numel for s in specs]
         values = [1.0, 1.0, value, 1.0, 1.0, 1.0]

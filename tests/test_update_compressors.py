@@ -38,6 +38,9 @@ VARIANTS = [(name, {}) for name in ALL] + [
     ("surp", {**ITERATIVE, "algorithm": 1}),
     ("surp", {**ITERATIVE, "normalization": "layer"}),
     ("surp", {"stage_ratio": 1.25}),
+    ("topk", {"allocation": "global", "values": "int8"}),
+    ("randomk", {"allocation": "global", "values": "sign"}),
+    ("dgc", {"allocation": "global"}),
 ]
 VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in p.items()) for name, p in VARIANTS]
 
@@ -201,7 +204,8 @@ def test_bad_params_are_config_errors():
         ("rtopk", {"r_factor": 0.5}, "uplink.r_factor"),
         ("dgc", {"momentum": 1.0}, "uplink.momentum"),
         ("surp", {"density": 2}, "uplink.density"),
-        ("topk", {"values": "int8"}, "uplink.values"),
+        ("topk", {"values": "int4"}, "uplink.values"),
+        ("topk", {"allocation": "layerwise"}, "uplink.allocation"),
         ("surp", {"nonsense": 1}, "uplink.nonsense"),
         ("surp", {"algorithm": 3}, "uplink.algorithm"),
         ("surp", {"normalization": "net"}, "uplink.normalization"),
@@ -217,8 +221,14 @@ def test_bad_params_are_config_errors():
 
 # ----------------------------------------------------------------------------- byte budgets
 
-SPARSIFIERS = ["topk", "randomk", "rtopk", "dgc", "surp"]
-BUDGET_VARIANTS = [(name, {}) for name in SPARSIFIERS] + [("surp", {**ITERATIVE}), ("topk", {"values": "fp16"})]
+SPARSIFIERS = ["topk", "randomk", "rtopk", "dgc", "surp", "stc"]
+BUDGET_VARIANTS = [(name, {}) for name in SPARSIFIERS] + [
+    ("surp", {**ITERATIVE}),
+    ("topk", {"values": "fp16"}),
+    ("topk", {"values": "int8", "allocation": "global"}),
+    ("rtopk", {"allocation": "global"}),
+    ("dgc", {"allocation": "global"}),
+]
 
 
 @pytest.mark.parametrize(("name", "params"), BUDGET_VARIANTS, ids=lambda x: x if isinstance(x, str) else str(x))
@@ -524,3 +534,58 @@ def test_surp_decoder_refuses_what_no_encoder_writes():
             comp.decode(payload, limits)
     ok = _surp_payload(specs, [0, 1] * 5, [1] * 5, [0] * 5)  # a refresh before every iteration is legal
     assert torch.count_nonzero(comp.decode(ok, limits)["w"]) == 5
+
+
+# ----------------------------------------------------------------------------- allocation and value codes
+
+
+def _layered_update() -> OrderedDict[str, torch.Tensor]:
+    """A big tensor of small entries and two small tensors of large ones (a network's biases, its output layer)."""
+    g = torch.Generator().manual_seed(3)
+    return OrderedDict(
+        w=torch.randn(10_000, generator=g) * 0.01, bias=torch.randn(10, generator=g), out=torch.randn(50, generator=g)
+    )
+
+
+def test_global_allocation_takes_the_largest_magnitudes_of_the_whole_update():
+    upd = _layered_update()
+    k = 60
+    enc = make("topk", density=k / 10_060, allocation="global").encode(upd, {}, EncodeContext())
+    flat = torch.cat([v.reshape(-1) for v in upd.values()])
+    threshold = flat.abs().topk(k).values[-1]
+    sent = torch.cat([v.reshape(-1) for v in enc.sent.values()])
+    assert torch.equal(sent != 0, flat.abs() >= threshold)  # exactly the global top-k
+    assert int((enc.sent["bias"] != 0).sum()) >= 9 and int((enc.sent["out"] != 0).sum()) >= 45  # not starved
+    per_tensor = make("topk", density=k / 10_060).encode(upd, {}, EncodeContext())
+    assert int((per_tensor.sent["bias"] != 0).sum()) == 1  # ⌈density·10⌉: the per-tensor share of a bias
+    assert make("topk").decode(enc.payload, DecodeLimits.for_specs(specs_of(upd))).keys() == upd.keys()
+
+
+def test_the_sign_code_sends_each_value_as_plus_or_minus_their_mean_magnitude_in_one_bit():
+    """STC (Sattler et al. 2019, Alg. 1): the top-k of the whole update, each as ±μ, μ = mean |top-k|."""
+    upd = _layered_update()
+    enc = make("stc", density=0.01).encode(upd, {}, EncodeContext())
+    flat = torch.cat([v.reshape(-1) for v in upd.values()])
+    k = math.ceil(0.01 * flat.numel())
+    top = flat.abs().topk(k)
+    mu = float(top.values.mean())
+    sent = torch.cat([v.reshape(-1) for v in enc.sent.values()])
+    assert int((sent != 0).sum()) == k
+    assert torch.allclose(sent[top.indices], mu * torch.sign(flat[top.indices]), rtol=1e-6)
+    fp32 = make("topk", density=0.01, allocation="global").encode(upd, {}, EncodeContext())
+    names = len("topk") - len("stc")  # the codec's name in the container header
+    assert len(fp32.payload) - len(enc.payload) == 4 * k - 4 - math.ceil(k / 8) + names  # 32 bits → 1 bit, one μ
+    decoded = make("stc").decode(enc.payload, DecodeLimits.for_specs(specs_of(upd)))
+    assert all(torch.equal(decoded[n], enc.sent[n]) for n in upd)
+
+
+def test_the_int8_code_keeps_values_within_half_a_step_of_one_scale():
+    upd = _layered_update()
+    enc = make("topk", density=0.01, allocation="global", values="int8").encode(upd, {}, EncodeContext())
+    flat = torch.cat([v.reshape(-1) for v in upd.values()])
+    sent = torch.cat([v.reshape(-1) for v in enc.sent.values()])
+    chosen = sent != 0
+    step = float(flat.abs().max()) / 127
+    assert float((sent[chosen] - flat[chosen]).abs().max()) <= step / 2 + 1e-7
+    decoded = make("topk").decode(enc.payload, DecodeLimits.for_specs(specs_of(upd)))
+    assert all(torch.equal(decoded[n], enc.sent[n]) for n in upd)

@@ -49,7 +49,15 @@ import torch
 
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, float32_update
-from fedcomp.compressors.update.sparse import SparseParams, encode_sparse, fit_bytes, k_for, k_within, top_magnitude
+from fedcomp.compressors.update.sparse import (
+    SparseParams,
+    encode_sparse,
+    fit_bytes,
+    k_for,
+    k_within,
+    split_selection,
+    top_magnitude,
+)
 from fedcomp.compressors.update.topk import UPLINK_SELECTION, SparseCompressor
 from fedcomp.config import require
 from fedcomp.seeding import torch_generator
@@ -131,21 +139,33 @@ class DGCCompressor(SparseCompressor):
         )  # fmt: skip
         total = sum(g.numel() for g in grads.values())
 
+        def choose(flat: torch.Tensor, d: float, budgeted: bool) -> torch.Tensor:
+            if budgeted:
+                return top_magnitude(flat, k_within(flat.numel(), d))
+            return sampled_top_k(flat, k_for(flat.numel(), d), p.sample_fraction, gen)
+
         def attempt(d: float, budgeted: bool) -> tuple[bytes, dict[str, torch.Tensor], dict]:
             selection = {}
             for name, (_, v) in velocity.items():
                 flat = v.reshape(-1)
                 if dense[name]:
                     idx = torch.arange(flat.numel())
-                elif budgeted:
-                    idx = top_magnitude(flat, k_within(flat.numel(), d))
+                elif p.allocation == "global":
+                    continue  # chosen below, over every sparse tensor at once
                 else:
-                    idx = sampled_top_k(flat, k_for(flat.numel(), d), p.sample_fraction, gen)
+                    idx = choose(flat, d, budgeted)
                 selection[name] = (idx, flat[idx])
+            if p.allocation == "global":
+                sparse = OrderedDict((n, v) for n, (_, v) in velocity.items() if not dense[n])
+                flat = torch.cat([v.reshape(-1) for v in sparse.values()]) if sparse else torch.zeros(0)
+                idx = choose(flat, d, budgeted)
+                selection.update(split_selection(sparse, idx, flat[idx]))
+                selection = {n: selection[n] for n in velocity}  # spec order
             payload, sent = encode_sparse(self.name, grads, selection, p.values)
             return payload, sent, selection
 
-        largest = max((g.numel() for name, g in grads.items() if not dense[name]), default=0)
+        sparse_sizes = [g.numel() for name, g in grads.items() if not dense[name]]
+        largest = sum(sparse_sizes) if p.allocation == "global" else max(sparse_sizes, default=0)
         payload, sent, selection = fit_bytes(attempt, density, p.max_bytes, largest)
         new_state: State = {}
         for name, (u, v) in velocity.items():

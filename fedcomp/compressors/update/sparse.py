@@ -3,8 +3,19 @@
 Body: one bit stream holding, tensor after tensor (in spec order), the set
 of selected indices (count by Elias-δ, then Golomb-coded gaps with M from
 k/n: :func:`fedcomp.coding.encode_indices`), padded to a byte; then the
-selected values of every tensor, in the same order, as fp32, fp16 or bf16.
+selected values of every tensor, back to back in the same order, in the
+value code (:func:`pack_selected`): fp32, fp16 or bf16 per value; ``int8``,
+one fp32 scale max|v|/127 for the whole update and a rounded int8 per value;
+or ``sign``, one fp32 magnitude μ = mean |v| for the whole update and one
+sign bit per value (the ternary code of STC, Sattler et al. 2019, Alg. 1).
 A tensor whose selection is everything costs only its count.
+
+**Allocation** (``allocation``): ``per_tensor`` gives every tensor its own
+k = ⌈density·n_tensor⌉; ``global`` selects k = ⌈density·n⌉ over the whole
+update at once (the selection rule applied to all tensors concatenated), so
+a small tensor with large entries (a bias, the output layer) is not starved
+by a per-tensor share of zero or one, and a large flat tensor does not take
+coordinates it does not need.
 
 **Byte budgets** (``max_bytes``, every sparsifier): the whole payload,
 container framing included, never exceeds ``max_bytes``. If the selection
@@ -17,6 +28,7 @@ selection is a ValueError at encode time.
 from __future__ import annotations
 
 import math
+import struct
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +49,7 @@ from fedcomp.coding import (
     unpack_values,
     values_within,
 )
-from fedcomp.coding.values import BYTES_PER_VALUE, VALUE_FORMATS, pack_values
+from fedcomp.coding.values import BYTES_PER_VALUE, VALUE_FORMATS, pack_signs, pack_values, unpack_signs
 from fedcomp.config import require
 
 Selection = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -49,9 +61,11 @@ class SparseParams:
     """Parameters every sparsifier shares."""
 
     density: float = 0.01
-    """Fraction of each tensor's coordinates sent (k = ⌈density·n⌉, at least 1)."""
+    """Fraction of the coordinates sent (k = ⌈density·n⌉ per tensor, at least 1; with ``global``, of the update)."""
     values: str = "fp32"
-    """Value format: fp32, fp16 or bf16."""
+    """Value code: fp32, fp16, bf16, int8 (one scale per update) or sign (one mean magnitude per update)."""
+    allocation: str = "per_tensor"
+    """How k is shared: ``per_tensor`` (each tensor its density·n) or ``global`` (one selection over all)."""
     error_feedback: bool | None = None
     """Keep what was not sent and add it next round (default: the method's own)."""
     max_bytes: int = 0
@@ -60,7 +74,74 @@ class SparseParams:
     def validate(self, path: str) -> None:
         require(0 < self.density <= 1, f"{path}.density", f"a number in (0, 1], got {self.density}")
         require(self.max_bytes >= 0, f"{path}.max_bytes", "an integer >= 0 (0 = no budget)")
-        require(self.values in VALUE_FORMATS, f"{path}.values", f"one of {sorted(VALUE_FORMATS)}, got {self.values!r}")
+        require(self.values in VALUE_CODES, f"{path}.values", f"one of {list(VALUE_CODES)}, got {self.values!r}")
+        require(
+            self.allocation in ALLOCATIONS, f"{path}.allocation", f"one of {list(ALLOCATIONS)}, got {self.allocation!r}"
+        )
+
+
+VALUE_CODES = (*VALUE_FORMATS, "int8", "sign")
+ALLOCATIONS = ("per_tensor", "global")
+_SCALE = struct.Struct("<f")
+
+
+def _as_fp32(x: float) -> float:
+    """``x`` as the fp32 the payload carries (encoder and decoder must scale by the very same number)."""
+    return _SCALE.unpack(_SCALE.pack(x))[0]
+
+
+def pack_selected(values: torch.Tensor, code: str) -> bytes:
+    """Every tensor's selected values, back to back, in the value ``code`` (module docstring)."""
+    v = values.detach().to("cpu", torch.float32).reshape(-1)
+    if code in VALUE_FORMATS:
+        return pack_values(v, code)
+    if not v.numel():
+        return b""
+    if code == "int8":
+        scale = _as_fp32(float(v.abs().max()) / 127)
+        q = torch.round(v / scale).clamp(-127, 127) if scale > 0 else torch.zeros_like(v)
+        return _SCALE.pack(scale) + q.to(torch.int8).numpy().tobytes()
+    mu = _as_fp32(float(v.abs().mean()))  # STC: μ = (1/k) Σ |v| over the sent values
+    return _SCALE.pack(mu) + pack_signs((v < 0).numpy())
+
+
+def selected_bytes(code: str, count: int) -> int:
+    """The length :func:`pack_selected` gives ``count`` values."""
+    if code in VALUE_FORMATS:
+        return count * BYTES_PER_VALUE[code]
+    if not count:
+        return 0
+    return _SCALE.size + (count if code == "int8" else (count + 7) // 8)
+
+
+def unpack_selected(data: bytes, code: str, count: int) -> torch.Tensor:
+    """Inverse of :func:`pack_selected`: ``count`` float32 values; DecodeError when the length or scale is off."""
+    if code in VALUE_FORMATS:
+        return unpack_values(data, code, count)
+    if len(data) != selected_bytes(code, count):
+        raise DecodeError(f"{count} {code} values need {selected_bytes(code, count)} bytes, got {len(data)}")
+    if not count:
+        return torch.zeros(0)
+    (scale,) = _SCALE.unpack_from(data)
+    if not math.isfinite(scale) or scale < 0:
+        raise DecodeError(f"{code} values: the scale is not finite or is negative ({scale})")
+    if code == "int8":
+        q = torch.frombuffer(bytearray(data[_SCALE.size :]), dtype=torch.int8).to(torch.float32)
+        return q * scale
+    negative = torch.from_numpy(unpack_signs(data[_SCALE.size :], count))
+    return torch.where(negative, -scale, scale).to(torch.float32)
+
+
+def split_selection(update: dict[str, torch.Tensor], idx: torch.Tensor, vals: torch.Tensor) -> Selection:
+    """A selection over all tensors concatenated (``global`` allocation; ``idx`` sorted) as each tensor's own."""
+    out: Selection = {}
+    start = 0
+    for name, t in update.items():
+        stop = start + t.numel()
+        lo, hi = (int(i) for i in torch.searchsorted(idx, torch.tensor([start, stop])))
+        out[name] = (idx[lo:hi] - start, vals[lo:hi])
+        start = stop
+    return out
 
 
 def k_for(n: int, density: float) -> int:
@@ -106,18 +187,21 @@ def encode_sparse(
 ) -> tuple[bytes, dict[str, torch.Tensor]]:
     """Frame the selection as a payload; also return the dense update it decodes to."""
     writer = BitWriter()
-    chunks, sent = [], OrderedDict()
     for name, tensor in update.items():
-        idx, vals = selection[name]
-        n = tensor.numel()
-        encode_indices(idx.cpu().numpy(), n, writer)
-        packed = pack_values(vals, value_format)
-        chunks.append(packed)
-        dense = torch.zeros(n, dtype=torch.float32)
+        encode_indices(selection[name][0].cpu().numpy(), tensor.numel(), writer)
+    chosen = [selection[name][1].reshape(-1) for name in update]
+    values = torch.cat(chosen) if chosen else torch.zeros(0)
+    packed = pack_selected(values, value_format)
+    decoded = unpack_selected(packed, value_format, values.numel())  # what the receiver adds: exactly this
+    sent, start = OrderedDict(), 0
+    for name, tensor in update.items():
+        idx = selection[name][0].cpu()
+        dense = torch.zeros(tensor.numel(), dtype=torch.float32)
         if idx.numel():
-            dense[idx.cpu()] = unpack_values(packed, value_format, idx.numel())
+            dense[idx] = decoded[start : start + idx.numel()]
+        start += idx.numel()
         sent[name] = dense.view(tensor.shape)
-    body = writer.getvalue() + b"".join(chunks)
+    body = writer.getvalue() + packed
     specs = [TensorSpec(name, tuple(t.shape), torch.float32) for name, t in update.items()]
     return pack(codec, {"values": value_format}, specs, body, by_digest=True), sent
 
@@ -132,16 +216,16 @@ def decode_sparse(
     (``UpdateCompressor.bounds_own_values``).
     """
     fmt = params.get("values")
-    if fmt not in VALUE_FORMATS:
+    if fmt not in VALUE_CODES:
         raise DecodeError(f"sparse payload: unknown value format {fmt!r:.40}")
     reader = BitReader(body)
     index_sets = [decode_indices(reader, spec.numel) for spec in specs]
     offset = (reader.pos + 7) // 8
     total = sum(len(i) for i in index_sets)
-    need = total * BYTES_PER_VALUE[fmt]
+    need = selected_bytes(fmt, total)
     if len(body) - offset != need:
         raise DecodeError(f"sparse payload: {len(body) - offset} value bytes after the indices, {need} expected")
-    values = unpack_values(body[offset:], fmt, total)
+    values = unpack_selected(body[offset:], fmt, total)
     bounds = np.cumsum([0, *(len(i) for i in index_sets)])
     if not values_within(values, max_abs):  # name the first tensor whose values fail
         for spec, start, stop in zip(specs, bounds[:-1], bounds[1:], strict=True):

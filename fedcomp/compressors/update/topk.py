@@ -1,8 +1,14 @@
 """Reference sparsifiers: plain top-k and random-k.
 
 top-k sends the k = ⌈density·n⌉ largest-magnitude coordinates of each
-tensor; random-k a uniformly random k (seeded per round and client), with
-the optional unbiased rescaling by n/k. Both use the shared sparse format.
+tensor (or, with ``allocation = "global"``, of the whole update); random-k
+a uniformly random k (seeded per round and client), with the optional
+unbiased rescaling by n/k. Both use the shared sparse format and its value
+codes (:mod:`.sparse`). STC is top-k with global allocation and the sign
+code: Sattler et al. 2019, "Robust and Communication-Efficient Federated
+Learning from Non-IID Data", Algorithm 1 (sparse ternary compression: the
+top-k of the whole update, each sent as ±μ with μ their mean magnitude,
+positions Golomb-coded) with error accumulation (their eq. 9).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from fedcomp.compressors.update.sparse import (
     fit_bytes,
     k_for,
     k_within,
+    split_selection,
     top_magnitude,
 )
 from fedcomp.seeding import torch_generator
@@ -48,15 +55,20 @@ class SparseCompressor(UpdateCompressor):
 
         def attempt(density: float, budgeted: bool) -> tuple[bytes, dict[str, torch.Tensor], int]:
             gen = torch_generator(self.seed, UPLINK_SELECTION, ctx.server_round, ctx.client_id)
-            selection = {}
-            for name, t in tensors.items():
-                flat = t.reshape(-1)
-                k = (k_within if budgeted else k_for)(flat.numel(), density)
-                selection[name] = self.select(name, flat, k, gen)
+            size = k_within if budgeted else k_for
+            if self.params.allocation == "global":  # one selection over the whole update
+                flat = torch.cat([t.reshape(-1) for t in tensors.values()]) if tensors else torch.zeros(0)
+                selection = split_selection(tensors, *self.select("*", flat, size(flat.numel(), density), gen))
+            else:
+                selection = {}
+                for name, t in tensors.items():
+                    flat = t.reshape(-1)
+                    selection[name] = self.select(name, flat, size(flat.numel(), density), gen)
             payload, sent = encode_sparse(self.name, tensors, selection, self.params.values)
             return payload, sent, sum(idx.numel() for idx, _ in selection.values())
 
-        largest = max((t.numel() for t in tensors.values()), default=0)
+        global_ = self.params.allocation == "global"
+        largest = total if global_ else max((t.numel() for t in tensors.values()), default=0)
         payload, sent, chosen = fit_bytes(attempt, self.params.density, self.params.max_bytes, largest)
         return Encoded(payload, sent, {"density": chosen / max(total, 1)}, dict(state or {}))
 
@@ -91,3 +103,19 @@ class RandomKCompressor(SparseCompressor):
         idx = torch.randperm(n, generator=gen)[:k].sort().values
         vals = flat[idx]
         return idx, vals * (n / k) if self.params.rescale and k else vals
+
+
+@dataclass
+class STCParams(SparseParams):
+    """STC's defaults: one selection over the whole update, each value sent as ±μ."""
+
+    allocation: str = "global"
+    values: str = "sign"
+
+
+@UPDATE_COMPRESSORS.register(
+    "stc", "sparse ternary compression (Sattler et al. 2019): global top-k sent as ±mean magnitude, Golomb positions"
+)
+class STCCompressor(TopKCompressor):
+    name = "stc"
+    Params = STCParams
