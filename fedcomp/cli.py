@@ -207,6 +207,38 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from fedcomp.compare import compare, parse_method
+    from fedcomp.servers.app import human_bytes
+    from fedcomp.sweep import parse_grid
+
+    result = compare(
+        args.config,
+        [parse_method(m) for m in args.method],
+        tune=parse_grid(args.tune or []),
+        seeds=args.seeds,
+        tune_seeds=args.tune_seeds,
+        target=args.target,
+        overrides=args.set or [],
+        out_dir=args.out,
+        progress=not args.no_progress,
+    )
+    print(f"compare directory: {result.out_dir} (target accuracy {result.target})")
+    for m in result.methods:
+        chosen = ", ".join(f"{k}={v}" for k, v in m.chosen.items()) or "nothing tuned"
+        reached = [b for b in m.to_target["total_bytes"] if b is not None]
+        mean = human_bytes(sum(reached) / len(reached)) if reached else "—"
+        diff = m.paired["total_bytes"]
+        vs = ""
+        if m is not result.methods[0] and diff["ci95"] is not None:
+            lo, hi = diff["ci95"]
+            vs = f"; vs baseline {human_bytes(diff['mean_difference'])} (95% CI {human_bytes(lo)} to {human_bytes(hi)})"
+        print(f"  {m.label}: {chosen}; bytes to target {mean} ({len(reached)}/{len(m.runs)} seeds){vs}")
+    _print_report([result.out_dir / "final"], result.out_dir / "report", [result.target] if result.target else None,
+                  False)  # fmt: skip
+    return 0
+
+
 def _cmd_submit(args: argparse.Namespace) -> int:
     from fedcomp.submit import submit
 
@@ -275,6 +307,28 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument("--budget", type=_byte_budget, action="append", metavar="BYTES", help=BUDGET_HELP)
     p_report.add_argument("--allow-mixed", action="store_true", help="accept runs of different experiments")
     p_report.set_defaults(func=_cmd_report)
+
+    p_cmp = sub.add_parser(
+        "compare",
+        help="tune each method on validation data, run paired seeds, compare bytes and rounds to a target",
+    )
+    p_cmp.add_argument("config", help="base experiment TOML file, or a packaged config's name (demo, ...)")
+    p_cmp.add_argument(
+        "--method",
+        action="append",
+        required=True,
+        metavar="KEY=VALUE[;KEY=VALUE]",
+        help="a method as config overrides, e.g. 'uplink={name=\"surp\",density=0.01}' (repeatable; the first is "
+        "the baseline)",
+    )
+    p_cmp.add_argument("--tune", action="append", metavar="KEY=V1,V2", help="values tried per method (repeatable)")
+    p_cmp.add_argument("--seeds", type=int, default=3, help="paired seeds for the final runs (default 3)")
+    p_cmp.add_argument("--tune-seeds", type=int, default=1, help="seeds per tuned value (default 1)")
+    p_cmp.add_argument("--target", type=float, help="target accuracy (default: the baseline's, less one point)")
+    p_cmp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the base config")
+    p_cmp.add_argument("--out", default="runs/compare", help="the comparison's folder (default runs/compare)")
+    p_cmp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p_cmp.set_defaults(func=_cmd_compare)
 
     p_submit = sub.add_parser(
         "submit",

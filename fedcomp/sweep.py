@@ -163,7 +163,7 @@ def run_sweep(
     verbose: bool = False,
 ) -> SweepResult:
     """Run the grid × seeds; see the module docstring for the directory and the restart rules."""
-    base = _load_base(config, overrides)
+    base = load_base(config, overrides)
     grid = _grid_as_paths(grid or {}, base)
     runs = plan(base, grid, seeds)
     if sweep_dir is None:
@@ -231,7 +231,7 @@ def _run_all(
     return result
 
 
-def _load_base(
+def load_base(
     config: str | Path | dict[str, Any] | ExperimentConfig, overrides: list[str] | tuple[str, ...]
 ) -> dict[str, Any]:
     """The base config as plain TOML-shaped data: what :func:`fedcomp.run` takes, objects turned into the import
