@@ -102,6 +102,14 @@ class FederationConfig:
     a reply must also claim exactly the size its partition reported at warm-up."""
     max_abs_value: float = 1e6
     """A decoded update or broadcast with a value beyond ±this (or not finite) is refused."""
+    update_norm_bound: Literal["off", "clip", "reject"] = "off"
+    """Bound each update's norm ‖Δ‖₂ before any strategy aggregates it: ``clip`` scales a larger one down to the
+    bound, ``reject`` refuses it (the client's failure); ``off``: no bound (FedAvg then gives one client unbounded
+    influence within ``max_abs_value``: docs/threat_model.md)."""
+    update_norm_factor: float = 3.0
+    """The bound relative to the round's median update norm (× median; 0 = none, >= 1 otherwise)."""
+    update_norm_max: float = 0.0
+    """An absolute bound on ‖Δ‖₂ (0 = none); with both, the smaller applies."""
 
     @property
     def quorum(self) -> int:
@@ -127,6 +135,17 @@ class FederationConfig:
         )
         require(self.max_examples >= 1, f"{path}.max_examples", "an integer >= 1")
         require(self.max_abs_value > 0, f"{path}.max_abs_value", "a number > 0")
+        require(
+            self.update_norm_factor == 0 or 1 <= self.update_norm_factor < math.inf,
+            f"{path}.update_norm_factor",
+            "0 (none) or a finite number >= 1 (× the round's median update norm)",
+        )
+        require(0 <= self.update_norm_max < math.inf, f"{path}.update_norm_max", "a finite number >= 0 (0 = none)")
+        require(
+            self.update_norm_bound == "off" or self.update_norm_factor > 0 or self.update_norm_max > 0,
+            f"{path}.update_norm_bound",
+            "a bound needs update_norm_factor or update_norm_max (or both) > 0",
+        )
 
 
 @dataclass

@@ -327,3 +327,48 @@ def test_the_server_aggregates_onto_its_own_model_so_what_the_downlink_left_out_
         gaps.append(gap)
         state = OrderedDict(got)
     assert gaps[0] == 0 and all(g > 1e-3 for g in gaps[1:])  # w ≠ R from round 2: there is a residual to carry
+
+
+def test_a_catch_up_longer_than_the_cap_is_refused_before_any_step_is_decoded(monkeypatch):
+    """1,000 forged steps cost a ResNet-18 client 100–140 s on main; now refused at once (a few dense decodes
+    at most: MAX_CATCH_UP_STEPS)."""
+    import time
+
+    import fedcomp.flower.downlink as downlink
+    from fedcomp.coding import pack, unpack
+
+    payload, held, channel = catch_up()  # a genuine 2-step catch-up
+    parsed = unpack(payload, DecodeLimits(expected=None, max_tensors=10))
+    steps = downlink.MAX_CATCH_UP_STEPS + 1
+    one = parsed.body[len(parsed.body) - parsed.params["steps"][-1] :]  # a genuine step's bytes, repeated
+    body = parsed.body[: len(parsed.body) - sum(parsed.params["steps"])] + one * steps
+    forged = pack(parsed.codec, {**parsed.params, "version": steps, "steps": [len(one)] * steps}, parsed.specs, body)
+    decoded = []
+    monkeypatch.setattr(channel.compressor, "decode", lambda *a, **k: decoded.append(1))
+    t0 = time.perf_counter()
+    with pytest.raises(DecodeError, match=f"{steps} steps, more than the {steps - 1}"):
+        apply_change(forged, held, ARCH, channel.compressor, 1e6, None)
+    assert decoded == [] and time.perf_counter() - t0 < 1.0
+
+
+def test_steps_each_within_the_bound_cannot_add_up_beyond_it():
+    """Three steps of +999,000 on one weight, each within max_abs_value = 1e6 and with a correct CRC: the model
+    they build (2,997,000) is refused (main: 1,000 such steps gave 9.99e8, accepted)."""
+    specs = ARCH.specs(())
+    limits = DecodeLimits.for_specs([s for s in specs if s.dtype.is_floating_point])
+    topk = UPDATE_COMPRESSORS.get("topk")
+    channel = DownlinkChannel(topk(topk.Params(density=0.001)), limits)
+    start = channel.advance(1, initial_state(0), first_round_of_run=True)
+    held = Held(OrderedDict(start), 0, model_crc(start))
+    model = OrderedDict((k, v.clone()) for k, v in start.items())
+    first = next(k for k, v in model.items() if v.is_floating_point())
+    for r in (2, 3, 4):
+        model[first].view(-1)[0] += 999_000.0
+        channel.advance(r, model, first_round_of_run=False)
+    channel.versions[7] = 0
+    payload = channel.payload_for(7, channel.dense())
+    assert payload != channel.dense()  # a catch-up of three steps
+    got = apply_change(payload, held, ARCH, channel.compressor, 1e7, None)  # a receiver allowing 1e7 takes it
+    assert float(got.state[first].abs().max()) > 2.9e6
+    with pytest.raises(DecodeError, match=f"{first!r} has values that are not finite or exceed"):
+        apply_change(payload, held, ARCH, channel.compressor, 1e6, None)

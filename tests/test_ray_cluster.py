@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import tomli_w
@@ -21,11 +23,13 @@ from tests.processes import free_port, process_group
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def test_a_simulation_attaches_to_a_running_ray_cluster(tmp_path):
+@contextlib.contextmanager
+def ray_head(env: dict[str, str] | None = None) -> Iterator[tuple[int, Path]]:
+    """``ray start --head`` on loopback, up and running; yields its port and temp dir, stops and removes it after."""
     port = free_port()
     temp_dir = Path("/tmp") / f"fc-ray-{os.getpid()}-{port}"  # short: Ray's socket paths have a length limit
     try:
-        with process_group() as start:
+        with process_group(env) as start:
             head = start([RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
                           "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"])  # fmt: skip
             deadline = time.monotonic() + 120
@@ -33,14 +37,19 @@ def test_a_simulation_attaches_to_a_running_ray_cluster(tmp_path):
                 assert head.poll() is None, "ray start --head exited"
                 assert time.monotonic() < deadline, "the Ray head did not come up"
                 time.sleep(0.2)
-            cfg = small_config(tmp_path, simulation={"ray_address": f"127.0.0.1:{port}"})
-            result = fedcomp.run(cfg, progress=False)
-            assert [r["round"] for r in result.rows] == [1, 2] and result.rows[-1]["test_accuracy"] > 0.5
-            # The driver (this process) joined the head's session instead of starting a cluster of its own.
-            drivers = list(temp_dir.glob(f"session_*/logs/python-core-driver-*_{os.getpid()}.log"))
-            assert drivers, "no driver log of this process in the head's session"
+            yield port, temp_dir
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_simulation_attaches_to_a_running_ray_cluster(tmp_path):
+    with ray_head() as (port, temp_dir):
+        cfg = small_config(tmp_path, simulation={"ray_address": f"127.0.0.1:{port}"})
+        result = fedcomp.run(cfg, progress=False)
+        assert [r["round"] for r in result.rows] == [1, 2] and result.rows[-1]["test_accuracy"] > 0.5
+        # The driver (this process) joined the head's session instead of starting a cluster of its own.
+        drivers = list(temp_dir.glob(f"session_*/logs/python-core-driver-*_{os.getpid()}.log"))
+        assert drivers, "no driver log of this process in the head's session"
 
 
 def test_client_resources_follow_the_config():
@@ -54,32 +63,20 @@ def test_client_resources_follow_the_config():
 
 def test_the_documented_token_authentication_admits_fedcomp_and_refuses_a_driver_without_the_token(tmp_path):
     """docs/deployment.md's cluster commands with RAY_AUTH_MODE=token, on loopback."""
-    port = free_port()
-    temp_dir = Path("/tmp") / f"fc-ray-auth-{os.getpid()}-{port}"
     token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    try:
-        with process_group({**plain, **token}) as start:
-            head = start([RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-                          "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"])  # fmt: skip
-            deadline = time.monotonic() + 120
-            while not list(temp_dir.glob("session_*/logs/raylet.out")):
-                assert head.poll() is None, "ray start --head exited"
-                assert time.monotonic() < deadline, "the Ray head did not come up"
-                time.sleep(0.2)
-            (tmp_path / "exp.toml").write_text(tomli_w.dumps(small_config(tmp_path)))
-            ours = subprocess.run(
-                [str(Path(sys.executable).with_name("fedcomp")), "run", str(tmp_path / "exp.toml"), "--no-progress",
-                 "--set", f'simulation.ray_address="127.0.0.1:{port}"'],
-                env={**plain, **token}, capture_output=True, text=True, timeout=300,
-            )  # fmt: skip
-            assert ours.returncode == 0, (ours.stdout + ours.stderr)[-3000:]
-            assert "test acc" in ours.stdout  # its rounds table
-            stranger = subprocess.run(
-                [sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR')"],
-                env=plain, capture_output=True, text=True, timeout=120,
-            )  # fmt: skip
-            assert stranger.returncode != 0
-            assert "Authentication token is missing or incorrect" in stranger.stderr
-    finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_head({**plain, **token}) as (port, _):
+        (tmp_path / "exp.toml").write_text(tomli_w.dumps(small_config(tmp_path)))
+        ours = subprocess.run(
+            [str(Path(sys.executable).with_name("fedcomp")), "run", str(tmp_path / "exp.toml"), "--no-progress",
+             "--set", f'simulation.ray_address="127.0.0.1:{port}"'],
+            env={**plain, **token}, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert ours.returncode == 0, (ours.stdout + ours.stderr)[-3000:]
+        assert "test acc" in ours.stdout  # its rounds table
+        stranger = subprocess.run(
+            [sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR')"],
+            env=plain, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert stranger.returncode != 0
+        assert "Authentication token is missing or incorrect" in stranger.stderr

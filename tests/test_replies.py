@@ -37,7 +37,7 @@ def strategy(inner=None, **kwargs) -> CompressedStrategy:
     s = CompressedStrategy(inner or FedAvg(), arch=ARCH, num_partitions=3, max_abs_value=1e6, **kwargs)
     for i, node in enumerate(NODES):
         s.roster.learn(node, MetricRecord({"partition-id": i, "num-examples": 10 * (i + 1)}), s.policy)
-    s.global_state = zero_state()
+    s.global_state = s.aggregate_base = zero_state()  # what configure_train sets
     s.current = RoundStats(round=1, sampled_nodes=list(NODES))
     return s
 
@@ -190,3 +190,46 @@ def test_a_second_reply_or_one_from_a_node_not_sampled_is_ignored():
     reasons = sorted(f.reason for f in stats.failures)
     assert reasons == ["a reply from a node not sampled: ignored", "a second reply in this round: ignored"]
     assert all(torch.allclose(v, torch.ones_like(v)) for v in state.values())  # the mean of two updates of 1
+
+
+def evaluation_reply(node: int, **metrics) -> Message:
+    sent = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=MessageType.EVALUATE)
+    return Message(RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=sent)
+
+
+def test_evaluation_replies_are_judged_for_range_and_held_out_size():
+    from fedcomp.strategies.replies import ReplyPolicy, Roster, judge_evaluation
+
+    roster = Roster(partition_of={11: 0, 12: 1}, test_sizes={0: 50})
+    policy = ReplyPolicy(num_partitions=4, max_examples=10**7)
+    good = {"num-examples": 50, "test_accuracy": 0.8, "test_loss": 0.6}
+    assert judge_evaluation(evaluation_reply(11, **good), roster, policy) is not None
+    assert judge_evaluation(evaluation_reply(12, **{**good, "num-examples": 10**6}), roster, policy)  # size unknown
+    cases = {
+        "is not a fraction": {**good, "test_accuracy": 1e300},
+        "accuracy = -0.5": {**good, "accuracy": -0.5},
+        "holds out 50": {**good, "num-examples": 10**7},
+        "test_loss = -1": {**good, "test_loss": -1.0},
+        "nan": {**good, "test_loss": float("nan")},
+        "num-examples is missing": {"test_accuracy": 0.5},
+    }
+    for why, metrics in cases.items():
+        with pytest.raises(ReplyRejected, match=re.escape(why)):
+            judge_evaluation(evaluation_reply(11, **metrics), roster, policy)
+
+
+def test_a_refused_evaluation_reply_is_the_rounds_recorded_failure():
+    s = strategy()
+    s.current = RoundStats(round=1)
+    s.roster.partition_of[NODES[0]] = 0
+    s.roster.test_sizes[0] = 40
+    out = s.aggregate_evaluate(
+        1,
+        [
+            evaluation_reply(NODES[0], **{"num-examples": 10**7, "test_accuracy": 1.0}),
+            evaluation_reply(NODES[1], **{"num-examples": 40, "test_accuracy": 0.5}),
+        ],
+    )
+    assert out is not None and s.current.evaluate_metrics["clients"] == 1
+    (failure,) = s.current.failures
+    assert failure.node_id == NODES[0] and failure.reason.startswith("evaluation not counted: num-examples")

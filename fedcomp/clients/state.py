@@ -19,10 +19,19 @@ deletes files of rounds after the checkpoint it resumes from before round
 1 of the new attempt, so a file left by a round that was redone is never
 read. Files older than the newest one at or before the last checkpoint are
 deleted as rounds go on.
+
+A state file is the client's own, but disks fail and processes die mid-write
+elsewhere: a file that cannot be read as a mapping of names to tensors
+(truncated, empty, a foreign pickle ``weights_only`` refuses) raises
+:class:`StateDamaged`; the client mod then sets it aside (renamed
+``round-<r>.pt.corrupt``, kept for whoever wants to look) with
+:func:`set_aside` and starts its state fresh, instead of failing every
+later round on the same file.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -32,8 +41,19 @@ from flwr.app import ArrayRecord, Context
 
 from fedcomp.compressors.update.base import State
 
+logger = logging.getLogger(__name__)
+
 UPLINK_STATE_KEY = "fedcomp.uplink_state"
 _FILE = re.compile(r"^round-(\d+)\.pt$")
+CORRUPT_SUFFIX = ".corrupt"
+
+
+class StateDamaged(ValueError):
+    """A client's stored state that cannot be used; ``reason`` says what is wrong with it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def state_dir_for(context: Context, from_server: str | None) -> Path | None:
@@ -63,15 +83,53 @@ def fit_state(state: State, update: dict[str, torch.Tensor]) -> State:
     }
 
 
+def newest_state_file(folder: Path, server_round: int) -> Path | None:
+    """The file a client reads in ``server_round``: its newest of an earlier round, or None."""
+    earlier = [r for r in _rounds(folder) if r < server_round]
+    return folder / f"round-{earlier[-1]}.pt" if earlier else None
+
+
 def load_state(context: Context, folder: Path | None, server_round: int) -> State:
-    """This client's state from earlier rounds: the newest earlier file, or ``Context.state`` without a folder."""
+    """This client's state from earlier rounds: the newest earlier file, or ``Context.state`` without a folder.
+
+    :class:`StateDamaged` if it is not a mapping of names to tensors."""
     if folder is None:
         record = context.state.array_records.get(UPLINK_STATE_KEY)
-        return dict(record.to_torch_state_dict()) if record is not None else {}
-    earlier = [r for r in _rounds(folder) if r < server_round]
-    if not earlier:
+        try:
+            return dict(record.to_torch_state_dict()) if record is not None else {}
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged record raises, it is unusable
+            raise StateDamaged(f"the state in Context.state is unreadable ({type(exc).__name__}: {exc})") from None
+    path = newest_state_file(folder, server_round)
+    if path is None:
         return {}
-    return dict(torch.load(folder / f"round-{earlier[-1]}.pt", map_location="cpu", weights_only=True))
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, empty file, a pickle weights_only refuses, ...
+        raise StateDamaged(f"{path.name} is unreadable ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(loaded, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        raise StateDamaged(f"{path.name} holds a {type(loaded).__name__}, not a mapping of names to tensors")
+    return dict(loaded)
+
+
+def set_aside(context: Context, folder: Path | None, server_round: int, reason: str) -> None:
+    """Put the state a client could not use out of the way (renamed ``….corrupt``, or dropped from
+    ``Context.state``), so that it starts afresh; logged with ``reason``."""
+    if folder is None:
+        if UPLINK_STATE_KEY in context.state:
+            del context.state[UPLINK_STATE_KEY]
+        logger.warning("client state reset (Context.state): %s", reason)
+        return
+    path = newest_state_file(folder, server_round)
+    if path is None:
+        return
+    target = path.with_name(path.name + CORRUPT_SUFFIX)
+    n = 1
+    while target.exists():  # keep every damaged file: none overwrites another
+        target, n = path.with_name(f"{path.name}{CORRUPT_SUFFIX}.{n}"), n + 1
+    os.replace(path, target)
+    logger.warning("client state reset: %s; kept as %s", reason, target)
 
 
 def save_state(context: Context, folder: Path | None, server_round: int, state: State, checkpoint_round: int) -> None:

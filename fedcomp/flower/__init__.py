@@ -24,9 +24,11 @@ from fedcomp.flower.recalibration import statistics_reply
 from fedcomp.flower.recording import AppRecorder
 from fedcomp.flower.strategy import CompressedStrategy, RoundStats
 from fedcomp.flower.transport import Transport, TransportError
+from fedcomp.strategies.influence import NormBound
 
 __all__ = [
     "AppRecorder",
+    "NormBound",
     "CompressedStrategy",
     "CompressionMod",
     "RoundStats",

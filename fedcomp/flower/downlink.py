@@ -28,12 +28,25 @@ Each train reply reports the version the client now holds
 sampled for a while, or whose earlier reply failed, may hold an old one),
 or R_t dense when that is smaller, or when the server does not know what it
 holds (a new device, a failed reply). So downlink bytes differ per client.
+A reply whose version is not the one its broadcast brought it to is a
+lie (or a broken client): it is refused as the client's failure, and the
+node gets the model dense next time, so the lie costs its teller the
+dense model's bytes and is on the row (:meth:`DownlinkChannel.check_version`).
 With ``initial = "seed"`` (fedcomp's own app) every client can build the
 round-0 model from the experiment seed, as the server does, so a client
 never seen before gets the catch-up from version 0; its CRC proves the two
 equal. The server keeps the payloads of the newest steps only while their
 sum is under one dense model (and at most :data:`MAX_CATCH_UP_STEPS`): an older base
 gets the dense model anyway.
+
+The client's work is bounded by the same cap: decoding a step gives dense
+tensors whatever its payload (every codec's decoder returns the update
+dense), so a catch-up costs O(payload + steps × n) for a model of n
+values, and the client refuses one of more than :data:`MAX_CATCH_UP_STEPS`
+steps before decoding any (so its work is at most that many dense
+decodes, whatever the payload). The model it arrives at must lie within
+``max_abs_value`` like any broadcast: steps each within the bound can add
+up beyond it.
 
 A resumed run starts its channel again: every client gets R dense once.
 """
@@ -48,18 +61,20 @@ from typing import Any
 
 import torch
 
-from fedcomp.coding import DecodeError, DecodeLimits, pack, peek, specs_of, tensor_to_bytes, unpack
+from fedcomp.coding import DecodeError, DecodeLimits, pack, peek, specs_of, tensor_to_bytes, unpack, values_within
 from fedcomp.compressors.model.base import broadcast_limits, dense_bytes, dense_payload, read_dense
 from fedcomp.compressors.model.structure import Architecture
 from fedcomp.compressors.update.base import EncodeContext, State, UpdateCompressor
+from fedcomp.strategies.replies import ReplyRejected
 
 CHANGE_CODEC = "model-change"
 """The container of a catch-up: steps ``base+1 … version`` of the change, and the integer buffers dense."""
 DENSE_CODEC = "identity"
 """A dense broadcast (the identity model codec), with ``version`` and ``crc`` in its params."""
-MAX_CATCH_UP_STEPS = 1000
-"""The most steps one catch-up carries (their lengths ride in the container's params, which are bounded):
-a base older than that gets the model dense."""
+MAX_CATCH_UP_STEPS = 16
+"""The most steps one catch-up carries: a base older than that gets the model dense. Each step costs the client
+a dense decode and a dense add (O(n) whatever its payload), so this caps a catch-up's work at 16 dense decodes;
+a client refuses a longer one before decoding anything."""
 SERVER_CLIENT_ID = (1 << 32) - 1
 """The ``client_id`` the server encodes with: no client's (partition ids and node-derived ids are < 2³¹), so
 compressors that draw per client (QSGD's rounding, SuRP's order) draw a stream of the server's own."""
@@ -194,6 +209,18 @@ class DownlinkChannel:
         }
         return pack(CHANGE_CODEC, params, specs_of(others), dense_bytes(others.values()) + b"".join(steps))
 
+    def check_version(self, reported: int | None, uplink_bytes: int = 0) -> None:
+        """ReplyRejected unless a train reply reports this round's version: the broadcast it got (its catch-up or
+        the dense model) brought it there. A node that says otherwise gets the dense model next round."""
+        if reported is None:
+            raise ReplyRejected("reply lacks model-version (the downlink sends the model's change)", uplink_bytes)
+        if reported != self.version:
+            raise ReplyRejected(
+                f"model-version = {reported}, but this round's broadcast brought it to version {self.version}: "
+                "refused (its next broadcast is the model dense)",
+                uplink_bytes,
+            )
+
     def learn(self, node: int, reported: int | None) -> None:
         """After a round: the node holds the version it reported, if that is this round's; else it is unknown."""
         if reported is not None and reported == self.version:
@@ -243,6 +270,10 @@ def apply_change(
         raise DecodeError(f"{CHANGE_CODEC}: steps made by {name!r}, this client decodes {compressor.name!r}")
     if len(lengths) != version - base or any(n < 0 for n in lengths):
         raise DecodeError(f"{CHANGE_CODEC}: {len(lengths)} step lengths for versions {base} → {version}")
+    if len(lengths) > MAX_CATCH_UP_STEPS:  # each step is a dense decode and add: refused before any
+        raise DecodeError(
+            f"{CHANGE_CODEC}: {len(lengths)} steps, more than the {MAX_CATCH_UP_STEPS} a catch-up may carry"
+        )
     others = [s for s in specs if not s.dtype.is_floating_point]
     parsed = unpack(payload, DecodeLimits(
         max_payload_bytes=limits.max_payload_bytes, max_tensors=len(others) or 1,
@@ -274,6 +305,12 @@ def apply_change(
         state = add_change(state, compressor.decode(parsed.body[pos : pos + n], update_limits))
         pos += n
     state = OrderedDict((k, buffers.get(k, v)) for k, v in state.items())
+    for name, value in state.items():  # every step within the bound, their sum need not be
+        if value.is_floating_point() and not values_within(value, max_abs):
+            raise DecodeError(
+                f"{CHANGE_CODEC}: after the change, {name!r} has values that are not finite or exceed "
+                f"±{max_abs:g} (federation.max_abs_value)"
+            )
     got = model_crc(state)
     if got != crc:
         raise DecodeError(f"{CHANGE_CODEC}: the model after the change has CRC {got:#010x}, the server's {crc:#010x}")
@@ -302,10 +339,14 @@ def held_to_state(held: Held) -> dict[str, torch.Tensor]:
 
 
 def split_state(state: Mapping[str, torch.Tensor]) -> tuple[Held | None, dict[str, torch.Tensor]]:
-    """(the held model or None, the uplink state) from a client's stored state."""
+    """(the held model or None, the uplink state) from a client's stored state; ValueError if its meta is not
+    the two integers :func:`held_to_state` writes (a damaged file: the caller starts afresh)."""
     uplink = {k: v for k, v in state.items() if not (k.startswith(REF_PREFIX) or k == META_KEY)}
     if META_KEY not in state:
         return None, uplink
-    version, crc = (int(x) for x in state[META_KEY].tolist())
+    meta = state[META_KEY]
+    if meta.dtype != torch.int64 or tuple(meta.shape) != (2,):
+        raise ValueError(f"stored {META_KEY} has dtype {meta.dtype} and shape {tuple(meta.shape)}, expected int64 (2,)")
+    version, crc = (int(x) for x in meta.tolist())
     model = OrderedDict((k[len(REF_PREFIX) :], v) for k, v in state.items() if k.startswith(REF_PREFIX))
     return Held(model, version, crc), uplink

@@ -26,6 +26,17 @@ one mod serves simulation and deployment.
 
 Messages without transport settings (a warm-up query, a plain Flower
 strategy's message) pass through untouched.
+
+A client heals from damaged state rather than failing forever: a state it
+cannot read (:class:`~fedcomp.clients.state.StateDamaged`, or a held-model
+record of the wrong shape) is set aside and the client starts afresh,
+reporting ``state_reset = 1`` in that round's metrics; an update or a
+stored error-feedback residual that is not finite is never encoded (a
+NaN residual would otherwise be sent as NaN, or, by SuRP and QSGD, as a
+valid all-zero update every round): the round fails with
+:class:`~fedcomp.compressors.update.base.NonFiniteUpdateError` naming it,
+and a non-finite residual is dropped first, so the next round starts from
+a zero residual.
 """
 
 from __future__ import annotations
@@ -42,12 +53,12 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from torch import nn
 
-from fedcomp.clients.state import fit_state, load_state, save_state, state_dir_for
-from fedcomp.coding import DecodeError, peek
+from fedcomp.clients.state import StateDamaged, fit_state, load_state, save_state, set_aside, state_dir_for
+from fedcomp.coding import DecodeError, check_all_values, peek
 from fedcomp.compressors.model.base import LossTerm, ModelCompressor, Received
 from fedcomp.compressors.model.identity import IdentityModelCompressor
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
-from fedcomp.compressors.update.base import EncodeContext, UpdateCompressor
+from fedcomp.compressors.update.base import EncodeContext, NonFiniteUpdateError, State, UpdateCompressor
 from fedcomp.compressors.update.feedback import encode_with_feedback
 from fedcomp.flower.downlink import (
     CHANGE_CODEC,
@@ -105,8 +116,13 @@ class CompressionMod:
         partition = _client_id(context)
         root = state_dir_for(context, str(config.get(STATE_DIR_KEY, "")) or None)
         folder = root / str(partition) if root is not None else None
-        stored = load_state(context, folder, server_round) if kind == MessageType.TRAIN else {}
-        held, uplink_state = split_state(stored)
+        reset = False
+        try:
+            stored = load_state(context, folder, server_round) if kind == MessageType.TRAIN else {}
+            held, uplink_state = split_state(stored)
+        except (StateDamaged, ValueError) as exc:  # one damaged file must not disable this client for good
+            set_aside(context, folder, server_round, str(exc))
+            held, uplink_state, reset = None, {}, True
         if kind == MessageType.TRAIN and transport.sends_model_change:
             held = self._model_from_change(broadcast, held, codecs, transport, msg, context)
             received = Received(held.state)
@@ -128,11 +144,13 @@ class CompressionMod:
         t_train = time.perf_counter()
         update = update_against(returned_arrays(reply), received.state)
         state = fit_state(uplink_state, update)
+        held_state = held_to_state(held) if held is not None else {}
+        checkpoint_round = int(config.get(CHECKPOINT_ROUND_KEY, 0))
+        _check_finite(update, state, lambda: save_state(context, folder, server_round, held_state, checkpoint_round))
         num_clients = int(context.node_config.get("num-partitions", 1))
         ctx = EncodeContext(server_round, partition, max(num_clients, partition + 1))
         encoded = encode_with_feedback(codecs.uplink, update, state, ctx)
-        kept = {**encoded.state, **(held_to_state(held) if held is not None else {})}
-        save_state(context, folder, server_round, kept, int(config.get(CHECKPOINT_ROUND_KEY, 0)))
+        save_state(context, folder, server_round, {**encoded.state, **held_state}, checkpoint_round)
         t_encode = time.perf_counter()
 
         metrics = _metrics_of(reply)
@@ -149,6 +167,8 @@ class CompressionMod:
         )
         if held is not None and transport.sends_model_change:
             metrics["model-version"] = held.version
+        if reset:
+            metrics["state_reset"] = 1.0
         reply.content = RecordDict(
             {
                 PAYLOAD_KEY: payload_record(encoded.payload),
@@ -179,6 +199,23 @@ class CompressionMod:
                 f"dense broadcast: the model's CRC is {model_crc(received.state):#010x}, it names {crc:#010x}"
             )
         return Held(OrderedDict(received.state), version, crc)
+
+
+def _check_finite(update: dict[str, torch.Tensor], state: State, reset: Callable[[], None]) -> None:
+    """NonFiniteUpdateError unless the update and the stored compressor state are finite; a non-finite state
+    (the error-feedback residual) is reset first (``reset`` stores the state without it), so the next round heals."""
+    try:
+        check_all_values(list(update.items()))
+    except DecodeError as exc:
+        raise NonFiniteUpdateError(f"the update is not finite ({exc}): nothing sent") from None
+    try:
+        check_all_values([(k, v) for k, v in state.items() if v.is_floating_point()])
+    except DecodeError as exc:
+        reset()
+        raise NonFiniteUpdateError(
+            f"the stored compressor state (error-feedback residual) is not finite ({exc}): reset, this round's "
+            "update is not sent; the next round starts from a zero residual"
+        ) from None
 
 
 class _Codecs:

@@ -21,14 +21,18 @@ travel, not how they are aggregated (the pattern of Flower's own
   values); a usable reply becomes the message the inner strategy expects,
   the client's weights ``start + Δ`` with its metrics, in partition order;
   the inner strategy aggregates them if at least ``min_replies`` are usable
-  (the quorum), else the model is kept and the round records why.
+  (the quorum), else the model is kept and the round records why. With an
+  ``update_norm_bound`` (:mod:`fedcomp.strategies.influence`) each decoded
+  update's norm is bounded first (clipped, or the reply refused);
 - before a broadcast the model compressor acts on with the model's
   statistics (BWCP's pruning), ``configure_train`` first runs a statistics
   round (:mod:`.recalibration`): the round's nodes measure the
   normalization layers' moments on their data, and the model's running
   statistics are set from them (bytes counted both ways);
 - ``configure_evaluate``: client-side evaluation gets the aggregated model
-  as a dense payload; ``aggregate_evaluate`` is the inner strategy's.
+  as a dense payload; ``aggregate_evaluate`` is the inner strategy's, over
+  the replies :func:`~fedcomp.strategies.replies.judge_evaluation` accepts
+  (the others are the round's failures).
 
 This class is the one place bytes are counted, ``len(payload)`` both ways
 (STYLE.md's single measuring stage). The inner strategy sees only the
@@ -67,13 +71,14 @@ from fedcomp.flower.recalibration import gather
 from fedcomp.flower.recording import AppRecorder
 from fedcomp.flower.transport import TRANSPORT_KEY, Transport
 from fedcomp.messages import CHECKPOINT_ROUND_KEY, METRICS_KEY, PAYLOAD_KEY, payload_record
+from fedcomp.strategies.influence import NormBound, apply_bound
 from fedcomp.strategies.replies import (
+    EVENT_METRICS,
     Accepted,
     ReplyPolicy,
     ReplyRejected,
     Roster,
-    clean_reason,
-    int_metric,
+    judge_evaluation,
     judge_reply,
 )
 
@@ -177,6 +182,8 @@ class CompressedStrategy(Strategy):
     usable replies a round needs (the quorum). ``max_examples``: the largest
     ``num-examples`` a reply may claim. ``num_partitions``: when set, every
     reply must name its ``partition-id`` in [0, num_partitions).
+    ``update_norm_bound``: clip or refuse updates whose norm exceeds a bound
+    (:class:`~fedcomp.strategies.influence.NormBound`); None: no bound.
     """
 
     def __init__(
@@ -202,11 +209,17 @@ class CompressedStrategy(Strategy):
         evaluate_rounds: Callable[[int], bool] | None = None,
         round_timeout_s: float | None = None,
         recorder: AppRecorder | None = None,
+        update_norm_bound: NormBound | None = None,
     ) -> None:
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}")
         if (model_fn is None) == (arch is None):
             raise TypeError("give exactly one of model_fn (a function returning your model) or arch")
+        if update_norm_bound is not None and not isinstance(update_norm_bound, NormBound):
+            raise TypeError(
+                "update_norm_bound must be a fedcomp.strategies.influence.NormBound, "
+                f"got {type(update_norm_bound).__name__}"
+            )
         self.inner = strategy
         self.arch = arch if arch is not None else Architecture.of(model_fn, input_shape)
         registry_model = (
@@ -278,6 +291,9 @@ class CompressedStrategy(Strategy):
         """The last round saved in a checkpoint; clients keep state files from there on."""
         self.recorder = recorder
         """Writes a run directory of :meth:`start` (:class:`~fedcomp.flower.recording.AppRecorder`); None: none."""
+        self.norm_bound = update_norm_bound
+        self.pending_failures: list[ClientFailure] = []
+        """Failures found before a round (a warm-up reply refused): recorded in the next round's row."""
 
     def start(  # noqa: PLR0913 - Flower's signature
         self,
@@ -305,6 +321,7 @@ class CompressedStrategy(Strategy):
         server_round += self.round_offset
         stats = RoundStats(round=server_round)
         self.current = stats
+        stats.failures, self.pending_failures = self.pending_failures, []
         if self.channel is not None:
             return self._configure_change(server_round, arrays, config, grid, stats)
         state = self.recalibrate(grid, server_round, OrderedDict(arrays.to_torch_state_dict()), config, stats)
@@ -377,14 +394,18 @@ class CompressedStrategy(Strategy):
                 continue
             replied.add(node)
             try:
-                accepted.append((judge_reply(msg, self._decode_update, self.roster, self.policy), msg))
+                judged = judge_reply(msg, self._decode_update, self.roster, self.policy)
                 if self.channel is not None:
-                    self.channel.learn(node, accepted[-1][0].model_version)
+                    self.channel.check_version(judged.model_version, judged.uplink_bytes)
+                    self.channel.learn(node, judged.model_version)
+                accepted.append((judged, msg))
             except ReplyRejected as exc:
                 self._fail(stats, node, exc.reason, exc.uplink_bytes)
         for node in stats.sampled_nodes:
             if node not in replied:
                 self._fail(stats, node, "no reply before the round timeout")
+        if self.norm_bound is not None and accepted:
+            accepted = self._bounded(stats, accepted)
 
         quorum = max(1, self.min_replies)
         if len(accepted) < quorum:
@@ -438,10 +459,13 @@ class CompressedStrategy(Strategy):
         settings[TRANSPORT_KEY] = self.transport.to_json()
         settings["server-round"] = server_round
         result = gather(grid, nodes, state, self.structure, self.arch, settings, samples=samples,
-                        max_abs=self.max_abs_value, policy=self.policy, timeout=self.round_timeout_s)  # fmt: skip
+                        max_abs=self.max_abs_value, policy=self.policy, timeout=self.round_timeout_s,
+                        roster=self.roster)  # fmt: skip
         stats.statistics_downlink_bytes += result.downlink_bytes
         stats.statistics_uplink_bytes += result.uplink_bytes
         stats.downlink_metrics["statistics_clients"] = float(result.clients)
+        for node, why in result.failures:  # what each node holds is unchanged: no effect on the downlink
+            self._fail(stats, node, f"statistics round: {why}", model_unknown=False)
         return result.state if result.state is not None else state
 
     # ------------------------------------------------------------------ evaluate
@@ -467,12 +491,13 @@ class CompressedStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """The inner strategy's aggregate of the evaluation replies whose metrics hold up (the rest are logged)."""
         usable = []
+        stats = self.current if self.current is not None else RoundStats(round=server_round + self.round_offset)
         for msg in replies:
             try:
-                usable.append(self._checked_evaluation(msg))
+                usable.append(judge_evaluation(msg, self.roster, self.policy))
             except ReplyRejected as exc:
-                logger.warning("round %d: an evaluation reply from node %d is not counted: %s",
-                               server_round + self.round_offset, msg.metadata.src_node_id, exc.reason)  # fmt: skip
+                node = int(msg.metadata.src_node_id)
+                self._fail(stats, node, f"evaluation not counted: {exc.reason}", model_unknown=False)
         if not usable:
             return None
         out = self.inner.aggregate_evaluate(server_round + self.round_offset, usable)
@@ -482,19 +507,6 @@ class CompressedStrategy(Strategy):
                 "clients": float(len(usable)),
             }
         return out
-
-    def _checked_evaluation(self, msg: Message) -> Message:
-        """An evaluation reply: no error, one MetricRecord, a bounded ``num-examples`` and finite numbers."""
-        if msg.has_error():
-            raise ReplyRejected(f"client error: {clean_reason(msg.error.reason)}")
-        records = list(msg.content.metric_records.values())
-        if len(records) != 1:
-            raise ReplyRejected(f"{len(records)} metric records, expected 1")
-        int_metric(records[0], "num-examples", 1, self.policy.max_examples)
-        for key, value in records[0].items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ReplyRejected(f"{key} = {value}")
-        return msg
 
     def summary(self) -> None:
         logger.info(
@@ -516,7 +528,8 @@ class CompressedStrategy(Strategy):
         weights = OrderedDict(
             (name, (base[name].float() + delta).to(base[name].dtype)) for name, delta in accepted.update.items()
         )
-        metrics = MetricRecord({"num-examples": accepted.weight, **accepted.metrics})
+        shared = {k: v for k, v in accepted.metrics.items() if k not in EVENT_METRICS}
+        metrics = MetricRecord({"num-examples": accepted.weight, **shared})
         return Message(
             metadata=copy(msg.metadata),
             content=RecordDict({self.transport.arrays_key: ArrayRecord(weights), METRICS_KEY: metrics}),
@@ -542,10 +555,29 @@ class CompressedStrategy(Strategy):
         # The model the round stepped from stays the global one (in the structure it was broadcast in).
         return ArrayRecord(self.aggregate_base), None
 
-    def _fail(self, stats: RoundStats, node: int, reason: str, uplink_bytes: int = 0) -> None:
-        """Record a client's failure; one short line on the console (the details are in the row)."""
+    def _bounded(self, stats: RoundStats, accepted: list[tuple[Accepted, Message]]) -> list[tuple[Accepted, Message]]:
+        """The round's updates under :attr:`norm_bound`: clipped in place, or refused as the client's failure."""
+        assert self.norm_bound is not None
+        bounded = apply_bound(self.norm_bound, [a.update for a, _ in accepted])
+        stats.downlink_metrics["update_norm_limit"] = bounded.limit
+        stats.downlink_metrics["update_norm_clipped"] = float(len(bounded.clipped))
+        for i, why in bounded.rejected.items():
+            judged = accepted[i][0]
+            self._fail(stats, judged.node, why, judged.uplink_bytes)
+        for i in bounded.clipped:
+            partition = accepted[i][0].partition
+            logger.info("round %d: client %d's update clipped from norm %.4g to %.4g",
+                        stats.round, partition, bounded.norms[i], bounded.limit)  # fmt: skip
+        return [pair for i, pair in enumerate(accepted) if i not in bounded.rejected]
+
+    def _fail(
+        self, stats: RoundStats, node: int, reason: str, uplink_bytes: int = 0, *, model_unknown: bool = True
+    ) -> None:
+        """Record a client's failure; one short line on the console (the details are in the row).
+
+        ``model_unknown``: the failed message was a train message, so the model the node holds is unknown."""
         stats.failures.append(ClientFailure(node, reason, uplink_bytes))
-        if self.channel is not None:  # what it holds now is unknown: its next broadcast is the dense model
+        if self.channel is not None and model_unknown:  # its next broadcast is the dense model
             self.channel.learn(node, None)
         partition = self.roster.partition_of.get(node)
         who = f"client {partition}" if partition is not None else f"node {node}"

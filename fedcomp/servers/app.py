@@ -24,10 +24,10 @@ from fedcomp.clients.training import evaluate, evaluate_metric, loss_fn, metric_
 from fedcomp.compressors.model.base import Snapshot
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_to_json
 from fedcomp.config import ExperimentConfig
-from fedcomp.data import load_experiment_data
+from fedcomp.data import SplitData, experiment_partitions, load_experiment_data
 from fedcomp.errors import RunFailedError
 from fedcomp.flower.recording import round_row
-from fedcomp.flower.strategy import CompressedStrategy
+from fedcomp.flower.strategy import ClientFailure, CompressedStrategy
 from fedcomp.imports import resolve
 from fedcomp.messages import CONFIG_KEY, METRICS_KEY, STATE_DIR_KEY, config_record
 from fedcomp.models import initial_model
@@ -35,6 +35,7 @@ from fedcomp.polling import quicker_pulls
 from fedcomp.servers.recorder import Checkpoint, RunRecorder
 from fedcomp.servers.stopping import StoppableGrid
 from fedcomp.strategies import build_strategy
+from fedcomp.strategies.influence import NormBound
 from fedcomp.strategies.replies import ReplyRejected, clean_reason
 from fedcomp.strategies.sampling import SeededSampler
 
@@ -56,6 +57,33 @@ def evaluation_due(cfg: ExperimentConfig, server_round: int) -> bool:
     """``federation.evaluate_every`` (0 = the last round only); the last round always."""
     every = cfg.federation.evaluate_every
     return bool(every and server_round % every == 0) or server_round == cfg.federation.rounds
+
+
+def norm_bound(cfg: ExperimentConfig) -> NormBound | None:
+    """``federation.update_norm_bound`` and its two limits, or None when off."""
+    fed = cfg.federation
+    if fed.update_norm_bound == "off":
+        return None
+    return NormBound(fed.update_norm_bound, factor=fed.update_norm_factor, max_norm=fed.update_norm_max)
+
+
+def partition_sizes(cfg: ExperimentConfig, split: SplitData) -> tuple[dict[int, int], dict[int, int]]:
+    """Partition → the examples its client trains on, and → its held-out share; both empty when the data is on
+    each node (``data.per_node``: the server cannot know). The clients' own computation, repeated here, so a
+    client's claimed weight is checked against the server's knowledge instead of its word."""
+    if cfg.data.per_node:
+        return {}, {}
+    from fedcomp.clients.app import held_out  # the very split each client makes
+
+    parts = experiment_partitions(cfg, split.train.labels.numpy(), split.partitions)
+    train: dict[int, int] = {}
+    test: dict[int, int] = {}
+    for partition, mine in enumerate(parts):
+        train[partition] = len(mine)
+        if cfg.federation.evaluate_on != "server" and len(mine) >= 2:
+            kept, held = held_out(mine, cfg.data.client_test_fraction, cfg.seed, partition)
+            train[partition], test[partition] = len(kept), len(held)
+    return train, test
 
 
 def compressed_strategy(cfg: ExperimentConfig, arch: Architecture) -> CompressedStrategy:
@@ -82,6 +110,7 @@ def compressed_strategy(cfg: ExperimentConfig, arch: Architecture) -> Compressed
         sampler=sampler,
         evaluate_rounds=lambda r: evaluation_due(cfg, r),
         round_timeout_s=fed.round_timeout_s,
+        update_norm_bound=norm_bound(cfg),
     )
     strategy.roster = sampler.roster  # one roster: sampling orders by it, replies are judged against it
     return strategy
@@ -93,8 +122,10 @@ def warm_up(grid: Grid, cfg: ExperimentConfig, strategy: CompressedStrategy) -> 
     The first message to a simulated client also starts its worker process
     and imports torch; without this, that fixed cost would be billed to
     round 1's wall time. Each reply tells the partition the node holds and
-    its size, which later replies are judged against. A node that fails
-    here may still join in round 1; if every node fails, the run stops
+    its size, which later replies are judged against (a size the server
+    knows itself, :attr:`~fedcomp.strategies.replies.Roster.sizes`, wins over
+    the node's word). A node that fails here may still join in round 1; its
+    failure is recorded in round 1's row. If every node fails, the run stops
     with the first node's reason (:class:`RunFailedError`).
     """
     t0 = time.perf_counter()
@@ -115,8 +146,12 @@ def warm_up(grid: Grid, cfg: ExperimentConfig, strategy: CompressedStrategy) -> 
             strategy.roster.learn(node, m.content.metric_records[METRICS_KEY], strategy.policy)
         except ReplyRejected as exc:
             failures.append(f"node {node}: {exc.reason}")
+            strategy.pending_failures.append(ClientFailure(node, f"warm-up: {exc.reason}"))
     answered = {int(m.metadata.src_node_id) for m in replies}
-    failures += [f"node {n}: no warm-up reply within the timeout" for n in nodes if n not in answered]
+    for n in nodes:
+        if n not in answered:
+            failures.append(f"node {n}: no warm-up reply within the timeout")
+            strategy.pending_failures.append(ClientFailure(n, "warm-up: no reply within the timeout"))
     ready = len(strategy.roster.partition_of)
     if failures:
         logger.warning("warm-up: %d of %d clients failed; first: %s", len(failures), len(nodes), failures[0])
@@ -148,6 +183,7 @@ def serve(
     device = resolve_device(cfg.simulation.device)
     arch = Architecture.of_config(cfg, split.input_shape, split.num_classes)
     strategy = compressed_strategy(cfg, arch)
+    strategy.roster.sizes, strategy.roster.test_sizes = partition_sizes(cfg, split)
     rounds = cfg.federation.rounds
     eval_models: dict[Structure, torch.nn.Module] = {}
     loss = loss_fn(cfg.client.loss, split.is_classification)

@@ -7,8 +7,9 @@ checked here, inside one error handling:
 - the message has no error and carries a payload (``payload_from``);
 - the metrics record exists and every field the server uses parses into
   the range it must lie in: ``num-examples`` a positive integer no larger
-  than ``federation.max_examples`` and, where the node reported its
-  partition's size at warm-up (simulation), equal to it; ``partition-id``
+  than ``federation.max_examples`` and equal to the partition's size
+  where the server knows it (simulation: it partitions the same data, see
+  :attr:`Roster.sizes`), else to what the node reported at warm-up; ``partition-id``
   the one the node gave at warm-up (or, for a node the warm-up did not
   reach, one no other node holds); ``payload-bytes``, ``downlink-bytes``
   and ``model-version`` (the model a client holds when the downlink
@@ -19,6 +20,10 @@ checked here, inside one error handling:
 Cheap checks run first, so a reply with bad metrics costs no decode. A
 failed check raises :class:`ReplyRejected` with the reason; the caller
 records it as the client's failure and the round goes on.
+
+Evaluation replies are judged here too (:func:`judge_evaluation`): an
+accuracy must lie in [0, 1], a loss be finite and ≥ 0, and ``num-examples``
+be the node's held-out share where the server knows it.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ from fedcomp.messages import METRICS_KEY, payload_from
 # Metrics the server reads itself; every other numeric metric is averaged into the row.
 PROTOCOL_METRICS = ("num-examples", "partition-id", "payload-bytes", "downlink-bytes", "model-version")
 MAX_BYTES_METRIC = 1 << 48
+EVENT_METRICS = ("state_reset",)
+"""Metrics a client sends only when something happened to it (its state file set aside): averaged into the row,
+never handed to the inner strategy, whose aggregation requires every reply to carry the same keys."""
 
 
 class ReplyRejected(Exception):
@@ -66,9 +74,22 @@ class Roster:
     examples_of: dict[int, int] = field(default_factory=dict)
     node_of: dict[int, int] = field(default_factory=dict)
     """Partition → the node holding it (the inverse of ``partition_of``)."""
+    sizes: dict[int, int] = field(default_factory=dict)
+    """Partition → the examples it trains on, as the server computed them itself (simulation: it partitions
+    the same data the clients do); empty where it cannot know (data on each node). A node's word never
+    overrides these."""
+    test_sizes: dict[int, int] = field(default_factory=dict)
+    """Partition → the examples of its held-out share (``data.client_test_fraction``), where the server knows."""
 
     def holder_of(self, partition: int) -> int | None:
         return self.node_of.get(partition)
+
+    def examples_for(self, node: int, partition: int) -> int | None:
+        """The ``num-examples`` a train reply of ``node`` (holding ``partition``) must claim, or None if unknown:
+        the server's own size of the partition if it has one, else what the node said at warm-up."""
+        if partition in self.sizes:
+            return self.sizes[partition]
+        return self.examples_of.get(node)
 
     def claim(self, node: int, partition: int) -> None:
         holder = self.node_of.get(partition)
@@ -82,7 +103,14 @@ class Roster:
         partition = int_metric(metrics, "partition-id", 0, _last_partition(policy))
         examples = int_metric(metrics, "num-examples", 1, policy.max_examples)
         self.claim(node, partition)
-        self.examples_of[node] = examples
+        known = self.sizes.get(partition)
+        # The node holds its partition either way (sampling orders by it); its weight is never more than known.
+        self.examples_of[node] = examples if known is None else known
+        if known is not None and examples != known:
+            raise ReplyRejected(
+                f"num-examples = {examples}, but partition {partition} holds {known} examples "
+                "(the server's own partitioning of the same data)"
+            )
 
 
 @dataclass
@@ -121,9 +149,10 @@ def judge_reply(
     try:
         partition = _partition(node, metrics, roster, policy)
         weight = int_metric(metrics, "num-examples", 1, policy.max_examples)
-        told = roster.examples_of.get(node)
+        told = roster.examples_for(node, partition)
         if told is not None and weight != told:
-            raise ReplyRejected(f"num-examples = {weight}, but its partition reported {told} at warm-up")
+            how = f"holds {told}" if partition in roster.sizes else f"reported {told} at warm-up"
+            raise ReplyRejected(f"num-examples = {weight}, but its partition {how}")
         sent = int_metric(metrics, "payload-bytes", 0, MAX_BYTES_METRIC, default=-1)
         received = int_metric(metrics, "downlink-bytes", 0, MAX_BYTES_METRIC, default=-1)
         version = int_metric(metrics, "model-version", 0, MAX_BYTES_METRIC, default=-1)
@@ -137,6 +166,41 @@ def judge_reply(
     if node not in roster.partition_of and partition >= 0:
         roster.claim(node, partition)
     return Accepted(node, partition, weight, update, others, size, sent, received, version if version >= 0 else None)
+
+
+ACCURACY_METRICS = ("test_accuracy", "accuracy", "acc")
+"""Evaluation metrics that are fractions: a value outside [0, 1] is a lie or a bug."""
+
+
+def judge_evaluation(msg: Message, roster: Roster, policy: ReplyPolicy) -> Message:
+    """An evaluation reply that may enter the aggregate; raises :class:`ReplyRejected` naming what is wrong.
+
+    One MetricRecord; ``num-examples`` in [1, max_examples] and, where the
+    server knows the node's held-out share (:attr:`Roster.test_sizes`),
+    equal to it; every float finite; the accuracies of
+    :data:`ACCURACY_METRICS` in [0, 1]; every ``*loss*`` metric ≥ 0.
+    """
+    if msg.has_error():
+        raise ReplyRejected(f"client error: {clean_reason(msg.error.reason)}")
+    records = list(msg.content.metric_records.values())
+    if len(records) != 1:
+        raise ReplyRejected(f"{len(records)} metric records, expected 1")
+    metrics = records[0]
+    examples = int_metric(metrics, "num-examples", 1, policy.max_examples)
+    partition = roster.partition_of.get(int(msg.metadata.src_node_id))
+    held_out = roster.test_sizes.get(partition) if partition is not None else None
+    if held_out is not None and examples != held_out:
+        raise ReplyRejected(f"num-examples = {examples}, but partition {partition} holds out {held_out} examples")
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            raise ReplyRejected(f"{key} = {value}")
+        if key in ACCURACY_METRICS and not 0 <= value <= 1:
+            raise ReplyRejected(f"{key} = {_show(value)} is not a fraction in [0, 1]")
+        if "loss" in key and value < 0:
+            raise ReplyRejected(f"{key} = {_show(value)} is negative")
+    return msg
 
 
 def int_metric(metrics: Any, key: str, lo: int, hi: int, default: int | None = None) -> int:

@@ -34,10 +34,32 @@ otherwise.
 On the wire a report is a dense container (codec ``statistics``) of float32
 moments, counted both ways like every other byte, and checked like any
 reply: exactly the expected tensors, finite, within ``max_abs``.
+
+Clients are untrusted, and one client's in-range moments could set every
+other client's statistics (a mean shifted by +500 moves the pooled mean by
+500 · w_c). Before pooling, :func:`outliers` refuses the reports that lie
+far from the others', by a rule on the unweighted median over clients
+(each client one vote, whatever count it claims), per layer and channel j:
+with m̃_j and ṽ_j the median of the reported means and variances (the
+covariance's diagonal) and a floor τ = 10⁻² · mean_j ṽ_j + 10⁻¹² (so a
+channel without spread cannot make a rounding difference look huge), a
+report is refused if
+
+- a mean lies more than :data:`MEAN_LIMIT` standard deviations from the
+  median, |m_j − m̃_j| > MEAN_LIMIT · √(ṽ_j + τ), or
+- a variance differs from the median by more than a factor
+  :data:`VARIANCE_LIMIT`, (v_j + τ)/(ṽ_j + τ) outside [1/VARIANCE_LIMIT, VARIANCE_LIMIT].
+
+Honest clients measure the same model on data of one distribution (their
+means differ by sampling noise and label skew, well within the input's own
+spread), so the rule keeps them; it needs three reports to tell which one
+lies (with two, a large disagreement refuses both and the model keeps its
+statistics).
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
@@ -148,6 +170,45 @@ def combine(reports: Sequence[tuple[int, State]]) -> State:
         out[key] = mu
         out[f"{layer}.cov"] = sum(w * (c + _outer(m - mu, c)) for w, m, c in means)
     return out
+
+
+MEAN_LIMIT = 10.0
+"""A reported mean further than this many standard deviations from the clients' median is refused."""
+VARIANCE_LIMIT = 100.0
+"""A reported variance more than this factor from the clients' median (either way) is refused."""
+
+
+def outliers(reports: Sequence[State]) -> dict[int, str]:
+    """Position → why, for the reports refused by the rule of the module docstring (none with one report)."""
+    if len(reports) < 2:
+        return {}
+    refused: dict[int, str] = {}
+    for key in reports[0]:
+        if not key.endswith(".mean"):
+            continue
+        layer = key[: -len(".mean")]
+        means = torch.stack([r[key].double() for r in reports])
+        variances = torch.stack([_variances(r[f"{layer}.cov"].double()) for r in reports])
+        mid_mean = torch.quantile(means, 0.5, dim=0)
+        mid_var = torch.quantile(variances, 0.5, dim=0)
+        floor = 1e-2 * float(mid_var.mean()) + 1e-12
+        shift = ((means - mid_mean).abs() / (mid_var + floor).sqrt()).amax(dim=1)
+        ratio = ((variances + floor) / (mid_var + floor)).log().abs().amax(dim=1)
+        for i in range(len(reports)):
+            if i in refused:
+                continue
+            if float(shift[i]) > MEAN_LIMIT:
+                refused[i] = (f"{layer}: a mean {float(shift[i]):.3g} standard deviations from the clients' "
+                              f"median (more than {MEAN_LIMIT:g})")  # fmt: skip
+            elif float(ratio[i]) > math.log(VARIANCE_LIMIT):
+                refused[i] = (f"{layer}: a variance {math.exp(float(ratio[i])):.3g}× off the clients' median "
+                              f"(more than {VARIANCE_LIMIT:g}×)")  # fmt: skip
+    return refused
+
+
+def _variances(cov: torch.Tensor) -> torch.Tensor:
+    """Per channel: the covariance's diagonal (per whitening group (G, g, g)) or the variances (C,) as they are."""
+    return cov if cov.dim() == 1 else cov.diagonal(dim1=1, dim2=2).reshape(-1)
 
 
 def _outer(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,20 @@ Update = Mapping[str, torch.Tensor]
 State = dict[str, torch.Tensor]
 
 
+class NonFiniteUpdateError(ValueError):
+    """An update (or error-feedback residual) with NaN or ±inf in it: no codec can encode it faithfully."""
+
+
+def check_finite_input(name: str, update: Update) -> None:
+    """:class:`NonFiniteUpdateError` naming the first tensor of ``update`` that is not finite.
+
+    For encoders whose arithmetic would turn NaN into something that looks
+    valid (SuRP's magnitudes and QSGD's norm: an all-zero update)."""
+    for key, value in update.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise NonFiniteUpdateError(f"{name}: the update to encode is not finite ({key!r}): refused")
+
+
 @dataclass(frozen=True)
 class EncodeContext:
     """Where an encode happens: which round, which client, how many clients."""

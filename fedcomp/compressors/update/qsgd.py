@@ -48,7 +48,15 @@ from fedcomp.coding import (
     unpack_values,
 )
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
-from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor, float32_update
+from fedcomp.compressors.update.base import (
+    EncodeContext,
+    Encoded,
+    State,
+    Update,
+    UpdateCompressor,
+    check_finite_input,
+    float32_update,
+)
 from fedcomp.config import require
 from fedcomp.seeding import UPLINK_QUANTIZATION, torch_generator
 
@@ -79,6 +87,8 @@ class QSGDCompressor(UpdateCompressor):
         p: QSGDParams = self.params
         gen = torch_generator(self.seed, UPLINK_QUANTIZATION, ctx.server_round, ctx.client_id)
         tensors = float32_update(update)
+        # a NaN norm quantizes every level to 0: the payload would be a valid all-zero update
+        check_finite_input("qsgd", tensors)
         specs = specs_of(tensors)
         flat = torch.cat([t.reshape(-1) for t in tensors.values()]) if tensors else torch.zeros(0)
         buckets = bucket_ids(specs, p.bucket_size)

@@ -140,7 +140,15 @@ from fedcomp.coding import (
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update import surp_kernel as kernel
 from fedcomp.compressors.update import surp_staged as staged
-from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor, float32_update
+from fedcomp.compressors.update.base import (
+    EncodeContext,
+    Encoded,
+    State,
+    Update,
+    UpdateCompressor,
+    check_finite_input,
+    float32_update,
+)
 from fedcomp.config import require
 from fedcomp.seeding import derive_seed
 
@@ -252,6 +260,8 @@ class SurpCompressor(UpdateCompressor):
     def encode(self, update: Update, state: State | None = None, ctx: EncodeContext | None = None) -> Encoded:
         ctx = ctx or EncodeContext()
         tensors = float32_update(update)
+        # NaN magnitudes are never chosen: the payload would be a valid all-zero update
+        check_finite_input("surp", tensors)
         specs = specs_of(tensors)
         if self.params.mode == "staged":
             return self._encode_staged(tensors, specs, state)
