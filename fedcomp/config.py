@@ -41,14 +41,17 @@ class DataConfig:
     """A name from ``fedcomp list``: ``mnist5k`` (embedded) or a torchvision set; or your own loader by
     import path (``"package.module:load"``, see :mod:`fedcomp.data.custom`)."""
     params: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for your own loader (``[data.params]``)."""
+    """Keyword arguments for your own loader (``[data.params]``), or a registered set's parameters
+    (``shakespeare``: ``roles``, ``min_samples``, ...; see ``docs/configuration.md``)."""
     data_dir: str = ""
     """Folder holding torchvision datasets (unused by the embedded set)."""
     download: bool = False
     """Let torchvision download a missing dataset (needs the internet)."""
     test_size: int = 1000
-    """Embedded set only: images held out for the server's test set."""
-    partition: Literal["iid", "dirichlet", "pathological"] = "iid"
+    """Embedded set: images held out for the server's test set; shakespeare: windows drawn for it from the
+    roles' own test parts."""
+    partition: Literal["iid", "dirichlet", "pathological", "natural"] = "iid"
+    """``natural``: the clients the data comes with (Shakespeare's speaking roles, a client-key column)."""
     alpha: float = 0.5
     """Dirichlet concentration: smaller means more label skew."""
     classes_per_client: int = 2

@@ -111,9 +111,10 @@ def _check_data(cfg: ExperimentConfig) -> Any:
     except Exception as exc:  # noqa: BLE001 - a download or a damaged file: name it, whatever it is
         key = "data.download" if d.download else "data.data_dir"
         raise ConfigError(f"config key '{key}': dataset {d.dataset!r} could not be loaded: {_why(exc)}") from None
-    if split.partitions is not None and d.partition != "iid":
+    if split.partitions is not None and d.partition not in ("iid", "natural"):
         raise ConfigError(
-            f"config key 'data.partition': {d.dataset!r} comes split per client already; leave partition = 'iid'"
+            f"config key 'data.partition': {d.dataset!r} comes split per client already; leave partition = 'iid' "
+            "(or 'natural': the same, the clients it comes with)"
         )
     if not split.is_classification:
         if d.partition != "iid":

@@ -9,31 +9,36 @@ import pytest
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
-# Seconds each file's tests took on a 2-core machine (pytest --durations, December 2026). pytest-xdist's
+# Seconds each file's tests took on a 2-core machine (setup + call + teardown from pytest --durations=0,
+# summed per file; December 2026). pytest-xdist's
 # loadfile hands whole files to the two workers in collection order; starting with the longest ones
 # (longest processing time first) keeps both workers busy to the end instead of one finishing minutes
 # early. Files not listed keep their order after these.
 FILE_SECONDS = {
-    "test_resume_and_faults.py": 193,
-    "test_own_code.py": 160,
-    "test_reports.py": 147,
-    "test_example_flower_app.py": 102,
-    "test_engine.py": 70,
-    "test_hostile_payloads.py": 68,
-    "test_hostile_clients.py": 67,
-    "test_deployment.py": 65,
-    "test_simulation_configs.py": 56,
-    "test_server_compression_structured.py": 105,
-    "test_ray_cluster.py": 43,
-    "test_simulation.py": 42,
-    "test_update_compressors.py": 42,
-    "test_simulation_strategies.py": 33,
-    "test_server_compression_lc.py": 25,
-    "test_cli_start.py": 25,
-    "test_udfc.py": 45,
-    "test_model_compressors.py": 19,
-    "test_downlink.py": 15,
-    "test_reproducibility.py": 18,
+    "test_influence.py": 303,
+    "test_resume_and_faults.py": 221,
+    "test_server_compression_structured.py": 197,
+    "test_example_flower_app.py": 146,
+    "test_own_code.py": 122,
+    "test_deployment.py": 122,
+    "test_ray_cluster.py": 95,
+    "test_reports.py": 90,
+    "test_hostile_payloads.py": 83,
+    "test_simulation_configs.py": 67,
+    "test_update_compressors.py": 66,
+    "test_udfc.py": 50,
+    "test_server_compression_lc.py": 49,
+    "test_engine.py": 48,
+    "test_hostile_clients.py": 47,
+    "test_compare.py": 44,
+    "test_model_compressors.py": 37,
+    "test_simulation.py": 36,
+    "test_shakespeare.py": 30,
+    "test_simulation_strategies.py": 29,
+    "test_downlink.py": 20,
+    "test_cli_start.py": 18,
+    "test_reproducibility.py": 15,
+    "test_trust_boundaries.py": 13,
 }
 
 

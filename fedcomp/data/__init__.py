@@ -1,8 +1,8 @@
-"""Datasets (the embedded default and torchvision's) and partitioners."""
+"""Datasets (the embedded default, torchvision's, Fashion-MNIST from Debian, LEAF's Shakespeare) and partitioners."""
 
-from fedcomp.data import embedded, torchvision_sets  # noqa: E402,F401  (register)
+from fedcomp.data import embedded, shakespeare, torchvision_sets  # noqa: E402,F401  (register)
 from fedcomp.data.base import DATASETS, DatasetNotFoundError, ImageData, SplitData, load_dataset
-from fedcomp.data.partition import experiment_partitions, partition_indices
+from fedcomp.data.partition import client_sizes, experiment_partitions, partition_by_key, partition_indices
 
 
 def load_experiment_data(cfg, data_dir: str | None = None) -> SplitData:  # noqa: ANN001 - an ExperimentConfig
@@ -21,11 +21,14 @@ def load_experiment_data(cfg, data_dir: str | None = None) -> SplitData:  # noqa
         from fedcomp.data.custom import load_custom
 
         return load_custom(d.dataset, json.dumps(d.params, sort_keys=True) if d.params else "", cfg.seed, folder)
-    return load_dataset(d.dataset, folder, d.download, d.test_size, cfg.seed)
+    params = json.dumps(d.params, sort_keys=True) if d.params else ""
+    return load_dataset(d.dataset, folder, d.download, d.test_size, cfg.seed, params)
 
 
 __all__ = [
     "DATASETS",
+    "client_sizes",
+    "partition_by_key",
     "DatasetNotFoundError",
     "ImageData",
     "SplitData",

@@ -14,7 +14,16 @@ output per target column). A uint8 image set may give ``"mean"`` and
 ``"std"`` per channel; by default they are measured on the train part.
 
 The whole set is split across clients by ``[data] partition`` like the
-registered sets (class-based partitions need class labels).
+registered sets (class-based partitions need class labels). Token
+sequences (integer ids, (N, L)) are inputs too, for an embedding model.
+
+Natural clients: a dict may say which client each training sample belongs
+to, ``"client_keys"``: a column (one key per training sample: a user id, a
+writer, the folder a file lies in) or a callable ``key(i)`` of the sample's
+index. ``partition = "natural"`` then gives each distinct key its own
+client (ordered by key; ``federation.num_clients`` must be their number);
+the other partitioners ignore the keys. A ``"clients"`` list is a natural
+split as well.
 """
 
 from __future__ import annotations
@@ -82,7 +91,26 @@ def load_custom(spec: str, params_json: str, seed: int, data_dir: str = "") -> S
         classes = int(extra.get("num_classes", max(int(train_y.max()), int(test_y.max())) + 1))
     else:
         classes = 1 if train_y.ndim == 1 else int(train_y.shape[1])
-    return SplitData(name=spec, train=train, test=test, num_classes=classes, partitions=partitions)
+    natural, names = partitions, ()
+    if isinstance(extra, dict) and extra.get("client_keys") is not None:
+        if partitions is not None:
+            raise DataLoaderError(f"loader {spec!r}: give 'clients' or 'client_keys', not both")
+        from fedcomp.data.partition import partition_by_key
+
+        try:
+            groups, keys = partition_by_key(extra["client_keys"], len(train))
+        except ValueError as exc:
+            raise DataLoaderError(f"loader {spec!r}: 'client_keys': {exc}") from None
+        natural, names = tuple(groups), tuple(keys)
+    return SplitData(
+        name=spec,
+        train=train,
+        test=test,
+        num_classes=classes,
+        partitions=partitions,
+        natural=natural,
+        natural_names=names,
+    )
 
 
 def _pre_split(out: dict[str, Any], spec: str) -> tuple[dict[str, Any], tuple[np.ndarray, ...]]:

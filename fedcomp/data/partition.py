@@ -6,12 +6,21 @@ with the seed first (Flower's IidPartitioner cuts contiguous shards);
 Dirichlet(α) and pathological (c classes per client) take the seed
 directly. The result is cached per process: every client of a simulation
 asks for the same split.
+
+``natural`` is no partitioner: it keeps the clients the data comes with —
+one per speaking role of each play in LEAF's Shakespeare (Caldas et al.,
+"LEAF: A Benchmark for Federated Settings", 2018), one per writer in
+FEMNIST — whatever key the samples carry (a column, a folder per client, a
+callable: :func:`partition_by_key`). Such a split is non-IID by nature (each
+client's own style and vocabulary) and unbalanced (a lead role speaks a
+hundred times more than a messenger); :func:`client_sizes` summarizes it.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,29 +45,134 @@ def partition_indices(
     return [p.copy() for p in _cached(key)]
 
 
-def experiment_partitions(cfg: ExperimentConfig, labels: np.ndarray, given: Any = None) -> list[np.ndarray]:
+POOLED: set[str] = set()
+"""Registered sets whose training part holds samples no client may get (:attr:`SplitData.pool`): the
+partitioners spread only the pool over clients, so :func:`experiment_partitions` loads the set (cached)."""
+
+
+def experiment_partitions(
+    cfg: ExperimentConfig, labels: np.ndarray, given: Any = None, split: Any = None
+) -> list[np.ndarray]:
     """Each client's indices as an experiment config splits ``labels`` (``[data]`` and ``federation.num_clients``).
 
     The one place the driver's checks, the clients and the benchmarks derive
     the partitions from a config, so they can never split differently.
     ``given``: the split the data came with (a loader's ``"clients"``), used
     as it is; ``federation.num_clients`` must then be its length.
+    ``split``: the loaded :class:`~fedcomp.data.SplitData`, for its natural
+    split and pool; loaded from the config (cached per process) when it is
+    needed and not passed.
     """
-    if given is not None:
-        if len(given) != cfg.federation.num_clients:
-            raise ValueError(
-                f"the data comes split across {len(given)} clients, federation.num_clients is {cfg.federation.num_clients}"
-            )
-        return [np.asarray(p) for p in given]
+    from fedcomp.imports import is_import_spec
+
     d = cfg.data
+    n = cfg.federation.num_clients
+    if given is not None:
+        if len(given) != n:
+            raise ValueError(f"the data comes split across {len(given)} clients, federation.num_clients is {n}")
+        return [np.asarray(p) for p in given]
+    if split is None and (d.partition == "natural" or (not is_import_spec(d.dataset) and d.dataset in POOLED)):
+        from fedcomp.data import load_experiment_data
+
+        split = load_experiment_data(cfg)
+    if d.partition == "natural":
+        natural = getattr(split, "natural", None)
+        if natural is None:
+            raise ConfigError(
+                f"config key 'data.partition': 'natural' keeps the clients the data comes with, but {d.dataset!r} "
+                "carries no client key (a loader returns one as 'client_keys': a column or a callable; "
+                "see docs/configuration.md); use iid, dirichlet or pathological"
+            )
+        if len(natural) != n:
+            raise ConfigError(
+                f"config key 'federation.num_clients': the natural split of {d.dataset!r} has {len(natural)} "
+                f"clients, federation.num_clients is {n}"
+            )
+        return [np.asarray(p).copy() for p in natural]
+    pool = getattr(split, "pool", None)
+    if pool is not None:
+        pool = np.asarray(pool, dtype=np.int64)
+        inner = partition_indices(
+            np.asarray(labels)[pool],
+            n,
+            d.partition,
+            alpha=d.alpha,
+            classes_per_client=d.classes_per_client,
+            seed=cfg.seed,
+        )
+        return [pool[p] for p in inner]
     return partition_indices(
         labels,
-        cfg.federation.num_clients,
+        n,
         d.partition,
         alpha=d.alpha,
         classes_per_client=d.classes_per_client,
         seed=cfg.seed,
     )
+
+
+def partition_by_key(keys: Any, num_samples: int | None = None) -> tuple[list[np.ndarray], list[str]]:
+    """The natural split of samples that carry a client key: each distinct key's sample indices.
+
+    ``keys``: one key per sample (a column: a writer id, a user name, the
+    folder a file lies in), or a callable ``key(i)`` for sample ``i`` (then
+    ``num_samples`` says how many there are). Clients are ordered by key
+    (as strings), so the split does not depend on the samples' order;
+    returns the index arrays and the keys, as strings.
+    """
+    if callable(keys):
+        if num_samples is None:
+            raise ValueError("a client-key callable needs num_samples (it is called once per sample index)")
+        keys = [keys(i) for i in range(num_samples)]
+    column = np.asarray([str(k) for k in keys])
+    if num_samples is not None and len(column) != num_samples:
+        raise ValueError(f"{len(column)} client keys for {num_samples} samples: one key per sample is needed")
+    if len(column) == 0:
+        raise ValueError("no client keys: the data has no samples")
+    names, inverse = np.unique(column, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(names)))[:-1]
+    return [np.sort(p) for p in np.split(order, bounds)], [str(k) for k in names]
+
+
+def folder_keys(paths: Any, root: str | Path) -> list[str]:
+    """The client key of data stored as a folder per client: each file's first folder under ``root``.
+
+    ``root/alice/0001.png`` → ``"alice"``; for a loader's ``"client_keys"``
+    (:mod:`fedcomp.data.custom`). A file directly in ``root`` is an error.
+    """
+    base = Path(root).resolve()
+    keys = []
+    for path in paths:
+        rel = Path(path).resolve().relative_to(base)
+        if len(rel.parts) < 2:
+            raise ValueError(f"{path} is not inside a client's folder under {root}")
+        keys.append(rel.parts[0])
+    return keys
+
+
+def client_sizes(parts: Any) -> dict[str, float]:
+    """How the samples spread over clients: count, total, min / median / mean / max, sd and the Gini index.
+
+    What a report shows next to a natural split (a few lead roles hold most
+    of the text) or a Dirichlet one; the Gini index is 0 for equal sizes and
+    approaches 1 when one client holds everything.
+    """
+    sizes = np.sort(np.asarray([len(p) for p in parts], dtype=np.float64))
+    if len(sizes) == 0:
+        return {"clients": 0, "samples": 0}
+    cum = np.cumsum(sizes)
+    gini = float((len(sizes) + 1 - 2 * (cum / cum[-1]).sum()) / len(sizes)) if cum[-1] > 0 else 0.0
+    return {
+        "clients": len(sizes),
+        "samples": int(sizes.sum()),
+        "min": int(sizes[0]),
+        "median": float(np.median(sizes)),
+        "mean": float(sizes.mean()),
+        "max": int(sizes[-1]),
+        "sd": float(sizes.std()),
+        "gini": gini,
+    }
 
 
 @functools.lru_cache(maxsize=8)
@@ -102,6 +216,11 @@ def _partition(
             num_classes_per_partition=classes_per_client,
             class_assignment_mode="first-deterministic",
             seed=seed,
+        )
+    elif scheme == "natural":
+        raise ConfigError(
+            "config key 'data.partition': 'natural' keeps the data's own clients; it needs the data set "
+            "(experiment_partitions), not labels alone"
         )
     else:
         raise ConfigError(f"config key 'data.partition': unknown scheme {scheme!r}")

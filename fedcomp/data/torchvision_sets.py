@@ -1,8 +1,12 @@
-"""torchvision's MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 from a data_dir.
+"""torchvision's MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 from a data_dir; Fashion-MNIST from Debian.
 
 Files are read in torchvision's own on-disk layout (``MNIST/raw/*-ubyte``,
 ``cifar-10-batches-py/``, ...). Nothing is downloaded unless
-``data.download = true``; then torchvision fetches the files. CIFAR batches
+``data.download = true``; then torchvision fetches the files.
+Fashion-MNIST without a ``data_dir`` is read from Debian's
+``dataset-fashion-mnist`` package (``apt-get install dataset-fashion-mnist``:
+Zalando's own gzipped IDX files in ``/usr/share/datasets/fashion-mnist``),
+which works offline wherever a Debian mirror is reachable at install time. CIFAR batches
 are read directly (the pickled dicts torchvision reads) so a local copy is
 not rejected for lacking the official MD5 sums — with an unpickler that
 builds only what a batch holds (builtin containers and numpy arrays): a
@@ -59,9 +63,99 @@ def load_mnist(data_dir: str, download: bool, test_size: int, seed: int) -> Spli
     return _load_mnist_like("MNIST", "mnist", 0.1307, 0.3081, data_dir, download)
 
 
-@DATASETS.register("fashion_mnist", "torchvision Fashion-MNIST (60k/10k) from data.data_dir")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's ``dataset-fashion-mnist`` puts Zalando's four ``*-ubyte.gz`` files."""
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_FASHION_MEAN, _FASHION_STD = 0.2860, 0.3530
+
+
+def read_idx(path: Path, dims: int, limit: int = 1 << 28) -> np.ndarray:
+    """An IDX file of unsigned bytes (LeCun's MNIST format), gzipped or not, as a uint8 array.
+
+    The header is checked before the body is read: magic ``0x0000 08 dims``,
+    then ``dims`` big-endian sizes whose product must equal the body's length
+    (at most ``limit`` bytes), so a damaged file is an error, never a wrong
+    shape or an unbounded read.
+    """
+    import gzip
+    import struct
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(4 + 4 * dims)
+            if len(head) < 4 + 4 * dims:
+                raise DatasetNotFoundError(f"{path} is not an IDX file: it ends inside its header")
+            magic = struct.unpack(">I", head[:4])[0]
+            if magic != 0x0800 | dims:
+                raise DatasetNotFoundError(
+                    f"{path} is not an IDX file of uint8 with {dims} dimension(s) (magic {magic:#010x})"
+                )
+            shape = struct.unpack(f">{dims}I", head[4:])
+            size = int(np.prod(shape, dtype=np.int64))
+            if size > limit:
+                raise DatasetNotFoundError(f"{path}: its header claims {size} bytes, more than the {limit} allowed")
+            body = fh.read(size + 1)
+    except DatasetNotFoundError:
+        raise  # the checks above (an OSError too): their own message
+    except (OSError, EOFError) as exc:  # gzip's BadGzipFile is an OSError
+        if isinstance(exc, FileNotFoundError):
+            raise DatasetNotFoundError(f"missing file {path}") from None
+        raise DatasetNotFoundError(f"{path} cannot be read: {exc}") from None
+    if len(body) != size:
+        raise DatasetNotFoundError(f"{path}: {len(body)} bytes of data, its header says {size}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def _idx_file(folder: Path, name: str) -> Path:
+    for candidate in (folder / f"{name}.gz", folder / name):
+        if candidate.exists():
+            return candidate
+    return folder / f"{name}.gz"
+
+
+def read_fashion_mnist_idx(folder: Path) -> SplitData:
+    """Fashion-MNIST from a folder of Zalando's IDX files (``*-ubyte`` or ``*-ubyte.gz``)."""
+    parts = []
+    for images_name, labels_name in FASHION_MNIST_FILES.values():
+        x = read_idx(_idx_file(folder, images_name), 3)
+        y = read_idx(_idx_file(folder, labels_name), 1)
+        if len(x) != len(y):
+            raise DatasetNotFoundError(f"{folder}: {len(x)} images but {len(y)} labels in {images_name}/{labels_name}")
+        if len(y) and int(y.max()) > 9:
+            raise DatasetNotFoundError(
+                f"{folder}: a label {int(y.max())} in {labels_name}; Fashion-MNIST has 10 classes"
+            )
+        parts.append(
+            ImageData(
+                torch.from_numpy(x.copy()).unsqueeze(1),
+                torch.from_numpy(y.astype(np.int64)),
+                (_FASHION_MEAN,),
+                (_FASHION_STD,),
+            )
+        )
+    return SplitData("fashion_mnist", parts[0], parts[1], num_classes=10)
+
+
+@DATASETS.register(
+    "fashion_mnist",
+    "Fashion-MNIST (60k/10k): Debian's dataset-fashion-mnist offline, or torchvision's layout from data.data_dir",
+)
 def load_fashion_mnist(data_dir: str, download: bool, test_size: int, seed: int) -> SplitData:
-    return _load_mnist_like("FashionMNIST", "fashion_mnist", 0.2860, 0.3530, data_dir, download)
+    """Zalando's Fashion-MNIST (Xiao et al. 2017): torchvision's layout under ``data.data_dir`` when it is set
+    (``data.download`` fetches it there, online); else Debian's ``dataset-fashion-mnist`` files."""
+    if data_dir:
+        return _load_mnist_like("FashionMNIST", "fashion_mnist", _FASHION_MEAN, _FASHION_STD, data_dir, download)
+    if not DEBIAN_FASHION_MNIST.is_dir():
+        raise DatasetNotFoundError(
+            f"dataset 'fashion_mnist' is not installed: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; "
+            f"or `make datasets`) puts it in {DEBIAN_FASHION_MNIST}; or set data.data_dir to a folder in "
+            "torchvision's layout (FashionMNIST/raw/*-ubyte; data.download = true fetches it there, online)"
+        )
+    return read_fashion_mnist_idx(DEBIAN_FASHION_MNIST)
 
 
 class CifarUnpickler(pickle.Unpickler):

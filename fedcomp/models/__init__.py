@@ -54,4 +54,4 @@ def initial_model(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_class
         return build_model(cfg.model.name, input_shape, num_classes, cfg.model.params)
 
 
-from fedcomp.models import lenet, mlp, resnet18, resnet_cifar, vgg  # noqa: E402,F401  (register)
+from fedcomp.models import lenet, lstm, mlp, resnet18, resnet_cifar, vgg  # noqa: E402,F401  (register)
