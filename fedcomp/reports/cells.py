@@ -29,7 +29,7 @@ class Cell:
 def columns(table: Table, with_notes: bool) -> list[str]:
     target = "target" if table.target_accuracy is None else f"{table.target_accuracy:.4g}"
     cols = ["method", "seeds", "final accuracy", "total bytes ↑+↓", "uplink ↑", "downlink ↓", "↑ ratio", "↓ ratio",
-            "↑ bits/param", "↓ bits/param"]  # fmt: skip
+            "bits/param ↑ · ↓"]  # fmt: skip
     if with_model_columns(table):
         cols += ["final model", "dense accuracy"]
     cols += [f"bytes to {target}", f"rounds to {target}", "failures"]
@@ -64,8 +64,7 @@ def table_cells(table: Table) -> tuple[list[str], list[list[Cell]]]:
             byte_count(m["downlink_bytes"]),
             ratio(m["compression_ratio"]),
             ratio(m["downlink_ratio"]),
-            bits(m["uplink_bits_per_parameter"]),
-            bits(m["downlink_bits_per_parameter"]),
+            bits(m["uplink_bits_per_parameter"], m["downlink_bits_per_parameter"]),
             *((byte_count(m["final_model_bytes"]), accuracy(m["dense_accuracy"])) if model_columns else ()),
             to_target(m["total_bytes_to_target"], human_bytes, short_bytes),
             to_target(m["rounds_to_target"], lambda v: f"{v:.3g}", lambda v: f"{v:.2g}"),
@@ -93,11 +92,12 @@ def ratio(s: Stat) -> Cell:
     return Cell(f"{s.mean:,.0f}×" if s.mean >= 100 else f"{s.mean:.1f}×", s.mean)
 
 
-def bits(s: Stat) -> Cell:
-    """Bits per model parameter per client per round: 32 is a dense float32 model."""
-    if s.mean is None:
+def bits(up: Stat, down: Stat) -> Cell:
+    """Bits per model parameter per client per round, up · down (32 is a dense float32 model); sorts by up."""
+    if up.mean is None and down.mean is None:
         return Cell("—")
-    return Cell(f"{s.mean:.3g}", s.mean)
+    text = " · ".join("—" if s.mean is None else f"{s.mean:.3g}" for s in (up, down))
+    return Cell(text, up.mean)
 
 
 def to_target(s: Stat, fmt: Callable[[float], str], fmt_spread: Callable[[float], str]) -> Cell:
