@@ -116,6 +116,8 @@ def compare(
     """
     if len(methods) < 1:
         raise ConfigError("compare: give at least one method (the first is the baseline)")
+    if any("seed" in m for m in methods) or "seed" in (tune or {}):
+        raise ConfigError("compare: 'seed' cannot be a method key or tuned: every method runs the same seeds (--seeds)")
     if seeds < 2:
         raise ConfigError(f"compare: seeds must be >= 2 for paired intervals, got {seeds}")
     tune = {k: list(v) for k, v in (tune or {}).items()}
@@ -167,7 +169,8 @@ def _choose(sweep: SweepResult, tune: dict[str, list[Any]]) -> tuple[dict[str, A
     for run in sweep.runs:
         key = ", ".join(f"{k}={_flat(run.overrides[k])}" for k in tune)
         combos[key] = {k: run.overrides[k] for k in tune}
-        acc = _validation_accuracy(sweep.sweep_dir / run.dir)
+        # A failed or partial run scores nothing: its last validation round is not the end of training.
+        acc = _validation_accuracy(sweep.sweep_dir / run.dir) if run.status in ("complete", "skipped") else None
         scores.setdefault(key, []).append(acc if acc is not None else -math.inf)
     means = {k: sum(v) / len(v) for k, v in scores.items()}
     order = [", ".join(f"{k}={_flat(v)}" for k, v in zip(tune, values, strict=True))

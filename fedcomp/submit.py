@@ -86,12 +86,15 @@ def _final_status(flwr: str, target: list[str], run_id: int) -> tuple[str, str]:
     deadline = time.monotonic() + STATUS_WAIT_S
     status, details = "unknown", ""
     while True:
-        done = subprocess.run(
-            [flwr, "ls", *target, "--run-id", str(run_id), "--format", "json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        try:
+            done = subprocess.run(
+                [flwr, "ls", *target, "--run-id", str(run_id), "--format", "json"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except (subprocess.TimeoutExpired, OSError) as exc:  # the SuperLink did not answer: say so, typed
+            raise RunFailedError(f"run {run_id}: cannot read its status from the SuperLink ({exc})") from None
         try:
             runs = json.loads(done.stdout[done.stdout.find("{") :]).get("runs", [])
             status, details = str(runs[0].get("status", "unknown")), str(runs[0].get("status-details", ""))

@@ -37,6 +37,7 @@ from fedcomp.config import (
     ExperimentConfig,
     apply_overrides,
     config_from_dict,
+    load_config_unchecked,
     parse_value,
     read_toml,
     set_dotted,
@@ -127,6 +128,10 @@ def plan(base: dict[str, Any], grid: dict[str, list[Any]], seeds: int) -> list[t
                 shown = ", ".join(f"{k}={v}" for k, v in combo.items())
                 raise ConfigError(f"grid combination {shown}: {exc}") from exc
             out.append((SweepRun(_slug(combo, seed), combo, seed), cfg))
+    dirs = [r.dir for r, _ in out]
+    twice = sorted({d for d in dirs if dirs.count(d) > 1})
+    if twice:
+        raise ConfigError(f"two grid points would share the run directory {twice[0]!r}; give the files other names")
     return out
 
 
@@ -198,6 +203,8 @@ def _run_all(
     for i, (entry, cfg) in enumerate(runs, 1):
         path = root / entry.dir
         done = _completed_run(path)
+        if done is not None and not _same_experiment(path, cfg):
+            done = None  # a complete run of another config (the base or a --set changed): redone, the old kept
         if done is not None:
             entry.status = "skipped"
             acc = done.summary.get("final_test_accuracy")
@@ -267,6 +274,16 @@ def _grid_as_paths(grid: dict[str, list[Any]], base: dict[str, Any]) -> dict[str
     if dirs:
         base["python_path"] = dirs
     return out
+
+
+def _same_experiment(path: Path, cfg: ExperimentConfig) -> bool:
+    """Whether the run at ``path`` ran ``cfg`` (its name and output folder aside: a copied or moved sweep)."""
+    try:
+        recorded = load_config_unchecked(path / CONFIG_FILE).to_dict()  # imports nothing
+    except ConfigError:
+        return False
+    ours = cfg.to_dict()
+    return all(recorded.get(k) == ours.get(k) for k in set(recorded) | set(ours) if k not in ("name", "output_dir"))
 
 
 def _completed_run(path: Path) -> RunRecord | None:

@@ -67,3 +67,5 @@ def test_methods_parse_from_the_command_line_and_bad_ones_are_config_errors(tmp_
     assert code == 2 and "did you mean 'surp'" in capsys.readouterr().err
     code = cli_main(["compare", "demo", "--method", "uplink.name=surp", "--seeds", "1", "--out", str(tmp_path / "x")])
     assert code == 2 and "seeds must be >= 2" in capsys.readouterr().err
+    code = cli_main(["compare", "demo", "--method", "seed=5;uplink.name=surp", "--out", str(tmp_path / "x")])
+    assert code == 2 and "every method runs the same seeds" in capsys.readouterr().err

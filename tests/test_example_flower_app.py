@@ -133,6 +133,9 @@ def test_the_example_learns_with_compression_and_fedcomp_report_compares_it_with
     summary = json.loads((app_run / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["runtime"] == "flower-app"
     assert summary["uplink_bytes"] == sum(r["uplink_bytes"] for r in rows)  # the end-of-run total
+    model = fedcomp.load_model(app_run, trust_code=True)  # the app's own Net, rebuilt from the run directory
+    saved = torch.load(app_run / "model.pt", weights_only=True)
+    assert type(model).__name__ == "Net" and all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
     recorded = config_from_dict(tomllib.loads((app_run / "config.toml").read_text()))
     assert (recorded.model.name, recorded.strategy.name, recorded.uplink.params["max_bytes"]) == (
         "flower_app.task:Net", "fedavg", 4000)  # fmt: skip

@@ -255,6 +255,20 @@ def test_a_sweep_started_again_skips_the_runs_already_complete(sweep, tmp_path):
     cfg = sweep_config(tmp_path)
     again = run_sweep(cfg, GRID, seeds=2, sweep_dir=sweep.sweep_dir, progress=False)
     assert [r.status for r in again.runs] == ["skipped"] * 4
+    # Started again with another config on the same folder: nothing is taken for done, the old runs are kept.
+    other = tmp_path / "other"
+    shutil.copytree(sweep.sweep_dir, other, ignore=shutil.ignore_patterns(".lock"))
+    changed = {**cfg, "client": {**cfg["client"], "lr": cfg["client"]["lr"] / 2}}
+    redone = run_sweep(changed, {"uplink.name": ["identity"]}, seeds=1, sweep_dir=other, progress=False)
+    assert [r.status for r in redone.runs] == ["complete"] and len(list((other / ".attempts").iterdir())) == 1
+
+
+def test_two_grid_points_never_share_a_run_directory():
+    from fedcomp.config import ConfigError
+    from fedcomp.sweep import plan
+
+    with pytest.raises(ConfigError, match="would share the run directory 'name=a_b__seed=0'"):
+        plan({}, {"name": ["a b", "a_b"]}, 1)
 
 
 def test_partial_runs_are_reported_as_partial(sweep, tmp_path):
@@ -598,6 +612,8 @@ def test_the_bottom_line_names_the_cheapest_method_within_a_point_of_dense():
     assert line.startswith("SuRP 0.1% ↑ reaches within 1 point of dense accuracy (0.891 against 0.900)")
     assert "2.0× fewer bytes in both directions (1,000.0× uplink, 1.0× downlink)" in line
     assert bottom_line([dense, far]) == "No compressed method comes within 1 point of dense accuracy (0.900)."
+    other_dense = group("dense · client.lr=0.1", "identity", 1000, 1000, 0.95)
+    assert bottom_line([dense, other_dense, close]).startswith("Several dense groups")
     assert bottom_line([close]).startswith("No dense run")
 
 

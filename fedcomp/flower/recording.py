@@ -142,12 +142,12 @@ class AppRecorder:
 
             try:
                 result = start(grid=grid, num_rounds=num_rounds, evaluate_fn=recorded, **flower_args)
-            except BaseException as exc:
+                final = result.arrays if len(result.arrays) else flower_args["initial_arrays"]
+                arch, structure = strategy.arch, structure_to_json(strategy.structure)
+                recorder.save_model(final.to_torch_state_dict(), structure, arch.input_shape, arch.num_classes)
+            except BaseException as exc:  # whatever ends it, the summary says how (never "running" forever)
                 recorder.finish("failed", f"{type(exc).__name__}: {exc}"[:2000])
                 raise
-            final = result.arrays if len(result.arrays) else flower_args["initial_arrays"]
-            arch, structure = strategy.arch, structure_to_json(strategy.structure)
-            recorder.save_model(final.to_torch_state_dict(), structure, arch.input_shape, arch.num_classes)
             if recorder.rounds_aggregated() == 0:
                 recorder.finish("failed", "no round aggregated an update")
             else:

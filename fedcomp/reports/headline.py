@@ -217,16 +217,19 @@ def is_dense(group: RunGroup) -> bool:
 def bottom_line(groups: list[RunGroup]) -> str:
     """One plain sentence: which compressed method reaches within a point of dense with the fewest bytes."""
     counted = [g for g in groups if g.counted]
-    dense = next((g for g in counted if is_dense(g)), None)
-    if dense is None:
+    dense_groups = [g for g in counted if is_dense(g)]
+    if not dense_groups:
         return "No dense run to measure against: add one (uplink, downlink and server compression all identity)."
+    if len(dense_groups) > 1:  # they differ in another key (a learning rate): which one is "dense" is not ours to pick
+        return "Several dense groups differ in other keys: report one setting at a time for a bottom line."
+    dense = dense_groups[0]
     ref = _mean([_final(r) for r in dense.counted])
     if ref is None:
         return "The dense run has no evaluated accuracy to measure against."
     best: tuple[float, RunGroup, float] | None = None
     for g in counted:
         acc = _mean([_final(r) for r in g.counted])
-        if g is dense or acc is None or acc < ref - WITHIN:
+        if is_dense(g) or acc is None or acc < ref - WITHIN:
             continue
         ratio = _mean([_total(r) for r in dense.counted]) / max(_mean([_total(r) for r in g.counted]) or 1.0, 1.0)
         if best is None or ratio > best[0]:

@@ -468,8 +468,13 @@ _MAX_INPUT_DIMS = 4
 
 
 def _recorded_shape(summary: dict[str, Any], path: Path) -> tuple[tuple[int, ...], int]:
-    """``input_shape`` and ``num_classes`` from a summary, as positive integers (CorruptRunError otherwise)."""
+    """``input_shape`` and ``num_classes`` from a summary, as positive integers (CorruptRunError otherwise).
+
+    A Flower app's run (:class:`fedcomp.flower.AppRecorder`) may record neither (``[]`` and 0): its model
+    function builds the model by itself, and gets them only if it asks for them."""
     shape, classes = summary.get("input_shape"), summary.get("num_classes")
+    if summary.get("runtime") == APP_RUNTIME and shape == [] and classes == 0:
+        return (), 0
     if not (
         isinstance(shape, list) and 1 <= len(shape) <= _MAX_INPUT_DIMS and all(_is_int(d) and d > 0 for d in shape)
     ):
