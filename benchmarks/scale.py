@@ -3,7 +3,7 @@
 The per-client compressor state (the error-feedback residual) is what grew
 with the number of clients: it lived in Flower's ``Context.state``, kept in
 memory for every node and copied to and from the worker on each call. It is
-now a file per client (:mod:`fedcomp.clients.state`), read only when the
+now a file per client (:mod:`fedcomp.flower.state`), read only when the
 client is sampled. This runs the same federation (LeNet-5-Caffe on the
 embedded digits, error-feedback SuRP uplink, 100 clients sampled per round,
 10 rounds of 2 local steps, so that about every one of the 1,000 clients

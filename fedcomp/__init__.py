@@ -22,6 +22,10 @@ __all__ = [
 ]
 
 
+# The functions below import their module when called: ``import fedcomp`` (and the command line's start) stays
+# free of torch, Flower and Ray, which those modules import.
+
+
 def run(config, **kwargs):  # noqa: ANN001, ANN201 - re-exported, documented in fedcomp.simulation.run
     """Run one experiment; see :func:`fedcomp.simulation.run`."""
     from fedcomp.simulation import run as _run

@@ -45,6 +45,7 @@ def _strategy_params(params: dict[str, Any]) -> list[list[str]]:
 
 def build() -> dict[str, Any]:
     """The listing, from the registries themselves (imports torch and Flower)."""
+    # Imported here: ``fedcomp list`` reads catalogue.json and must not import torch; only a rebuild needs them.
     from fedcomp.compressors.model import MODEL_COMPRESSORS
     from fedcomp.compressors.update import UPDATE_COMPRESSORS
     from fedcomp.configs import packaged_configs

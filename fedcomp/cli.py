@@ -1,7 +1,7 @@
 """The ``fedcomp`` command line: ``run``, ``sweep``, ``report``, ``submit``, ``list`` and ``init``.
 
 Importing this module imports neither torch nor Flower (each command
-imports what it needs), so ``--help`` and ``list`` answer at once.
+imports what it needs, inside its function), so ``--help`` and ``list`` answer at once.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedcomp.config import ConfigError
+from fedcomp.config import ConfigError, apply_overrides, config_from_dict, load_config
 from fedcomp.errors import ReportError, RunFailedError, RunInterruptedError
 
 
@@ -51,7 +51,6 @@ def format_rounds_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from fedcomp.config import load_config
     from fedcomp.simulation import resume, run
 
     if args.resume:
@@ -72,8 +71,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _defaults(overrides: list[str]) -> Any:
     """``fedcomp run`` with no CONFIG: every key at its default, then the ``--set`` overrides."""
-    from fedcomp.config import apply_overrides, config_from_dict
-
     return config_from_dict(apply_overrides({}, overrides))
 
 

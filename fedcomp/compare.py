@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcomp.config import ConfigError, ExperimentConfig, set_dotted
+from fedcomp.config import ConfigError, ExperimentConfig, parse_value, set_dotted
 from fedcomp.engine import shared_engine
 from fedcomp.reports.compare import T975
 from fedcomp.reports.curves import first_reach
@@ -80,8 +80,6 @@ class CompareResult:
 
 def parse_method(text: str) -> dict[str, Any]:
     """``'uplink={name="surp",density=0.01};client.lr=0.1'`` → {dotted key: value} (TOML values)."""
-    from fedcomp.config import parse_value
-
     out: dict[str, Any] = {}
     for part in split_top_level(text.replace(";", ",")) if ";" in text else [text]:
         key, sep, raw = part.partition("=")

@@ -1,4 +1,4 @@
-"""Errors fedcomp raises to its caller (configuration errors are :class:`fedcomp.config.ConfigError`).
+"""Errors fedcomp raises to its caller (configuration errors are :class:`fedcomp.params.ConfigError`).
 
 Kept free of heavy imports: the command line loads this module to name its exit statuses."""
 

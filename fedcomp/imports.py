@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcomp.config import ConfigError
+from fedcomp.params import ConfigError
+from fedcomp.schema import USER_CODE_KEYS
 
 
 class ImportSpecError(ConfigError):
@@ -115,8 +116,6 @@ def current_patterns() -> tuple[str, ...] | None:
 
 def import_paths_of(cfg: Any) -> list[str]:
     """The import paths an :class:`~fedcomp.config.ExperimentConfig` names (its user-code keys)."""
-    from fedcomp.config import USER_CODE_KEYS
-
     values = (getattr(getattr(cfg, section), key) for section, key in USER_CODE_KEYS)
     return sorted({v for v in values if is_import_spec(v)})
 

@@ -17,6 +17,16 @@ checked in the driver is checked here, with the config key named:
   against this machine's CPUs and the CUDA devices torch sees, or against each
   node of the Ray cluster ``simulation.ray_address`` names): otherwise Flower's
   engine stops with "ActorPool is empty" and no round runs.
+
+Cheaper, and run by every config load (:func:`fedcomp.config.validate_config`), :func:`check_config`:
+everything in a config that spans families, which its schema (:mod:`fedcomp.schema`) cannot know:
+
+- every name is registered (dataset, model, compressors, strategy), or an import path to a function or class;
+- each compressor's parameters fit it, and the model compressor's schedule fits the rounds;
+- the compressors go together (:func:`downlink_problem`), and FedProx is not combined with LC.
+
+The same checks on transport settings a client receives are :func:`unknown_compressor` and
+:func:`downlink_problem`, which :class:`fedcomp.flower.transport.Transport` runs.
 """
 
 from __future__ import annotations
@@ -24,11 +34,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from fedcomp.config import ConfigError, ExperimentConfig
+from fedcomp.compressors.model import MODEL_COMPRESSORS
+from fedcomp.compressors.model.base import build_model_compressor
+from fedcomp.compressors.model.structure import Architecture
+from fedcomp.compressors.update import UPDATE_COMPRESSORS
+from fedcomp.data import DATASETS, experiment_partitions, load_experiment_data
+from fedcomp.data.base import DatasetNotFoundError
+from fedcomp.imports import add_to_sys_path, is_import_spec, resolve
+from fedcomp.models import MODELS, initial_model
+from fedcomp.params import ConfigError
+from fedcomp.schema import ExperimentConfig
+from fedcomp.strategies import STRATEGIES, parse_strategy_params
+from fedcomp.suggest import did_you_mean
 
 SCHEDULE_FIELDS = ("start_round", "compress_at", "prune_at")
 """Model-compressor parameters that name federated rounds."""
@@ -98,9 +120,6 @@ def _cluster_nodes(address: str) -> list[dict[str, float]] | None:
 
 
 def _check_data(cfg: ExperimentConfig) -> Any:
-    from fedcomp.data import experiment_partitions, load_experiment_data
-    from fedcomp.data.base import DatasetNotFoundError
-
     d = cfg.data
     try:
         split = load_experiment_data(cfg)
@@ -140,10 +159,6 @@ def _check_data(cfg: ExperimentConfig) -> Any:
 
 
 def _check_model(cfg: ExperimentConfig, split: Any) -> torch.nn.Module:
-    from fedcomp.imports import is_import_spec
-    from fedcomp.models import MODELS
-    from fedcomp.servers.app import initial_model
-
     name = cfg.model.name
     if not is_import_spec(name) and name in MODELS and getattr(MODELS.get(name), "__module__", "") == "__main__":
         raise ConfigError(
@@ -172,9 +187,6 @@ def _check_model(cfg: ExperimentConfig, split: Any) -> torch.nn.Module:
 
 
 def _check_model_compressor(cfg: ExperimentConfig, split: Any) -> None:
-    from fedcomp.compressors.model.base import build_model_compressor
-    from fedcomp.compressors.model.structure import Architecture
-
     section = cfg.server_compression
     try:
         compressor = build_model_compressor(cfg, Architecture.of_config(cfg, split.input_shape, split.num_classes))
@@ -196,6 +208,92 @@ def _check_model_compressor(cfg: ExperimentConfig, split: Any) -> None:
                 f"config key 'server_compression.{f.name}': round(s) {beyond} do not exist "
                 f"(federation.rounds = {rounds})"
             )
+
+
+# --------------------------------------------------------------------------- checks across families
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """ConfigError naming the key unless every name in ``cfg`` is known and its compressors' parameters fit them,
+    their schedules its rounds, and its compressors and strategy each other (cheap: no data, no model)."""
+    add_to_sys_path(cfg.python_path)
+    c = cfg.client
+    for key, spec in (("data.dataset", cfg.data.dataset), ("model.name", cfg.model.name), ("client.train_fn", c.train_fn),
+                      ("client.loss", c.loss), ("client.eval_metric", c.eval_metric)):  # fmt: skip
+        if is_import_spec(spec) and not callable(resolve(spec, key)):
+            raise ConfigError(f"config key '{key}': {spec!r} is not a function or class")
+    if c.eval_metric and not is_import_spec(c.eval_metric):
+        raise ConfigError(f"config key 'client.eval_metric': expected an import path 'module:fn', got {c.eval_metric!r}")  # fmt: skip
+    if cfg.client.train_fn and not is_import_spec(cfg.client.train_fn):
+        raise ConfigError(f"config key 'client.train_fn': expected an import path 'module:function', got {cfg.client.train_fn!r}")  # fmt: skip
+    for key, name, registry in (
+        ("data.dataset", cfg.data.dataset, DATASETS),
+        ("model.name", cfg.model.name, MODELS),
+        ("uplink.name", cfg.uplink.name, UPDATE_COMPRESSORS),
+        ("server_compression.name", cfg.server_compression.name, MODEL_COMPRESSORS),
+        ("downlink.name", cfg.downlink.name, UPDATE_COMPRESSORS),
+        ("strategy.name", cfg.strategy.name, STRATEGIES),
+    ):
+        if is_import_spec(name):
+            continue
+        if name not in registry:
+            raise ConfigError(
+                f"config key '{key}': unknown name {name!r}{did_you_mean(name, registry)}; choose one of "
+                f"{sorted(registry)} or give your own as an import path 'module:name' / 'file.py:name'"
+            )
+    UPDATE_COMPRESSORS.get(cfg.uplink.name).parse_params(cfg.uplink.params, "uplink")
+    model_compressor = MODEL_COMPRESSORS.get(cfg.server_compression.name)
+    model_params = model_compressor.parse_params(cfg.server_compression.params, "server_compression")
+    late = model_compressor.schedule_problem(model_params, cfg.federation.rounds)
+    if late:
+        raise ConfigError(f"config key 'server_compression': {late}")
+    UPDATE_COMPRESSORS.get(cfg.downlink.name).parse_params(cfg.downlink.params, "downlink")
+    problem = downlink_problem(cfg.server_compression.name, model_params, cfg.downlink.name, cfg.downlink.params)
+    if problem:
+        raise ConfigError(f"config key 'downlink.name': {problem}")
+    strategy = parse_strategy_params(cfg.strategy.name, cfg.strategy.params)
+    if strategy.get("proximal_mu", 0) and cfg.server_compression.name == "lc":
+        raise ConfigError(
+            "config key 'strategy.proximal_mu': FedProx's proximal term cannot be combined with LC's penalty "
+            "(both pull local training towards a different centre); use one of them"
+        )
+
+
+def unknown_compressor(uplink: Any, server_compression: Any, downlink: Any) -> str:
+    """Transport settings (:mod:`fedcomp.flower.transport`): which compressor name is not registered ("" if none)."""
+    for what, name, registry in (
+        ("uplink", uplink, UPDATE_COMPRESSORS),
+        ("downlink", server_compression, MODEL_COMPRESSORS),
+        ("downlink update", downlink, UPDATE_COMPRESSORS),
+    ):
+        if not isinstance(name, str) or name not in registry:
+            return f"{what} compressor {name!r} is unknown; choose one of {sorted(registry)}"
+    return ""
+
+
+def downlink_problem(model_name: str, model_params: Any, change_name: str, change_params: Mapping[str, Any]) -> str:
+    """Why a model compressor and a downlink update compressor cannot go together ("" if they can).
+
+    The model's change is sent only while the broadcast is the model itself:
+    with no model compressor, or one that acts on the final model only
+    (UDFC ``final_only``, ALDS without ``compress_at``). LC's Δ(Θ), BWCP's
+    masks and a pruned or factorized model change what the clients hold in
+    ways a change of w cannot express.
+    """
+    if change_name == "identity":
+        return ""
+    if not MODEL_COMPRESSORS.get(model_name).broadcasts_dense_model(model_params):
+        return (
+            f"[downlink] name = {change_name!r} sends the model's change, which needs a broadcast of the model "
+            f"itself; server_compression {model_name!r} compresses the broadcast during training. Use one of them, "
+            "or a model compressor that acts on the final model only (udfc final_only = true, alds compress_at = [])"
+        )
+    if change_params.get("error_feedback") is False:
+        return (
+            "downlink.error_feedback = false: the downlink always feeds back what was not sent "
+            "(it sends w − R, the global model minus what clients hold); remove the key"
+        )
+    return ""
 
 
 def _why(exc: BaseException) -> str:

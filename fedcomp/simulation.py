@@ -19,9 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from fedcomp import engine, polling
-from fedcomp.clients.state import drop_rounds_after
-from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, load_config, load_config_unchecked
+from fedcomp.config import (
+    ConfigError,
+    ExperimentConfig,
+    config_from_dict,
+    load_config,
+    load_config_unchecked,
+    validate_config,
+)
 from fedcomp.errors import RunFailedError, RunInterruptedError
+from fedcomp.flower.state import drop_rounds_after
 from fedcomp.imports import exactly, import_paths_of, only_allowed
 from fedcomp.preflight import check_experiment
 from fedcomp.servers.recorder import (
@@ -57,10 +64,6 @@ class RunResult:
     """Whole call: engine start, rounds, engine shutdown."""
 
     @property
-    def rounds_s(self) -> float:
-        return sum(r["wall_s"] for r in self.rows)
-
-    @property
     def final_accuracy(self) -> float | None:
         accs = [r["test_accuracy"] for r in self.rows if r["test_accuracy"] is not None]
         return accs[-1] if accs else None
@@ -76,8 +79,7 @@ class RunResult:
 
 def as_config(config: ExperimentConfig | dict[str, Any] | str | Path) -> ExperimentConfig:
     if isinstance(config, ExperimentConfig):
-        config.validate()
-        return config
+        return validate_config(config)
     if isinstance(config, dict):
         return config_from_dict(config)
     return load_config(config)
@@ -253,13 +255,15 @@ def _execute(
     verbose: bool,
     label: str | None = None,
 ) -> RunResult:
+    # Flower's simulation engine (Ray) and the two apps are imported by the run that needs them, not by every
+    # import of this module (resume checks, sweeps that only read).
     from flwr.simulation import run_simulation
 
     from fedcomp.clients.app import build_client_app
     from fedcomp.servers.app import build_server_app
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    if not cfg.simulation.ray_address:
+    if not cfg.simulation.ray_address and cfg.simulation.backend == "ray":
         _secure_local_ray()
     stop = threading.Event()
     server_app = build_server_app(
@@ -268,7 +272,12 @@ def _execute(
     logger.info("run directory: %s", path)
     t0 = time.perf_counter()
     try:
-        with _engine_log(path, verbose), ctrl_c_stops(stop), engine.backend_for_run(), polling.node_polling():
+        with (
+            _engine_log(path, verbose),
+            ctrl_c_stops(stop),
+            engine.backend_for_run(cfg.simulation.backend),
+            polling.node_polling(),
+        ):
             run_simulation(
                 server_app=server_app,
                 # This process owns both sides: its simulated nodes may import what its config names, nothing more.

@@ -196,7 +196,7 @@ def _run_all(
     verbose: bool,
 ) -> SweepResult:
     """The sweep's loop, run while the sweep directory is locked."""
-    from fedcomp.simulation import run
+    from fedcomp.simulation import run  # Flower and Ray only once a sweep runs (not to parse or report one)
 
     result = SweepResult(root, [r for r, _ in runs])
     state = _read_state(root)

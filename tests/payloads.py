@@ -165,3 +165,15 @@ def dense_payloads(cfg: Any, input_shape: tuple[int, ...] = (1, 28, 28), num_cla
     return IdentityCompressor().encode(float_state(model)).payload, IdentityCompressor().encode(
         model.state_dict()
     ).payload
+
+
+def identity_payload_length(tensors: Any) -> int:
+    """What an identity payload of ``tensors`` (a broadcast's model, or a client's update) must weigh, from the
+    container layout in fedcomp/coding/container.py, not from fedcomp's encoder: tensors named by digest, no
+    params, every tensor dense in its own dtype.
+
+    magic 4, version 1, codec name 1 + 8 (``identity``), params 4 + 2 (``{}``), tensor count 4, spec digest 4,
+    body length 8, the body, CRC32 4.
+    """
+    header = 4 + 1 + (1 + len("identity")) + (4 + len("{}")) + 4 + 4 + 8
+    return header + sum(t.numel() * t.element_size() for t in tensors) + 4

@@ -20,12 +20,10 @@ from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update.base import EncodeContext
 from fedcomp.compressors.update.feedback import RESIDUAL_PREFIX, encode_with_feedback
 from fedcomp.compressors.update.powersgd import Q_PREFIX
+from tests.helpers import update_compressor
 from tests.payloads import Frame
 
-
-def make(name: str, seed: int = 0, **params):
-    cls = UPDATE_COMPRESSORS.get(name)
-    return cls(cls.parse_params(params, "uplink"), seed=seed)
+make = update_compressor
 
 
 def through_bytes(codec, update, state=None, ctx=None):

@@ -22,6 +22,7 @@ from fedcomp.flower import CompressedStrategy, CompressionMod
 from fedcomp.flower.downlink import DownlinkChannel, Held, apply_change, model_crc
 from fedcomp.flower.transport import TransportError
 from fedcomp.messages import METRICS_KEY, payload_from
+from tests.helpers import update_compressor
 from tests.test_flower_building_blocks import ARCH, FEDERATION, NODES, contexts, initial_state, local_train
 
 pytestmark = pytest.mark.usefixtures("task_identity")  # tests/conftest.py: messages need a run and task id
@@ -243,8 +244,7 @@ def test_every_update_compressor_carries_the_change_and_the_client_rebuilds_the_
     """Three steps and a catch-up from version 0 with each codec: the bits a client rebuilds are the server's."""
     specs = ARCH.specs(())
     limits = DecodeLimits.for_specs([s for s in specs if s.dtype.is_floating_point])
-    cls = UPDATE_COMPRESSORS.get(name)
-    channel = DownlinkChannel(cls(cls.parse_params({}, "downlink"), seed=3), limits)
+    channel = DownlinkChannel(update_compressor(name, seed=3, section="downlink"), limits)
     start = channel.advance(1, initial_state(0), first_round_of_run=True)
     held = Held(OrderedDict(start), 0, model_crc(start))
     for r in (2, 3, 4):
@@ -254,7 +254,7 @@ def test_every_update_compressor_carries_the_change_and_the_client_rebuilds_the_
     if name == "identity":  # three dense changes weigh more than the model: the model goes instead
         assert payload == channel.dense()
         return
-    got = apply_change(payload, held, ARCH, cls(cls.parse_params({}, "downlink"), seed=3), 1e6, None)
+    got = apply_change(payload, held, ARCH, update_compressor(name, seed=3, section="downlink"), 1e6, None)
     assert got.version == 3 and same(got.state, channel.reference)
 
 

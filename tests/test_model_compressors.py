@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from fedcomp.clients.state import fit_state
 from fedcomp.coding import ChecksumError, DecodeError, pack, specs_of
 from fedcomp.compressors.model.alds import ALDSCompressor, ALDSLinear, ALDSParams, fold, recompose, true_error
 from fedcomp.compressors.model.base import dense_bytes
@@ -20,6 +19,7 @@ from fedcomp.compressors.model.lc import FormParams, GroupParams, LCCompressor, 
 from fedcomp.compressors.model.structure import Architecture, Edit, structure_from_json
 from fedcomp.compressors.update.identity import IdentityCompressor
 from fedcomp.config import ConfigError, config_from_dict
+from fedcomp.flower.state import fit_state
 
 LENET = Architecture("lenet5_caffe", (1, 28, 28), 10)
 RESNET = Architecture("resnet20", (3, 32, 32), 10)

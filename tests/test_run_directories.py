@@ -22,13 +22,13 @@ import pytest
 import torch
 
 from fedcomp.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
+from fedcomp.flower.rounds import RoundRow
 from fedcomp.servers.recorder import (
     CONFIG_FILE,
     DROPPED_ROUNDS_FILE,
     ROUNDS_FILE,
     SUMMARY_FILE,
     CorruptRunError,
-    RoundRow,
     RunDirBusyError,
     RunRecorder,
     check_resumable,

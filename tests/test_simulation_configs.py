@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedcomp.config import dump_config, load_config
+from tests.helpers import update_compressor
 from tests.simulated import assert_downlink_as_measured, run_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,8 +52,6 @@ def test_the_baseline_comparison_compares_at_equal_bytes(tmp_path):
     import numpy as np
     import torch
 
-    from fedcomp.compressors.update import UPDATE_COMPRESSORS
-    from fedcomp.compressors.update.base import EncodeContext
     from fedcomp.config import config_from_dict
     from fedcomp.models import build_model
 
@@ -71,9 +70,7 @@ def test_the_baseline_comparison_compares_at_equal_bytes(tmp_path):
         assert cfg.uplink.name == uplink["name"] and cfg.data.partition == "dirichlet"
         if method == "identity":
             continue
-        codec_cls = UPDATE_COMPRESSORS.get(uplink["name"])
-        params = codec_cls.parse_params({k: v for k, v in uplink.items() if k != "name"}, "uplink")
-        sizes[method] = len(codec_cls(params, seed=0).encode(update, None, EncodeContext(1, 0, 10)).payload)
+        sizes[method] = encoded_size(uplink, update)
     budgeted = {m: b for m, b in sizes.items() if m in ("surp", "topk", "rtopk", "dgc")}
     assert set(sizes) - set(budgeted) == {"rtopk-0.1%", *script.FIXED_RATE, *(f"surp@{m}" for m in script.FIXED_RATE)}
     assert all(0.95 * budget <= b <= budget for b in budgeted.values()), budgeted  # the budget binds for each
@@ -87,9 +84,7 @@ def test_the_baseline_comparison_compares_at_equal_bytes(tmp_path):
 
 
 def encoded_size(uplink: dict, update) -> int:
-    from fedcomp.compressors.update import UPDATE_COMPRESSORS
     from fedcomp.compressors.update.base import EncodeContext
 
-    cls = UPDATE_COMPRESSORS.get(uplink["name"])
-    params = cls.parse_params({k: v for k, v in uplink.items() if k != "name"}, "uplink")
-    return len(cls(params, seed=0).encode(update, None, EncodeContext(1, 0, 10)).payload)
+    codec = update_compressor(uplink["name"], **{k: v for k, v in uplink.items() if k != "name"})
+    return len(codec.encode(update, None, EncodeContext(1, 0, 10)).payload)

@@ -12,6 +12,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import fedcomp
 from tests.conftest import small_config
@@ -63,3 +64,23 @@ def test_a_flower_strategy_runs_a_compressed_federation(name, tmp_path):
         assert all(r["client_metrics"]["proximal_mu"] == 0.5 for r in rows)
     else:
         assert "proximal_mu" not in rows[0]["client_metrics"]
+
+
+def test_fedprox_clients_take_the_exact_proximal_step_of_their_term(tmp_path):
+    """One local SGD step of loss + μ/2‖w − w_g‖² from the global model w_g, as fedcomp takes it (the exact
+    proximal step, w ← (w − lr·∇loss + lr·μ·w_g)/(1 + lr·μ)), is w_g − lr/(1 + lr·μ)·∇loss: the plain step with
+    the learning rate shrunk by 1 + lr·μ. So FedProx's model after one round is FedAvg's at that learning rate."""
+    lr, mu = 0.1, 5.0  # 1 + lr·μ = 1.5: a term never applied leaves a step 1.5 times too long
+
+    def one_step(strategy: dict, rate: float) -> tuple[dict, dict]:
+        cfg = small_config(tmp_path, name=strategy["name"], model={"name": "mlp"}, federation={"rounds": 1},
+                           client={"local_steps": 1, "lr": rate}, strategy=strategy)  # fmt: skip
+        result = fedcomp.run(cfg, run_dir=tmp_path / strategy["name"], progress=False)
+        assert result.rows[0]["clients"] == [0, 1, 2]
+        return torch.load(result.run_dir / "model.pt", weights_only=True), result.rows[0]
+
+    prox, row = one_step({"name": "fedprox", "proximal_mu": mu}, lr)
+    plain, _ = one_step({"name": "fedavg"}, lr / (1 + lr * mu))
+    assert row["client_metrics"]["proximal_mu"] == mu
+    for key, value in plain.items():
+        assert torch.allclose(prox[key], value, rtol=1e-5, atol=1e-7), key

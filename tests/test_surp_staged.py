@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections import OrderedDict
@@ -11,14 +12,11 @@ import pytest
 import torch
 
 from fedcomp.coding import BitWriter, DecodeError, DecodeLimits, elias_delta_encode, encode_indices, pack, specs_of
-from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update import surp_staged as staged
 from fedcomp.compressors.update.base import EncodeContext
+from tests.helpers import update_compressor
 
-
-def make(**params):
-    cls = UPDATE_COMPRESSORS.get("surp")
-    return cls(cls.parse_params(params, "uplink"), seed=1)
+make = functools.partial(update_compressor, "surp", seed=1)
 
 
 def update(seed: int, tail: str = "laplace") -> OrderedDict[str, torch.Tensor]:

@@ -28,10 +28,11 @@ import fedcomp
 from fedcomp.config import ConfigError, config_from_dict, load_config, load_config_unchecked
 from fedcomp.data.base import DatasetNotFoundError
 from fedcomp.data.torchvision_sets import load_cifar10, read_cifar_batches
+from fedcomp.flower.rounds import RoundRow
 from fedcomp.imports import UntrustedCodeError
 from fedcomp.messages import CONFIG_KEY, config_record
 from fedcomp.preflight import check_experiment, check_resources
-from fedcomp.servers.recorder import CorruptRunError, RoundRow, RunRecorder
+from fedcomp.servers.recorder import CorruptRunError, RunRecorder
 from tests.conftest import small_config
 
 # ----------------------------------------------------------------------------- helpers

@@ -23,22 +23,19 @@ exactly its config's import paths allowed.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcomp.clients.faults import UPDATE_ATTACKS, attack_of
+from fedcomp.clients.faults import UPDATE_ATTACKS, attack_of, wire_faults_mod
+from fedcomp.clients.runtime import ClientRuntime, runtime_for
 from fedcomp.clients.training import (
     TrainStats,
     evaluate,
@@ -46,21 +43,17 @@ from fedcomp.clients.training import (
     loss_fn,
     metric_key,
     model_delta,
-    resolve_device,
     scheduled,
     train_local,
 )
 from fedcomp.coding import DecodeError, check_all_values
 from fedcomp.compressors.model.base import ProximalTerm
-from fedcomp.compressors.model.structure import Architecture
-from fedcomp.config import ExperimentConfig, config_from_dict
-from fedcomp.data import ImageData, SplitData, experiment_partitions, load_experiment_data
 from fedcomp.flower import recalibration
-from fedcomp.flower.mod import received_loss_term, received_model
-from fedcomp.imports import ALLOW_IMPORTS_ENV, current_patterns, only_allowed, parse_patterns, resolve
-from fedcomp.messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, experiment_from
+from fedcomp.flower.mod import CompressionMod, received_loss_term, received_model
+from fedcomp.imports import ALLOW_IMPORTS_ENV, only_allowed, parse_patterns, resolve
+from fedcomp.messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedcomp.models import initial_model
-from fedcomp.seeding import FAULTS, LOCAL_TEST, STATISTICS_SAMPLE, TRAIN_SHUFFLE, numpy_rng, torch_generator
+from fedcomp.seeding import FAULTS, STATISTICS_SAMPLE, TRAIN_SHUFFLE, numpy_rng, torch_generator
 
 logger = logging.getLogger(__name__)
 
@@ -83,65 +76,6 @@ def check_trained(trained: dict[str, torch.Tensor], loss: float) -> None:
         check_all_values([(k, v) for k, v in trained.items() if v.is_floating_point()])
     except DecodeError as exc:
         raise TrainingDivergedError(f"local training diverged (loss {loss:.3g}): {exc}; lower client.lr") from None
-
-
-@dataclass
-class ClientRuntime:
-    """What a client derives once from the configuration (cached per process)."""
-
-    cfg: ExperimentConfig
-    split: SplitData
-    partition_id: int
-    data: ImageData
-    """What this client trains on."""
-    arch: Architecture
-    device: torch.device
-    local_test: ImageData | None = None
-    """Its held-out share (``data.client_test_fraction``) when clients evaluate; None otherwise."""
-
-
-def held_out(indices: np.ndarray, fraction: float, seed: int, partition: int) -> tuple[np.ndarray, np.ndarray]:
-    """A client's (train, test) indices: a seeded ``fraction`` of its partition held out, at least one each way."""
-    order = numpy_rng(seed, LOCAL_TEST, partition).permutation(len(indices))
-    n_test = min(max(1, round(fraction * len(indices))), len(indices) - 1)
-    return np.sort(indices[order[n_test:]]), np.sort(indices[order[:n_test]])
-
-
-@functools.lru_cache(maxsize=16)
-def _runtime(
-    config_json: str,
-    partition_id: int,
-    num_partitions: int,
-    own_data_dir: str = "",
-    allowed: tuple[str, ...] | None = None,  # loaded under one allow-list: not reused under a narrower one
-) -> ClientRuntime:
-    cfg = config_from_dict(json.loads(config_json))
-    if num_partitions != cfg.federation.num_clients:
-        raise ValueError(f"node has num-partitions={num_partitions}, config has {cfg.federation.num_clients} clients")
-    if cfg.data.per_node:  # a device's own data, all of it: no partition of a shared set
-        if not own_data_dir:
-            raise ValueError(
-                "data.per_node = true, but this node's config has no data-dir (--node-config data-dir=...)"
-            )
-        split = load_experiment_data(cfg, data_dir=own_data_dir)
-        mine = np.arange(len(split.train))
-    else:
-        split = load_experiment_data(cfg)
-        mine = experiment_partitions(cfg, split.train.labels.numpy(), split.partitions)[partition_id]
-    arch = Architecture.of_config(cfg, split.input_shape, split.num_classes)
-    local_test = None
-    if cfg.federation.evaluate_on != "server" and len(mine) >= 2:
-        mine, test_idx = held_out(mine, cfg.data.client_test_fraction, cfg.seed, partition_id)
-        local_test = split.train.subset(test_idx)
-    return ClientRuntime(
-        cfg=cfg,
-        split=split,
-        partition_id=partition_id,
-        data=split.train.subset(mine),
-        arch=arch,
-        device=resolve_device(cfg.simulation.device),
-        local_test=local_test,
-    )
 
 
 def run_train_fn(
@@ -171,17 +105,6 @@ def run_train_fn(
     train_loss = metrics.pop("train_loss")
     steps = int(metrics.pop("local_steps", 0))
     return TrainStats(train_loss, len(rt.data), steps), metrics
-
-
-def runtime_for(msg: Message, context: Context) -> ClientRuntime:
-    """The cached runtime for the message's experiment and this node's partition."""
-    return _runtime(
-        json.dumps(experiment_from(msg.content), sort_keys=True),
-        int(context.node_config["partition-id"]),
-        int(context.node_config["num-partitions"]),
-        str(context.node_config.get("data-dir", "")),
-        current_patterns(),
-    )
 
 
 ALLOW_IMPORTS_KEY = "allow-imports"
@@ -217,9 +140,6 @@ class NodeAllowList:
 
 def build_client_app(allow_imports: Sequence[str] | None = None) -> ClientApp:
     """fedcomp's ClientApp; ``allow_imports`` fixes its allow-list (None: each node's ``allow-imports``)."""
-    from fedcomp.clients.faults import wire_faults_mod
-    from fedcomp.flower.mod import CompressionMod
-
     # Outermost first: the allow-list covers everything after it; wire faults act on what the
     # compression mod sends.
     client_app = ClientApp(

@@ -37,7 +37,17 @@ import numpy as np
 import torch
 from flwr.app import Context, Message, MessageType
 
-from fedcomp.coding import TensorSpec, pack
+from fedcomp.clients.runtime import runtime_for
+from fedcomp.coding import DecodeLimits, TensorSpec, pack, unpack
+from fedcomp.compressors.model import statistics as stats_codec
+from fedcomp.compressors.model.base import read_whole
+from fedcomp.compressors.update.base import EncodeContext
+from fedcomp.compressors.update.surp import SurpStream, write_stream
+from fedcomp.flower.recalibration import MESSAGE_TYPE as STATISTICS_TYPE
+from fedcomp.flower.state import newest_state_file, state_dir_for
+from fedcomp.flower.transport import transport_from
+from fedcomp.messages import CONFIG_KEY, METRICS_KEY, PAYLOAD_KEY, STATE_DIR_KEY, payload_from, payload_record
+from fedcomp.seeding import FAULTS, numpy_rng
 
 Update = dict[str, torch.Tensor]
 
@@ -111,8 +121,6 @@ def surp_refresh_2_63(specs: list[TensorSpec]) -> bytes:
     On the landed decoder this froze the server (a negative exponent in
     compiled code holding the GIL); it must be a DecodeError.
     """
-    from fedcomp.compressors.update.surp import SurpStream, write_stream
-
     n = sum(s.numel for s in specs)
     stream = SurpStream(
         seed=1,
@@ -128,8 +136,9 @@ def surp_refresh_2_63(specs: list[TensorSpec]) -> bytes:
 
 PAYLOAD_ATTACKS: dict[str, Callable[[list[TensorSpec]], bytes]] = {"surp_refresh_2_63": surp_refresh_2_63}
 
-ATTACKS = sorted({"raise", *UPDATE_ATTACKS, *METRIC_ATTACKS, *PAYLOAD_ATTACKS, *LIFECYCLE_ATTACKS})
-"""``raise``: the client fails outright (the reference a rejected attack must equal)."""
+IMPLEMENTED = sorted({"raise", *UPDATE_ATTACKS, *METRIC_ATTACKS, *PAYLOAD_ATTACKS, *LIFECYCLE_ATTACKS})
+"""Every attack made here: the names ``[faults] attacks`` accepts (:data:`fedcomp.schema.ATTACKS`, which
+``raise`` is part of: the client fails outright, the reference a rejected attack must equal)."""
 
 
 def attack_of(faults: Any, partition: int, server_round: int) -> str | None:
@@ -148,11 +157,6 @@ def wire_faults_mod(msg: Message, context: Context, call_next: Callable[[Message
     evaluation replies and on the client's state file. Messages that are
     not fedcomp's pass.
     """
-    from fedcomp.clients.app import runtime_for
-    from fedcomp.flower.recalibration import MESSAGE_TYPE as STATISTICS_TYPE
-    from fedcomp.messages import CONFIG_KEY, METRICS_KEY, PAYLOAD_KEY, payload_from, payload_record
-    from fedcomp.seeding import FAULTS, numpy_rng
-
     kind = msg.metadata.message_type
     if CONFIG_KEY not in msg.content.config_records:
         return call_next(msg, context)
@@ -205,9 +209,6 @@ def wire_faults_mod(msg: Message, context: Context, call_next: Callable[[Message
 
 def _replacement(msg: Message, config: Any, partition: int, server_round: int, num_clients: int) -> bytes:
     """The uplink payload of Δ = −w for the model w this client received: w + Δ = 0 (the model replaced)."""
-    from fedcomp.compressors.update.base import EncodeContext
-    from fedcomp.flower.transport import transport_from
-
     transport = transport_from(config)
     assert transport is not None  # a train message of fedcomp's: the compression mod ran
     # The compression mod has replaced the message's payload by the model it decoded (what the client trains on).
@@ -219,10 +220,6 @@ def _replacement(msg: Message, config: Any, partition: int, server_round: int, n
 
 def _shifted_statistics(payload: bytes) -> bytes:
     """A statistics report with every mean moved by :data:`STATISTICS_SHIFT` (in range, well-formed)."""
-    from fedcomp.coding import DecodeLimits, unpack
-    from fedcomp.compressors.model import statistics as stats_codec
-    from fedcomp.compressors.model.base import read_whole
-
     moments = read_whole(unpack(payload, DecodeLimits()))
     for key, value in moments.items():
         if key.endswith(".mean"):
@@ -232,9 +229,6 @@ def _shifted_statistics(payload: bytes) -> bytes:
 
 def _damage_state(context: Context, config: Any, partition: int, server_round: int, attack: str) -> None:
     """Damage the newest state file this client would read this round (a disk fault, not a lie)."""
-    from fedcomp.clients.state import newest_state_file, state_dir_for
-    from fedcomp.messages import STATE_DIR_KEY
-
     root = state_dir_for(context, str(config.get(STATE_DIR_KEY, "")) or None)
     path = newest_state_file(root / str(partition), server_round) if root is not None else None
     if path is None:

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedcomp.config import ClientConfig
 from fedcomp.data import ImageData
+from fedcomp.imports import resolve
+from fedcomp.schema import ClientConfig
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -34,8 +35,6 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def loss_fn(kind: str, classification: bool) -> LossFn:
     """``client.loss``: cross-entropy on class labels, MSE on float targets (auto picks by the targets), or yours."""
     if ":" in kind:
-        from fedcomp.imports import resolve
-
         return resolve(kind, "client.loss")
     if kind == "auto":
         kind = "cross_entropy" if classification else "mse"

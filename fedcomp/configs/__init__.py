@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedcomp.config import ConfigError
+from fedcomp.params import ConfigError
 from fedcomp.suggest import did_you_mean
 
 DIR = Path(__file__).parent

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedcomp.params import ConfigError
 from fedcomp.registry import Registry
 
 
@@ -161,8 +162,6 @@ def load_dataset(
     accepted = [p for p in inspect.signature(loader).parameters.values() if p.kind is p.KEYWORD_ONLY]
     unknown = sorted(set(params) - {p.name for p in accepted})
     if unknown:
-        from fedcomp.config import ConfigError
-
         takes = ", ".join(p.name for p in accepted) or "none"
         raise ConfigError(f"config key 'data.params': dataset {name!r} takes no {unknown} (its parameters: {takes})")
     return loader(data_dir, download, test_size, seed, **params)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from fedcomp.data.base import ImageData, SplitData
+from fedcomp.data.partition import partition_by_key
 from fedcomp.imports import accepts, resolve
 
 
@@ -95,8 +96,6 @@ def load_custom(spec: str, params_json: str, seed: int, data_dir: str = "") -> S
     if isinstance(extra, dict) and extra.get("client_keys") is not None:
         if partitions is not None:
             raise DataLoaderError(f"loader {spec!r}: give 'clients' or 'client_keys', not both")
-        from fedcomp.data.partition import partition_by_key
-
         try:
             groups, keys = partition_by_key(extra["client_keys"], len(train))
         except ValueError as exc:

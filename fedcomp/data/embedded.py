@@ -11,8 +11,8 @@ from importlib import resources
 import numpy as np
 import torch
 
-from fedcomp.config import ConfigError
 from fedcomp.data.base import DATASETS, ImageData, SplitData
+from fedcomp.params import ConfigError
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 

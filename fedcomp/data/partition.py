@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcomp.config import ConfigError, ExperimentConfig
+from fedcomp.params import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -47,68 +47,7 @@ def partition_indices(
 
 POOLED: set[str] = set()
 """Registered sets whose training part holds samples no client may get (:attr:`SplitData.pool`): the
-partitioners spread only the pool over clients, so :func:`experiment_partitions` loads the set (cached)."""
-
-
-def experiment_partitions(
-    cfg: ExperimentConfig, labels: np.ndarray, given: Any = None, split: Any = None
-) -> list[np.ndarray]:
-    """Each client's indices as an experiment config splits ``labels`` (``[data]`` and ``federation.num_clients``).
-
-    The one place the driver's checks, the clients and the benchmarks derive
-    the partitions from a config, so they can never split differently.
-    ``given``: the split the data came with (a loader's ``"clients"``), used
-    as it is; ``federation.num_clients`` must then be its length.
-    ``split``: the loaded :class:`~fedcomp.data.SplitData`, for its natural
-    split and pool; loaded from the config (cached per process) when it is
-    needed and not passed.
-    """
-    from fedcomp.imports import is_import_spec
-
-    d = cfg.data
-    n = cfg.federation.num_clients
-    if given is not None:
-        if len(given) != n:
-            raise ValueError(f"the data comes split across {len(given)} clients, federation.num_clients is {n}")
-        return [np.asarray(p) for p in given]
-    if split is None and (d.partition == "natural" or (not is_import_spec(d.dataset) and d.dataset in POOLED)):
-        from fedcomp.data import load_experiment_data
-
-        split = load_experiment_data(cfg)
-    if d.partition == "natural":
-        natural = getattr(split, "natural", None)
-        if natural is None:
-            raise ConfigError(
-                f"config key 'data.partition': 'natural' keeps the clients the data comes with, but {d.dataset!r} "
-                "carries no client key (a loader returns one as 'client_keys': a column or a callable; "
-                "see docs/configuration.md); use iid, dirichlet or pathological"
-            )
-        if len(natural) != n:
-            raise ConfigError(
-                f"config key 'federation.num_clients': the natural split of {d.dataset!r} has {len(natural)} "
-                f"clients, federation.num_clients is {n}"
-            )
-        return [np.asarray(p).copy() for p in natural]
-    pool = getattr(split, "pool", None)
-    if pool is not None:
-        pool = np.asarray(pool, dtype=np.int64)
-        inner = partition_indices(
-            np.asarray(labels)[pool],
-            n,
-            d.partition,
-            alpha=d.alpha,
-            classes_per_client=d.classes_per_client,
-            seed=cfg.seed,
-        )
-        return [pool[p] for p in inner]
-    return partition_indices(
-        labels,
-        n,
-        d.partition,
-        alpha=d.alpha,
-        classes_per_client=d.classes_per_client,
-        seed=cfg.seed,
-    )
+partitioners spread only the pool over clients, so :func:`fedcomp.data.experiment.experiment_partitions` loads the set (cached)."""
 
 
 def partition_by_key(keys: Any, num_samples: int | None = None) -> tuple[list[np.ndarray], list[str]]:

@@ -71,9 +71,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedcomp.config import ConfigError
 from fedcomp.data.base import DATASETS, DatasetNotFoundError, ImageData, SplitData
 from fedcomp.data.partition import POOLED
+from fedcomp.params import ConfigError
 
 ALPHABET = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
 """LEAF's 80 symbols (``ALL_LETTERS``), in LEAF's order: a character's id is its position here."""

@@ -22,7 +22,8 @@ evaluates the initial model before any round).
 from fedcomp.flower.mod import CompressionMod, received_loss_term, received_model
 from fedcomp.flower.recalibration import statistics_reply
 from fedcomp.flower.recording import AppRecorder
-from fedcomp.flower.strategy import CompressedStrategy, RoundStats
+from fedcomp.flower.rounds import RoundRow, RoundStats
+from fedcomp.flower.strategy import CompressedStrategy
 from fedcomp.flower.transport import Transport, TransportError
 from fedcomp.strategies.influence import NormBound
 
@@ -31,6 +32,7 @@ __all__ = [
     "NormBound",
     "CompressedStrategy",
     "CompressionMod",
+    "RoundRow",
     "RoundStats",
     "Transport",
     "TransportError",

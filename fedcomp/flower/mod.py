@@ -11,7 +11,7 @@ feedback residual and encodes it with the configured update compressor,
 and replaces the arrays by the payload. Error-feedback and compressor
 state persists per node: in a file per round under the node's
 ``state-dir`` (or the run directory in simulation), read only when the
-node is sampled, else in ``Context.state`` (:mod:`fedcomp.clients.state`).
+node is sampled, else in ``Context.state`` (:mod:`fedcomp.flower.state`).
 
 When the server sends the model's change (``[downlink]``,
 :mod:`.downlink`), the mod applies the catch-up to the model this node
@@ -28,7 +28,7 @@ Messages without transport settings (a warm-up query, a plain Flower
 strategy's message) pass through untouched.
 
 A client heals from damaged state rather than failing forever: a state it
-cannot read (:class:`~fedcomp.clients.state.StateDamaged`, or a held-model
+cannot read (:class:`~fedcomp.flower.state.StateDamaged`, or a held-model
 record of the wrong shape) is set aside and the client starts afresh,
 reporting ``state_reset = 1`` in that round's metrics; an update or a
 stored error-feedback residual that is not finite is never encoded (a
@@ -53,7 +53,6 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from torch import nn
 
-from fedcomp.clients.state import StateDamaged, fit_state, load_state, save_state, set_aside, state_dir_for
 from fedcomp.coding import DecodeError, check_all_values, peek
 from fedcomp.compressors.model.base import LossTerm, ModelCompressor, Received
 from fedcomp.compressors.model.identity import IdentityModelCompressor
@@ -69,6 +68,7 @@ from fedcomp.flower.downlink import (
     model_crc,
     split_state,
 )
+from fedcomp.flower.state import StateDamaged, fit_state, load_state, save_state, set_aside, state_dir_for
 from fedcomp.flower.transport import STRUCTURE_KEY, Transport, transport_from
 from fedcomp.messages import CHECKPOINT_ROUND_KEY, CONFIG_KEY, PAYLOAD_KEY, STATE_DIR_KEY, payload_from, payload_record
 

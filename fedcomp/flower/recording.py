@@ -1,10 +1,4 @@
-"""A round's row, and a run directory for your own Flower app.
-
-:func:`round_row` turns what the wrapper counted in one round
-(:class:`~fedcomp.flower.strategy.RoundStats`) into the row of
-``rounds.jsonl`` (:class:`~fedcomp.servers.recorder.RoundRow`): fedcomp's
-own ServerApp and :class:`AppRecorder` write rows through it, so a row
-means the same wherever it was written.
+"""A run directory for your own Flower app.
 
 :class:`AppRecorder` gives a Flower app of your own the run directory
 fedcomp's apps write (``config.toml``, ``rounds.jsonl`` with the bytes of
@@ -29,20 +23,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flwr.app import ArrayRecord, MetricRecord
+from flwr.serverapp.strategy import Result
 
 from fedcomp.compressors.model.structure import structure_to_json
 from fedcomp.config import ConfigError, config_from_dict
+from fedcomp.flower.strategy import CompressedStrategy
 from fedcomp.imports import spec_of
 from fedcomp.servers.recorder import (
     APP_RUNTIME,
-    RoundRow,
     RunRecorder,
     lock_run_dir,
     prepare_run_dir,
@@ -50,50 +44,10 @@ from fedcomp.servers.recorder import (
 )
 from fedcomp.strategies import STRATEGIES
 
-if TYPE_CHECKING:  # the wrapper imports this module: only its type is needed here
-    from flwr.serverapp.strategy import Result
-
-    from fedcomp.flower.strategy import CompressedStrategy, RoundStats
-
 logger = logging.getLogger(__name__)
 
 ACCURACY_KEYS = ("test_accuracy", "accuracy", "acc")
 LOSS_KEYS = ("test_loss", "loss")
-
-
-def round_row(
-    stats: RoundStats,
-    *,
-    test_accuracy: float | None = None,
-    test_loss: float | None = None,
-    server_metrics: dict[str, float] | None = None,
-) -> RoundRow:
-    """The row of ``rounds.jsonl`` for one round the wrapper counted (bytes, clients, failures, metrics)."""
-    return RoundRow(
-        round=stats.round,
-        sampled_clients=len(stats.sampled_nodes),
-        clients=stats.clients,
-        failed_clients=len(stats.failures),
-        failures=[{"node_id": f.node_id, "reason": f.reason, "uplink_bytes": f.uplink_bytes} for f in stats.failures],
-        train_loss=stats.train_loss,
-        test_accuracy=test_accuracy,
-        test_loss=test_loss,
-        uplink_bytes=stats.uplink_bytes_total,
-        uplink_bytes_per_client=stats.uplink_bytes,
-        uplink_bytes_sent_per_client=stats.uplink_bytes_sent,
-        downlink_bytes=stats.downlink_bytes,
-        downlink_bytes_per_client=stats.downlink_bytes_per_client,
-        downlink_bytes_sent_per_client=stats.downlink_bytes_sent,
-        downlink_crc32=stats.downlink_crc32,
-        downlink_bytes_received_per_client=stats.downlink_bytes_received,
-        server_metrics=dict(server_metrics if server_metrics is not None else stats.downlink_metrics),
-        wall_s=time.perf_counter() - stats.started,
-        client_metrics=stats.client_metrics,
-        skipped=stats.skipped,
-        federated_eval=stats.evaluate_metrics,
-        statistics_downlink_bytes=stats.statistics_downlink_bytes,
-        statistics_uplink_bytes=stats.statistics_uplink_bytes,
-    )
 
 
 @dataclass
@@ -137,7 +91,7 @@ class AppRecorder:
                 if server_round > 0 and stats is not None:  # round 0 evaluates the initial model: no row
                     acc = _metric(metrics, self.accuracy_key, ACCURACY_KEYS)
                     loss = _metric(metrics, self.loss_key, LOSS_KEYS)
-                    recorder.append(round_row(stats, test_accuracy=acc, test_loss=loss))
+                    recorder.append(stats.row(test_accuracy=acc, test_loss=loss))
                 return metrics
 
             try:

@@ -47,13 +47,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from copy import copy
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -68,7 +66,7 @@ from fedcomp.compressors.model.base import dense_payload
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
 from fedcomp.flower.downlink import DownlinkChannel
 from fedcomp.flower.recalibration import gather
-from fedcomp.flower.recording import AppRecorder
+from fedcomp.flower.rounds import ClientFailure, RoundClose, RoundStats
 from fedcomp.flower.transport import TRANSPORT_KEY, Transport
 from fedcomp.messages import CHECKPOINT_ROUND_KEY, METRICS_KEY, PAYLOAD_KEY, payload_record
 from fedcomp.strategies.influence import NormBound, apply_bound
@@ -92,71 +90,11 @@ Sampler = Callable[[Grid, int], list[int]]
 STRATEGY_STATE_ATTRS = ("m_t", "v_t", "momentum_vector")
 
 
-@dataclass
-class ClientFailure:
-    node_id: int
-    reason: str
-    uplink_bytes: int = 0
+class Recorder(Protocol):
+    """What ``recorder=`` takes (:class:`~fedcomp.flower.recording.AppRecorder`): it runs Flower's round loop
+    (``start``) with every round recorded."""
 
-
-@dataclass
-class RoundStats:
-    """What crossed the wire in one round and what came of it."""
-
-    round: int
-    sampled_nodes: list[int] = field(default_factory=list)
-    clients: list[int] = field(default_factory=list)
-    """Partition ids of the clients whose update was aggregated."""
-    uplink_bytes: list[int] = field(default_factory=list)
-    """Payload length of each aggregated client's update as received, same order as ``clients``."""
-    uplink_bytes_sent: list[int] = field(default_factory=list)
-    """The same payloads' lengths as each client measured them before sending."""
-    failures: list[ClientFailure] = field(default_factory=list)
-    downlink_bytes_sent: list[int] = field(default_factory=list)
-    """The train payload's length for each sampled node, same order as ``sampled_nodes`` (equal unless
-    the downlink carries the model's change: then each node's catch-up differs)."""
-    downlink_crc32: int = 0
-    """Identifies the model a round started from: CRC32 of the broadcast payload (without its trailing CRC
-    field), or, when the downlink carries the model's change, of the model the clients rebuild."""
-    downlink_bytes_received: list[int] = field(default_factory=list)
-    """The broadcast's length as each aggregated client measured it on arrival, same order as ``clients``."""
-    downlink_metrics: dict[str, float] = field(default_factory=dict)
-    """What the model compressor reported when it built the broadcast."""
-    evaluate_downlink_bytes: int = 0
-    """Bytes sent for client-side evaluation (the aggregated model, dense, to each evaluating node)."""
-    statistics_downlink_bytes: int = 0
-    """Bytes sent for a statistics round (:mod:`.recalibration`): the global model, dense, to each asked node."""
-    statistics_uplink_bytes: int = 0
-    """The statistics reports received in that round."""
-    evaluate_metrics: dict[str, float] = field(default_factory=dict)
-    """The inner strategy's aggregate of the clients' evaluation replies (plus ``clients``: how many counted)."""
-    train_loss: float | None = None
-    client_metrics: dict[str, float] = field(default_factory=dict)
-    skipped: str | None = None
-    """Why the round aggregated nothing (no usable reply, fewer than the quorum, the strategy refused, a non-finite
-    aggregate); None if it did."""
-    unused_uplink_bytes: int = 0
-    """Usable updates received in a round that then aggregated nothing (``skipped``): sent all the same."""
-    client_model: OrderedDict[str, torch.Tensor] | None = None
-    """When the downlink carries the model's change: R_t, the model the round's clients held and trained from
-    (the server's own model w_t differs from it by what the change's compressor has not sent yet)."""
-    started: float = field(default_factory=time.perf_counter)
-
-    @property
-    def downlink_bytes(self) -> int:
-        return sum(self.downlink_bytes_sent) + self.evaluate_downlink_bytes + self.statistics_downlink_bytes
-
-    @property
-    def downlink_bytes_per_client(self) -> int:
-        """The train payload's mean length over the sampled nodes (exact when they all got the same)."""
-        sent = self.downlink_bytes_sent
-        return round(sum(sent) / len(sent)) if sent else 0
-
-    @property
-    def uplink_bytes_total(self) -> int:
-        """Every uplink byte received: undecodable payloads and the updates of a round that kept its model included."""
-        failed = sum(f.uplink_bytes for f in self.failures)
-        return sum(self.uplink_bytes) + failed + self.unused_uplink_bytes + self.statistics_uplink_bytes
+    def run(self, strategy: CompressedStrategy, start: Callable[..., Result], **flower_args: Any) -> Result: ...
 
 
 class _SampledGrid:
@@ -208,7 +146,7 @@ class CompressedStrategy(Strategy):
         input_shape: tuple[int, ...] = (),
         evaluate_rounds: Callable[[int], bool] | None = None,
         round_timeout_s: float | None = None,
-        recorder: AppRecorder | None = None,
+        recorder: Recorder | None = None,
         update_norm_bound: NormBound | None = None,
     ) -> None:
         if not isinstance(strategy, Strategy):
@@ -619,6 +557,22 @@ class CompressedStrategy(Strategy):
         calls ``evaluate_fn`` with round 0 for the initial model) and when already taken."""
         stats, self.current = self.current, None
         return stats
+
+    def close_round(
+        self, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord, *, last: bool, evaluating: bool
+    ) -> RoundClose | None:
+        """The round's end on the wrapper's side, once its model is aggregated: the round's counts handed over,
+        a statistics round when the model compressor wants one before the final model (``last``) or an evaluation
+        (``evaluating``), and the model compressor's end of round. None before round 1 (nothing to close)."""
+        stats = self.take_round_stats()
+        if stats is None:
+            return None
+        trained = OrderedDict(arrays.to_torch_state_dict())
+        state = trained
+        if last or evaluating:  # the final pruning or the evaluation may want the model's statistics first (BWCP)
+            state = self.recalibrate(grid, server_round, trained, config, stats, last, evaluating)
+        snapshot = self.downlink.end_of_round(server_round, state, self.structure, last)
+        return RoundClose(stats, trained, state, snapshot)
 
 
 def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

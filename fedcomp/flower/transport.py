@@ -18,6 +18,10 @@ from typing import Any
 
 from flwr.app import ConfigRecord
 
+from fedcomp.compressors.model import MODEL_COMPRESSORS
+from fedcomp.compressors.update import UPDATE_COMPRESSORS
+from fedcomp.preflight import downlink_problem, unknown_compressor
+
 TRANSPORT_KEY = "fedcomp.transport"
 STRUCTURE_KEY = "fedcomp.structure"
 """Train-config entry the mod adds: the received model's architecture edits (JSON), for ``received_model``."""
@@ -47,16 +51,11 @@ class Transport:
     """The ArrayRecord key the user's functions read and write (the inner strategy's ``arrayrecord_key``)."""
 
     def __post_init__(self) -> None:
-        from fedcomp.compressors.model import MODEL_COMPRESSORS
-        from fedcomp.compressors.update import UPDATE_COMPRESSORS
-
-        for what, name, registry in (
-            ("uplink", self.uplink, UPDATE_COMPRESSORS),
-            ("downlink", self.downlink, MODEL_COMPRESSORS),
-            ("downlink update", self.downlink_update, UPDATE_COMPRESSORS),
-        ):
-            if not isinstance(name, str) or name not in registry:
-                raise TransportError(f"{what} compressor {name!r} is unknown; choose one of {sorted(registry)}")
+        """The settings' own checks; the compressors' names and whether they go together are
+        :mod:`fedcomp.preflight`'s, as for a config."""
+        unknown = unknown_compressor(self.uplink, self.downlink, self.downlink_update)
+        if unknown:
+            raise TransportError(unknown)
         if not (isinstance(self.max_abs_value, (int, float)) and self.max_abs_value > 0):
             raise TransportError(f"max_abs_value must be a number > 0, got {self.max_abs_value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -76,32 +75,22 @@ class Transport:
         return self.downlink_update != "identity"
 
     def update_params(self) -> Any:
-        from fedcomp.compressors.update import UPDATE_COMPRESSORS
-
         return UPDATE_COMPRESSORS.get(self.uplink).parse_params(dict(self.uplink_params), "uplink")
 
     def model_params(self) -> Any:
-        from fedcomp.compressors.model import MODEL_COMPRESSORS
-
         return MODEL_COMPRESSORS.get(self.downlink).parse_params(dict(self.downlink_params), "server_compression")
 
     def update_compressor(self) -> Any:
         """The configured update compressor (the client encodes with it, the server decodes)."""
-        from fedcomp.compressors.update import UPDATE_COMPRESSORS
-
         return UPDATE_COMPRESSORS.get(self.uplink)(self.update_params(), seed=self.seed)
 
     def downlink_update_compressor(self) -> Any:
         """The compressor of the model's change on the downlink (the server encodes with it, clients decode)."""
-        from fedcomp.compressors.update import UPDATE_COMPRESSORS
-
         cls = UPDATE_COMPRESSORS.get(self.downlink_update)
         return cls(cls.parse_params(dict(self.downlink_update_params), "downlink"), seed=self.seed)
 
     def model_compressor(self, arch: Any) -> Any:
         """The configured model compressor for ``arch`` (the server broadcasts with it, clients decode)."""
-        from fedcomp.compressors.model import MODEL_COMPRESSORS
-
         return MODEL_COMPRESSORS.get(self.downlink)(self.model_params(), arch, seed=self.seed)
 
     def to_json(self) -> str:
@@ -141,33 +130,6 @@ class Transport:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TransportError(f"malformed transport settings ({TRANSPORT_KEY}): {exc}") from None
-
-
-def downlink_problem(model_name: str, model_params: Any, change_name: str, change_params: Mapping[str, Any]) -> str:
-    """Why a model compressor and a downlink update compressor cannot go together ("" if they can).
-
-    The model's change is sent only while the broadcast is the model itself:
-    with no model compressor, or one that acts on the final model only
-    (UDFC ``final_only``, ALDS without ``compress_at``). LC's Δ(Θ), BWCP's
-    masks and a pruned or factorized model change what the clients hold in
-    ways a change of w cannot express.
-    """
-    from fedcomp.compressors.model import MODEL_COMPRESSORS
-
-    if change_name == "identity":
-        return ""
-    if not MODEL_COMPRESSORS.get(model_name).broadcasts_dense_model(model_params):
-        return (
-            f"[downlink] name = {change_name!r} sends the model's change, which needs a broadcast of the model "
-            f"itself; server_compression {model_name!r} compresses the broadcast during training. Use one of them, "
-            "or a model compressor that acts on the final model only (udfc final_only = true, alds compress_at = [])"
-        )
-    if change_params.get("error_feedback") is False:
-        return (
-            "downlink.error_feedback = false: the downlink always feeds back what was not sent "
-            "(it sends w − R, the global model minus what clients hold); remove the key"
-        )
-    return ""
 
 
 def transport_from(config: ConfigRecord) -> Transport | None:

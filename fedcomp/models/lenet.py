@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedcomp.models import MODELS
+from fedcomp.models.base import MODELS
 
 
 class LeNet5Caffe(nn.Module):

@@ -6,7 +6,7 @@ import math
 
 from torch import nn
 
-from fedcomp.models import MODELS
+from fedcomp.models.base import MODELS
 
 
 @MODELS.register("mlp", "MLP with two hidden layers of 200 (McMahan et al. 2NN)")

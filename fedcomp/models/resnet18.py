@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedcomp.models import MODELS
+from fedcomp.models.base import MODELS
 
 
 @MODELS.register("resnet18", "torchvision ResNet-18 adapted to 32×32 inputs (3×3 stem, no max-pool)")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedcomp.models import MODELS
+from fedcomp.models.base import MODELS
 
 
 class PadShortcut(nn.Module):

@@ -133,7 +133,7 @@ def reference_budgets(groups: list[RunGroup], n_params: int | None) -> list[tupl
 
 def _density(group: RunGroup) -> float | None:
     """The group's uplink density, its compressor's default included (None for dense codecs)."""
-    from fedcomp.compressors.update import UPDATE_COMPRESSORS
+    from fedcomp.compressors.update import UPDATE_COMPRESSORS  # the codecs (and numba) only for a density axis
 
     section = group.config.get("uplink", {})
     uplink = dict(section) if isinstance(section, dict) else {}

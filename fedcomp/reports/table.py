@@ -189,7 +189,7 @@ def identity_payload_bytes(groups: list[RunGroup]) -> tuple[float | None, str]:
 
 
 def _identity_length(state: dict[str, Any]) -> int:
-    from fedcomp.compressors.update.identity import IdentityCompressor
+    from fedcomp.compressors.update.identity import IdentityCompressor  # the codecs only when no identity run
 
     update = {k: v for k, v in state.items() if v.is_floating_point()}
     return len(IdentityCompressor().encode(update).payload)

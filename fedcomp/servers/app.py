@@ -2,9 +2,13 @@
 
 The round loop is Flower's own (``Strategy.start``); fedcomp hooks in
 through the strategy (payloads, bytes) and through ``evaluate_fn``, which
-runs once at the end of every round: it evaluates the global model on the
-server's test set when due and appends the round's row to the run
-directory, so a row is on disk as soon as its round is over.
+runs once at the end of every round (``end_of_round`` in :func:`serve`,
+top to bottom): the wrapper closes the round and returns what it counted
+(:meth:`~fedcomp.flower.strategy.CompressedStrategy.close_round`), the
+server evaluates the global model on its test set when due, the round's
+row (:class:`~fedcomp.flower.rounds.RoundRow`) is appended to the run
+directory, so it is on disk as soon as its round is over, and the
+checkpoint is saved.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -24,10 +27,11 @@ from fedcomp.clients.training import evaluate, evaluate_metric, loss_fn, metric_
 from fedcomp.compressors.model.base import Snapshot
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_to_json
 from fedcomp.config import ExperimentConfig
-from fedcomp.data import SplitData, experiment_partitions, load_experiment_data
+from fedcomp.data import SplitData, client_sizes, experiment_partitions, load_experiment_data
+from fedcomp.data.experiment import local_split  # the very split each client makes
 from fedcomp.errors import RunFailedError
-from fedcomp.flower.recording import round_row
-from fedcomp.flower.strategy import ClientFailure, CompressedStrategy
+from fedcomp.flower.rounds import ClientFailure
+from fedcomp.flower.strategy import CompressedStrategy
 from fedcomp.imports import resolve
 from fedcomp.messages import CONFIG_KEY, METRICS_KEY, STATE_DIR_KEY, config_record
 from fedcomp.models import initial_model
@@ -73,16 +77,14 @@ def partition_sizes(cfg: ExperimentConfig, split: SplitData) -> tuple[dict[int, 
     client's claimed weight is checked against the server's knowledge instead of its word."""
     if cfg.data.per_node:
         return {}, {}
-    from fedcomp.clients.app import held_out  # the very split each client makes
-
     parts = experiment_partitions(cfg, split.train.labels.numpy(), split.partitions)
     train: dict[int, int] = {}
     test: dict[int, int] = {}
     for partition, mine in enumerate(parts):
-        train[partition] = len(mine)
-        if cfg.federation.evaluate_on != "server" and len(mine) >= 2:
-            kept, held = held_out(mine, cfg.data.client_test_fraction, cfg.seed, partition)
-            train[partition], test[partition] = len(kept), len(held)
+        kept, held = local_split(cfg, split, partition, mine)
+        train[partition] = len(kept)
+        if held is not None:
+            test[partition] = len(held)
     return train, test
 
 
@@ -184,6 +186,8 @@ def serve(
     arch = Architecture.of_config(cfg, split.input_shape, split.num_classes)
     strategy = compressed_strategy(cfg, arch)
     strategy.roster.sizes, strategy.roster.test_sizes = partition_sizes(cfg, split)
+    if strategy.roster.sizes:  # how unequal the clients are: the report prints it beside the partition
+        recorder.meta["client_sizes"] = client_sizes([range(n) for n in strategy.roster.sizes.values()])
     rounds = cfg.federation.rounds
     eval_models: dict[Structure, torch.nn.Module] = {}
     loss = loss_fn(cfg.client.loss, split.is_classification)
@@ -213,21 +217,20 @@ def serve(
     final: dict[str, Snapshot] = {}
 
     def end_of_round(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if flower_round == 0:
+        """The end of every round, in order: the wrapper closes the round, the server evaluates, the row is
+        written, the checkpoint saved, the progress bar moved."""
+        if flower_round == 0:  # Flower's evaluation of the initial model: no round to end
             return None
         server_round = flower_round + done
         latest["arrays"] = arrays
-        stats = strategy.take_round_stats()
-        if stats is None:  # pragma: no cover - Flower always trains before this hook
-            return None
-        trained = OrderedDict(arrays.to_torch_state_dict())
         last = server_round == rounds
         evaluating = evaluation_due(cfg, server_round) and cfg.federation.evaluate_on != "clients"
-        state = trained
-        if last or evaluating:  # the final pruning or the evaluation may want the model's statistics first (BWCP)
-            state = strategy.recalibrate(grid, server_round, trained, evaluate_config, stats, last, evaluating)
-        # The model the compressor stands for (LC: Δ(Θ); a final-only compressor: the compressed model).
-        snapshot = strategy.downlink.end_of_round(server_round, state, strategy.structure, last)
+        # 1. The wrapper's side: its counts, a statistics round if wanted, the model compressor's end of round.
+        closed = strategy.close_round(grid, server_round, arrays, evaluate_config, last=last, evaluating=evaluating)
+        if closed is None:  # pragma: no cover - Flower always trains before this hook
+            return None
+        stats, snapshot = closed.stats, closed.snapshot
+        # 2. The server's evaluation, of the model the compressor stands for (and of the others it differs from).
         server_metrics = {**stats.downlink_metrics, **snapshot.metrics}
         acc = loss = None
         if evaluating:
@@ -236,18 +239,20 @@ def serve(
                 evaluated = eval_models[snapshot.structure]
                 server_metrics[metric_key(metric)] = evaluate_metric(evaluated, split.test, device, metric)
             if not snapshot.is_global:
-                _, server_metrics["global_test_accuracy"] = evaluate_state(state, strategy.structure)
+                _, server_metrics["global_test_accuracy"] = evaluate_state(closed.state, strategy.structure)
             if stats.client_model is not None:  # the downlink sends the change: the clients' model R ≠ w
                 _, server_metrics["client_model_accuracy"] = evaluate_state(stats.client_model, strategy.structure)
-        row = round_row(stats, test_accuracy=acc, test_loss=loss, server_metrics=server_metrics)
+        # 3. The row.
+        row = stats.row(test_accuracy=acc, test_loss=loss, server_metrics=server_metrics)
         recorder.append(row)
         if last:
             final["snapshot"] = snapshot
+        # 4. The checkpoint: statistics measured for an evaluation alone are not the model training goes on from.
         ckpt = cfg.federation.checkpoint_every
         if ckpt and (server_round % ckpt == 0 or last):
-            # Statistics measured for an evaluation alone are not the model training goes on from.
-            recorder.save_checkpoint(server_round, state if last else trained, strategy.state_dict())
+            recorder.save_checkpoint(server_round, closed.state if last else closed.trained, strategy.state_dict())
             strategy.last_checkpoint = server_round
+        # 5. The progress bar.
         totals["up"] += row.uplink_bytes
         totals["down"] += row.downlink_bytes
         if acc is not None:

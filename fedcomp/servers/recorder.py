@@ -68,48 +68,6 @@ class CorruptRunError(ConfigError):
     """A file of a run directory cannot be read back (e.g. a damaged ``checkpoint.pt``)."""
 
 
-@dataclass
-class RoundRow:
-    """One line of ``rounds.jsonl``."""
-
-    round: int
-    sampled_clients: int
-    clients: list[int]
-    failed_clients: int
-    failures: list[dict[str, Any]]
-    train_loss: float | None
-    test_accuracy: float | None
-    test_loss: float | None
-    uplink_bytes: int
-    uplink_bytes_per_client: list[int]
-    uplink_bytes_sent_per_client: list[int]
-    downlink_bytes: int
-    downlink_bytes_per_client: int
-    """The train payload's mean length per sampled client (every client's, unless the downlink carries the
-    model's change: then see ``downlink_bytes_sent_per_client``)."""
-    wall_s: float
-    downlink_crc32: int = 0
-    """Which model this round started from: CRC32 of the broadcast payload, or of the model clients rebuild."""
-    downlink_bytes_sent_per_client: list[int] = field(default_factory=list)
-    """The train payload's length for each sampled client, in node order (catch-ups differ per client)."""
-    downlink_bytes_received_per_client: list[int] = field(default_factory=list)
-    """The broadcast's length as each aggregated client measured it, same order as ``clients``."""
-    client_metrics: dict[str, float] = field(default_factory=dict)
-    server_metrics: dict[str, float] = field(default_factory=dict)
-    """The model compressor's numbers (LC's μ and step, ALDS's error) and, when the evaluated model is
-    a compressed one, ``global_test_accuracy`` of the uncompressed global model."""
-    skipped: str | None = None
-    """Why the round aggregated no update (no usable reply, or fewer than ``federation.min_replies``)."""
-    statistics_downlink_bytes: int = 0
-    """Of ``downlink_bytes``: a statistics round's (the global model sent dense to each asked client, BWCP
-    before pruning; :mod:`fedcomp.flower.recalibration`)."""
-    statistics_uplink_bytes: int = 0
-    """Of ``uplink_bytes``: the statistics reports received in that round."""
-    federated_eval: dict[str, float] = field(default_factory=dict)
-    """The clients' evaluation on their own held-out data (``federation.evaluate_on``): example-weighted
-    ``test_loss`` and ``test_accuracy``, and ``clients``, how many replies counted."""
-
-
 def software_versions() -> dict[str, Any]:
     """The versions a run records in its summary (so a report can say what produced it)."""
     from importlib.metadata import version
@@ -309,7 +267,8 @@ class RunRecorder:
             self.rows = read_rounds(self.dir)
         self._write_summary("running")
 
-    def append(self, row: RoundRow) -> None:
+    def append(self, row: Any) -> None:
+        """One round's row (:class:`~fedcomp.flower.rounds.RoundRow`) appended to ``rounds.jsonl`` and synced."""
         self.rows.append(asdict(row))
         with (self.dir / ROUNDS_FILE).open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(self.rows[-1], allow_nan=True) + "\n")
@@ -433,6 +392,7 @@ def load_model(run_dir: str | Path, *, trust_code: bool = False) -> torch.nn.Mod
     ``model.pt``'s names, shapes and dtypes before any weight is allocated
     (:class:`CorruptRunError` otherwise).
     """
+    # Imported here: reading a run directory's rows and summary (reports, sweeps) needs no model code.
     from fedcomp.coding import DecodeError
     from fedcomp.compressors.model.structure import Architecture, load_structured, same_specs, structure_from_json
     from fedcomp.imports import only_allowed

@@ -17,8 +17,9 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from fedcomp.config import ConfigError, ExperimentConfig
+from fedcomp.params import ConfigError
 from fedcomp.registry import Registry
+from fedcomp.schema import ExperimentConfig
 from fedcomp.suggest import did_you_mean
 
 # Set by fedcomp: sampling is seeded (SeededSampler), evaluation is centralized, replies carry these keys.

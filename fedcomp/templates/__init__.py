@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fedcomp.config import ConfigError
+from fedcomp.params import ConfigError
 
 FLOWER_APP = Path(__file__).parent / "flower_app"
 

@@ -2,14 +2,13 @@
 
 To add one: write a module here with a subclass of
 :class:`~fedcomp.compressors.model.base.ModelCompressor` decorated with
-``@MODEL_COMPRESSORS.register(name)``, and import it below. The building
+``@MODEL_COMPRESSORS.register(name)`` (the registry lives in :mod:`.base`), and import it below. The building
 blocks live beside them: LC's compression forms (:mod:`.lc_forms`),
 ALDS's decomposition and Algorithm 1 (:mod:`.alds`), architectures that
 change under compression (:mod:`.structure`).
 """
 
-from fedcomp.registry import Registry
+from fedcomp.compressors.model import alds, bwcp, identity, lc, udfc  # noqa: F401  (registers)
+from fedcomp.compressors.model.base import MODEL_COMPRESSORS
 
-MODEL_COMPRESSORS: Registry = Registry("model compressor")
-
-from fedcomp.compressors.model import alds, bwcp, identity, lc, udfc  # noqa: E402,F401  (registers)
+__all__ = ["MODEL_COMPRESSORS"]

@@ -56,8 +56,8 @@ import torch
 from torch import nn
 
 from fedcomp.coding import Payload
-from fedcomp.compressors.model import MODEL_COMPRESSORS
 from fedcomp.compressors.model.base import (
+    MODEL_COMPRESSORS,
     Broadcast,
     ModelCompressor,
     Received,
@@ -67,7 +67,7 @@ from fedcomp.compressors.model.base import (
     read_whole,
 )
 from fedcomp.compressors.model.structure import Architecture, Edit, Structure, structure_op
-from fedcomp.config import ConfigError, require
+from fedcomp.params import ConfigError, require
 
 SCHEMES = (0, 1, 2, 3)
 
@@ -94,11 +94,6 @@ def fold(weight: np.ndarray, scheme: int = 0) -> np.ndarray:
     _, dec = scheme_kernels(scheme, weight.shape[2:])
     axes = {1: (0, 2, 1, 3), 2: (0, 3, 1, 2), 3: (0, 2, 3, 1)}[scheme]
     return weight.transpose(axes).reshape(f * math.prod(dec), -1)  # (f, dec kernel, c, enc kernel)
-
-
-def unfold(weight: np.ndarray) -> np.ndarray:
-    """The layer's matrix operator f × (c·κ1κ2) (scheme 0)."""
-    return fold(weight, 0)
 
 
 def slices(weight: np.ndarray, k: int, scheme: int = 0) -> list[np.ndarray]:

@@ -55,10 +55,15 @@ from fedcomp.compressors.model.structure import (
     structure_to_json,
 )
 from fedcomp.compressors.update.base import MALFORMED, NoParams
-from fedcomp.config import ExperimentConfig, params_from_dict
+from fedcomp.params import params_from_dict
+from fedcomp.registry import Registry
+from fedcomp.schema import ExperimentConfig
 
 State = OrderedDict[str, torch.Tensor]
 LossTerm = Callable[[nn.Module], torch.Tensor]
+
+MODEL_COMPRESSORS: Registry = Registry("model compressor")
+"""Every model compressor by name; each registers itself in its own module (imported by the package)."""
 
 
 @dataclass
@@ -250,8 +255,6 @@ class ModelCompressor(ABC):
 
 def build_model_compressor(cfg: ExperimentConfig, arch: Architecture) -> ModelCompressor:
     """The configured ``[server_compression]`` for ``arch`` (the server and every client build the same)."""
-    from fedcomp.compressors.model import MODEL_COMPRESSORS
-
     section = cfg.server_compression
     cls = MODEL_COMPRESSORS.get(section.name)
     return cls(cls.parse_params(section.params, "server_compression"), arch, seed=cfg.seed)

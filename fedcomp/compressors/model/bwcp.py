@@ -117,8 +117,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedcomp.coding import Payload
-from fedcomp.compressors.model import MODEL_COMPRESSORS
 from fedcomp.compressors.model.base import (
+    MODEL_COMPRESSORS,
     Broadcast,
     ModelCompressor,
     Received,
@@ -129,7 +129,7 @@ from fedcomp.compressors.model.base import (
 )
 from fedcomp.compressors.model.channels import channel_graph
 from fedcomp.compressors.model.structure import Architecture, Edit, Structure, after_build, structure_op
-from fedcomp.config import ConfigError, require
+from fedcomp.params import ConfigError, require
 
 DELTA = 0.05
 TAU = 0.5

@@ -10,8 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from fedcomp.coding import Payload
-from fedcomp.compressors.model import MODEL_COMPRESSORS
-from fedcomp.compressors.model.base import Broadcast, ModelCompressor, Received, State, dense_payload, read_whole
+from fedcomp.compressors.model.base import (
+    MODEL_COMPRESSORS,
+    Broadcast,
+    ModelCompressor,
+    Received,
+    State,
+    dense_payload,
+    read_whole,
+)
 from fedcomp.compressors.model.structure import Structure
 
 

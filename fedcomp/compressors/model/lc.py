@@ -51,8 +51,8 @@ import numpy as np
 import torch
 
 from fedcomp.coding import DecodeError, Payload, TensorSpec, pack, specs_of
-from fedcomp.compressors.model import MODEL_COMPRESSORS
 from fedcomp.compressors.model.base import (
+    MODEL_COMPRESSORS,
     Broadcast,
     ModelCompressor,
     ProximalTerm,
@@ -78,7 +78,7 @@ from fedcomp.compressors.model.lc_forms import (
     joint_additive_c_step,
 )
 from fedcomp.compressors.model.structure import Architecture, Structure
-from fedcomp.config import ConfigError, require
+from fedcomp.params import ConfigError, require
 
 Variant = Literal["augmented_lagrangian", "quadratic_penalty", "compressed_start"]
 # Payload phases: the dense reference model; the three variants' broadcasts.

@@ -61,32 +61,21 @@ smallest |γ_i| (BN-scale magnitude, ``"gamma"``, the default): the standard
 data-free channel importance (Liu et al., 2017, "Learning efficient
 convolutional networks through network slimming"), since a channel's BN
 output is γ_i x̂ + β_i and |γ_i| is its spread. ``"l2"`` (the smallest
-‖ŵ_i‖, as first landed) and ``"random"`` (seeded by the compressor's seed;
-a baseline) are kept for comparison. Measured, 30 % pruned + 6 bits, no
-compensation / the compensation as first landed (signed ŝ, no mean
-correction): issue #18, on its 1-epoch ResNet-20, ℓ2 0.100 / 0.133, random
-0.465 / 0.539, |γ| 0.585 / 0.608. On a fixed-thread 1-epoch model (accuracy
-0.876; tests/test_udfc.py has since moved to a 2-epoch model) the order differs: ℓ2 0.530 / 0.617,
-random (5 seeds) 0.198 ± 0.084 / 0.436 ± 0.271, |γ| 0.337 / 0.443; with
-the mean correction |γ| leads (signed ŝ: |γ| 0.804, ℓ2 0.712, random
-(5 seeds) 0.465 ± 0.108). Briefly trained models rank criteria noisily.
+‖ŵ_i‖) and ``"random"`` (seeded by the compressor's seed; a baseline) are
+kept for comparison (how they rank: docs/server_compression.md, UDFC).
 
 **Non-negative ŝ (``nonnegative``, an option, off by default).** Eq. 7's fold relies on
 ReLU(B_j) ≈ Σ ŝ_i ReLU(B_i) when B_j ≈ Σ ŝ_i B_i (B: pre-activations). For
 ŝ ≥ 0, ReLU is positively homogeneous and subadditive, so
 ReLU(Σ ŝ_i B_i) ≤ Σ ŝ_i ReLU(B_i), with equality wherever the B_i share a
 sign; for a negative ŝ_i no such relation holds (B_j = B_1 − 2B_2 is
-reconstructed as ReLU(B_1) − 2·ReLU(B_2), wrong wherever B_2 > 0). In a
-trained ResNet-20 about half of the unconstrained ŝ are negative, and on a
-small network with signed redundancy (tests/test_udfc.py, channel filter
-W_1 − 2W_2) the unconstrained compensation is worse than none (next-layer
-error 0.125 against 0.079 plain) and ŝ ≥ 0 better (0.038). So ŝ is the
-non-negative least-squares solution of the same objective (Lawson–Hanson
-active set, :func:`nnls`; scipy is not a dependency). Measured caveat: on
-the 1-epoch ResNet-20 of the tests, with the mean correction, signed ŝ
-does better than ŝ ≥ 0 at 10/30/50 % + 6 bits (0.883 / 0.804 / 0.525
-against 0.836 / 0.734 / 0.400), so the paper's signed closed form stays the
-default and ``nonnegative = true`` is the option for signed redundancy.
+reconstructed as ReLU(B_1) − 2·ReLU(B_2), wrong wherever B_2 > 0; on such
+a network, tests/test_udfc.py's channel filter W_1 − 2W_2, the signed
+compensation is worse than none). With the option, ŝ is the non-negative
+least-squares solution of the same objective (Lawson–Hanson active set,
+:func:`nnls`; scipy is not a dependency). The paper's signed closed form
+stays the default: on trained ResNet-20s it did better (measurements:
+docs/server_compression.md, UDFC).
 
 **Mean correction of the next layer (``mean_correction``, default on).**
 A removed channel's activation has a non-zero mean, which vanishes from the
@@ -114,10 +103,8 @@ the unpruned network. Still without data: :func:`distill_inputs` fits
 ``distill_samples`` inputs, from N(0, 1) noise, by ``distill_steps`` Adam
 steps to the *unpruned* model's own BN running statistics (ZeroQ, Cai et
 al. 2020, eq. 4), and :func:`recalibrate_bn` sets every BN of the pruned,
-quantized model from one pass over them. Measured on a converged ResNet-20
-(``benchmarks/model_compressors.py --only udfc``, 3 seeds): 30 % + 6 bits
-0.794 → 0.949, 50 % + 6 bits 0.339 → 0.889 (docs/server_compression.md;
-the reference model, and so these figures, vary with the CPU).
+quantized model from one pass over them (what it gains, measured:
+docs/server_compression.md, UDFC).
 
 **Other choices the seed text leaves open, stated.** Only untied layers are
 pruned (:mod:`.channels`: the conv's channels feed one BN → ReLU → one
@@ -149,11 +136,18 @@ import numpy as np
 import torch
 
 from fedcomp.coding import BitReader, BitWriter, DecodeError, Payload, pack, specs_of, tensor_to_bytes
-from fedcomp.compressors.model import MODEL_COMPRESSORS
-from fedcomp.compressors.model.base import Broadcast, ModelCompressor, Received, Snapshot, State, read_dense
+from fedcomp.compressors.model.base import (
+    MODEL_COMPRESSORS,
+    Broadcast,
+    ModelCompressor,
+    Received,
+    Snapshot,
+    State,
+    read_dense,
+)
 from fedcomp.compressors.model.channels import Triple, channel_graph, resize_edits
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_to_json
-from fedcomp.config import require
+from fedcomp.params import require
 
 
 @dataclass

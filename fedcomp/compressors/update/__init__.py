@@ -2,14 +2,10 @@
 
 To add one: write a module here with a subclass of
 :class:`~fedcomp.compressors.update.base.UpdateCompressor` decorated with
-``@UPDATE_COMPRESSORS.register(name)``, and import it below.
+``@UPDATE_COMPRESSORS.register(name)`` (the registry lives in :mod:`.base`), and import it below.
 """
 
-from fedcomp.registry import Registry
-
-UPDATE_COMPRESSORS: Registry = Registry("update compressor")
-
-from fedcomp.compressors.update import (  # noqa: E402,F401  (registers)
+from fedcomp.compressors.update import (  # noqa: F401  (registers)
     dgc,
     identity,
     powersgd,
@@ -20,3 +16,6 @@ from fedcomp.compressors.update import (  # noqa: E402,F401  (registers)
     terngrad,
     topk,
 )
+from fedcomp.compressors.update.base import UPDATE_COMPRESSORS
+
+__all__ = ["UPDATE_COMPRESSORS"]

@@ -31,10 +31,15 @@ from typing import Any, ClassVar
 import torch
 
 from fedcomp.coding import DecodeError, DecodeLimits, TensorSpec, check_decoded, unpack
-from fedcomp.config import params_from_dict
+from fedcomp.params import params_from_dict
+from fedcomp.registry import Registry
 
 Update = Mapping[str, torch.Tensor]
 State = dict[str, torch.Tensor]
+
+
+UPDATE_COMPRESSORS: Registry = Registry("update compressor")
+"""Every update compressor by name; each registers itself in its own module (imported by the package)."""
 
 
 class NonFiniteUpdateError(ValueError):

@@ -47,8 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedcomp.compressors.update import UPDATE_COMPRESSORS
-from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, float32_update
+from fedcomp.compressors.update.base import UPDATE_COMPRESSORS, EncodeContext, Encoded, State, Update, float32_update
 from fedcomp.compressors.update.sparse import (
     SparseParams,
     encode_sparse,
@@ -59,7 +58,7 @@ from fedcomp.compressors.update.sparse import (
     top_magnitude,
 )
 from fedcomp.compressors.update.topk import UPLINK_SELECTION, SparseCompressor
-from fedcomp.config import require
+from fedcomp.params import require
 from fedcomp.seeding import torch_generator
 
 WARMUP_SPARSITY = (0.75, 0.9375, 0.984375, 0.996, 0.999)

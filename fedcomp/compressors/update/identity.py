@@ -13,8 +13,7 @@ from typing import Any
 import torch
 
 from fedcomp.coding import DecodeError, TensorSpec, pack, specs_of, tensor_from_bytes, tensor_to_bytes
-from fedcomp.compressors.update import UPDATE_COMPRESSORS
-from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor
+from fedcomp.compressors.update.base import UPDATE_COMPRESSORS, EncodeContext, Encoded, State, Update, UpdateCompressor
 
 
 @UPDATE_COMPRESSORS.register("identity", "no compression: dense fp32 (the reference)")

@@ -36,9 +36,16 @@ from typing import Any
 import torch
 
 from fedcomp.coding import DecodeError, TensorSpec, pack, pack_values, specs_of, unpack_values
-from fedcomp.compressors.update import UPDATE_COMPRESSORS
-from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor, float32_update
-from fedcomp.config import require
+from fedcomp.compressors.update.base import (
+    UPDATE_COMPRESSORS,
+    EncodeContext,
+    Encoded,
+    State,
+    Update,
+    UpdateCompressor,
+    float32_update,
+)
+from fedcomp.params import require
 from fedcomp.seeding import POWERSGD_INIT, torch_generator
 
 MAX_RANK = 1 << 12

@@ -47,8 +47,8 @@ from fedcomp.coding import (
     specs_of,
     unpack_values,
 )
-from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update.base import (
+    UPDATE_COMPRESSORS,
     EncodeContext,
     Encoded,
     State,
@@ -57,7 +57,7 @@ from fedcomp.compressors.update.base import (
     check_finite_input,
     float32_update,
 )
-from fedcomp.config import require
+from fedcomp.params import require
 from fedcomp.seeding import UPLINK_QUANTIZATION, torch_generator
 
 MAX_LEVELS = 1 << 16

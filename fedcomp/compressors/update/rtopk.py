@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fedcomp.compressors.update import UPDATE_COMPRESSORS
+from fedcomp.compressors.update.base import UPDATE_COMPRESSORS
 from fedcomp.compressors.update.sparse import SparseParams, top_magnitude
 from fedcomp.compressors.update.topk import SparseCompressor
-from fedcomp.config import require
+from fedcomp.params import require
 
 
 @dataclass

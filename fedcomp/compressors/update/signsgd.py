@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from fedcomp.coding import DecodeError, TensorSpec, pack, pack_signs, pack_values, specs_of, unpack_signs, unpack_values
-from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update.base import (
+    UPDATE_COMPRESSORS,
     EncodeContext,
     Encoded,
     State,

@@ -50,7 +50,7 @@ from fedcomp.coding import (
     values_within,
 )
 from fedcomp.coding.values import BYTES_PER_VALUE, VALUE_FORMATS, pack_signs, pack_values, unpack_signs
-from fedcomp.config import require
+from fedcomp.params import require
 
 Selection = dict[str, tuple[torch.Tensor, torch.Tensor]]
 """name → (flat int64 indices, sorted ascending; the values at them)."""

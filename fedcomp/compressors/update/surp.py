@@ -33,13 +33,9 @@ layer holds it, which is what minimizes the update's distortion. The
 paper's per-layer ℓ₁ normalization ("layer") divides each layer by its own
 norm and then applies *one* λ to all of them, so a layer's threshold,
 measured in units of its own mean magnitude, is log(n/β)·n_l/n — it grows
-with the layer's size: 77× for LeNet-5's fc1, 0.97× for fc2, 0.004× for
-conv1's bias. Measured over 1,000 LeNet-5 FedSGD updates at 0.1% density,
-fc1 (93% of the weights) received no coordinate at all and its residual was
-never sent, while the small layers were refined again and again (on a
-ResNet-18-sized update, 10.7 iterations and 142 bits per nonzero). Over 100
-FedSGD rounds (10 clients, 0.1%) "layer" reached 0.845 accuracy at 637
-B/update, "global" 0.920 at 655 B (issue #17). "layer" is kept to reproduce the paper.
+with the layer's size (77× for LeNet-5's fc1, 0.97× for fc2, 0.004× for
+conv1's bias), so large layers starve and small ones are refined again and
+again (measurements: docs/uplink.md). "layer" is kept to reproduce the paper.
 
 **Departures, and why.**
 
@@ -137,10 +133,10 @@ from fedcomp.coding import (
     specs_of,
     values_within,
 )
-from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update import surp_kernel as kernel
 from fedcomp.compressors.update import surp_staged as staged
 from fedcomp.compressors.update.base import (
+    UPDATE_COMPRESSORS,
     EncodeContext,
     Encoded,
     State,
@@ -149,7 +145,7 @@ from fedcomp.compressors.update.base import (
     check_finite_input,
     float32_update,
 )
-from fedcomp.config import require
+from fedcomp.params import require
 from fedcomp.seeding import derive_seed
 
 SURP_ORDER = 12  # seeding purpose
@@ -202,10 +198,9 @@ class SurpParams:
     """Iterative mode: 2, SuRP-modified on magnitudes with sign bits; 1, ± pairs on signed values."""
     normalization: str = "global"
     """Iterative mode: "global", one ℓ₁ norm over the whole update (one λ for all layers: reverse
-    water-filling); "layer", u⁽ˡ⁾ = w⁽ˡ⁾/‖w⁽ˡ⁾‖₁ (the paper's), which starves large layers: measured on
-    LeNet-5 FedSGD updates at 0.1% density, fc1 (93% of the weights) received no coordinate in 1,000
-    updates, because one λ over per-layer-normalized values puts a layer's threshold at a multiple of
-    its own mean magnitude that grows with its size (77× for fc1, 0.97× for fc2, 0.004× for conv1's bias)."""
+    water-filling); "layer", u⁽ˡ⁾ = w⁽ˡ⁾/‖w⁽ˡ⁾‖₁ (the paper's), which starves large layers: one λ over
+    per-layer-normalized values puts a layer's threshold at a multiple of its own mean magnitude that
+    grows with its size (module docstring; docs/uplink.md)."""
     error_feedback: bool | None = None
 
     def validate(self, path: str) -> None:

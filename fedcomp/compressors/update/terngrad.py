@@ -42,8 +42,8 @@ from fedcomp.coding import (
     specs_of,
     unpack_values,
 )
-from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update.base import (
+    UPDATE_COMPRESSORS,
     EncodeContext,
     Encoded,
     State,
@@ -52,7 +52,7 @@ from fedcomp.compressors.update.base import (
     float32_update,
     refuse_negative,
 )
-from fedcomp.config import require
+from fedcomp.params import require
 from fedcomp.seeding import UPLINK_QUANTIZATION, torch_generator
 
 

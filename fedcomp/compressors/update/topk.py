@@ -21,8 +21,15 @@ from typing import Any
 import torch
 
 from fedcomp.coding import TensorSpec
-from fedcomp.compressors.update import UPDATE_COMPRESSORS
-from fedcomp.compressors.update.base import EncodeContext, Encoded, State, Update, UpdateCompressor, float32_update
+from fedcomp.compressors.update.base import (
+    UPDATE_COMPRESSORS,
+    EncodeContext,
+    Encoded,
+    State,
+    Update,
+    UpdateCompressor,
+    float32_update,
+)
 from fedcomp.compressors.update.sparse import (
     SparseParams,
     decode_sparse,

@@ -1,4 +1,4 @@
-"""A client's compressor state (error-feedback residual, DGC momentum) across rounds and restarts.
+"""The client mod's store: a client's compressor state (error-feedback residual, DGC momentum) across rounds.
 
 One place at a time:
 
