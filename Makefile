@@ -38,7 +38,7 @@ datasets: $(STAMP)
 ## Lint, then the whole test suite (two workers).
 test: $(STAMP)
 	$(BIN)/ruff check fedcomp tests benchmarks tools simulations examples
-	$(BIN)/python -m pytest -x -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -x -q -n 2 --dist loadgroup --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check fedcomp tests benchmarks tools simulations examples

@@ -38,11 +38,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--output-dir", default="runs")
+    parser.add_argument(
+        "--backend",
+        choices=["ray", "in-process"],
+        default="ray",
+        help="where the clients run: Ray's workers, or this process (starts at once; breakpoints work)",
+    )
     args = parser.parse_args()
     result = fedcomp.run(
         {
             "name": "custom-training",
             "output_dir": args.output_dir,
+            "simulation": {"backend": args.backend},
             "federation": {"num_clients": 3, "rounds": args.rounds},
             "client": {"train_fn": train, "lr": 0.002, "lr_schedule": "cosine"},
             "uplink": {"name": "rtopk", "density": 0.05},

@@ -67,6 +67,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--output-dir", default="runs")
+    parser.add_argument(
+        "--backend",
+        choices=["ray", "in-process"],
+        default="ray",
+        help="where the clients run: Ray's workers, or this process (starts at once; breakpoints work)",
+    )
     args = parser.parse_args()
     data_dir = Path(args.output_dir).resolve() / "federated-dataset-files"
     write_files(data_dir)
@@ -74,6 +80,7 @@ def main() -> None:
         {
             "name": "federated-dataset",
             "output_dir": args.output_dir,
+            "simulation": {"backend": args.backend},
             "data": {"dataset": load, "params": {"data_dir": str(data_dir), "num_clients": 4}},
             "model": {"name": Classifier},
             "federation": {"num_clients": 4, "rounds": args.rounds},

@@ -53,11 +53,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--output-dir", default="runs")
+    parser.add_argument(
+        "--backend",
+        choices=["ray", "in-process"],
+        default="ray",
+        help="where the clients run: Ray's workers, or this process (starts at once; breakpoints work)",
+    )
     args = parser.parse_args()
     result = fedcomp.run(
         {
             "name": "tabular-regression",
             "output_dir": args.output_dir,
+            "simulation": {"backend": args.backend},
             "data": {"dataset": make_data, "params": {"features": 20}},
             "model": {"name": Regressor},
             # The server tests on its held-out set, and each client on a fifth of its own data held out.

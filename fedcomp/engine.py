@@ -28,6 +28,13 @@ slower), and a warning says so once.
 Modules a kept worker imported stay imported: after editing a model or
 loader module, start a new ``shared_engine()`` (a file given as
 ``file.py:factory`` is imported afresh when its path differs).
+
+``simulation.backend = "in-process"`` puts :class:`InProcessBackend` there
+instead: Flower's whole message path (link state, object store, the
+simulation runtime's node contexts and worker threads) runs unchanged, and
+only the last step, handing a message to a ClientApp, happens in this
+process rather than in a Ray actor. No engine starts, so there is nothing
+to share.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import pickle
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -179,10 +187,59 @@ def active() -> bool:
     return _depth > 0
 
 
+class InProcessBackend:
+    """Flower's ``Backend`` interface that runs the ClientApp in this process, one message at a time.
+
+    What a Ray actor does (``flwr.simulation.ray_transport.ray_actor.ClientAppActor.run``), without the
+    actor: load the app, hand it the message and the node's context, wrap what it raises in Flower's
+    ``ClientAppException``. Message and context cross as copies (pickled both ways, as Ray serializes an
+    actor call's arguments and result), so a client can no more change the server's objects here than
+    through Ray. One worker, whatever ``simulation.num_cpus`` says: clients in threads of one process
+    would share torch's global random state (a seeded round-0 model, dropout) and its thread count,
+    and their results would depend on how the threads interleave. One at a time, a run is as
+    reproducible as on Ray, and a breakpoint or a profiler sees one client.
+    """
+
+    def __init__(self, backend_config: dict[str, Any]) -> None:
+        self.app_fn: Callable[[], Any] | None = None
+
+    @property
+    def num_workers(self) -> int:
+        return 1
+
+    def build(self, app_fn: Callable[[], Any]) -> None:
+        self.app_fn = app_fn
+
+    def is_worker_idle(self) -> bool:
+        return True
+
+    def process_message(self, message: Any, context: Any) -> Any:
+        from flwr.clientapp.client_app import ClientAppException, LoadClientAppError
+
+        if self.app_fn is None:
+            raise ValueError("build() the backend before processing messages")
+        message, context = pickle.loads(pickle.dumps((message, context)))
+        try:
+            app = self.app_fn()
+            reply = app(message=message, context=context)
+        except LoadClientAppError:
+            raise
+        except Exception as exc:
+            raise ClientAppException(str(exc)) from exc
+        return pickle.loads(pickle.dumps((reply, context)))
+
+    def terminate(self) -> None:
+        self.app_fn = None
+
+
 @contextlib.contextmanager
-def backend_for_run() -> Iterator[None]:
-    """For the length of one run: Flower's runtime builds a :class:`KeptRayBackend` if an engine is shared."""
-    if not active():
+def backend_for_run(kind: str = "ray") -> Iterator[None]:
+    """For the length of one run, the backend Flower's runtime builds.
+
+    ``"in-process"``: :class:`InProcessBackend`. ``"ray"``: a :class:`KeptRayBackend` if an engine is
+    shared, else Flower's own ``RayBackend``.
+    """
+    if kind == "ray" and not active():
         yield
         return
     from flwr.server.superlink.fleet.vce.backend import raybackend
@@ -190,12 +247,13 @@ def backend_for_run() -> Iterator[None]:
     original = raybackend.RayBackend
     KeptRayBackend.ray_backend_class = original
     before = _built
-    raybackend.RayBackend = KeptRayBackend
+    raybackend.RayBackend = InProcessBackend if kind == "in-process" else KeptRayBackend
     try:
         yield
     finally:
         raybackend.RayBackend = original
-    _warn_if_unused(_built > before)  # reached only when the run returned
+    if kind == "ray":
+        _warn_if_unused(_built > before)  # reached only when the run returned
 
 
 def _warn_if_unused(used: bool) -> None:

@@ -2,48 +2,44 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
-# Seconds each file's tests took on a 2-core machine (setup + call + teardown from pytest --durations=0,
-# summed per file; December 2026). pytest-xdist's
-# loadfile hands whole files to the two workers in collection order; starting with the longest ones
-# (longest processing time first) keeps both workers busy to the end instead of one finishing minutes
-# early. Files not listed keep their order after these.
-FILE_SECONDS = {
-    "test_influence.py": 303,
-    "test_resume_and_faults.py": 221,
-    "test_server_compression_structured.py": 197,
-    "test_example_flower_app.py": 146,
-    "test_own_code.py": 122,
-    "test_deployment.py": 122,
-    "test_ray_cluster.py": 95,
-    "test_reports.py": 90,
-    "test_hostile_payloads.py": 83,
-    "test_simulation_configs.py": 67,
-    "test_update_compressors.py": 66,
-    "test_udfc.py": 50,
-    "test_server_compression_lc.py": 49,
-    "test_engine.py": 48,
-    "test_hostile_clients.py": 47,
-    "test_compare.py": 44,
-    "test_model_compressors.py": 37,
-    "test_simulation.py": 36,
-    "test_shakespeare.py": 30,
-    "test_simulation_strategies.py": 29,
-    "test_downlink.py": 20,
-    "test_cli_start.py": 18,
-    "test_reproducibility.py": 15,
-    "test_trust_boundaries.py": 13,
-}
+# Seconds each test took (setup + call + teardown), measured by `python tools/time_tests.py`, which
+# rewrites the table. `make test` runs `-n 2 --dist loadgroup --no-loadscope-reorder`: pytest-xdist hands
+# work units to its two workers in collection order, one at a time as each frees up, so starting with the
+# longest (longest processing time first) keeps both workers busy to the end. A unit is one test, or a
+# whole file whose tests share a module-scoped fixture (a simulation run once for the file): those go to
+# one worker together, so the fixture runs once. A test not in the table yet counts as a short one.
+DURATIONS = Path(__file__).with_name("durations.json")
+NEW_TEST_SECONDS = 1.0
 
 
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))  # stable: order within a file kept
+def _shares_module_fixture(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info is not None else ()
+    return any(d.scope in ("module", "package") and d.baseid.endswith(".py") for ds in defs for d in ds)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist turns the groups into node-id suffixes
+def pytest_collection_modifyitems(config, items):
+    seconds = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    units: dict[str, list] = {}
+    for item in items:
+        if _shares_module_fixture(item):
+            unit = item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(unit))
+        else:
+            unit = item.nodeid
+        units.setdefault(unit, []).append(item)
+    cost = {unit: sum(seconds.get(i.nodeid, NEW_TEST_SECONDS) for i in group) for unit, group in units.items()}
+    items[:] = [item for unit in sorted(units, key=lambda u: -cost[u]) for item in units[unit]]  # stable sort
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -88,9 +84,9 @@ def small_config(tmp_path, **sections) -> dict:
         "output_dir": str(tmp_path / "runs"),
         "federation": {"num_clients": 3, "rounds": 2, "min_train_clients": 2},
         "client": {"local_epochs": 1, "batch_size": 32, "lr": 0.05},
-        # One client actor: the tests' 3-client federations are tiny, and every extra actor is one more
-        # process importing torch at each engine start (the suite is CPU-bound on 2 cores).
-        "simulation": {"num_cpus": float(os.cpu_count() or 1)},
+        # Flower's real message path with the ClientApp in the test's process: no Ray engine to start or
+        # share. Tests about Ray, the engine and resource placement ask for backend = "ray".
+        "simulation": {"num_cpus": float(os.cpu_count() or 1), "backend": "in-process"},
     }
     for key, value in sections.items():
         if isinstance(value, dict):

@@ -11,12 +11,14 @@ from fedcomp.config import load_config
 SIMULATIONS = Path(__file__).resolve().parent.parent / "fedcomp" / "configs"
 TINY = [
     "data.dataset=mnist5k",
+    "data.test_size=300",  # the server evaluates every round: 1,000 test digits were a fifth of a ResNet-20 run
     "federation.num_clients=3",
     "federation.rounds=3",
     "federation.fraction_train=1.0",
     "client.local_steps=5",
     "client.batch_size=32",
-    f"simulation.num_cpus={float(os.cpu_count() or 1)}",  # one client actor, as in conftest.small_config
+    f"simulation.num_cpus={float(os.cpu_count() or 1)}",
+    'simulation.backend="in-process"',  # Flower's message path without Ray, as in conftest.small_config
 ]
 
 

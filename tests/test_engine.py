@@ -18,6 +18,7 @@ import ray
 import fedcomp
 from fedcomp.clients.training import train_local
 from fedcomp.engine import release
+from tests.conftest import small_config
 
 
 def train_reporting_pid(model, data, config, *, device, generator, loss_term, loss, server_round) -> dict:
@@ -27,6 +28,18 @@ def train_reporting_pid(model, data, config, *, device, generator, loss_term, lo
 
 
 KEYS = ("clients", "train_loss", "test_accuracy", "uplink_bytes", "downlink_bytes")
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """This file is about Ray's engine: its federations run on Ray, not in the test's process."""
+
+    def make(**sections):
+        cfg = small_config(tmp_path, **sections)
+        cfg["simulation"]["backend"] = "ray"
+        return cfg
+
+    return make
 
 
 def test_a_shared_engine_serves_the_next_run_with_the_same_workers_and_the_same_results(make_config):
@@ -40,6 +53,13 @@ def test_a_shared_engine_serves_the_next_run_with_the_same_workers_and_the_same_
     assert pid != os.getpid()  # trained in a Ray worker, not in the driver
     assert [round(r["client_metrics"]["worker_pid"]) for r in first + again] == [pid] * 4
     assert [[r[k] for k in KEYS] for r in again] == [[r[k] for k in KEYS] for r in first]
+
+    # The in-process backend: the same federation through the same Flower message path, bit for bit,
+    # with the clients in this process (the tests' default: conftest.small_config).
+    in_process = fedcomp.run({**cfg, "simulation": {**cfg["simulation"], "backend": "in-process"}}, progress=False)
+    assert {round(r["client_metrics"]["worker_pid"]) for r in in_process.rows} == {os.getpid()}
+    assert [[r[k] for k in KEYS] for r in in_process.rows] == [[r[k] for k in KEYS] for r in first]
+    assert ray.is_initialized()  # it neither used nor shut down the kept engine
 
     # Other client resources (two actors at once): a new pool of workers, the same federation. Ray gives
     # each actor torch threads by its CPUs, so the losses agree to float rounding, not bit for bit.
@@ -77,3 +97,12 @@ def test_the_example_runs_two_densities_on_one_engine(tmp_path):
     assert sorted(runs) == ["0.01", "0.1"] and runs["0.1"] > 5 * runs["0.01"]
     lines = [x for x in done.stdout.splitlines() if x.startswith("density ")]
     assert [x.split()[1] for x in lines] == ["0.1:", "0.01:"]
+
+
+def test_the_in_process_backend_refuses_a_ray_cluster_and_unknown_backends(tmp_path):
+    from fedcomp.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=r"'simulation.ray_address': the in-process backend runs clients in this"):
+        config_from_dict({"simulation": {"backend": "in-process", "ray_address": "10.0.0.1:6379"}})
+    with pytest.raises(ConfigError, match=r"simulation.backend"):
+        config_from_dict({"simulation": {"backend": "threads"}})

@@ -21,6 +21,7 @@ from fedcomp.servers import app as server_app
 from fedcomp.strategies.influence import NormBound, apply_bound, update_norm
 from fedcomp.strategies.replies import ReplyPolicy, ReplyRejected, Roster
 from tests.conftest import small_config
+from tests.helpers import update_compressor
 from tests.simulated import run_config
 
 
@@ -153,7 +154,12 @@ def test_a_statistics_shift_is_refused_and_the_others_moments_applied(tmp_path):
     evaluation, before round 2's pruning): its report is that round's recorded failure, the two others'
     moments are applied, and each evaluation is within 0.1 of the honest run's (main: 0.10 in every round,
     statistics_clients = 3, no failure)."""
-    common = ("federation.rounds=2", "server_compression.prune_at=[2]", "server_compression.recalibrate_eval=true")
+    common = (
+        "federation.rounds=2",
+        "server_compression.prune_at=[2]",
+        "server_compression.recalibrate_eval=true",
+        "server_compression.recalibrate_samples=128",
+    )
     _, honest = run_config("bwcp_resnet20.toml", tmp_path / "honest", *common)
     _, attacked = run_config(
         "bwcp_resnet20.toml", tmp_path / "attacked", *common,
@@ -236,8 +242,8 @@ def test_every_kind_of_unusable_state_file_is_set_aside(tmp_path, damage):
 
     from flwr.app import Context, RecordDict
 
-    from fedcomp.clients.state import StateDamaged, load_state, save_state, set_aside
     from fedcomp.flower.downlink import META_KEY, split_state
+    from fedcomp.flower.state import StateDamaged, load_state, save_state, set_aside
 
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     folder = tmp_path / "0"
@@ -262,11 +268,9 @@ def test_every_kind_of_unusable_state_file_is_set_aside(tmp_path, damage):
 
 @pytest.mark.parametrize("name", ["surp", "qsgd"])
 def test_surp_and_qsgd_refuse_non_finite_input_instead_of_sending_zeros(name):
-    from fedcomp.compressors.update import UPDATE_COMPRESSORS
     from fedcomp.compressors.update.base import NonFiniteUpdateError
 
-    cls = UPDATE_COMPRESSORS.get(name)
-    codec = cls(cls.parse_params({}, "uplink"), seed=0)
+    codec = update_compressor(name)
     update = {"w": torch.randn(200), "b": torch.randn(10)}
     update["w"][7] = math.nan
     with pytest.raises(NonFiniteUpdateError, match="'w'"):

@@ -30,9 +30,9 @@ from tests.conftest import small_config
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def run_example(name: str, tmp_path: Path, rounds: int) -> tuple[Path, list[dict]]:
+def run_example(name: str, tmp_path: Path, rounds: int, *options: str) -> tuple[Path, list[dict]]:
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), "--rounds", str(rounds), "--output-dir", str(tmp_path)],
+        [sys.executable, str(EXAMPLES / name), "--rounds", str(rounds), "--output-dir", str(tmp_path), *options],
         capture_output=True,
         timeout=400,
         cwd=tmp_path,  # not the repository: the example's own directory must be found without it
@@ -44,6 +44,7 @@ def run_example(name: str, tmp_path: Path, rounds: int) -> tuple[Path, list[dict
 
 
 def test_a_model_defined_in_the_users_script_trains_in_every_worker(tmp_path):
+    # On Ray, as the example runs by default: its workers are other processes, which must find the script's model.
     run_dir, rows = run_example("own_model.py", tmp_path, rounds=3)
     cfg = load_config(run_dir / "config.toml")
     assert cfg.model.name == f"{EXAMPLES / 'own_model.py'}:TinyCNN" and cfg.model.params == {"width": 8}
@@ -54,7 +55,7 @@ def test_a_model_defined_in_the_users_script_trains_in_every_worker(tmp_path):
 
 
 def test_float_tabular_data_trains_a_regression_with_its_own_loss_and_metric(tmp_path):
-    run_dir, rows = run_example("tabular_regression.py", tmp_path, rounds=3)
+    run_dir, rows = run_example("tabular_regression.py", tmp_path, 3, "--backend", "in-process")
     cfg = load_config(run_dir / "config.toml")
     split = load_experiment_data(cfg)
     assert not split.is_classification and split.input_shape == (20,) and split.num_classes == 1
@@ -74,7 +75,7 @@ def test_float_tabular_data_trains_a_regression_with_its_own_loss_and_metric(tmp
 
 
 def test_a_custom_train_fn_runs_on_every_client_with_the_rounds_learning_rate(tmp_path):
-    run_dir, rows = run_example("custom_training.py", tmp_path, rounds=2)
+    run_dir, rows = run_example("custom_training.py", tmp_path, 2, "--backend", "in-process")
     assert rows[-1]["test_accuracy"] > 0.6
     # The train function's own metrics reach the row; the cosine schedule gave round 2 a lower rate.
     assert rows[0]["client_metrics"]["lr"] == pytest.approx(0.002)
@@ -133,7 +134,9 @@ def test_import_paths_from_the_config_files_directory_with_data_split_per_client
     # Client metrics are example-weighted: Σ n_i·n_i / Σ n_i for the sizes 50, 100, 150 as given.
     assert rows[0]["client_metrics"]["held"] == pytest.approx((50**2 + 100**2 + 150**2) / 300)
     assert rows[-1]["test_accuracy"] > 0.3
-    assert fedcomp.load_model(result.run_dir, trust_code=True)[1].out_features == 24  # [model.params] reached the factory
+    assert (
+        fedcomp.load_model(result.run_dir, trust_code=True)[1].out_features == 24
+    )  # [model.params] reached the factory
     with pytest.raises(ConfigError, match=r"federation\.num_clients.*split across 3 clients"):
         check_experiment(config_from_dict({**cfg.to_dict(), "federation": {"num_clients": 4}}))
 
@@ -188,7 +191,7 @@ def test_a_loader_or_model_that_does_not_fit_is_refused_before_the_engine_starts
 
 
 def test_a_federated_dataset_from_local_files_trains_on_flowers_partitions(tmp_path):
-    run_dir, rows = run_example("federated_dataset.py", tmp_path, rounds=2)
+    run_dir, rows = run_example("federated_dataset.py", tmp_path, 2, "--backend", "in-process")
     assert all(r["failed_clients"] == 0 and sorted(r["clients"]) == [0, 1, 2, 3] for r in rows)
     assert rows[-1]["test_accuracy"] > 0.7  # two balanced classes: chance is 0.5
     split = load_experiment_data(load_config(run_dir / "config.toml"))
@@ -202,7 +205,8 @@ def train_without_loss(model, data, config, **kwargs) -> dict:
 
 def test_a_train_fn_must_report_its_loss():
     """Sent as NaN, a missing train_loss would make the server take every reply for a diverged client."""
-    from fedcomp.clients.app import _runtime, run_train_fn
+    from fedcomp.clients.app import run_train_fn
+    from fedcomp.clients.runtime import _runtime
 
     cfg = config_from_dict({"federation": {"num_clients": 3}, "client": {"train_fn": f"{Path(__file__).resolve()}:train_without_loss"}})  # fmt: skip
     rt = _runtime(json.dumps(cfg.to_dict()), 0, 3)

@@ -44,7 +44,7 @@ def ray_head(env: dict[str, str] | None = None) -> Iterator[tuple[int, Path]]:
 
 def test_a_simulation_attaches_to_a_running_ray_cluster(tmp_path):
     with ray_head() as (port, temp_dir):
-        cfg = small_config(tmp_path, simulation={"ray_address": f"127.0.0.1:{port}"})
+        cfg = small_config(tmp_path, simulation={"ray_address": f"127.0.0.1:{port}", "backend": "ray"})
         result = fedcomp.run(cfg, progress=False)
         assert [r["round"] for r in result.rows] == [1, 2] and result.rows[-1]["test_accuracy"] > 0.5
         # The driver (this process) joined the head's session instead of starting a cluster of its own.
@@ -66,7 +66,7 @@ def test_the_documented_token_authentication_admits_fedcomp_and_refuses_a_driver
     token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     with ray_head({**plain, **token}) as (port, _):
-        (tmp_path / "exp.toml").write_text(tomli_w.dumps(small_config(tmp_path)))
+        (tmp_path / "exp.toml").write_text(tomli_w.dumps(small_config(tmp_path, simulation={"backend": "ray"})))
         ours = subprocess.run(
             [str(Path(sys.executable).with_name("fedcomp")), "run", str(tmp_path / "exp.toml"), "--no-progress",
              "--set", f'simulation.ray_address="127.0.0.1:{port}"'],

@@ -72,6 +72,7 @@ def test_federated_bwcp_trains_masks_and_broadcasts_the_pruned_model(tmp_path):
         "server_compression.lambda1=0.05",
         "server_compression.lambda2=0.1",
         "server_compression.prune_at=[2, 3]",
+        "server_compression.recalibrate_samples=128",  # the statistics round's forward passes: tiny, as the run
     )
     rows, run_dir = result.rows, result.run_dir
     assert_downlink_as_measured(rows)
@@ -110,6 +111,7 @@ def test_bwcp_statistics_round_before_evaluation_changes_what_is_evaluated_not_t
     training, the pruning and the final model are bit for bit those of the same run without it."""
     common = (
         "federation.rounds=2",
+        "server_compression.recalibrate_samples=128",
         "server_compression.lambda1=0.05",
         "server_compression.lambda2=0.1",
         "server_compression.prune_at=[2]",
