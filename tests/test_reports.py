@@ -226,7 +226,7 @@ class _Images(HTMLParser):
         self.tables += tag == "table"
 
 
-def test_every_figure_is_written_and_embedded_in_html_that_parses(report):
+def test_every_figure_is_written_and_embedded_in_html_that_parses(report, sweep):
     parser = _Images()
     parser.feed(report.html.read_text())
     parser.close()
@@ -249,6 +249,12 @@ def test_every_figure_is_written_and_embedded_in_html_that_parses(report):
         assert f"figures/{name}.png" in report.markdown.read_text()
     text = report.markdown.read_text()
     assert "mnist5k" in text and "lenet5_caffe" in text and "Flower version" in text
+    # How the examples spread over the clients, from summary.json, beside the partition: an IID split of the
+    # 4,000 training digits over 3 clients.
+    summary = json.loads((sweep.sweep_dir / sweep.runs[0].dir / "summary.json").read_text())
+    sizes = summary["client_sizes"]
+    assert (sizes["clients"], sizes["samples"], sizes["min"], sizes["max"]) == (3, 4000, 1333, 1334)
+    assert "iid (examples per client 1333–1334, median 1333, Gini 0.00)" in text
 
 
 def test_a_sweep_started_again_skips_the_runs_already_complete(sweep, tmp_path):

@@ -177,7 +177,8 @@ def test_parser_rules_on_a_play_with_a_gutenberg_header():
 def test_a_two_round_shakespeare_federation_with_surp_learns(tmp_path):
     import fedcomp
     from fedcomp.clients.training import evaluate
-    from fedcomp.data import load_experiment_data
+    from fedcomp.data import experiment_partitions, load_experiment_data
+    from fedcomp.data.experiment import local_split
     from fedcomp.models import initial_model
 
     cfg = config_from_dict(
@@ -187,17 +188,24 @@ def test_a_two_round_shakespeare_federation_with_surp_learns(tmp_path):
             "output_dir": str(tmp_path / "runs"),
             "data": {"dataset": "shakespeare", "partition": "natural", "params": {"roles": 3}, "test_size": 400},
             "model": {"name": "leaf_lstm", "params": {"hidden": 48, "layers": 1}},
-            "federation": {"num_clients": 3, "rounds": 2, "min_train_clients": 3},
+            # The clients evaluate too, each on its role's own held-out lines (LEAF's per-client test split).
+            "federation": {"num_clients": 3, "rounds": 2, "min_train_clients": 3, "evaluate_on": "both"},
             "client": {"local_steps": 25, "batch_size": 16, "lr": 1.0},
             "uplink": {"name": "surp", "density": 0.1},
-            "simulation": {"num_cpus": float(os.cpu_count() or 1)},
+            "simulation": {"num_cpus": float(os.cpu_count() or 1), "backend": "in-process"},
         }
     )
     split = load_experiment_data(cfg)
+    parts = experiment_partitions(cfg, split.train.labels.numpy(), split=split)
+    for pid, mine in enumerate(parts):
+        kept, test = local_split(cfg, split, pid, mine)
+        assert np.array_equal(kept, mine) and np.array_equal(test, split.natural_test[pid])  # nothing trained on moves
     _, round0 = evaluate(initial_model(cfg, split.input_shape, split.num_classes), split.test, torch.device("cpu"))
     result = fedcomp.run(cfg, progress=False)
     rows = result.rows
     assert [r["round"] for r in rows] == [1, 2] and all(r["failed_clients"] == 0 for r in rows)
+    # The server checks each reported num-examples against the same split: all three evaluations counted.
+    assert all(r["failures"] == [] and r["federated_eval"]["clients"] == 3 for r in rows)
     dense = 4 * sum(p.numel() for p in initial_model(cfg, split.input_shape, split.num_classes).parameters())
     assert all(0 < b < dense / 3 for r in rows for b in r["uplink_bytes_per_client"])  # SuRP at 10% vs float32
     assert rows[-1]["test_accuracy"] > round0 + 0.05, (round0, [r["test_accuracy"] for r in rows])

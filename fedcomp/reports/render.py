@@ -127,6 +127,9 @@ def header(runs: list[RunRecord], groups: list[RunGroup]) -> dict[str, Any]:
         partition += f" (α = {values('data.alpha')})"
     elif partition == "pathological":
         partition += f" ({values('data.classes_per_client')} classes per client)"
+    sizes = {json.dumps(r.summary["client_sizes"], sort_keys=True) for r in runs if r.summary.get("client_sizes")}
+    if len(sizes) == 1:  # the runs share one split (a seed of its own per run would differ: then none shown)
+        partition += f" ({client_sizes_line(json.loads(sizes.pop()))})"
     return {
         "dataset": values("data.dataset"),
         "partition": partition,
@@ -140,6 +143,11 @@ def header(runs: list[RunRecord], groups: list[RunGroup]) -> dict[str, Any]:
         "Flower version": first.summary.get("flwr_version", "unknown"),
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def client_sizes_line(sizes: dict[str, Any]) -> str:
+    """``client_sizes`` (summary.json) in words: how many examples each client trains on, and how unequal."""
+    return f"examples per client {sizes['min']}–{sizes['max']}, median {sizes['median']:g}, Gini {sizes['gini']:.2f}"
 
 
 def _header_lines(head: dict[str, Any]) -> tuple[str, str]:
