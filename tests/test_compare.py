@@ -69,3 +69,29 @@ def test_methods_parse_from_the_command_line_and_bad_ones_are_config_errors(tmp_
     assert code == 2 and "seeds must be >= 2" in capsys.readouterr().err
     code = cli_main(["compare", "demo", "--method", "seed=5;uplink.name=surp", "--out", str(tmp_path / "x")])
     assert code == 2 and "every method runs the same seeds" in capsys.readouterr().err
+
+
+def test_the_compare_example_runs_as_written(tmp_path):
+    """examples/compare_methods.py, as a user runs it (its own process), one round, in-process clients."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "compare_methods.py"
+    out = tmp_path / "cmp"
+    done = subprocess.run(
+        [sys.executable, str(example), "--rounds", "1", "--seeds", "2", "--lr", "0.03,0.1", "--out", str(out),
+         "--backend", "in-process"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    recorded = json.loads((out / "compare.json").read_text())
+    assert [m["label"] for m in recorded["methods"]] == [
+        "uplink.name=identity",
+        "uplink.name=topk__uplink.density=0.01__uplink.allocation=global",
+        "uplink.name=surp__uplink.density=0.01",
+    ]
+    lines = [x for x in done.stdout.splitlines() if x.startswith("uplink.name=")]
+    for line, method in zip(lines, recorded["methods"], strict=True):
+        assert line.startswith(f"{method['label']}: chose {method['chosen']}") and "bytes to target vs dense" in line
+        assert set(method["validation"]) == {"client.lr=0.03", "client.lr=0.1"}
