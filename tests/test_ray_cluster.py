@@ -14,7 +14,6 @@ from pathlib import Path
 
 import tomli_w
 
-import fedcomp
 from fedcomp.config import config_from_dict
 from fedcomp.simulation import backend_config
 from tests.conftest import small_config
@@ -42,16 +41,6 @@ def ray_head(env: dict[str, str] | None = None) -> Iterator[tuple[int, Path]]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_a_simulation_attaches_to_a_running_ray_cluster(tmp_path):
-    with ray_head() as (port, temp_dir):
-        cfg = small_config(tmp_path, simulation={"ray_address": f"127.0.0.1:{port}", "backend": "ray"})
-        result = fedcomp.run(cfg, progress=False)
-        assert [r["round"] for r in result.rows] == [1, 2] and result.rows[-1]["test_accuracy"] > 0.5
-        # The driver (this process) joined the head's session instead of starting a cluster of its own.
-        drivers = list(temp_dir.glob(f"session_*/logs/python-core-driver-*_{os.getpid()}.log"))
-        assert drivers, "no driver log of this process in the head's session"
-
-
 def test_client_resources_follow_the_config():
     cfg = config_from_dict({"simulation": {"num_cpus": 2.0, "num_gpus": 0.25, "ray_address": "10.0.0.1:6379"}})
     backend = backend_config(cfg)
@@ -61,19 +50,27 @@ def test_client_resources_follow_the_config():
     assert local["address"] == "local" and local["num_cpus"] >= 1  # never joins a cluster left running here
 
 
-def test_the_documented_token_authentication_admits_fedcomp_and_refuses_a_driver_without_the_token(tmp_path):
-    """docs/deployment.md's cluster commands with RAY_AUTH_MODE=token, on loopback."""
+def test_fedcomp_attaches_to_a_running_ray_cluster_with_the_documented_token_authentication(tmp_path):
+    """docs/deployment.md's cluster commands with RAY_AUTH_MODE=token, on loopback: ``fedcomp run`` with
+    ``simulation.ray_address`` joins that cluster's session (no cluster of its own) and trains; a driver
+    without the token is refused. One head for both claims: each ``ray start`` costs half a minute."""
     token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    with ray_head({**plain, **token}) as (port, _):
+    with ray_head({**plain, **token}) as (port, temp_dir):
         (tmp_path / "exp.toml").write_text(tomli_w.dumps(small_config(tmp_path, simulation={"backend": "ray"})))
-        ours = subprocess.run(
+        ours = subprocess.Popen(
             [str(Path(sys.executable).with_name("fedcomp")), "run", str(tmp_path / "exp.toml"), "--no-progress",
              "--set", f'simulation.ray_address="127.0.0.1:{port}"'],
-            env={**plain, **token}, capture_output=True, text=True, timeout=300,
+            env={**plain, **token}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        assert ours.returncode == 0, (ours.stdout + ours.stderr)[-3000:]
-        assert "test acc" in ours.stdout  # its rounds table
+        stdout, stderr = ours.communicate(timeout=300)
+        assert ours.returncode == 0, (stdout + stderr)[-3000:]
+        assert "test acc" in stdout  # its rounds table
+        rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+        assert [int(r[0]) for r in rows] == [1, 2]
+        # The driver (that process) joined the head's session instead of starting a cluster of its own.
+        drivers = list(temp_dir.glob(f"session_*/logs/python-core-driver-*_{ours.pid}.log"))
+        assert drivers, "no driver log of fedcomp's process in the head's session"
         stranger = subprocess.run(
             [sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR')"],
             env=plain, capture_output=True, text=True, timeout=120,
