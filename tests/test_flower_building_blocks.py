@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
+from flwr.serverapp.strategy import FedAdam, FedAvg
 
 from fedcomp.compressors.model.base import ProximalTerm
 from fedcomp.compressors.model.structure import Architecture
@@ -149,26 +149,32 @@ def test_fedavg_through_the_wrapper_is_the_weighted_mean_of_the_decoded_updates(
         assert torch.allclose(state[name], value + mean, atol=1e-6), name
 
 
-@pytest.mark.parametrize(
-    "make_inner", [lambda: FedAdam(eta=0.05), lambda: FedAvgM(server_learning_rate=0.7, server_momentum=0.9)]
-)
-def test_the_wrapper_changes_the_transport_not_the_mathematics(make_inner):
-    """Identity codecs both ways: FedAdam / FedAvgM through fedcomp = Flower's own with no fedcomp in the path."""
+EQUALITY_PARAMS = {"fedadam": {"eta": 0.05}, "fedavgm": {"server_learning_rate": 0.7, "server_momentum": 0.9}}
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_the_wrapper_changes_the_transport_not_the_mathematics(name):
+    """Identity codecs both ways: every registered strategy through fedcomp = Flower's own with no fedcomp in the
+    path, over three rounds (so the server's own state, FedAdam's moments or FedAvgM's momentum, counts too),
+    built from the same config. Each client reports its own loss, so QFedAvg's loss weighting is compared."""
+    cfg = config_from_dict({"model": {"name": "mlp"}, "strategy": {"name": name, **EQUALITY_PARAMS.get(name, strategy_params(name))}})  # fmt: skip
     ctxs_plain, ctxs_wrapped = contexts(), contexts()
-    plain, wrapped = make_inner(), CompressedStrategy(make_inner(), arch=ARCH, num_partitions=len(NODES))
-    plain_state = wrapped_state = initial_state()
+    plain, wrapped = build_strategy(cfg), CompressedStrategy(build_strategy(cfg), arch=ARCH, num_partitions=len(NODES))
+    start = plain_state = wrapped_state = initial_state()
     for server_round in (1, 2, 3):
         plain_state, _, _ = run_round(plain, server_round, plain_state, ctxs_plain)
         wrapped_state, _, _ = run_round(wrapped, server_round, wrapped_state, ctxs_wrapped, mod=CompressionMod())
-    for name in plain_state:
-        assert torch.allclose(plain_state[name].float(), wrapped_state[name].float(), atol=1e-6, rtol=1e-5), name
-    assert any(not torch.equal(wrapped_state[k], v) for k, v in initial_state().items())
+        stats = wrapped.take_round_stats()
+        assert stats.skipped is None and stats.failures == [], (stats.skipped, stats.failures)
+    for key in plain_state:
+        assert torch.allclose(plain_state[key].float(), wrapped_state[key].float(), atol=1e-6, rtol=1e-5), key
+    assert any(not torch.equal(wrapped_state[k], v) for k, v in start.items())
 
 
 def test_with_a_state_dir_client_state_lives_in_files_only_and_gives_the_same_rounds(tmp_path):
     """Error feedback kept on disk (a node's state-dir) instead of Context.state: bit-identical rounds, and
     nothing of it in the Context that Flower keeps in memory for every node."""
-    from fedcomp.clients.state import UPLINK_STATE_KEY
+    from fedcomp.flower.state import UPLINK_STATE_KEY
 
     in_memory, on_disk = contexts(), contexts()
     for i, ctx in enumerate(on_disk.values()):
@@ -209,6 +215,43 @@ def test_strategy_state_checkpoints_so_a_restored_wrapper_continues_exactly():
                          run_config={}) for n, c in ctxs_b.items()}  # fmt: skip
     next_c, _, _ = run_round(fresh, 3, state, ctxs_c, mod=CompressionMod())
     assert any(not torch.equal(next_a[k], next_c[k]) for k in next_a)  # the moments matter: a fresh FedAdam differs
+
+
+FEDAVGM_KEEPS_ITS_MODEL = pytest.mark.xfail(
+    strict=True,
+    reason="fedcomp bug: FedAvgM keeps current_arrays from its own aggregate (set only while None), and the "
+    "reset on a changed architecture leaves it: every round after the change fails to aggregate (shapes)",
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "attrs"),
+    [("fedadam", ("m_t", "v_t")), pytest.param("fedavgm", ("momentum_vector",), marks=FEDAVGM_KEEPS_ITS_MODEL)],
+)
+def test_a_changed_architecture_starts_the_inner_strategys_state_again_from_zero(name, attrs, caplog):
+    """ALDS factorizes the model in round 2's broadcast: the state round 1 left (FedAdam's moments, FedAvgM's
+    momentum) fits the old tensors only, so it starts again from zero, with a warning, and round 2 aggregates."""
+    cfg = config_from_dict({"model": {"name": "mlp"}, "strategy": {"name": name, **EQUALITY_PARAMS[name]}})
+    strategy = CompressedStrategy(build_strategy(cfg), arch=ARCH, downlink="alds",
+                                  downlink_params={"compress_at": [2], "seeds": 1}, num_partitions=len(NODES))  # fmt: skip
+    ctxs = contexts()
+    state, _, _ = run_round(strategy, 1, initial_state(), ctxs, mod=CompressionMod())
+    assert strategy.take_round_stats().skipped is None and all(getattr(strategy.inner, a) is not None for a in attrs)
+    with caplog.at_level("WARNING", logger="fedcomp.flower.strategy"):
+        state, _, _ = run_round(strategy, 2, state, ctxs, mod=CompressionMod())
+    stats = strategy.take_round_stats()
+    assert stats.skipped is None and stats.failures == [], (stats.skipped, stats.failures)
+    assert strategy.structure != () and f"{', '.join(attrs)} start again from zero" in caplog.text
+    floats = {k: tuple(v.shape) for k, v in state.items() if v.is_floating_point()}
+    assert floats != {k: tuple(v.shape) for k, v in initial_state().items()}  # the tensors did change
+    if name == "fedadam":  # one step from zero: m = (1 − β₁)Δ and v = (1 − β₂)Δ², so v = (1 − β₂)/(1 − β₁)² m²
+        inner = strategy.inner
+        assert {k: v.shape for k, v in inner.m_t.items()} == floats
+        for k, m in inner.m_t.items():
+            expected = (1 - inner.beta_2) / (1 - inner.beta_1) ** 2 * m.astype(np.float64) ** 2
+            assert np.allclose(inner.v_t[k], expected, rtol=1e-4, atol=1e-12), k
+    else:
+        assert [v.shape for v in strategy.inner.momentum_vector] == list(floats.values())
 
 
 def test_the_mod_leaves_other_messages_alone_and_names_what_a_train_function_got_wrong():

@@ -138,6 +138,30 @@ def test_a_run_in_which_every_client_fails_ends_failed_with_one_line_and_exit_1(
     assert summary["status"] == "failed" and summary["rounds_without_update"] == 1
 
 
+def test_no_round_aggregated_is_told_from_a_last_round_that_failed(tmp_path):
+    """Three rounds in which every client fails: the run failed, with every round's row (none aggregated).
+    Three rounds in which only the first aggregates (client 0 fails the other two, and the quorum is all three):
+    the run is complete, though its last round kept the model."""
+    common = {"model": {"name": "mlp"}, "client": {"local_steps": 1}}
+    never = small_config(tmp_path, name="never", federation={"rounds": 3}, faults={"client_raise_rate": 1.0}, **common)
+    with pytest.raises(fedcomp.RunFailedError, match=r"no round aggregated an update \(9 client failures\)"):
+        fedcomp.run(never, run_dir=tmp_path / "never", progress=False)
+    rows = read_rounds(tmp_path / "never")
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert all(r["clients"] == [] and r["failed_clients"] == 3 and "quorum" in r["skipped"] for r in rows)
+    summary = json.loads((tmp_path / "never" / "summary.json").read_text())
+    assert (summary["status"], summary["rounds_completed"], summary["rounds_without_update"]) == ("failed", 3, 3)
+
+    # "evaluation_inflated" touches evaluation replies only, and the server evaluates: round 1 is an honest one.
+    faults = {"hostile_client": 0, "attacks": ["evaluation_inflated", "raise", "raise"]}
+    late = small_config(tmp_path, name="late", federation={"rounds": 3, "min_replies": 3}, faults=faults, **common)
+    result = fedcomp.run(late, run_dir=tmp_path / "late", progress=False)
+    assert [r["clients"] for r in result.rows] == [[0, 1, 2], [], []]
+    assert all("quorum" in r["skipped"] for r in result.rows[1:])
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["rounds_completed"], summary["rounds_without_update"]) == ("complete", 3, 2)
+
+
 @MODELS.register("registered_in_the_test_only", "exists in this process, not in the Ray workers")
 def _driver_only_model(input_shape, num_classes):
     from fedcomp.models import build_model
@@ -146,7 +170,8 @@ def _driver_only_model(input_shape, num_classes):
 
 
 def test_a_run_whose_every_client_fails_at_warm_up_fails_with_the_first_reason(tmp_path):
-    cfg = small_config(tmp_path, model={"name": "registered_in_the_test_only"})
+    # Ray's workers are other processes: they never saw this registration (in-process clients would).
+    cfg = small_config(tmp_path, model={"name": "registered_in_the_test_only"}, simulation={"backend": "ray"})
     with pytest.raises(fedcomp.RunFailedError, match="every client failed at warm-up.*registered_in_the_test_only"):
         fedcomp.run(cfg, run_dir=tmp_path / "run", progress=False)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -65,6 +65,7 @@ from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update.base import EncodeContext, UpdateCompressor
 from fedcomp.compressors.update.qsgd import bucket_ids
 from fedcomp.compressors.update.surp import accumulate, max_picks, max_refresh_steps, read_stream, shared_order
+from tests.helpers import update_compressor
 from tests.payloads import Frame, damage
 
 DECODE_SECONDS = 2.0
@@ -333,14 +334,11 @@ def mlp_update(seed: int = 0) -> OrderedDict[str, torch.Tensor]:
     )
 
 
-def make_uplink(name: str, params: dict) -> UpdateCompressor:
-    cls = UPDATE_COMPRESSORS.get(name)
-    return cls(cls.parse_params(params, "uplink"), seed=5)
-
-
-def test_every_registered_codec_is_in_the_suite():
+def test_every_registered_codec_is_in_the_suite(broadcasts):
+    """The suites' codecs are the registries' (a codec registered later joins them or fails this)."""
     assert {name for name, _ in UPLINK_VARIANTS.values()} == set(UPDATE_COMPRESSORS)
-    assert set(BROADCAST_KINDS) >= set(MODEL_COMPRESSORS)  # lc appears as several variants
+    # What the broadcast suite decodes, by the decoders' own names (lc appears as several variants).
+    assert {client.name for client, _, _ in broadcasts.values()} == set(MODEL_COMPRESSORS)
 
 
 def float_bytes(values: Iterable[float], fmt: str) -> bytes:
@@ -652,7 +650,7 @@ def test_uplink_codecs_survive_hostile_payloads(record_property):
     rss = PeakRSS()
     tallies = {}
     for label, (name, params) in UPLINK_VARIANTS.items():
-        comp = make_uplink(name, params)
+        comp = update_compressor(name, seed=5, **params)
         payload = comp.encode(update, {}, EncodeContext(1, 0, 4)).payload
         comp.decode(payload, DecodeLimits.for_specs(specs))  # compiles the kernels outside the timing
 
@@ -715,9 +713,6 @@ def _broadcasts() -> dict[str, tuple[ModelCompressor, bytes, ModelCompressor | N
     bwcp = BWCPCompressor(BWCPParams(prune_at=[1]), RESNET)
     out["bwcp"] = (BWCPCompressor(BWCPParams(prune_at=[1]), RESNET), bwcp.broadcast(1, resnet, ()).payload, bwcp)
     return out
-
-
-BROADCAST_KINDS = ("identity", "lc", "alds", "udfc", "bwcp")
 
 
 def structure_cases(frame: Frame) -> Iterator[tuple[str, bytes]]:
@@ -864,6 +859,133 @@ def test_broadcast_kinds_survive_hostile_payloads(record_property, broadcasts):
     assert all(t.errors > 0 for t in tallies.values()), text
 
 
+# ----------------------------------------------------------------------------- body damage behind a valid CRC
+
+
+BODY_DAMAGE = ("flip_body", "overwrite_body", "cut_body", "insert_body")
+BODY_FUZZ = 40  # damaged bodies per decoder, the kinds in turn
+# One decoder per registered update codec (the variant of its own name), and SuRP's iterative stream: its own parser.
+BODY_UPLINK = [*sorted(UPDATE_COMPRESSORS), "surp-iter"]
+
+
+class BodyProbe:
+    """Where a decode stopped: wraps the codec's own body decoder (``owner.attr``) to see it entered and returned."""
+
+    def __init__(self, monkeypatch, owner: object, attr: str) -> None:
+        real = getattr(owner, attr)
+        self.entered = self.returned = False
+
+        def probed(*args, **kwargs):
+            self.entered = True
+            out = real(*args, **kwargs)
+            self.returned = True
+            return out
+
+        monkeypatch.setattr(owner, attr, probed)
+
+    def stage(self, exc: DecodeError) -> str:
+        if not self.entered:
+            return f"container: {type(exc).__name__}"
+        if self.returned:
+            return "output check"
+        if exc.__cause__ is not None and not isinstance(exc.__cause__, DecodeError):
+            return "codec: crashed"  # a ValueError, IndexError, ... the base class turned into a DecodeError
+        return "codec: refused"
+
+
+STAGES = ("codec: refused", "codec: crashed", "output check", "accepted")
+
+
+def body_fuzz(label: str, decode: Decode, payload: bytes, probe: BodyProbe, model_bytes: int, rss: PeakRSS):
+    """BODY_FUZZ damaged bodies of ``payload``, each reframed with a valid CRC: the tally and where each stopped."""
+    rng = np.random.default_rng(sum(map(ord, label)))
+    stages: dict[str, int] = {}
+
+    def staged(data: bytes, bound: float) -> list[tuple[str, torch.Tensor]]:
+        probe.entered = probe.returned = False
+        try:
+            out = list(decode(data, bound))
+        except DecodeError as exc:
+            where = probe.stage(exc)
+            stages[where] = stages.get(where, 0) + 1
+            raise
+        stages["accepted"] = stages.get("accepted", 0) + 1
+        return out
+
+    kinds = [BODY_DAMAGE[i % len(BODY_DAMAGE)] for i in range(BODY_FUZZ)]
+    cases = ((f"#{i} ({kind})", damage(payload, rng, kind)[1]) for i, kind in enumerate(kinds))
+    return run_cases(staged, cases, model_bytes, rss), stages
+
+
+def _body_decoders(group: str, monkeypatch, request) -> Iterator[tuple[str, Decode, bytes, BodyProbe, int]]:
+    """(label, decode, a real payload, the probe on its body decoder, the model's bytes) for every decoder of ``group``."""
+    if group == "uplink":
+        update = mlp_update()
+        specs = specs_of(update)
+        for label in BODY_UPLINK:
+            name, params = UPLINK_VARIANTS[label]
+            comp = update_compressor(name, seed=5, **params)
+            payload = comp.encode(update, {}, EncodeContext(1, 0, 4)).payload
+            comp.decode(payload, DecodeLimits.for_specs(specs))  # a real payload decodes (and compiles the kernels)
+
+            def decode(data: bytes, bound: float, comp=comp) -> Iterable[tuple[str, torch.Tensor]]:
+                return comp.decode(data, DecodeLimits.for_specs(specs, max_abs=bound)).items()
+
+            yield label, decode, payload, BodyProbe(monkeypatch, comp, "decode_body"), sum(s.nbytes for s in specs)
+    elif group == "broadcast":
+        for label, (client, payload, _) in request.getfixturevalue("broadcasts").items():
+            client.decode(payload)
+
+            def decode(data: bytes, bound: float, client=client) -> Iterable[tuple[str, torch.Tensor]]:
+                return _received_tensors(client.decode(data, max_abs=bound))
+
+            model_bytes = sum(s.nbytes for s in client.arch.specs(()))
+            yield label, decode, payload, BodyProbe(monkeypatch, client, "decode_body"), model_bytes
+    else:  # a client's statistics report, as BWCP's server decodes it (fedcomp.flower.recalibration)
+        from fedcomp.compressors.model import statistics as stats_codec
+
+        with torch.random.fork_rng(devices=[]):  # the test's own random draws, the process's left as they were
+            torch.manual_seed(0)
+            model = RESNET.build(BWCPCompressor(BWCPParams(), RESNET).bwcp_edits)
+            moments, _ = stats_codec.measure(model, [torch.randn(8, *RESNET.input_shape)])
+        specs = stats_codec.statistics_specs(model)
+        payload = stats_codec.encode(moments)
+        stats_codec.decode(payload, specs, MAX_ABS)
+
+        def decode(data: bytes, bound: float) -> Iterable[tuple[str, torch.Tensor]]:
+            return stats_codec.decode(data, specs, bound).items()
+
+        probe = BodyProbe(monkeypatch, stats_codec, "read_whole")  # the dense reader is the report's parser
+        yield "statistics", decode, payload, probe, sum(s.nbytes for s in specs)
+
+
+@pytest.mark.parametrize("group", ["uplink", "broadcast", "statistics"])
+def test_damaged_bodies_behind_a_valid_crc_reach_every_parser(group, monkeypatch, request, record_property):
+    """Every decoder's own parser meets the damage: bodies flipped, overwritten, cut and grown, then framed again
+    with a valid CRC, so none is stopped by the checksum. Each must reach the codec, be refused only with a
+    DecodeError within the time and memory bounds, and the parser must refuse some itself (a decoder that crashes
+    on every damaged body, or returns what only the output check refuses, fails here). The counts are printed."""
+    rss = PeakRSS()
+    header = f"{'decoder':<26}{'damaged':>8}{'reached':>8}" + "".join(f"{s:>16}" for s in STAGES) + f"{'max ms':>9}"
+    lines, problems = [f"{group}: damaged bodies behind a valid CRC, where each was refused", header], []
+    for label, decode, payload, probe, model_bytes in _body_decoders(group, monkeypatch, request):
+        tally, stages = body_fuzz(label, decode, payload, probe, model_bytes, rss)
+        stopped_early = {k: v for k, v in stages.items() if k.startswith("container")}
+        reached = tally.decodes - sum(stopped_early.values())
+        lines.append(f"{label:<26}{tally.decodes:>8}{reached:>8}" + "".join(f"{stages.get(s, 0):>16}" for s in STAGES)
+                     + f"{tally.slowest * 1e3:>9.1f}")  # fmt: skip
+        record_property(f"body/{label}", {"damaged": tally.decodes, "reached": reached, **stages})
+        problems += [f"{label}: {f}" for f in tally.failures]
+        if stopped_early:
+            problems.append(f"{label}: stopped before the codec: {stopped_early}")
+        if not stages.get("codec: refused"):
+            problems.append(f"{label}: its parser refused none of {tally.decodes} damaged bodies itself ({stages})")
+        assert tally.decodes == BODY_FUZZ
+    text = "\n".join(lines)
+    print("\n" + text)
+    assert not problems, "\n".join(problems[:40]) + "\n" + text
+
+
 # ----------------------------------------------------------------------------- named regressions
 
 
@@ -978,7 +1100,7 @@ def test_a_forged_update_decoding_to_nan_inf_or_huge_is_refused_naming_the_tenso
     name, params = UPLINK_VARIANTS[label]
     update = mlp_update(1)
     specs = specs_of(update)
-    comp = make_uplink(name, params)
+    comp = update_compressor(name, seed=5, **params)
     payload = comp.encode(update, {}, EncodeContext()).payload
     frame = Frame.parse(payload)
     target = specs[2].name  # '3.weight'
@@ -987,16 +1109,20 @@ def test_a_forged_update_decoding_to_nan_inf_or_huge_is_refused_naming_the_tenso
         at = sum(s.nbytes for s in specs[:2])
         body[at : at + 4] = f32(value)
     elif name == "surp" and params.get("mode") != "iterative":
-        if math.isnan(value):
-            pytest.skip("SuRP refuses non-finite thresholds as inputs: no NaN can come out")
         body, target = _forged_staged(specs, value)
+        if math.isnan(value):  # a NaN threshold is refused as the stream's input, before anything is decoded
+            with pytest.raises(DecodeError, match=r"surp staged: last threshold nan must be finite and > 0"):
+                comp.decode(_forge(payload, body), DecodeLimits.for_specs(specs, max_abs=MAX_ABS))
+            return
     elif name == "surp":
-        if math.isnan(value):
-            pytest.skip("SuRP refuses non-finite norms and thresholds as inputs: no NaN can come out")
         sides = 2 if params.get("algorithm") == 1 else 1
         n_norms = len(specs) if params.get("normalization") == "layer" else 1
         seed = struct.unpack_from("<I", frame.body)[0]
         body, target = _forged_surp(specs, seed, sides, n_norms, 3.4e38 if math.isinf(value) else value)
+        if math.isnan(value):  # NaN norms are refused as the stream's input, before anything is decoded
+            with pytest.raises(DecodeError, match=r"surp: layer norms must be finite and >= 0"):
+                comp.decode(_forge(payload, body), DecodeLimits.for_specs(specs, max_abs=MAX_ABS))
+            return
     elif name in FLOAT_AT:  # a per-tensor scale or norm, or a PowerSGD factor, that '3.weight' is decoded from
         body = bytearray(frame.body)
         at = FLOAT_AT[name](specs, params)
@@ -1067,7 +1193,7 @@ def test_a_huge_params_integer_is_a_decode_error_for_every_codec_and_broadcast_k
     update = mlp_update(2)
     specs = specs_of(update)
     for name, params in UPLINK_VARIANTS.values():
-        comp = make_uplink(name, params)
+        comp = update_compressor(name, seed=5, **params)
         frame = Frame.parse(comp.encode(update, {}, EncodeContext()).payload)
         with pytest.raises(DecodeError, match="4300 digits|not a JSON object"):
             comp.decode(frame.with_params('{"x":' + BIG_INT + "}").to_bytes(), DecodeLimits.for_specs(specs))
@@ -1080,7 +1206,7 @@ def test_a_huge_params_integer_is_a_decode_error_for_every_codec_and_broadcast_k
 def test_specs_of_the_wrong_dtype_are_refused_as_an_update():
     update = mlp_update(3)
     specs = specs_of(update)
-    comp = make_uplink("identity", {})
+    comp = update_compressor("identity", seed=5)
     frame = Frame.parse(comp.encode(update, {}, EncodeContext()).payload)
     for dtype in (torch.uint8, torch.bool, torch.float64):
         wrong = [TensorSpec(s.name, s.shape, dtype) for s in specs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedcomp.coding import DecodeError, DecodeLimits, specs_of
+from fedcomp.coding import ChecksumError, DecodeError, DecodeLimits, TruncatedPayloadError, specs_of
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.compressors.update.base import EncodeContext
 from fedcomp.compressors.update.dgc import WARMUP_SPARSITY, warmup_density
@@ -17,6 +18,7 @@ from fedcomp.compressors.update.feedback import RESIDUAL_PREFIX, encode_with_fee
 from fedcomp.compressors.update.surp import SurpParams, replay, run_encoder, shared_order, write_stream
 from fedcomp.config import ConfigError
 from fedcomp.models import build_model
+from tests.helpers import update_compressor
 
 
 def laplace_update(seed: int = 0) -> OrderedDict[str, torch.Tensor]:
@@ -25,9 +27,7 @@ def laplace_update(seed: int = 0) -> OrderedDict[str, torch.Tensor]:
     return OrderedDict((k, torch.from_numpy(rng.laplace(size=s).astype(np.float32))) for k, s in shapes.items())
 
 
-def make(name: str, **params):
-    cls = UPDATE_COMPRESSORS.get(name)
-    return cls(cls.parse_params(params, "uplink"), seed=3)
+make = functools.partial(update_compressor, seed=3)
 
 
 ALL = sorted(UPDATE_COMPRESSORS)
@@ -58,19 +58,33 @@ def test_round_trip_through_bytes_matches_what_the_encoder_says_it_sent(name, pa
 
 
 @pytest.mark.parametrize(("name", "params"), VARIANTS, ids=VARIANT_IDS)
-def test_corrupted_payloads_only_raise_decode_errors(name, params):
+def test_damage_in_transit_is_refused_by_the_crc_before_any_codec_sees_it(name, params):
+    """A bit flipped or a payload cut on the way, the CRC left as sent: the checksum (or the magic or the length
+    check) refuses it, and the codec's own parser never runs. A forger recomputes the CRC: the fuzz behind valid
+    CRCs, which does reach every parser, is test_hostile_payloads.py's test_damaged_bodies_behind_a_valid_crc_*."""
     upd = laplace_update(1)
     comp = make(name, **params)
     payload = comp.encode(upd, {}, EncodeContext()).payload
     limits = DecodeLimits.for_specs(specs_of(upd))
+
+    def reached(*args, **kwargs):
+        raise AssertionError("a payload damaged in transit reached the codec's parser")
+
+    comp.decode_body = reached
     rng = np.random.default_rng(0)
-    for _ in range(200):
+    refused: dict[str, int] = {}
+    for _ in range(50):
         data = bytearray(payload)
-        data[rng.integers(len(data))] ^= 1 << int(rng.integers(8))
-        with pytest.raises(DecodeError):
+        at = int(rng.integers(len(data)))
+        data[at] ^= 1 << int(rng.integers(8))
+        with pytest.raises(DecodeError) as flipped:
             comp.decode(bytes(data), limits)
-        with pytest.raises(DecodeError):
+        assert isinstance(flipped.value, ChecksumError) or (at < 4 and "bad magic" in str(flipped.value)), flipped.value
+        with pytest.raises((ChecksumError, TruncatedPayloadError)) as cut:
             comp.decode(payload[: rng.integers(len(payload))], limits)
+        for exc in (flipped.value, cut.value):
+            refused[type(exc).__name__] = refused.get(type(exc).__name__, 0) + 1
+    print(f"{name} {params}: 100 payloads damaged in transit, refused by {refused}")
 
 
 @pytest.mark.parametrize("name", ["topk", "randomk", "rtopk"])
