@@ -214,11 +214,13 @@ class InProcessBackend:
         return True
 
     def process_message(self, message: Any, context: Any) -> Any:
+        import torch  # deferred: `import fedcomp` stays light
         from flwr.clientapp.client_app import ClientAppException, LoadClientAppError
 
         if self.app_fn is None:
             raise ValueError("build() the backend before processing messages")
         message, context = pickle.loads(pickle.dumps((message, context)))
+        threads = torch.get_num_threads()  # a client sets torch's (process-wide) thread count for its work
         try:
             app = self.app_fn()
             reply = app(message=message, context=context)
@@ -226,6 +228,8 @@ class InProcessBackend:
             raise
         except Exception as exc:
             raise ClientAppException(str(exc)) from exc
+        finally:
+            torch.set_num_threads(threads)  # ... which in an actor ends with the actor, here it must be undone
         return pickle.loads(pickle.dumps((reply, context)))
 
     def terminate(self) -> None:

@@ -10,6 +10,17 @@ import pytest
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
+# The cores each pytest-xdist worker may use: `make test` runs one worker per core, so one torch thread each.
+# Two workers with two threads each on two cores spin in OpenMP's barriers: a 30 s ResNet training took
+# over 240 s that way.
+CPUS_PER_WORKER = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(CPUS_PER_WORKER)
+
 
 # Seconds each test took (setup + call + teardown), measured by `python tools/time_tests.py`, which
 # rewrites the table. `make test` runs `-n 2 --dist loadgroup --no-loadscope-reorder`: pytest-xdist hands
@@ -86,7 +97,7 @@ def small_config(tmp_path, **sections) -> dict:
         "client": {"local_epochs": 1, "batch_size": 32, "lr": 0.05},
         # Flower's real message path with the ClientApp in the test's process: no Ray engine to start or
         # share. Tests about Ray, the engine and resource placement ask for backend = "ray".
-        "simulation": {"num_cpus": float(os.cpu_count() or 1), "backend": "in-process"},
+        "simulation": {"num_cpus": float(CPUS_PER_WORKER), "backend": "in-process"},
     }
     for key, value in sections.items():
         if isinstance(value, dict):

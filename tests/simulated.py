@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import fedcomp
 from fedcomp.config import load_config
+from tests.conftest import CPUS_PER_WORKER
 
 SIMULATIONS = Path(__file__).resolve().parent.parent / "fedcomp" / "configs"
 TINY = [
@@ -17,7 +17,7 @@ TINY = [
     "federation.fraction_train=1.0",
     "client.local_steps=5",
     "client.batch_size=32",
-    f"simulation.num_cpus={float(os.cpu_count() or 1)}",
+    f"simulation.num_cpus={float(CPUS_PER_WORKER)}",
     'simulation.backend="in-process"',  # Flower's message path without Ray, as in conftest.small_config
 ]
 

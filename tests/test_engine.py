@@ -36,7 +36,7 @@ def make_config(tmp_path):
 
     def make(**sections):
         cfg = small_config(tmp_path, **sections)
-        cfg["simulation"]["backend"] = "ray"
+        cfg["simulation"].update(backend="ray", num_cpus=float(os.cpu_count() or 1))  # one actor
         return cfg
 
     return make

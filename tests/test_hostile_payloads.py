@@ -864,7 +864,8 @@ def test_broadcast_kinds_survive_hostile_payloads(record_property, broadcasts):
 
 BODY_DAMAGE = ("flip_body", "overwrite_body", "cut_body", "insert_body")
 BODY_FUZZ = 40  # damaged bodies per decoder, the kinds in turn
-# One decoder per registered update codec (the variant of its own name), and SuRP's iterative stream: its own parser.
+# One decoder per registered update codec (the suite's variant of its name, else its defaults), and SuRP's iterative
+# stream, a parser of its own.
 BODY_UPLINK = [*sorted(UPDATE_COMPRESSORS), "surp-iter"]
 
 
@@ -923,7 +924,7 @@ def _body_decoders(group: str, monkeypatch, request) -> Iterator[tuple[str, Deco
         update = mlp_update()
         specs = specs_of(update)
         for label in BODY_UPLINK:
-            name, params = UPLINK_VARIANTS[label]
+            name, params = UPLINK_VARIANTS.get(label, (label, {}))
             comp = update_compressor(name, seed=5, **params)
             payload = comp.encode(update, {}, EncodeContext(1, 0, 4)).payload
             comp.decode(payload, DecodeLimits.for_specs(specs))  # a real payload decodes (and compiles the kernels)

@@ -8,7 +8,6 @@ test_flower_building_blocks.py.
 from __future__ import annotations
 
 import math
-import os
 import re
 import shlex
 from pathlib import Path
@@ -23,7 +22,7 @@ from fedcomp.config import config_from_dict, load_config
 from fedcomp.data import load_dataset, load_experiment_data
 from fedcomp.errors import RunInterruptedError
 from fedcomp.servers.recorder import RunRecorder, load_checkpoint, read_rounds
-from tests.conftest import small_config
+from tests.conftest import CPUS_PER_WORKER, small_config
 from tests.payloads import identity_payload_length
 
 HERE = Path(__file__).resolve()
@@ -181,7 +180,7 @@ def test_fedcomp_sweep_runs_the_make_demo_command_line(tmp_path, capsys):
     # share torch's global generator, and the seeded round-0 model (SuRP downlink) then differs at random.
     tiny = ["federation.num_clients=3", "federation.rounds=1", "federation.fraction_train=1.0",
             "client.local_steps=2", "model.name=mlp", 'simulation.backend="in-process"',
-            f"simulation.num_cpus={float(os.cpu_count() or 1)}"]  # fmt: skip
+            f"simulation.num_cpus={float(CPUS_PER_WORKER)}"]  # fmt: skip
     assert cli_main(["sweep", *args, *[a for s in tiny for a in ("--set", s)], "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "sweep directory:" in out and "report:" in out

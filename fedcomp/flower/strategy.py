@@ -86,8 +86,12 @@ Sampler = Callable[[Grid, int], list[int]]
 """(grid, round) → the node ids to train this round (fedcomp's seeded sampling); None: the inner strategy samples."""
 
 # Inner strategies' own state between rounds (Flower keeps it in these attributes): checkpointed, reset on a
-# changed architecture. ``current_arrays`` is set afresh in every configure_train and needs neither.
+# changed architecture.
 STRATEGY_STATE_ATTRS = ("m_t", "v_t", "momentum_vector")
+# The inner strategy's copy of the model: FedOpt's sets it in every configure_train, FedAvgM's only while it is
+# None and then keeps its own aggregate in it. Not checkpointed (a resumed FedAvgM takes the resumed model,
+# which is that aggregate), but a changed architecture must clear it: its old shapes fail every aggregation.
+MODEL_COPY_ATTR = "current_arrays"
 
 
 class Recorder(Protocol):
@@ -525,6 +529,8 @@ class CompressedStrategy(Strategy):
         reset = [a for a in STRATEGY_STATE_ATTRS if getattr(self.inner, a, None) is not None]
         for attr in reset:
             setattr(self.inner, attr, None)
+        if getattr(self.inner, MODEL_COPY_ATTR, None) is not None:
+            setattr(self.inner, MODEL_COPY_ATTR, None)
         if reset:
             logger.warning(
                 "the model's architecture changed under %s: %s's %s start again from zero",

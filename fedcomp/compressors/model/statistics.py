@@ -68,6 +68,7 @@ from torch import nn
 
 from fedcomp.coding import DecodeError, DecodeLimits, TensorSpec, check_decoded, pack, specs_of, unpack
 from fedcomp.compressors.model.base import State, dense_bytes, read_whole
+from fedcomp.compressors.update.base import MALFORMED
 
 CODEC = "statistics"
 
@@ -241,6 +242,9 @@ def decode(payload: bytes, specs: Sequence[TensorSpec], max_abs: float) -> State
     parsed = unpack(payload, DecodeLimits.for_specs(specs, slack_bytes=1 << 16, max_abs=max_abs))
     if parsed.codec != CODEC:
         raise DecodeError(f"statistics report was made by {parsed.codec!r}, expected {CODEC!r}")
-    moments = read_whole(parsed)
+    try:  # as every codec's decoder: what the parser raises on input it was not written for is a DecodeError
+        moments = read_whole(parsed)
+    except MALFORMED as exc:
+        raise DecodeError(f"statistics report: malformed ({type(exc).__name__}: {exc})") from exc
     check_decoded(moments, specs, max_abs, "statistics report")
     return moments
