@@ -28,9 +28,12 @@ n = 431,080 symbols at 0.02 bits per coordinate sits where Blahut–Arimoto
 converges slowest; points near the curve there are within its tolerance.
 
 The quantizers and PowerSGD (QSGD at s = 1, 2, 4, 16; TernGrad; the
-scaled sign; PowerSGD at rank 1, 2, 4, 8) take no byte budget: each is
-measured at its own setting, with top-k and SuRP given that payload's
-length as their ``max_bytes``.
+scaled sign; PowerSGD at rank 1, 2, 4, 8; EDEN at 1, 2, 4 bits; DRIVE with
+both scales; NF4; blockwise 8-bit, dynamic and linear; quantized_ec at
+0.1–2 bits a coordinate) are measured at their own settings, with top-k,
+STC and SuRP given that payload's length as their ``max_bytes``.
+quantized_ec (whose step follows ``max_bytes``) and top-k with the zstd
+stage (``lossless = "zstd"``) also run at the budgets.
 
 Prints a table of distortions, a table of ratios against top-k at each
 budget (< 1: better than top-k at equal bytes), the quantizers' table, writes ``rate_distortion.png``
@@ -44,6 +47,7 @@ Seeds and threads are fixed (one torch thread).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -68,19 +72,27 @@ from fedcomp.models import build_model
 COMPRESSORS = (
     ("topk", "topk", {}),
     ("topk_fp16", "topk", {"values": "fp16"}),
+    ("stc", "stc", {}),
     ("randomk", "randomk", {}),
     ("rtopk", "rtopk", {"r_factor": 2.0}),
     ("dgc", "dgc", {"momentum_correction": False}),
     ("surp", "surp", {}),
     ("surp_iterative", "surp", {"mode": "iterative"}),
+    ("topk_zstd", "topk", {"lossless": "zstd"}),
+    ("quantized_ec", "quantized_ec", {"bits": 32.0}),  # the step grows until max_bytes holds
 )
-# The quantizers and PowerSGD take no byte budget: each is measured at its own settings, and top-k and SuRP
+# The quantizers and PowerSGD take no byte budget: each is measured at its own settings, and top-k, STC and SuRP
 # are measured at the same bytes as each of those payloads (label, registry name, settings).
 RATE_POINTS = (
     ("qsgd", "qsgd", tuple({"levels": s} for s in (1, 2, 4, 16))),
     ("terngrad", "terngrad", ({},)),
     ("signsgd", "signsgd", ({},)),
     ("powersgd", "powersgd", tuple({"rank": r} for r in (1, 2, 4, 8))),
+    ("eden", "eden", tuple({"bits": b} for b in (1, 2, 4))),
+    ("drive", "drive", ({}, {"scale": "min_mse"})),
+    ("nf4", "nf4", ({},)),
+    ("blockwise8", "blockwise8", ({}, {"code": "linear"})),
+    ("quantized_ec", "quantized_ec", tuple({"bits": b} for b in (0.1, 0.5, 1.0, 2.0))),
 )
 RATES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 QUICK_RATES = (0.02, 0.1, 0.5)
@@ -207,6 +219,8 @@ def measure(source: OrderedDict[str, torch.Tensor], rates: tuple[float, ...], se
             budget = int(rate * n / 8)
             density = min(1.0, 8 * budget / (2 * n))  # no codec sends a nonzero in under 2 bits
             params = {"density": density, "max_bytes": budget, **extra}
+            if "density" not in {f.name for f in dataclasses.fields(UPDATE_COMPRESSORS.get(name).Params)}:
+                del params["density"]  # quantized_ec: the budget alone sets its step
             rows.append({"budget_bytes": budget, **encode_distortion(source, name, params, seed)})
         out[label] = rows
     return out
@@ -233,14 +247,14 @@ def encode_distortion(source: OrderedDict[str, torch.Tensor], name: str, params:
 
 
 def measure_points(source: OrderedDict[str, torch.Tensor], seed: int) -> dict[str, list[dict]]:
-    """Each quantizer setting, with top-k and SuRP at its bytes (``max_bytes`` = its payload's length)."""
+    """Each quantizer setting, with top-k, STC and SuRP at its bytes (``max_bytes`` = its payload's length)."""
     n = sum(v.numel() for v in source.values())
     out: dict[str, list[dict]] = {}
     for label, name, settings in RATE_POINTS:
         rows = []
         for params in settings:
             point = {"params": params, **encode_distortion(source, name, params, seed)}
-            for rival in ("topk", "surp"):
+            for rival in ("topk", "stc", "surp"):
                 density = min(1.0, point["bytes"] / (2 * n / 8))  # far above what the budget allows
                 at = encode_distortion(source, rival, {"density": density, "max_bytes": point["bytes"]}, seed)
                 point[f"{rival}_distortion"] = at["distortion"]
@@ -324,14 +338,17 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{source}: ratio to top-k at equal bytes (< 1 is better)")
         for label, values in ratios[source].items():
             print(f"{label:<16}" + "".join(f"{v:>16.3f}" for v in values))
-        print(f"{source}: the quantizers and PowerSGD, with top-k and SuRP at the same bytes")
-        print(f"{'method':<12}{'setting':<14}{'bits/coord':>11}{'distortion':>12}{'top-k':>9}{'SuRP':>9}{'÷ top-k':>9}")
+        print(f"{source}: the quantizers and PowerSGD, with top-k, STC and SuRP at the same bytes")
+        print(
+            f"{'method':<14}{'setting':<15}{'bits/coord':>11}{'distortion':>12}{'top-k':>9}{'STC':>9}{'SuRP':>9}{'÷ top-k':>9}"
+        )
         for label, rows in points[source].items():
             for r in rows:
                 setting = ",".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
                 print(
-                    f"{label:<12}{setting:<14}{r['bits_per_coord']:>11.3f}{r['distortion']:>12.4f}"
-                    f"{r['topk_distortion']:>9.4f}{r['surp_distortion']:>9.4f}{r['ratio_to_topk']:>9.3f}"
+                    f"{label:<14}{setting:<15}{r['bits_per_coord']:>11.3f}{r['distortion']:>12.4f}"
+                    f"{r['topk_distortion']:>9.4f}{r['stc_distortion']:>9.4f}{r['surp_distortion']:>9.4f}"
+                    f"{r['ratio_to_topk']:>9.3f}"
                 )
     bound_at = {str(r): float(np.interp(r, [b[1] for b in bound][::-1], [b[0] for b in bound][::-1])) for r in rates}
     figures = {

@@ -322,6 +322,11 @@ UPLINK_VARIANTS = {
     "signsgd": ("signsgd", {}),
     "ef_signsgd": ("ef_signsgd", {}),
     "powersgd": ("powersgd", {"rank": 2}),
+    "eden": ("eden", {"bits": 3}),
+    "drive": ("drive", {}),
+    "nf4": ("nf4", {}),
+    "blockwise8": ("blockwise8", {"blocksize": 256}),
+    "quantized_ec": ("quantized_ec", {"bits": 2.0}),
 }
 
 
@@ -629,6 +634,8 @@ def uplink_cases(label: str, comp: UpdateCompressor, payload: bytes, specs: list
     name = comp.name
     keys = {"identity": [], "surp": ["mode", "algorithm", "norm"], "qsgd": ["levels", "bucket_size"]}
     keys.update(dict.fromkeys(("terngrad", "signsgd", "ef_signsgd"), []), powersgd=["rank"])
+    keys.update(eden=["bits", "chunk_size"], drive=["bits", "chunk_size"], quantized_ec=["coder"])
+    keys.update(nf4=["blocksize", "code"], blockwise8=["blocksize", "code"])
     yield from container_cases(payload, specs, keys.get(name, ["values"]))
     if name == "identity":
         yield from identity_cases(payload, specs)
@@ -1086,12 +1093,32 @@ def _qsgd_norm_of_third(specs: list[TensorSpec], params: dict) -> int:
     return 4 * int(bucket_ids(specs, params["bucket_size"])[sum(s.numel for s in specs[:2])])
 
 
+def _eden_scale_inside_third(specs: list[TensorSpec], params: dict) -> int:
+    """Byte offset of the scale of the first chunk lying wholly inside '3.weight' (after the u32 rotation seed)."""
+    chunk = params.get("chunk_size", 1 << 14)
+    start = sum(s.numel for s in specs[:2])
+    first = -(-start // chunk)
+    assert (first + 1) * chunk <= start + specs[2].numel, "no whole chunk inside '3.weight'"
+    return 4 + 4 * first
+
+
+def _blockwise_absmax_of_third(specs: list[TensorSpec], params: dict) -> int:
+    """Byte offset of the absmax of '3.weight''s first block (blocks never straddle tensors)."""
+    size = params.get("blocksize", 64)
+    return 4 * sum(-(-s.numel // size) for s in specs[:2])
+
+
 FLOAT_AT = {
     "signsgd": lambda specs, params: 4 * 2,  # the scales lead the body, one per tensor
     "ef_signsgd": lambda specs, params: 4 * 2,
     "terngrad": lambda specs, params: 4 * 2,
     "qsgd": _qsgd_norm_of_third,
     "powersgd": _powersgd_first_factor_of_third,
+    "eden": _eden_scale_inside_third,
+    "drive": _eden_scale_inside_third,
+    "nf4": _blockwise_absmax_of_third,
+    "blockwise8": _blockwise_absmax_of_third,
+    "quantized_ec": lambda specs, params: 0,  # one step Δ for the whole update leads the body
 }
 
 
@@ -1124,6 +1151,14 @@ def test_a_forged_update_decoding_to_nan_inf_or_huge_is_refused_naming_the_tenso
             with pytest.raises(DecodeError, match=r"surp: layer norms must be finite and >= 0"):
                 comp.decode(_forge(payload, body), DecodeLimits.for_specs(specs, max_abs=MAX_ABS))
             return
+    elif name == "quantized_ec":  # one step Δ for all: a non-finite one is refused as the stream's input
+        body = bytearray(frame.body)
+        body[0:4] = f32(value)
+        if not math.isfinite(value):
+            with pytest.raises(DecodeError, match=r"quantized_ec: the step .* is not finite"):
+                comp.decode(_forge(payload, bytes(body)), DecodeLimits.for_specs(specs, max_abs=MAX_ABS))
+            return
+        target = specs[0].name  # Δ·q in every tensor: the first fails first
     elif name in FLOAT_AT:  # a per-tensor scale or norm, or a PowerSGD factor, that '3.weight' is decoded from
         body = bytearray(frame.body)
         at = FLOAT_AT[name](specs, params)

@@ -22,6 +22,8 @@ UPLINKS = {
     "terngrad": {"name": "terngrad"},
     "ef_signsgd": {"name": "ef_signsgd"},
     "powersgd": {"name": "powersgd", "rank": 2},
+    "eden": {"name": "eden", "bits": 2},
+    "topk-zstd": {"name": "topk", "density": 0.01, "lossless": "zstd"},
 }
 DENSE_FP32 = 431_080 * 4
 

@@ -33,7 +33,7 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,16 +173,41 @@ def pack(
     name = codec.encode("utf-8")
     if not 0 < len(name) < 256:
         raise ValueError(f"codec name must be 1..255 bytes, got {codec!r}")
-    params_json = json.dumps(params, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    parts = [MAGIC, struct.pack("<BB", FORMAT_VERSION, len(name)), name]
-    parts += [struct.pack("<I", len(params_json)), params_json]
     if by_digest:
-        parts.append(struct.pack("<II", DIGEST_FLAG | len(specs), spec_digest(specs)))
+        tensors = struct.pack("<II", DIGEST_FLAG | len(specs), spec_digest(specs))
     else:
-        parts += [struct.pack("<I", len(specs)), _spec_bytes(specs)]
-    parts += [struct.pack("<Q", len(body)), body]
-    head = b"".join(parts)
-    return head + struct.pack("<I", zlib.crc32(head))
+        tensors = struct.pack("<I", len(specs)) + _spec_bytes(specs)
+    return _frame(codec, params, tensors, body)
+
+
+def _frame(codec: str, params: dict[str, Any], tensors: bytes, body: bytes) -> bytes:
+    """The container of ``codec`` with ``params``, the tensor section ``tensors`` as given, and ``body``."""
+    name = codec.encode("utf-8")
+    params_json = json.dumps(params, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    head = [MAGIC, struct.pack("<BB", FORMAT_VERSION, len(name)), name, struct.pack("<I", len(params_json))]
+    data = b"".join([*head, params_json, tensors, struct.pack("<Q", len(body)), body])
+    return data + struct.pack("<I", zlib.crc32(data))
+
+
+def reframe(payload: bytes, rebuild: Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes] | None]) -> bytes:
+    """``payload`` (a container this process packed) with the params and body ``rebuild(params, body)`` gives.
+
+    The tensor list (specs or digest) is kept byte for byte. For a stage after the codec (the lossless one,
+    :mod:`fedcomp.coding.lossless`) that changes the body and says so in the params; ``rebuild`` returning
+    None leaves the payload as it is.
+    """
+    r, codec, params = _read_header(payload, DecodeLimits())
+    start = r.pos
+    (n_tensors,) = r.unpack("<I", "tensor count")
+    if n_tensors & DIGEST_FLAG:
+        r.take(4, "spec digest")
+    else:
+        for i in range(n_tensors):
+            _read_spec(r, i, DecodeLimits())
+    tensors = payload[start : r.pos]
+    (body_len,) = r.unpack("<Q", "body length")
+    changed = rebuild(params, r.take(body_len, "body"))
+    return payload if changed is None else _frame(codec, changed[0], tensors, changed[1])
 
 
 class _Reader:

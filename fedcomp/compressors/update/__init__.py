@@ -6,10 +6,15 @@ To add one: write a module here with a subclass of
 """
 
 from fedcomp.compressors.update import (  # noqa: F401  (registers)
+    blockwise8,
     dgc,
+    drive,
+    eden,
     identity,
+    nf4,
     powersgd,
     qsgd,
+    quantized_ec,
     rtopk,
     signsgd,
     surp,

@@ -17,10 +17,25 @@ decoder can only fail with a :class:`~fedcomp.coding.DecodeError` (any
 other exception it raises on malformed input is turned into one), and
 what it decoded must be exactly the expected tensors with finite values
 of at most ``limits.max_abs`` (:func:`~fedcomp.coding.check_decoded`).
+
+**The lossless stage** (``lossless = "zstd"``, a parameter every codec's
+``Params`` declares): after a codec's ``encode``, the payload's body is
+compressed as one zstd frame (:mod:`fedcomp.coding.lossless`) and the
+params say ``"lossless": "zstd"``; :meth:`UpdateCompressor.decode`
+decompresses it, bounded by the dense size of the expected tensors plus the
+container's slack, before the codec's own decoder sees the body. The stage
+wraps every subclass's ``encode`` (:meth:`UpdateCompressor.__init_subclass__`),
+so a codec gets it by declaring the field; a body that zstd does not
+shrink is sent as it was (no ``lossless`` in its params), so the payload
+never grows and a ``max_bytes`` budget still holds. The budget is met
+before the stage: with zstd a payload ends below it, rather than a denser
+encode filling it. The bytes counted are the payload's, as always: the
+compressed length.
 """
 
 from __future__ import annotations
 
+import functools
 import struct
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -30,8 +45,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedcomp.coding import DecodeError, DecodeLimits, TensorSpec, check_decoded, unpack
-from fedcomp.params import params_from_dict
+from fedcomp.coding import DecodeError, DecodeLimits, TensorSpec, check_decoded, lossless, unpack
+from fedcomp.coding.container import reframe
+from fedcomp.params import params_from_dict, require
 from fedcomp.registry import Registry
 
 Update = Mapping[str, torch.Tensor]
@@ -82,7 +98,15 @@ def float32_update(update: Update) -> OrderedDict[str, torch.Tensor]:
 
 @dataclass
 class NoParams:
-    """For compressors without parameters."""
+    """For compressors without parameters (but the lossless stage every codec has)."""
+
+    lossless: str = "none"
+    """A lossless stage after the codec: ``none`` or ``zstd`` (the body as one zstd frame, when that is shorter)."""
+
+
+LOSSLESS_KEY = "lossless"
+LOSSLESS_SLACK = 1 << 20
+"""Bytes beyond the dense size of the expected tensors a decompressed body may have (the container's own slack)."""
 
 
 class UpdateCompressor(ABC):
@@ -106,15 +130,30 @@ class UpdateCompressor(ABC):
         self.params = params if params is not None else self.Params()
         self.seed = seed
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every subclass's own ``encode`` is followed by the lossless stage (module docstring)."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("encode")
+        if own is not None and not getattr(own, "_then_lossless", False):
+            cls.encode = _then_lossless(own)
+
     @classmethod
     def parse_params(cls, data: dict[str, Any], path: str) -> Any:
-        """Typed, validated parameters from a config section."""
-        return params_from_dict(cls.Params, data, path)
+        """Typed, validated parameters from a config section (``lossless`` checked here, for every codec)."""
+        params = params_from_dict(cls.Params, data, path)
+        mode = getattr(params, LOSSLESS_KEY, "none")
+        require(mode in lossless.MODES, f"{path}.{LOSSLESS_KEY}", f"one of {list(lossless.MODES)}, got {mode!r}")
+        return params
 
     @property
     def error_feedback(self) -> bool:
         value = getattr(self.params, "error_feedback", None)
         return self.error_feedback_default if value is None else bool(value)
+
+    @property
+    def lossless(self) -> str:
+        """The lossless stage after this codec: ``none`` or ``zstd``."""
+        return getattr(self.params, LOSSLESS_KEY, "none")
 
     @abstractmethod
     def encode(self, update: Update, state: State | None = None, ctx: EncodeContext | None = None) -> Encoded:
@@ -138,16 +177,63 @@ class UpdateCompressor(ABC):
             parsed = unpack(payload, limits)
             if parsed.codec != self.name:
                 raise DecodeError(f"payload was made by codec {parsed.codec!r}, expected {self.name!r}")
+            params, body = undo_lossless(self.name, parsed.params, parsed.specs, parsed.body, limits)
             if self.bounds_own_values:
-                out = self.decode_body(parsed.params, parsed.specs, parsed.body, max_abs=limits.max_abs)
+                out = self.decode_body(params, parsed.specs, body, max_abs=limits.max_abs)
             else:
-                out = self.decode_body(parsed.params, parsed.specs, parsed.body)
+                out = self.decode_body(params, parsed.specs, body)
             check_decoded(out, parsed.specs, limits.max_abs, f"{self.name} payload", values=not self.bounds_own_values)
         except DecodeError:
             raise
         except MALFORMED as exc:
             raise DecodeError(f"{self.name}: malformed body: {type(exc).__name__}: {str(exc)[:200]}") from exc
         return out
+
+
+def _then_lossless(encode: Any) -> Any:
+    """``encode`` followed by the lossless stage of ``self.lossless`` (once: a wrapped ``super().encode`` is not
+    compressed twice)."""
+
+    @functools.wraps(encode)
+    def encode_then_compress(self: UpdateCompressor, *args: Any, **kwargs: Any) -> Encoded:
+        encoded = encode(self, *args, **kwargs)
+        if self.lossless == "zstd":
+            encoded.payload = with_lossless(encoded.payload)
+        return encoded
+
+    encode_then_compress._then_lossless = True  # type: ignore[attr-defined]
+    return encode_then_compress
+
+
+def with_lossless(payload: bytes) -> bytes:
+    """``payload`` with its body as one zstd frame and ``"lossless": "zstd"`` in its params, if that is shorter."""
+
+    def squeeze(params: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes] | None:
+        if LOSSLESS_KEY in params:  # already through the stage (a subclass's encode calling its parent's)
+            return None
+        return {**params, LOSSLESS_KEY: "zstd"}, lossless.compress(body)
+
+    squeezed = reframe(payload, squeeze)
+    return squeezed if len(squeezed) < len(payload) else payload
+
+
+def undo_lossless(
+    codec: str, params: dict[str, Any], specs: Sequence[TensorSpec], body: bytes, limits: DecodeLimits
+) -> tuple[dict[str, Any], bytes]:
+    """The codec's own params and body: the lossless stage undone if the params name it (DecodeError if it fails).
+
+    The body may decompress to at most the expected tensors' dense size plus
+    :data:`LOSSLESS_SLACK` (and never more than ``limits.max_payload_bytes``):
+    what the receiver would have accepted uncompressed.
+    """
+    if LOSSLESS_KEY not in params:
+        return params, body
+    params = dict(params)
+    mode = params.pop(LOSSLESS_KEY)
+    if mode != "zstd":
+        raise DecodeError(f"{codec}: unknown lossless stage {str(mode)[:40]!r}")
+    bound = min(limits.max_payload_bytes, sum(s.nbytes for s in specs) + LOSSLESS_SLACK + 64 * len(specs))
+    return params, lossless.decompress(body, bound, f"{codec} lossless body")
 
 
 def refuse_negative(codec: str, what: str, specs: Sequence[TensorSpec], values: torch.Tensor) -> None:

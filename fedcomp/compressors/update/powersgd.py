@@ -60,6 +60,8 @@ class PowerSGDParams:
     """Start each round's power iteration from last round's Q (the paper's default)."""
     error_feedback: bool | None = None
     """Keep M − M̂ and add it next round (default on, as in the paper)."""
+    lossless: str = "none"
+    """A lossless stage after the codec: "none" or "zstd" (the body as one zstd frame, when that is shorter)."""
 
     def validate(self, path: str) -> None:
         require(1 <= self.rank <= MAX_RANK, f"{path}.rank", f"an integer in 1..{MAX_RANK}")

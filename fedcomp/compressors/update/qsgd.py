@@ -71,6 +71,8 @@ class QSGDParams:
     """Coordinates per bucket, each with its own norm (the paper's d; 0 = one bucket per tensor)."""
     error_feedback: bool | None = None
     """Keep what was not sent and add it next round (default off: Q_s is unbiased)."""
+    lossless: str = "none"
+    """A lossless stage after the codec: "none" or "zstd" (the body as one zstd frame, when that is shorter)."""
 
     def validate(self, path: str) -> None:
         require(1 <= self.levels <= MAX_LEVELS, f"{path}.levels", f"an integer in 1..{MAX_LEVELS}")

@@ -70,6 +70,8 @@ class SparseParams:
     """Keep what was not sent and add it next round (default: the method's own)."""
     max_bytes: int = 0
     """Largest payload in bytes, container included (0 = none): the density is lowered until it fits."""
+    lossless: str = "none"
+    """A lossless stage after the codec: "none" or "zstd" (the body as one zstd frame, when that is shorter)."""
 
     def validate(self, path: str) -> None:
         require(0 < self.density <= 1, f"{path}.density", f"a number in (0, 1], got {self.density}")

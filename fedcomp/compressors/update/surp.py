@@ -202,6 +202,8 @@ class SurpParams:
     per-layer-normalized values puts a layer's threshold at a multiple of its own mean magnitude that
     grows with its size (module docstring; docs/uplink.md)."""
     error_feedback: bool | None = None
+    lossless: str = "none"
+    """A lossless stage after the codec: "none" or "zstd" (the body as one zstd frame, when that is shorter)."""
 
     def validate(self, path: str) -> None:
         require(0 < self.density <= 1, f"{path}.density", f"a number in (0, 1], got {self.density}")

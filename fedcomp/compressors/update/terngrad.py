@@ -62,6 +62,8 @@ class TernGradParams:
     """Clip each tensor to ±clip_sigma·σ before ternarizing (0 = off, unbiased; the paper uses 2.5)."""
     error_feedback: bool | None = None
     """Keep what was not sent and add it next round (default off: the estimate is unbiased)."""
+    lossless: str = "none"
+    """A lossless stage after the codec: "none" or "zstd" (the body as one zstd frame, when that is shorter)."""
 
     def validate(self, path: str) -> None:
         require(self.clip_sigma >= 0 and np.isfinite(self.clip_sigma), f"{path}.clip_sigma", "a number >= 0")
