@@ -127,8 +127,8 @@ def test_every_strategy_aggregates_real_payloads_through_the_wrapper(name):
 def capture_decoded(strategy: CompressedStrategy) -> list[dict[str, torch.Tensor]]:
     """The updates the wrapper decodes, in the order it decodes them (the real decoder runs)."""
     decoded: list[dict[str, torch.Tensor]] = []
-    real_decode = strategy._decode_update
-    strategy._decode_update = lambda payload: decoded.append(real_decode(payload)) or decoded[-1]
+    real_decode = strategy.receiver.decode
+    strategy.receiver.decode = lambda payload: decoded.append(real_decode(payload)) or decoded[-1]
     return decoded
 
 
@@ -195,6 +195,23 @@ def test_with_a_state_dir_client_state_lives_in_files_only_and_gives_the_same_ro
         saved = torch.load(tmp_path / f"node{i}" / str(i) / "round-3.pt", weights_only=True)
         held = in_memory[NODES[i]].state[UPLINK_STATE_KEY].to_torch_state_dict()
         assert saved.keys() == held.keys() and all(torch.equal(saved[k], held[k]) for k in saved)
+
+
+def test_the_mod_parses_its_transport_settings_once_not_per_message(monkeypatch):
+    """Every message carries the same settings string: the mod parses it (and builds its codecs) once, not
+    JSON → object → JSON → object per message."""
+    from fedcomp.flower import mod as mod_module
+    from fedcomp.flower.transport import Transport
+
+    parses = []
+    real = Transport.from_json.__func__
+    monkeypatch.setattr(Transport, "from_json", classmethod(lambda cls, text: parses.append(text) or real(cls, text)))
+    mod_module._codecs.cache_clear()
+    strategy = CompressedStrategy(FedAvg(), arch=ARCH, uplink="topk", uplink_params={"density": 0.5})
+    state, ctxs = initial_state(), contexts()
+    for r in (1, 2):
+        state, _, _ = run_round(strategy, r, state, ctxs, mod=CompressionMod())
+    assert parses == [strategy.transport.to_json()]  # ten messages, one parse
 
 
 def test_strategy_state_checkpoints_so_a_restored_wrapper_continues_exactly():

@@ -8,7 +8,8 @@ Flower message: the global model as the ArrayRecord under the strategy's
 out it takes the one ArrayRecord the function returned, forms the update
 ``w_local − w_received`` over the floating-point tensors, adds the error
 feedback residual and encodes it with the configured update compressor,
-and replaces the arrays by the payload. Error-feedback and compressor
+and replaces the arrays by the payload (the uplink's client end,
+:mod:`.uplink`). Error-feedback and compressor
 state persists per node: in a file per round under the node's
 ``state-dir`` (or the run directory in simulation), read only when the
 node is sampled, else in ``Context.state`` (:mod:`fedcomp.flower.state`).
@@ -53,12 +54,12 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from torch import nn
 
-from fedcomp.coding import DecodeError, check_all_values, peek
+from fedcomp.coding import DecodeError, peek
 from fedcomp.compressors.model.base import LossTerm, ModelCompressor, Received
 from fedcomp.compressors.model.identity import IdentityModelCompressor
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
-from fedcomp.compressors.update.base import EncodeContext, NonFiniteUpdateError, State, UpdateCompressor
-from fedcomp.compressors.update.feedback import encode_with_feedback
+from fedcomp.compressors.update.base import EncodeContext, UpdateCompressor
+from fedcomp.flower import uplink
 from fedcomp.flower.downlink import (
     CHANGE_CODEC,
     Held,
@@ -68,9 +69,9 @@ from fedcomp.flower.downlink import (
     model_crc,
     split_state,
 )
-from fedcomp.flower.state import StateDamaged, fit_state, load_state, save_state, set_aside, state_dir_for
-from fedcomp.flower.transport import STRUCTURE_KEY, Transport, transport_from
-from fedcomp.messages import CHECKPOINT_ROUND_KEY, CONFIG_KEY, PAYLOAD_KEY, STATE_DIR_KEY, payload_from, payload_record
+from fedcomp.flower.state import StateDamaged, load_state, save_state, set_aside, state_dir_for
+from fedcomp.flower.transport import STRUCTURE_KEY, TRANSPORT_KEY, Transport
+from fedcomp.messages import CHECKPOINT_ROUND_KEY, CONFIG_KEY, STATE_DIR_KEY, payload_from
 
 ClientAppCallable = Callable[[Message, Context], Message]
 InitialModel = Callable[[Message, Context], Mapping[str, torch.Tensor]]
@@ -106,11 +107,12 @@ class CompressionMod:
         if kind not in (MessageType.TRAIN, MessageType.EVALUATE) or CONFIG_KEY not in msg.content.config_records:
             return call_next(msg, context)
         config = msg.content.config_records[CONFIG_KEY]
-        transport = transport_from(config)
-        if transport is None:
+        if TRANSPORT_KEY not in config:
             return call_next(msg, context)
         t0 = time.perf_counter()
-        codecs = _codecs(transport.to_json(), self.arch)
+        # One parse per distinct settings string (the server sends the same one every round), not per message.
+        codecs = _codecs(str(config[TRANSPORT_KEY]), self.arch)
+        transport = codecs.transport
         broadcast = payload_from(msg.content)
         server_round = int(config.get("server-round", 0))
         partition = _client_id(context)
@@ -143,13 +145,13 @@ class CompressionMod:
 
         t_train = time.perf_counter()
         update = update_against(returned_arrays(reply), received.state)
-        state = fit_state(uplink_state, update)
         held_state = held_to_state(held) if held is not None else {}
         checkpoint_round = int(config.get(CHECKPOINT_ROUND_KEY, 0))
-        _check_finite(update, state, lambda: save_state(context, folder, server_round, held_state, checkpoint_round))
         num_clients = int(context.node_config.get("num-partitions", 1))
         ctx = EncodeContext(server_round, partition, max(num_clients, partition + 1))
-        encoded = encode_with_feedback(codecs.uplink, update, state, ctx)
+        # Stores the node's state without the residual (a non-finite one is dropped, so the next round heals).
+        drop_residual = functools.partial(save_state, context, folder, server_round, held_state, checkpoint_round)
+        encoded = uplink.encode_update(codecs.uplink, update, uplink_state, ctx, drop_residual)
         save_state(context, folder, server_round, {**encoded.state, **held_state}, checkpoint_round)
         t_encode = time.perf_counter()
 
@@ -158,7 +160,7 @@ class CompressionMod:
             metrics["partition-id"] = int(context.node_config["partition-id"])
         metrics.update(
             {
-                "payload-bytes": len(encoded.payload),
+                "payload-bytes": uplink.count(encoded.payload),
                 "downlink-bytes": len(broadcast),
                 "decode_s": t_decode - t0,
                 "encode_s": t_encode - t_train,
@@ -169,13 +171,7 @@ class CompressionMod:
             metrics["model-version"] = held.version
         if reset:
             metrics["state_reset"] = 1.0
-        reply.content = RecordDict(
-            {
-                PAYLOAD_KEY: payload_record(encoded.payload),
-                **{k: v for k, v in reply.content.metric_records.items()},
-                **{k: v for k, v in reply.content.config_records.items()},
-            }
-        )
+        reply.content = uplink.with_payload(reply.content, encoded.payload)
         return reply
 
     def _model_from_change(
@@ -201,27 +197,12 @@ class CompressionMod:
         return Held(OrderedDict(received.state), version, crc)
 
 
-def _check_finite(update: dict[str, torch.Tensor], state: State, reset: Callable[[], None]) -> None:
-    """NonFiniteUpdateError unless the update and the stored compressor state are finite; a non-finite state
-    (the error-feedback residual) is reset first (``reset`` stores the state without it), so the next round heals."""
-    try:
-        check_all_values(list(update.items()))
-    except DecodeError as exc:
-        raise NonFiniteUpdateError(f"the update is not finite ({exc}): nothing sent") from None
-    try:
-        check_all_values([(k, v) for k, v in state.items() if v.is_floating_point()])
-    except DecodeError as exc:
-        reset()
-        raise NonFiniteUpdateError(
-            f"the stored compressor state (error-feedback residual) is not finite ({exc}): reset, this round's "
-            "update is not sent; the next round starts from a zero residual"
-        ) from None
-
-
 class _Codecs:
-    """The decoders and the encoder one transport setting and one architecture imply (built once per process)."""
+    """The transport settings, and the decoders and the encoder they and one architecture imply (built once per
+    process)."""
 
     def __init__(self, transport: Transport, arch: Architecture) -> None:
+        self.transport = transport
         self.arch = arch
         self.downlink: ModelCompressor = transport.model_compressor(arch)
         self.identity = IdentityModelCompressor(None, arch)
@@ -243,6 +224,7 @@ class _Codecs:
 
 @functools.lru_cache(maxsize=8)
 def _codecs(transport_json: str, own: Architecture | None) -> _Codecs:
+    """The message's transport settings (:data:`TRANSPORT_KEY`, JSON) parsed and checked once, with their codecs."""
     transport = Transport.from_json(transport_json)
     return _Codecs(transport, _architecture(transport, own))
 

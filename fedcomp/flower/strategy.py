@@ -34,12 +34,15 @@ travel, not how they are aggregated (the pattern of Flower's own
   the replies :func:`~fedcomp.strategies.replies.judge_evaluation` accepts
   (the others are the round's failures).
 
-This class is the one place bytes are counted, ``len(payload)`` both ways
-(STYLE.md's single measuring stage). The inner strategy sees only the
+Bytes are counted where they cross the wire, ``len(payload)`` (STYLE.md's
+single measuring stage): the broadcasts here, the replies by the uplink's
+server end (:class:`~fedcomp.flower.uplink.UplinkReceiver`, which also
+decodes them within limits). The inner strategy sees only the
 model's floating-point tensors; integer buffers (BatchNorm's step count)
 are carried over from the broadcast model. When the model compressor
 changes the architecture, the inner strategy's own state (FedAdam's
-moments, FedAvgM's momentum) no longer fits and is reset, with a warning.
+moments, FedAvgM's momentum) no longer fits and is reset, with a warning
+(:mod:`.inner_state`, which also carries it in checkpoints).
 """
 
 from __future__ import annotations
@@ -53,7 +56,6 @@ from collections.abc import Callable, Iterable, Sequence
 from copy import copy
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -61,13 +63,15 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.fedopt import FedOpt
 from torch import nn
 
-from fedcomp.coding import DecodeLimits, TensorSpec, values_within
+from fedcomp.coding import DecodeLimits, values_within
 from fedcomp.compressors.model.base import dense_payload
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
 from fedcomp.flower.downlink import DownlinkChannel
+from fedcomp.flower.inner_state import InnerState
 from fedcomp.flower.recalibration import gather
 from fedcomp.flower.rounds import ClientFailure, RoundClose, RoundStats
 from fedcomp.flower.transport import TRANSPORT_KEY, Transport
+from fedcomp.flower.uplink import UplinkReceiver
 from fedcomp.messages import CHECKPOINT_ROUND_KEY, METRICS_KEY, PAYLOAD_KEY, payload_record
 from fedcomp.strategies.influence import NormBound, apply_bound
 from fedcomp.strategies.replies import (
@@ -84,14 +88,6 @@ logger = logging.getLogger(__name__)
 
 Sampler = Callable[[Grid, int], list[int]]
 """(grid, round) → the node ids to train this round (fedcomp's seeded sampling); None: the inner strategy samples."""
-
-# Inner strategies' own state between rounds (Flower keeps it in these attributes): checkpointed, reset on a
-# changed architecture.
-STRATEGY_STATE_ATTRS = ("m_t", "v_t", "momentum_vector")
-# The inner strategy's copy of the model: FedOpt's sets it in every configure_train, FedAvgM's only while it is
-# None and then keeps its own aggregate in it. Not checkpointed (a resumed FedAvgM takes the resumed model,
-# which is that aggregate), but a changed architecture must clear it: its old shapes fail every aggregation.
-MODEL_COPY_ATTR = "current_arrays"
 
 
 class Recorder(Protocol):
@@ -163,6 +159,9 @@ class CompressedStrategy(Strategy):
                 f"got {type(update_norm_bound).__name__}"
             )
         self.inner = strategy
+        self.inner_state = InnerState(strategy)
+        """The inner strategy's own state between rounds (:mod:`.inner_state`): checkpointed, reset on a changed
+        architecture; checked here, so a Flower that renamed what it reads fails now."""
         self.arch = arch if arch is not None else Architecture.of(model_fn, input_shape)
         registry_model = (
             {
@@ -200,7 +199,8 @@ class CompressedStrategy(Strategy):
         self.structure: Structure = ()
         """The global model's architecture edits (ALDS factorized layers, ...); () = the configured model."""
         self.max_abs_value = max_abs_value
-        self.update_limits = _update_limits(self.arch.specs(()), max_abs_value)
+        self.receiver = UplinkReceiver(self.uplink, self.arch, max_abs_value)
+        """The uplink's server end (:mod:`.uplink`): decodes replies' payloads within limits, counts their bytes."""
         self.channel = (
             DownlinkChannel(
                 self.transport.downlink_update_compressor(),
@@ -270,7 +270,7 @@ class CompressedStrategy(Strategy):
         broadcast = self.downlink.broadcast(server_round, state, self.structure)
         if broadcast.structure != self.structure:  # the architecture changed: updates now come in its shapes
             self.structure = broadcast.structure
-            self.update_limits = _update_limits(self.arch.specs(self.structure), self.max_abs_value)
+            self.receiver.follow(self.structure)
             self._reset_inner_state()
         self.global_state = self.aggregate_base = broadcast.start
         payload = broadcast.payload
@@ -336,7 +336,7 @@ class CompressedStrategy(Strategy):
                 continue
             replied.add(node)
             try:
-                judged = judge_reply(msg, self._decode_update, self.roster, self.policy)
+                judged = judge_reply(msg, self.receiver, self.roster, self.policy)
                 if self.channel is not None:
                     self.channel.check_version(judged.model_version, judged.uplink_bytes)
                     self.channel.learn(node, judged.model_version)
@@ -460,8 +460,10 @@ class CompressedStrategy(Strategy):
         self.inner.summary()
 
     # ------------------------------------------------------------------ helpers
-    def _decode_update(self, payload: bytes) -> dict[str, torch.Tensor]:
-        return self.uplink.decode(payload, self.update_limits)
+    @property
+    def update_limits(self) -> DecodeLimits:
+        """What an update may decode to now (:attr:`receiver`'s limits)."""
+        return self.receiver.limits
 
     def _as_weights(self, accepted: Accepted, msg: Message) -> Message:
         """The reply as the inner strategy expects it: the weights ``base + Δ`` (:attr:`aggregate_base`) and its
@@ -526,11 +528,7 @@ class CompressedStrategy(Strategy):
         logger.warning("round %d: %s failed: %s", stats.round, who, reason[:200])
 
     def _reset_inner_state(self) -> None:
-        reset = [a for a in STRATEGY_STATE_ATTRS if getattr(self.inner, a, None) is not None]
-        for attr in reset:
-            setattr(self.inner, attr, None)
-        if getattr(self.inner, MODEL_COPY_ATTR, None) is not None:
-            setattr(self.inner, MODEL_COPY_ATTR, None)
+        reset = self.inner_state.reset()
         if reset:
             logger.warning(
                 "the model's architecture changed under %s: %s's %s start again from zero",
@@ -542,21 +540,18 @@ class CompressedStrategy(Strategy):
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Server state for a checkpoint: the model's structure, the model compressor's state, the inner strategy's."""
-        inner = {a: _to_torch(v) for a in STRATEGY_STATE_ATTRS if (v := getattr(self.inner, a, None)) is not None}
         return {
             "structure": json.dumps(structure_to_json(self.structure)),
             "downlink": self.downlink.state_dict(),
-            "strategy": inner,
+            "strategy": self.inner_state.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (a resumed run)."""
         self.structure = structure_from_json(json.loads(state.get("structure", "[]")))
-        self.update_limits = _update_limits(self.arch.specs(self.structure), self.max_abs_value)
+        self.receiver.follow(self.structure)
         self.downlink.load_state_dict(state.get("downlink", {}))
-        for attr, value in state.get("strategy", {}).items():
-            if attr in STRATEGY_STATE_ATTRS:
-                setattr(self.inner, attr, _to_numpy(value))
+        self.inner_state.load_state_dict(state.get("strategy", {}))
 
     def take_round_stats(self) -> RoundStats | None:
         """Hand over (and forget) the statistics of the round just aggregated; None before round 1 (Flower
@@ -599,11 +594,6 @@ def _with_payload(content: RecordDict, payload: bytes) -> RecordDict:
     return RecordDict(records)
 
 
-def _update_limits(specs: Iterable[TensorSpec], max_abs_value: float) -> DecodeLimits:
-    """Updates cover the model's floating-point tensors."""
-    return DecodeLimits.for_specs([s for s in specs if s.dtype.is_floating_point], max_abs=max_abs_value)
-
-
 def _weighted_metrics(accepted: list[Accepted]) -> tuple[float, dict[str, float]]:
     """Example-weighted mean of every numeric client metric (loss included)."""
     total = sum(a.weight for a in accepted)
@@ -612,24 +602,3 @@ def _weighted_metrics(accepted: list[Accepted]) -> tuple[float, dict[str, float]
         for key, value in a.metrics.items():
             sums[key] = sums.get(key, 0.0) + a.weight * value / total
     return sums.get("train_loss", float("nan")), sums
-
-
-def _to_torch(value: Any) -> Any:
-    """Flower keeps strategy state as numpy arrays in dicts or lists; checkpoints hold tensors."""
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value).copy())
-    if isinstance(value, dict):
-        return {k: _to_torch(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_torch(v) for v in value]
-    return value
-
-
-def _to_numpy(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.numpy()
-    if isinstance(value, dict):
-        return {k: _to_numpy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_to_numpy(v) for v in value]
-    return value

@@ -30,9 +30,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from flwr.app import Message
@@ -113,6 +112,15 @@ class Roster:
             )
 
 
+class Uplink(Protocol):
+    """The server's end of the uplink (:class:`fedcomp.flower.uplink.UplinkReceiver`): what a payload costs and
+    carries."""
+
+    def count(self, payload: bytes) -> int: ...
+
+    def decode(self, payload: bytes) -> dict[str, torch.Tensor]: ...
+
+
 @dataclass
 class Accepted:
     """A reply that passed every check, with what the server takes from it."""
@@ -130,10 +138,9 @@ class Accepted:
     """The version of the model the client now holds (downlink update compression), if it said."""
 
 
-def judge_reply(
-    msg: Message, decode: Callable[[bytes], dict[str, torch.Tensor]], roster: Roster, policy: ReplyPolicy
-) -> Accepted:
-    """Check every part of ``msg`` (see the module docstring); raises :class:`ReplyRejected`."""
+def judge_reply(msg: Message, uplink: Uplink, roster: Roster, policy: ReplyPolicy) -> Accepted:
+    """Check every part of ``msg`` (see the module docstring); raises :class:`ReplyRejected`. ``uplink`` counts
+    the payload's bytes and decodes it."""
     node = int(msg.metadata.src_node_id)
     if msg.has_error():
         raise ReplyRejected(f"client error: {clean_reason(msg.error.reason)}")
@@ -141,7 +148,7 @@ def judge_reply(
         payload = payload_from(msg.content)
     except DecodeError as exc:
         raise ReplyRejected(f"bad reply: {exc}") from None
-    size = len(payload)
+    size = uplink.count(payload)
     try:
         metrics = msg.content.metric_records[METRICS_KEY]
     except KeyError:
@@ -160,7 +167,7 @@ def judge_reply(
     except ReplyRejected as exc:
         raise ReplyRejected(f"bad metrics: {exc.reason}", size) from None
     try:
-        update = decode(payload)
+        update = uplink.decode(payload)
     except DecodeError as exc:
         raise ReplyRejected(f"undecodable payload: {exc}", size) from None
     if node not in roster.partition_of and partition >= 0:
