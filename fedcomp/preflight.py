@@ -47,6 +47,7 @@ from fedcomp.data import DATASETS, experiment_partitions, load_experiment_data
 from fedcomp.data.base import DatasetNotFoundError
 from fedcomp.imports import add_to_sys_path, is_import_spec, resolve
 from fedcomp.models import MODELS, initial_model
+from fedcomp.network import check_trace_covers, read_trace
 from fedcomp.params import ConfigError
 from fedcomp.schema import ExperimentConfig
 from fedcomp.strategies import STRATEGIES, parse_strategy_params
@@ -59,9 +60,17 @@ SCHEDULE_FIELDS = ("start_round", "compress_at", "prune_at")
 def check_experiment(cfg: ExperimentConfig) -> None:
     """Raise :class:`ConfigError` naming the key if ``cfg`` cannot run; cheap (one dataset load, one forward)."""
     check_resources(cfg)
+    check_network(cfg)
     split = _check_data(cfg)
     _check_model(cfg, split)
     _check_model_compressor(cfg, split)
+
+
+def check_network(cfg: ExperimentConfig) -> None:
+    """ConfigError naming ``network.trace`` (its file and line) unless the trace is readable and has a row for
+    every client; the server reads it again when it starts (a client never does)."""
+    if cfg.network.link == "trace":
+        check_trace_covers(read_trace(cfg.network.trace), cfg.federation.num_clients)
 
 
 def check_resources(cfg: ExperimentConfig) -> None:

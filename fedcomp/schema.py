@@ -32,6 +32,9 @@ ATTACKS = (
 """The attacks ``[faults] attacks`` may name, sorted; :mod:`fedcomp.clients.faults` makes each (``raise``: the
 client fails outright, the reference a rejected attack must equal)."""
 
+NETWORK_PROFILES = ("3g", "broadband", "lte")
+"""The link profiles ``[network] profile`` may name; :data:`fedcomp.network.PROFILES` holds their figures."""
+
 OPEN_SECTIONS = ("uplink", "server_compression", "downlink", "strategy")
 """Sections whose extra keys are their method's own parameters (kept in ``params``)."""
 
@@ -311,6 +314,64 @@ class FaultConfig:
 
 
 @dataclass
+class NetworkConfig:
+    """A simulated network (:mod:`fedcomp.network`): each client's link and compute, each round's simulated
+    duration from the bytes its messages measured, and optionally a deadline that drops slow clients."""
+
+    link: Literal["off", "fixed", "profile", "trace"] = "off"
+    """``fixed``: every client on ``uplink_mbps`` / ``downlink_mbps`` / ``latency_ms``; ``profile``: client i on
+    ``profile[i % len(profile)]``; ``trace``: one CSV row per client (``trace``); ``off``: no simulated time."""
+    uplink_mbps: float = 0.0
+    downlink_mbps: float = 0.0
+    latency_ms: float = 0.0
+    """One-way, per message."""
+    profile: list[str] = field(default_factory=list)
+    """Names from ``NETWORK_PROFILES`` ("3g", "lte", "broadband"), given to the clients in turn."""
+    trace: str = ""
+    """A CSV file: ``client,uplink_mbps,downlink_mbps,latency_ms`` and optionally ``compute_s``, one row per client."""
+    compute_s: float = 0.0
+    """Every client's compute per round, modelled (0: measured, the client's own decode + train + encode seconds)."""
+    deadline_s: float = 0.0
+    """Clients whose simulated time in a round exceeds this are dropped from its aggregate (0: none)."""
+
+    def validate(self, path: str) -> None:
+        for key in ("uplink_mbps", "downlink_mbps", "latency_ms", "compute_s", "deadline_s"):
+            require(0 <= getattr(self, key) < math.inf, f"{path}.{key}", "a finite number >= 0")
+        if self.link == "fixed":
+            for key in ("uplink_mbps", "downlink_mbps"):
+                require(getattr(self, key) > 0, f"{path}.{key}", 'a number of Mbit/s > 0 (link = "fixed")')
+        else:
+            for key in ("uplink_mbps", "downlink_mbps", "latency_ms"):
+                require(
+                    getattr(self, key) == 0,
+                    f"{path}.{key}",
+                    f'unset: it applies to link = "fixed" only, link is {self.link!r}',
+                )
+        require(
+            self.link == "profile" or not self.profile,
+            f"{path}.profile",
+            f'unset: it applies to link = "profile" only, link is {self.link!r}',
+        )
+        if self.link == "profile":
+            require(bool(self.profile), f"{path}.profile", f"a list of profile names from {list(NETWORK_PROFILES)}")
+            for i, name in enumerate(self.profile):
+                require(
+                    name in NETWORK_PROFILES, f"{path}.profile[{i}]", f"one of {list(NETWORK_PROFILES)}, got {name!r}"
+                )
+        require(
+            self.link == "trace" or not self.trace,
+            f"{path}.trace",
+            f'unset: it applies to link = "trace" only, link is {self.link!r}',
+        )
+        require(
+            self.link != "trace" or bool(self.trace.strip()), f"{path}.trace", 'the path of a CSV file (link = "trace")'
+        )
+        if self.link == "off":
+            for key in ("compute_s", "deadline_s"):
+                require(getattr(self, key) == 0, f"{path}.{key}", 'unset: no network is modelled (link = "off")')
+
+
+@dataclass
 class ExperimentConfig:
     """One federated experiment. Every section has working defaults."""
 
@@ -330,6 +391,7 @@ class ExperimentConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
 
     def validate(self, path: str = "") -> None:
         """Every section's own checks; :func:`fedcomp.config.validate_config` adds the checks across families."""

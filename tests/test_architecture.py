@@ -30,7 +30,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # The experiment schema (each section checks its own keys), user code by import path, packaged configs.
     ("schema", ("fedcomp.schema", "fedcomp.imports", "fedcomp.configs")),
     # Components, each family with its registry in its base module.
-    ("models, data, strategies", ("fedcomp.models", "fedcomp.data", "fedcomp.strategies")),
+    ("models, data, strategies", ("fedcomp.models", "fedcomp.data", "fedcomp.strategies",
+                                    "fedcomp.network")),
     ("compressors", ("fedcomp.compressors",)),
     # Checks that span families, and configs loaded with them.
     ("checks and loading", ("fedcomp.preflight", "fedcomp.config")),

@@ -50,6 +50,7 @@ from fedcomp.coding import DecodeError, check_all_values
 from fedcomp.compressors.model.base import ProximalTerm
 from fedcomp.flower import recalibration
 from fedcomp.flower.mod import CompressionMod, received_loss_term, received_model
+from fedcomp.flower.settings import settings_mod
 from fedcomp.imports import ALLOW_IMPORTS_ENV, only_allowed, parse_patterns, resolve
 from fedcomp.messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedcomp.models import initial_model
@@ -140,10 +141,15 @@ class NodeAllowList:
 
 def build_client_app(allow_imports: Sequence[str] | None = None) -> ClientApp:
     """fedcomp's ClientApp; ``allow_imports`` fixes its allow-list (None: each node's ``allow-imports``)."""
-    # Outermost first: the allow-list covers everything after it; wire faults act on what the
-    # compression mod sends.
+    # Outermost first: the allow-list covers everything after it; the settings sent by digest are put back
+    # before anything reads them (:mod:`fedcomp.flower.settings`); wire faults act on what the compression mod sends.
     client_app = ClientApp(
-        mods=[NodeAllowList(allow_imports), wire_faults_mod, CompressionMod(initial_model=seeded_initial_state)]
+        mods=[
+            NodeAllowList(allow_imports),
+            settings_mod,
+            wire_faults_mod,
+            CompressionMod(initial_model=seeded_initial_state),
+        ]
     )
     client_app.query()(warm_up)
     client_app.query(recalibration.ACTION)(statistics)

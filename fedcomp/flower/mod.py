@@ -59,7 +59,7 @@ from fedcomp.compressors.model.base import LossTerm, ModelCompressor, Received
 from fedcomp.compressors.model.identity import IdentityModelCompressor
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
 from fedcomp.compressors.update.base import EncodeContext, UpdateCompressor
-from fedcomp.flower import uplink
+from fedcomp.flower import settings, uplink
 from fedcomp.flower.downlink import (
     CHANGE_CODEC,
     Held,
@@ -103,6 +103,7 @@ class CompressionMod:
         change: the first broadcast is then the change since round 0, not the dense model."""
 
     def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        settings.restore(msg.content, context)  # settings sent by digest, put back; full ones kept for later
         kind = msg.metadata.message_type
         if kind not in (MessageType.TRAIN, MessageType.EVALUATE) or CONFIG_KEY not in msg.content.config_records:
             return call_next(msg, context)

@@ -29,6 +29,8 @@ class ClientFailure:
     node_id: int
     reason: str
     uplink_bytes: int = 0
+    wire_bytes: int = 0
+    """The whole reply's bytes as Flower serializes it (:mod:`.wire`), when a train reply came."""
 
 
 @dataclass
@@ -72,6 +74,26 @@ class RoundStats:
     client_model: OrderedDict[str, torch.Tensor] | None = None
     """When the downlink carries the model's change: R_t, the model the round's clients held and trained from
     (the server's own model w_t differs from it by what the change's compressor has not sent yet)."""
+    downlink_wire: dict[int, int] = field(default_factory=dict)
+    """Node → the whole train message's bytes as Flower serializes it (:mod:`.wire`: payload, config, framing)."""
+    uplink_wire: dict[int, int] = field(default_factory=dict)
+    """Node → its train reply's bytes as Flower serializes it."""
+    uplink_wire_clients: list[int] = field(default_factory=list)
+    """The aggregated clients' train replies' wire bytes, same order as ``clients``."""
+    other_downlink_wire: int = 0
+    """The other messages' wire bytes (client-side evaluation, a statistics round)."""
+    other_uplink_wire: int = 0
+    """Their replies'."""
+    late: list[dict[str, int]] = field(default_factory=list)
+    """Replies of earlier train messages that came after their round's timeout, received in this round:
+    ``round``, ``node_id``, ``uplink_bytes`` (payload), ``wire_bytes``."""
+    sim_client_s: dict[int, float] = field(default_factory=dict)
+    """Client (partition) → its simulated time in the round (:mod:`fedcomp.network`), for the clients that replied
+    in time for real."""
+    sim_round_s: float | None = None
+    """The round's simulated duration; None without a network model."""
+    sim_clock_s: float | None = None
+    """The simulated clock at the round's end (the sum of the rounds' durations)."""
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -85,10 +107,20 @@ class RoundStats:
         return round(sum(sent) / len(sent)) if sent else 0
 
     @property
+    def late_uplink_bytes(self) -> int:
+        return sum(r["uplink_bytes"] for r in self.late)
+
+    @property
     def uplink_bytes_total(self) -> int:
-        """Every uplink byte received: undecodable payloads and the updates of a round that kept its model included."""
+        """Every uplink byte received: undecodable payloads, the updates of a round that kept its model and the
+        late replies of earlier rounds included."""
         failed = sum(f.uplink_bytes for f in self.failures)
-        return sum(self.uplink_bytes) + failed + self.unused_uplink_bytes + self.statistics_uplink_bytes
+        used = sum(self.uplink_bytes) + self.unused_uplink_bytes + self.statistics_uplink_bytes
+        return used + failed + self.late_uplink_bytes
+
+    @staticmethod
+    def node_wire(nodes: list[int], wire: dict[int, int]) -> list[int]:
+        return [wire.get(n, 0) for n in nodes]
 
     def row(
         self,
@@ -105,7 +137,8 @@ class RoundStats:
             clients=self.clients,
             failed_clients=len(self.failures),
             failures=[
-                {"node_id": f.node_id, "reason": f.reason, "uplink_bytes": f.uplink_bytes} for f in self.failures
+                {"node_id": f.node_id, "reason": f.reason, "uplink_bytes": f.uplink_bytes, "wire_bytes": f.wire_bytes}
+                for f in self.failures
             ],
             train_loss=self.train_loss,
             test_accuracy=test_accuracy,
@@ -125,6 +158,17 @@ class RoundStats:
             federated_eval=self.evaluate_metrics,
             statistics_downlink_bytes=self.statistics_downlink_bytes,
             statistics_uplink_bytes=self.statistics_uplink_bytes,
+            uplink_wire_bytes=sum(self.uplink_wire.values())
+            + self.other_uplink_wire
+            + sum(r["wire_bytes"] for r in self.late),
+            uplink_wire_bytes_per_client=list(self.uplink_wire_clients),
+            downlink_wire_bytes=sum(self.downlink_wire.values()) + self.other_downlink_wire,
+            downlink_wire_bytes_sent_per_client=self.node_wire(self.sampled_nodes, self.downlink_wire),
+            late_uplink_bytes=self.late_uplink_bytes,
+            late_replies=list(self.late),
+            sim_round_s=self.sim_round_s,
+            sim_clock_s=self.sim_clock_s,
+            sim_client_s={str(k): v for k, v in sorted(self.sim_client_s.items())},
         )
 
 
@@ -168,6 +212,24 @@ class RoundRow:
     federated_eval: dict[str, float] = field(default_factory=dict)
     """The clients' evaluation on their own held-out data (``federation.evaluate_on``): example-weighted
     ``test_loss`` and ``test_accuracy``, and ``clients``, how many replies counted."""
+    uplink_wire_bytes: int = 0
+    """Every reply's whole message as Flower serializes it (:mod:`.wire`), late ones included: ≥ ``uplink_bytes``."""
+    uplink_wire_bytes_per_client: list[int] = field(default_factory=list)
+    """The aggregated clients' train replies, whole, same order as ``clients`` (≥ ``uplink_bytes_per_client``)."""
+    downlink_wire_bytes: int = 0
+    """Every message sent in the round, whole (train, evaluation, statistics): ≥ ``downlink_bytes``."""
+    downlink_wire_bytes_sent_per_client: list[int] = field(default_factory=list)
+    """Each sampled client's train message, whole, in node order (≥ ``downlink_bytes_sent_per_client``)."""
+    late_uplink_bytes: int = 0
+    """Of ``uplink_bytes``: payloads of replies that came after their round's timeout (see ``late_replies``)."""
+    late_replies: list[dict[str, int]] = field(default_factory=list)
+    """Those replies: ``round`` they belong to, ``node_id``, ``uplink_bytes``, ``wire_bytes``."""
+    sim_round_s: float | None = None
+    """The round's simulated duration on ``[network]``'s links (None: no network model)."""
+    sim_clock_s: float | None = None
+    """The simulated clock at the round's end."""
+    sim_client_s: dict[str, float] = field(default_factory=dict)
+    """Each client's (partition id) simulated time in the round."""
 
 
 @dataclass

@@ -57,22 +57,25 @@ from copy import copy
 from typing import Any, Protocol
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.fedopt import FedOpt
 from torch import nn
 
-from fedcomp.coding import DecodeLimits, values_within
+from fedcomp.coding import DecodeError, DecodeLimits, values_within
 from fedcomp.compressors.model.base import dense_payload
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
 from fedcomp.flower.downlink import DownlinkChannel
 from fedcomp.flower.inner_state import InnerState
 from fedcomp.flower.recalibration import gather
 from fedcomp.flower.rounds import ClientFailure, RoundClose, RoundStats
+from fedcomp.flower.settings import SettingsLedger
 from fedcomp.flower.transport import TRANSPORT_KEY, Transport
 from fedcomp.flower.uplink import UplinkReceiver
-from fedcomp.messages import CHECKPOINT_ROUND_KEY, METRICS_KEY, PAYLOAD_KEY, payload_record
+from fedcomp.flower.wire import WireGrid, wire_bytes
+from fedcomp.messages import CHECKPOINT_ROUND_KEY, METRICS_KEY, PAYLOAD_KEY, payload_from, payload_record
+from fedcomp.network import NetworkModel
 from fedcomp.strategies.influence import NormBound, apply_bound
 from fedcomp.strategies.replies import (
     EVENT_METRICS,
@@ -85,6 +88,11 @@ from fedcomp.strategies.replies import (
 )
 
 logger = logging.getLogger(__name__)
+
+COMPUTE_METRICS = ("decode_s", "train_s", "encode_s")
+"""A client's measured compute in a round: the seconds it reports decoding, training and encoding."""
+LATE_ROUNDS = 3
+"""How many rounds a train message's reply is still looked for after its round timed out."""
 
 Sampler = Callable[[Grid, int], list[int]]
 """(grid, round) → the node ids to train this round (fedcomp's seeded sampling); None: the inner strategy samples."""
@@ -148,6 +156,8 @@ class CompressedStrategy(Strategy):
         round_timeout_s: float | None = None,
         recorder: Recorder | None = None,
         update_norm_bound: NormBound | None = None,
+        network: NetworkModel | None = None,
+        send_settings_once: bool = True,
     ) -> None:
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}")
@@ -236,6 +246,29 @@ class CompressedStrategy(Strategy):
         self.norm_bound = update_norm_bound
         self.pending_failures: list[ClientFailure] = []
         """Failures found before a round (a warm-up reply refused): recorded in the next round's row."""
+        if network is not None and not isinstance(network, NetworkModel):
+            raise TypeError(f"network must be a fedcomp.network.NetworkModel, got {type(network).__name__}")
+        self.network = network
+        """Each client's link and compute (:mod:`fedcomp.network`): each round's simulated duration, and a deadline
+        that drops slow clients from the aggregate; None: no simulated time."""
+        self.sim_clock_s = 0.0
+        """The simulated clock: the sum of the rounds' simulated durations so far (checkpointed)."""
+        self.settings = SettingsLedger(enabled=send_settings_once)
+        """Which settings each node holds (:mod:`.settings`): later messages carry their digests instead."""
+        self.unattributed_wire = {"downlink": 0, "uplink": 0}
+        """Wire bytes of messages sent outside a round (the warm-up of fedcomp's own app)."""
+        self._closing: RoundStats | None = None
+        self._awaiting: dict[str, tuple[int, int]] = {}
+        """Train message id → (round, node), for replies that missed their round's timeout."""
+
+    def wired(self, grid: Any) -> WireGrid:
+        """``grid`` as this wrapper sends through it (:class:`~fedcomp.flower.wire.WireGrid`): every message
+        measured into the round's ledger, the settings sent once per node."""
+        if isinstance(grid, WireGrid) and self._on_wire in grid.listeners:
+            return grid
+        wire = WireGrid(grid, self.settings)
+        wire.listeners.append(self._on_wire)
+        return wire
 
     def start(  # noqa: PLR0913 - Flower's signature
         self,
@@ -248,6 +281,7 @@ class CompressedStrategy(Strategy):
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
     ) -> Result:
         """Flower's round loop; with a ``recorder``, every round also goes into its run directory."""
+        grid = self.wired(grid)
         if self.recorder is None:
             return super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate_fn)
         return self.recorder.run(
@@ -264,6 +298,7 @@ class CompressedStrategy(Strategy):
         stats = RoundStats(round=server_round)
         self.current = stats
         stats.failures, self.pending_failures = self.pending_failures, []
+        self._collect_late(grid, stats)
         if self.channel is not None:
             return self._configure_change(server_round, arrays, config, grid, stats)
         state = self.recalibrate(grid, server_round, OrderedDict(arrays.to_torch_state_dict()), config, stats)
@@ -342,12 +377,14 @@ class CompressedStrategy(Strategy):
                     self.channel.learn(node, judged.model_version)
                 accepted.append((judged, msg))
             except ReplyRejected as exc:
-                self._fail(stats, node, exc.reason, exc.uplink_bytes)
-        for node in stats.sampled_nodes:
-            if node not in replied:
-                self._fail(stats, node, "no reply before the round timeout")
+                self._fail(stats, node, exc.reason, exc.uplink_bytes, wire_bytes=stats.uplink_wire.get(node, 0))
+        no_reply = [node for node in stats.sampled_nodes if node not in replied]
+        for node in no_reply:
+            self._fail(stats, node, "no reply before the round timeout")
         if self.norm_bound is not None and accepted:
             accepted = self._bounded(stats, accepted)
+        if self.network is not None:
+            accepted = self._simulate(stats, accepted, no_reply=bool(no_reply))
 
         quorum = max(1, self.min_replies)
         if len(accepted) < quorum:
@@ -370,6 +407,7 @@ class CompressedStrategy(Strategy):
                               f"({len(overflowed)} tensors, first {overflowed[0]!r}): model kept", accepted)  # fmt: skip
         stats.clients = [a.partition for a, _ in accepted]
         stats.uplink_bytes = [a.uplink_bytes for a, _ in accepted]
+        stats.uplink_wire_clients = [stats.uplink_wire.get(a.node, 0) for a, _ in accepted]
         stats.uplink_bytes_sent = [a.payload_bytes_sent for a, _ in accepted]
         stats.downlink_bytes_received = [a.downlink_bytes_received for a, _ in accepted]
         stats.train_loss, stats.client_metrics = _weighted_metrics([a for a, _ in accepted])
@@ -507,7 +545,7 @@ class CompressedStrategy(Strategy):
         stats.downlink_metrics["update_norm_clipped"] = float(len(bounded.clipped))
         for i, why in bounded.rejected.items():
             judged = accepted[i][0]
-            self._fail(stats, judged.node, why, judged.uplink_bytes)
+            self._fail(stats, judged.node, why, judged.uplink_bytes, wire_bytes=stats.uplink_wire.get(judged.node, 0))
         for i in bounded.clipped:
             partition = accepted[i][0].partition
             logger.info("round %d: client %d's update clipped from norm %.4g to %.4g",
@@ -515,12 +553,19 @@ class CompressedStrategy(Strategy):
         return [pair for i, pair in enumerate(accepted) if i not in bounded.rejected]
 
     def _fail(
-        self, stats: RoundStats, node: int, reason: str, uplink_bytes: int = 0, *, model_unknown: bool = True
+        self,
+        stats: RoundStats,
+        node: int,
+        reason: str,
+        uplink_bytes: int = 0,
+        *,
+        model_unknown: bool = True,
+        wire_bytes: int = 0,
     ) -> None:
         """Record a client's failure; one short line on the console (the details are in the row).
 
         ``model_unknown``: the failed message was a train message, so the model the node holds is unknown."""
-        stats.failures.append(ClientFailure(node, reason, uplink_bytes))
+        stats.failures.append(ClientFailure(node, reason, uplink_bytes, wire_bytes))
         if self.channel is not None and model_unknown:  # its next broadcast is the dense model
             self.channel.learn(node, None)
         partition = self.roster.partition_of.get(node)
@@ -544,6 +589,7 @@ class CompressedStrategy(Strategy):
             "structure": json.dumps(structure_to_json(self.structure)),
             "downlink": self.downlink.state_dict(),
             "strategy": self.inner_state.state_dict(),
+            "sim_clock_s": self.sim_clock_s,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -552,6 +598,7 @@ class CompressedStrategy(Strategy):
         self.receiver.follow(self.structure)
         self.downlink.load_state_dict(state.get("downlink", {}))
         self.inner_state.load_state_dict(state.get("strategy", {}))
+        self.sim_clock_s = float(state.get("sim_clock_s", 0.0))
 
     def take_round_stats(self) -> RoundStats | None:
         """Hand over (and forget) the statistics of the round just aggregated; None before round 1 (Flower
@@ -568,12 +615,90 @@ class CompressedStrategy(Strategy):
         stats = self.take_round_stats()
         if stats is None:
             return None
-        trained = OrderedDict(arrays.to_torch_state_dict())
-        state = trained
-        if last or evaluating:  # the final pruning or the evaluation may want the model's statistics first (BWCP)
-            state = self.recalibrate(grid, server_round, trained, config, stats, last, evaluating)
+        self._closing = stats  # a statistics round's messages are measured into this round's ledger
+        try:
+            self._collect_late(grid, stats)
+            trained = OrderedDict(arrays.to_torch_state_dict())
+            state = trained
+            if last or evaluating:  # the final pruning or the evaluation may want the model's statistics (BWCP)
+                state = self.recalibrate(grid, server_round, trained, config, stats, last, evaluating)
+        finally:
+            self._closing = None
         snapshot = self.downlink.end_of_round(server_round, state, self.structure, last)
         return RoundClose(stats, trained, state, snapshot)
+
+    # ------------------------------------------------------------------ the wire, late replies, simulated time
+    def _on_wire(self, sent: list[tuple[Message, int]], replies: list[tuple[Message, int]]) -> None:
+        """A send_and_receive's messages and replies, measured (:class:`~fedcomp.flower.wire.WireGrid`): into the
+        round's ledger, train messages per node; a train message left unanswered is looked for later."""
+        stats = self.current if self.current is not None else self._closing
+        answered = {r.metadata.reply_to_message_id for r, _ in replies}
+        for m, n in sent:
+            if stats is None:
+                self.unattributed_wire["downlink"] += n
+            elif m.metadata.message_type == MessageType.TRAIN:
+                stats.downlink_wire[int(m.metadata.dst_node_id)] = n
+                if m.metadata.message_id not in answered:
+                    self._awaiting[m.metadata.message_id] = (stats.round, int(m.metadata.dst_node_id))
+            else:
+                stats.other_downlink_wire += n
+        for r, n in replies:
+            if stats is None:
+                self.unattributed_wire["uplink"] += n
+            elif r.metadata.message_type == MessageType.TRAIN:
+                stats.uplink_wire[int(r.metadata.src_node_id)] = n
+            else:
+                stats.other_uplink_wire += n
+
+    def _collect_late(self, grid: Any, stats: RoundStats) -> None:
+        """Replies to earlier rounds' train messages that came after their timeout: their bytes go into this
+        round's ledger (``late``), not lost. Looked for during :data:`LATE_ROUNDS` rounds."""
+        if not self._awaiting or not hasattr(grid, "pull_messages"):
+            return
+        self._awaiting = {k: v for k, v in self._awaiting.items() if stats.round - v[0] <= LATE_ROUNDS}
+        try:
+            replies = list(grid.pull_messages(list(self._awaiting)))
+        except Exception as exc:  # noqa: BLE001 - looking for late replies must never end a run
+            logger.debug("late replies: pull failed: %s", exc)
+            return
+        for r in replies:
+            key = r.metadata.reply_to_message_id
+            if key not in self._awaiting:
+                continue
+            round_, node = self._awaiting.pop(key)
+            if int(r.metadata.src_node_id) != node:  # the link's own note (expired, node gone): no reply came
+                continue
+            try:
+                payload = 0 if r.has_error() else len(payload_from(r.content))
+            except DecodeError:
+                payload = 0
+            stats.late.append({"round": round_, "node_id": node, "uplink_bytes": payload, "wire_bytes": wire_bytes(r)})
+
+    def _simulate(
+        self, stats: RoundStats, accepted: list[tuple[Accepted, Message]], *, no_reply: bool
+    ) -> list[tuple[Accepted, Message]]:
+        """Each usable reply's simulated time on its link (:attr:`network`), the round's simulated duration and
+        clock; replies that missed the deadline are dropped from the aggregate (the client's failure)."""
+        assert self.network is not None
+        times, kept = [], []
+        for a, msg in accepted:
+            measured = sum(a.metrics.get(k, 0.0) for k in COMPUTE_METRICS)
+            t = self.network.client_time(
+                a.partition, stats.downlink_wire.get(a.node, 0), stats.uplink_wire.get(a.node, 0), measured
+            )
+            times.append(t)
+            stats.sim_client_s[a.partition] = t.total_s
+            if self.network.misses_deadline(t):
+                why = f"missed the deadline: {t.total_s:.4g} s simulated > {self.network.deadline_s:g} s (network.deadline_s)"
+                self._fail(stats, a.node, why, a.uplink_bytes, model_unknown=False,
+                           wire_bytes=stats.uplink_wire.get(a.node, 0))  # fmt: skip
+            else:
+                kept.append((a, msg))
+        timeout = self.round_timeout_s or 0.0
+        stats.sim_round_s = self.network.round_duration(times, no_reply=no_reply, timeout_s=timeout)
+        self.sim_clock_s += stats.sim_round_s
+        stats.sim_clock_s = self.sim_clock_s
+        return kept
 
 
 def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

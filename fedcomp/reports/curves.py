@@ -30,6 +30,8 @@ class Point:
     uplink: int
     """Cumulative uplink bytes (all clients) at the end of the round."""
     downlink: int
+    sim_s: float | None = None
+    """The simulated clock at the end of the round (``[network]``: ``sim_clock_s``); None without a network model."""
 
     @property
     def total(self) -> int:
@@ -45,7 +47,9 @@ def curve(run: RunRecord) -> list[Point]:
         up += int(r["uplink_bytes"])
         down += int(r["downlink_bytes"])
         if r.get("test_accuracy") is not None:
-            out.append(Point(int(r["round"]), float(r["test_accuracy"]), up, down))
+            clock = r.get("sim_clock_s")
+            sim = float(clock) if isinstance(clock, int | float) and not isinstance(clock, bool) else None
+            out.append(Point(int(r["round"]), float(r["test_accuracy"]), up, down, sim))
     return out
 
 

@@ -35,6 +35,7 @@ from fedcomp.flower.strategy import CompressedStrategy
 from fedcomp.imports import resolve
 from fedcomp.messages import CONFIG_KEY, METRICS_KEY, STATE_DIR_KEY, config_record
 from fedcomp.models import initial_model
+from fedcomp.network import NetworkModel
 from fedcomp.polling import quicker_pulls
 from fedcomp.servers.recorder import Checkpoint, RunRecorder
 from fedcomp.servers.stopping import StoppableGrid
@@ -113,6 +114,7 @@ def compressed_strategy(cfg: ExperimentConfig, arch: Architecture) -> Compressed
         evaluate_rounds=lambda r: evaluation_due(cfg, r),
         round_timeout_s=fed.round_timeout_s,
         update_norm_bound=norm_bound(cfg),
+        network=NetworkModel.from_config(cfg.network),
     )
     strategy.roster = sampler.roster  # one roster: sampling orders by it, replies are judged against it
     return strategy
@@ -185,6 +187,7 @@ def serve(
     device = resolve_device(cfg.simulation.device)
     arch = Architecture.of_config(cfg, split.input_shape, split.num_classes)
     strategy = compressed_strategy(cfg, arch)
+    grid = strategy.wired(grid)  # every message measured whole, the settings sent once per node
     strategy.roster.sizes, strategy.roster.test_sizes = partition_sizes(cfg, split)
     if strategy.roster.sizes:  # how unequal the clients are: the report prints it beside the partition
         recorder.meta["client_sizes"] = client_sizes([range(n) for n in strategy.roster.sizes.values()])
@@ -267,6 +270,7 @@ def serve(
         return MetricRecord({"test_accuracy": acc}) if acc is not None else None
 
     recorder.meta["warmup_s"] = warm_up(grid, cfg, strategy)
+    recorder.meta["warmup_wire_bytes"] = dict(strategy.unattributed_wire)
     # The warm-up is not a round: the bar's clock (its rate and ETA) starts now.
     bar.reset(total=rounds)
     bar.initial = bar.n = done

@@ -328,6 +328,12 @@ class RunRecorder:
             "best_test_accuracy": max(accs) if accs else None,
             "uplink_bytes": sum(int(r.get("uplink_bytes") or 0) for r in self.rows),
             "downlink_bytes": sum(int(r.get("downlink_bytes") or 0) for r in self.rows),
+            "uplink_wire_bytes": sum(int(r.get("uplink_wire_bytes") or 0) for r in self.rows),
+            "downlink_wire_bytes": sum(int(r.get("downlink_wire_bytes") or 0) for r in self.rows),
+            "late_uplink_bytes": sum(int(r.get("late_uplink_bytes") or 0) for r in self.rows),
+            "sim_clock_s": next(
+                (r["sim_clock_s"] for r in reversed(self.rows) if r.get("sim_clock_s") is not None), None
+            ),
             "wall_s": self.wall_before + time.time() - self.started,
             **self.meta,
         }
