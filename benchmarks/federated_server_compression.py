@@ -16,6 +16,14 @@ cases share every setting but the compressor):
   ``benchmarks/bwcp_federated.py`` found to prune 60 % of the FLOPs in so
   few rounds).
 
+Each method also runs beside its paper's baselines, every one an option of the same compressor, in the same
+federation, seeds and schedule (``BASELINES``; rows ``case/name``): LC against direct compression
+(``direct_compression = true``: dense training, one C step on each round's model); ALDS against ``k1``,
+``fixed_k`` (k = 3) and ``uniform_svd`` (``allocation``); UDFC against plain pruning and Neuron Merging with the
+same BN recalibration (``compensation = "none"`` / ``"merging"``) and the paper's closed forms without it
+(``recalibrate = false``); BWCP against network slimming (``variant = "network_slimming"``) at the FLOPs the
+same seed's BWCP run removed. ``--no-baselines`` skips them.
+
 Per case: the final accuracy of the model the compressor ships and the
 mean over the last ``--tail`` rounds (a federation on non-IID data swings
 from round to round, the uncompressed one too), each against the same
@@ -30,8 +38,10 @@ over ``--seeds`` experiment seeds; torch threads fixed per client by
         [--lenet-rounds 30] [--resnet-rounds 20] [--tail 5] [--out DIR]
     python benchmarks/federated_server_compression.py --from-json LOG   # the table again from a run's output
 
-Prints a table, then a JSON object as its last line. ``--quick``: 3 rounds, one seed, the LeNet-5 cases
-(a smoke test).
+Prints a table, then a JSON object as its last line; its ``methods`` holds, per method (lc, alds, udfc,
+bwcp), the method's row and a ``baselines`` object with each baseline's. ``--quick``: one seed, one case per
+method (``lc_lenet5``, ``alds_lenet5``, ``udfc_resnet20``, ``bwcp_resnet20``) with all its baselines, 3 rounds
+(LeNet-5) or 4 (ResNet-20, 2 of 20 clients a round): a smoke test.
 """
 
 from __future__ import annotations
@@ -121,16 +131,58 @@ CASES: dict[str, tuple[str, str, Callable[[int], list[str]]]] = {
 }
 
 
-def config_for(case: str, rounds: int, seed: int, out: Path, identity: bool = False) -> ExperimentConfig:
+QUICK_RESNET_FEDERATION = [
+    "federation.num_clients=20",
+    "federation.fraction_train=0.1",
+    "federation.min_train_clients=2",
+    "simulation.num_cpus=1.0",
+]
+"""--quick: two clients of 200 digits a round, so the ResNet-20 cases take seconds a round."""
+
+
+def _method(case: str) -> str:
+    return case.split("_")[0]
+
+
+# Per method, its paper's baselines as options of the same compressor (issue 39's names): overrides on top of
+# the case's own (the same schedule), given the method's own runs of that seed (network slimming matches the
+# FLOPs BWCP removed).
+BASELINES: dict[str, dict[str, Callable[[dict], list[str]]]] = {
+    "lc": {"direct_compression": lambda run: ["server_compression.direct_compression=true"]},
+    "alds": {
+        "k1": lambda run: ['server_compression.allocation="k1"'],
+        "fixed_k": lambda run: ['server_compression.allocation="fixed_k"', "server_compression.k=3"],
+        "uniform_svd": lambda run: ['server_compression.allocation="uniform_svd"'],
+    },
+    "udfc": {
+        "plain_recalibrated": lambda run: ['server_compression.compensation="none"'],
+        "merging_recalibrated": lambda run: ['server_compression.compensation="merging"'],
+        "paper": lambda run: ["server_compression.recalibrate=false"],
+    },
+    "bwcp": {
+        "network_slimming": lambda run: [
+            'server_compression.variant="network_slimming"',
+            f"server_compression.flops_removed={min(max(run['flops_removed'], 0.001), 0.999):.4f}",
+        ]
+    },
+}
+
+
+def config_for(
+    case: str, rounds: int, seed: int, out: Path, identity: bool = False, baseline: str = "", extra: list[str] = (),
+    quick: bool = False,
+) -> ExperimentConfig:  # fmt: skip
     family, filename, schedule = CASES[case]
+    folder = family + "_identity" if identity else case + (f"_{baseline}" if baseline else "")
+    resnet = QUICK_RESNET_FEDERATION if quick else RESNET_FEDERATION
     overrides = [
         "data.dataset=mnist5k",
         f"federation.rounds={rounds}",
         "federation.evaluate_every=1",
         f"seed={seed}",
-        f'output_dir="{out / (family + "_identity" if identity else case) / str(seed)}"',
-        *(RESNET_FEDERATION if family == "resnet20" else []),
-        *(['server_compression={name="identity"}'] if identity else schedule(rounds)),
+        f'output_dir="{out / folder / str(seed)}"',
+        *(resnet if family == "resnet20" else []),
+        *(['server_compression={name="identity"}'] if identity else [*schedule(rounds), *extra]),
     ]
     return load_config(CONFIGS / filename, overrides)
 
@@ -157,6 +209,7 @@ def run_once(cfg: ExperimentConfig) -> dict:
         "uplink_bytes": sum(r["uplink_bytes"] for r in rows),
         "final_model_bytes": summary["final_model_bytes"],
         "failed_clients": sum(r["failed_clients"] for r in rows),
+        "flops_removed": max((r["server_metrics"].get("bwcp_flops_removed", 0.0) for r in rows), default=0.0),
         "wall_s": time.perf_counter() - t0,
     }
 
@@ -179,27 +232,38 @@ def _runs_of_bytes(per_round: list[int]) -> str:
 
 def _run_case(
     case: str, seeds: list[int], rounds: dict[str, int], out: Path,
-    baselines: dict[tuple[str, int], dict], results: dict[str, list[dict]],
+    baselines: dict[tuple[str, int], dict], results: dict[str, list[dict]], quick: bool = False,
+    with_baselines: bool = True,
 ) -> None:  # fmt: skip
-    """Run ``case`` for every seed (and its family's uncompressed baseline once per seed); fill ``results``."""
+    """Run ``case`` for every seed (and its family's uncompressed federation once per seed), then, in the same
+    federation and seed, each of its method's baselines (``BASELINES``, as ``case/name``); fill ``results``."""
     family = CASES[case][0]
-    results[case] = []
+    names = [case] + ([f"{case}/{b}" for b in BASELINES[_method(case)]] if with_baselines else [])
+    for name in names:
+        results[name] = []
     for seed in seeds:
-        cfg = config_for(case, rounds[family], seed, out)
+        cfg = config_for(case, rounds[family], seed, out, quick=quick)
         if (family, seed) not in baselines:
-            base_cfg = config_for(case, rounds[family], seed, out, identity=True)
+            base_cfg = config_for(case, rounds[family], seed, out, identity=True, quick=quick)
             baselines[family, seed] = {"federation": federation_of(base_cfg), **run_once(base_cfg)}
         base = baselines[family, seed]
-        if federation_of(cfg) != base["federation"]:
-            raise SystemExit(f"{case}: its federation differs from the other {family} cases': no common baseline")
-        run = run_once(cfg)
-        run["vs_uncompressed"] = run["accuracy"] - base["accuracy"]
-        run["downlink_ratio"] = run["downlink_bytes"] / base["downlink_bytes"]
-        run["uplink_ratio"] = run["uplink_bytes"] / base["uplink_bytes"]
-        run["final_model_ratio"] = run["final_model_bytes"] / base["final_model_bytes"]
-        results[case].append(run)
-        print(f"{case} seed {seed}: {run['accuracy']:.3f} (uncompressed {base['accuracy']:.3f}), "
-              f"downlink x{run['downlink_ratio']:.3f}, {run['wall_s']:.0f} s", flush=True)  # fmt: skip
+        own: dict = {}
+        for name in names:
+            baseline = name.partition("/")[2]
+            if baseline:
+                extra = BASELINES[_method(case)][baseline](own)
+                cfg = config_for(case, rounds[family], seed, out, baseline=baseline, extra=extra, quick=quick)
+            if federation_of(cfg) != base["federation"]:
+                raise SystemExit(f"{name}: its federation differs from the other {family} cases': no common baseline")
+            run = run_once(cfg)
+            own = own or run
+            run["vs_uncompressed"] = run["accuracy"] - base["accuracy"]
+            run["downlink_ratio"] = run["downlink_bytes"] / base["downlink_bytes"]
+            run["uplink_ratio"] = run["uplink_bytes"] / base["uplink_bytes"]
+            run["final_model_ratio"] = run["final_model_bytes"] / base["final_model_bytes"]
+            results[name].append(run)
+            print(f"{name} seed {seed}: {run['accuracy']:.3f} (uncompressed {base['accuracy']:.3f}), "
+                  f"downlink x{run['downlink_ratio']:.3f}, {run['wall_s']:.0f} s", flush=True)  # fmt: skip
 
 
 def _tail_mean(accuracy_by_round: list[float], tail: int) -> float:
@@ -232,7 +296,7 @@ def summarize(
             "downlink_per_client": _runs_of_bytes(base_runs[0]["downlink_per_client_by_round"]),
         }
     for case, runs in results.items():
-        family = CASES[case][0]
+        family = CASES[case.partition("/")[0]][0]
         acc, sd = _mean_sd([r["accuracy"] for r in runs])
         tails = [_tail_mean(r["accuracy_by_round"], tail) for r in runs]
         base_tails = [_tail_mean(baselines[family, s]["accuracy_by_round"], tail) for s in seeds]
@@ -250,6 +314,7 @@ def summarize(
             "final_model_ratio": statistics.fmean(r["final_model_ratio"] for r in runs),
             "statistics_bytes": statistics.fmean(r["statistics_bytes"] for r in runs),
             "failed_clients": sum(r["failed_clients"] for r in runs),
+            "flops_removed": statistics.fmean(r.get("flops_removed", 0.0) for r in runs),
             "downlink_per_client": _runs_of_bytes(
                 [
                     round(statistics.fmean(v))
@@ -283,6 +348,42 @@ def print_table(table: dict[str, dict], seeds: int, tail: int) -> None:
         print(f"  {name}: {row['downlink_per_client']}")
 
 
+def methods_vs_baselines(table: dict[str, dict]) -> dict[str, dict]:
+    """Per method (its first case that ran with baselines): the method's row and a ``baselines`` object, each
+    baseline's row of the same federation and seeds (issue 39's names), with its accuracy minus the method's."""
+    out: dict[str, dict] = {}
+    keys = ("accuracy", "sd", "tail_accuracy", "tail_sd", "downlink_ratio", "uplink_ratio", "final_model_ratio")
+    for case, row in table.items():
+        if case.endswith("_identity") or "/" in case or case not in CASES or _method(case) in out:
+            continue
+        names = BASELINES[_method(case)]
+        if not all(f"{case}/{b}" in table for b in names):
+            continue
+        entry = {"case": case, **{k: row[k] for k in keys}, "baselines": {}}
+        for b in names:
+            other = table[f"{case}/{b}"]
+            entry["baselines"][b] = {**{k: other[k] for k in keys},
+                                     "method_minus_baseline": row["accuracy"] - other["accuracy"],
+                                     "tail_method_minus_baseline": row["tail_accuracy"] - other["tail_accuracy"]}  # fmt: skip
+        out[_method(case)] = entry
+    return out
+
+
+def print_methods(methods: dict[str, dict]) -> None:
+    print("\nEach method beside its paper's baselines (same federation and seeds; accuracy of the shipped model):")
+    print(f"{'method / baseline':<28}{'last round':>16}{'last-5 mean':>16}{'method − it':>13}"
+          f"{'downlink':>10}{'final model':>13}")  # fmt: skip
+    for method, e in methods.items():
+        print(f"{method + ' (' + e['case'] + ')':<28}{e['accuracy']:>10.3f} ±{e['sd']:.3f}"
+              f"{e['tail_accuracy']:>10.3f} ±{e['tail_sd']:.3f}{'':>13}{e['downlink_ratio']:>10.3f}"
+              f"{e['final_model_ratio']:>13.4f}")  # fmt: skip
+        for name, b in e["baselines"].items():
+            print(f"{'  ' + name:<28}{b['accuracy']:>10.3f} ±{b['sd']:.3f}{b['tail_accuracy']:>10.3f} ±{b['tail_sd']:.3f}"
+                  f"{b['method_minus_baseline']:>+13.3f}{b['downlink_ratio']:>10.3f}{b['final_model_ratio']:>13.4f}")  # fmt: skip
+    print("(method − it: the method's last-round accuracy minus the baseline's; downlink and final model: ratios to")
+    print(" the uncompressed federation's bytes)")
+
+
 def _load(paths: list[str]) -> tuple[list[int], dict[str, int], dict[str, list[dict]], dict[tuple[str, int], dict]]:
     """Seeds, rounds, runs and baselines of earlier runs' JSON lines, merged (a later file's case wins)."""
     seeds, rounds, results, baselines = None, {}, {}, {}
@@ -295,7 +396,7 @@ def _load(paths: list[str]) -> tuple[list[int], dict[str, int], dict[str, list[d
             if rounds.setdefault(family, n) != n:
                 raise SystemExit(f"{path}: {family} ran {n} rounds, another file's {rounds[family]}")
         results.update(saved["runs"])
-        for key, run in saved["baselines"].items():
+        for key, run in saved.get("uncompressed", saved.get("baselines", {})).items():  # older files: "baselines"
             family, seed = key.split("/")
             old = baselines.setdefault((family, int(seed)), run)
             if old["accuracy_by_round"] != run["accuracy_by_round"]:  # the same federation must give the same run
@@ -313,6 +414,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--resnet-rounds", type=int, default=20)
     parser.add_argument("--out", default="runs/bench_federated_server_compression")
     parser.add_argument("--tail", type=int, default=5, help="also report the mean accuracy of the last TAIL rounds")
+    parser.add_argument("--no-baselines", action="store_true", help="each case and the uncompressed federation only")
     parser.add_argument(
         "--from-json", nargs="+", help="print the table from these files' last lines (earlier runs' output; a case "
         "in a later file replaces an earlier file's, and the baselines they share must agree)"
@@ -322,12 +424,9 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; the cases are {', '.join(CASES)}")
-    if args.quick:
-        cases, seeds, rounds = (
-            [c for c in cases if CASES[c][0] == "lenet5"] or cases[:1],
-            [0],
-            {"lenet5": 3, "resnet20": 3},
-        )
+    if args.quick:  # one case per method, every baseline, a few rounds of a light federation
+        quick_cases = ("lc_lenet5", "alds_lenet5", "udfc_resnet20", "bwcp_resnet20")
+        cases, seeds, rounds = [c for c in cases if c in quick_cases], [0], {"lenet5": 3, "resnet20": 4}
     else:
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         rounds = {"lenet5": args.lenet_rounds, "resnet20": args.resnet_rounds}
@@ -340,12 +439,15 @@ def main(argv: list[str] | None = None) -> dict:
         baselines, results = {}, {}
         with fedcomp.shared_engine():  # one engine start per client-resource setting, not one per run
             for case in cases:
-                _run_case(case, seeds, rounds, out, baselines, results)
-    table = summarize(seeds, rounds, baselines, results, args.tail)
+                _run_case(case, seeds, rounds, out, baselines, results, args.quick, not args.no_baselines)
+    table = summarize(seeds, rounds, baselines, results, min(args.tail, min(rounds.values())))
     print_table(table, len(seeds), args.tail)
-    figures = {"seeds": seeds, "rounds": rounds, "tail": args.tail, "table": table, "runs": results,
-               "baselines": {f"{f}/{s}": {k: v for k, v in b.items() if k != "federation"}
-                             for (f, s), b in baselines.items()}}  # fmt: skip
+    methods = methods_vs_baselines(table)
+    print_methods(methods)
+    figures = {"seeds": seeds, "rounds": rounds, "tail": args.tail, "methods": methods, "table": table,
+               "runs": results,
+               "uncompressed": {f"{f}/{s}": {k: v for k, v in b.items() if k != "federation"}
+                                for (f, s), b in baselines.items()}}  # fmt: skip
     print(json.dumps(figures))
     return figures
 

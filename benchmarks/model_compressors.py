@@ -134,6 +134,59 @@ def lc_c_steps(model_name: str, shape: tuple[int, int, int]) -> dict:
     return out
 
 
+LC_GROUPS = [
+    {"layers": ["features.*"], "forms": [{"form": "quantize", "k": 4}]},
+    {"layers": ["classifier.*"], "forms": [{"form": "quantize", "k": 2}, {"form": "prune", "keep": 0.01}]},
+]
+"""``fedcomp/configs/lc_lenet5.toml``'s forms: 2-bit convs, 1-bit + 1 % corrections on the FC layers (Q+P)."""
+
+
+def lc_vs_direct_compression(out_dir: Path, quick: bool = False, seeds: int = 3) -> dict:
+    """LC (augmented Lagrangian, one epoch per L step, μ from 0.01 ×1.6) against direct compression (one C step
+    on the reference), both from the LeNet-5 reference of ``alds_lenet``, through the ``lc`` compressor itself.
+
+    Per seed: the L steps' data order and a class-stratified test half; mean ± sd over the seeds."""
+    from fedcomp.compressors.model.lc import LCCompressor, LCParams
+    from fedcomp.data.embedded import stratified_split
+    from fedcomp.params import params_from_dict
+
+    steps = 2 if quick else 8
+    with fixed_threads(UDFC_THREADS):
+        split = load_dataset("mnist5k", "", False, 1000, 0)
+        arch = Architecture("lenet5_caffe", split.input_shape, split.num_classes)
+        data = _train_data(split, quick)
+        state = _lenet_reference(arch, data, out_dir, quick)
+        labels = split.test.labels.numpy()
+        subsets = [split.test.subset(stratified_split(labels, len(labels) // 2, seed)[1]) for seed in range(seeds)]
+        section = {"groups": LC_GROUPS, "mu0": 1e-2, "mu_growth": 1.6}
+        dc_acc, lc_acc, sizes = [], [], {}
+        for seed, test in enumerate(subsets):
+            dc = LCCompressor(params_from_dict(LCParams, {**section, "direct_compression": True}, "sc"), arch)
+            snap = dc.end_of_round(1, state, (), last=True)
+            dc_acc.append(_accuracy(arch, (), snap.state, test))
+            sizes["direct_compression"] = len(snap.payload)
+            lc = LCCompressor(params_from_dict(LCParams, section, "sc"), arch)
+            w = OrderedDict((k, v.clone()) for k, v in state.items())
+            model = arch.build()
+            gen = torch.Generator().manual_seed(seed)
+            for step in range(1, steps + 1):
+                received = lc.decode(lc.broadcast(step, w, ()).payload)
+                model.load_state_dict(received.state)
+                cfg = ClientConfig(local_epochs=1, batch_size=64, lr=0.01, momentum=0.9)
+                train_local(model, data, cfg, gen, torch.device("cpu"), loss_term=received.loss_term)
+                w = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+                snap = lc.end_of_round(step, w, (), last=step == steps)
+            lc_acc.append(_accuracy(arch, (), snap.state, test))
+            sizes["lc"] = len(snap.payload)
+        reference = _mean_sd([_accuracy(arch, (), state, test) for test in subsets])[0]
+    (lc_m, lc_s), (dc_m, dc_s) = _mean_sd(lc_acc), _mean_sd(dc_acc)
+    return {
+        "reference_accuracy": reference, "seeds": seeds, "l_steps": steps,
+        "lc": {"accuracy": lc_m, "sd": lc_s, "bytes": sizes["lc"]},
+        "direct_compression": {"accuracy": dc_m, "sd": dc_s, "bytes": sizes["direct_compression"]},
+    }  # fmt: skip
+
+
 def _train_data(split, quick: bool):  # noqa: ANN001, ANN202 - SplitData in, ImageData out
     """All 4,000 training digits, or the first 1,500 with --quick (one minute for the whole benchmark)."""
     return split.train.subset(np.arange(1500)) if quick else split.train
@@ -148,12 +201,19 @@ UDFC_THREADS = 2
 UDFC_SETTINGS = tuple((0.0, b) for b in (6, 4)) + tuple((p, b) for b in (16, 6, 4) for p in (0.1, 0.3, 0.5))
 """(prune, bits): quantization only; pruning only (16 bits: no visible rounding); both."""
 UDFC_VARIANTS = {
-    "plain": {"compensate": False},
-    "compensated": {},
-    "no_recal": {"recalibrate": False},
+    "plain": {"compensation": "none", "recalibrate": False},
+    "plain_recalibrated": {"compensation": "none"},
+    "merging": {"compensation": "merging", "recalibrate": False},
+    "merging_recalibrated": {"compensation": "merging"},
+    "paper": {"recalibrate": False},
     "random": {"criterion": "random"},
+    "compensated": {},
 }
-"""UDFC's defaults against plain pruning, the closed forms alone (no BN recalibration) and random channels."""
+"""UDFC's defaults (closed forms + fedcomp's BN recalibration) against its baselines, all of them the compressor's
+own options (``compensation``, ``recalibrate``): plain pruning + quantization and Neuron Merging, each without and
+with the same recalibration; the paper's closed forms alone; random channels."""
+UDFC_BASELINES = {"plain_recalibrated": "plain_recalibrated", "merging_recalibrated": "merging_recalibrated",
+                  "paper": "paper"}  # fmt: skip
 
 
 def _train_reference(arch: Architecture, data, lrs, weight_decay: float, path: Path) -> OrderedDict:  # noqa: ANN001
@@ -194,45 +254,6 @@ class fixed_threads:  # noqa: N801 - used like a function
         torch.set_num_threads(self.old)
 
 
-def neuron_merging(state: OrderedDict, arch: Architecture, prune: float) -> tuple[OrderedDict, tuple]:
-    """Neuron Merging (Kim et al. 2020) at UDFC's channels and counts: each removed channel j is merged
-    into its most similar kept channel i (cosine of the BN-folded filters ŵ): next-layer weights
-    V_{:,i} += (‖ŵ_j‖/‖ŵ_i‖)·V_{:,j}, then j is removed plainly. Returns the state and its structure."""
-    from fedcomp.compressors.model.channels import channel_graph, resize_edits
-    from fedcomp.compressors.model.udfc import bn_fold, prune_counts, prune_layer, select_channels
-
-    graph = channel_graph(arch)
-    plain = UDFCParams(prune, compensate=False)
-    out = OrderedDict((k, v.clone()) for k, v in state.items())
-    widths = [out[f"{t.conv}.weight"].shape[0] for t in graph.triples]
-    eps = 1e-5
-    rng = np.random.default_rng(0)
-    for t, n_prune in zip(graph.triples, prune_counts(widths, prune), strict=True):
-        if n_prune == 0:
-            continue
-        g, _ = bn_fold(out, t.bn, eps)
-        w_hat = g[:, None] * out[f"{t.conv}.weight"].double().numpy().reshape(len(g), -1)
-        pruned, kept = select_channels(w_hat, out[f"{t.bn}.weight"].double().numpy(), n_prune, "gamma", rng)
-        norms = np.linalg.norm(w_hat, axis=1)
-        cosine = (w_hat[pruned] @ w_hat[kept].T) / np.outer(norms[pruned], norms[kept])
-        nxt = out[f"{t.next}.weight"]
-        original = nxt.clone()
-        for row, j in enumerate(pruned):
-            i = int(kept[int(np.argmax(cosine[row]))])
-            nxt[:, i] += float(norms[j] / norms[i]) * original[:, int(j)]
-        prune_layer(out, t, None, eps, n_prune, plain, rng)  # the same |γ| channels go, uncompensated
-    return out, resize_edits(arch, out)
-
-
-def _merging_accuracy(arch: Architecture, state: OrderedDict, prune: float, bits: int, test) -> float:  # noqa: ANN001
-    """Neuron Merging's pruning, then UDFC's b-bit quantization (with its s̃) so that the sizes match."""
-    merged, structure = neuron_merging(state, arch, prune) if prune > 0 else (state, ())
-    udfc = UDFCCompressor(UDFCParams(0.0, bits=bits), arch)
-    udfc.pruned = True
-    _, got, structure, _ = udfc.compress(merged, structure)
-    return _accuracy(arch, structure, got, test)
-
-
 def _accuracy(arch: Architecture, structure: tuple, state: OrderedDict, test) -> float:  # noqa: ANN001
     model = arch.build(structure).eval()
     model.load_state_dict(state)
@@ -244,14 +265,14 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def _udfc_row(arch: Architecture, state: OrderedDict, prune: float, bits: int, subsets: list) -> dict:
-    """One (prune, bits) setting: every variant and Neuron Merging on every seed's test half; mean ± sd."""
-    acc: dict[str, list[float]] = {k: [] for k in (*UDFC_VARIANTS, "merging")}
+    """One (prune, bits) setting: every variant on every seed's test half; mean ± sd."""
+    acc: dict[str, list[float]] = {k: [] for k in UDFC_VARIANTS}
     size, elapsed = 0, 0.0
     for seed, test in enumerate(subsets):
         for key, kw in UDFC_VARIANTS.items():
-            # Nothing pruned: the channel criterion and the recalibration (after pruning) change nothing, so
-            # "random" and "no_recal" are the compensated model; "plain" is not (no s̃ on the quantization).
-            if prune == 0 and key in ("random", "no_recal"):
+            # Nothing pruned: the channel criterion, the compensation of pruning and the recalibration (after
+            # pruning) change nothing, so those variants are the compensated or the plain model.
+            if prune == 0 and key not in ("plain", "compensated"):
                 continue
             t0 = time.perf_counter()
             udfc = UDFCCompressor(UDFCParams(prune, bits=bits, **kw), arch, seed=seed)
@@ -259,9 +280,8 @@ def _udfc_row(arch: Architecture, state: OrderedDict, prune: float, bits: int, s
             if key == "compensated":
                 elapsed, size = time.perf_counter() - t0, len(payload)
             acc[key].append(_accuracy(arch, structure, got, test))
-        acc["merging"].append(_merging_accuracy(arch, state, prune, bits, test))
     for key in acc:
-        acc[key] = acc[key] or acc["compensated"]
+        acc[key] = acc[key] or acc["plain" if key.startswith("plain") else "compensated"]
     row: dict = {"prune": prune, "bits": bits}
     stats = {k: _mean_sd(v) for k, v in acc.items()}
     row.update({k: mean for k, (mean, _) in stats.items()})
@@ -271,7 +291,8 @@ def _udfc_row(arch: Architecture, state: OrderedDict, prune: float, bits: int, s
 
 
 def udfc_vs_plain(out_dir: Path, quick: bool = False, seeds: int = 3) -> dict:
-    """UDFC's defaults against plain pruning, random channels and Neuron Merging, data-free.
+    """UDFC's defaults against plain pruning and Neuron Merging (with and without recalibration), the paper's
+    closed forms alone and random channels, data-free.
 
     One reference model (trained once, cached); per seed, a class-stratified half of the test set and the
     compressor's seed (random channels, distilled inputs); mean ± sd over the seeds.
@@ -294,31 +315,32 @@ LENET_EPOCH_LRS = (0.05,) * 4 + (0.01,) * 3 + (0.002,) * 3
 """The ALDS reference LeNet-5-Caffe: ten epochs, step-decayed."""
 ALDS_TARGETS = (0.5, 0.6, 0.8)
 ALDS_VARIANTS = {
-    "uniform_svd": {},
-    "k1": {"max_k": 1},
+    "uniform_svd": {"allocation": "uniform_svd"},
+    "k1": {"allocation": "k1"},
+    "fixed_k": {"allocation": "fixed_k", "k": 3},
     "alds_tabulated": {"error": "tabulated"},
     "alds_true": {"error": "true"},
 }
-"""Uniform-rank SVD; Algorithm 1 with one subspace per layer (k = 1); ALDS equalizing either error."""
+"""Uniform-rank SVD; OptimalRanks with one subspace per layer (k = 1) or k = 3 everywhere (the compressor's
+``allocation`` options, supplement Fig. 10); ALDS equalizing either error (``alds_true``: the default)."""
 
 
 def _alds_model(  # noqa: ANN202
     arch: Architecture, state: OrderedDict, target: float, variant: str, inits: int, seed: int = 0
 ):
-    """(state, structure) of ``variant`` at ``target`` removed, via the compressor (uniform SVD: its allocation).
+    """(state, structure) of ``variant`` at ``target`` removed, by the compressor with that variant's options.
 
     ``inits``: Algorithm 1's initializations; ``seed``: the compressor's seed (its random initializations)."""
-    from unittest import mock
-
-    from fedcomp.compressors.model import alds as alds_module
     from fedcomp.compressors.model.alds import ALDSCompressor, ALDSParams
 
-    kw = {k: v for k, v in ALDS_VARIANTS[variant].items()}
-    comp = ALDSCompressor(ALDSParams(target=target, seeds=inits, **kw), arch, seed=seed)
-    if variant != "uniform_svd":
-        return comp.compress(state, (), 1 - target)[:2]
-    with mock.patch.object(alds_module, "allocate", lambda tables, budget, *_a, **_k: uniform_svd(tables, budget)):
-        return comp.compress(state, (), 1 - target)[:2]
+    comp = ALDSCompressor(ALDSParams(target=target, seeds=inits, **ALDS_VARIANTS[variant]), arch, seed=seed)
+    return comp.compress(state, (), 1 - target)[:2]
+
+
+def _lenet_reference(arch: Architecture, data, out_dir: Path, quick: bool) -> OrderedDict:  # noqa: ANN001
+    lrs = LENET_EPOCH_LRS[:1] if quick else LENET_EPOCH_LRS
+    path = out_dir / f"alds_reference_lenet5_{'quick' if quick else 'full'}_{len(lrs)}ep_t{UDFC_THREADS}.pt"
+    return _train_reference(arch, data, lrs, 0.0, path)
 
 
 def alds_on_lenet(out_dir: Path, quick: bool = False, inits: int = 15, seeds: int = 3) -> dict:
@@ -333,9 +355,7 @@ def alds_on_lenet(out_dir: Path, quick: bool = False, inits: int = 15, seeds: in
         split = load_dataset("mnist5k", "", False, 1000, 0)
         arch = Architecture("lenet5_caffe", split.input_shape, split.num_classes)
         data = _train_data(split, quick)
-        lrs = LENET_EPOCH_LRS[:1] if quick else LENET_EPOCH_LRS
-        path = out_dir / f"alds_reference_lenet5_{'quick' if quick else 'full'}_{len(lrs)}ep_t{UDFC_THREADS}.pt"
-        state = _train_reference(arch, data, lrs, 0.0, path)
+        state = _lenet_reference(arch, data, out_dir, quick)
         labels = split.test.labels.numpy()
         subsets = [split.test.subset(stratified_split(labels, len(labels) // 2, seed)[1]) for seed in range(seeds)]
         rows = []
@@ -390,6 +410,34 @@ def _train_epochs(model, data, gen, quick: bool, loss_term=None) -> None:  # noq
         train_local(model, data, cfg, gen, torch.device("cpu"), loss_term=loss_term)
 
 
+def _network_slimming(arch: Architecture, data, quick: bool, lambda1: float, flops_removed: float) -> dict:  # noqa: ANN001
+    """BWCP's baseline (its Tables 1 and 3): plain BatchNorm trained as BWCP is, with λ₁Σ|γ| (BWCP's λ₁), pruned
+    by |γ| at BWCP's FLOPs, by the ``bwcp`` compressor's ``variant = "network_slimming"``."""
+    from fedcomp.compressors.model.bwcp import SlimmingRegularizer
+
+    split = load_dataset("mnist5k", "", False, 1000, 0)
+    params = BWCPParams(lambda1, variant="network_slimming", flops_removed=min(max(flops_removed, 1e-3), 0.999))
+    comp = BWCPCompressor(params, arch)
+    torch.manual_seed(0)
+    model = arch.build()
+    _train_epochs(model, data, torch.Generator().manual_seed(0), quick,
+                  SlimmingRegularizer(lambda1, [t.bn for t in comp.triples]))  # fmt: skip
+    cpu = torch.device("cpu")
+    before = evaluate(model, split.test, cpu)[1]
+    state, structure, metrics = comp.prune(OrderedDict(model.state_dict()), ())
+    pruned = arch.build(structure)
+    pruned.load_state_dict(state)
+    base_flops, base_params = flops_and_params(arch.build(), split.input_shape)
+    flops, n_params = flops_and_params(pruned, split.input_shape)
+    return {
+        "unpruned_accuracy": before,
+        "pruned_accuracy": evaluate(pruned, split.test, cpu)[1],
+        "channels_removed": metrics["bwcp_channel_fraction_removed"],
+        "flops_removed": round(1 - flops / base_flops, 4),
+        "params_removed": round(1 - n_params / base_params, 4),
+    }
+
+
 BWCP_SETTINGS = (  # (lambda1, lambda2, sharpness, beta_init, share_residual)
     (4e-5, 8e-5, 1.0, 0.0, True),  # the paper as written: its λ, no transformation, β from 0
     (4e-3, 8e-3, 1.0, 0.0, True),  # ... with λ strong enough for three epochs
@@ -429,7 +477,9 @@ def bwcp_tradeoff(settings, quick: bool = False) -> dict:  # noqa: ANN001
         pruned = arch.build(structure)
         pruned.load_state_dict(state)
         flops, n_params = flops_and_params(pruned, split.input_shape)
+        slim = _network_slimming(arch, data, quick, lambda1, 1 - flops / base_flops)
         out["settings"].append({
+            "network_slimming": slim,
             "lambda1": lambda1,
             "lambda2": lambda2,
             "sharpness": sharpness,
@@ -445,7 +495,7 @@ def bwcp_tradeoff(settings, quick: bool = False) -> dict:  # noqa: ANN001
     return out
 
 
-UDFC_COLUMNS = ("plain", "merging", "random", "no_recal", "compensated")
+UDFC_COLUMNS = ("plain", "plain_recalibrated", "merging", "merging_recalibrated", "paper", "random", "compensated")
 
 
 def print_udfc(udfc: dict) -> None:
@@ -453,36 +503,62 @@ def print_udfc(udfc: dict) -> None:
         f"\nUDFC on ResNet-20 trained to convergence on the embedded digits (accuracy {udfc['reference_accuracy']:.3f}),"
         f" data-free; mean ± sd over {udfc['seeds']} seed(s) (class-stratified test halves, compressor seed)"
     )
-    print(
-        f"{'prune':>6}{'bits':>6}{'bytes':>10}"
-        + "".join(f"{c:>16}" for c in UDFC_COLUMNS)
-        + f"{'/plain':>8}{'udfc s':>8}"
-    )
+    print(f"{'prune':>6}{'bits':>6}{'bytes':>10}" + "".join(f"{c[:15]:>16}" for c in UDFC_COLUMNS) + f"{'udfc s':>8}")
     for r in udfc["settings"]:
         cells = "".join(f"{r[k]:>9.3f} ±{r['sd'][k]:.3f}" for k in UDFC_COLUMNS)
-        ratio = r["compensated"] / r["plain"] if r["plain"] else float("nan")
-        print(f"{r['prune']:>6.1f}{r['bits']:>6}{r['bytes']:>10,}{cells}{ratio:>8.2f}{r['time_s']:>8.2f}")
-    print("(compensated: the defaults, |γ| channels, signed ŝ, mean correction, BN statistics recalibrated on")
-    print(" distilled inputs; no_recal: the same without the recalibration; random: random channels, compensated;")
-    print(" merging: Neuron Merging at the same channels; 16 bits: pruning only; /plain: compensated ÷ plain)")
+        print(f"{r['prune']:>6.1f}{r['bits']:>6}{r['bytes']:>10,}{cells}{r['time_s']:>8.2f}")
+    print("(compensated: UDFC as fedcomp runs it, |γ| channels, signed ŝ, mean correction, BN statistics recalibrated")
+    print(" on distilled inputs; paper: the closed forms alone, no recalibration; plain / merging: no compensation /")
+    print(" Neuron Merging at the same channels, without and with the same recalibration; random: random channels,")
+    print(" compensated and recalibrated; 16 bits: pruning only)")
 
 
 def print_alds_lenet(res: dict) -> None:
     print(f"\nALDS on LeNet-5-Caffe trained on the embedded digits (accuracy {res['reference_accuracy']:.3f}):")
     print(f"one-shot / after one epoch of retraining (lr 0.01); mean ± sd over {res['seeds']} seed(s)")
-    print(f"{'removed':>8}" + "".join(f"{v:>32}" for v in ALDS_VARIANTS) + f"{'true/svd':>10}")
+    print(f"{'removed':>8}" + "".join(f"{v:>32}" for v in ALDS_VARIANTS))
     for r in res["settings"]:
         cells = "".join(
             f"{r[v]['one_shot']:>11.3f} ±{r[v]['one_shot_sd']:.3f} / {r[v]['retrained']:.3f} ±{r[v]['retrained_sd']:.3f}"
             for v in ALDS_VARIANTS
         )
-        ratio = r["alds_true"]["one_shot"] / max(r["uniform_svd"]["one_shot"], 1e-9)
-        print(f"{r['target']:>8.1f}{cells}{ratio:>10.2f}")
-    print("(k1: Algorithm 1 with one subspace per layer; alds_tabulated / alds_true: the error Algorithm 1 equalizes;")
-    print(" true/svd: one-shot accuracy of alds_true ÷ uniform SVD)")
+        print(f"{r['target']:>8.1f}{cells}")
+    print("(k1 / fixed_k: OptimalRanks with one / three subspaces per layer; uniform_svd: one rank fraction for every")
+    print(" layer; alds_tabulated / alds_true: ALDS equalizing that error, alds_true the default)")
 
 
-PARTS = ("alds", "lc", "udfc", "alds_lenet", "bwcp")
+def print_lc(res: dict) -> None:
+    print(f"\nLC against direct compression on LeNet-5-Caffe (reference {res['reference_accuracy']:.3f}; 2-bit convs,")
+    print(f" 1-bit + 1 % FC; LC: {res['l_steps']} L steps of one epoch); mean ± sd over {res['seeds']} seed(s)")
+    for key in ("lc", "direct_compression"):
+        r = res[key]
+        print(f"  {key:<20}{r['accuracy']:>8.3f} ±{r['sd']:.3f}{r['bytes']:>10,} B")
+
+
+def print_bwcp(bwcp: dict, epochs: int) -> None:
+    print(
+        f"\nBWCP on ResNet-20, {epochs} epoch(s) on the embedded digits (plain BatchNorm: {bwcp['baseline_accuracy']:.3f})"
+    )
+    print(
+        f"{'lambda1':>9}{'lambda2':>9}{'sharp':>6}{'beta0':>6}{'A.6':>5}{'masked':>8}{'pruned':>8}{'acc change':>12}"
+        f"{'channels':>10}{'FLOPs':>8}{'params':>8}{'slimming':>10}{'FLOPs':>8}"
+    )
+    for r in bwcp["settings"]:
+        change = r["pruned_accuracy"] - bwcp["baseline_accuracy"]
+        slim = r["network_slimming"]
+        print(
+            f"{r['lambda1']:>9.0e}{r['lambda2']:>9.0e}{r['sharpness']:>6.0f}{r['beta_init']:>6.1f}"
+            f"{'yes' if r['share_residual'] else 'no':>5}"
+            f"{r['masked_accuracy']:>8.3f}{r['pruned_accuracy']:>8.3f}"
+            f"{change:>+12.3f}{r['channels_removed']:>10.3f}{r['flops_removed']:>8.3f}{r['params_removed']:>8.3f}"
+            f"{slim['pruned_accuracy']:>10.3f}{slim['flops_removed']:>8.3f}"
+        )
+    print("(channels: of every BWCP layer, block-inner and residual streams; FLOPs and params: whole network;")
+    print(" slimming: network slimming, plain BatchNorm trained the same way with λ₁Σ|γ| (BWCP's λ₁), pruned by |γ|")
+    print(" at BWCP's FLOPs)")
+
+
+PARTS = ("alds", "lc", "udfc", "alds_lenet", "bwcp", "lc_dc")
 
 
 def run_part(part: str, args: argparse.Namespace) -> dict:
@@ -493,6 +569,8 @@ def run_part(part: str, args: argparse.Namespace) -> dict:
     if part == "lc":
         models = [("lenet5_caffe", (1, 28, 28))] + ([] if quick else [("resnet20", (3, 32, 32))])
         return {name: lc_c_steps(name, shape) for name, shape in models}
+    if part == "lc_dc":
+        return lc_vs_direct_compression(out, quick=quick, seeds=1 if quick else 3)
     if part == "udfc":
         return udfc_vs_plain(out, quick=quick, seeds=1 if quick else 3)
     if part == "alds_lenet":
@@ -500,10 +578,68 @@ def run_part(part: str, args: argparse.Namespace) -> dict:
     return bwcp_tradeoff(BWCP_SETTINGS[-1:] if quick else BWCP_SETTINGS, quick)
 
 
-def _udfc_means(udfc: dict) -> list[dict]:
-    """The JSON's ``udfc``: per setting the means of each variant (``udfc_detail`` has the sds)."""
-    keys = ("prune", "bits", "plain", "compensated", "random", "merging", "no_recal")
-    return [{k: r[k] for k in keys} for r in udfc["settings"]]
+METHOD_OF_PART = {"lc_dc": "lc", "alds_lenet": "alds", "udfc": "udfc", "bwcp": "bwcp"}
+
+
+def method_vs_baselines(part: str, res: dict) -> dict:
+    """Per method, its accuracy and its baselines' (issue 39's names), one entry per setting the part ran.
+
+    ``settings`` names each setting; ``accuracy`` is the method's and each of ``baselines`` a list aligned
+    with it (one-shot accuracy for ALDS; the pruned model's for BWCP)."""
+    if part == "lc_dc":
+        return {"settings": [{"l_steps": res["l_steps"]}], "accuracy": [res["lc"]["accuracy"]],
+                "baselines": {"direct_compression": [res["direct_compression"]["accuracy"]]}}  # fmt: skip
+    if part == "alds_lenet":
+        rows = res["settings"]
+        return {
+            "settings": [{"target": r["target"]} for r in rows],
+            "accuracy": [r["alds_true"]["one_shot"] for r in rows],
+            "baselines": {b: [r[b]["one_shot"] for r in rows] for b in ("k1", "fixed_k", "uniform_svd")},
+        }
+    if part == "udfc":
+        rows = res["settings"]
+        return {
+            "settings": [{"prune": r["prune"], "bits": r["bits"]} for r in rows],
+            "accuracy": [r["compensated"] for r in rows],
+            "baselines": {b: [r[col] for r in rows] for b, col in UDFC_BASELINES.items()},
+        }
+    rows = res["settings"]
+    return {
+        "settings": [
+            {k: r[k] for k in ("lambda1", "lambda2", "sharpness", "beta_init", "share_residual")} for r in rows
+        ],
+        "accuracy": [r["pruned_accuracy"] for r in rows],
+        "baselines": {"network_slimming": [r["network_slimming"]["pruned_accuracy"] for r in rows]},
+    }
+
+
+def print_part(part: str, res: dict, args: argparse.Namespace) -> None:
+    if part == "alds":
+        print(f"ALDS on ResNet-20's {res['layers']} 3x3 convs ({res['dense_params']:,} params), target 50% removed")
+        print(f"{'method':<13}{'time s':>9}{'removed':>9}{'max err':>9}{'max true':>10}{'err / svd':>11}")
+        for key in ("uniform_svd", "alds", "alds_plus"):
+            r = res[key]
+            ratio = r["max_error"] / res["uniform_svd"]["max_error"]
+            print(
+                f"{key:<13}{r['time_s']:>9.3f}{r['removed']:>9.3f}{r['max_error']:>9.4f}{r['max_true_error']:>10.4f}"
+                f"{ratio:>11.3f}"
+            )
+        print(f"(tabulating the errors: {res['tabulate_s']:.3f} s; alds_plus includes tabulating 4 schemes and")
+        print(f" measures each layer's error in its own folding; schemes chosen: {res['alds_plus']['schemes']})")
+    elif part == "lc":
+        print("\nLC C step over every weight tensor, seconds")
+        forms = [k for k in next(iter(res.values())) if k.endswith("_s")]
+        print(f"{'model':<14}{'params':>10}" + "".join(f"{f[:-2]:>22}" for f in forms))
+        for name, r in res.items():
+            print(f"{name:<14}{r['params']:>10,}" + "".join(f"{r[f]:>22.4f}" for f in forms))
+    elif part == "lc_dc":
+        print_lc(res)
+    elif part == "udfc":
+        print_udfc(res)
+    elif part == "alds_lenet":
+        print_alds_lenet(res)
+    else:
+        print_bwcp(res, 1 if args.quick else len(BWCP_EPOCH_LRS))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -516,60 +652,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--only", choices=PARTS, help="run one part only (its JSON is the last line)")
     args = parser.parse_args(argv)
-    if args.only:
-        figures = {args.only: run_part(args.only, args)}
-        if args.only == "udfc":
-            print_udfc(figures["udfc"])
-            figures = {"udfc": _udfc_means(figures["udfc"]), "udfc_detail": figures["udfc"]}
-        print(json.dumps(figures))
-        return figures
-    alds, lc, udfc, alds_lenet, bwcp = (run_part(part, args) for part in PARTS)
-
-    print(f"ALDS on ResNet-20's {alds['layers']} 3x3 convs ({alds['dense_params']:,} params), target 50% removed")
-    print(f"{'method':<13}{'time s':>9}{'removed':>9}{'max err':>9}{'max true':>10}{'err / svd':>11}")
-    for key in ("uniform_svd", "alds", "alds_plus"):
-        r = alds[key]
-        ratio = r["max_error"] / alds["uniform_svd"]["max_error"]
-        print(
-            f"{key:<13}{r['time_s']:>9.3f}{r['removed']:>9.3f}{r['max_error']:>9.4f}{r['max_true_error']:>10.4f}"
-            f"{ratio:>11.3f}"
-        )
-    print(f"(tabulating the errors: {alds['tabulate_s']:.3f} s; alds_plus includes tabulating 4 schemes and")
-    print(f" measures each layer's error in its own folding; schemes chosen: {alds['alds_plus']['schemes']})")
-    print("\nLC C step over every weight tensor, seconds")
-    forms = [k for k in next(iter(lc.values())) if k.endswith("_s")]
-    print(f"{'model':<14}{'params':>10}" + "".join(f"{f[:-2]:>22}" for f in forms))
-    for name, r in lc.items():
-        print(f"{name:<14}{r['params']:>10,}" + "".join(f"{r[f]:>22.4f}" for f in forms))
+    parts = [args.only] if args.only else list(PARTS)
+    detail = {}
+    for part in parts:
+        detail[part] = run_part(part, args)
+        print_part(part, detail[part], args)
     if args.quick:
-        print("\n(--quick: UDFC and BWCP train on 1,500 digits only; a smoke test, not their numbers)")
-    print_udfc(udfc)
-    print_alds_lenet(alds_lenet)
-    epochs = 1 if args.quick else len(BWCP_EPOCH_LRS)
-    print(
-        f"\nBWCP on ResNet-20, {epochs} epoch(s) on the embedded digits (plain BatchNorm: {bwcp['baseline_accuracy']:.3f})"
-    )
-    print(
-        f"{'lambda1':>9}{'lambda2':>9}{'sharp':>6}{'beta0':>6}{'A.6':>5}{'masked':>8}{'pruned':>8}{'acc change':>12}"
-        f"{'channels':>10}{'FLOPs':>8}{'params':>8}"
-    )
-    for r in bwcp["settings"]:
-        change = r["pruned_accuracy"] - bwcp["baseline_accuracy"]
-        print(
-            f"{r['lambda1']:>9.0e}{r['lambda2']:>9.0e}{r['sharpness']:>6.0f}{r['beta_init']:>6.1f}"
-            f"{'yes' if r['share_residual'] else 'no':>5}"
-            f"{r['masked_accuracy']:>8.3f}{r['pruned_accuracy']:>8.3f}"
-            f"{change:>+12.3f}{r['channels_removed']:>10.3f}{r['flops_removed']:>8.3f}{r['params_removed']:>8.3f}"
-        )
-    print("(channels: of every BWCP layer, block-inner and residual streams; FLOPs and params: whole network)")
-    figures = {
-        "alds": alds,
-        "alds_lenet": alds_lenet,
-        "lc_c_step": lc,
-        "udfc": _udfc_means(udfc),
-        "udfc_detail": udfc,
-        "bwcp": bwcp,
-    }
+        print("\n(--quick: one seed, short trainings on 1,500 digits; a smoke test, not the methods' numbers)")
+    figures = {METHOD_OF_PART[p]: method_vs_baselines(p, detail[p]) for p in parts if p in METHOD_OF_PART}
+    figures["detail"] = detail
     print(json.dumps(figures))
     return figures
 

@@ -16,9 +16,8 @@ f·c·κ1κ2. At full rank (j = min(f, c/k·κ1κ2)) it is exact.
   per slice. It is a lower estimate: the true relative operator-norm error
   ‖W − Ŵ‖₂/‖W‖₂ of the sliced approximation lies between it and √k times
   it, since Ŵ − W is a row of k blocks each of norm σ_{j+1}(W_i). So it
-  flatters large k, and Algorithm 1 picks them for it: on a trained LeNet-5
-  at 60 % removed, one-shot accuracy 0.850 against 0.919 for the same
-  search restricted to k = 1.
+  flatters large k, and Algorithm 1 picks them for it (measured:
+  docs/server_compression.md, ALDS).
 - ``"true"`` (the default; a departure): that operator-norm error itself,
   ‖W − Ŵ‖₂² = λ_max(Σ_i E_i E_iᵀ) with E_i = U_i,>j S_i,>j V_i,>jᵀ the
   residual of slice i, so Σ_i E_i E_iᵀ = Σ_i Σ_{t>j} σ_it² u_it u_itᵀ is
@@ -40,6 +39,14 @@ each, keep the lowest maximum error; then spend what is left of the budget
 on the layers with the largest error, one rank at a time, so the achieved
 size is within one rank step of the target. A layer whose decomposition
 would not save parameters stays dense (error 0).
+
+**The ablation baselines** (supplement Fig. 10; ``ALDSParams.allocation``):
+``k1``, OptimalRanks with k = 1 in every layer (plain truncated SVD at the
+ranks Algorithm 1 allocates: one shared error ε, the smallest that fits the
+budget); ``fixed_k``, the same with k subspaces in every layer (each
+layer's nearest divisor of its input channels, since k must divide them);
+``uniform_svd``, k = 1 and one fraction of every layer's full rank
+(:func:`uniform_svd`). :func:`fixed_k_allocation`.
 """
 
 from __future__ import annotations
@@ -542,6 +549,23 @@ def uniform_svd(tables: list[LayerTable], budget: int) -> Allocation:
     return best
 
 
+def nearest_divisor(ks: list[int], k: int) -> int:
+    """Of a layer's subspace counts ``ks`` (divisors of c), the one nearest ``k`` (the smaller on a tie)."""
+    return min(ks, key=lambda d: (abs(d - k), d))
+
+
+def fixed_k_allocation(tables: list[LayerTable], budget: int, k: int) -> Allocation:
+    """The ablation baselines of supplement Fig. 10: Algorithm 1's OptimalRanks with k fixed, no OptimalSubspaces.
+
+    Every layer gets ``k`` subspaces (its nearest divisor of c: k must divide the input channels), then one
+    shared ε, each layer the smallest rank within it, ε the smallest that fits ``budget``
+    (:func:`optimal_ranks`), and the rest of the budget spent as :func:`allocate` does. ``k = 1`` is plain
+    per-layer SVD at the allocated ranks.
+    """
+    opts = {t.name: (nearest_divisor(t.ks, k), 0) for t in tables}
+    return _fill(tables, optimal_ranks(tables, opts, budget), budget)
+
+
 # ----------------------------------------------------------------------------- ALDS in FL
 
 
@@ -570,6 +594,12 @@ class ALDSParams:
     error: ErrorKind = "true"
     """The layer error Algorithm 1 equalizes: "true" ‖W − Ŵ‖₂/‖W‖₂ (exact), "bound" √Σσ²_{j+1}(W_i)/‖W‖₂
     (an upper bound), "tabulated" max σ_{j+1}(W_i)/‖W‖₂ (the authors' code; flatters large k)."""
+    allocation: Literal["alds", "k1", "fixed_k", "uniform_svd"] = "alds"
+    """How the budget is spread: "alds" (Algorithm 1), or the paper's ablation baselines (supplement Fig. 10):
+    "k1" (OptimalRanks with one subspace per layer: plain SVD at the allocated ranks), "fixed_k" (OptimalRanks
+    with ``k`` subspaces in every layer), "uniform_svd" (k = 1, the same fraction of every layer's rank)."""
+    k: int = 3
+    """Subspaces per layer for ``allocation = "fixed_k"`` (each layer's nearest divisor of its input channels)."""
 
     def schedule_problem(self, rounds: int) -> str:
         late = [r for r in self.compress_at if r > rounds]
@@ -587,6 +617,12 @@ class ALDSParams:
         require(self.target_of in ("layers", "model"), f"{path}.target_of", '"layers" or "model"')
         require(self.seeds >= 1, f"{path}.seeds", "an integer >= 1")
         require(self.error in ("true", "bound", "tabulated"), f"{path}.error", '"true", "bound" or "tabulated"')
+        require(self.allocation in ("alds", "k1", "fixed_k", "uniform_svd"), f"{path}.allocation",
+                '"alds", "k1", "fixed_k" or "uniform_svd"')  # fmt: skip
+        require(self.k >= 1, f"{path}.k", "an integer >= 1 (subspaces per layer)")
+        require(self.k == 3 or self.allocation == "fixed_k", f"{path}.k", 'set only with allocation = "fixed_k"')
+        require(not self.plus or self.allocation == "alds", f"{path}.plus",
+                'false unless allocation = "alds" (the baselines decompose in the plain folding)')  # fmt: skip
 
 
 @MODEL_COMPRESSORS.register(
@@ -657,9 +693,18 @@ class ALDSCompressor(ModelCompressor):
             else:
                 weights[name] = state[f"{name}.weight"].double().numpy()
                 biases[name] = state.get(f"{name}.bias")
-        schemes = SCHEMES if self.params.plus else (0,)
-        tables = [tabulate(n, w, self.params.max_k, schemes, self.params.error) for n, w in weights.items()]
-        alloc = allocate(tables, self.budget(keep), self.params.seeds, rng_seed=self.seed)
+        p = self.params
+        schemes = SCHEMES if p.plus else (0,)
+        # the subspace counts each allocation can use (fixed_k: every divisor up to 2k holds the nearest to k)
+        max_k = {"alds": p.max_k, "k1": 1, "uniform_svd": 1, "fixed_k": 2 * p.k}[p.allocation]
+        tables = [tabulate(n, w, max_k, schemes, p.error) for n, w in weights.items()]
+        budget = self.budget(keep)
+        if p.allocation == "alds":
+            alloc = allocate(tables, budget, p.seeds, rng_seed=self.seed)
+        elif p.allocation == "uniform_svd":
+            alloc = uniform_svd(tables, budget)
+        else:
+            alloc = fixed_k_allocation(tables, budget, 1 if p.allocation == "k1" else p.k)
         new_edits = {e.layer: e for e in structure if e.layer not in weights}
         fresh: dict[str, Any] = {}
         for name, w in weights.items():

@@ -23,11 +23,10 @@ T and g are not given in the paper. We take IterNorm's defaults (Huang et
 al. 2019, whose normalization BWCP follows): T = 5 iterations — enough for
 Σ_N with trace 1 and a condition number up to ~10² (tested against an
 eigendecomposition) — and momentum g = 0.1, BatchNorm's own. Both are
-parameters (``iterations``, ``momentum``). Measured on 16-channel groups
-with condition number ~80: T = 5 is ~45% of the way (partial whitening, as
-IterNorm intends), T ≈ 10 reaches 1e-9; far beyond convergence the
-uncoupled form of eq. 5 amplifies rounding errors (by T ≈ 16 it diverges),
-which is why ``iterations`` is capped at 12.
+parameters (``iterations``, ``momentum``). T = 5 whitens partially, as
+IterNorm intends; far beyond convergence the uncoupled form of eq. 5
+amplifies rounding errors and diverges, which is why ``iterations`` is
+capped at 12 (measured: docs/server_compression.md, departures).
 
 **The whitening keeps BatchNorm's scale.** Eq. 4 normalizes Σ_N to trace
 1, so Σ_N^{-1/2} multiplies the output by about √group (4 for groups of 16:
@@ -38,8 +37,7 @@ running average starts from the identity, i.e. from BatchNorm. Where a conv
 and BatchNorm follow, the scale cancels and only δ's scale changes (now
 BatchNorm's, as in Proposition 1); in a residual stream it does not cancel:
 every block adds a √group-times larger branch to the identity path, and
-ResNet-20 with every BatchNorm whitened diverged in its first epoch
-(measured: the stream sources' β at −8 to −25, accuracy at chance).
+ResNet-20 with every BatchNorm whitened diverges (docs/server_compression.md).
 
 **Two departures that make it train in short runs** (both parameters; the
 paper's behaviour is ``sharpness = 1, beta_init = 0``). The paper uses "a
@@ -52,11 +50,21 @@ p = Φ(−δ/|γ̂|) ≈ 0.48, so training is a
 per-batch coin flip of every channel and the eval-mode network (hard masks,
 running statistics gathered under those flips) computes something else;
 from 0.3 every channel starts on and the regularizer turns the weak ones
-off. Measured in ``benchmarks/model_compressors.py`` (three epochs of
-ResNet-20 on the digits, residual streams pruned too): as written, the
-pruned model is at chance at any λ; with both it reaches 0.938 with 59% of
-the FLOPs removed at the paper's λ, 0.935 with 67% at λ ×25 (plain
-BatchNorm: 0.975).
+off. What each changes is measured by ``benchmarks/model_compressors.py``
+(the numbers: docs/server_compression.md, BWCP).
+
+**The baseline** (``variant = "network_slimming"``; the paper's Tables 1
+and 3, Liu et al. 2017): plain BatchNorm, clients add λ₁Σ|γ| over the
+BatchNorms of the untied conv–BN–ReLU layers (:class:`SlimmingRegularizer`,
+Liu et al.'s eq. 1 restricted to the channels that can go), and at the
+pruning round the server removes the channels with the smallest |γ|, one
+threshold over all those layers (each keeps one channel), the fewest that
+remove ``flops_removed`` of the FLOPs (:meth:`BWCPCompressor.slim`; set it
+to the ``bwcp_flops_removed`` a BWCP run reports for matched FLOPs). No
+compensation, no whitening; the same statistics round before the pruning.
+Departures: Liu et al. regularize every BatchNorm and set the threshold by
+a channel percentile; here residual streams (tied channels) are neither
+regularized nor pruned, and the threshold is set by FLOPs.
 
 **The regularizer** (eq. 7) λ₁Σ|γ| + λ₂Σβ over every BWCP module is the
 loss term clients add, from round ``regularize_from`` on (the paper turns it
@@ -108,10 +116,13 @@ the untied layers only.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -127,12 +138,15 @@ from fedcomp.compressors.model.base import (
     dense_payload,
     read_whole,
 )
-from fedcomp.compressors.model.channels import channel_graph
+from fedcomp.compressors.model.channels import channel_graph, resize_edits
 from fedcomp.compressors.model.structure import Architecture, Edit, Structure, after_build, structure_op
+from fedcomp.compressors.model.udfc import UDFCParams, prune_layer
 from fedcomp.params import ConfigError, require
 
 DELTA = 0.05
 TAU = 0.5
+
+logger = logging.getLogger(__name__)
 
 
 def newton_inverse_sqrt(sigma: torch.Tensor, iterations: int) -> torch.Tensor:
@@ -446,6 +460,14 @@ class BWCPParams:
     It costs the model, dense, to each of the round's clients per evaluation (counted in the row), and changes
     only what is evaluated: training continues from the aggregated model."""
 
+    variant: Literal["bwcp", "network_slimming"] = "bwcp"
+    """"network_slimming": the baseline of the paper's Tables 1 and 3 (Liu et al. 2017) instead of BWCP: plain
+    BatchNorm, clients add λ₁Σ|γ| over the prunable layers' BatchNorms, and the server removes the channels with
+    the smallest |γ| (one threshold over all layers) until ``flops_removed`` of the FLOPs are gone."""
+    flops_removed: float = 0.5
+    """network_slimming: the fraction of the model's FLOPs (multiply-accumulates of conv and linear layers) its
+    pruning removes; set it to what BWCP removed (``bwcp_flops_removed`` in its rows) for matched FLOPs."""
+
     def schedule_problem(self, rounds: int) -> str:
         late = [r for r in self.prune_at if r > rounds]
         if late:
@@ -475,6 +497,13 @@ class BWCPParams:
         require(_exact(self.sharpness, 10), f"{path}.sharpness", f"a multiple of 0.1, got {self.sharpness}")
         require(0 <= self.beta_init <= 10, f"{path}.beta_init", "a number in [0, 10]")
         require(1 <= self.recalibrate_samples <= 1_000_000, f"{path}.recalibrate_samples", "an integer in 1..1000000")
+        require(self.variant in ("bwcp", "network_slimming"), f"{path}.variant", '"bwcp" or "network_slimming"')
+        require(0 < self.flops_removed < 1, f"{path}.flops_removed", "a fraction of the FLOPs in (0, 1)")
+        slimming = self.variant == "network_slimming"
+        require(slimming or self.flops_removed == 0.5, f"{path}.flops_removed",
+                'set only with variant = "network_slimming" (BWCP\'s masks decide what it removes)')  # fmt: skip
+        require(not slimming or len(self.prune_at) <= 1, f"{path}.prune_at",
+                "at most one round with variant = \"network_slimming\" (it prunes once)")  # fmt: skip
 
 
 def _exact(value: float, scale: int) -> bool:
@@ -496,6 +525,39 @@ class SparseRegularizer:
         return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
+class SlimmingRegularizer:
+    """λ₁Σ|γ| over the named BatchNorms (network slimming's sparsity term, Liu et al. 2017, eq. 1)."""
+
+    def __init__(self, lambda1: float, layers: list[str]) -> None:
+        self.lambda1, self.layers = lambda1, list(layers)
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        terms = [model.get_submodule(name).weight.abs().sum() for name in self.layers]
+        return self.lambda1 * torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def output_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Per conv and linear layer, the output positions of one example (a conv's H·W; 1 for a linear layer)."""
+    positions: dict[str, int] = {}
+
+    def record(name: str):  # noqa: ANN202 - a forward hook
+        def hook(_m: nn.Module, _inp: object, out: torch.Tensor) -> None:
+            positions[name] = out[0, 0].numel() if out.dim() > 2 else out[0].numel() // out.shape[-1]
+
+        return hook
+
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(record(n)) for n, m in layers]
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return positions
+
+
 @MODEL_COMPRESSORS.register("bwcp", "BWCP: channels pruned by batch whitening + soft masks, trained in the federation")
 class BWCPCompressor(ModelCompressor):
     name = "bwcp"
@@ -505,17 +567,19 @@ class BWCPCompressor(ModelCompressor):
         super().__init__(params, arch, seed)
         graph = channel_graph(arch)
         self.triples = graph.triples
-        self.streams = graph.streams if self.params.share_residual else ()
+        self.slimming = self.params.variant == "network_slimming"
+        self.streams = graph.streams if self.params.share_residual and not self.slimming else ()
         if not self.triples and not self.streams:
             raise ValueError("server_compression: BWCP found no conv–BN layer whose channels it can remove")
         p = self.params
-        self._check_groups(arch)
+        if not self.slimming:
+            self._check_groups(arch)
         args = (p.group_size, p.iterations, max(1, round(p.momentum * 1000)), round(p.sharpness * 10))
         edits = [Edit("bwcp", t.bn, args) for t in self.triples]
         for k, stream in enumerate(self.streams):
             edits += [Edit("bwcp_shared", bn, (*args, k, int(i == 0))) for i, (_, bn) in enumerate(stream.members)]
             edits += [Edit("shared_mask", m, (k,)) for m in stream.maps_in]
-        self.bwcp_edits = tuple(edits)
+        self.bwcp_edits = () if self.slimming else tuple(edits)
         self.prunes_done = 0
         """Prunings applied so far (``prune_at`` in order; the final model's when ``prune_at`` is empty)."""
 
@@ -581,6 +645,8 @@ class BWCPCompressor(ModelCompressor):
         with identity whitening over the folded statistics, which computes the
         same function (a kept channel has β̂ > δ, so its new hard mask is 1).
         """
+        if self.slimming:
+            return self.slim(state, structure)
         model = self.arch.build(structure)
         model.load_state_dict(state)
         model.eval()
@@ -629,8 +695,88 @@ class BWCPCompressor(ModelCompressor):
         return (
             new_state,
             new_structure,
-            {"bwcp_channels_removed": float(removed), "bwcp_channel_fraction_removed": removed / max(total, 1)},
+            {
+                "bwcp_channels_removed": float(removed),
+                "bwcp_channel_fraction_removed": removed / max(total, 1),
+                "bwcp_flops_removed": 1 - self.macs(new_structure) / self.macs(()),
+            },
         )
+
+    def slim(self, state: State, structure: Structure) -> tuple[State, Structure, dict[str, float]]:
+        """Network slimming's pruning: the channels of the untied layers with the smallest |γ|, one threshold over
+        all of them (each layer keeps one), as few as remove ``flops_removed`` of the model's FLOPs.
+
+        The removed channels go plainly (the conv's rows, the BatchNorm's entries, the next layer's inputs: no
+        compensation, :func:`~fedcomp.compressors.model.udfc.prune_layer`); the fewest that reach the target
+        are found by bisection over the number of channels taken in the |γ| order (FLOPs of the thinned
+        model, measured by a forward pass).
+        """
+        if structure:
+            raise ValueError(f"network slimming prunes the configured model once, got a structure {structure[:2]}")
+        with torch.random.fork_rng():  # building the model must not move the caller's random stream
+            eps = {n: m.eps for n, m in self.arch.build().named_modules() if isinstance(m, nn.BatchNorm2d)}
+        gammas = [state[f"{t.bn}.weight"].detach().double().abs().numpy() for t in self.triples]
+        order = sorted((float(g[c]), i, c) for i, g in enumerate(gammas) for c in range(g.size))
+        caps = [g.size - 1 for g in gammas]
+
+        def counts(n: int) -> list[int]:
+            out = [0] * len(gammas)
+            for _, i, _ in order:
+                if n == 0:
+                    break
+                if out[i] < caps[i]:
+                    out[i] += 1
+                    n -= 1
+            return out
+
+        def thinned(per_layer: list[int]) -> State:
+            work = OrderedDict((k, v.clone()) for k, v in state.items())
+            plain = UDFCParams(compensation="none", criterion="gamma")
+            rng = np.random.default_rng(0)  # unused: the |γ| criterion is deterministic
+            for t, n in zip(self.triples, per_layer, strict=True):
+                if n:
+                    prune_layer(work, t, None, eps[t.bn], n, plain, rng)
+            return work
+
+        def macs(work: State) -> int:
+            return self.macs(resize_edits(self.arch, work))
+
+        base = macs(state)
+        target = self.params.flops_removed * base
+        lo, hi = 0, sum(caps)
+        if base - macs(thinned(counts(hi))) < target:
+            logger.warning("network slimming: every untied layer down to one channel removes less than %.0f%% "
+                           "of the FLOPs; pruning that far", 100 * self.params.flops_removed)  # fmt: skip
+            lo = hi
+        while lo < hi:  # the smallest n whose thinned model removes the target (FLOPs fall as n grows)
+            mid = (lo + hi) // 2
+            if base - macs(thinned(counts(mid))) >= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        per_layer = counts(lo)
+        work = thinned(per_layer)
+        new_structure = resize_edits(self.arch, work)
+        removed, total = sum(per_layer), sum(g.size for g in gammas)
+        return (
+            work,
+            new_structure,
+            {
+                "bwcp_channels_removed": float(removed),
+                "bwcp_channel_fraction_removed": removed / max(total, 1),
+                "bwcp_flops_removed": 1 - macs(work) / base,
+            },
+        )
+
+    def macs(self, structure: Structure) -> int:
+        """FLOPs of the model in ``structure``: multiply-accumulates of one forward pass, conv weights × output
+        positions plus linear weights (the papers' count). Channel pruning keeps every layer's output size, so
+        the positions are the configured model's, measured once."""
+        if not hasattr(self, "_positions"):
+            with torch.random.fork_rng():  # building the model must not move the caller's random stream
+                self._positions = output_positions(self.arch.build(), self.arch.input_shape)
+        numel = {s.name: s.numel for s in self.arch.specs(structure)}
+        return sum(numel.get(f"{n}.weight", 0) * p for n, p in self._positions.items())
 
     @staticmethod
     def _keep(source: BWCP) -> torch.Tensor:
@@ -693,7 +839,7 @@ class BWCPCompressor(ModelCompressor):
     def statistics_wanted(self, server_round: int, structure: Structure, last: bool, evaluating: bool = False) -> int:
         """Examples per client to recalibrate on before this round's pruning, or before its evaluation with
         ``recalibrate_eval`` (0: none); see :mod:`.statistics`."""
-        if self.pruned or not any(e.op.startswith("bwcp") for e in structure):
+        if self.pruned or not (self.slimming or any(e.op.startswith("bwcp") for e in structure)):
             return 0
         prunes = self.params.recalibrate and (self._prunes_now(server_round) or (last and not self.params.prune_at))
         evaluates = evaluating and self.params.recalibrate_eval
@@ -701,7 +847,7 @@ class BWCPCompressor(ModelCompressor):
 
     def broadcast(self, server_round: int, state: State, structure: Structure) -> Broadcast:
         metrics: dict[str, float] = {}
-        if not structure and not self.pruned:  # the configured model: BatchNorms become BWCP modules
+        if not structure and not self.pruned and not self.slimming:  # the configured model: BWCP modules
             state, structure = self.to_bwcp(state), self.bwcp_edits
         if self._prunes_now(server_round):
             more = self.prunes_done + 1 < len(self.params.prune_at)
@@ -732,5 +878,8 @@ class BWCPCompressor(ModelCompressor):
     # ------------------------------------------------------------------ client
     def decode_body(self, parsed: Payload, structure: Structure) -> Received:
         regularize = parsed.params.get("regularize", 0) == 1
+        if self.slimming:
+            loss = SlimmingRegularizer(self.params.lambda1, [t.bn for t in self.triples]) if regularize else None
+            return Received(read_whole(parsed), structure, loss)
         loss = SparseRegularizer(self.params.lambda1, self.params.lambda2) if regularize else None
         return Received(read_whole(parsed), structure, loss)

@@ -30,6 +30,16 @@ variants, differing in what is broadcast:
   every broadcast is compressed. The server's w is then Δ(Θ) plus the
   averaged update, so the L step no longer starts where LC's would.
 
+**Direct compression** (``direct_compression = true``; the baseline LC's
+papers compare against, DC: the C step applied once to the trained
+reference, Θ = Π(w) = argmin_Θ ‖w − Δ(Θ)‖², λ = 0). The federation trains the
+dense model without penalty and every broadcast is that model, dense (so a
+``[downlink]`` codec may carry its change); from ``start_round`` on, the
+model evaluated after each round is one C step, from a cold start, on that
+round's aggregated model (nothing carries over between rounds: each row is
+DC of that round's model, never fed back), and the final model is the C
+step on the last one. Same forms, same Θ encoding as LC.
+
 Δ(Θ) is always what the wire carries: each C step's Θ is encoded (Part V
 appendix B: fp32 codebook + ⌈log₂ k⌉ bits per weight, sparse corrections
 as Golomb-coded index gaps + fp16 values, low-rank factors in fp16) and
@@ -167,6 +177,9 @@ class LCParams:
     """Alternations of an additive combination's C step (eq. 4; the toolkit uses 10)."""
     groups: list[GroupParams] = field(default_factory=lambda: [GroupParams()])
     """The first group whose pattern matches a tensor compresses it."""
+    direct_compression: bool = False
+    """DC, the baseline: train dense without penalty, and evaluate (from ``start_round`` on) and ship one C step
+    on each round's aggregated model, Θ = Π(w), λ = 0, cold (module docstring)."""
 
     def schedule_problem(self, rounds: int) -> str:
         if self.start_round > rounds:
@@ -180,6 +193,8 @@ class LCParams:
         require(self.mu_growth >= 1, f"{path}.mu_growth", "a number >= 1")
         require(self.sweeps >= 1, f"{path}.sweeps", "an integer >= 1")
         require(bool(self.groups), f"{path}.groups", "at least one group")
+        require(not self.direct_compression or self.variant != "compressed_start", f"{path}.direct_compression",
+                'false with variant = "compressed_start" (direct compression broadcasts the dense model)')  # fmt: skip
         for g, group in enumerate(self.groups):
             require(bool(group.layers), f"{path}.groups[{g}].layers", "at least one pattern")
             require(bool(group.forms), f"{path}.groups[{g}].forms", "at least one form")
@@ -299,13 +314,23 @@ class LCCompressor(ModelCompressor):
             diff = state[name].detach().to(torch.float64) - self.delta[name].to(torch.float64)
             self.lam[name] = self.lam.get(name, torch.zeros_like(diff)) - mu * diff
 
+    def direct_compression(self, state: State) -> None:
+        """DC: Θ = Π(w) by one C step on ``state`` from a cold start (no Θ to warm-start from, λ = 0, μ = μ₀)."""
+        self.theta_bytes, self.thetas, self.delta, self.lam = {}, {}, {}, {}
+        self.step = 0
+        self.c_step(state)
+
     def compressed_state(self, state: State) -> State:
         """w with every compressed tensor replaced by Δ(Θ)."""
         return OrderedDict((k, self.delta[k].clone() if k in self.delta else v) for k, v in state.items())
 
     # ------------------------------------------------------------------ server
+    @classmethod
+    def broadcasts_dense_model(cls, params: Any) -> bool:
+        return bool(params.direct_compression)
+
     def broadcast(self, server_round: int, state: State, structure: Structure) -> Broadcast:
-        if server_round < self.params.start_round:
+        if server_round < self.params.start_round or self.params.direct_compression:
             return Broadcast(self._payload("reference", state), state, structure)
         if not self.active:  # direct compression: Θ = Π(w), λ = 0
             self.c_step(state)
@@ -316,15 +341,20 @@ class LCCompressor(ModelCompressor):
 
     def end_of_round(self, server_round: int, state: State, structure: Structure, last: bool) -> Snapshot:
         p = self.params
-        if not self.active and not last:
-            return Snapshot(state, structure)
-        due = self.active and (server_round - p.start_round + 1) % p.rounds_per_step == 0
-        if due or last:
-            self.c_step(state)
-            if p.variant == "augmented_lagrangian":
-                self.multiplier_step(state)
-            if due:
-                self.step += 1
+        if p.direct_compression:
+            if server_round < p.start_round and not last:
+                return Snapshot(state, structure)
+            self.direct_compression(state)
+        else:
+            if not self.active and not last:
+                return Snapshot(state, structure)
+            due = self.active and (server_round - p.start_round + 1) % p.rounds_per_step == 0
+            if due or last:
+                self.c_step(state)
+                if p.variant == "augmented_lagrangian":
+                    self.multiplier_step(state)
+                if due:
+                    self.step += 1
         compressed = self.compressed_state(state)
         num = sum(float((state[k].double() - self.delta[k].double()).pow(2).sum()) for k in self.forms)
         den = sum(float(state[k].double().pow(2).sum()) for k in self.forms)

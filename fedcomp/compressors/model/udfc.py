@@ -93,7 +93,7 @@ the borders, where taps read zeros, is ignored; pooling between the layers
 is taken to preserve the mean, which is exact for average pooling). The
 next BN's running mean becomes μ_k + Δ_k, so that (z − μ) keeps its
 expectation; if the next layer has no BN but a bias, the bias becomes
-b_k − Δ_k. Applied only with ``compensate``.
+b_k − Δ_k. Part of UDFC's compensation (``compensation = "udfc"``) only.
 
 **BatchNorm recalibration on distilled inputs (``recalibrate``, default
 on; a departure: the paper stops at the closed forms).** The closed forms
@@ -104,7 +104,16 @@ the unpruned network. Still without data: :func:`distill_inputs` fits
 steps to the *unpruned* model's own BN running statistics (ZeroQ, Cai et
 al. 2020, eq. 4), and :func:`recalibrate_bn` sets every BN of the pruned,
 quantized model from one pass over them (what it gains, measured:
-docs/server_compression.md, UDFC).
+docs/server_compression.md, UDFC). It is a switch of its own, applied the
+same way whatever the compensation, so that each baseline can have it.
+
+**The baselines (``compensation``).** ``"udfc"``: the closed forms above.
+``"merging"``: Neuron Merging (Kim et al. 2020, :func:`merge_scales`) at the
+same channels: removed filter j folded into the kept filter i of highest
+cosine similarity of the BN-folded filters, V_{:,i} += (‖ŵ_j‖/‖ŵ_i‖)·V_{:,j};
+the quantization then has no s̃. ``"none"``: plain pruning + quantization.
+With ``recalibrate`` each gets the same recalibration; ``"udfc"`` without it
+is the paper's method as written.
 
 **Other choices the seed text leaves open, stated.** Only untied layers are
 pruned (:mod:`.channels`: the conv's channels feed one BN → ReLU → one
@@ -161,14 +170,19 @@ class UDFCParams:
     alpha2: float = 0.008
     """Weight of the bias term in the quantization compensation (eq. 13)."""
     compensate: bool = True
-    """False: plain pruning + quantization, the baseline UDFC is compared with."""
+    """False: no compensation of any kind (the same as ``compensation = "none"``; kept for older configs)."""
+    compensation: Literal["udfc", "merging", "none"] = "udfc"
+    """How a removed channel is made up for in the next layer: UDFC's closed forms (ŝ of eq. 7/10, the mean
+    correction, and s̃ of eq. 13 on the quantization), Neuron Merging (each removed filter merged into its most
+    similar kept one; plain quantization), or nothing (plain pruning + quantization). The baselines of the paper."""
     criterion: Literal["gamma", "l2", "random"] = "gamma"
     """Which channels go: smallest |γ| (BN scale, network slimming), smallest ‖ŵ‖ (as first landed), or random."""
     mean_correction: bool = True
-    """Correct the next BatchNorm's running mean for the removed channels' mean activations (with compensate)."""
+    """Correct the next BatchNorm's running mean for the removed channels' mean activations (UDFC's compensation)."""
     recalibrate: bool = True
     """Re-estimate the pruned model's BatchNorm statistics on inputs distilled from the unpruned model's own
-    BatchNorm statistics (ZeroQ; no data; with compensate): the next BN's variance is what pruning breaks."""
+    BatchNorm statistics (ZeroQ; no data): the next BN's variance is what pruning breaks. Independent of the
+    compensation: plain pruning and Neuron Merging get exactly the same step (a fair comparison needs it)."""
     distill_samples: int = 64
     """Distilled inputs for ``recalibrate``."""
     distill_steps: int = 50
@@ -188,8 +202,19 @@ class UDFCParams:
                     "for the final model only, set final_only = true")  # fmt: skip
         return ""
 
+    @property
+    def method(self) -> str:
+        """The compensation in effect: ``compensation``, or "none" with ``compensate = false``."""
+        return self.compensation if self.compensate else "none"
+
     def validate(self, path: str) -> None:
         require(0 <= self.prune < 1, f"{path}.prune", "a fraction in [0, 1)")
+        require(self.compensation in ("udfc", "merging", "none"), f"{path}.compensation",
+                '"udfc", "merging" or "none"')  # fmt: skip
+        require(self.compensate or self.compensation == "udfc", f"{path}.compensate",
+                'true when compensation is set (compensate = false means compensation = "none": set only that)')  # fmt: skip
+        require(not self.nonnegative or self.method == "udfc", f"{path}.nonnegative",
+                'false unless compensation = "udfc" (ŝ ≥ 0 constrains UDFC\'s closed form only)')  # fmt: skip
         require(2 <= self.bits <= 16, f"{path}.bits", "a bit width between 2 and 16")
         require(self.alpha1 >= 0 and self.alpha2 >= 0, f"{path}.alpha1/alpha2", "numbers >= 0")
         require(self.criterion in ("gamma", "l2", "random"), f"{path}.criterion", '"gamma", "l2" or "random"')
@@ -310,9 +335,10 @@ def prune_layer(
 ) -> np.ndarray:
     """Remove ``n_prune`` output channels of ``triple.conv`` in ``state`` (in place); return the removed ones.
 
-    With ``params.compensate``: ŝ per removed channel folded into ``triple.next`` (eq. 7) and, with
+    ``params.method`` "udfc": ŝ per removed channel folded into ``triple.next`` (eq. 7) and, with
     ``params.mean_correction``, the expected lost activation taken out of ``next_bn``'s running mean
-    (or added to the next layer's bias when it has no BatchNorm) (module docstring).
+    (or added to the next layer's bias when it has no BatchNorm) (module docstring). "merging": Neuron
+    Merging (:func:`merge_scales`). "none": the channels are removed, nothing else.
     """
     conv_w = state[f"{triple.conv}.weight"].double().numpy()
     channels = conv_w.shape[0]
@@ -324,11 +350,16 @@ def prune_layer(
     original = nxt.copy()
     shape = (1, -1) + (1,) * (nxt.ndim - 2)
     scales = np.zeros((len(pruned), len(kept)))
-    if params.compensate:
+    method = params.method
+    if method == "udfc":
         for row, j in enumerate(pruned):
             scales[row] = prune_scales(w_hat, b_hat, int(j), kept, params.alpha1, params.nonnegative)
+    elif method == "merging":
+        scales = merge_scales(w_hat, pruned, kept)
+    for row, j in enumerate(pruned):
+        if scales[row].any():
             nxt[:, kept] += scales[row].reshape(shape) * original[:, j : j + 1]
-    if params.compensate and params.mean_correction:
+    if method == "udfc" and params.mean_correction:
         var = state[f"{triple.bn}.running_var"].double().numpy()
         tau = np.abs(gamma) * np.sqrt(var / (var + eps))
         means = relu_mean(state[f"{triple.bn}.bias"].double().numpy(), tau)
@@ -350,6 +381,27 @@ def prune_layer(
     dtype = state[f"{triple.next}.weight"].dtype
     state[f"{triple.next}.weight"] = torch.from_numpy(nxt[:, kept]).to(dtype).contiguous()
     return pruned
+
+
+def merge_scales(w_hat: np.ndarray, pruned: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Neuron Merging (Kim et al. 2020) as scales over the kept channels, one row per removed channel.
+
+    Each removed channel j goes into the kept channel i whose BN-folded filter ŵ_i is most similar to ŵ_j
+    (cosine), with the scale ‖ŵ_j‖/‖ŵ_i‖: exact when ŵ_j and b̂_j are a positive multiple of channel i's
+    (ReLU is positively homogeneous). Departure: the paper merges only above a similarity threshold; here
+    every removed channel is merged (at UDFC's channels and counts, so the comparison differs in the
+    compensation alone).
+    """
+    norms = np.linalg.norm(w_hat, axis=1)
+    safe = np.where(norms > 0, norms, 1.0)
+    scales = np.zeros((len(pruned), len(kept)))
+    if not len(kept):
+        return scales
+    cosine = (w_hat[pruned] @ w_hat[kept].T) / np.outer(safe[pruned], safe[kept])
+    for row, j in enumerate(pruned):
+        col = int(np.argmax(cosine[row]))
+        scales[row, col] = norms[j] / safe[kept[col]]
+    return scales
 
 
 DISTILL_LR = 0.2
@@ -491,7 +543,7 @@ class UDFCCompressor(ModelCompressor):
             out[name] = torch.from_numpy(w_q).to(state[name].dtype)
             layer = name.removesuffix(".weight")
             bn = self.graph.conv_bn.get(layer)
-            if p.compensate and bn is not None:
+            if p.method == "udfc" and bn is not None:
                 g, b_hat = bn_fold(state, bn, self.eps[bn])
                 flat, flat_q = w.reshape(w.shape[0], -1), w_q.reshape(w.shape[0], -1)
                 s = np.array([quant_scale(flat[m], flat_q[m], g[m], b_hat[m], p.alpha2) for m in range(w.shape[0])])
@@ -509,7 +561,7 @@ class UDFCCompressor(ModelCompressor):
             pruned, metrics = self.prune(state)
             thin = resize_edits(self.arch, pruned)
             quantized, packed = self.quantize(pruned)
-            if p.compensate and p.recalibrate:  # the statistics of the model the clients will run
+            if p.recalibrate:  # the statistics of the model the clients will run, whatever the compensation
                 quantized = self.recalibrate(state, structure, quantized, thin)
             structure = thin
         self.pruned = True
