@@ -168,15 +168,11 @@ def fedcomp_submit(env, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_failing_server_app_makes_submit_exit_non_zero_with_one_line(local_superlink, tmp_path):
-    """``flwr run`` itself exits 0 once a run has started, even when its ServerApp fails."""
+    """``flwr run`` itself exits 0 once a run has started, even when its ServerApp fails (Flower 1.42, seen
+    when submit was written; not re-checked here: a cold ``flwr run`` costs half a minute of the suite)."""
     env, _ = local_superlink
     bad = tmp_path / "bad.toml"
     bad.write_text("[federation]\nrounds = 0\n")  # loads as TOML, refused by fedcomp's ServerApp
-    plain = subprocess.run(
-        [str(BIN / "flwr"), "run", ".", "--stream", "--run-config", f'config="{bad}"'],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert plain.returncode == 0  # Flower's behaviour, which submit exists for
     done = fedcomp_submit(env, "--config", str(bad))
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr
     (line,) = done.stderr.strip().splitlines()
