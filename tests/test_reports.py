@@ -129,6 +129,7 @@ def test_the_table_is_compact_and_shows_totals_both_ways(report, sweep):
         assert 1e6 <= mean < 1e9  # written in MB
         assert table[label]["total bytes ↑+↓"] == f"{mean / 1e6:.2f} MB"
     assert len(next(iter(table.values()))) <= 12  # was 16 columns, each cell wrapped on three lines
+    assert not any("time" in column for column in next(iter(table.values())))  # no [network]: no simulated time
     assert list(table) == sorted(table, key=lambda k: -float(table[k]["final accuracy"].split(" ")[0]))
 
 
@@ -248,6 +249,9 @@ def test_every_figure_is_written_and_embedded_in_html_that_parses(report, sweep)
         assert parser.images[name].startswith(prefix) and base64.b64decode(parser.images[name][len(prefix) :]) == png
         assert f"figures/{name}.png" in report.markdown.read_text()
     text = report.markdown.read_text()
+    # No [network] model: no simulated time anywhere in the answer either.
+    targets = json.loads(report.json.read_text())["headline"]["targets"]
+    assert targets and all(q["direction"] != "time" for q in targets) and "simulated" not in text
     assert "mnist5k" in text and "lenet5_caffe" in text and "Flower version" in text
     # How the examples spread over the clients, from summary.json, beside the partition: an IID split of the
     # 4,000 training digits over 3 clients.
@@ -737,23 +741,31 @@ window.addEventListener("load", () => {
   const lines = td => { const r = document.createRange(); r.selectNodeContents(td); return r.getClientRects().length; };
   const table = document.querySelector("#results");
   const column = i => [...table.tBodies[0].rows].map(tr => tr.cells[i].dataset.v);
+  const heads = [...table.tHead.rows[0].cells];
   const out = {
     viewport: document.documentElement.clientWidth,
     images: [...document.images].map(img => ({id: img.id, natural: [img.naturalWidth, img.naturalHeight], box: box(img)})),
     table: box(table), headline: box(document.querySelector("#headline")),
-    heads: [...table.tHead.rows[0].cells].map(th => th.textContent),
+    heads: heads.map(th => th.textContent),
+    cells: [...table.tBodies[0].rows].map(tr => [...tr.cells].map(td => td.textContent)),
     lines: [...table.querySelectorAll("td, th")].filter(c => c.textContent.trim()).map(lines),
+    sorted: {},
   };
-  const th = [...table.tHead.rows[0].cells].find(c => c.textContent.startsWith("total bytes"));
-  th.click(); out.ascending = column(th.cellIndex);
-  th.click(); out.descending = column(th.cellIndex);
+  // Click each of these headers twice: the column's sort values, ascending then descending.
+  for (const name of ["total bytes", "sim. time to"]) {
+    const th = heads.find(c => c.textContent.startsWith(name));
+    if (!th) continue;
+    th.click(); const up = column(th.cellIndex);
+    th.click(); out.sorted[name] = [up, column(th.cellIndex)];
+  }
   const pre = document.createElement("pre"); pre.id = "probe"; pre.textContent = JSON.stringify(out);
   document.body.appendChild(pre);
 });
 """
 
 
-def test_report_html_lays_out_in_headless_chromium(report, tmp_path):
+def lay_out_in_chromium(report, tmp_path):
+    """The report's page as headless Chromium lays it out (:data:`PROBE`'s measurements); skips without one."""
     browser = next((b for b in map(shutil.which, BROWSERS) if b), None)
     if browser is None:
         pytest.skip("no chromium, chromium-browser or google-chrome on PATH (Debian: apt-get install chromium)")
@@ -764,21 +776,33 @@ def test_report_html_lays_out_in_headless_chromium(report, tmp_path):
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert found, dom[-2000:]
-    seen = json.loads(html.unescape(found.group(1)))
-    # Every figure decoded (natural size) and shown within the window, one below the other.
+    return json.loads(html.unescape(found.group(1)))
+
+
+def assert_laid_out(report, seen):
+    """Every figure decoded and within the window, one below the other; the answer first; the table within the
+    window's width, every cell on one line, and sorted by total bytes when its header is clicked."""
     assert [i["id"] for i in seen["images"]] == list(report.figures)
     for img in seen["images"]:
         assert img["natural"][0] > 400 and img["natural"][1] > 200, img
         assert 0 <= img["box"]["left"] and img["box"]["right"] <= seen["viewport"], img
     for a, b in zip(seen["images"], seen["images"][1:], strict=False):
         assert a["box"]["bottom"] <= b["box"]["top"]
-    # The answer comes first; the table fits the window's width with every cell on one line.
     assert seen["headline"]["bottom"] <= seen["table"]["top"] < seen["images"][0]["box"]["top"]
     assert seen["table"]["right"] <= seen["viewport"] and set(seen["lines"]) == {1}
     groups = json.loads(report.json.read_text())["groups"]
     totals = sorted(g["metrics"]["total_bytes"]["mean"] for g in groups)
-    assert [float(v) for v in seen["ascending"]] == totals  # clicking a header sorts by it
-    assert [float(v) for v in seen["descending"]] == totals[::-1]
+    ascending, descending = seen["sorted"]["total bytes"]
+    assert [float(v) for v in ascending] == totals  # clicking a header sorts by it
+    assert [float(v) for v in descending] == totals[::-1]
+
+
+def test_report_html_lays_out_in_headless_chromium(report, tmp_path):
+    seen = lay_out_in_chromium(report, tmp_path)
+    assert_laid_out(report, seen)
+    # No [network] model: no simulated-time column and no accuracy-against-time figure.
+    assert not any("time" in h for h in seen["heads"]) and "sim. time to" not in seen["sorted"]
+    assert "accuracy_vs_time" not in [i["id"] for i in seen["images"]]
 
 
 def test_the_table_has_the_downlink_ratio_and_for_model_compression_the_shipped_bytes_and_dense_accuracy():

@@ -4,7 +4,8 @@ Matplotlib's log axis labels only powers of ten, and over less than a decade
 it labels its minor ticks in scientific notation, which run into each other
 (``1.301×10⁵1.3015×10⁵``). :class:`ByteLocator` picks, among a few kinds of
 round values, the richest set whose labels fit side by side on the axis as
-drawn, and :class:`ByteFormatter` writes them in human units.
+drawn, and :class:`ByteFormatter` writes them in human units. Simulated time
+(:func:`time_axis`) uses the same locator over plain numbers in one unit.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from matplotlib.axis import Axis
 from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import Formatter, Locator, MaxNLocator, NullFormatter, NullLocator
 
-from fedcomp.reports.units import short_bytes, tick_labels
+from fedcomp.reports.units import number_labels, short_bytes, tick_labels
 
 MAX_TICKS = 7
 MIN_LOG_TICKS = 3  # fewer round values per decade than this: the range is narrow, space ticks evenly
@@ -38,9 +39,24 @@ class ByteFormatter(Formatter):
         return tick_labels(list(values))
 
 
+class NumberFormatter(Formatter):
+    """Plain numbers, each with the decimals it needs (the axis label names the unit)."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return number_labels([x])[0]
+
+    def format_ticks(self, values: list[float]) -> list[str]:
+        return number_labels(list(values))
+
+
 class ByteLocator(Locator):
     """Round byte values on a log (or linear) axis: 1-2-5 or 1-3 per decade, decades, every k-th decade,
-    or evenly spaced round values inside a narrow range: the set with the most ticks whose labels fit."""
+    or evenly spaced round values inside a narrow range: the set with the most ticks whose labels fit.
+
+    ``labels`` writes a set of ticks as the formatter will (their length decides what fits)."""
+
+    def __init__(self, labels: Callable[[list[float]], list[str]] = tick_labels) -> None:
+        self.labels = labels
 
     def __call__(self) -> list[float]:
         vmin, vmax = self.axis.get_view_interval()
@@ -59,7 +75,7 @@ class ByteLocator(Locator):
             if kind == "linear" and log and len(best) >= MIN_LOG_TICKS:
                 break  # a decade or more: round values per decade read better than an even spread
             inside = [v for v in candidate if lo <= v <= hi]
-            room = _room(self.axis, max((len(t) for t in tick_labels(inside)), default=0))
+            room = _room(self.axis, max((len(t) for t in self.labels(inside)), default=0))
             if len(best) < len(inside) <= MAX_TICKS and _fits(inside, position, room):
                 best = inside
         return best or [lo, hi]
@@ -119,5 +135,15 @@ def byte_axis(ax: Axes, which: str = "x") -> None:
     axis = ax.xaxis if which == "x" else ax.yaxis
     axis.set_major_locator(ByteLocator())
     axis.set_major_formatter(ByteFormatter())
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def time_axis(ax: Axes, which: str = "x") -> None:
+    """Make ``ax``'s x (or y) axis one of plain numbers in one unit (simulated time): the byte axes' round
+    values and spacing, labelled as numbers; the axis label names the unit."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(ByteLocator(number_labels))
+    axis.set_major_formatter(NumberFormatter())
     axis.set_minor_locator(NullLocator())
     axis.set_minor_formatter(NullFormatter())

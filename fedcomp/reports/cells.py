@@ -3,7 +3,10 @@
 Shown: method, seeds, final accuracy (mean ± sd), total bytes (both
 directions), uplink, downlink, uplink compression ratio, bytes and rounds
 to the target, failures, and a notes column only when a group is partial
-or has damaged files. Rows are sorted by final accuracy, best first. Every
+or has damaged files. With a ``[network]`` model (:attr:`Table.simulated`),
+the simulated time to the target too, beside the bytes to it (the whole
+run's simulated time is in table.csv and table.json: ``sim_clock_s``); runs
+without one get the table without that column. Rows are sorted by final accuracy, best first. Every
 other metric (best accuracy, per-client-per-round bytes, wall time, the
 standard deviations of bytes, per-seed values) is in table.csv and table.json.
 Each cell carries the number it shows, for sorting in the HTML.
@@ -15,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedcomp.reports.table import GroupRow, Stat, Table
-from fedcomp.reports.units import short_bytes
+from fedcomp.reports.units import human_seconds, short_bytes
 from fedcomp.servers.app import human_bytes
 
 
@@ -32,7 +35,10 @@ def columns(table: Table, with_notes: bool) -> list[str]:
             "bits/param ↑ · ↓"]  # fmt: skip
     if with_model_columns(table):
         cols += ["final model", "dense accuracy"]
-    cols += [f"bytes to {target}", f"rounds to {target}", "failures"]
+    if table.simulated:
+        cols += [f"bytes to {target}", f"sim. time to {target}", f"rounds to {target}", "failures"]
+    else:
+        cols += [f"bytes to {target}", f"rounds to {target}", "failures"]
     return cols + (["notes"] if with_notes else [])
 
 
@@ -51,6 +57,7 @@ def notes_of(row: GroupRow) -> str:
 def table_cells(table: Table) -> tuple[list[str], list[list[Cell]]]:
     with_notes = any(notes_of(r) for r in table.rows)
     model_columns = with_model_columns(table)
+    simulated = table.simulated
     rows = sorted(table.rows, key=lambda r: -(r.metrics["final_accuracy"].mean or float("-inf")))
     body = []
     for row in rows:
@@ -67,6 +74,7 @@ def table_cells(table: Table) -> tuple[list[str], list[list[Cell]]]:
             bits(m["uplink_bits_per_parameter"], m["downlink_bits_per_parameter"]),
             *((byte_count(m["final_model_bytes"]), accuracy(m["dense_accuracy"])) if model_columns else ()),
             to_target(m["total_bytes_to_target"], human_bytes, short_bytes),
+            *((to_target(m["sim_s_to_target"], human_seconds, human_seconds),) if simulated else ()),
             to_target(m["rounds_to_target"], lambda v: f"{v:.3g}", lambda v: f"{v:.2g}"),
             failures(row),
         ]

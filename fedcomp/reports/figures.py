@@ -6,6 +6,8 @@ deviation of accuracy. Byte axes read in kB/MB/GB for any range
 (:mod:`fedcomp.reports.axes`). Measured bytes are solid lines and markers;
 formula-based budgets are dark dashed lines named "reference" in the legend,
 never mixed with measurements. Legends sit below the axes, so they cover no data.
+Simulated time (``[network]``, :func:`accuracy_vs_time`) is drawn like bytes,
+on a log axis in one unit (s, min or h) for the whole axis.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from fedcomp.reports.axes import byte_axis  # noqa: E402
+from fedcomp.reports.axes import byte_axis, time_axis  # noqa: E402
 from fedcomp.reports.compare import Entry, pareto_front  # noqa: E402
 from fedcomp.reports.curves import Direction, curve  # noqa: E402
 from fedcomp.reports.runs import RunGroup  # noqa: E402
 from fedcomp.reports.table import Table  # noqa: E402
+from fedcomp.reports.units import time_unit  # noqa: E402
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 LINES = ("-", "--", "-.", ":")
@@ -56,11 +59,18 @@ def _legend(ax: Axes) -> None:
 
 
 def _seed_curve(group: RunGroup, x_of: str) -> tuple[list[float], list[float], list[float]]:
-    """Mean x, mean accuracy and accuracy's standard deviation over the seeds, round by round."""
+    """Mean x, mean accuracy and accuracy's standard deviation over the seeds, round by round.
+
+    ``x_of``: ``round``, a byte direction, or ``sim_s`` (the simulated clock; rounds without one are left out)."""
     by_round: dict[int, list[tuple[float, float]]] = {}
     for run in group.counted or group.runs:  # a group of partial runs only is drawn over those
         for p in curve(run):
-            x = float(p.round) if x_of == "round" else float(max(p.spent(x_of), 1))
+            if x_of == "sim_s":
+                if p.sim_s is None:
+                    continue
+                x = p.sim_s
+            else:
+                x = float(p.round) if x_of == "round" else float(max(p.spent(x_of), 1))
             by_round.setdefault(p.round, []).append((x, p.accuracy))
     xs, ys, sds = [], [], []
     for rnd in sorted(by_round):
@@ -72,11 +82,13 @@ def _seed_curve(group: RunGroup, x_of: str) -> tuple[list[float], list[float], l
     return xs, ys, sds
 
 
-def _curves(ax: Axes, groups: list[RunGroup], x_of: str) -> None:
+def _curves(ax: Axes, groups: list[RunGroup], x_of: str, scale: float = 1.0) -> None:
+    """Each group's mean curve and its band; x divided by ``scale`` (a time unit's seconds)."""
     for i, g in enumerate(groups):
         xs, ys, sds = _seed_curve(g, x_of)
         if not xs:
             continue
+        xs = [x / scale for x in xs]
         st = style(i)
         ax.plot(xs, ys, markersize=4, label=f"{g.label} ({len(g.counted)} seeds)", **st)
         if any(sds):
@@ -105,6 +117,32 @@ def accuracy_vs_bytes(groups: list[RunGroup]) -> Figure:
             f"Accuracy against bytes sent, {DIRECTION_LABEL[direction]}",
         )
     axes[0].set_ylabel("test accuracy (mean ± sd over seeds)")
+    return fig
+
+
+def has_clock(groups: list[RunGroup]) -> bool:
+    """Whether any evaluated round of any run carries a simulated clock (``[network]``)."""
+    return any(p.sim_s is not None for g in groups for run in g.runs for p in curve(run))
+
+
+def accuracy_vs_time(groups: list[RunGroup]) -> Figure:
+    """Accuracy against the simulated clock (``[network]``: ``sim_clock_s`` at the end of each evaluated round),
+    mean ± sd over seeds; the x axis on a log scale, in one unit for the whole axis. Groups without a clock are
+    left out and named in the title."""
+    clocks = [p.sim_s for g in groups for run in g.runs for p in curve(run) if p.sim_s is not None]
+    unit, scale = time_unit(max(clocks, default=1.0))
+    fig, ax = plt.subplots(figsize=(7, 4.8), layout="constrained")
+    _curves(ax, groups, "sim_s", scale)
+    ax.set_xscale("log")
+    time_axis(ax)
+    missing = [g.label for g in groups if not any(p.sim_s is not None for r in g.runs for p in curve(r))]
+    title = "Accuracy against simulated time"
+    if missing:
+        title += f"\n(no simulated clock: {', '.join(missing)})"
+    ax.set(xlabel=f"simulated time, {unit} ([network] model, log scale)", ylabel="test accuracy (mean ± sd over seeds)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    _legend(ax)
     return fig
 
 

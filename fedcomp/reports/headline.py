@@ -14,6 +14,10 @@ at each target accuracy, which needs the fewest bytes. Bytes are both directions
   :func:`fedcomp.reports.table.default_target`), asked three times: both
   directions together, the uplink alone and the downlink alone ("which
   uplink?" has its own answer even when a dense downlink dominates the total).
+- **Simulated time to a target** (only when the runs carry a ``[network]``
+  clock): the simulated clock at that same first round, ranked as bytes are
+  (ties within 5% too): the network model's answer to "which gets there
+  first on these links?", a model and not a measurement.
 - Only complete runs count, one per seed (:attr:`RunGroup.counted`): a group
   with partial runs only is named as left out, never ranked.
 - A group takes part only if every one of its seeds has a value (an
@@ -34,9 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fedcomp.reports.compare import BYTES_TIE_FRACTION, Entry, Ranking, rank
-from fedcomp.reports.curves import Direction, accuracy_within, first_reach
+from fedcomp.reports.curves import Direction, accuracy_within, first_reach, shipped_curve
 from fedcomp.reports.runs import RunGroup, RunRecord
-from fedcomp.reports.units import short_bytes
+from fedcomp.reports.units import human_seconds, short_bytes
 from fedcomp.servers.app import human_bytes
 
 
@@ -50,8 +54,8 @@ class Question:
     """Groups left out: (label, seeds with a value, seeds)."""
     rounds: dict[str, Entry] = field(default_factory=dict)
     """For a target: each ranked group's rounds to reach it."""
-    direction: Direction = "total"
-    """Which bytes count: both directions, or the uplink or the downlink alone."""
+    direction: Direction | Literal["time"] = "total"
+    """Which bytes count: both directions, or the uplink or the downlink alone; ``time``: simulated seconds."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -77,9 +81,10 @@ class Question:
             which = {"total": "bytes (both directions)", "uplink": "uplink bytes", "downlink": "downlink bytes"}
             ask, what, value = (
                 f"To reach accuracy {self.value:.4g}",
-                f"needs the fewest {which[self.direction]}",
-                _bytes,
-            )
+                f"needs the fewest {which[self.direction]}" if self.direction != "time" else
+                "needs the least simulated time ([network] model)",
+                _bytes if self.direction != "time" else _seconds,
+            )  # fmt: skip
             nobody = "no method reached it in every seed"
         r = self.ranking
         if r.verdict == "none":
@@ -170,16 +175,25 @@ def budget_question(groups: list[RunGroup], budget: float) -> Question:
     return Question("budget", budget, rank(entries, higher_is_better=True), incomplete)
 
 
-def target_question(groups: list[RunGroup], target: float, direction: Direction = "total") -> Question:
+def target_question(
+    groups: list[RunGroup], target: float, direction: Direction | Literal["time"] = "total"
+) -> Question:
+    """Who reaches ``target`` with the fewest bytes of ``direction`` (``time``: in the least simulated time; a
+    group without any clock is left out, a run that reached it at a round without one counts as not reached)."""
     entries, incomplete, rounds = [], [], {}
     for g in groups:
         if not g.counted:
             continue
+        if direction == "time" and not any(p.sim_s is not None for r in g.counted for p in shipped_curve(r)):
+            continue  # no clock at all (a mixed report): not a method that missed the target
         reached = [first_reach(r, target) for r in g.counted]
+        if direction == "time":
+            reached = [p if p is not None and p.sim_s is not None else None for p in reached]
         known = [p for p in reached if p is not None]
         seeds = tuple(r.seed for r in g.counted)
         if len(known) == len(reached):
-            entries.append(Entry(g.label, tuple(float(p.spent(direction)) for p in known), seeds))
+            values = (p.sim_s if direction == "time" else p.spent(direction) for p in known)
+            entries.append(Entry(g.label, tuple(float(v or 0.0) for v in values), seeds))
             rounds[g.label] = Entry(g.label, tuple(float(p.round) for p in known), seeds)
         else:
             incomplete.append((g.label, len(known), len(reached)))
@@ -195,9 +209,11 @@ def make_headline(groups: list[RunGroup], targets: Sequence[float], budgets: Seq
         chosen, source = sorted(budgets), "given"
     else:
         chosen, source = default_budgets(groups), "each method's total bytes over its whole run (largest seed)"
+    clock = any(p.sim_s is not None for g in groups for r in g.counted for p in shipped_curve(r))
+    directions: tuple[Direction | Literal["time"], ...] = (*DIRECTIONS, "time") if clock else DIRECTIONS
     return Headline(
         [budget_question(groups, b) for b in chosen],
-        [target_question(groups, t, d) for t in targets for d in DIRECTIONS],
+        [target_question(groups, t, d) for t in targets for d in directions],
         source,
         bottom_line(groups),
         [g.label for g in groups if not g.counted],
@@ -265,6 +281,10 @@ def _accuracy(e: Entry) -> str:
 
 def _bytes(e: Entry) -> str:
     return human_bytes(e.mean) + (f" ± {short_bytes(e.std)}" if e.std else "")
+
+
+def _seconds(e: Entry) -> str:
+    return human_seconds(e.mean) + (f" ± {human_seconds(e.std)}" if e.std else "")
 
 
 def _rounds(e: Entry) -> str:

@@ -5,7 +5,7 @@ OUT/report.html     figures embedded as data: URIs (one file to mail around, no 
 OUT/report.md       the same text; figures next to it in OUT/figures/
 OUT/table.csv       one row per group: mean and std of every metric
 OUT/table.json      header, target, ratio source, the headline and every group with per-seed values
-OUT/figures/*.png
+OUT/figures/*.png   accuracy_vs_time.png only when the runs carry a simulated clock ([network])
 
 The report opens with its answer (:mod:`fedcomp.reports.headline`), then a
 compact table (:mod:`fedcomp.reports.cells`), then the figures. A run with
@@ -39,7 +39,10 @@ FIGURES = {
     "accuracy_vs_bytes": "Accuracy against cumulative bytes, both directions and uplink (band: ± 1 sd over seeds)",
     "accuracy_vs_rounds": "Accuracy against rounds (band: ± 1 sd over seeds)",
     "bytes_per_round": "Bytes per client per round, each way (dashed: formula-based references)",
+    "accuracy_vs_time": "Accuracy against simulated time: the [network] model's clock, not a measurement "
+    "(band: ± 1 sd over seeds)",
 }
+"""Every figure a report can have, in the order shown; ``accuracy_vs_time`` only with a simulated clock."""
 
 
 @dataclass
@@ -88,6 +91,8 @@ def make_report(
         "accuracy_vs_rounds": figures.png(figures.accuracy_vs_rounds(groups)),
         "bytes_per_round": figures.png(figures.bytes_per_round(groups, n_params)),
     }
+    if figures.has_clock(groups):
+        pngs["accuracy_vs_time"] = figures.png(figures.accuracy_vs_time(groups))
     fig_paths = {}
     for name, data in pngs.items():
         fig_paths[name] = out / "figures" / f"{name}.png"
@@ -109,7 +114,7 @@ def make_report(
     )
     report.json.write_text(json.dumps(_json(head, table, headline), indent=2), encoding="utf-8")
     _write_csv(report.csv, table)
-    report.markdown.write_text(_markdown(head, table, headline), encoding="utf-8")
+    report.markdown.write_text(_markdown(head, table, headline, list(pngs)), encoding="utf-8")
     report.html.write_text(_html(head, table, headline, pngs), encoding="utf-8")
     return report
 
@@ -177,10 +182,15 @@ def _model_size(runs: list[RunRecord]) -> int | None:
 
 def _rules(headline: Headline) -> str:
     budgets = "given" if headline.budget_source == "given" else headline.budget_source
+    timed = (
+        ", and the simulated time to it (the [network] model's clock at that round, a model, not a measurement)"
+        if any(q.direction == "time" for q in headline.targets)
+        else ""
+    )
     return (
         f"Budgets are bytes of both directions together: {budgets}; accuracy within a budget is the best "
         "evaluated accuracy among the rounds that ended within it. Bytes to a target are asked for both "
-        "directions, the uplink and the downlink. Only complete runs count, one per seed; a method counts "
+        f"directions, the uplink and the downlink{timed}. Only complete runs count, one per seed; a method counts "
         "only if every seed has a value. Ties: where methods ran the same seeds, the paired per-seed "
         "differences are within their 95% t-interval; otherwise the difference of the means is within the "
         f"larger seed standard deviation (bytes also tie within {BYTES_TIE_FRACTION:.0%}); with one seed each "
@@ -201,10 +211,18 @@ def _notes(table: Table) -> list[str]:
         "aggregated (w/o update), failed runs.",
         "Partial runs (crashed, failed or still running) are reported over the rounds they finished.",
         "Sorted by final accuracy (click a header to sort); every metric per group and seed: table.csv, table.json.",
-    ]
+    ] + ([SIMULATED_NOTE] if table.simulated else [])
 
 
-def _markdown(head: dict[str, Any], table: Table, headline: Headline) -> str:
+SIMULATED_NOTE = (
+    "sim. time: the [network] model's simulated clock (sim_clock_s), a model, not a measurement: each round lasts "
+    "as long as its slowest sampled client's train message down, compute and reply up over the configured links "
+    "(docs/runs.md, 'Simulated time'). 'sim. time to' is the clock at the first evaluated round at or above the "
+    "target; the whole run's simulated time is in table.csv and table.json (sim_clock_s)."
+)
+
+
+def _markdown(head: dict[str, Any], table: Table, headline: Headline, pngs: list[str]) -> str:
     cols, rows = table_cells(table)
     experiment, versions = _header_lines(head)
     lines = ["# fedcomp report", "", experiment, "", f"<sub>{versions}</sub>", "", "## Answer", ""]
@@ -220,7 +238,8 @@ def _markdown(head: dict[str, Any], table: Table, headline: Headline) -> str:
     if table.warnings:
         lines += ["## Warnings", "", "Damaged run files; the report uses every intact row.", ""]
         lines += [f"- ⚠ {w}" for w in table.warnings] + [""]
-    for name, title in FIGURES.items():
+    for name in pngs:
+        title = FIGURES[name]
         lines += [f"## {title}", "", f"![{title}](figures/{name}.png)", ""]
     return "\n".join(lines)
 
@@ -233,6 +252,7 @@ STYLE = (
     "text-align:right;white-space:nowrap}td:first-child,th:first-child{text-align:left}"
     "th{cursor:pointer;background:#f4f4f4}th[aria-sort=ascending]::after{content:' ▲'}"
     "th[aria-sort=descending]::after{content:' ▼'}.notes{font-size:12px;color:#444}"
+    ".compact{font-size:12px}.compact td,.compact th{padding:3px 5px}"
     "figure{margin:1em 0}img{max-width:100%;height:auto;display:block}figcaption{font-weight:bold;margin:.3em 0}"
 )
 
@@ -261,6 +281,8 @@ def _html(head: dict[str, Any], table: Table, headline: Headline, pngs: dict[str
     if headline.left_out:
         answers.append(f"<li>Not counted (no complete run): {e(', '.join(headline.left_out))}.</li>")
     bottom = f'<p class="bottom-line"><strong>{e(headline.bottom_line)}</strong></p>' if headline.bottom_line else ""
+    # One column more with a network model: narrower cell padding keeps the table within a laptop's window.
+    compact = ' class="compact"' if table.simulated else ""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>fedcomp report</title>',
@@ -275,7 +297,9 @@ def _html(head: dict[str, Any], table: Table, headline: Headline, pngs: dict[str
         + "</ul>",
         f'<p class="rules">{e(_rules(headline))}</p></section>',
         "<h2>Results</h2>",
-        '<table id="results"><thead><tr>' + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr></thead><tbody>",
+        f'<table id="results"{compact}><thead><tr>'
+        + "".join(f"<th>{e(c)}</th>" for c in cols)
+        + "</tr></thead><tbody>",
     ]
     for r in rows:
         tds = "".join(f"<td{_sort_attr(c.sort)}>{e(c.text)}</td>" for c in r)
@@ -287,8 +311,9 @@ def _html(head: dict[str, Any], table: Table, headline: Headline, pngs: dict[str
             "<p>Damaged run files; the report uses every intact row.</p>",
             "<ul>" + "".join(f"<li>⚠ {e(w)}</li>" for w in table.warnings) + "</ul>",
         ]
-    for name, title in FIGURES.items():
-        data = base64.b64encode(pngs[name]).decode("ascii")
+    for name, png in pngs.items():
+        title = FIGURES[name]
+        data = base64.b64encode(png).decode("ascii")
         parts += [
             f"<figure><figcaption>{e(title)}</figcaption>",
             f'<img alt="{e(title)}" id="{name}" src="data:image/png;base64,{data}"></figure>',

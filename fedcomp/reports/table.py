@@ -5,7 +5,8 @@ each direction, mean bytes per client per round each way, the compression
 ratio against the identity codec both ways, the final model's shipped bytes
 and the uncompressed model's accuracy (server compression), the bytes (total and uplink) and rounds
 to first reach a target accuracy, wall time, the rounds that aggregated no
-update and the failed client replies. Per group (runs that differ only in
+update and the failed client replies; with a ``[network]`` model, the
+simulated seconds to the target and of the whole run (``sim_clock_s``). Per group (runs that differ only in
 seed): mean and standard deviation (n − 1) of each, and how many of its
 runs failed.
 """
@@ -101,6 +102,11 @@ class Table:
     identity_source: str
     warnings: list[str] = field(default_factory=list)
     """Every damaged or left-out run file the report saw (each names the file and line)."""
+
+    @property
+    def simulated(self) -> bool:
+        """Whether any group's runs carry a simulated clock (``[network]``): the report then shows time too."""
+        return any(r.metrics["sim_clock_s"].mean is not None for r in self.rows if "sim_clock_s" in r.metrics)
 
 
 def run_metrics(

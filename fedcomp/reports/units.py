@@ -3,6 +3,9 @@
 ``tick_labels`` writes a set of axis ticks with the fewest decimals that tell
 them apart exactly (``10 MB``, ``20 MB``; ``130.10 kB``, ``130.12 kB``);
 ``parse_bytes`` reads a budget given on the command line (``10MB``, ``2.5 kB``, ``1e6``).
+
+Simulated seconds (``[network]``) read the same way: ``human_seconds`` writes one value in s, min or h;
+``time_unit`` picks one unit for a whole axis and ``number_labels`` writes its ticks.
 """
 
 from __future__ import annotations
@@ -60,3 +63,24 @@ def parse_bytes(text: str) -> float:
     if value <= 0:
         raise ValueError(f"a byte budget must be positive, not {text!r}")
     return value
+
+
+TIME_UNITS = (("s", 1.0), ("min", 60.0), ("h", 3600.0))
+
+
+def time_unit(value: float) -> tuple[str, float]:
+    """Seconds below two minutes, minutes below two hours, hours from there on (a value reads as 90 s, not 1.5 min)."""
+    if abs(value) < 120:
+        return TIME_UNITS[0]
+    return TIME_UNITS[1] if abs(value) < 7200 else TIME_UNITS[2]
+
+
+def human_seconds(value: float) -> str:
+    """A duration with three significant digits in its unit (:func:`time_unit`): ``20.4 s``, ``3.5 min``, ``2.25 h``."""
+    unit, size = time_unit(value)
+    return f"{value / size:.3g} {unit}"
+
+
+def number_labels(values: list[float]) -> list[str]:
+    """Plain numbers, each with the fewest decimals that write it exactly (``0.5``, ``2``, ``20``)."""
+    return [f"{v:.{_decimals([v])}f}" for v in values]
