@@ -26,7 +26,9 @@ everything in a config that spans families, which its schema (:mod:`fedcomp.sche
 - the compressors go together (:func:`downlink_problem`), and FedProx is not combined with LC.
 
 The same checks on transport settings a client receives are :func:`unknown_compressor` and
-:func:`downlink_problem`, which :class:`fedcomp.flower.transport.Transport` runs.
+:func:`downlink_problem`, which :class:`fedcomp.flower.transport.Transport` runs. A model compressor named
+where the downlink's compressor goes (``[downlink] name = "lc"``, ``downlink="lc"``) is refused with where it
+belongs now (:func:`model_compressor_as_downlink`).
 """
 
 from __future__ import annotations
@@ -235,6 +237,9 @@ def check_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'client.eval_metric': expected an import path 'module:fn', got {c.eval_metric!r}")  # fmt: skip
     if cfg.client.train_fn and not is_import_spec(cfg.client.train_fn):
         raise ConfigError(f"config key 'client.train_fn': expected an import path 'module:function', got {cfg.client.train_fn!r}")  # fmt: skip
+    misplaced = model_compressor_as_downlink(cfg.downlink.name)
+    if misplaced:
+        raise ConfigError(f"config key 'downlink.name': {misplaced}")
     for key, name, registry in (
         ("data.dataset", cfg.data.dataset, DATASETS),
         ("model.name", cfg.model.name, MODELS),
@@ -270,14 +275,31 @@ def check_config(cfg: ExperimentConfig) -> None:
 
 def unknown_compressor(uplink: Any, server_compression: Any, downlink: Any) -> str:
     """Transport settings (:mod:`fedcomp.flower.transport`): which compressor name is not registered ("" if none)."""
+    misplaced = model_compressor_as_downlink(downlink)
+    if misplaced:
+        return misplaced
     for what, name, registry in (
-        ("uplink", uplink, UPDATE_COMPRESSORS),
-        ("downlink", server_compression, MODEL_COMPRESSORS),
-        ("downlink update", downlink, UPDATE_COMPRESSORS),
+        ("uplink compressor", uplink, UPDATE_COMPRESSORS),
+        ("server_compression (model compressor)", server_compression, MODEL_COMPRESSORS),
+        ("downlink compressor (of the model's change)", downlink, UPDATE_COMPRESSORS),
     ):
         if not isinstance(name, str) or name not in registry:
-            return f"{what} compressor {name!r} is unknown; choose one of {sorted(registry)}"
+            return f"{what} {name!r} is unknown; choose one of {sorted(registry)}"
     return ""
+
+
+def model_compressor_as_downlink(name: Any) -> str:
+    """Why ``name`` cannot be the downlink's compressor when it is a model compressor's ("" otherwise).
+
+    ``downlink`` names the compressor of the model's change (an update compressor); the model compressor
+    is ``server_compression``, which fedcomp's code once called ``downlink``."""
+    if not isinstance(name, str) or name in UPDATE_COMPRESSORS or name not in MODEL_COMPRESSORS:
+        return ""
+    return (
+        f"{name!r} is a model compressor: the model compressor is server_compression={name!r} now "
+        "([server_compression] in a config); downlink names the compressor of the model's change "
+        f"(an update compressor, one of {sorted(UPDATE_COMPRESSORS)})"
+    )
 
 
 def downlink_problem(model_name: str, model_params: Any, change_name: str, change_params: Mapping[str, Any]) -> str:

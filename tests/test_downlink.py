@@ -8,6 +8,7 @@ reply to ``aggregate_train``; the engine runs in the last test.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import OrderedDict
 
 import pytest
@@ -16,11 +17,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message
 from flwr.serverapp.strategy import FedAvg
 
 from fedcomp.coding import DecodeError, DecodeLimits
+from fedcomp.compressors.model import MODEL_COMPRESSORS
 from fedcomp.compressors.update import UPDATE_COMPRESSORS
 from fedcomp.config import ConfigError, config_from_dict
 from fedcomp.flower import CompressedStrategy, CompressionMod
 from fedcomp.flower.downlink import DownlinkChannel, Held, apply_change, model_crc
-from fedcomp.flower.transport import TransportError
+from fedcomp.flower.transport import Transport, TransportError
 from fedcomp.messages import METRICS_KEY, payload_from
 from tests.helpers import update_compressor
 from tests.test_flower_building_blocks import ARCH, FEDERATION, NODES, contexts, initial_state, local_train
@@ -36,8 +38,8 @@ def sampler(grid, server_round: int) -> list[int]:
 
 
 def wrapper(**kwargs) -> CompressedStrategy:
-    kwargs.setdefault("downlink_update", "topk")
-    kwargs.setdefault("downlink_update_params", {"density": 0.1})
+    kwargs.setdefault("downlink", "topk")
+    kwargs.setdefault("downlink_params", {"density": 0.1})
     return CompressedStrategy(FedAvg(), arch=ARCH, uplink="topk", sampler=sampler, **kwargs)
 
 
@@ -206,7 +208,41 @@ def test_downlink_settings_are_checked_before_anything_runs():
     with pytest.raises(ConfigError, match="downlink.name"):
         config_from_dict({**base, "downlink": {"name": "nope"}})
     with pytest.raises(TransportError, match="compresses the broadcast"):
-        CompressedStrategy(FedAvg(), arch=ARCH, downlink="lc", downlink_update="topk")
+        CompressedStrategy(FedAvg(), arch=ARCH, server_compression="lc", downlink="topk")
+
+
+def test_the_old_names_of_the_two_downlink_compressors_are_refused_with_their_new_names():
+    """``downlink`` was the model compressor in code and ``downlink_update`` the change's; now ``server_compression``
+    and ``downlink``, as in the config. An old spelling is an error naming the new one, never read the new way."""
+    with pytest.raises(TypeError, match=r"downlink_update is now downlink \(the compressor of the model's change\)"):
+        CompressedStrategy(FedAvg(), arch=ARCH, downlink_update="topk")
+    with pytest.raises(TypeError, match="downlink_update_params is now downlink_params"):
+        CompressedStrategy(FedAvg(), arch=ARCH, downlink="topk", downlink_update_params={"density": 0.1})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'dowlink'"):
+        CompressedStrategy(FedAvg(), arch=ARCH, dowlink="topk")
+    for name in sorted(set(MODEL_COMPRESSORS) - set(UPDATE_COMPRESSORS)):  # "identity" means none in both
+        with pytest.raises(TransportError, match=f"server_compression='{name}' now"):
+            CompressedStrategy(FedAvg(), arch=ARCH, downlink=name)
+    with pytest.raises(ConfigError, match=r"downlink.name.*server_compression='lc' now \(\[server_compression\]"):
+        config_from_dict({"model": {"name": "mlp"}, "downlink": {"name": "lc"}})
+    with pytest.raises(ConfigError, match=r"'downlink_update' \(did you mean 'downlink'\?\)"):
+        config_from_dict({"model": {"name": "mlp"}, "downlink_update": {"name": "topk"}})
+
+
+def test_transport_settings_from_an_older_peer_are_refused_naming_the_new_keys():
+    """The settings' JSON once carried the model compressor as ``downlink`` and the change's as ``downlink_update``:
+    read now, that ``downlink`` would be taken for the change's compressor, so the message is refused."""
+    current = json.loads(Transport(server_compression="lc", downlink="identity").to_json())
+    assert current["server_compression"]["name"] == "lc" and current["downlink"] == {"name": "identity"}
+    old = {k: v for k, v in current.items() if k != "server_compression"}
+    older = {**old, "downlink": current["server_compression"]}  # older fedcomp: no downlink_update key at all
+    with pytest.raises(TransportError, match="lack 'server_compression': the model compressor is server_compression"):
+        Transport.from_json(json.dumps(older))
+    with pytest.raises(
+        TransportError, match=r"downlink_update is now downlink \(the compressor of the model's change\)"
+    ):
+        Transport.from_json(json.dumps({**older, "downlink_update": {"name": "topk", "density": 0.1}}))
+    assert Transport.from_json(json.dumps(current)) == Transport(server_compression="lc")
 
 
 def test_a_simulation_with_a_compressed_downlink_records_each_clients_bytes(tmp_path):
@@ -322,7 +358,7 @@ def test_the_server_aggregates_onto_its_own_model_so_what_the_downlink_left_out_
         for k in state:
             assert torch.allclose(got[k].float(), expected[k].float(), atol=1e-6), (r, k)
         gap = sum(float((state[k] - v).square().sum()) for k, v in clients_hold.items()) ** 0.5
-        assert stats.downlink_metrics["downlink_residual_norm"] == pytest.approx(gap, rel=1e-6)
+        assert stats.server_metrics["downlink_residual_norm"] == pytest.approx(gap, rel=1e-6)
         assert stats.client_model is not None and same(stats.client_model, clients_hold)
         gaps.append(gap)
         state = OrderedDict(got)

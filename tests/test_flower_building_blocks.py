@@ -90,7 +90,7 @@ def test_every_strategy_aggregates_real_payloads_through_the_wrapper(name):
     """SuRP up, LC down: every Flower strategy aggregates what the wrapper decoded; bytes are the payloads'."""
     cfg = config_from_dict({"model": {"name": "mlp"}, "strategy": {"name": name, **strategy_params(name)}})
     inner = build_strategy(cfg)
-    strategy = CompressedStrategy(inner, arch=ARCH, uplink="surp", downlink="lc", num_partitions=len(NODES))
+    strategy = CompressedStrategy(inner, arch=ARCH, uplink="surp", server_compression="lc", num_partitions=len(NODES))
     ctxs = contexts()
     start = initial_state()
     decoded = capture_decoded(strategy)
@@ -245,8 +245,8 @@ def test_a_changed_architecture_starts_the_inner_strategys_state_again_from_zero
     """ALDS factorizes the model in round 2's broadcast: the state round 1 left (FedAdam's moments, FedAvgM's
     momentum) fits the old tensors only, so it starts again from zero, with a warning, and round 2 aggregates."""
     cfg = config_from_dict({"model": {"name": "mlp"}, "strategy": {"name": name, **EQUALITY_PARAMS[name]}})
-    strategy = CompressedStrategy(build_strategy(cfg), arch=ARCH, downlink="alds",
-                                  downlink_params={"compress_at": [2], "seeds": 1}, num_partitions=len(NODES))  # fmt: skip
+    strategy = CompressedStrategy(build_strategy(cfg), arch=ARCH, server_compression="alds",
+                                  server_compression_params={"compress_at": [2], "seeds": 1}, num_partitions=len(NODES))  # fmt: skip
     ctxs = contexts()
     state, _, _ = run_round(strategy, 1, initial_state(), ctxs, mod=CompressionMod())
     assert strategy.take_round_stats().skipped is None and all(getattr(strategy.inner, a) is not None for a in attrs)

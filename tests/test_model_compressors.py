@@ -353,17 +353,17 @@ def test_strategy_checkpoint_restores_structure_and_compressor_state(tmp_path):
 
     from fedcomp.flower.strategy import CompressedStrategy
 
-    def strategy(downlink):
+    def strategy(server_compression):
         s = CompressedStrategy(FedAvg(), arch=LENET, num_partitions=2)
-        s.downlink = downlink
+        s.server_compression = server_compression
         return s
 
     w = lenet_state()
     lc_server = strategy(lc("augmented_lagrangian"))
-    lc_server.downlink.broadcast(1, w, ())
-    lc_server.downlink.end_of_round(1, w, (), last=False)
+    lc_server.server_compression.broadcast(1, w, ())
+    lc_server.server_compression.end_of_round(1, w, (), last=False)
     alds_server = strategy(ALDSCompressor(ALDSParams(seeds=1, error=FAST), LENET))
-    alds_server.structure = alds_server.downlink.broadcast(1, w, ()).structure
+    alds_server.structure = alds_server.server_compression.broadcast(1, w, ()).structure
     for server, fresh in ((lc_server, strategy(lc("augmented_lagrangian"))), (alds_server, strategy(ALDSCompressor(ALDSParams(seeds=1, error=FAST), LENET)))):  # fmt: skip
         torch.save({"server": server.state_dict()}, tmp_path / "ckpt.pt")
         fresh.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True)["server"])
@@ -375,7 +375,28 @@ def test_strategy_checkpoint_restores_structure_and_compressor_state(tmp_path):
     assert alds_server.structure  # the ALDS case really had a changed architecture
     restored = strategy(lc("augmented_lagrangian"))
     restored.load_state_dict(lc_server.state_dict())
-    assert restored.downlink.broadcast(2, w, ()).payload == lc_server.downlink.broadcast(2, w, ()).payload
+    assert (
+        restored.server_compression.broadcast(2, w, ()).payload
+        == lc_server.server_compression.broadcast(2, w, ()).payload
+    )
+
+
+def test_a_checkpoint_from_before_the_rename_restores_the_model_compressors_state():
+    """Checkpoints written while the model compressor was called ``downlink`` keep its state under that key."""
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedcomp.flower.strategy import CompressedStrategy
+
+    w = lenet_state()
+    saved, restored = (CompressedStrategy(FedAvg(), arch=LENET, server_compression="lc") for _ in range(2))
+    saved.server_compression.broadcast(1, w, ())
+    saved.server_compression.end_of_round(1, w, (), last=False)
+    state = saved.state_dict()
+    old = {("downlink" if k == "server_compression" else k): v for k, v in state.items()}
+    restored.load_state_dict(old)
+    assert (
+        restored.server_compression.broadcast(2, w, ()).payload == saved.server_compression.broadcast(2, w, ()).payload
+    )
 
 
 def test_the_final_payload_is_the_final_model_even_when_the_last_round_compresses():

@@ -8,8 +8,14 @@ Client::
 Server::
 
     from fedcomp.flower import CompressedStrategy
-    strategy = CompressedStrategy(FedAdam(), model_fn=Net, uplink="surp", downlink="identity")
+    strategy = CompressedStrategy(FedAdam(), model_fn=Net, uplink="surp", server_compression="identity")
     strategy.start(grid=grid, initial_arrays=ArrayRecord(Net().state_dict()), num_rounds=3)
+
+``uplink`` compresses the clients' updates, ``server_compression`` the
+model the server broadcasts (a model compressor: LC, ALDS, UDFC, BWCP),
+and ``downlink`` the model's change when the server sends that instead of
+the model (an update compressor; the config's ``[uplink]``,
+``[server_compression]`` and ``[downlink]``).
 
 The wrapper sends the codec settings in every message's ConfigRecord, so
 the mod needs nothing but the model. ``recorder=AppRecorder("runs/x")``

@@ -185,7 +185,7 @@ class CompressionMod:
             codec, params = "", {}  # the decoder below says what is wrong with it
         if codec == CHANGE_CODEC:
             initial = functools.partial(self.initial_model, msg, context) if self.initial_model is not None else None
-            return apply_change(payload, held, codecs.arch, codecs.downlink_update, transport.max_abs_value, initial)
+            return apply_change(payload, held, codecs.arch, codecs.downlink, transport.max_abs_value, initial)
         received = codecs.identity.decode(payload, max_abs=transport.max_abs_value)
         named = dense_version(params)
         if named is None:
@@ -205,19 +205,19 @@ class _Codecs:
     def __init__(self, transport: Transport, arch: Architecture) -> None:
         self.transport = transport
         self.arch = arch
-        self.downlink: ModelCompressor = transport.model_compressor(arch)
+        self.server_compression: ModelCompressor = transport.model_compressor(arch)
         self.identity = IdentityModelCompressor(None, arch)
         self.uplink: UpdateCompressor = transport.update_compressor()
-        self.downlink_update: UpdateCompressor = transport.downlink_update_compressor()
+        self.downlink: UpdateCompressor = transport.downlink_compressor()
 
     def decode_broadcast(self, payload: bytes, max_abs: float) -> Received:
         """The configured model compressor's payload, or a dense one (what evaluate messages carry)."""
-        decoder = self.downlink
-        if self.downlink.name != "identity":
+        decoder = self.server_compression
+        if self.server_compression.name != "identity":
             try:
                 codec, _ = peek(payload)
             except DecodeError:
-                codec = self.downlink.name  # the configured decoder says what is wrong with it
+                codec = self.server_compression.name  # the configured decoder says what is wrong with it
             if codec == "identity":
                 decoder = self.identity
         return decoder.decode(payload, max_abs=max_abs)

@@ -125,8 +125,8 @@ class AppRecorder:
             },
             "model": {"name": model},
             "uplink": {"name": t.uplink, **t.uplink_params},
-            "server_compression": {"name": t.downlink, **t.downlink_params},
-            "downlink": {"name": t.downlink_update, **t.downlink_update_params},
+            "server_compression": {"name": t.server_compression, **t.server_compression_params},
+            "downlink": {"name": t.downlink, **t.downlink_params},
             "strategy": _strategy_section(strategy.inner),
         }
         data = _merged(known, self.experiment)

@@ -54,8 +54,10 @@ class RoundStats:
     field), or, when the downlink carries the model's change, of the model the clients rebuild."""
     downlink_bytes_received: list[int] = field(default_factory=list)
     """The broadcast's length as each aggregated client measured it on arrival, same order as ``clients``."""
-    downlink_metrics: dict[str, float] = field(default_factory=dict)
-    """What the model compressor reported when it built the broadcast."""
+    server_metrics: dict[str, float] = field(default_factory=dict)
+    """What the server's compressors reported: the model compressor when it built the broadcast, or the
+    downlink's channel (``downlink_*``) when it sent the model's change; plus a statistics round's
+    ``statistics_clients`` and the update norm bound's numbers. The row's ``server_metrics`` start from it."""
     evaluate_downlink_bytes: int = 0
     """Bytes sent for client-side evaluation (the aggregated model, dense, to each evaluating node)."""
     statistics_downlink_bytes: int = 0
@@ -151,7 +153,7 @@ class RoundStats:
             downlink_bytes_sent_per_client=self.downlink_bytes_sent,
             downlink_crc32=self.downlink_crc32,
             downlink_bytes_received_per_client=self.downlink_bytes_received,
-            server_metrics=dict(server_metrics if server_metrics is not None else self.downlink_metrics),
+            server_metrics=dict(server_metrics if server_metrics is not None else self.server_metrics),
             wall_s=time.perf_counter() - self.started,
             client_metrics=self.client_metrics,
             skipped=self.skipped,

@@ -11,7 +11,7 @@ travel, not how they are aggregated (the pattern of Flower's own
   ``proximal-mu``, ...) for the model the clients will start from, exactly
   as they decode it; the wrapper swaps that model's arrays for the payload
   and adds the transport settings (:mod:`.transport`) the client mod obeys.
-- with ``downlink_update`` (an update compressor), the broadcast is the
+- with ``downlink`` (an update compressor), the broadcast is the
   model's *change* instead (:mod:`.downlink`): the wrapper keeps the model
   the clients hold, sends each sampled node its own catch-up (or the model
   dense when that is smaller) and learns from each reply which version the
@@ -52,7 +52,7 @@ import logging
 import math
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from copy import copy
 from typing import Any, Protocol
 
@@ -118,13 +118,32 @@ class _SampledGrid:
         return getattr(self._grid, name)
 
 
+RENAMED_ARGUMENTS = {
+    "downlink_update": "downlink_update is now downlink (the compressor of the model's change)",
+    "downlink_update_params": "downlink_update_params is now downlink_params (its parameters)",
+}
+"""Keyword arguments of :class:`CompressedStrategy` that were renamed: what each is now."""
+
+
+def _refuse_renamed(renamed: Mapping[str, Any]) -> None:
+    """A TypeError for a keyword argument the wrapper does not take, naming the new one where it was renamed."""
+    for name in renamed:
+        if name in RENAMED_ARGUMENTS:
+            raise TypeError(
+                f"CompressedStrategy got {name}=: {RENAMED_ARGUMENTS[name]}; the model compressor is server_compression"
+            )
+        raise TypeError(f"CompressedStrategy got an unexpected keyword argument {name!r}")
+
+
 class CompressedStrategy(Strategy):
     """Compressed, counted, checked transport around ``strategy`` (see the module docstring).
 
     ``model_fn`` builds the model the payloads carry (or pass ``arch``, a
     fedcomp :class:`~fedcomp.compressors.model.structure.Architecture`).
-    ``uplink`` / ``downlink`` name an update and a model compressor
-    (``fedcomp list``) with their parameters as dicts. ``min_replies``:
+    ``uplink`` names an update compressor and ``server_compression`` a model
+    compressor (``fedcomp list``), with their parameters as dicts;
+    ``downlink``, an update compressor, sends the model's change instead of
+    the model (:mod:`.downlink`; "identity": the model). ``min_replies``:
     usable replies a round needs (the quorum). ``max_examples``: the largest
     ``num-examples`` a reply may claim. ``num_partitions``: when set, every
     reply must name its ``partition-id`` in [0, num_partitions).
@@ -140,10 +159,10 @@ class CompressedStrategy(Strategy):
         arch: Architecture | None = None,
         uplink: str = "identity",
         uplink_params: dict[str, Any] | None = None,
+        server_compression: str = "identity",
+        server_compression_params: dict[str, Any] | None = None,
         downlink: str = "identity",
         downlink_params: dict[str, Any] | None = None,
-        downlink_update: str = "identity",
-        downlink_update_params: dict[str, Any] | None = None,
         clients_build_initial_model: bool = False,
         seed: int = 0,
         max_abs_value: float = 1e6,
@@ -158,7 +177,9 @@ class CompressedStrategy(Strategy):
         update_norm_bound: NormBound | None = None,
         network: NetworkModel | None = None,
         send_settings_once: bool = True,
+        **renamed: Any,
     ) -> None:
+        _refuse_renamed(renamed)
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}")
         if (model_fn is None) == (arch is None):
@@ -186,10 +207,10 @@ class CompressedStrategy(Strategy):
         self.transport = Transport(
             uplink=uplink,
             uplink_params=dict(uplink_params or {}),
+            server_compression=server_compression,
+            server_compression_params=dict(server_compression_params or {}),
             downlink=downlink,
             downlink_params=dict(downlink_params or {}),
-            downlink_update=downlink_update,
-            downlink_update_params=dict(downlink_update_params or {}),
             seed=seed,
             max_abs_value=max_abs_value,
             model=registry_model,
@@ -205,7 +226,7 @@ class CompressedStrategy(Strategy):
                 type(strategy).__name__,
                 uplink,
             )
-        self.downlink = self.transport.model_compressor(self.arch)
+        self.server_compression = self.transport.model_compressor(self.arch)
         self.structure: Structure = ()
         """The global model's architecture edits (ALDS factorized layers, ...); () = the configured model."""
         self.max_abs_value = max_abs_value
@@ -213,7 +234,7 @@ class CompressedStrategy(Strategy):
         """The uplink's server end (:mod:`.uplink`): decodes replies' payloads within limits, counts their bytes."""
         self.channel = (
             DownlinkChannel(
-                self.transport.downlink_update_compressor(),
+                self.transport.downlink_compressor(),
                 self.update_limits,
                 seeded_start=clients_build_initial_model,
             )
@@ -302,14 +323,14 @@ class CompressedStrategy(Strategy):
         if self.channel is not None:
             return self._configure_change(server_round, arrays, config, grid, stats)
         state = self.recalibrate(grid, server_round, OrderedDict(arrays.to_torch_state_dict()), config, stats)
-        broadcast = self.downlink.broadcast(server_round, state, self.structure)
+        broadcast = self.server_compression.broadcast(server_round, state, self.structure)
         if broadcast.structure != self.structure:  # the architecture changed: updates now come in its shapes
             self.structure = broadcast.structure
             self.receiver.follow(self.structure)
             self._reset_inner_state()
         self.global_state = self.aggregate_base = broadcast.start
         payload = broadcast.payload
-        stats.downlink_metrics.update(broadcast.metrics)
+        stats.server_metrics.update(broadcast.metrics)
         messages = self._inner_messages(server_round, broadcast.start, config, grid)
         stats.sampled_nodes = sorted(int(m.metadata.dst_node_id) for m in messages)
         stats.downlink_bytes_sent = [len(payload)] * len(stats.sampled_nodes)
@@ -328,8 +349,8 @@ class CompressedStrategy(Strategy):
         self.global_state = self.channel.advance(server_round, model, first_round_of_run=server_round == 1)
         # Updates go onto w_t, not R_t: aggregating onto R_t would drop w_t − R_t every round (no error feedback).
         self.aggregate_base = model
-        stats.downlink_metrics = dict(self.channel.last_metrics)
-        stats.downlink_metrics["downlink_residual_norm"] = _distance(model, self.global_state)
+        stats.server_metrics = dict(self.channel.last_metrics)
+        stats.server_metrics["downlink_residual_norm"] = _distance(model, self.global_state)
         stats.downlink_crc32 = self.channel.crc
         stats.client_model = self.global_state
         # The inner strategy steps from w_t (FedAdam's, FedAvgM's current model); clients get R_t's catch-up.
@@ -431,7 +452,7 @@ class CompressedStrategy(Strategy):
         """``state`` with its normalization statistics measured by the round's nodes, when the model compressor
         asks for them (:mod:`.recalibration`; ``last``: before the final model is made, ``evaluating``: before
         the round's model is evaluated); else ``state`` as it is. The bytes go into ``stats``."""
-        samples = self.downlink.statistics_wanted(server_round, self.structure, last, evaluating)
+        samples = self.server_compression.statistics_wanted(server_round, self.structure, last, evaluating)
         if not samples:
             return state
         nodes = self.sampler(grid, server_round) if self.sampler is not None else list(grid.get_node_ids())
@@ -443,7 +464,7 @@ class CompressedStrategy(Strategy):
                         roster=self.roster)  # fmt: skip
         stats.statistics_downlink_bytes += result.downlink_bytes
         stats.statistics_uplink_bytes += result.uplink_bytes
-        stats.downlink_metrics["statistics_clients"] = float(result.clients)
+        stats.server_metrics["statistics_clients"] = float(result.clients)
         for node, why in result.failures:  # what each node holds is unchanged: no effect on the downlink
             self._fail(stats, node, f"statistics round: {why}", model_unknown=False)
         return result.state if result.state is not None else state
@@ -490,9 +511,10 @@ class CompressedStrategy(Strategy):
 
     def summary(self) -> None:
         logger.info(
-            "CompressedStrategy(%s): downlink=%s, uplink=%s",
+            "CompressedStrategy(%s): server_compression=%s, downlink=%s, uplink=%s",
             type(self.inner).__name__,
-            self.downlink.name,
+            self.server_compression.name,
+            self.transport.downlink,
             self.uplink.name,
         )
         self.inner.summary()
@@ -541,8 +563,8 @@ class CompressedStrategy(Strategy):
         """The round's updates under :attr:`norm_bound`: clipped in place, or refused as the client's failure."""
         assert self.norm_bound is not None
         bounded = apply_bound(self.norm_bound, [a.update for a, _ in accepted])
-        stats.downlink_metrics["update_norm_limit"] = bounded.limit
-        stats.downlink_metrics["update_norm_clipped"] = float(len(bounded.clipped))
+        stats.server_metrics["update_norm_limit"] = bounded.limit
+        stats.server_metrics["update_norm_clipped"] = float(len(bounded.clipped))
         for i, why in bounded.rejected.items():
             judged = accepted[i][0]
             self._fail(stats, judged.node, why, judged.uplink_bytes, wire_bytes=stats.uplink_wire.get(judged.node, 0))
@@ -577,7 +599,7 @@ class CompressedStrategy(Strategy):
         if reset:
             logger.warning(
                 "the model's architecture changed under %s: %s's %s start again from zero",
-                self.downlink.name,
+                self.server_compression.name,
                 type(self.inner).__name__,
                 ", ".join(reset),
             )
@@ -587,7 +609,7 @@ class CompressedStrategy(Strategy):
         """Server state for a checkpoint: the model's structure, the model compressor's state, the inner strategy's."""
         return {
             "structure": json.dumps(structure_to_json(self.structure)),
-            "downlink": self.downlink.state_dict(),
+            "server_compression": self.server_compression.state_dict(),
             "strategy": self.inner_state.state_dict(),
             "sim_clock_s": self.sim_clock_s,
         }
@@ -596,7 +618,8 @@ class CompressedStrategy(Strategy):
         """Continue from :meth:`state_dict` (a resumed run)."""
         self.structure = structure_from_json(json.loads(state.get("structure", "[]")))
         self.receiver.follow(self.structure)
-        self.downlink.load_state_dict(state.get("downlink", {}))
+        # Checkpoints written before the rename keep the model compressor's state under "downlink".
+        self.server_compression.load_state_dict(state.get("server_compression", state.get("downlink", {})))
         self.inner_state.load_state_dict(state.get("strategy", {}))
         self.sim_clock_s = float(state.get("sim_clock_s", 0.0))
 
@@ -624,7 +647,7 @@ class CompressedStrategy(Strategy):
                 state = self.recalibrate(grid, server_round, trained, config, stats, last, evaluating)
         finally:
             self._closing = None
-        snapshot = self.downlink.end_of_round(server_round, state, self.structure, last)
+        snapshot = self.server_compression.end_of_round(server_round, state, self.structure, last)
         return RoundClose(stats, trained, state, snapshot)
 
     # ------------------------------------------------------------------ the wire, late replies, simulated time

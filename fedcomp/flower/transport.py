@@ -37,11 +37,13 @@ class Transport:
 
     uplink: str = "identity"
     uplink_params: Mapping[str, Any] = field(default_factory=dict)
+    server_compression: str = "identity"
+    """The model compressor the server broadcasts the model with (``[server_compression]``)."""
+    server_compression_params: Mapping[str, Any] = field(default_factory=dict)
     downlink: str = "identity"
+    """The update compressor the server sends the model's change with (``[downlink]``; "identity": the model
+    itself, dense)."""
     downlink_params: Mapping[str, Any] = field(default_factory=dict)
-    downlink_update: str = "identity"
-    """The update compressor the server sends the model's change with ("identity": the model itself, dense)."""
-    downlink_update_params: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
     max_abs_value: float = 1e6
     """A decoded value beyond ±this (or not finite) is refused, by the server and by the clients."""
@@ -53,7 +55,7 @@ class Transport:
     def __post_init__(self) -> None:
         """The settings' own checks; the compressors' names and whether they go together are
         :mod:`fedcomp.preflight`'s, as for a config."""
-        unknown = unknown_compressor(self.uplink, self.downlink, self.downlink_update)
+        unknown = unknown_compressor(self.uplink, self.server_compression, self.downlink)
         if unknown:
             raise TransportError(unknown)
         if not (isinstance(self.max_abs_value, (int, float)) and self.max_abs_value > 0):
@@ -62,43 +64,43 @@ class Transport:
             raise TransportError(f"seed must be an integer >= 0, got {self.seed!r}")
         # Parameters are checked where they are parsed (a ConfigError naming the key).
         self.update_params()
-        self.downlink_update_compressor()
-        problem = downlink_problem(
-            self.downlink, self.model_params(), self.downlink_update, self.downlink_update_params
-        )
+        self.downlink_compressor()
+        problem = downlink_problem(self.server_compression, self.model_params(), self.downlink, self.downlink_params)
         if problem:
             raise TransportError(problem)
 
     @property
     def sends_model_change(self) -> bool:
         """Whether the downlink carries the model's change (:mod:`.downlink`) instead of the model."""
-        return self.downlink_update != "identity"
+        return self.downlink != "identity"
 
     def update_params(self) -> Any:
         return UPDATE_COMPRESSORS.get(self.uplink).parse_params(dict(self.uplink_params), "uplink")
 
     def model_params(self) -> Any:
-        return MODEL_COMPRESSORS.get(self.downlink).parse_params(dict(self.downlink_params), "server_compression")
+        return MODEL_COMPRESSORS.get(self.server_compression).parse_params(
+            dict(self.server_compression_params), "server_compression"
+        )
 
     def update_compressor(self) -> Any:
         """The configured update compressor (the client encodes with it, the server decodes)."""
         return UPDATE_COMPRESSORS.get(self.uplink)(self.update_params(), seed=self.seed)
 
-    def downlink_update_compressor(self) -> Any:
+    def downlink_compressor(self) -> Any:
         """The compressor of the model's change on the downlink (the server encodes with it, clients decode)."""
-        cls = UPDATE_COMPRESSORS.get(self.downlink_update)
-        return cls(cls.parse_params(dict(self.downlink_update_params), "downlink"), seed=self.seed)
+        cls = UPDATE_COMPRESSORS.get(self.downlink)
+        return cls(cls.parse_params(dict(self.downlink_params), "downlink"), seed=self.seed)
 
     def model_compressor(self, arch: Any) -> Any:
         """The configured model compressor for ``arch`` (the server broadcasts with it, clients decode)."""
-        return MODEL_COMPRESSORS.get(self.downlink)(self.model_params(), arch, seed=self.seed)
+        return MODEL_COMPRESSORS.get(self.server_compression)(self.model_params(), arch, seed=self.seed)
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 "uplink": {"name": self.uplink, **self.uplink_params},
+                "server_compression": {"name": self.server_compression, **self.server_compression_params},
                 "downlink": {"name": self.downlink, **self.downlink_params},
-                "downlink_update": {"name": self.downlink_update, **self.downlink_update_params},
                 "seed": self.seed,
                 "max_abs_value": self.max_abs_value if math.isfinite(self.max_abs_value) else "inf",
                 "model": dict(self.model) if self.model is not None else None,
@@ -111,16 +113,18 @@ class Transport:
     def from_json(cls, text: str) -> Transport:
         try:
             data = json.loads(text)
-            up, down = dict(data["uplink"]), dict(data["downlink"])
-            change = dict(data.get("downlink_update", {"name": "identity"}))
+            renamed = _renamed_keys(data)
+            if renamed:
+                raise TransportError(renamed)
+            up, model, change = dict(data["uplink"]), dict(data["server_compression"]), dict(data["downlink"])
             bound = data["max_abs_value"]
             return cls(
                 uplink=up.pop("name"),
                 uplink_params=up,
-                downlink=down.pop("name"),
-                downlink_params=down,
-                downlink_update=change.pop("name"),
-                downlink_update_params=change,
+                server_compression=model.pop("name"),
+                server_compression_params=model,
+                downlink=change.pop("name"),
+                downlink_params=change,
                 seed=data["seed"],
                 max_abs_value=math.inf if bound == "inf" else bound,
                 model=data.get("model"),
@@ -130,6 +134,28 @@ class Transport:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TransportError(f"malformed transport settings ({TRANSPORT_KEY}): {exc}") from None
+
+
+def _renamed_keys(data: Any) -> str:
+    """Settings from a peer that still names the compressors the old way: which key is now which ("" if none).
+
+    Older versions sent the model compressor as ``downlink`` and the compressor of the model's change as
+    ``downlink_update``; read as they are now, the first would be taken for the change's compressor."""
+    if not isinstance(data, dict):
+        return ""
+    if "downlink_update" in data:
+        return (
+            f"transport settings ({TRANSPORT_KEY}) name 'downlink_update': downlink_update is now downlink "
+            "(the compressor of the model's change), and the model compressor is server_compression; the "
+            "server and its clients must run the same fedcomp version"
+        )
+    if "server_compression" not in data and "downlink" in data:
+        return (
+            f"transport settings ({TRANSPORT_KEY}) lack 'server_compression': the model compressor is "
+            "server_compression now (older versions sent it as downlink, which now names the compressor of the "
+            "model's change); the server and its clients must run the same fedcomp version"
+        )
+    return ""
 
 
 def transport_from(config: ConfigRecord) -> Transport | None:

@@ -100,10 +100,10 @@ def compressed_strategy(cfg: ExperimentConfig, arch: Architecture) -> Compressed
         arch=arch,
         uplink=cfg.uplink.name,
         uplink_params=cfg.uplink.params,
-        downlink=cfg.server_compression.name,
-        downlink_params=cfg.server_compression.params,
-        downlink_update=cfg.downlink.name,
-        downlink_update_params=cfg.downlink.params,
+        server_compression=cfg.server_compression.name,
+        server_compression_params=cfg.server_compression.params,
+        downlink=cfg.downlink.name,
+        downlink_params=cfg.downlink.params,
         clients_build_initial_model=cfg.downlink.initial == "seed",
         seed=cfg.seed,
         max_abs_value=fed.max_abs_value,
@@ -234,7 +234,7 @@ def serve(
             return None
         stats, snapshot = closed.stats, closed.snapshot
         # 2. The server's evaluation, of the model the compressor stands for (and of the others it differs from).
-        server_metrics = {**stats.downlink_metrics, **snapshot.metrics}
+        server_metrics = {**stats.server_metrics, **snapshot.metrics}
         acc = loss = None
         if evaluating:
             loss, acc = evaluate_state(snapshot.state, snapshot.structure)

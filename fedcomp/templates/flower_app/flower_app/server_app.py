@@ -31,9 +31,9 @@ def main(grid: Grid, context: Context) -> None:
             model_fn=Net,
             uplink=str(rc["compression"]),
             uplink_params=json.loads(str(rc["compression-params"])),
-            downlink=str(rc["downlink"]),
+            server_compression=str(rc["server-compression"]),
             # "surp", say: the model's change goes down compressed (each client gets what it missed).
-            downlink_update=str(rc.get("downlink-update", "identity")),
+            downlink=str(rc["downlink"]),
             # A fedcomp run directory (fedcomp report compares it with other runs); "" = none.
             recorder=AppRecorder(str(rc["run-dir"]), experiment=EXPERIMENT) if rc["run-dir"] else None,
         )
