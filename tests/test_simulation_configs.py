@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from fedcomp.config import dump_config, load_config
-from tests.helpers import update_compressor
 from tests.simulated import assert_downlink_as_measured, run_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,47 +43,26 @@ def test_the_resnet20_configs_run_tiny_on_the_digits(name, overrides, tmp_path):
     assert result.rows[-1]["test_accuracy"] is not None
 
 
-def test_the_baseline_comparison_compares_at_equal_bytes(tmp_path):
-    """simulations/surp_vs_baselines.py: every budgeted method fills the same budget on a LeNet-5-sized update."""
+def test_the_fair_comparison_scripts_methods_are_the_command_line_they_print_and_each_loads():
+    """simulations/fair_uplink.py: its printed ``fedcomp compare`` line parses back to its methods, and every
+    method and tuned value is a config fedcomp runs on both partitions (checked as compare checks it)."""
     import importlib.util
-    from collections import OrderedDict
+    import shlex
 
-    import numpy as np
-    import torch
-
+    from fedcomp.compare import parse_method
     from fedcomp.config import config_from_dict
-    from fedcomp.models import build_model
+    from fedcomp.sweep import load_base
 
-    spec = importlib.util.spec_from_file_location("surp_vs_baselines", ROOT / "simulations" / "surp_vs_baselines.py")
+    spec = importlib.util.spec_from_file_location("fair_uplink", ROOT / "simulations" / "fair_uplink.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    rng = np.random.default_rng(0)
-    model = build_model("lenet5_caffe", (1, 28, 28), 10)
-    update = OrderedDict(
-        (k, torch.from_numpy(rng.laplace(size=tuple(v.shape)).astype(np.float32))) for k, v in model.state_dict().items()
-    )  # fmt: skip
-    budget = 720
-    sizes = {}
-    for method, uplink in script.methods(budget).items():
-        cfg = config_from_dict(script.experiment(uplink, "dirichlet", 0, 3, str(tmp_path)))  # a config fedcomp runs
-        assert cfg.uplink.name == uplink["name"] and cfg.data.partition == "dirichlet"
-        if method == "identity":
-            continue
-        sizes[method] = encoded_size(uplink, update)
-    budgeted = {m: b for m, b in sizes.items() if m in ("surp", "topk", "rtopk", "dgc")}
-    assert set(sizes) - set(budgeted) == {"rtopk-0.1%", *script.FIXED_RATE, *(f"surp@{m}" for m in script.FIXED_RATE)}
-    assert all(0.95 * budget <= b <= budget for b in budgeted.values()), budgeted  # the budget binds for each
-    assert sizes["rtopk-0.1%"] >= 3 * budget  # the reference SuRP must match with a third of its bytes
-    # SuRP's twins fill the bytes their fixed-rate method sends on the gradient the budgets were set on.
-    grad = script.first_gradient()
-    for method, uplink in script.FIXED_RATE.items():
-        twin = script.methods(budget)[f"surp@{method}"]
-        own = encoded_size(uplink, grad)
-        assert twin["max_bytes"] == own and 0.95 * own <= encoded_size(twin, grad) <= own, method
-
-
-def encoded_size(uplink: dict, update) -> int:
-    from fedcomp.compressors.update.base import EncodeContext
-
-    codec = update_compressor(uplink["name"], **{k: v for k, v in uplink.items() if k != "name"})
-    return len(codec.encode(update, None, EncodeContext(1, 0, 10)).payload)
+    args = shlex.split(" ".join(f"'{a}'" for a in script.command("dirichlet")))
+    printed = [parse_method(args[i + 1]) for i, a in enumerate(args) if a == "--method"]
+    assert printed == [{"uplink": u} for u in script.METHODS.values()]
+    assert args[args.index("--tune") + 1] == "client.lr=" + ",".join(map(str, script.LRS))
+    for partition in ("iid", "dirichlet"):
+        base = load_base(script.BASE, [f'data.partition="{partition}"'])
+        for uplink in script.METHODS.values():
+            for lr in script.LRS:
+                cfg = config_from_dict({**base, "uplink": uplink, "client": {**base["client"], "lr": lr}})
+                assert (cfg.uplink.name, cfg.data.partition, cfg.client.lr) == (uplink["name"], partition, lr)
