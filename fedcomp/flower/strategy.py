@@ -34,6 +34,15 @@ travel, not how they are aggregated (the pattern of Flower's own
   the replies :func:`~fedcomp.strategies.replies.judge_evaluation` accepts
   (the others are the round's failures).
 
+The wrapper orchestrates; each job is a collaborator's, one module each:
+the open round's record and the wire's bytes (:mod:`.ledger`), judging the
+replies and recording failures (:mod:`.judging`), the inner strategy's
+aggregate, the quorum and the finiteness check (:mod:`.aggregation`), the
+simulated clock and its deadline (:mod:`.clock`), the uplink's server end
+(:mod:`.uplink`), the downlink of the model's change (:mod:`.downlink`), the
+statistics round (:mod:`.recalibration`) and the inner strategy's state
+(:mod:`.inner_state`).
+
 Bytes are counted where they cross the wire, ``len(payload)`` (STYLE.md's
 single measuring stage): the broadcasts here, the replies by the uplink's
 server end (:class:`~fedcomp.flower.uplink.UplinkReceiver`, which also
@@ -52,47 +61,37 @@ import logging
 import math
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from copy import copy
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.fedopt import FedOpt
 from torch import nn
 
-from fedcomp.coding import DecodeError, DecodeLimits, values_within
+from fedcomp.coding import DecodeLimits
 from fedcomp.compressors.model.base import dense_payload
 from fedcomp.compressors.model.structure import Architecture, Structure, structure_from_json, structure_to_json
+from fedcomp.flower.aggregation import Aggregation
+from fedcomp.flower.clock import SimulatedClock
 from fedcomp.flower.downlink import DownlinkChannel
 from fedcomp.flower.inner_state import InnerState
+from fedcomp.flower.judging import ReplyJudge
+from fedcomp.flower.ledger import RoundLedger
 from fedcomp.flower.recalibration import gather
 from fedcomp.flower.rounds import ClientFailure, RoundClose, RoundStats
 from fedcomp.flower.settings import SettingsLedger
 from fedcomp.flower.transport import TRANSPORT_KEY, Transport
 from fedcomp.flower.uplink import UplinkReceiver
-from fedcomp.flower.wire import WireGrid, wire_bytes
-from fedcomp.messages import CHECKPOINT_ROUND_KEY, METRICS_KEY, PAYLOAD_KEY, payload_from, payload_record
+from fedcomp.flower.wire import WireGrid
+from fedcomp.messages import CHECKPOINT_ROUND_KEY, PAYLOAD_KEY, payload_record
 from fedcomp.network import NetworkModel
-from fedcomp.strategies.influence import NormBound, apply_bound
-from fedcomp.strategies.replies import (
-    EVENT_METRICS,
-    Accepted,
-    ReplyPolicy,
-    ReplyRejected,
-    Roster,
-    judge_evaluation,
-    judge_reply,
-)
+from fedcomp.strategies.influence import NormBound
+from fedcomp.strategies.replies import ReplyPolicy, Roster
 
 logger = logging.getLogger(__name__)
-
-COMPUTE_METRICS = ("decode_s", "train_s", "encode_s")
-"""A client's measured compute in a round: the seconds it reports decoding, training and encoding."""
-LATE_ROUNDS = 3
-"""How many rounds a train message's reply is still looked for after its round timed out."""
 
 Sampler = Callable[[Grid, int], list[int]]
 """(grid, round) → the node ids to train this round (fedcomp's seeded sampling); None: the inner strategy samples."""
@@ -253,42 +252,80 @@ class CompressedStrategy(Strategy):
         """The model the round's updates are added to and the inner strategy steps from: the broadcast model,
         or, when the downlink carries the model's change, the server's own model w (so w − R, what the change's
         compressor left out, stays in w and goes out in later rounds: the downlink's error feedback)."""
-        self.current: RoundStats | None = None
-        self.roster = Roster()
-        """Node id → partition id and size, learnt at warm-up (fedcomp's own apps)."""
-        self.min_replies = min_replies
+        self.ledger = RoundLedger()
+        """The open round's record and the wire's bytes counted into it (:mod:`.ledger`)."""
         self.policy = ReplyPolicy(num_partitions=num_partitions, max_examples=max_examples)
+        self.judge = ReplyJudge(self.receiver, Roster(), self.policy, self.channel, update_norm_bound)
+        """Which replies are usable, and the round's failures (:mod:`.judging`)."""
+        self.aggregation = Aggregation(strategy, self.transport.arrays_key, min_replies)
+        """The inner strategy's aggregate of the usable updates, or the model kept (:mod:`.aggregation`)."""
         self.round_offset = 0
         """Rounds already done before this attempt (a resumed run): Flower counts from 1 again."""
         self.last_checkpoint = 0
         """The last round saved in a checkpoint; clients keep state files from there on."""
         self.recorder = recorder
         """Writes a run directory of :meth:`start` (:class:`~fedcomp.flower.recording.AppRecorder`); None: none."""
-        self.norm_bound = update_norm_bound
-        self.pending_failures: list[ClientFailure] = []
-        """Failures found before a round (a warm-up reply refused): recorded in the next round's row."""
-        if network is not None and not isinstance(network, NetworkModel):
-            raise TypeError(f"network must be a fedcomp.network.NetworkModel, got {type(network).__name__}")
-        self.network = network
-        """Each client's link and compute (:mod:`fedcomp.network`): each round's simulated duration, and a deadline
-        that drops slow clients from the aggregate; None: no simulated time."""
-        self.sim_clock_s = 0.0
-        """The simulated clock: the sum of the rounds' simulated durations so far (checkpointed)."""
+        self.clock = SimulatedClock(network, round_timeout_s)
+        """Each round's simulated duration on :attr:`network`, the deadline, the clock (:mod:`.clock`)."""
         self.settings = SettingsLedger(enabled=send_settings_once)
         """Which settings each node holds (:mod:`.settings`): later messages carry their digests instead."""
-        self.unattributed_wire = {"downlink": 0, "uplink": 0}
+
+    # ------------------------------------------------------------------ what the collaborators hold
+    @property
+    def current(self) -> RoundStats | None:
+        """The open round's record (:attr:`ledger`); None outside a round."""
+        return self.ledger.current
+
+    @current.setter
+    def current(self, stats: RoundStats | None) -> None:
+        self.ledger.current = stats
+
+    @property
+    def pending_failures(self) -> list[ClientFailure]:
+        """Failures found before a round (a warm-up reply refused): recorded in the next round's row."""
+        return self.ledger.pending_failures
+
+    @property
+    def unattributed_wire(self) -> dict[str, int]:
         """Wire bytes of messages sent outside a round (the warm-up of fedcomp's own app)."""
-        self._closing: RoundStats | None = None
-        self._awaiting: dict[str, tuple[int, int]] = {}
-        """Train message id → (round, node), for replies that missed their round's timeout."""
+        return self.ledger.unattributed_wire
+
+    @property
+    def roster(self) -> Roster:
+        """Node id → partition id and size, learnt at warm-up (fedcomp's own apps); replies are judged against it."""
+        return self.judge.roster
+
+    @roster.setter
+    def roster(self, roster: Roster) -> None:
+        self.judge.roster = roster
+
+    @property
+    def min_replies(self) -> int:
+        """The usable replies a round needs (the quorum)."""
+        return self.aggregation.min_replies
+
+    @property
+    def norm_bound(self) -> NormBound | None:
+        return self.judge.norm_bound
+
+    @property
+    def network(self) -> NetworkModel | None:
+        """Each client's link and compute (:mod:`fedcomp.network`): each round's simulated duration, and a deadline
+        that drops slow clients from the aggregate; None: no simulated time."""
+        return self.clock.network
+
+    @property
+    def sim_clock_s(self) -> float:
+        """The simulated clock: the sum of the rounds' simulated durations so far (checkpointed)."""
+        return self.clock.clock_s
 
     def wired(self, grid: Any) -> WireGrid:
         """``grid`` as this wrapper sends through it (:class:`~fedcomp.flower.wire.WireGrid`): every message
         measured into the round's ledger, the settings sent once per node."""
-        if isinstance(grid, WireGrid) and self._on_wire in grid.listeners:
+        if isinstance(grid, WireGrid) and self.ledger.on_wire in grid.listeners:
             return grid
         wire = WireGrid(grid, self.settings)
-        wire.listeners.append(self._on_wire)
+        wire.listeners.append(self.ledger.on_wire)
         return wire
 
     def start(  # noqa: PLR0913 - Flower's signature
@@ -316,10 +353,8 @@ class CompressedStrategy(Strategy):
     ) -> Iterable[Message]:
         """Build the broadcast once; the inner strategy picks nodes and config; every message carries the payload."""
         server_round += self.round_offset
-        stats = RoundStats(round=server_round)
-        self.current = stats
-        stats.failures, self.pending_failures = self.pending_failures, []
-        self._collect_late(grid, stats)
+        stats = self.ledger.open(server_round)
+        self.ledger.collect_late(grid, stats)
         if self.channel is not None:
             return self._configure_change(server_round, arrays, config, grid, stats)
         state = self.recalibrate(grid, server_round, OrderedDict(arrays.to_torch_state_dict()), config, stats)
@@ -380,64 +415,13 @@ class CompressedStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Judge each reply; the inner strategy aggregates the usable ones if they reach the quorum."""
         server_round += self.round_offset
-        stats = self.current if self.current is not None else RoundStats(round=server_round)
-        accepted: list[tuple[Accepted, Message]] = []
-        replied: set[int] = set()
-        sampled = set(stats.sampled_nodes)
-        for msg in replies:
-            node = int(msg.metadata.src_node_id)
-            if node in replied or (sampled and node not in sampled):
-                why = "a second reply in this round" if node in replied else "a reply from a node not sampled"
-                self._fail(stats, node, f"{why}: ignored")
-                continue
-            replied.add(node)
-            try:
-                judged = judge_reply(msg, self.receiver, self.roster, self.policy)
-                if self.channel is not None:
-                    self.channel.check_version(judged.model_version, judged.uplink_bytes)
-                    self.channel.learn(node, judged.model_version)
-                accepted.append((judged, msg))
-            except ReplyRejected as exc:
-                self._fail(stats, node, exc.reason, exc.uplink_bytes, wire_bytes=stats.uplink_wire.get(node, 0))
-        no_reply = [node for node in stats.sampled_nodes if node not in replied]
-        for node in no_reply:
-            self._fail(stats, node, "no reply before the round timeout")
-        if self.norm_bound is not None and accepted:
-            accepted = self._bounded(stats, accepted)
-        if self.network is not None:
-            accepted = self._simulate(stats, accepted, no_reply=bool(no_reply))
-
-        quorum = max(1, self.min_replies)
-        if len(accepted) < quorum:
-            return self._keep(stats, f"{len(accepted)} usable of {len(stats.sampled_nodes)} replies, "
-                              f"quorum is {quorum} (federation.min_replies): model kept", accepted)  # fmt: skip
-        # Partition order, not arrival order, so neither the aggregate nor the row depends on timing.
-        accepted.sort(key=lambda pair: (pair[0].partition, pair[0].node))
-        try:
-            arrays, metrics = self.inner.aggregate_train(
-                server_round, [self._as_weights(a, msg) for a, msg in accepted]
-            )
-        except Exception as exc:  # noqa: BLE001 - the inner strategy refusing is the round's outcome, not a crash
-            return self._keep(stats, f"{type(self.inner).__name__} did not aggregate: {exc}: model kept", accepted)
-        if arrays is None:
-            return self._keep(stats, f"{type(self.inner).__name__} aggregated nothing: model kept", accepted)
-        merged = self._merge(arrays)
-        overflowed = [k for k, v in merged.items() if not values_within(v)]
-        if overflowed:  # finite replies, yet the server step overflowed: no compressor or client gets that model
-            return self._keep(stats, f"{type(self.inner).__name__}'s aggregate is not finite "
-                              f"({len(overflowed)} tensors, first {overflowed[0]!r}): model kept", accepted)  # fmt: skip
-        stats.clients = [a.partition for a, _ in accepted]
-        stats.uplink_bytes = [a.uplink_bytes for a, _ in accepted]
-        stats.uplink_wire_clients = [stats.uplink_wire.get(a.node, 0) for a, _ in accepted]
-        stats.uplink_bytes_sent = [a.payload_bytes_sent for a, _ in accepted]
-        stats.downlink_bytes_received = [a.downlink_bytes_received for a, _ in accepted]
-        stats.train_loss, stats.client_metrics = _weighted_metrics([a for a, _ in accepted])
-        out = MetricRecord({"train_loss": stats.train_loss})
-        if metrics is not None:
-            for key, value in metrics.items():
-                if key not in out and isinstance(value, (int, float)):
-                    out[key] = value
-        return ArrayRecord(merged), out
+        stats = self.ledger.open_or_new(server_round)
+        judged = self.judge.train_replies(stats, replies)
+        accepted = judged.accepted
+        if self.network is not None:  # the replies that missed the deadline are dropped
+            accepted, missed = self.clock.time_round(stats, accepted, no_reply=judged.no_reply)
+            self.judge.drop(stats, missed)
+        return self.aggregation.aggregate(server_round, stats, accepted, self.aggregate_base)
 
     def recalibrate(
         self,
@@ -466,7 +450,7 @@ class CompressedStrategy(Strategy):
         stats.statistics_uplink_bytes += result.uplink_bytes
         stats.server_metrics["statistics_clients"] = float(result.clients)
         for node, why in result.failures:  # what each node holds is unchanged: no effect on the downlink
-            self._fail(stats, node, f"statistics round: {why}", model_unknown=False)
+            self.judge.fail(stats, node, f"statistics round: {why}", model_unknown=False)
         return result.state if result.state is not None else state
 
     # ------------------------------------------------------------------ evaluate
@@ -491,14 +475,8 @@ class CompressedStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """The inner strategy's aggregate of the evaluation replies whose metrics hold up (the rest are logged)."""
-        usable = []
-        stats = self.current if self.current is not None else RoundStats(round=server_round + self.round_offset)
-        for msg in replies:
-            try:
-                usable.append(judge_evaluation(msg, self.roster, self.policy))
-            except ReplyRejected as exc:
-                node = int(msg.metadata.src_node_id)
-                self._fail(stats, node, f"evaluation not counted: {exc.reason}", model_unknown=False)
+        stats = self.ledger.open_or_new(server_round + self.round_offset)
+        usable = self.judge.evaluation_replies(stats, replies)
         if not usable:
             return None
         out = self.inner.aggregate_evaluate(server_round + self.round_offset, usable)
@@ -525,75 +503,6 @@ class CompressedStrategy(Strategy):
         """What an update may decode to now (:attr:`receiver`'s limits)."""
         return self.receiver.limits
 
-    def _as_weights(self, accepted: Accepted, msg: Message) -> Message:
-        """The reply as the inner strategy expects it: the weights ``base + Δ`` (:attr:`aggregate_base`) and its
-        metrics."""
-        base = self.aggregate_base
-        weights = OrderedDict(
-            (name, (base[name].float() + delta).to(base[name].dtype)) for name, delta in accepted.update.items()
-        )
-        shared = {k: v for k, v in accepted.metrics.items() if k not in EVENT_METRICS}
-        metrics = MetricRecord({"num-examples": accepted.weight, **shared})
-        return Message(
-            metadata=copy(msg.metadata),
-            content=RecordDict({self.transport.arrays_key: ArrayRecord(weights), METRICS_KEY: metrics}),
-        )
-
-    def _merge(self, arrays: ArrayRecord) -> OrderedDict[str, torch.Tensor]:
-        """The full model: the inner strategy's float tensors in their dtypes, integer buffers from the base."""
-        out = arrays.to_torch_state_dict()
-        merged: OrderedDict[str, torch.Tensor] = OrderedDict()
-        for name, value in self.aggregate_base.items():
-            if value.is_floating_point() and name in out:
-                merged[name] = out[name].to(value.dtype).reshape(value.shape)
-            else:
-                merged[name] = value
-        return merged
-
-    def _keep(
-        self, stats: RoundStats, why: str, accepted: Sequence[tuple[Accepted, Message]] = ()
-    ) -> tuple[ArrayRecord, None]:
-        stats.skipped = why
-        stats.unused_uplink_bytes = sum(a.uplink_bytes for a, _ in accepted)  # received all the same: counted
-        logger.warning("round %d: %s", stats.round, why)
-        # The model the round stepped from stays the global one (in the structure it was broadcast in).
-        return ArrayRecord(self.aggregate_base), None
-
-    def _bounded(self, stats: RoundStats, accepted: list[tuple[Accepted, Message]]) -> list[tuple[Accepted, Message]]:
-        """The round's updates under :attr:`norm_bound`: clipped in place, or refused as the client's failure."""
-        assert self.norm_bound is not None
-        bounded = apply_bound(self.norm_bound, [a.update for a, _ in accepted])
-        stats.server_metrics["update_norm_limit"] = bounded.limit
-        stats.server_metrics["update_norm_clipped"] = float(len(bounded.clipped))
-        for i, why in bounded.rejected.items():
-            judged = accepted[i][0]
-            self._fail(stats, judged.node, why, judged.uplink_bytes, wire_bytes=stats.uplink_wire.get(judged.node, 0))
-        for i in bounded.clipped:
-            partition = accepted[i][0].partition
-            logger.info("round %d: client %d's update clipped from norm %.4g to %.4g",
-                        stats.round, partition, bounded.norms[i], bounded.limit)  # fmt: skip
-        return [pair for i, pair in enumerate(accepted) if i not in bounded.rejected]
-
-    def _fail(
-        self,
-        stats: RoundStats,
-        node: int,
-        reason: str,
-        uplink_bytes: int = 0,
-        *,
-        model_unknown: bool = True,
-        wire_bytes: int = 0,
-    ) -> None:
-        """Record a client's failure; one short line on the console (the details are in the row).
-
-        ``model_unknown``: the failed message was a train message, so the model the node holds is unknown."""
-        stats.failures.append(ClientFailure(node, reason, uplink_bytes, wire_bytes))
-        if self.channel is not None and model_unknown:  # its next broadcast is the dense model
-            self.channel.learn(node, None)
-        partition = self.roster.partition_of.get(node)
-        who = f"client {partition}" if partition is not None else f"node {node}"
-        logger.warning("round %d: %s failed: %s", stats.round, who, reason[:200])
-
     def _reset_inner_state(self) -> None:
         reset = self.inner_state.reset()
         if reset:
@@ -611,7 +520,7 @@ class CompressedStrategy(Strategy):
             "structure": json.dumps(structure_to_json(self.structure)),
             "server_compression": self.server_compression.state_dict(),
             "strategy": self.inner_state.state_dict(),
-            "sim_clock_s": self.sim_clock_s,
+            **self.clock.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -621,13 +530,12 @@ class CompressedStrategy(Strategy):
         # Checkpoints written before the rename keep the model compressor's state under "downlink".
         self.server_compression.load_state_dict(state.get("server_compression", state.get("downlink", {})))
         self.inner_state.load_state_dict(state.get("strategy", {}))
-        self.sim_clock_s = float(state.get("sim_clock_s", 0.0))
+        self.clock.load_state_dict(state)
 
     def take_round_stats(self) -> RoundStats | None:
         """Hand over (and forget) the statistics of the round just aggregated; None before round 1 (Flower
         calls ``evaluate_fn`` with round 0 for the initial model) and when already taken."""
-        stats, self.current = self.current, None
-        return stats
+        return self.ledger.take()
 
     def close_round(
         self, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord, *, last: bool, evaluating: bool
@@ -638,90 +546,14 @@ class CompressedStrategy(Strategy):
         stats = self.take_round_stats()
         if stats is None:
             return None
-        self._closing = stats  # a statistics round's messages are measured into this round's ledger
-        try:
-            self._collect_late(grid, stats)
+        with self.ledger.closing(stats):  # a statistics round's messages are measured into this round's ledger
+            self.ledger.collect_late(grid, stats)
             trained = OrderedDict(arrays.to_torch_state_dict())
             state = trained
             if last or evaluating:  # the final pruning or the evaluation may want the model's statistics (BWCP)
                 state = self.recalibrate(grid, server_round, trained, config, stats, last, evaluating)
-        finally:
-            self._closing = None
         snapshot = self.server_compression.end_of_round(server_round, state, self.structure, last)
         return RoundClose(stats, trained, state, snapshot)
-
-    # ------------------------------------------------------------------ the wire, late replies, simulated time
-    def _on_wire(self, sent: list[tuple[Message, int]], replies: list[tuple[Message, int]]) -> None:
-        """A send_and_receive's messages and replies, measured (:class:`~fedcomp.flower.wire.WireGrid`): into the
-        round's ledger, train messages per node; a train message left unanswered is looked for later."""
-        stats = self.current if self.current is not None else self._closing
-        answered = {r.metadata.reply_to_message_id for r, _ in replies}
-        for m, n in sent:
-            if stats is None:
-                self.unattributed_wire["downlink"] += n
-            elif m.metadata.message_type == MessageType.TRAIN:
-                stats.downlink_wire[int(m.metadata.dst_node_id)] = n
-                if m.metadata.message_id not in answered:
-                    self._awaiting[m.metadata.message_id] = (stats.round, int(m.metadata.dst_node_id))
-            else:
-                stats.other_downlink_wire += n
-        for r, n in replies:
-            if stats is None:
-                self.unattributed_wire["uplink"] += n
-            elif r.metadata.message_type == MessageType.TRAIN:
-                stats.uplink_wire[int(r.metadata.src_node_id)] = n
-            else:
-                stats.other_uplink_wire += n
-
-    def _collect_late(self, grid: Any, stats: RoundStats) -> None:
-        """Replies to earlier rounds' train messages that came after their timeout: their bytes go into this
-        round's ledger (``late``), not lost. Looked for during :data:`LATE_ROUNDS` rounds."""
-        if not self._awaiting or not hasattr(grid, "pull_messages"):
-            return
-        self._awaiting = {k: v for k, v in self._awaiting.items() if stats.round - v[0] <= LATE_ROUNDS}
-        try:
-            replies = list(grid.pull_messages(list(self._awaiting)))
-        except Exception as exc:  # noqa: BLE001 - looking for late replies must never end a run
-            logger.debug("late replies: pull failed: %s", exc)
-            return
-        for r in replies:
-            key = r.metadata.reply_to_message_id
-            if key not in self._awaiting:
-                continue
-            round_, node = self._awaiting.pop(key)
-            if int(r.metadata.src_node_id) != node:  # the link's own note (expired, node gone): no reply came
-                continue
-            try:
-                payload = 0 if r.has_error() else len(payload_from(r.content))
-            except DecodeError:
-                payload = 0
-            stats.late.append({"round": round_, "node_id": node, "uplink_bytes": payload, "wire_bytes": wire_bytes(r)})
-
-    def _simulate(
-        self, stats: RoundStats, accepted: list[tuple[Accepted, Message]], *, no_reply: bool
-    ) -> list[tuple[Accepted, Message]]:
-        """Each usable reply's simulated time on its link (:attr:`network`), the round's simulated duration and
-        clock; replies that missed the deadline are dropped from the aggregate (the client's failure)."""
-        assert self.network is not None
-        times, kept = [], []
-        for a, msg in accepted:
-            measured = sum(a.metrics.get(k, 0.0) for k in COMPUTE_METRICS)
-            t = self.network.client_time(
-                a.partition, stats.downlink_wire.get(a.node, 0), stats.uplink_wire.get(a.node, 0), measured
-            )
-            times.append(t)
-            stats.sim_client_s[a.partition] = t.total_s
-            if self.network.misses_deadline(t):
-                why = f"missed the deadline: {t.total_s:.4g} s simulated > {self.network.deadline_s:g} s (network.deadline_s)"
-                self._fail(stats, a.node, why, a.uplink_bytes, model_unknown=False,
-                           wire_bytes=stats.uplink_wire.get(a.node, 0))  # fmt: skip
-            else:
-                kept.append((a, msg))
-        timeout = self.round_timeout_s or 0.0
-        stats.sim_round_s = self.network.round_duration(times, no_reply=no_reply, timeout_s=timeout)
-        self.sim_clock_s += stats.sim_round_s
-        stats.sim_clock_s = self.sim_clock_s
-        return kept
 
 
 def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -740,13 +572,3 @@ def _with_payload(content: RecordDict, payload: bytes) -> RecordDict:
     records.update(content.config_records)
     records.update(content.metric_records)
     return RecordDict(records)
-
-
-def _weighted_metrics(accepted: list[Accepted]) -> tuple[float, dict[str, float]]:
-    """Example-weighted mean of every numeric client metric (loss included)."""
-    total = sum(a.weight for a in accepted)
-    sums: dict[str, float] = {}
-    for a in accepted:
-        for key, value in a.metrics.items():
-            sums[key] = sums.get(key, 0.0) + a.weight * value / total
-    return sums.get("train_loss", float("nan")), sums
