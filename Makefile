@@ -1,10 +1,6 @@
 # Set-up and entry points. Everything installs into .venv in the repo root.
 # torch/torchvision are pinned here (not in pyproject) to the builds this
 # kind of machine serves from local disk; pyproject only asks for a range.
-# --no-compile: pip byte-compiles every file of torch's 5 GB at install (about 50 s here); Python compiles
-# what is imported, once, instead. The rest installs with uv (it resolves and unpacks in parallel: 15 s
-# against pip's 50 s here), or with pip where uv cannot be installed. torch goes through pip because
-# only pip takes this machine's local builds.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -15,10 +11,8 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q --no-compile $(TORCH)
-	$(BIN)/python -m pip install --disable-pip-version-check -q --no-compile uv \
-	  && $(BIN)/python -m uv pip install --python $(BIN)/python -q -e '.[test]' \
-	  || $(BIN)/python -m pip install --disable-pip-version-check -q --no-compile -e '.[test]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q $(TORCH)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -155,12 +155,13 @@ def test_resume_refuses_what_is_not_a_run_and_a_config_beside_it(tmp_path, capsy
 
 def test_clients_past_the_round_timeout_are_recorded_and_rounds_go_on(make_config):
     cfg = make_config(
-        federation={"num_clients": 3, "rounds": 2, "min_train_clients": 3, "min_replies": 2, "round_timeout_s": 8.0},
+        federation={"num_clients": 3, "rounds": 2, "min_train_clients": 3, "min_replies": 2, "round_timeout_s": 16.0},
         # Far apart: a few local steps take well under a second, even on a loaded CI machine (the workers
-        # start and load their data in the warm-up, before round 1's clock).
+        # start and load their data in the warm-up, before round 1's clock). 8 s was too close: beside a
+        # cold flwr run on the other worker, all three clients once missed it.
         client={"local_steps": 5},
         # Well past the timeout, not far past it: the engine's shutdown waits for the sleeper.
-        faults={"client_delay_rate": 0.3, "client_delay_s": 16.0},
+        faults={"client_delay_rate": 0.3, "client_delay_s": 32.0},
         # On Ray, a third of the machine per client: all three run at once on any number of cores, so the
         # sleeper never holds the only slot while the others wait behind it past the timeout (in-process
         # clients run one at a time).
