@@ -147,17 +147,11 @@ def lc_vs_direct_compression(out_dir: Path, quick: bool = False, seeds: int = 3)
 
     Per seed: the L steps' data order and a class-stratified test half; mean ± sd over the seeds."""
     from fedcomp.compressors.model.lc import LCCompressor, LCParams
-    from fedcomp.data.embedded import stratified_split
     from fedcomp.params import params_from_dict
 
     steps = 2 if quick else 8
     with fixed_threads(UDFC_THREADS):
-        split = load_dataset("mnist5k", "", False, 1000, 0)
-        arch = Architecture("lenet5_caffe", split.input_shape, split.num_classes)
-        data = _train_data(split, quick)
-        state = _lenet_reference(arch, data, out_dir, quick)
-        labels = split.test.labels.numpy()
-        subsets = [split.test.subset(stratified_split(labels, len(labels) // 2, seed)[1]) for seed in range(seeds)]
+        arch, data, state, subsets = _lenet_setup(out_dir, quick, seeds)
         section = {"groups": LC_GROUPS, "mu0": 1e-2, "mu_growth": 1.6}
         dc_acc, lc_acc, sizes = [], [], {}
         for seed, test in enumerate(subsets):
@@ -297,14 +291,11 @@ def udfc_vs_plain(out_dir: Path, quick: bool = False, seeds: int = 3) -> dict:
     One reference model (trained once, cached); per seed, a class-stratified half of the test set and the
     compressor's seed (random channels, distilled inputs); mean ± sd over the seeds.
     """
-    from fedcomp.data.embedded import stratified_split
-
     with fixed_threads(UDFC_THREADS):
         split = load_dataset("mnist5k", "", False, 1000, 0)
         arch = Architecture("resnet20", split.input_shape, split.num_classes)
         state = _udfc_reference(arch, split, out_dir, quick)
-        labels = split.test.labels.numpy()
-        subsets = [split.test.subset(stratified_split(labels, len(labels) // 2, seed)[1]) for seed in range(seeds)]
+        subsets = _test_halves(split, seeds)
         reference = [_accuracy(arch, (), state, test) for test in subsets]
         settings = ((0.3, 6),) if quick else UDFC_SETTINGS
         rows = [_udfc_row(arch, state, prune, bits, subsets) for prune, bits in settings]
@@ -337,6 +328,22 @@ def _alds_model(  # noqa: ANN202
     return comp.compress(state, (), 1 - target)[:2]
 
 
+def _test_halves(split, seeds: int) -> list:  # noqa: ANN001 - SplitData in, ImageData halves out
+    """Per seed, a class-stratified half of the test set (what every central comparison evaluates on)."""
+    from fedcomp.data.embedded import stratified_split
+
+    labels = split.test.labels.numpy()
+    return [split.test.subset(stratified_split(labels, len(labels) // 2, seed)[1]) for seed in range(seeds)]
+
+
+def _lenet_setup(out_dir: Path, quick: bool, seeds: int) -> tuple:
+    """The digits' LeNet-5-Caffe, its training data, its cached trained reference and the per-seed test halves."""
+    split = load_dataset("mnist5k", "", False, 1000, 0)
+    arch = Architecture("lenet5_caffe", split.input_shape, split.num_classes)
+    data = _train_data(split, quick)
+    return arch, data, _lenet_reference(arch, data, out_dir, quick), _test_halves(split, seeds)
+
+
 def _lenet_reference(arch: Architecture, data, out_dir: Path, quick: bool) -> OrderedDict:  # noqa: ANN001
     lrs = LENET_EPOCH_LRS[:1] if quick else LENET_EPOCH_LRS
     path = out_dir / f"alds_reference_lenet5_{'quick' if quick else 'full'}_{len(lrs)}ep_t{UDFC_THREADS}.pt"
@@ -349,15 +356,8 @@ def alds_on_lenet(out_dir: Path, quick: bool = False, inits: int = 15, seeds: in
     One reference model (trained once, cached); per seed, a class-stratified half of the test set, the
     compressor's seed (Algorithm 1's random initializations) and the retraining's order; mean ± sd over the seeds.
     """
-    from fedcomp.data.embedded import stratified_split
-
     with fixed_threads(UDFC_THREADS):
-        split = load_dataset("mnist5k", "", False, 1000, 0)
-        arch = Architecture("lenet5_caffe", split.input_shape, split.num_classes)
-        data = _train_data(split, quick)
-        state = _lenet_reference(arch, data, out_dir, quick)
-        labels = split.test.labels.numpy()
-        subsets = [split.test.subset(stratified_split(labels, len(labels) // 2, seed)[1]) for seed in range(seeds)]
+        arch, data, state, subsets = _lenet_setup(out_dir, quick, seeds)
         rows = []
         for target in ALDS_TARGETS[:1] if quick else ALDS_TARGETS:
             row: dict = {"target": target}
