@@ -259,3 +259,28 @@ def test_a_run_records_wire_bytes_and_a_simulated_clock(make_config):
     assert summary["downlink_wire_bytes"] == sum(r["downlink_wire_bytes"] for r in rows)
     assert summary["sim_clock_s"] == pytest.approx(clock)
     assert summary["warmup_wire_bytes"]["downlink"] > 3 * len(experiment)
+
+
+def test_the_network_example_runs_as_written_and_compression_shortens_the_simulated_round(tmp_path):
+    """examples/network_time.py, as a user runs it (its own process), with its clients in-process."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "network_time.py"
+    done = subprocess.run(
+        [sys.executable, str(example), "--rounds", "2", "--output-dir", str(tmp_path / "runs"),
+         "--backend", "in-process"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    lines = [x for x in done.stdout.splitlines() if " s simulated" in x]
+    assert [x.split(":")[0] for x in lines] == ["dense", "SuRP 1%"]
+    clocks = []
+    for line in lines:
+        run_dir = Path(line.rsplit("run ", 1)[1])
+        rows = [json.loads(r) for r in (run_dir / "rounds.jsonl").read_text().splitlines()]
+        assert f"{rows[-1]['sim_clock_s']:.1f} s simulated" in line  # what it prints is the run's own clock
+        clocks.append(rows[-1]["sim_clock_s"])
+    assert clocks[1] < clocks[0]  # SuRP's smaller uplink makes the slowest client's round shorter
