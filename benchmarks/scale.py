@@ -18,10 +18,20 @@ measures for each:
 
 Goal: the 1,000-client run's peak RSS at most 1.5× the 100-client run's,
 and its time per round within 1.2×. Printed: a table with the ratios, then
-a JSON object as the last line (``runs``: ``clients``, ``peak_rss_mb``,
-``s_per_round`` for each).
+a JSON object as the last line (``runs``: ``clients``, ``error_feedback``,
+``peak_rss_mb``, ``s_per_round``, ``state_mb``, ``final_accuracy``,
+``downlink_mb`` and ``uplink_mb`` for each; ``ratios``: 1,000 / 100 clients
+per error-feedback mode).
 
-    python benchmarks/scale.py [--quick] [--rounds N] [--model resnet20]
+``--error-feedback`` picks the form of error feedback: ``memory`` (the
+default, a residual per client: ``error_feedback = true``), ``aggregate``
+(no client state: the previous round's aggregate is every client's
+predictor, sent with each train message, ``error_feedback = "aggregate"``,
+docs/uplink.md) or ``both`` (each, at 100 and at 1,000 clients). Under
+``aggregate`` the state on disk should be 0 MB whatever the number of
+clients, and the downlink carries the predictor (``downlink_mb``).
+
+    python benchmarks/scale.py [--quick] [--rounds N] [--model resnet20] [--error-feedback both]
 """
 
 from __future__ import annotations
@@ -67,9 +77,13 @@ class PeakRSS:
         self._thread.join()
 
 
-def config(clients: int, sampled: int, rounds: int, model: str, out: Path) -> dict:
+FEEDBACK = {"memory": True, "aggregate": "aggregate"}
+"""``--error-feedback`` → the uplink's ``error_feedback``."""
+
+
+def config(clients: int, sampled: int, rounds: int, model: str, out: Path, feedback: str = "memory") -> dict:
     return {
-        "name": f"scale-{clients}",
+        "name": f"scale-{clients}-{feedback}",
         "output_dir": str(out),
         "model": {"name": model},
         "federation": {
@@ -80,23 +94,26 @@ def config(clients: int, sampled: int, rounds: int, model: str, out: Path) -> di
             "evaluate_every": 0,  # the last round only: the server's evaluation is not what scales
         },
         "client": {"local_steps": 2, "batch_size": 4},
-        "uplink": {"name": "surp", "density": 0.01, "error_feedback": True},
+        "uplink": {"name": "surp", "density": 0.01, "error_feedback": FEEDBACK[feedback]},
         "simulation": {"num_cpus": 1.0},
     }
 
 
-def measure(clients: int, sampled: int, rounds: int, model: str) -> dict:
+def measure(clients: int, sampled: int, rounds: int, model: str, feedback: str = "memory") -> dict:
     with tempfile.TemporaryDirectory() as tmp, PeakRSS() as rss:
-        result = fedcomp.run(config(clients, sampled, rounds, model, Path(tmp)), progress=False)
+        result = fedcomp.run(config(clients, sampled, rounds, model, Path(tmp), feedback), progress=False)
         state = sum(f.stat().st_size for f in (result.run_dir / "client_state").rglob("*.pt"))
         later = [r["wall_s"] for r in result.rows[1:]] or [result.rows[0]["wall_s"]]
     return {
         "clients": clients,
         "sampled": sampled,
+        "error_feedback": feedback,
         "peak_rss_mb": round(rss.peak / 2**20, 1),
         "s_per_round": round(sum(later) / len(later), 3),
         "state_mb": round(state / 2**20, 1),
         "final_accuracy": result.final_accuracy,
+        "downlink_mb": round(sum(r["downlink_bytes"] for r in result.rows) / 2**20, 1),
+        "uplink_mb": round(sum(r["uplink_bytes"] for r in result.rows) / 2**20, 2),
     }
 
 
@@ -106,26 +123,45 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--sampled", type=int, default=100)
     parser.add_argument("--model", default="lenet5_caffe")
+    parser.add_argument(
+        "--error-feedback",
+        choices=[*FEEDBACK, "both"],
+        default="memory",
+        help="memory: a residual per client (error_feedback = true); aggregate: none, the previous round's "
+        'aggregate as the predictor (error_feedback = "aggregate"); both: each',
+    )
     args = parser.parse_args(argv)
     rounds = 2 if args.quick else args.rounds
+    modes = list(FEEDBACK) if args.error_feedback == "both" else [args.error_feedback]
     t0 = time.perf_counter()
-    runs = [measure(n, args.sampled, rounds, args.model) for n in (100, 1000)]
-    small, large = runs
+    runs = [measure(n, args.sampled, rounds, args.model, mode) for mode in modes for n in (100, 1000)]
+    ratios = {}
+    for mode in modes:
+        small, large = (r for r in runs if r["error_feedback"] == mode)
+        ratios[mode] = {
+            "rss_ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3),
+            "time_ratio": round(large["s_per_round"] / small["s_per_round"], 3),
+        }
     figures = {
         "model": args.model,
         "rounds": rounds,
         "runs": runs,
-        "rss_ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3),
-        "time_ratio": round(large["s_per_round"] / small["s_per_round"], 3),
+        "ratios": ratios,
+        **ratios[modes[0]],  # the first mode's, where earlier versions of this script put them
         "goal": {"rss_ratio": 1.5, "time_ratio": 1.2},
         "total_s": round(time.perf_counter() - t0, 1),
     }
-    print(f"scale: {args.model}, error-feedback SuRP, {args.sampled} clients sampled per round, {rounds} rounds")
-    print(f"{'clients':>8}{'peak RSS (MB)':>15}{'s / round':>11}{'state on disk (MB)':>20}")
+    print(f"scale: {args.model}, SuRP 1% (error feedback: {', '.join(modes)}), {args.sampled} clients sampled per "
+          f"round, {rounds} rounds")  # fmt: skip
+    print(f"{'feedback':>10}{'clients':>8}{'peak RSS (MB)':>15}{'s / round':>11}{'state on disk (MB)':>20}"
+          f"{'accuracy':>10}{'down (MB)':>11}{'up (MB)':>9}")  # fmt: skip
     for r in runs:
-        print(f"{r['clients']:>8}{r['peak_rss_mb']:>15.1f}{r['s_per_round']:>11.3f}{r['state_mb']:>20.1f}")
-    print(f"1,000 / 100 clients: peak RSS {figures['rss_ratio']}x (goal <= 1.5), time per round "
-          f"{figures['time_ratio']}x (goal <= 1.2)")  # fmt: skip
+        acc = f"{r['final_accuracy']:.4f}" if r["final_accuracy"] is not None else "-"
+        print(f"{r['error_feedback']:>10}{r['clients']:>8}{r['peak_rss_mb']:>15.1f}{r['s_per_round']:>11.3f}"
+              f"{r['state_mb']:>20.1f}{acc:>10}{r['downlink_mb']:>11.1f}{r['uplink_mb']:>9.2f}")  # fmt: skip
+    for mode, ratio in ratios.items():
+        print(f"{mode}: 1,000 / 100 clients: peak RSS {ratio['rss_ratio']}x (goal <= 1.5), time per round "
+              f"{ratio['time_ratio']}x (goal <= 1.2)")  # fmt: skip
     print(json.dumps(figures))
     return figures
 

@@ -19,6 +19,8 @@ from typing import Any
 FILE = Path(__file__).with_name("catalogue.json")
 SHOWN_DEFAULT_CHARS = 40
 DERIVED_SHOWN = {"client_learning_rate": "client.lr unless set"}
+FEEDBACK_SHOWN = 'the method\'s own | "aggregate"'
+"""``error_feedback``'s default, and the third value beside true and false (docs/uplink.md)."""
 
 
 def _compressor_params(params_cls: type | None) -> list[list[str]]:
@@ -28,7 +30,10 @@ def _compressor_params(params_cls: type | None) -> list[list[str]]:
     shown = []
     for f in dataclasses.fields(params_cls):
         if f.default is not dataclasses.MISSING:
-            value = "the method's own" if f.default is None and f.name == "error_feedback" else repr(f.default)
+            if f.default is None and f.name == "error_feedback":
+                value = FEEDBACK_SHOWN if getattr(params_cls, "takes_aggregate_feedback", True) else "the method's own"
+            else:
+                value = repr(f.default)
         elif f.default_factory is not dataclasses.MISSING:
             value = repr(f.default_factory())
         else:

@@ -303,7 +303,8 @@ def model_compressor_as_downlink(name: Any) -> str:
 
 
 def downlink_problem(model_name: str, model_params: Any, change_name: str, change_params: Mapping[str, Any]) -> str:
-    """Why a model compressor and a downlink update compressor cannot go together ("" if they can).
+    """Why a model compressor and a downlink update compressor cannot go together ("" if they can); and a
+    downlink ``error_feedback`` other than the one it always has.
 
     The model's change is sent only while the broadcast is the model itself:
     with no model compressor, or one that acts on the final model only
@@ -323,6 +324,12 @@ def downlink_problem(model_name: str, model_params: Any, change_name: str, chang
         return (
             "downlink.error_feedback = false: the downlink always feeds back what was not sent "
             "(it sends w − R, the global model minus what clients hold); remove the key"
+        )
+    if change_params.get("error_feedback") == "aggregate":
+        return (
+            'downlink.error_feedback = "aggregate": aggregate feedback is the uplink\'s (many clients, one shared '
+            "predictor); the downlink has one sender, whose memory w − R already feeds back what was not sent; "
+            'remove the key ([uplink] error_feedback = "aggregate" goes with any [downlink])'
         )
     return ""
 

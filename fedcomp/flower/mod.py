@@ -9,7 +9,11 @@ out it takes the one ArrayRecord the function returned, forms the update
 ``w_local − w_received`` over the floating-point tensors, adds the error
 feedback residual and encodes it with the configured update compressor,
 and replaces the arrays by the payload (the uplink's client end,
-:mod:`.uplink`). Error-feedback and compressor
+:mod:`.uplink`). With ``error_feedback = "aggregate"`` it reads the
+predictor the train message carries (:mod:`.predictor`, checked before
+training: a missing or unusable one is a
+:class:`~fedcomp.flower.predictor.PredictorError`), encodes the update minus
+it, and keeps no residual. Error-feedback and compressor
 state persists per node: in a file per round under the node's
 ``state-dir`` (or the run directory in simulation), read only when the
 node is sampled, else in ``Context.state`` (:mod:`fedcomp.flower.state`).
@@ -69,6 +73,7 @@ from fedcomp.flower.downlink import (
     model_crc,
     split_state,
 )
+from fedcomp.flower.predictor import predictor_specs, read_predictor
 from fedcomp.flower.state import StateDamaged, load_state, save_state, set_aside, state_dir_for
 from fedcomp.flower.transport import STRUCTURE_KEY, TRANSPORT_KEY, Transport
 from fedcomp.messages import CHECKPOINT_ROUND_KEY, CONFIG_KEY, STATE_DIR_KEY, payload_from
@@ -131,6 +136,10 @@ class CompressionMod:
             received = Received(held.state)
         else:
             received = codecs.decode_broadcast(broadcast, transport.max_abs_value)
+        predictor, predictor_bytes = None, 0
+        if kind == MessageType.TRAIN and codecs.uplink.aggregate_feedback:  # checked before any training
+            specs = predictor_specs(received.state)
+            predictor, predictor_bytes = read_predictor(msg.content, specs, transport.max_abs_value)
         msg.content = _plain_content(msg.content, received, transport.arrays_key)
         t_decode = time.perf_counter()
 
@@ -152,8 +161,9 @@ class CompressionMod:
         ctx = EncodeContext(server_round, partition, max(num_clients, partition + 1))
         # Stores the node's state without the residual (a non-finite one is dropped, so the next round heals).
         drop_residual = functools.partial(save_state, context, folder, server_round, held_state, checkpoint_round)
-        encoded = uplink.encode_update(codecs.uplink, update, uplink_state, ctx, drop_residual)
-        save_state(context, folder, server_round, {**encoded.state, **held_state}, checkpoint_round)
+        encoded = uplink.encode_update(codecs.uplink, update, uplink_state, ctx, drop_residual, predictor)
+        save_state(context, folder, server_round, {**encoded.state, **held_state}, checkpoint_round,
+                   stateless=codecs.uplink.aggregate_feedback)  # fmt: skip
         t_encode = time.perf_counter()
 
         metrics = _metrics_of(reply)
@@ -162,7 +172,7 @@ class CompressionMod:
         metrics.update(
             {
                 "payload-bytes": uplink.count(encoded.payload),
-                "downlink-bytes": len(broadcast),
+                "downlink-bytes": len(broadcast) + predictor_bytes,  # the predictor came in the same message
                 "decode_s": t_decode - t0,
                 "encode_s": t_encode - t_train,
                 **{f"uplink_{k}": float(v) for k, v in encoded.metrics.items()},

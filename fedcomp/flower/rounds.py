@@ -48,12 +48,17 @@ class RoundStats:
     failures: list[ClientFailure] = field(default_factory=list)
     downlink_bytes_sent: list[int] = field(default_factory=list)
     """The train payload's length for each sampled node, same order as ``sampled_nodes`` (equal unless
-    the downlink carries the model's change: then each node's catch-up differs)."""
+    the downlink carries the model's change: then each node's catch-up differs); with aggregate feedback, plus
+    the predictor's payload sent in the same message."""
+    predictor_bytes_sent: int = 0
+    """Of the above, summed over the sampled nodes: the aggregate-feedback predictor's payloads
+    (``error_feedback = "aggregate"``, :mod:`.predictor`)."""
     downlink_crc32: int = 0
     """Identifies the model a round started from: CRC32 of the broadcast payload (without its trailing CRC
     field), or, when the downlink carries the model's change, of the model the clients rebuild."""
     downlink_bytes_received: list[int] = field(default_factory=list)
-    """The broadcast's length as each aggregated client measured it on arrival, same order as ``clients``."""
+    """The broadcast's length as each aggregated client measured it on arrival, same order as ``clients`` (with the
+    predictor that came in the same message, under aggregate feedback)."""
     server_metrics: dict[str, float] = field(default_factory=dict)
     """What the server's compressors reported: the model compressor when it built the broadcast, or the
     downlink's channel (``downlink_*``) when it sent the model's change; plus a statistics round's
@@ -153,6 +158,7 @@ class RoundStats:
             downlink_bytes_sent_per_client=self.downlink_bytes_sent,
             downlink_crc32=self.downlink_crc32,
             downlink_bytes_received_per_client=self.downlink_bytes_received,
+            predictor_downlink_bytes=self.predictor_bytes_sent,
             server_metrics=dict(server_metrics if server_metrics is not None else self.server_metrics),
             wall_s=time.perf_counter() - self.started,
             client_metrics=self.client_metrics,
@@ -200,6 +206,10 @@ class RoundRow:
     """The train payload's length for each sampled client, in node order (catch-ups differ per client)."""
     downlink_bytes_received_per_client: list[int] = field(default_factory=list)
     """The broadcast's length as each aggregated client measured it, same order as ``clients``."""
+    predictor_downlink_bytes: int = 0
+    """Of ``downlink_bytes``: the aggregate-feedback predictor (``error_feedback = "aggregate"``: the previous
+    round's aggregated update, dense fp32, zstd'd when shorter) sent with every train message; 0 in the other
+    modes. Included in ``downlink_bytes_per_client`` and what the clients measured."""
     client_metrics: dict[str, float] = field(default_factory=dict)
     server_metrics: dict[str, float] = field(default_factory=dict)
     """The model compressor's numbers (LC's μ and step, ALDS's error) and, when the evaluated model is

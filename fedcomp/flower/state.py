@@ -1,5 +1,9 @@
 """The client mod's store: a client's compressor state (error-feedback residual, DGC momentum) across rounds.
 
+A client with ``error_feedback = "aggregate"`` keeps no residual (the server's predictor replaces it,
+:mod:`fedcomp.flower.predictor`): unless its codec or the downlink gives it state of its own (PowerSGD's
+warm start, the model it holds under ``[downlink]``), nothing of it is stored, on disk or in ``Context.state``.
+
 One place at a time:
 
 - when a state directory is known, a file per round,
@@ -132,17 +136,29 @@ def set_aside(context: Context, folder: Path | None, server_round: int, reason: 
     logger.warning("client state reset: %s; kept as %s", reason, target)
 
 
-def save_state(context: Context, folder: Path | None, server_round: int, state: State, checkpoint_round: int) -> None:
+def save_state(
+    context: Context,
+    folder: Path | None,
+    server_round: int,
+    state: State,
+    checkpoint_round: int,
+    *,
+    stateless: bool = False,
+) -> None:
     """Keep the state in this round's file, or in ``Context.state`` when there is no folder.
 
     An empty state is written too, so that a later round or a resume never
-    falls back to an older, non-empty one.
+    falls back to an older, non-empty one; except for a node that keeps no
+    state by design (``stateless``: ``error_feedback = "aggregate"``), where
+    an empty state writes nothing while the node has no older file to shadow.
     """
     if folder is None:
         if state:
             context.state[UPLINK_STATE_KEY] = ArrayRecord({k: v.contiguous() for k, v in state.items()})
         elif UPLINK_STATE_KEY in context.state:
             del context.state[UPLINK_STATE_KEY]
+        return
+    if stateless and not state and newest_state_file(folder, server_round + 1) is None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".round-{server_round}.pt.tmp"

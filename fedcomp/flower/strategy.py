@@ -24,6 +24,13 @@ travel, not how they are aggregated (the pattern of Flower's own
   (the quorum), else the model is kept and the round records why. With an
   ``update_norm_bound`` (:mod:`fedcomp.strategies.influence`) each decoded
   update's norm is bounded first (clipped, or the reply refused);
+- with ``error_feedback = "aggregate"`` in the uplink's parameters
+  (:mod:`.predictor`), every train message also carries the previous
+  round's aggregated update (the predictor, its bytes counted in the
+  round's downlink bytes), the uplink's server end adds it to each decoded
+  payload before the reply is judged, bounded or aggregated, and a round
+  that aggregates makes the example-weighted mean of its reconstructed
+  updates the next predictor (checkpointed);
 - before a broadcast the model compressor acts on with the model's
   statistics (BWCP's pruning), ``configure_train`` first runs a statistics
   round (:mod:`.recalibration`): the round's nodes measure the
@@ -80,6 +87,7 @@ from fedcomp.flower.downlink import DownlinkChannel
 from fedcomp.flower.inner_state import InnerState
 from fedcomp.flower.judging import ReplyJudge
 from fedcomp.flower.ledger import RoundLedger
+from fedcomp.flower.predictor import PREDICTOR_KEY, predictor_record
 from fedcomp.flower.recalibration import gather
 from fedcomp.flower.rounds import ClientFailure, RoundClose, RoundStats
 from fedcomp.flower.settings import SettingsLedger
@@ -116,6 +124,9 @@ class _SampledGrid:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
 
+
+PREDICTOR_STATE = "uplink_predictor"
+"""The checkpoint's entry for the aggregate-feedback predictor (:mod:`.predictor`)."""
 
 RENAMED_ARGUMENTS = {
     "downlink_update": "downlink_update is now downlink (the compressor of the model's change)",
@@ -373,6 +384,7 @@ class CompressedStrategy(Strategy):
         stats.downlink_crc32 = zlib.crc32(payload[:-4])
         for m in messages:
             m.content = _with_payload(m.content, payload)
+        self._send_predictor(messages, stats)
         return messages
 
     def _configure_change(
@@ -399,7 +411,20 @@ class CompressedStrategy(Strategy):
             m.content = _with_payload(m.content, payload)
         stats.sampled_nodes = sorted(sent)
         stats.downlink_bytes_sent = [sent[n] for n in stats.sampled_nodes]
+        self._send_predictor(messages, stats)
         return messages
+
+    def _send_predictor(self, messages: list[Message], stats: RoundStats) -> None:
+        """With aggregate feedback: the predictor into every train message, its bytes into each node's downlink
+        bytes (they cross the wire with the broadcast, :mod:`.predictor`)."""
+        predictor = self.receiver.predictor
+        if predictor is None:
+            return
+        payload = predictor.payload()
+        for m in messages:
+            m.content[PREDICTOR_KEY] = predictor_record(payload)
+        stats.downlink_bytes_sent = [n + len(payload) for n in stats.downlink_bytes_sent]
+        stats.predictor_bytes_sent = len(payload) * len(messages)
 
     def _inner_messages(
         self, server_round: int, start: OrderedDict[str, torch.Tensor], config: ConfigRecord, grid: Grid
@@ -421,7 +446,11 @@ class CompressedStrategy(Strategy):
         if self.network is not None:  # the replies that missed the deadline are dropped
             accepted, missed = self.clock.time_round(stats, accepted, no_reply=judged.no_reply)
             self.judge.drop(stats, missed)
-        return self.aggregation.aggregate(server_round, stats, accepted, self.aggregate_base)
+        out = self.aggregation.aggregate(server_round, stats, accepted, self.aggregate_base)
+        predictor = self.receiver.predictor
+        if predictor is not None and stats.skipped is None:  # a round that kept its model leaves it as it was
+            predictor.learn([(a.weight, a.update) for a, _ in accepted])
+        return out
 
     def recalibrate(
         self,
@@ -515,13 +544,17 @@ class CompressedStrategy(Strategy):
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Server state for a checkpoint: the model's structure, the model compressor's state, the inner strategy's."""
-        return {
+        """Server state for a checkpoint: the model's structure, the model compressor's state, the inner strategy's,
+        and the aggregate-feedback predictor (``uplink_predictor``, with ``error_feedback = "aggregate"``)."""
+        state = {
             "structure": json.dumps(structure_to_json(self.structure)),
             "server_compression": self.server_compression.state_dict(),
             "strategy": self.inner_state.state_dict(),
             **self.clock.state_dict(),
         }
+        if self.receiver.predictor is not None:
+            state[PREDICTOR_STATE] = self.receiver.predictor.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (a resumed run)."""
@@ -531,6 +564,8 @@ class CompressedStrategy(Strategy):
         self.server_compression.load_state_dict(state.get("server_compression", state.get("downlink", {})))
         self.inner_state.load_state_dict(state.get("strategy", {}))
         self.clock.load_state_dict(state)
+        if self.receiver.predictor is not None and PREDICTOR_STATE in state:
+            self.receiver.predictor.load_state_dict(state[PREDICTOR_STATE])
 
     def take_round_stats(self) -> RoundStats | None:
         """Hand over (and forget) the statistics of the round just aggregated; None before round 1 (Flower

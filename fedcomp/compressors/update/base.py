@@ -35,6 +35,7 @@ compressed length.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import struct
 from abc import ABC, abstractmethod
@@ -47,11 +48,35 @@ import torch
 
 from fedcomp.coding import DecodeError, DecodeLimits, TensorSpec, check_decoded, lossless, unpack
 from fedcomp.coding.container import reframe
-from fedcomp.params import params_from_dict, require
+from fedcomp.params import ConfigError, params_from_dict, require
 from fedcomp.registry import Registry
+from fedcomp.suggest import did_you_mean
 
 Update = Mapping[str, torch.Tensor]
 State = dict[str, torch.Tensor]
+
+
+AGGREGATE = "aggregate"
+"""``error_feedback = "aggregate"``: no residual memory on the client; the previous round's aggregated update is
+every client's predictor (:mod:`fedcomp.compressors.update.feedback`, CAFe)."""
+FEEDBACK_KEY = "error_feedback"
+"""Every codec's ``error_feedback`` (``bool | str | None``) is true (a residual kept per client), false (none),
+``"aggregate"`` or None (the method's own default); :func:`check_feedback_setting` refuses any other value."""
+
+
+def check_feedback_setting(data: Mapping[str, Any], path: str) -> None:
+    """ConfigError naming ``<path>.error_feedback`` unless it is absent, true, false or ``"aggregate"``."""
+    if FEEDBACK_KEY not in data:
+        return
+    value = data[FEEDBACK_KEY]
+    if value is None or isinstance(value, bool) or value == AGGREGATE:
+        return
+    hint = did_you_mean(value, [AGGREGATE]) if isinstance(value, str) else ""
+    raise ConfigError(
+        f"config key '{path}.{FEEDBACK_KEY}': expected true (a residual kept per client), false (none) or "
+        f"\"{AGGREGATE}\" (the previous round's aggregate as every client's predictor, no client state), "
+        f"got {value!r}{hint}"
+    )
 
 
 UPDATE_COMPRESSORS: Registry = Registry("update compressor")
@@ -139,7 +164,10 @@ class UpdateCompressor(ABC):
 
     @classmethod
     def parse_params(cls, data: dict[str, Any], path: str) -> Any:
-        """Typed, validated parameters from a config section (``lossless`` checked here, for every codec)."""
+        """Typed, validated parameters from a config section (``lossless`` and ``error_feedback`` checked here, for
+        every codec)."""
+        if any(f.name == FEEDBACK_KEY for f in dataclasses.fields(cls.Params)):
+            check_feedback_setting(data, path)
         params = params_from_dict(cls.Params, data, path)
         mode = getattr(params, LOSSLESS_KEY, "none")
         require(mode in lossless.MODES, f"{path}.{LOSSLESS_KEY}", f"one of {list(lossless.MODES)}, got {mode!r}")
@@ -147,8 +175,18 @@ class UpdateCompressor(ABC):
 
     @property
     def error_feedback(self) -> bool:
-        value = getattr(self.params, "error_feedback", None)
+        """Whether a residual is kept per client (:func:`~.feedback.encode_with_feedback`); False under
+        ``"aggregate"``, which keeps none (:attr:`aggregate_feedback`)."""
+        value = getattr(self.params, FEEDBACK_KEY, None)
+        if value == AGGREGATE:
+            return False
         return self.error_feedback_default if value is None else bool(value)
+
+    @property
+    def aggregate_feedback(self) -> bool:
+        """``error_feedback = "aggregate"``: the client encodes its update minus the previous round's aggregate,
+        which the server adds back (:mod:`.feedback`); no state on the client."""
+        return getattr(self.params, FEEDBACK_KEY, None) == AGGREGATE
 
     @property
     def lossless(self) -> str:

@@ -68,7 +68,7 @@ class Blockwise8Params:
     """Elements per absmax block (32..4096, a power of two; bitsandbytes' and FLARE's default 4096)."""
     code: str = "dynamic"
     """"dynamic": bitsandbytes' dynamic exponent code (the default); "linear": absmax int8, 255 levels."""
-    error_feedback: bool | None = None
+    error_feedback: bool | str | None = None
     """Keep what was not sent and add it next round (default off, as FLARE's filter)."""
     lossless: str = "none"
     """A lossless stage after the codec: "none" or "zstd" (the body as one zstd frame, when that is shorter)."""

@@ -26,7 +26,9 @@ tensors get *ordinary* momentum, as the reference optimizer gives them:
 u ← m·u + g is sent whole and kept, with no accumulator and no masking (a
 constant gradient of 1 is sent as 1, 1.9, 2.71, …; masking would zero u
 every round and send 1 forever). Without error feedback of its own: v is
-the accumulator.
+the accumulator. ``error_feedback = "aggregate"`` (stateless clients, the
+previous round's aggregate as the predictor: :mod:`.feedback`) is refused:
+u and v are per-client state, which is what that mode does without.
 
 Under a byte budget (``max_bytes``, the whole payload) the density of the
 compressed tensors is lowered by bisection (:func:`~.sparse.fit_bytes`),
@@ -44,10 +46,19 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from fedcomp.compressors.update.base import UPDATE_COMPRESSORS, EncodeContext, Encoded, State, Update, float32_update
+from fedcomp.compressors.update.base import (
+    AGGREGATE,
+    UPDATE_COMPRESSORS,
+    EncodeContext,
+    Encoded,
+    State,
+    Update,
+    float32_update,
+)
 from fedcomp.compressors.update.sparse import (
     SparseParams,
     encode_sparse,
@@ -76,6 +87,8 @@ class DGCParams(SparseParams):
     """Rounds per warm-up stage (0 = no warm-up)."""
     sample_fraction: float = 0.01
     dense_1d: bool = True
+    takes_aggregate_feedback: ClassVar[bool] = False
+    """``error_feedback = "aggregate"`` is refused (validate): ``fedcomp list`` does not offer it."""
 
     def validate(self, path: str) -> None:
         super().validate(path)
@@ -83,6 +96,13 @@ class DGCParams(SparseParams):
         require(self.clip_norm >= 0, f"{path}.clip_norm", "a number >= 0")
         require(self.warmup_rounds >= 0, f"{path}.warmup_rounds", "an integer >= 0")
         require(0.001 <= self.sample_fraction <= 1, f"{path}.sample_fraction", "a number in [0.001, 1]")
+        require(
+            self.error_feedback != AGGREGATE,
+            f"{path}.error_feedback",
+            'true or false, not "aggregate": DGC keeps a momentum and an accumulator per client (its own error '
+            'feedback), so its clients cannot be stateless; "aggregate" is for the compressors without state of '
+            "their own (topk, surp, qsgd, ...)",
+        )
 
 
 def warmup_density(target: float, server_round: int, warmup_rounds: int) -> float:

@@ -31,7 +31,7 @@ class DriveParams:
     """Coordinates rotated together (a power of two, 64..2^24); the rest is cut as EDEN cuts it."""
     scale: str = "unbiased"
     """"unbiased": S = ‖x‖²/‖y‖₁ (E[x̂] = x); "min_mse": S = ‖y‖₁/d (least error, biased)."""
-    error_feedback: bool | None = None
+    error_feedback: bool | str | None = None
     """Keep what was not sent and add it next round (default off)."""
     lossless: str = "none"
     """A lossless stage after the codec: "none" or "zstd" (the body as one zstd frame, when that is shorter)."""

@@ -97,7 +97,7 @@ class EdenParams:
     """"unbiased": EDEN's S = ‖x‖²/⟨y, q⟩ (E[x̂] = x); "min_mse": DRIVE's S = ⟨y, q⟩/‖q‖² (least error, biased)."""
     max_bytes: int = 0
     """Largest payload in bytes, container included (0 = none): the largest b ≤ ``bits`` that fits."""
-    error_feedback: bool | None = None
+    error_feedback: bool | str | None = None
     """Keep what was not sent and add it next round (default off: the estimate is unbiased)."""
     lossless: str = "none"
     """A lossless stage after the codec: "none" or "zstd" (the body as one zstd frame, when that is shorter)."""

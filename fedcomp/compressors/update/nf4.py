@@ -42,7 +42,7 @@ NF4 = (
 class NF4Params:
     blocksize: int = 64
     """Elements per absmax block (32..4096, a power of two; QLoRA's and bitsandbytes' 64)."""
-    error_feedback: bool | None = None
+    error_feedback: bool | str | None = None
     """Keep what was not sent and add it next round (default off, as FLARE's filter)."""
     lossless: str = "none"
     """A lossless stage after the codec: "none" or "zstd" (the body as one zstd frame, when that is shorter)."""

@@ -58,7 +58,7 @@ class PowerSGDParams:
     """r, the rank of each matrix's approximation (the paper's experiments use 1, 2 and 4)."""
     warm_start: bool = True
     """Start each round's power iteration from last round's Q (the paper's default)."""
-    error_feedback: bool | None = None
+    error_feedback: bool | str | None = None
     """Keep M − M̂ and add it next round (default on, as in the paper)."""
     lossless: str = "none"
     """A lossless stage after the codec: "none" or "zstd" (the body as one zstd frame, when that is shorter)."""

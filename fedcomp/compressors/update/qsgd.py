@@ -69,7 +69,7 @@ class QSGDParams:
     """s, the number of levels of |v_i|/‖v‖ in (0, 1] (s = 1: the sign and a coin; s = √n: dense-like)."""
     bucket_size: int = 512
     """Coordinates per bucket, each with its own norm (the paper's d; 0 = one bucket per tensor)."""
-    error_feedback: bool | None = None
+    error_feedback: bool | str | None = None
     """Keep what was not sent and add it next round (default off: Q_s is unbiased)."""
     lossless: str = "none"
     """A lossless stage after the codec: "none" or "zstd" (the body as one zstd frame, when that is shorter)."""

@@ -74,6 +74,7 @@ from fedcomp.coding import (
 )
 from fedcomp.coding.bits import bit_lengths
 from fedcomp.compressors.update.base import (
+    AGGREGATE,
     UPDATE_COMPRESSORS,
     EncodeContext,
     Encoded,
@@ -109,7 +110,7 @@ class QuantizedECParams:
     """"nearest": ⌊x/Δ + ½⌋, the least error; "stochastic": ⌊x/Δ + u⌋, unbiased (TFF) but far noisier at low rates."""
     coder: str = "rans"
     """"rans": two-pass range-ANS on the magnitudes plus sign bits; "elias_gamma": TFF's zig-zag Elias-γ."""
-    error_feedback: bool | None = None
+    error_feedback: bool | str | None = None
     """Keep what was not sent and add it next round (default: on with nearest rounding, off with stochastic)."""
     lossless: str = "none"
     """A lossless stage after the codec: "none" or "zstd" (the body as one zstd frame, when that is shorter)."""
@@ -135,8 +136,11 @@ class QuantizedECCompressor(UpdateCompressor):
 
     @property
     def error_feedback(self) -> bool:
-        """On by default where the rounding is biased (nearest), off where it is unbiased (stochastic)."""
+        """On by default where the rounding is biased (nearest), off where it is unbiased (stochastic); off under
+        ``"aggregate"`` (no residual: :attr:`aggregate_feedback`)."""
         value = self.params.error_feedback
+        if value == AGGREGATE:
+            return False
         return self.params.rounding == "nearest" if value is None else bool(value)
 
     def encode(self, update: Update, state: State | None = None, ctx: EncodeContext | None = None) -> Encoded:

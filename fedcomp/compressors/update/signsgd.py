@@ -46,7 +46,7 @@ from fedcomp.compressors.update.base import (
 
 @dataclass
 class SignParams:
-    error_feedback: bool | None = None
+    error_feedback: bool | str | None = None
     """Keep what was not sent and add it next round (default: off for signsgd, on for ef_signsgd)."""
     lossless: str = "none"
     """A lossless stage after the codec: "none" or "zstd" (the body as one zstd frame, when that is shorter)."""

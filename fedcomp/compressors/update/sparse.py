@@ -66,7 +66,7 @@ class SparseParams:
     """Value code: fp32, fp16, bf16, int8 (one scale per update) or sign (one mean magnitude per update)."""
     allocation: str = "per_tensor"
     """How k is shared: ``per_tensor`` (each tensor its density·n) or ``global`` (one selection over all)."""
-    error_feedback: bool | None = None
+    error_feedback: bool | str | None = None
     """Keep what was not sent and add it next round (default: the method's own)."""
     max_bytes: int = 0
     """Largest payload in bytes, container included (0 = none): the density is lowered until it fits."""

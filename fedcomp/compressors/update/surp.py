@@ -201,7 +201,7 @@ class SurpParams:
     water-filling); "layer", u⁽ˡ⁾ = w⁽ˡ⁾/‖w⁽ˡ⁾‖₁ (the paper's), which starves large layers: one λ over
     per-layer-normalized values puts a layer's threshold at a multiple of its own mean magnitude that
     grows with its size (module docstring; docs/uplink.md)."""
-    error_feedback: bool | None = None
+    error_feedback: bool | str | None = None
     lossless: str = "none"
     """A lossless stage after the codec: "none" or "zstd" (the body as one zstd frame, when that is shorter)."""
 

@@ -60,7 +60,7 @@ from fedcomp.seeding import UPLINK_QUANTIZATION, torch_generator
 class TernGradParams:
     clip_sigma: float = 0.0
     """Clip each tensor to ±clip_sigma·σ before ternarizing (0 = off, unbiased; the paper uses 2.5)."""
-    error_feedback: bool | None = None
+    error_feedback: bool | str | None = None
     """Keep what was not sent and add it next round (default off: the estimate is unbiased)."""
     lossless: str = "none"
     """A lossless stage after the codec: "none" or "zstd" (the body as one zstd frame, when that is shorter)."""
