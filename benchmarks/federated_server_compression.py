@@ -58,6 +58,7 @@ import torch
 
 import fedcomp
 from fedcomp.config import ExperimentConfig, load_config
+from fedcomp.models import matching_width
 
 CONFIGS = Path(fedcomp.__file__).resolve().parent / "configs"
 RESNET_FEDERATION = [
@@ -153,6 +154,12 @@ BASELINES: dict[str, dict[str, Callable[[dict], list[str]]]] = {
         "k1": lambda run: ['server_compression.allocation="k1"'],
         "fixed_k": lambda run: ['server_compression.allocation="fixed_k"', "server_compression.k=3"],
         "uniform_svd": lambda run: ['server_compression.allocation="uniform_svd"'],
+        # The claim under every compressor that shrinks the model: better than training the small model. A
+        # LeNet-5 of the width whose parameter count is nearest the same seed's ALDS model, dense from round 1.
+        "small_dense": lambda run: [
+            'server_compression={name="identity"}',
+            f"model.params.width={matching_width('lenet5_caffe', run['final_model_params'], (1, 28, 28), 10)}",
+        ],
     },
     "udfc": {
         "plain_recalibrated": lambda run: ['server_compression.compensation="none"'],
@@ -168,15 +175,25 @@ BASELINES: dict[str, dict[str, Callable[[dict], list[str]]]] = {
 }
 
 
+# The tasks (``--task``): the embedded digits, where the configs' federation saturates near 0.96, or
+# Fashion-MNIST (60,000 images, installed by ``make datasets``), where methods can be told apart, with the
+# fair-comparison protocol's federation (simulations/fedavg_fashion.toml: 20 local steps of 32 images, clients
+# in-process, one after the other) instead of one epoch over 6,000 images a client.
+TASKS: dict[str, list[str]] = {
+    "digits": ["data.dataset=mnist5k"],
+    "fashion": ['data.dataset="fashion_mnist"', "client.local_steps=20", 'simulation.backend="in-process"'],
+}
+
+
 def config_for(
     case: str, rounds: int, seed: int, out: Path, identity: bool = False, baseline: str = "", extra: list[str] = (),
-    quick: bool = False,
+    quick: bool = False, task: str = "digits",
 ) -> ExperimentConfig:  # fmt: skip
     family, filename, schedule = CASES[case]
     folder = family + "_identity" if identity else case + (f"_{baseline}" if baseline else "")
     resnet = QUICK_RESNET_FEDERATION if quick else RESNET_FEDERATION
     overrides = [
-        "data.dataset=mnist5k",
+        *TASKS[task],
         f"federation.rounds={rounds}",
         "federation.evaluate_every=1",
         f"seed={seed}",
@@ -187,10 +204,11 @@ def config_for(
     return load_config(CONFIGS / filename, overrides)
 
 
-def federation_of(cfg: ExperimentConfig) -> dict:
-    """Every setting but the compressor, the name and the output folder: what a family's cases must share."""
+def federation_of(cfg: ExperimentConfig, keep_model: bool = True) -> dict:
+    """Every setting but the compressor, the name and the output folder: what a family's cases must share
+    (and but the model, for the small dense model's baseline)."""
     d = cfg.to_dict()
-    for key in ("server_compression", "name", "output_dir"):
+    for key in ("server_compression", "name", "output_dir", *(() if keep_model else ("model",))):
         d.pop(key, None)
     return d
 
@@ -208,6 +226,12 @@ def run_once(cfg: ExperimentConfig) -> dict:
         "statistics_bytes": sum(r["statistics_downlink_bytes"] + r["statistics_uplink_bytes"] for r in rows),
         "uplink_bytes": sum(r["uplink_bytes"] for r in rows),
         "final_model_bytes": summary["final_model_bytes"],
+        # The shipped model's float parameters (ALDS's factors, not the dense layers they replace).
+        "final_model_params": sum(
+            v.numel()
+            for v in torch.load(result.run_dir / "model.pt", weights_only=True).values()
+            if v.is_floating_point()
+        ),  # fmt: skip
         "failed_clients": sum(r["failed_clients"] for r in rows),
         "flops_removed": max((r["server_metrics"].get("bwcp_flops_removed", 0.0) for r in rows), default=0.0),
         "wall_s": time.perf_counter() - t0,
@@ -233,18 +257,22 @@ def _runs_of_bytes(per_round: list[int]) -> str:
 def _run_case(
     case: str, seeds: list[int], rounds: dict[str, int], out: Path,
     baselines: dict[tuple[str, int], dict], results: dict[str, list[dict]], quick: bool = False,
-    with_baselines: bool = True,
+    with_baselines: bool = True, task: str = "digits",
 ) -> None:  # fmt: skip
     """Run ``case`` for every seed (and its family's uncompressed federation once per seed), then, in the same
     federation and seed, each of its method's baselines (``BASELINES``, as ``case/name``); fill ``results``."""
     family = CASES[case][0]
-    names = [case] + ([f"{case}/{b}" for b in BASELINES[_method(case)]] if with_baselines else [])
+    names = [case] + (
+        [f"{case}/{b}" for b in BASELINES[_method(case)] if b != "small_dense" or family == "lenet5"]
+        if with_baselines
+        else []
+    )  # the small dense model: LeNet-5 has a width parameter, ResNet-20 none
     for name in names:
         results[name] = []
     for seed in seeds:
-        cfg = config_for(case, rounds[family], seed, out, quick=quick)
+        cfg = config_for(case, rounds[family], seed, out, quick=quick, task=task)
         if (family, seed) not in baselines:
-            base_cfg = config_for(case, rounds[family], seed, out, identity=True, quick=quick)
+            base_cfg = config_for(case, rounds[family], seed, out, identity=True, quick=quick, task=task)
             baselines[family, seed] = {"federation": federation_of(base_cfg), **run_once(base_cfg)}
         base = baselines[family, seed]
         own: dict = {}
@@ -252,8 +280,12 @@ def _run_case(
             baseline = name.partition("/")[2]
             if baseline:
                 extra = BASELINES[_method(case)][baseline](own)
-                cfg = config_for(case, rounds[family], seed, out, baseline=baseline, extra=extra, quick=quick)
-            if federation_of(cfg) != base["federation"]:
+                cfg = config_for(
+                    case, rounds[family], seed, out, baseline=baseline, extra=extra, quick=quick, task=task
+                )
+            keep_model = baseline != "small_dense"
+            shared = {k: v for k, v in base["federation"].items() if keep_model or k != "model"}
+            if federation_of(cfg, keep_model) != shared:
                 raise SystemExit(f"{name}: its federation differs from the other {family} cases': no common baseline")
             run = run_once(cfg)
             own = own or run
@@ -356,7 +388,8 @@ def methods_vs_baselines(table: dict[str, dict]) -> dict[str, dict]:
     for case, row in table.items():
         if case.endswith("_identity") or "/" in case or case not in CASES or _method(case) in out:
             continue
-        names = BASELINES[_method(case)]
+        # (the small dense model only where the model has a width: LeNet-5)
+        names = [b for b in BASELINES[_method(case)] if b != "small_dense" or f"{case}/{b}" in table]
         if not all(f"{case}/{b}" in table for b in names):
             continue
         entry = {"case": case, **{k: row[k] for k in keys}, "baselines": {}}
@@ -416,6 +449,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tail", type=int, default=5, help="also report the mean accuracy of the last TAIL rounds")
     parser.add_argument("--no-baselines", action="store_true", help="each case and the uncompressed federation only")
     parser.add_argument(
+        "--task", choices=sorted(TASKS), default="digits",
+        help="digits: the embedded digits, the configs' own federation; fashion: Fashion-MNIST (make datasets) "
+        "with 20 local steps a round, LeNet-5 cases only",
+    )  # fmt: skip
+    parser.add_argument(
         "--from-json", nargs="+", help="print the table from these files' last lines (earlier runs' output; a case "
         "in a later file replaces an earlier file's, and the baselines they share must agree)"
     )  # fmt: skip
@@ -424,6 +462,11 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; the cases are {', '.join(CASES)}")
+    if args.task == "fashion":
+        resnet = [c for c in cases if CASES[c][0] != "lenet5"]
+        if resnet and args.cases != ",".join(CASES):
+            parser.error(f"--task fashion runs the LeNet-5 cases only, not {resnet}")
+        cases = [c for c in cases if CASES[c][0] == "lenet5"]
     if args.quick:  # one case per method, every baseline, a few rounds of a light federation
         quick_cases = ("lc_lenet5", "alds_lenet5", "udfc_resnet20", "bwcp_resnet20")
         cases, seeds, rounds = [c for c in cases if c in quick_cases], [0], {"lenet5": 3, "resnet20": 4}
@@ -439,12 +482,12 @@ def main(argv: list[str] | None = None) -> dict:
         baselines, results = {}, {}
         with fedcomp.shared_engine():  # one engine start per client-resource setting, not one per run
             for case in cases:
-                _run_case(case, seeds, rounds, out, baselines, results, args.quick, not args.no_baselines)
+                _run_case(case, seeds, rounds, out, baselines, results, args.quick, not args.no_baselines, args.task)
     table = summarize(seeds, rounds, baselines, results, min(args.tail, min(rounds.values())))
     print_table(table, len(seeds), args.tail)
     methods = methods_vs_baselines(table)
     print_methods(methods)
-    figures = {"seeds": seeds, "rounds": rounds, "tail": args.tail, "methods": methods, "table": table,
+    figures = {"task": args.task, "seeds": seeds, "rounds": rounds, "tail": args.tail, "methods": methods, "table": table,
                "runs": results,
                "uncompressed": {f"{f}/{s}": {k: v for k, v in b.items() if k != "federation"}
                                 for (f, s), b in baselines.items()}}  # fmt: skip

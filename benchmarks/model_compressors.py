@@ -141,7 +141,7 @@ LC_GROUPS = [
 """``fedcomp/configs/lc_lenet5.toml``'s forms: 2-bit convs, 1-bit + 1 % corrections on the FC layers (Q+P)."""
 
 
-def lc_vs_direct_compression(out_dir: Path, quick: bool = False, seeds: int = 3) -> dict:
+def lc_vs_direct_compression(out_dir: Path, quick: bool = False, seeds: int = 3, task: str = "digits") -> dict:
     """LC (augmented Lagrangian, one epoch per L step, μ from 0.01 ×1.6) against direct compression (one C step
     on the reference), both from the LeNet-5 reference of ``alds_lenet``, through the ``lc`` compressor itself.
 
@@ -151,7 +151,7 @@ def lc_vs_direct_compression(out_dir: Path, quick: bool = False, seeds: int = 3)
 
     steps = 2 if quick else 8
     with fixed_threads(UDFC_THREADS):
-        arch, data, state, subsets = _lenet_setup(out_dir, quick, seeds)
+        arch, data, state, subsets = _lenet_setup(out_dir, quick, seeds, task)
         section = {"groups": LC_GROUPS, "mu0": 1e-2, "mu_growth": 1.6}
         dc_acc, lc_acc, sizes = [], [], {}
         for seed, test in enumerate(subsets):
@@ -336,28 +336,44 @@ def _test_halves(split, seeds: int) -> list:  # noqa: ANN001 - SplitData in, Ima
     return [split.test.subset(stratified_split(labels, len(labels) // 2, seed)[1]) for seed in range(seeds)]
 
 
-def _lenet_setup(out_dir: Path, quick: bool, seeds: int) -> tuple:
-    """The digits' LeNet-5-Caffe, its training data, its cached trained reference and the per-seed test halves."""
+FASHION_RETRAIN = 6000
+"""On Fashion-MNIST (``--task fashion``): the reference trains on all 60,000 images, the L steps and the
+retraining on the first 6,000 (one client's share in the federated runs), so that 3 seeds × every variant
+fit in minutes."""
+
+
+def _lenet_setup(out_dir: Path, quick: bool, seeds: int, task: str = "digits") -> tuple:
+    """The task's LeNet-5-Caffe, its training data (L steps, retraining), its cached trained reference and the
+    per-seed test halves. ``task``: ``digits`` (the embedded 4,000 training digits) or ``fashion``
+    (Fashion-MNIST, ``make datasets``; see :data:`FASHION_RETRAIN`)."""
+    if task == "fashion":
+        split = load_dataset("fashion_mnist", "", False, 10_000, 0)
+        arch = Architecture("lenet5_caffe", split.input_shape, split.num_classes)
+        full = split.train.subset(np.arange(1500)) if quick else split.train
+        reference = _lenet_reference(arch, full, out_dir, quick, "fashion")
+        data = full if quick else split.train.subset(np.arange(FASHION_RETRAIN))
+        return arch, data, reference, _test_halves(split, seeds)
     split = load_dataset("mnist5k", "", False, 1000, 0)
     arch = Architecture("lenet5_caffe", split.input_shape, split.num_classes)
     data = _train_data(split, quick)
     return arch, data, _lenet_reference(arch, data, out_dir, quick), _test_halves(split, seeds)
 
 
-def _lenet_reference(arch: Architecture, data, out_dir: Path, quick: bool) -> OrderedDict:  # noqa: ANN001
+def _lenet_reference(arch: Architecture, data, out_dir: Path, quick: bool, task: str = "digits") -> OrderedDict:  # noqa: ANN001
     lrs = LENET_EPOCH_LRS[:1] if quick else LENET_EPOCH_LRS
-    path = out_dir / f"alds_reference_lenet5_{'quick' if quick else 'full'}_{len(lrs)}ep_t{UDFC_THREADS}.pt"
+    prefix = "alds_reference_lenet5" + ("" if task == "digits" else f"_{task}")
+    path = out_dir / f"{prefix}_{'quick' if quick else 'full'}_{len(lrs)}ep_t{UDFC_THREADS}.pt"
     return _train_reference(arch, data, lrs, 0.0, path)
 
 
-def alds_on_lenet(out_dir: Path, quick: bool = False, inits: int = 15, seeds: int = 3) -> dict:
+def alds_on_lenet(out_dir: Path, quick: bool = False, inits: int = 15, seeds: int = 3, task: str = "digits") -> dict:
     """ALDS one-shot and after one epoch of retraining on a trained LeNet-5-Caffe, against its baselines.
 
     One reference model (trained once, cached); per seed, a class-stratified half of the test set, the
     compressor's seed (Algorithm 1's random initializations) and the retraining's order; mean ± sd over the seeds.
     """
     with fixed_threads(UDFC_THREADS):
-        arch, data, state, subsets = _lenet_setup(out_dir, quick, seeds)
+        arch, data, state, subsets = _lenet_setup(out_dir, quick, seeds, task)
         rows = []
         for target in ALDS_TARGETS[:1] if quick else ALDS_TARGETS:
             row: dict = {"target": target}
@@ -570,11 +586,11 @@ def run_part(part: str, args: argparse.Namespace) -> dict:
         models = [("lenet5_caffe", (1, 28, 28))] + ([] if quick else [("resnet20", (3, 32, 32))])
         return {name: lc_c_steps(name, shape) for name, shape in models}
     if part == "lc_dc":
-        return lc_vs_direct_compression(out, quick=quick, seeds=1 if quick else 3)
+        return lc_vs_direct_compression(out, quick=quick, seeds=1 if quick else 3, task=args.task)
     if part == "udfc":
         return udfc_vs_plain(out, quick=quick, seeds=1 if quick else 3)
     if part == "alds_lenet":
-        return alds_on_lenet(out, quick=quick, inits=4 if quick else 15, seeds=1 if quick else 3)
+        return alds_on_lenet(out, quick=quick, inits=4 if quick else 15, seeds=1 if quick else 3, task=args.task)
     return bwcp_tradeoff(BWCP_SETTINGS[-1:] if quick else BWCP_SETTINGS, quick)
 
 
@@ -651,7 +667,13 @@ def main(argv: list[str] | None = None) -> dict:
         "--out", default="runs/model_compressors", help="folder for cached reference models (outside the repository)"
     )
     parser.add_argument("--only", choices=PARTS, help="run one part only (its JSON is the last line)")
+    parser.add_argument(
+        "--task", choices=("digits", "fashion"), default="digits",
+        help="the LeNet-5 parts' data (alds_lenet, lc_dc): the embedded digits, or Fashion-MNIST (make datasets)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.task != "digits" and args.only not in ("alds_lenet", "lc_dc"):
+        parser.error("--task fashion is for the LeNet-5 parts: add --only alds_lenet or --only lc_dc")
     parts = [args.only] if args.only else list(PARTS)
     detail = {}
     for part in parts:
@@ -661,6 +683,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("\n(--quick: one seed, short trainings on 1,500 digits; a smoke test, not the methods' numbers)")
     figures = {METHOD_OF_PART[p]: method_vs_baselines(p, detail[p]) for p in parts if p in METHOD_OF_PART}
     figures["detail"] = detail
+    figures["task"] = args.task
     print(json.dumps(figures))
     return figures
 

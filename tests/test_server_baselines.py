@@ -319,3 +319,38 @@ def test_network_slimming_trains_plain_batchnorm_with_the_l1_term():
 def test_slimming_config_errors_name_the_key(section, key):
     with pytest.raises(ConfigError, match=rf"server_compression\.{key}\b"):
         params_from_dict(BWCPParams, section, "server_compression")
+
+
+# ----------------------------------------------------------------------------- the small dense model
+
+
+def _lenet_params(width: float) -> int:
+    from fedcomp.models import build_model
+
+    return sum(p.numel() for p in build_model("lenet5_caffe", (1, 28, 28), 10, {"width": width}).parameters())
+
+
+def test_lenet_width_scales_channels_and_hidden_units_and_width_1_is_the_paper_model():
+    # The module docstring's count, by hand: 520 + 25,050 + 400,500 + 5,010.
+    assert _lenet_params(1.0) == 431_080
+    # width 0.5: 10 and 25 channels, 250 hidden units: (25 + 1)·10 + (250 + 1)·25 + (400 + 1)·250 + (250 + 1)·10.
+    assert _lenet_params(0.5) == 260 + 6_275 + 100_250 + 2_510
+    from fedcomp.models import build_model
+
+    for bad in (0, -1, 5, True, "0.5"):
+        with pytest.raises(ValueError, match="model.params.width"):
+            build_model("lenet5_caffe", (1, 28, 28), 10, {"width": bad})
+
+
+def test_matching_width_is_the_width_whose_parameter_count_is_nearest():
+    from fedcomp.models import matching_width
+
+    for target in (172_780, 100_000, 300_000):
+        width = matching_width("lenet5_caffe", target, (1, 28, 28), 10)
+        # Independently: every width on a fine grid; none comes nearer the target than the one chosen.
+        nearest = min(abs(_lenet_params(w / 1000) - target) for w in range(300, 1001, 5))
+        assert abs(_lenet_params(width) - target) <= nearest, (target, width)
+    with pytest.raises(ValueError, match="takes no width"):
+        matching_width("resnet20", 100_000, (1, 28, 28), 10)
+    with pytest.raises(ValueError, match="outside what"):
+        matching_width("lenet5_caffe", 10_000_000, (1, 28, 28), 10)

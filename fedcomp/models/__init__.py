@@ -5,6 +5,6 @@ lives in :mod:`.base`), imported below.
 """
 
 from fedcomp.models import lenet, lstm, mlp, resnet18, resnet_cifar, vgg  # noqa: F401  (register)
-from fedcomp.models.base import MODELS, ModelFactory, build_model, initial_model
+from fedcomp.models.base import MODELS, ModelFactory, build_model, initial_model, matching_width
 
-__all__ = ["MODELS", "ModelFactory", "build_model", "initial_model"]
+__all__ = ["MODELS", "ModelFactory", "build_model", "initial_model", "matching_width"]

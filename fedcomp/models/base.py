@@ -49,3 +49,33 @@ def initial_model(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_class
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, MODEL_INIT))
         return build_model(cfg.model.name, input_shape, num_classes, cfg.model.params)
+
+
+def matching_width(
+    name: str, target_params: int, input_shape: tuple[int, ...], num_classes: int, low: float = 0.01, high: float = 1.0
+) -> float:
+    """The ``width`` (a model param, e.g. LeNet-5-Caffe's) whose model has the parameter count nearest
+    ``target_params``: the small dense model that a compressed model of that size is compared with.
+
+    Bisection on the width (the count grows with it), then the nearer of the two last widths; the result is
+    rounded to 4 decimals, so it reads as it is written in a config. Raises ValueError if the model takes
+    no ``width`` or the target is outside what ``[low, high]`` reaches.
+    """
+
+    def count(width: float) -> int:
+        return sum(p.numel() for p in build_model(name, input_shape, num_classes, {"width": width}).parameters())
+
+    try:
+        smallest, largest = count(low), count(high)
+    except TypeError as exc:
+        raise ValueError(f"model {name!r} takes no width parameter ({exc})") from None
+    if not smallest <= target_params <= largest:
+        raise ValueError(
+            f"{target_params:,} parameters is outside what {name!r} reaches with width in [{low}, {high}] "
+            f"({smallest:,} to {largest:,})"
+        )
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if count(mid) < target_params else (low, mid)
+    best = min((low, high), key=lambda w: abs(count(w) - target_params))
+    return round(best, 4)

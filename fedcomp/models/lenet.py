@@ -3,6 +3,11 @@
 conv 5×5×20 → max-pool 2 → conv 5×5×50 → max-pool 2 → FC 800→500 → ReLU →
 FC 500→10. On 28×28 inputs: 520 + 25,050 + 400,500 + 5,010 = 431,080
 parameters. Caffe's version has no activation after the convolutions.
+
+``width`` (``[model.params] width = 0.6``) scales the 20 and 50 channels and the 500 hidden units
+(rounded, at least 1 each): the same architecture, smaller, trained dense from round 1. It is the
+baseline a compressor that shrinks the model must beat ("train the small model instead");
+:func:`fedcomp.models.matching_width` finds the width with a given parameter count.
 """
 
 from __future__ import annotations
@@ -14,13 +19,18 @@ from fedcomp.models.base import MODELS
 
 
 class LeNet5Caffe(nn.Module):
-    def __init__(self, input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10) -> None:
+    def __init__(
+        self, input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, width: float = 1.0
+    ) -> None:
         super().__init__()
+        if not (isinstance(width, int | float) and not isinstance(width, bool) and 0 < width <= 4):
+            raise ValueError(f"model.params.width must be a number in (0, 4], got {width!r}")
         c, h, w = input_shape
+        c1, c2, hidden = (max(1, round(n * width)) for n in (20, 50, 500))
         self.features = nn.Sequential(
-            nn.Conv2d(c, 20, kernel_size=5),
+            nn.Conv2d(c, c1, kernel_size=5),
             nn.MaxPool2d(2),
-            nn.Conv2d(20, 50, kernel_size=5),
+            nn.Conv2d(c1, c2, kernel_size=5),
             nn.MaxPool2d(2),
         )
         fh, fw = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
@@ -28,9 +38,9 @@ class LeNet5Caffe(nn.Module):
             raise ValueError(f"LeNet-5-Caffe needs inputs of at least 16×16, got {h}×{w}")
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(50 * fh * fw, 500),
+            nn.Linear(c2 * fh * fw, hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(500, num_classes),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,5 +48,5 @@ class LeNet5Caffe(nn.Module):
 
 
 @MODELS.register("lenet5_caffe", "LeNet-5-Caffe (SuRP paper): 431,080 parameters on MNIST")
-def lenet5_caffe(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    return LeNet5Caffe(input_shape, num_classes)
+def lenet5_caffe(input_shape: tuple[int, int, int], num_classes: int, width: float = 1.0) -> nn.Module:
+    return LeNet5Caffe(input_shape, num_classes, width)
