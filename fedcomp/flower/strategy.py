@@ -433,7 +433,12 @@ class CompressedStrategy(Strategy):
         view = _SampledGrid(grid, self.sampler(grid, server_round)) if self.sampler is not None else grid
         config[TRANSPORT_KEY] = self.transport.to_json()
         config[CHECKPOINT_ROUND_KEY] = self.last_checkpoint
-        return list(self.inner.configure_train(server_round, _float_record(start), config, view))
+        messages = list(self.inner.configure_train(server_round, _float_record(start), config, view))
+        # Sent in partition order, not the sampler's: the in-process backend runs clients one at a time in the
+        # order they were sent, so who waits behind whom (and a round timeout's victims) follows the seed alone.
+        partition = self.roster.partition_of
+        messages.sort(key=lambda m: (partition.get(int(m.metadata.dst_node_id), math.inf), m.metadata.dst_node_id))
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
