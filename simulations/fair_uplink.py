@@ -14,11 +14,18 @@ What a reviewer asks of a ranking, each answered by the protocol (``fedcomp comp
   code and one mean scale), SuRP staged (its default) and SuRP with ``stage_ratio = 16`` (its
   refinement stages mostly off: what they add), rTop-k and DGC with global allocation. Every
   sparsifier sends 1% of the coordinates, so the methods differ in value code and selection only.
+- **The codecs added since, at equal bytes or at their own** (issue 41): ``quantized_ec`` capped at
+  ``max_bytes = 4500``, STC's bytes per update (one uniform step, rANS-coded, a residual per client);
+  EDEN at 1 bit a coordinate (54 kB, its lowest rate), NF4 (4.5 bits, 243 kB) and blockwise8 (8 bits,
+  432 kB), none with error feedback (their defaults), compared with dense, not with the 1% sparsifiers.
+- **Error feedback without client state**: global top-k fp32 and STC again with ``error_feedback =
+  "aggregate"`` (CAFe: the last round's aggregate as the predictor, no residual per client), each
+  paired with its per-client-residual row: the same codec, only the feedback differs.
 - **A task that separates them**: Fashion-MNIST (60,000 images, 10 clients of 6,000), LeNet-5-Caffe,
   FedSGD (one SGD step of 64 images per client per round, no momentum), 40 rounds, IID and
   Dirichlet (α = 0.5) partitions; the full 10,000-image test set every 5 rounds.
 
-    python simulations/fair_uplink.py run --partition iid          # about 45 minutes on one core
+    python simulations/fair_uplink.py run --partition iid          # 112 runs, about 1 h 40 min on one core
     python simulations/fair_uplink.py run --partition dirichlet    # the same, side by side on a 2nd core
     python simulations/fair_uplink.py table runs/fair-uplink-iid runs/fair-uplink-dirichlet
 
@@ -28,6 +35,11 @@ method: the chosen lr and its validation accuracy, the final test accuracy (mean
 seeds), its paired difference from global top-k fp32 with a 95% t-interval, uplink bytes per update,
 bits per coordinate of the model, and rounds and uplink bytes to each target accuracy (over the
 seeds that reached it; ``n/5`` says how many did). A JSON last line holds every figure.
+
+A comparison run again on the same folder keeps every complete run whose config is unchanged, so
+adding a method runs only its 8 runs (3 tuning, 5 final); ``table`` also shows the methods whose
+final runs are complete but that a stopped or still-running comparison has not yet written into
+compare.json, and lists the rows in ``METHODS``' order.
 """
 
 from __future__ import annotations
@@ -54,7 +66,18 @@ METHODS: dict[str, dict[str, Any]] = {
     "SuRP stage_ratio 16": {"name": "surp", "density": DENSITY, "stage_ratio": 16.0},
     "rTop-k (r = 2k)": {"name": "rtopk", "density": DENSITY, "r_factor": 2.0, "allocation": "global"},
     "DGC (m = 0.9)": {"name": "dgc", "density": DENSITY, "momentum": 0.9, "allocation": "global"},
-}
+    # Issue 41: the codecs added since, and error feedback without client state. Each codec's own default
+    # error feedback: quantized_ec (nearest rounding) keeps a residual per client; EDEN (unbiased), NF4 and
+    # blockwise8 (as FLARE) keep none.
+    "quantized_ec ≤ 4,500 B": {"name": "quantized_ec", "max_bytes": 4500},  # STC's bytes per update
+    "global top-k fp32, aggregate feedback": {
+        "name": "topk", "density": DENSITY, "allocation": "global", "error_feedback": "aggregate"
+    },
+    "STC, aggregate feedback": {"name": "stc", "density": DENSITY, "error_feedback": "aggregate"},
+    "EDEN 1 bit": {"name": "eden", "bits": 1},
+    "NF4": {"name": "nf4"},
+    "blockwise8": {"name": "blockwise8"},
+}  # fmt: skip
 REFERENCE = "global top-k fp32"
 """What every paired difference is taken against: the control that isolates what a method adds."""
 
@@ -158,12 +181,17 @@ def table(dirs: list[Path], targets: list[float], direction: str = "uplink") -> 
     out: dict[str, Any] = {}
     for folder in dirs:
         done = folder / "compare.json"
-        data = json.loads(done.read_text()) if done.exists() else {"methods": finished_so_far(folder)}
+        data = json.loads(done.read_text()) if done.exists() else {"methods": []}
+        # Methods added since that compare.json was written (their comparison still running or stopped): each
+        # one whose final runs are all complete joins the table.
+        data["methods"] += finished_so_far(folder, skip={m["label"] for m in data["methods"]})
         partition = folder.name.removeprefix("fair-uplink-")
         figures = {}
         for m in data["methods"]:
             name = labels.get(json.dumps(m["overrides"], sort_keys=True)) or readable(m["overrides"])
             figures[name] = method_figures(m, targets)
+        order = list(METHODS)  # the rows in METHODS' order whatever order the runs finished in; others last
+        figures = dict(sorted(figures.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
         if not figures:
             print(f"\n**{partition}**: no method has finished its final runs yet")
             continue
@@ -204,10 +232,11 @@ def table(dirs: list[Path], targets: list[float], direction: str = "uplink") -> 
     return out
 
 
-def finished_so_far(folder: Path) -> list[dict[str, Any]]:
-    """A comparison still running (no compare.json yet): each method whose final runs are all complete, with
-    its validation scores and choice recomputed from its tuning runs by compare's rule (best last-round
-    validation accuracy; ties: the first value)."""
+def finished_so_far(folder: Path, skip: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """A comparison still running (no compare.json yet, or one written before methods were added): each method
+    whose final runs are all complete, its label not in ``skip``, with its validation scores and choice
+    recomputed from its tuning runs by compare's rule (best last-round validation accuracy; ties: the first
+    value)."""
     from fedcomp.compare import _validation_accuracy, method_label
 
     known = {method_label({"uplink": u}): {"uplink": u} for u in METHODS.values()}
@@ -217,6 +246,8 @@ def finished_so_far(folder: Path) -> list[dict[str, Any]]:
         if len(runs) < SEEDS or any(r["status"] != "complete" for r in runs):
             continue
         label = final.parent.name
+        if label in skip:
+            continue
         scores = {}
         for tuning in sorted((folder / "tuning" / label).glob("client.lr=*__seed=0")):
             lr = float(tuning.name.split("=")[1].split("__")[0])
