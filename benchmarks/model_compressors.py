@@ -285,11 +285,16 @@ UDFC_BASELINES = {"plain_recalibrated": "plain_recalibrated", "merging_recalibra
                   "paper": "paper"}  # fmt: skip
 
 
+def _finite(state: OrderedDict) -> bool:
+    """Every floating-point tensor of ``state`` finite: a reference that diverged is refused, trained or cached."""
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
 def _train_reference(arch: Architecture, data, lrs, weight_decay: float, path: Path) -> OrderedDict:  # noqa: ANN001
     """Trained once (seed 0) and cached at ``path`` (under ``--out``, never in the repository)."""
     if path.exists():
         cached = OrderedDict(torch.load(path, weights_only=True))
-        if not all(torch.isfinite(v).all() for v in cached.values() if v.is_floating_point()):
+        if not _finite(cached):
             raise SystemExit(f"the cached reference {path} has non-finite weights (a diverged training): delete it")
         return cached
     torch.manual_seed(0)
@@ -299,7 +304,7 @@ def _train_reference(arch: Architecture, data, lrs, weight_decay: float, path: P
         cfg = ClientConfig(local_epochs=1, batch_size=64, lr=lr, momentum=0.9, weight_decay=weight_decay)
         train_local(model, data, cfg, gen, torch.device("cpu"))
     state = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
-    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+    if not _finite(state):
         raise SystemExit(f"the reference training diverged (non-finite weights at lrs {lrs}): not cached at {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
