@@ -313,6 +313,24 @@ def test_a_locked_run_directory_is_refused_until_its_holder_dies(tmp_path):
         pass
 
 
+def test_a_lock_a_forked_child_still_has_open_is_waited_for_not_refused(tmp_path):
+    """flock belongs to the open file, so a child forked while a run held its lock (a subprocess before its exec)
+    keeps it after the run ends; the next run in this process waits for that copy instead of failing "busy"."""
+    run_dir = tmp_path / "run"
+    with lock_run_dir(run_dir):
+        child = os.fork()
+        if child == 0:  # the child holds a copy of the lock's file until it exits
+            time.sleep(1.0)
+            os._exit(0)
+    try:
+        t0 = time.monotonic()
+        with lock_run_dir(run_dir):  # the child still has the file open here
+            assert lock_holder(run_dir) == os.getpid()
+        assert time.monotonic() - t0 > 0.5  # it waited for the child instead of passing by
+    finally:
+        os.waitpid(child, 0)
+
+
 def test_a_second_sweep_on_a_sweep_directory_is_refused(tmp_path):
     sweep_dir = tmp_path / "sweep"
     cfg = small_config(tmp_path)

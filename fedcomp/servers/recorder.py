@@ -56,6 +56,10 @@ FINAL_PAYLOAD_FILE = "final_model.bin"
 """The final model as its model compressor ships it (a client decodes it to ``model.pt``'s model)."""
 CLIENT_STATE_DIR = "client_state"
 LOCK_FILE = ".lock"
+# The run directories a `with lock_run_dir` in this process holds now (resolved paths), and how long a lock
+# left to this process only by a forked child's copy of its file is waited for (see lock_run_dir).
+_HELD: set[str] = set()
+INHERITED_LOCK_WAIT_S = 10.0
 APP_RUNTIME = "flower-app"
 """``summary.json``'s ``runtime`` for a run of your own Flower app (:class:`fedcomp.flower.AppRecorder`)."""
 
@@ -156,24 +160,36 @@ def lock_run_dir(path: str | Path, what: str = "run directory") -> Iterator[Path
         logger.warning("no file locking on this platform: %s is not protected from a second writer", p)
         yield p
         return
-    fd = os.open(p / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        pid = lock_holder(p)
-        who = f"process {pid}" if pid is not None else "another process"
-        mine = " (this process)" if pid == os.getpid() else ""
-        raise RunDirBusyError(
-            f"{what} {p} is in use by {who}{mine}; wait until it has finished or use another directory "
-            "(nothing was changed)"
-        ) from exc
+    key = str(p.resolve())
+    deadline = time.monotonic() + INHERITED_LOCK_WAIT_S
+    while True:
+        fd = os.open(p / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            os.close(fd)
+            pid = lock_holder(p)
+            # This process's own lock, though no `with` here holds it: a child forked while it was held (a
+            # subprocess between fork and exec, a fork-started worker) still has the file open. flock
+            # belongs to the open file, so it lasts until that copy closes too: wait for it, briefly.
+            if pid == os.getpid() and key not in _HELD and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            who = f"process {pid}" if pid is not None else "another process"
+            mine = " (this process)" if pid == os.getpid() else ""
+            raise RunDirBusyError(
+                f"{what} {p} is in use by {who}{mine}; wait until it has finished or use another directory "
+                "(nothing was changed)"
+            ) from exc
+    _HELD.add(key)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode("ascii"))
         yield p
     finally:
-        os.close(fd)  # releases the lock
+        _HELD.discard(key)
+        os.close(fd)  # releases the lock (once no forked copy of it is open)
 
 
 # ----------------------------------------------------------------------------- the configuration's digest
