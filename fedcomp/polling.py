@@ -69,20 +69,40 @@ def add_messages_to_queue(state: Any, queue: Queue, nodes_mapping: dict[int, int
         f_stop.wait(POLL_INTERVAL_S)
 
 
+class PromptQueue(Queue):
+    """Flower's simulation queues with every timed wait cut to :data:`POLL_INTERVAL_S`.
+
+    The simulation's client workers and its reply injector wait on these
+    with ``get(timeout=1.0)`` and look at the stop event only in between, so
+    every run ended up to a second after its ServerApp had: measured, 1.0 s
+    of the 1.1 s a warm one-round run of three in-process clients took. A
+    shorter wait changes when they notice the stop, nothing they hand on.
+    """
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if block and timeout is not None:
+            timeout = min(timeout, POLL_INTERVAL_S)
+        return super().get(block, timeout)
+
+
 @contextlib.contextmanager
 def node_polling() -> Iterator[None]:
-    """For the length of one run: Flower's simulation dispatches with :func:`add_messages_to_queue`."""
+    """For the length of one run: Flower's simulation dispatches with :func:`add_messages_to_queue` and its
+    workers wait on :class:`PromptQueue` s."""
     from flwr.server.superlink.fleet.vce import vce_api
 
     original = getattr(vce_api, "add_messages_to_queue", None)
-    if original is None:  # another Flower release: nothing to replace
+    original_queue = getattr(vce_api, "Queue", None)
+    if original is None or original_queue is not Queue:  # another Flower release: nothing to replace
         yield
         return
     vce_api.add_messages_to_queue = add_messages_to_queue
+    vce_api.Queue = PromptQueue
     try:
         yield
     finally:
         vce_api.add_messages_to_queue = original
+        vce_api.Queue = original_queue
 
 
 def quicker_pulls(grid: Any) -> None:

@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# Flower's processes send a telemetry event and wait up to 4 s for it on exit; the suite's processes (and
+# the SuperLinks, SuperNodes and `flwr run`s they start) send none: tests do not phone home, and where the
+# network answers slowly they would wait.
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 # The cores each pytest-xdist worker may use: `make test` runs one worker per core, so one torch thread each.
 # Two workers with two threads each on two cores spin in OpenMP's barriers: a 30 s ResNet training took
