@@ -4,12 +4,16 @@ Each client has a :class:`Link`: uplink and downlink bandwidth (Mbit/s, 10⁶ bi
 A message of ``n`` bytes takes ``latency + 8·n / bandwidth`` on it. A client's time in a round
 (:meth:`NetworkModel.client_time`) is its train message down, its compute, its reply up::
 
-    t_i = (L_i + 8·D_i / B↓_i) + C_i + (L_i + 8·U_i / B↑_i)
+    t_i = (L_i + 8·D_i / B↓_i) + C_i + R + (L_i + 8·U_i / B↑_i)
 
 with ``D_i`` and ``U_i`` the wire bytes of its train message and its reply (:mod:`fedcomp.flower.wire`:
 the whole message as Flower serializes it), and ``C_i`` its compute: measured (the seconds the client
 reported decoding, training and encoding: ``decode_s + train_s + encode_s``) or modelled (``compute_s``,
-for every client, or per client from a trace). The server waits for its slowest sampled client
+for every client, or per client from a trace). ``R`` is the runtime's own cost per client and round
+(``overhead_s``, 0 by default): in a simulation the clients start at once, but a deployment of Flower
+1.42 polls for messages and starts a process for each one, seconds a round that are neither transfer
+nor the compute a client measures (``benchmarks/emulated_link.py`` measures it on an unshaped link and
+shows what the model predicts with and without it). The server waits for its slowest sampled client
 (:meth:`NetworkModel.round_duration`), so a round lasts ``max_i t_i``; a client that gave no reply at all
 makes the server wait for its timeout. With a deadline ``T``, a client with ``t_i > T`` is dropped from
 the aggregate (the wrapper refuses its update as a failure: ``missed the deadline``) and a round that
@@ -86,10 +90,11 @@ class ClientTime:
     down_s: float
     compute_s: float
     up_s: float
+    overhead_s: float = 0.0
 
     @property
     def total_s(self) -> float:
-        return self.down_s + self.compute_s + self.up_s
+        return self.down_s + self.compute_s + self.overhead_s + self.up_s
 
 
 @dataclass
@@ -99,12 +104,14 @@ class NetworkModel:
     ``links``: client (partition id) → its link; a client not there gets ``cycle[client % len(cycle)]``.
     ``compute_s``: every client's modelled compute per round (0: measured, as the client reports it; a link's
     own ``compute_s`` wins). ``deadline_s``: clients slower than this are dropped from the aggregate (0: none).
+    ``overhead_s``: the runtime's fixed seconds per client and round beyond transfers and compute (``R``).
     """
 
     links: Mapping[int, Link] = field(default_factory=dict)
     cycle: tuple[Link, ...] = ()
     compute_s: float = 0.0
     deadline_s: float = 0.0
+    overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.links and not self.cycle:
@@ -113,6 +120,8 @@ class NetworkModel:
             raise ConfigError(f"NetworkModel compute_s: expected a finite number >= 0, got {self.compute_s!r}")
         if not (math.isfinite(self.deadline_s) and self.deadline_s >= 0):
             raise ConfigError(f"NetworkModel deadline_s: expected a finite number >= 0, got {self.deadline_s!r}")
+        if not (math.isfinite(self.overhead_s) and self.overhead_s >= 0):
+            raise ConfigError(f"NetworkModel overhead_s: expected a finite number >= 0, got {self.overhead_s!r}")
 
     @classmethod
     def fixed(cls, uplink_mbps: float, downlink_mbps: float, latency_ms: float = 0.0, **kw: float) -> NetworkModel:
@@ -131,7 +140,7 @@ class NetworkModel:
     def from_config(cls, cfg: NetworkConfig) -> NetworkModel | None:
         """The model ``[network]`` describes; None when ``link = "off"``. A trace is read here (ConfigError
         naming the file and line if it is not usable)."""
-        kw = {"compute_s": cfg.compute_s, "deadline_s": cfg.deadline_s}
+        kw = {"compute_s": cfg.compute_s, "deadline_s": cfg.deadline_s, "overhead_s": cfg.overhead_s}
         if cfg.link == "off":
             return None
         if cfg.link == "fixed":
@@ -157,7 +166,7 @@ class NetworkModel:
             if self.compute_s > 0
             else measured_compute_s
         )
-        return ClientTime(client, link.down_s(down_bytes), float(compute), link.up_s(up_bytes))
+        return ClientTime(client, link.down_s(down_bytes), float(compute), link.up_s(up_bytes), self.overhead_s)
 
     def misses_deadline(self, time: ClientTime) -> bool:
         return self.deadline_s > 0 and time.total_s > self.deadline_s

@@ -333,9 +333,12 @@ class NetworkConfig:
     """Every client's compute per round, modelled (0: measured, the client's own decode + train + encode seconds)."""
     deadline_s: float = 0.0
     """Clients whose simulated time in a round exceeds this are dropped from its aggregate (0: none)."""
+    overhead_s: float = 0.0
+    """The runtime's own seconds per client and round, beyond transfers and compute: 0 for a simulation; a
+    deployment's polling and process start-up (``benchmarks/emulated_link.py`` measures it)."""
 
     def validate(self, path: str) -> None:
-        for key in ("uplink_mbps", "downlink_mbps", "latency_ms", "compute_s", "deadline_s"):
+        for key in ("uplink_mbps", "downlink_mbps", "latency_ms", "compute_s", "deadline_s", "overhead_s"):
             require(0 <= getattr(self, key) < math.inf, f"{path}.{key}", "a finite number >= 0")
         if self.link == "fixed":
             for key in ("uplink_mbps", "downlink_mbps"):
@@ -367,7 +370,7 @@ class NetworkConfig:
             self.link != "trace" or bool(self.trace.strip()), f"{path}.trace", 'the path of a CSV file (link = "trace")'
         )
         if self.link == "off":
-            for key in ("compute_s", "deadline_s"):
+            for key in ("compute_s", "deadline_s", "overhead_s"):
                 require(getattr(self, key) == 0, f"{path}.{key}", 'unset: no network is modelled (link = "off")')
 
 

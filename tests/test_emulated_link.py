@@ -59,6 +59,17 @@ def test_the_prediction_is_split_into_the_slowest_clients_transfers_and_compute(
     assert parts["down_s"] == pytest.approx(1.0)
     assert parts["up_s"] == pytest.approx(0.08)
     assert parts["compute_s"] == pytest.approx(9.0)
+    # With the runtime's overhead in the model (network.overhead_s), the prediction includes it and the
+    # compute left over is still the client's own.
+    slow = NetworkModel.fixed(uplink_mbps=2.0, downlink_mbps=4.0, overhead_s=4.0)
+    times = {p: slow.client_time(p, down, ups[p], compute[p]) for p in (0, 1)}
+    row |= {
+        "sim_client_s": {str(p): t.total_s for p, t in times.items()},
+        "sim_round_s": slow.round_duration(times.values()),
+    }
+    parts = bench.slowest_client(row, Link(uplink_mbps=2.0, downlink_mbps=4.0), overhead_s=4.0)
+    assert parts["predicted_s"] == pytest.approx(1.0 + 9.0 + 4.0 + 0.08)
+    assert parts["compute_s"] == pytest.approx(9.0)
 
 
 def test_a_supernodes_log_lines_become_per_message_transfer_times():

@@ -165,6 +165,13 @@ def test_a_rounds_simulated_duration_is_the_formula_for_two_known_links():
     deadline = NetworkModel(links={0: fast, 1: slow}, compute_s=2.0, deadline_s=4.0)
     assert [deadline.misses_deadline(t) for t in (t0, t1)] == [False, True]
     assert deadline.round_duration([t0, t1]) == 4.0
+    # A runtime's own seconds per client and round (a deployment's polling and process start) add to each t_i.
+    runtime = NetworkModel(links={0: fast, 1: slow}, compute_s=2.0, overhead_s=1.5)
+    r0, r1 = runtime.client_time(0, down, up, 99.0), runtime.client_time(1, down, up, 99.0)
+    assert (r0.total_s - t0.total_s, r1.total_s - t1.total_s) == (pytest.approx(1.5), pytest.approx(1.5))
+    assert runtime.round_duration([r0, r1]) == pytest.approx(7.5)
+    assert NetworkModel.from_config(config_from_dict({"network": {
+        "link": "fixed", "uplink_mbps": 1.0, "downlink_mbps": 4.0, "overhead_s": 1.5}}).network).overhead_s == 1.5  # fmt: skip
 
 
 def test_a_deadline_drops_the_slow_client_from_the_aggregate():
@@ -201,6 +208,8 @@ def test_a_deadline_drops_the_slow_client_from_the_aggregate():
         ({"link": "profile", "profile": ["lte", "5g"]}, "network.profile[1]"),
         ({"link": "profile"}, "network.profile"),
         ({"link": "off", "deadline_s": 3.0}, "network.deadline_s"),
+        ({"link": "off", "overhead_s": 2.0}, "network.overhead_s"),
+        ({"link": "fixed", "uplink_mbps": 1.0, "downlink_mbps": 1.0, "overhead_s": -1.0}, "network.overhead_s"),
         ({"link": "trace"}, "network.trace"),
         ({"link": "fixed", "uplink_mbps": 1.0, "downlink_mbps": 1.0, "latency_ms": -1.0}, "network.latency_ms"),
     ],
