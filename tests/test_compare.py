@@ -25,10 +25,10 @@ METHODS = [{"uplink.name": "identity"}, {"uplink.name": "topk", "uplink.density"
 TUNE = {"client.lr": [0.001, 0.1]}  # one far too small: tuning must find it out on validation data
 
 
-def run(tmp_path, name, scramble):
+def run(tmp_path, name, scramble, methods=METHODS):
     cfg = small_config(tmp_path, data={"dataset": digits, "params": {"scramble_test": scramble}},
                        client={"local_steps": 10, "batch_size": 32})  # fmt: skip
-    return compare(cfg, METHODS, tune=TUNE, seeds=2, target=0.3, out_dir=tmp_path / name, progress=False)
+    return compare(cfg, methods, tune=TUNE, seeds=2, target=0.3, out_dir=tmp_path / name, progress=False)
 
 
 def test_each_method_is_tuned_on_validation_data_then_compared_on_paired_seeds(tmp_path):
@@ -53,9 +53,10 @@ def test_each_method_is_tuned_on_validation_data_then_compared_on_paired_seeds(t
 
     # The test set is never read while tuning: with every test label wrong, the same choices and the very
     # same validation scores; only the final (test) accuracies change.
-    scrambled = run(tmp_path, "scrambled", scramble=True)
-    assert [m.chosen for m in scrambled.methods] == [m.chosen for m in result.methods]
-    assert [m.validation for m in scrambled.methods] == [m.validation for m in result.methods]
+    # One method is enough to see it (tuning is the same code for every method).
+    scrambled = run(tmp_path, "scrambled", scramble=True, methods=METHODS[:1])
+    assert [m.chosen for m in scrambled.methods] == [m.chosen for m in result.methods[:1]]
+    assert [m.validation for m in scrambled.methods] == [m.validation for m in result.methods[:1]]
     final_acc = [read_rounds(r.runs[0])[-1]["test_accuracy"] for r in (result.methods[0], scrambled.methods[0])]
     assert final_acc[0] > 0.3 > final_acc[1]
 
