@@ -84,9 +84,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 GOAL = 0.15
+"""Measured round time within this fraction of the predicted."""
 CALIBRATION_MBPS = 1000.0
 """The unshaped link of the calibration run (htb at 1 Gbit/s: the dense model takes 14 ms each way)."""
-"""Measured round time within this fraction of the predicted."""
 NODES = 2
 PORT = 9093
 """The SuperLink's HTTP port (Fleet, Control and runtime APIs: Flower 1.42 serves them on one port)."""

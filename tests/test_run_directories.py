@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -302,10 +303,13 @@ def test_a_locked_run_directory_is_refused_until_its_holder_dies(tmp_path):
         proc.wait(timeout=60)
     with lock_run_dir(run_dir):
         assert lock_holder(run_dir) == os.getpid()
-        # In one process too: a second taker of the same directory is refused ...
+        # In one process too: a second taker of the same directory is refused at once (not after the wait for
+        # a forked child's copy of the lock, 10 s) ...
+        t0 = time.monotonic()
         with pytest.raises(RunDirBusyError, match="this process"):
             with lock_run_dir(run_dir):
                 pass
+        assert time.monotonic() - t0 < 5
         # ... while a run directory inside a locked sweep directory is a lock of its own.
         with lock_run_dir(run_dir / "member"):
             pass
@@ -317,16 +321,22 @@ def test_a_lock_a_forked_child_still_has_open_is_waited_for_not_refused(tmp_path
     """flock belongs to the open file, so a child forked while a run held its lock (a subprocess before its exec)
     keeps it after the run ends; the next run in this process waits for that copy instead of failing "busy"."""
     run_dir = tmp_path / "run"
+    release, hold = os.pipe()
     with lock_run_dir(run_dir):
         child = os.fork()
-        if child == 0:  # the child holds a copy of the lock's file until it exits
-            time.sleep(1.0)
-            os._exit(0)
+        if child == 0:  # the child holds a copy of the lock's file until the pipe closes, then exits
+            try:
+                os.close(hold)
+                os.read(release, 1)
+            finally:
+                os._exit(0)
+    os.close(release)
+    t0 = time.monotonic()
+    threading.Timer(0.3, os.close, args=(hold,)).start()
     try:
-        t0 = time.monotonic()
-        with lock_run_dir(run_dir):  # the child still has the file open here
+        with lock_run_dir(run_dir):  # taken only once the child has let go (without the wait: refused at once)
             assert lock_holder(run_dir) == os.getpid()
-        assert time.monotonic() - t0 > 0.5  # it waited for the child instead of passing by
+        assert time.monotonic() - t0 >= 0.3
     finally:
         os.waitpid(child, 0)
 

@@ -150,7 +150,10 @@ def lock_run_dir(path: str | Path, what: str = "run directory") -> Iterator[Path
     if needed); the kernel releases it when the process ends, however it
     ends. The holder's PID is written into the file. A directory already
     locked — by another process, or by another ``with`` in this one — raises
-    :class:`RunDirBusyError` at once, naming the directory and the PID.
+    :class:`RunDirBusyError` at once, naming the directory and the PID; only
+    a lock this process's PID holds although no ``with`` here does (a forked
+    child's copy of the file) is waited for, up to
+    :data:`INHERITED_LOCK_WAIT_S`.
     The lock file is left in place afterwards (removing it would race with
     the next taker).
     """
