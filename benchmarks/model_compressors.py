@@ -620,8 +620,11 @@ def print_udfc(udfc: dict) -> None:
     print(" compensated and recalibrated; 16 bits: pruning only)")
 
 
-def print_alds_lenet(res: dict) -> None:
-    print(f"\nALDS on LeNet-5-Caffe trained on the embedded digits (accuracy {res['reference_accuracy']:.3f}):")
+TASK_NAMES = {"digits": "the embedded digits", "fashion": "Fashion-MNIST"}
+
+
+def print_alds_lenet(res: dict, task: str = "digits") -> None:
+    print(f"\nALDS on LeNet-5-Caffe trained on {TASK_NAMES[task]} (accuracy {res['reference_accuracy']:.3f}):")
     print(f"one-shot / after one epoch of retraining (lr 0.01); mean ± sd over {res['seeds']} seed(s)")
     print(f"{'removed':>8}" + "".join(f"{v:>32}" for v in ALDS_VARIANTS))
     for r in res["settings"]:
@@ -748,7 +751,7 @@ def print_part(part: str, res: dict, args: argparse.Namespace) -> None:
     elif part == "udfc":
         print_udfc(res)
     elif part == "alds_lenet":
-        print_alds_lenet(res)
+        print_alds_lenet(res, args.task)
     else:
         print_bwcp(res, 1 if args.quick else len(BWCP_EPOCH_LRS))
 
