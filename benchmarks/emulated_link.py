@@ -18,8 +18,8 @@ its own, by its own queue, as on a real access link; the loopback of each namesp
 talks to its ServerApp and each SuperNode to its ClientApps, is not shaped. Segmentation offload is off
 on the veths (``gso_max_segs 1``), so the qdisc sees 1,514-byte Ethernet frames, not 64 KB super-packets:
 the rate is then the rate of Ethernet frames (IP, TCP headers and the 14-byte MAC header count, as they do
-on a real link), which costs bulk TCP 66 bytes in 1,514 (4.4 %) that the model, fed protobuf bytes, does
-not have. The kernel here has no ``netem``, so the links have no added latency (the model's latency is 0):
+on a real link), which costs bulk TCP 66 bytes in 1,514 (4.4 %): the runs' model counts them with
+``network.framing`` = 1514/1448 (``--framing 1`` leaves them out). The kernel here has no ``netem``, so the links have no added latency (the model's latency is 0):
 this checks the bandwidth term, not the latency term or TCP's slow start over a long round trip. A raw TCP
 transfer over the same link (2 s of data each way) is timed first, to show what the shaping itself gives.
 
@@ -87,6 +87,9 @@ GOAL = 0.15
 """Measured round time within this fraction of the predicted."""
 CALIBRATION_MBPS = 1000.0
 """The unshaped link of the calibration run (htb at 1 Gbit/s: the dense model takes 14 ms each way)."""
+FRAMING = 1514 / 1448
+"""The model's ``network.framing`` here: htb counts Ethernet frames, and a 1,514-byte frame carries 1,448 bytes
+of TCP payload (1,500-byte MTU less 20 IP and 32 TCP header bytes with timestamps; 14 bytes of MAC header)."""
 NODES = 2
 PORT = 9093
 """The SuperLink's HTTP port (Fleet, Control and runtime APIs: Flower 1.42 serves them on one port)."""
@@ -115,7 +118,7 @@ def unavailable(path: str | None = None) -> str | None:
     return None
 
 
-def slowest_client(row: dict[str, Any], link: Link, overhead_s: float = 0.0) -> dict[str, float]:
+def slowest_client(row: dict[str, Any], link: Link, overhead_s: float = 0.0, framing: float = 1.0) -> dict[str, float]:
     """The run's own prediction of a round (``sim_round_s``) and its parts for the slowest client.
 
     ``sim_client_s`` is each client's ``down + compute + overhead + up`` as fedcomp's network model computed
@@ -124,8 +127,8 @@ def slowest_client(row: dict[str, Any], link: Link, overhead_s: float = 0.0) -> 
     ``network.overhead_s``, and its compute is what is left."""
     times = {int(p): float(t) for p, t in row["sim_client_s"].items()}
     client = max(times, key=lambda p: times[p])
-    down = link.down_s(max(row["downlink_wire_bytes_sent_per_client"]))
-    up = link.up_s(row["uplink_wire_bytes_per_client"][row["clients"].index(client)])
+    down = link.down_s(framing * max(row["downlink_wire_bytes_sent_per_client"]))
+    up = link.up_s(framing * row["uplink_wire_bytes_per_client"][row["clients"].index(client)])
     return {
         "client": client,
         "predicted_s": float(row["sim_round_s"]),
@@ -418,7 +421,9 @@ def probe(bed: Testbed, env: dict[str, str], mbps: float) -> dict[str, float]:
 # ----------------------------------------------------------------------------- the deployment and its runs
 
 
-def experiment(uplink: dict[str, Any], mbps: float, rounds: int, out: Path, overhead_s: float = 0.0) -> str:
+def experiment(
+    uplink: dict[str, Any], mbps: float, rounds: int, out: Path, overhead_s: float = 0.0, framing: float = FRAMING
+) -> str:
     """The experiment TOML of one run (module docstring: "The run")."""
     up = "\n".join(f"{k} = {json.dumps(v)}" for k, v in uplink.items())
     return f"""name = "emulated-{uplink["name"]}"
@@ -453,6 +458,7 @@ link = "fixed"
 uplink_mbps = {mbps}
 downlink_mbps = {mbps}
 overhead_s = {overhead_s}
+framing = {framing}
 
 [simulation]
 num_cpus = 1.0
@@ -525,10 +531,13 @@ class Deployment:
             "clientapp_s": float(run["compute-time"]["clientapp-seconds"]),
         }
 
-    def run(self, label: str, uplink: dict[str, Any], mbps: float, rounds: int, overhead_s: float = 0.0) -> dict:
+    def run(
+        self, label: str, uplink: dict[str, Any], mbps: float, rounds: int, overhead_s: float = 0.0,
+        framing: float = FRAMING,
+    ) -> dict:  # fmt: skip
         slug = f"{uplink['name']}-{mbps:g}mbit"
         config, run_dir = self.work / f"{slug}.toml", self.work / f"run-{slug}"
-        config.write_text(experiment(uplink, mbps, rounds, self.work, overhead_s))
+        config.write_text(experiment(uplink, mbps, rounds, self.work, overhead_s, framing))
         self.bed.set_rate(mbps)
         marks = [len(n.lines) for n in self.nodes]
         before = self.bed.shaped_bytes()
@@ -552,7 +561,9 @@ class Deployment:
         summary = json.loads((run_dir / "summary.json").read_text())
         events = [node_events(n.lines[m:], run_id) for n, m in zip(self.nodes, marks, strict=True)]
         ends = row_clock.times if len(row_clock.times) == len(rows) else [None] * len(rows)
-        return analyse(label, uplink, mbps, rows, ends, summary, events, traffic, shaped, elapsed, overhead_s)
+        return analyse(
+            label, uplink, mbps, rows, ends, summary, events, traffic, shaped, elapsed, overhead_s, framing
+        )  # fmt: skip
 
 
 def _mean(xs: list[float]) -> float:
@@ -571,6 +582,7 @@ def analyse(
     shaped: dict[str, int],
     elapsed: float,
     overhead_s: float = 0.0,
+    framing: float = 1.0,
 ) -> dict[str, Any]:
     """One run's figures: each round predicted against measured, the transfers as the SuperNodes logged them
     against the model's, where the rest of the round went, and the bytes three ways.
@@ -582,7 +594,7 @@ def analyse(
     keys = ("recv_start", "recv_end", "send_start", "send_end")
     rounds = []
     for k, (row, end) in enumerate(zip(rows, ends, strict=True)):
-        parts = slowest_client(row, link, overhead_s)
+        parts = slowest_client(row, link, overhead_s, framing)
         start = None if end is None else end - row["wall_s"]
         nodes = []
         for i, ev in enumerate(events):
@@ -595,10 +607,10 @@ def analyse(
             nodes.append({
                 "client": i,
                 "pickup_s": None if start is None else e["recv_start"] - start,
-                "down_model_s": link.down_s(round(down_bytes)),
+                "down_model_s": link.down_s(framing * down_bytes),
                 "down_s": e["recv_end"] - e["recv_start"],
                 "node_s": e["send_start"] - e["recv_end"],
-                "up_model_s": link.up_s(up_bytes),
+                "up_model_s": link.up_s(framing * up_bytes),
                 "up_s": e["send_end"] - e["send_start"],
                 "sent_at": e["send_end"],
             })  # fmt: skip
@@ -637,6 +649,7 @@ def analyse(
         "ratio_range": [min(r["ratio"] for r in rounds), max(r["ratio"] for r in rounds)],
         "within_goal": abs(measured / predicted - 1) <= GOAL,
         "overhead_s": round(overhead_s, 3),
+        "framing": round(framing, 4),
         "ratio_without_overhead": round(measured / (predicted - overhead_s * len(rounds)), 3),
         "compute_s": round(_mean([r["model_compute_s"] for r in rounds]), 3),
         "down_model_s": round(_mean([n["down_model_s"] for n in nodes]), 3),
@@ -701,7 +714,7 @@ def print_tables(
               f"{f'{lo:.2f}–{hi:.2f}':>14}{r['ratio_without_overhead']:>14.3f}   "
               f"{'met' if r['within_goal'] else 'missed'}")  # fmt: skip
     print()
-    print("where the time goes (mean per client and round, s). model: 8·bytes/B, and the clients' reported compute")
+    print("where the time goes (mean per client and round, s). model: 8·framing·bytes/B, and the clients' compute")
     print("(decode + train + encode); logged: from the SuperNodes' log lines: pickup, the round's start to the node")
     print("pulling its message; down, pulling it; node, from received to its reply sending (SuperExec's poll, the")
     print("ClientApp's process start, the compute); up, sending the reply; after, the last reply sent to the row")
@@ -735,6 +748,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         help="the runtime's seconds per round for the model (network.overhead_s) instead of measuring it on an "
              f"unshaped ({CALIBRATION_MBPS:g} Mbit/s) dense run first; 0: the model without it",
     )  # fmt: skip
+    parser.add_argument(
+        "--framing", type=float, default=FRAMING,
+        help=f"link bytes per message byte for the model (network.framing; default {FRAMING:.4f}, Ethernet frames)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 3)
     speeds = args.mbps or ([8.0] if args.quick else [1.0, 8.0])
@@ -763,13 +780,13 @@ def main(argv: list[str]) -> dict[str, Any]:
         if overhead is None:
             # The runtime's own seconds a round (polls, a process per message): what a round takes beyond the
             # model's transfers and compute when the link is no limit. The shaped runs then carry it.
-            calibration = deployment.run("calibrate", UPLINKS["dense"], CALIBRATION_MBPS, rounds)
+            calibration = deployment.run("calibrate", UPLINKS["dense"], CALIBRATION_MBPS, rounds, 0.0, args.framing)
             overhead = max(0.0, _mean([r["measured_s"] - r["predicted_s"] for r in calibration["rounds"]]))
         for mbps in speeds:
             bed.set_rate(mbps)
             probes[mbps] = probe(bed, deployment.env, mbps)
             for label, uplink in UPLINKS.items():
-                runs.append(deployment.run(label, uplink, mbps, rounds, overhead))
+                runs.append(deployment.run(label, uplink, mbps, rounds, overhead, args.framing))
     finally:
         if deployment is not None:
             deployment.stop()
@@ -779,6 +796,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     print_tables(runs, probes, rounds, overhead, calibration)
     figures = {
         "overhead_s": round(overhead, 3),
+        "framing": round(args.framing, 4),
         "calibration": calibration,
         "rounds": rounds,
         "mbps": speeds,

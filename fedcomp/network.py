@@ -13,7 +13,10 @@ for every client, or per client from a trace). ``R`` is the runtime's own cost p
 (``overhead_s``, 0 by default): in a simulation the clients start at once, but a deployment of Flower
 1.42 polls for messages and starts a process for each one, seconds a round that are neither transfer
 nor the compute a client measures (``benchmarks/emulated_link.py`` measures it on an unshaped link and
-shows what the model predicts with and without it). The server waits for its slowest sampled client
+shows what the model predicts with and without it). ``framing`` scales the bytes a link carries: 1 where
+the bandwidths are goodput (what speed tests report: TCP payload per second), 1514/1448 = 1.0456 where they
+are link rates counted in Ethernet frames (a 1,514-byte frame carries 1,448 bytes of TCP payload), as a
+kernel's traffic shaper counts them. The server waits for its slowest sampled client
 (:meth:`NetworkModel.round_duration`), so a round lasts ``max_i t_i``; a client that gave no reply at all
 makes the server wait for its timeout. With a deadline ``T``, a client with ``t_i > T`` is dropped from
 the aggregate (the wrapper refuses its update as a failure: ``missed the deadline``) and a round that
@@ -60,11 +63,11 @@ class Link:
         if self.compute_s is not None and not (math.isfinite(self.compute_s) and self.compute_s >= 0):
             raise ConfigError(f"network link compute_s: expected a finite number >= 0, got {self.compute_s!r}")
 
-    def down_s(self, nbytes: int) -> float:
+    def down_s(self, nbytes: float) -> float:
         """Seconds for ``nbytes`` to arrive from the server."""
         return self.latency_ms / 1000 + BITS_PER_BYTE * nbytes / (self.downlink_mbps * MBIT)
 
-    def up_s(self, nbytes: int) -> float:
+    def up_s(self, nbytes: float) -> float:
         """Seconds for ``nbytes`` to reach the server."""
         return self.latency_ms / 1000 + BITS_PER_BYTE * nbytes / (self.uplink_mbps * MBIT)
 
@@ -105,6 +108,7 @@ class NetworkModel:
     ``compute_s``: every client's modelled compute per round (0: measured, as the client reports it; a link's
     own ``compute_s`` wins). ``deadline_s``: clients slower than this are dropped from the aggregate (0: none).
     ``overhead_s``: the runtime's fixed seconds per client and round beyond transfers and compute (``R``).
+    ``framing``: link bytes per message byte (1: the bandwidths are goodput; see the module docstring).
     """
 
     links: Mapping[int, Link] = field(default_factory=dict)
@@ -112,6 +116,7 @@ class NetworkModel:
     compute_s: float = 0.0
     deadline_s: float = 0.0
     overhead_s: float = 0.0
+    framing: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.links and not self.cycle:
@@ -122,6 +127,8 @@ class NetworkModel:
             raise ConfigError(f"NetworkModel deadline_s: expected a finite number >= 0, got {self.deadline_s!r}")
         if not (math.isfinite(self.overhead_s) and self.overhead_s >= 0):
             raise ConfigError(f"NetworkModel overhead_s: expected a finite number >= 0, got {self.overhead_s!r}")
+        if not (math.isfinite(self.framing) and 1 <= self.framing <= 2):
+            raise ConfigError(f"NetworkModel framing: expected a number from 1 to 2, got {self.framing!r}")
 
     @classmethod
     def fixed(cls, uplink_mbps: float, downlink_mbps: float, latency_ms: float = 0.0, **kw: float) -> NetworkModel:
@@ -140,7 +147,8 @@ class NetworkModel:
     def from_config(cls, cfg: NetworkConfig) -> NetworkModel | None:
         """The model ``[network]`` describes; None when ``link = "off"``. A trace is read here (ConfigError
         naming the file and line if it is not usable)."""
-        kw = {"compute_s": cfg.compute_s, "deadline_s": cfg.deadline_s, "overhead_s": cfg.overhead_s}
+        kw = {"compute_s": cfg.compute_s, "deadline_s": cfg.deadline_s, "overhead_s": cfg.overhead_s,
+              "framing": cfg.framing}  # fmt: skip
         if cfg.link == "off":
             return None
         if cfg.link == "fixed":
@@ -166,7 +174,8 @@ class NetworkModel:
             if self.compute_s > 0
             else measured_compute_s
         )
-        return ClientTime(client, link.down_s(down_bytes), float(compute), link.up_s(up_bytes), self.overhead_s)
+        down, up = link.down_s(down_bytes * self.framing), link.up_s(up_bytes * self.framing)
+        return ClientTime(client, down, float(compute), up, self.overhead_s)
 
     def misses_deadline(self, time: ClientTime) -> bool:
         return self.deadline_s > 0 and time.total_s > self.deadline_s

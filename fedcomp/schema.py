@@ -336,10 +336,14 @@ class NetworkConfig:
     overhead_s: float = 0.0
     """The runtime's own seconds per client and round, beyond transfers and compute: 0 for a simulation; a
     deployment's polling and process start-up (``benchmarks/emulated_link.py`` measures it)."""
+    framing: float = 1.0
+    """Link bytes per message byte: 1 where the bandwidths are goodput (speed tests' TCP payload rate); 1.0456
+    (1514/1448) where they are link rates of Ethernet frames, as a traffic shaper counts them."""
 
     def validate(self, path: str) -> None:
         for key in ("uplink_mbps", "downlink_mbps", "latency_ms", "compute_s", "deadline_s", "overhead_s"):
             require(0 <= getattr(self, key) < math.inf, f"{path}.{key}", "a finite number >= 0")
+        require(1 <= self.framing <= 2, f"{path}.framing", "a number from 1 to 2 (link bytes per message byte)")
         if self.link == "fixed":
             for key in ("uplink_mbps", "downlink_mbps"):
                 require(getattr(self, key) > 0, f"{path}.{key}", 'a number of Mbit/s > 0 (link = "fixed")')
@@ -372,6 +376,7 @@ class NetworkConfig:
         if self.link == "off":
             for key in ("compute_s", "deadline_s", "overhead_s"):
                 require(getattr(self, key) == 0, f"{path}.{key}", 'unset: no network is modelled (link = "off")')
+            require(self.framing == 1, f"{path}.framing", 'unset: no network is modelled (link = "off")')
 
 
 @dataclass

@@ -172,6 +172,14 @@ def test_a_rounds_simulated_duration_is_the_formula_for_two_known_links():
     assert runtime.round_duration([r0, r1]) == pytest.approx(7.5)
     assert NetworkModel.from_config(config_from_dict({"network": {
         "link": "fixed", "uplink_mbps": 1.0, "downlink_mbps": 4.0, "overhead_s": 1.5}}).network).overhead_s == 1.5  # fmt: skip
+    # Link rates of Ethernet frames (framing 1514/1448): every transferred byte costs that much more link time,
+    # latency and compute nothing more.
+    framed = NetworkModel(links={0: fast, 1: slow}, compute_s=2.0, framing=1514 / 1448)
+    f1 = framed.client_time(1, down, up, 99.0)
+    assert (f1.down_s, f1.up_s, f1.compute_s) == (
+        pytest.approx(8 * down * 1514 / 1448 / 4e6), pytest.approx(8 * up * 1514 / 1448 / 1e6), 2.0)  # fmt: skip
+    f0 = framed.client_time(0, down, up, 99.0)
+    assert f0.down_s - 0.02 == pytest.approx((t0.down_s - 0.02) * 1514 / 1448)  # the latency is not scaled
 
 
 def test_a_deadline_drops_the_slow_client_from_the_aggregate():
@@ -209,6 +217,8 @@ def test_a_deadline_drops_the_slow_client_from_the_aggregate():
         ({"link": "profile"}, "network.profile"),
         ({"link": "off", "deadline_s": 3.0}, "network.deadline_s"),
         ({"link": "off", "overhead_s": 2.0}, "network.overhead_s"),
+        ({"link": "off", "framing": 1.05}, "network.framing"),
+        ({"link": "fixed", "uplink_mbps": 1.0, "downlink_mbps": 1.0, "framing": 0.5}, "network.framing"),
         ({"link": "fixed", "uplink_mbps": 1.0, "downlink_mbps": 1.0, "overhead_s": -1.0}, "network.overhead_s"),
         ({"link": "trace"}, "network.trace"),
         ({"link": "fixed", "uplink_mbps": 1.0, "downlink_mbps": 1.0, "latency_ms": -1.0}, "network.latency_ms"),
