@@ -177,4 +177,5 @@ def test_a_failing_server_app_makes_submit_exit_non_zero_with_one_line(local_sup
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert re.fullmatch(r"fedcomp: run failed: run \d+ ended finished:failed.*", line), line
-    assert "federation.rounds" in done.stdout  # the ServerApp's own error, in the streamed log
+    assert "federation.rounds" in done.stdout, done.stdout[-3000:]  # the ServerApp's own error, in the streamed log
+    assert "fedcomp's ServerApp failed: ConfigError" in done.stdout  # said by fedcomp, whatever Flower says after

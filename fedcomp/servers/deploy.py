@@ -36,9 +36,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from logging import ERROR
 from pathlib import Path
 
 from flwr.app import Context
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 
 from fedcomp.config import ConfigError, load_config
@@ -68,8 +70,16 @@ OPERATOR_HOW = (
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    with only_allowed(parse_patterns(os.environ.get(ALLOW_IMPORTS_ENV, "")), OPERATOR_HOW):
-        _main(grid, context)
+    try:
+        with only_allowed(parse_patterns(os.environ.get(ALLOW_IMPORTS_ENV, "")), OPERATOR_HOW):
+            _main(grid, context)
+    except Exception as exc:
+        # Said in the run's log before Flower sees it: Flower 1.42's simulation runtime hands a ServerApp's
+        # exception on only when its engine did not fail too, and an engine stopped while it was starting
+        # (a ServerApp that failed at once, on a busy machine) fails, so the streamed log could end with
+        # "An error was encountered" and no word of the config error that caused it.
+        flwr_log(ERROR, "fedcomp's ServerApp failed: %s: %s", type(exc).__name__, exc)
+        raise
 
 
 def _main(grid: Grid, context: Context) -> None:
