@@ -78,7 +78,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcomp.network import Link  # no torch: the skip path stays fast
+from fedcomp.network import Link, NetworkModel  # no torch: the skip path stays fast
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -118,23 +118,23 @@ def unavailable(path: str | None = None) -> str | None:
     return None
 
 
-def slowest_client(row: dict[str, Any], link: Link, overhead_s: float = 0.0, framing: float = 1.0) -> dict[str, float]:
+def slowest_client(row: dict[str, Any], model: NetworkModel) -> dict[str, float]:
     """The run's own prediction of a round (``sim_round_s``) and its parts for the slowest client.
 
     ``sim_client_s`` is each client's ``down + compute + overhead + up`` as fedcomp's network model computed
-    it in the run; its transfer parts are recomputed here from the row's wire bytes on ``link`` (its train
-    message: the largest sent that round; its reply: its own), ``overhead_s`` is the run's
-    ``network.overhead_s``, and its compute is what is left."""
+    it in the run; its transfer parts are recomputed here by ``model`` (the run's ``[network]``) from the
+    row's wire bytes (its train message: the largest sent that round; its reply: its own), and its compute
+    is what is left."""
     times = {int(p): float(t) for p, t in row["sim_client_s"].items()}
     client = max(times, key=lambda p: times[p])
-    down = link.down_s(framing * max(row["downlink_wire_bytes_sent_per_client"]))
-    up = link.up_s(framing * row["uplink_wire_bytes_per_client"][row["clients"].index(client)])
+    down_bytes = max(row["downlink_wire_bytes_sent_per_client"])
+    t = model.client_time(client, down_bytes, row["uplink_wire_bytes_per_client"][row["clients"].index(client)], 0.0)
     return {
         "client": client,
         "predicted_s": float(row["sim_round_s"]),
-        "down_s": down,
-        "compute_s": times[client] - down - up - overhead_s,
-        "up_s": up,
+        "down_s": t.down_s,
+        "compute_s": times[client] - t.down_s - t.up_s - t.overhead_s,
+        "up_s": t.up_s,
     }
 
 
@@ -590,11 +590,11 @@ def analyse(
     Round ``k``'s message to a node is the node's ``k``-th train message of the run (every node is sampled
     every round here). ``pickup_s``: from the round's start (its row's arrival less its ``wall_s``) to the
     node pulling its message; ``after_s``: from the last reply sent to the row's arrival."""
-    link = Link(mbps, mbps)
+    model = NetworkModel.fixed(mbps, mbps, overhead_s=overhead_s, framing=framing)  # the runs' own [network]
     keys = ("recv_start", "recv_end", "send_start", "send_end")
     rounds = []
     for k, (row, end) in enumerate(zip(rows, ends, strict=True)):
-        parts = slowest_client(row, link, overhead_s, framing)
+        parts = slowest_client(row, model)
         start = None if end is None else end - row["wall_s"]
         nodes = []
         for i, ev in enumerate(events):
@@ -603,14 +603,14 @@ def analyse(
             if not set(keys) <= e.keys() or i not in row["clients"]:
                 continue
             down_bytes = _mean(row["downlink_wire_bytes_sent_per_client"])
-            up_bytes = row["uplink_wire_bytes_per_client"][row["clients"].index(i)]
+            t = model.client_time(i, down_bytes, row["uplink_wire_bytes_per_client"][row["clients"].index(i)], 0.0)
             nodes.append({
                 "client": i,
                 "pickup_s": None if start is None else e["recv_start"] - start,
-                "down_model_s": link.down_s(framing * down_bytes),
+                "down_model_s": t.down_s,
                 "down_s": e["recv_end"] - e["recv_start"],
                 "node_s": e["send_start"] - e["recv_end"],
-                "up_model_s": link.up_s(framing * up_bytes),
+                "up_model_s": t.up_s,
                 "up_s": e["send_end"] - e["send_start"],
                 "sent_at": e["send_end"],
             })  # fmt: skip

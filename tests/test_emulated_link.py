@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fedcomp.network import Link, NetworkModel
+from fedcomp.network import NetworkModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "emulated_link.py"
@@ -53,7 +53,7 @@ def test_the_prediction_is_split_into_the_slowest_clients_transfers_and_compute(
         "sim_client_s": {str(p): t.total_s for p, t in times.items()},
         "sim_round_s": model.round_duration(times.values()),
     }
-    parts = bench.slowest_client(row, Link(uplink_mbps=2.0, downlink_mbps=4.0))
+    parts = bench.slowest_client(row, model)
     assert parts["client"] == 1  # 1 s down + 9 s compute + 0.08 s up beats 1 + 1.5 + 1.6
     assert parts["predicted_s"] == pytest.approx(1.0 + 9.0 + 0.08)
     assert parts["down_s"] == pytest.approx(1.0)
@@ -67,7 +67,7 @@ def test_the_prediction_is_split_into_the_slowest_clients_transfers_and_compute(
         "sim_client_s": {str(p): t.total_s for p, t in times.items()},
         "sim_round_s": slow.round_duration(times.values()),
     }
-    parts = bench.slowest_client(row, Link(uplink_mbps=2.0, downlink_mbps=4.0), overhead_s=4.0)
+    parts = bench.slowest_client(row, slow)
     assert parts["predicted_s"] == pytest.approx(1.0 + 9.0 + 4.0 + 0.08)
     assert parts["compute_s"] == pytest.approx(9.0)
 
