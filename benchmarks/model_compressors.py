@@ -171,6 +171,23 @@ def _direct(arch: Architecture, state: OrderedDict, section: dict) -> tuple:
     return snap.state, snap.payload
 
 
+LC_SECTION = {"groups": LC_GROUPS, "mu0": 1e-2, "mu_growth": 1.6}
+"""The ``[server_compression]`` of lc_dc and of lc_qp's Q+P row: the config's forms, μ from 0.01 ×1.6."""
+
+
+def _lc_and_direct(arch: Architecture, state: OrderedDict, data, section: dict, steps: int, subsets: list) -> dict:  # noqa: ANN001
+    """``section`` by LC (:func:`_lc_once`, the data order from the seed) and by direct compression, per seed
+    on that seed's test half: each one's accuracies and payload bytes."""
+    out: dict = {"lc": [], "dc": [], "lc_bytes": 0, "dc_bytes": 0}
+    for seed, test in enumerate(subsets):
+        dc_state, dc_payload = _direct(arch, state, section)
+        out["dc"].append(_accuracy(arch, (), dc_state, test))
+        lc_state, lc_payload = _lc_once(arch, state, data, section, steps, seed)
+        out["lc"].append(_accuracy(arch, (), lc_state, test))
+        out["lc_bytes"], out["dc_bytes"] = len(lc_payload), len(dc_payload)
+    return out
+
+
 def lc_vs_direct_compression(out_dir: Path, quick: bool = False, seeds: int = 3, task: str = "digits") -> dict:
     """LC (augmented Lagrangian, one epoch per L step, μ from 0.01 ×1.6) against direct compression (one C step
     on the reference), both from the LeNet-5 reference of ``alds_lenet``, through the ``lc`` compressor itself.
@@ -179,21 +196,13 @@ def lc_vs_direct_compression(out_dir: Path, quick: bool = False, seeds: int = 3,
     steps = 2 if quick else 8
     with fixed_threads(UDFC_THREADS):
         arch, data, state, subsets = _lenet_setup(out_dir, quick, seeds, task)
-        section = {"groups": LC_GROUPS, "mu0": 1e-2, "mu_growth": 1.6}
-        dc_acc, lc_acc, sizes = [], [], {}
-        for seed, test in enumerate(subsets):
-            dc_state, dc_payload = _direct(arch, state, section)
-            dc_acc.append(_accuracy(arch, (), dc_state, test))
-            sizes["direct_compression"] = len(dc_payload)
-            lc_state, lc_payload = _lc_once(arch, state, data, section, steps, seed)
-            lc_acc.append(_accuracy(arch, (), lc_state, test))
-            sizes["lc"] = len(lc_payload)
+        got = _lc_and_direct(arch, state, data, LC_SECTION, steps, subsets)
         reference = _mean_sd([_accuracy(arch, (), state, test) for test in subsets])[0]
-    (lc_m, lc_s), (dc_m, dc_s) = _mean_sd(lc_acc), _mean_sd(dc_acc)
+    (lc_m, lc_s), (dc_m, dc_s) = _mean_sd(got["lc"]), _mean_sd(got["dc"])
     return {
         "reference_accuracy": reference, "seeds": seeds, "l_steps": steps,
-        "lc": {"accuracy": lc_m, "sd": lc_s, "bytes": sizes["lc"]},
-        "direct_compression": {"accuracy": dc_m, "sd": dc_s, "bytes": sizes["direct_compression"]},
+        "lc": {"accuracy": lc_m, "sd": lc_s, "bytes": got["lc_bytes"]},
+        "direct_compression": {"accuracy": dc_m, "sd": dc_s, "bytes": got["dc_bytes"]},
     }  # fmt: skip
 
 
@@ -223,7 +232,7 @@ def lc_forms_at_equal_storage(out_dir: Path, quick: bool = False, seeds: int = 3
     steps = 2 if quick else 8
     with fixed_threads(UDFC_THREADS):
         arch, data, state, subsets = _lenet_setup(out_dir, quick, seeds, task)
-        qp = {"groups": LC_GROUPS, "mu0": 1e-2, "mu_growth": 1.6}
+        qp = LC_SECTION
         qp_bytes = len(_direct(arch, state, qp)[1])
         keep = _keep_for_bytes(arch, state, qp_bytes)
         variants = {
@@ -234,15 +243,10 @@ def lc_forms_at_equal_storage(out_dir: Path, quick: bool = False, seeds: int = 3
         }
         rows = {}
         for name, section in variants.items():
-            lc_acc, dc_acc, size = [], [], 0
-            for seed, test in enumerate(subsets):
-                dc_state, _ = _direct(arch, state, section)
-                dc_acc.append(_accuracy(arch, (), dc_state, test))
-                lc_state, payload = _lc_once(arch, state, data, section, steps, seed)
-                lc_acc.append(_accuracy(arch, (), lc_state, test))
-                size = len(payload)
-            (lm, ls), (dm, ds) = _mean_sd(lc_acc), _mean_sd(dc_acc)
-            rows[name] = {"bytes": size, "lc": lm, "lc_sd": ls, "dc": dm, "dc_sd": ds, "lc_by_seed": lc_acc}
+            got = _lc_and_direct(arch, state, data, section, steps, subsets)
+            (lm, ls), (dm, ds) = _mean_sd(got["lc"]), _mean_sd(got["dc"])
+            size = got["lc_bytes"]
+            rows[name] = {"bytes": size, "lc": lm, "lc_sd": ls, "dc": dm, "dc_sd": ds, "lc_by_seed": got["lc"]}
             print(f"  {name}: {size:,} B, LC {lm:.3f} ± {ls:.3f}, DC {dm:.3f} ± {ds:.3f}", flush=True)
         reference = _mean_sd([_accuracy(arch, (), state, test) for test in subsets])[0]
     return {"reference_accuracy": reference, "seeds": seeds, "l_steps": steps, "keep": keep, "rows": rows}
