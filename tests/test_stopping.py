@@ -97,3 +97,13 @@ def test_an_ignored_sigint_stays_ignored():
         assert not stop.is_set()
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_poll_s_sets_how_often_replies_are_looked_for_whatever_the_grids_own_interval():
+    """The deployed ServerApp's grid (Flower's HttpGrid) looks every 3 s; fedcomp's loop every ``poll_s``."""
+    fed = InMemoryFederation(1)
+    fed.grid.pull_interval = 3.0  # as slow as Flower's deployment grid
+    message = Message(RecordDict(), dst_node_id=fed.node_ids[0], message_type="train")
+    t0 = time.monotonic()
+    assert StoppableGrid(fed.grid, threading.Event(), poll_s=0.05).send_and_receive([message], timeout=0.3) == []
+    assert time.monotonic() - t0 < 2.5  # polling at the grid's 3 s, the first wait alone overshoots to 3 s

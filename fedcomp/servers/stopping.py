@@ -31,14 +31,16 @@ from fedcomp.errors import RunInterruptedError
 
 logger = logging.getLogger(__name__)
 
-POLL_S = 0.1  # Flower's own grids poll every 0.1 s; an in-memory grid, as often as its pull_interval says
+POLL_S = 0.1  # for a grid without a pull_interval of its own (Flower's in-memory grid has one: 0.1 s)
 
 
 class StoppableGrid:
     """A Flower grid whose ``send_and_receive`` gives up when ``stop`` is set (everything else delegated)."""
 
-    def __init__(self, grid: Any, stop: threading.Event) -> None:
+    def __init__(self, grid: Any, stop: threading.Event, poll_s: float | None = None) -> None:
+        """``poll_s``: how often to look for replies; default the grid's own ``pull_interval``, else :data:`POLL_S`."""
         self._grid, self._stop = grid, stop
+        self._poll_s = poll_s if poll_s is not None else getattr(grid, "pull_interval", POLL_S)
 
     def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None) -> list[Any]:
         """Flower's loop (push, then pull until every reply or the timeout), checking ``stop`` between pulls."""
@@ -50,7 +52,7 @@ class StoppableGrid:
             got = list(self._grid.pull_messages(pending))
             replies.extend(got)
             pending.difference_update(m.metadata.reply_to_message_id for m in got)
-            if pending and self._stop.wait(getattr(self._grid, "pull_interval", POLL_S)):
+            if pending and self._stop.wait(self._poll_s):
                 self.raise_if_stopped()
         return replies
 
