@@ -124,7 +124,7 @@ def test_the_example_learns_with_compression_and_fedcomp_report_compares_it_with
         data={"dataset": "mnist5k", "test_size": 1000},
         model={"name": "flower_app.task:Net"},
         federation={"num_clients": 2, "rounds": 3},
-        client={"lr": 0.05, "local_epochs": 1, "batch_size": 32},
+        client={"lr": 0.05, "local_epochs": 1, "local_steps": 0, "batch_size": 32},  # a whole epoch, as the app
         uplink={"name": "surp", "density": 1.0, "max_bytes": 4000},
         python_path=[str(app)],
     )
