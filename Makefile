@@ -9,20 +9,21 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test lint bench install datasets clean
 
-# Installed without byte-compiling, then byte-compiled once on every core: pip compiles torch's files one
-# by one (about 50 s of the install here), compileall -j 0 compiles the whole environment in about 11 s.
-# Not compiling at all is slower still: then every test process compiles what it imports. The project and
+# Installed without byte-compiling: pip compiles torch's files one by one (about 50 s of the install here),
+# and most of what it would compile (triton, sympy, pandas, ...) is never imported. Python compiles a module
+# when it is first imported and keeps the .pyc; `make test` lets it do so even where the environment sets
+# PYTHONDONTWRITEBYTECODE, as this machine's does (else every test process would compile what it imports
+# again): the modules the suite imports cost about 9 CPU-s once, against 20 s of `compileall -j 0` over the
+# whole environment, which the CUDA build of torch from PyPI (nvidia-*, triton) has made 6.5 GB. The project and
 # its dependencies go through uv where it installs (it resolves and unpacks in parallel: 16 s against
 # pip's 50 s here, the same packages and versions), pip otherwise; torch goes through pip, the only one of
-# the two that reads this machine's pip configuration (its local torch builds). compileall exits 1 for the
-# few files in site-packages that are not Python 3 (test data of some packages): nothing to mend there.
+# the two that reads this machine's pip configuration (its local torch builds).
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-compile $(TORCH)
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-compile uv \
 	  && $(BIN)/python -m uv pip install --python $(BIN)/python -q -e '.[test]' \
 	  || $(BIN)/python -m pip install --disable-pip-version-check -q --no-compile -e '.[test]'
-	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -49,7 +50,7 @@ datasets: $(STAMP)
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check fedcomp tests benchmarks tools simulations examples
-	$(BIN)/python -m pytest -x -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -x -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check fedcomp tests benchmarks tools simulations examples
