@@ -162,7 +162,9 @@ def test_distilled_inputs_match_the_batchnorm_statistics_and_recalibration_measu
 
     noise = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     distilled = distill_inputs(model, (1, 28, 28), 16, 30, seed=0)
-    assert distilled.shape == noise.shape and torch.equal(distilled, distill_inputs(model, (1, 28, 28), 16, 30, 0))
+    assert distilled.shape == noise.shape
+    # Seeded: the same inputs twice (three steps show it as well as thirty).
+    assert torch.equal(distill_inputs(model, (1, 28, 28), 16, 3, 0), distill_inputs(model, (1, 28, 28), 16, 3, 0))
     assert mismatch(distilled) < 0.5 * mismatch(noise)  # measured 0.18-0.24 (30 steps; CPUs differ)
     assert not any(p.grad is not None for p in model.parameters())  # only the inputs were fitted
     student = RESNET.build()
