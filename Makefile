@@ -10,11 +10,11 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 .PHONY: demo test lint bench install datasets clean
 
 # Installed without byte-compiling: pip compiles torch's files one by one (about 50 s of the install here),
-# and most of what it would compile (triton, sympy, pandas, ...) is never imported. Python compiles a module
-# when it is first imported and keeps the .pyc; `make test` lets it do so even where the environment sets
-# PYTHONDONTWRITEBYTECODE, as this machine's does (else every test process would compile what it imports
-# again): the modules the suite imports cost about 9 CPU-s once, against 20 s of `compileall -j 0` over the
-# whole environment, which the CUDA build of torch from PyPI (nvidia-*, triton) has made 6.5 GB. The project and
+# and most of what it would compile (triton, sympy, pandas, ...) is never imported. Instead the install
+# imports what fedcomp's processes import (torch, Flower, Ray, fedcomp) once with .pyc writing on, about
+# 9 CPU-s, against 20 s of `compileall -j 0` over the whole environment, which the CUDA build of torch
+# from PyPI (nvidia-*, triton) has made 6.5 GB; `make test` keeps writing them (for pytest and the rest)
+# even where the environment sets PYTHONDONTWRITEBYTECODE, as this machine's does. The project and
 # its dependencies go through uv where it installs (it resolves and unpacks in parallel: 16 s against
 # pip's 50 s here, the same packages and versions), pip otherwise; torch goes through pip, the only one of
 # the two that reads this machine's pip configuration (its local torch builds).
@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-compile uv \
 	  && $(BIN)/python -m uv pip install --python $(BIN)/python -q -e '.[test]' \
 	  || $(BIN)/python -m pip install --disable-pip-version-check -q --no-compile -e '.[test]'
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -c "import fedcomp.cli, fedcomp.clients.app, fedcomp.servers.app, fedcomp.reports, ray, flwr.supernode.cli" || true
 	touch $(STAMP)
 
 install: $(STAMP)

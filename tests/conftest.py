@@ -104,8 +104,9 @@ def small_config(tmp_path, **sections) -> dict:
         "seed": 0,
         "output_dir": str(tmp_path / "runs"),
         "federation": {"num_clients": 3, "rounds": 2, "min_train_clients": 2},
-        # Ten mini-batches a client and round: enough for every claim that is not about how much a run learns
-        # (a test about learning asks for more); a full epoch of the embedded digits is 42.
+        # Ten mini-batches a client and round (a full epoch of the embedded digits is 42): enough for every
+        # claim that is not about how much a run learns, and for the learning bars the tests set (a test
+        # whose bar needs more asks for more).
         "client": {"local_steps": 10, "batch_size": 32, "lr": 0.05},
         # Flower's real message path with the ClientApp in the test's process: no Ray engine to start or
         # share. Tests about Ray, the engine and resource placement ask for backend = "ray".

@@ -1,8 +1,11 @@
 """Flower's deployment runtime on loopback: a SuperLink, two SuperNodes with their own data, `flwr run`, SuRP.
 
-Insecure mode (no TLS) is fine on loopback; every process this test starts
-is in its own process group and stopped by PID afterwards, and the whole
-run is bounded by a timeout.
+One SuperLink and two SuperNodes serve this file's own-data run and its failing-ServerApp submission (the
+latter stops at the config, before any message, run directory or node state); the documented walk-through
+starts its own, as docs/deployment.md writes them. Node state folders are per node, not per run: a second
+run here that trains would find the first one's. Insecure mode (no TLS) is fine on loopback; every
+process these tests start is in its own process group and stopped by PID afterwards, and every run is
+bounded by a timeout.
 """
 
 from __future__ import annotations
@@ -140,7 +143,9 @@ def test_superlink_and_two_supernodes_run_two_rounds_with_surp_on_their_own_data
 
 def test_a_failing_server_app_makes_submit_exit_non_zero_with_one_line(deployment):
     """``flwr run`` itself exits 0 once a run has started, even when its ServerApp fails (Flower 1.42, seen
-    when submit was written; not re-checked here: a cold ``flwr run`` costs seconds of the suite)."""
+    when submit was written; not re-checked here). Shown on the deployment runtime, which starts no Ray: the
+    simulation runtime's race that the ServerApp's own log line guards against (its engine failing too, so
+    Flower's log ends without the config error) is not exercised by any test since."""
     env, tmp_path = deployment
     bad = tmp_path / "bad.toml"
     bad.write_text("[federation]\nrounds = 0\n")  # loads as TOML, refused by fedcomp's ServerApp

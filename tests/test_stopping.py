@@ -100,10 +100,24 @@ def test_an_ignored_sigint_stays_ignored():
 
 
 def test_poll_s_sets_how_often_replies_are_looked_for_whatever_the_grids_own_interval():
-    """The deployed ServerApp's grid (Flower's HttpGrid) looks every 3 s; fedcomp's loop every ``poll_s``."""
+    """fedcomp's loop looks every ``poll_s``; here against an in-memory grid slowed to the 3 s that Flower's
+    deployment grid (HttpGrid) sleeps in its own send_and_receive."""
     fed = InMemoryFederation(1)
-    fed.grid.pull_interval = 3.0  # as slow as Flower's deployment grid
+    fed.grid.pull_interval = 3.0
     message = Message(RecordDict(), dst_node_id=fed.node_ids[0], message_type="train")
     t0 = time.monotonic()
     assert StoppableGrid(fed.grid, threading.Event(), poll_s=0.05).send_and_receive([message], timeout=0.3) == []
     assert time.monotonic() - t0 < 2.5  # polling at the grid's 3 s, the first wait alone overshoots to 3 s
+
+
+def test_the_deployed_server_app_polls_every_reply_poll_s_unless_its_grid_has_its_own_interval():
+    from flwr.superlink.grid.http_grid import HttpGrid  # the deployment runtime's grid (not connected here)
+
+    from fedcomp.servers.deploy import REPLY_POLL_S, replies_polled
+
+    deployed = replies_polled(HttpGrid("127.0.0.1:1", insecure=True, token="t"))
+    assert isinstance(deployed, StoppableGrid) and deployed._poll_s == REPLY_POLL_S == 0.2
+    in_memory = InMemoryFederation(1).grid  # what a simulation-mode SuperLink hands the same app
+    assert replies_polled(in_memory)._poll_s == in_memory.pull_interval
+    with pytest.raises(ValueError, match="poll_s must be > 0"):
+        StoppableGrid(in_memory, threading.Event(), poll_s=0)

@@ -62,9 +62,13 @@ logger = logging.getLogger(__name__)
 
 app = ServerApp()
 
-# How often the ServerApp asks the SuperLink for replies. Flower 1.42's deployment grid (HttpGrid) asks every
-# 3 s, so each send-and-receive (the warm-up, every round, a statistics round) waited 1.5 s on average after
-# its last reply had arrived; a pull is one small request to the SuperLink's ServerAppIo API.
+# How often the ServerApp asks the SuperLink for replies, where its grid has no interval of its own. Flower
+# 1.42's deployment grid (HttpGrid) sleeps 3 s between pulls, so each send-and-receive (the warm-up, every
+# round, a statistics round) waited 1.5 s on average after its last reply had arrived; a pull is one small
+# request to the SuperLink's ServerAppIo API. A reply pulled while its node is still uploading it is
+# completed by Flower's own object pulls (retries after 1, 2, 4, 8 s, then every 10 s), as with the 3 s
+# poll, which caught such replies too. Under a simulation-mode SuperLink (flwr-simulation) this app gets
+# Flower's in-memory grid, which keeps its own interval (0.1 s).
 REPLY_POLL_S = 0.2
 
 
@@ -103,8 +107,7 @@ def _main(grid: Grid, context: Context) -> None:
         recorder = RunRecorder(run_dir, cfg, meta={**software_versions(), "runtime": "deployment"})
         logger.info("fedcomp: run directory %s", run_dir)
         try:
-            # Flower's push-then-pull loop, polling every REPLY_POLL_S; nothing sets the stop event here.
-            serve(StoppableGrid(grid, threading.Event(), poll_s=REPLY_POLL_S), cfg, recorder, show_progress=False)
+            serve(replies_polled(grid), cfg, recorder, show_progress=False)
         except BaseException as exc:
             recorder.finish("failed", f"{type(exc).__name__}: {exc}")
             raise
@@ -112,6 +115,13 @@ def _main(grid: Grid, context: Context) -> None:
             recorder.finish("failed", "no round aggregated an update")
             raise RunFailedError(f"no round aggregated an update; see the failures in {run_dir / ROUNDS_FILE}")
         recorder.finish("complete")
+
+
+def replies_polled(grid: Grid) -> StoppableGrid:
+    """The grid the rounds use: Flower's push-then-pull loop, every REPLY_POLL_S unless the grid has its own
+    interval (nothing sets the stop event here: Ctrl-C belongs to the SuperLink's processes)."""
+    own = getattr(grid, "pull_interval", None)
+    return StoppableGrid(grid, threading.Event(), poll_s=None if own is not None else REPLY_POLL_S)
 
 
 def _find(config: str) -> Path:
