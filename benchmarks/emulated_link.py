@@ -43,8 +43,8 @@ the protobuf requests and responses of PullMessages / PushMessages and the objec
 PushObject) and beside what the kernel counted on the shaped links (``tc -s class``: every frame).
 
 **The runtime's overhead.** A Flower 1.42 deployment spends seconds a round that are neither transfer
-nor compute: a SuperNode polls for messages every 3 s and starts a ClientApp process for each one, the
-ServerApp polls for replies every 3 s. The model's ``network.overhead_s`` (``R``, added to every client's
+nor compute: a SuperNode polls for messages every 3 s and starts a ClientApp process for each one, and
+the ServerApp polls for replies (fedcomp's every 0.2 s; Flower's deployment grid alone, every 3 s). The model's ``network.overhead_s`` (``R``, added to every client's
 time) stands for them. It is measured here first, unless ``--overhead-s`` gives it: a dense run on an
 unshaped (1 Gbit/s) link, where the model's transfers are milliseconds, and ``R`` = its mean measured
 round less its mean predicted round. The shaped runs carry that ``R`` in their config; the tables show
