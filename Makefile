@@ -17,8 +17,8 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 # even where the environment sets PYTHONDONTWRITEBYTECODE, as this machine's does. Everything, torch
 # included, goes through uv where it installs, pip otherwise: uv resolves and unpacks in parallel and
 # keeps what it downloaded (torch and its nvidia-* wheels, about 4 GB) in its cache, so a second install
-# links them in 1.5 s, where pip (which keeps no copy here) fetched them again on every install, 30 s to
-# 4 minutes depending on the registry (measured in fresh clones on this machine).
+# links them in 1.5 s, where pip (which keeps no copy here) fetched them again on every install: 44-84 s
+# of a fresh clone's install and lint, four fresh clones on this machine.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-compile uv \
