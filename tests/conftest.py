@@ -31,10 +31,7 @@ def pytest_configure(config):
 # work units to its two workers in collection order, one at a time as each frees up, so starting with the
 # longest (longest processing time first) keeps both workers busy to the end. A unit is one test, or a
 # whole file whose tests share a module-scoped fixture (a simulation run once for the file): those go to
-# one worker together, so the fixture runs once. So are the tests marked ``ray_engine`` (federations on Ray
-# in the worker's own process): they share that worker's engine instead of each worker starting its own
-# (ray.init and a pool of actors importing torch: seconds of CPU each). A test not in the table yet counts
-# as a short one.
+# one worker together, so the fixture runs once. A test not in the table yet counts as a short one.
 DURATIONS = Path(__file__).with_name("durations.json")
 NEW_TEST_SECONDS = 1.0
 
@@ -52,9 +49,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _shares_module_fixture(item):
             unit = item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(unit))
-        elif item.get_closest_marker("ray_engine"):
-            unit = "ray_engine"
             item.add_marker(pytest.mark.xdist_group(unit))
         else:
             unit = item.nodeid

@@ -92,7 +92,6 @@ def test_init_copies_a_packaged_config_and_never_overwrites(tmp_path, monkeypatc
     assert "packaged: alds_lenet5" in capsys.readouterr().err
 
 
-@pytest.mark.ray_engine
 def test_run_without_a_config_file_runs_every_default(tmp_path, capsys, caplog):
     DEPRECATIONS_SHOWN.clear()  # said once per process: earlier runs of this test process may have said it
     tiny = ["federation.num_clients=2", "federation.rounds=1", "client.local_steps=2", f'output_dir="{tmp_path}"']

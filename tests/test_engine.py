@@ -42,7 +42,6 @@ def make_config(tmp_path):
     return make
 
 
-@pytest.mark.ray_engine
 def test_a_shared_engine_serves_the_next_run_with_the_same_workers_and_the_same_results(make_config):
     cfg = make_config(
         federation={"num_clients": 3, "rounds": 2}, client={"local_steps": 3, "train_fn": train_reporting_pid}

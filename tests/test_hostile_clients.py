@@ -169,7 +169,6 @@ def _driver_only_model(input_shape, num_classes):
     return build_model("mlp", input_shape, num_classes)
 
 
-@pytest.mark.ray_engine
 def test_a_run_whose_every_client_fails_at_warm_up_fails_with_the_first_reason(tmp_path):
     # Ray's workers are other processes: they never saw this registration (in-process clients would).
     cfg = small_config(tmp_path, model={"name": "registered_in_the_test_only"}, simulation={"backend": "ray"})

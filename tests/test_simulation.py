@@ -67,7 +67,6 @@ def test_run_directory_holds_config_rows_model_and_summary(baseline_run):
     )
 
 
-@pytest.mark.ray_engine
 def test_failing_clients_are_recorded_and_rounds_go_on(make_config, capfd, fresh_engine):
     cfg = make_config(
         federation={"num_clients": 4, "rounds": 2, "min_train_clients": 4, "min_replies": 1},
