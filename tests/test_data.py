@@ -96,6 +96,22 @@ def test_pathological_gives_each_client_c_classes():
         partition_indices(LABELS, 10, "pathological", classes_per_client=11)
 
 
+@pytest.mark.parametrize(("n", "k"), [(4000, 10), (4003, 7), (11, 11), (5000, 3)])
+def test_iid_is_flower_datasets_iid_partitioner_on_the_seeded_shuffle(n, k):
+    """fedcomp cuts IID shards itself (no Hugging Face import in each client process); they are
+    flwr-datasets' IidPartitioner's, index for index, uneven sizes included."""
+    from datasets import Dataset
+    from flwr_datasets.partitioner import IidPartitioner
+
+    labels = np.arange(n) % 10
+    order = np.random.default_rng(3).permutation(n)
+    theirs = IidPartitioner(num_partitions=k)
+    theirs.dataset = Dataset.from_dict({"label": labels[order], "idx": order})
+    expected = [np.sort(np.asarray(theirs.load_partition(i)["idx"])) for i in range(k)]
+    ours = partition_indices(labels, k, "iid", seed=3)
+    assert [p.tolist() for p in ours] == [p.tolist() for p in expected]
+
+
 def test_too_many_clients_is_a_config_error():
     with pytest.raises(ConfigError, match="num_clients"):
         partition_indices(LABELS[:5], 10, "iid")

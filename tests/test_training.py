@@ -9,6 +9,8 @@ lr·m̂/(√v̂ + ε) with m̂ = g, v̂ = g², Kingma & Ba 2015, Algorithm 1).
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -60,6 +62,55 @@ def test_weight_decay_adds_lambda_w_to_the_gradient():
         runs[decay] = model[1].weight.detach()
     w0 = tiny_model()[1].weight.detach()
     assert torch.allclose(runs[0.0] - runs[0.5], 0.1 * 0.5 * w0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("momentum", "decay"), [(0.0, 0.0), (0.9, 0.0), (0.0, 0.01), (0.9, 5e-4)])
+def test_sgd_is_torch_optim_sgd_bit_for_bit(momentum, decay):
+    """fedcomp's SGD (no TorchDynamo import) against torch.optim.SGD on the same batches: equal weights after
+    twelve steps; a parameter the loss never reaches stays as it was, as torch.optim.SGD leaves it."""
+    data, cfg = tiny_data(), ClientConfig(local_steps=12, batch_size=16, lr=0.1, momentum=momentum, weight_decay=decay)
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3), nn.Linear(3, 3))
+
+    ours = model()
+    forward = ours[:4]  # the last layer never reaches the loss: it gets no gradient
+    train_local(forward, data, cfg, torch.Generator().manual_seed(0), CPU)
+    theirs = model()
+    opt = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=momentum, weight_decay=decay)
+    g = torch.Generator().manual_seed(0)
+    batches = [b for _ in range(3) for b in data.batches(16, g, CPU)]  # three epochs of four: train_local's order
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(theirs[:4](x), y).backward()
+        opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(ours[4].weight, model()[4].weight)
+
+
+def test_a_fresh_process_trains_and_partitions_without_importing_dynamo_or_hugging_face_datasets():
+    """What each client process Flower starts pays: SGD training and an IID partition import neither
+    TorchDynamo (torch.optim's first optimizer, 1.9 CPU-s) nor Hugging Face ``datasets`` (1.3-1.7 CPU-s)."""
+    code = (
+        "import sys, numpy as np, torch\n"
+        "from torch import nn\n"
+        "from fedcomp.clients.training import train_local\n"
+        "from fedcomp.config import ClientConfig\n"
+        "from fedcomp.data import ImageData, partition_indices\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "data = ImageData(torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8, generator=g),"
+        " torch.randint(0, 3, (40,), generator=g), (0.5,), (0.25,))\n"
+        "model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))\n"
+        "cfg = ClientConfig(local_steps=3, batch_size=8, lr=0.1, momentum=0.9, weight_decay=1e-4)\n"
+        "assert train_local(model, data, cfg, g, torch.device('cpu')).steps == 3\n"
+        "assert len(partition_indices(np.arange(100) % 10, 4, 'iid')) == 4\n"
+        "print(sorted(m for m in ('torch._dynamo', 'datasets') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
 
 
 def test_adam_first_step_moves_each_parameter_by_lr():

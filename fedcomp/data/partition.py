@@ -124,17 +124,21 @@ def _cached(key: tuple) -> tuple[np.ndarray, ...]:
 def _partition(
     labels: np.ndarray, num_clients: int, scheme: str, alpha: float, classes_per_client: int, seed: int
 ) -> list[np.ndarray]:
-    from datasets import Dataset
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
-
     n = len(labels)
     if num_clients > n:
         raise ConfigError(f"config key 'federation.num_clients': {num_clients} clients but only {n} training samples")
-    order = np.arange(n)
     if scheme == "iid":
+        # flwr-datasets' IidPartitioner cuts the shuffled indices into contiguous shards (Hugging Face
+        # datasets' shard(contiguous=True)), which is np.array_split: done here without importing `datasets`,
+        # 1.3-1.7 CPU-s in every process that partitions, and Flower's deployment runtime starts one for every
+        # message. Tested equal to IidPartitioner (tests/test_partition.py).
         order = np.random.default_rng(seed).permutation(n)
-        partitioner = IidPartitioner(num_partitions=num_clients)
-    elif scheme == "dirichlet":
+        return _checked([np.sort(p) for p in np.array_split(order, num_clients)], scheme, n)
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner, PathologicalPartitioner
+
+    order = np.arange(n)
+    if scheme == "dirichlet":
         partitioner = DirichletPartitioner(
             num_partitions=num_clients,
             partition_by="label",
@@ -169,6 +173,11 @@ def _partition(
         parts = [np.sort(np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64)) for i in range(num_clients)]
     except ValueError as exc:  # e.g. Dirichlet cannot meet the minimum size
         raise ConfigError(f"cannot partition {n} samples over {num_clients} clients with '{scheme}': {exc}") from exc
+    return _checked(parts, scheme, n)
+
+
+def _checked(parts: list[np.ndarray], scheme: str, n: int) -> list[np.ndarray]:
+    """``parts`` if every client has data; warns when samples are left unused (classes no client holds)."""
     used = sum(len(p) for p in parts)
     if used < n:
         logger.warning("partition '%s' leaves %d of %d samples unused (classes no client holds)", scheme, n - used, n)
