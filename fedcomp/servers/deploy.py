@@ -120,8 +120,7 @@ def _main(grid: Grid, context: Context) -> None:
 def replies_polled(grid: Grid) -> StoppableGrid:
     """The grid the rounds use: Flower's push-then-pull loop, every REPLY_POLL_S unless the grid has its own
     interval (nothing sets the stop event here: Ctrl-C belongs to the SuperLink's processes)."""
-    own = getattr(grid, "pull_interval", None)
-    return StoppableGrid(grid, threading.Event(), poll_s=None if own is not None else REPLY_POLL_S)
+    return StoppableGrid(grid, threading.Event(), default_poll_s=REPLY_POLL_S)
 
 
 def _find(config: str) -> Path:

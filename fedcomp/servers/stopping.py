@@ -37,14 +37,17 @@ POLL_S = 0.1  # for a grid without a pull_interval of its own (Flower's in-memor
 class StoppableGrid:
     """A Flower grid whose ``send_and_receive`` gives up when ``stop`` is set (everything else delegated)."""
 
-    def __init__(self, grid: Any, stop: threading.Event, poll_s: float | None = None) -> None:
-        """``poll_s``: how often to look for replies; default the grid's own ``pull_interval`` (read now: set it
-        first, as :func:`fedcomp.polling.quicker_pulls` does), else :data:`POLL_S`. The deployed ServerApp uses
-        this loop for its polling alone (:func:`fedcomp.servers.deploy.replies_polled`)."""
-        if poll_s is not None and not poll_s > 0:
+    def __init__(
+        self, grid: Any, stop: threading.Event, poll_s: float | None = None, default_poll_s: float = POLL_S
+    ) -> None:
+        """``poll_s``: how often to look for replies; if None, the grid's own ``pull_interval`` (read now: set it
+        first, as :func:`fedcomp.polling.quicker_pulls` does), else ``default_poll_s``. The deployed ServerApp
+        uses this loop for its polling alone (:func:`fedcomp.servers.deploy.replies_polled`)."""
+        if poll_s is None:
+            poll_s = getattr(grid, "pull_interval", default_poll_s)
+        if not poll_s > 0:
             raise ValueError(f"poll_s must be > 0 seconds, not {poll_s!r}")
-        self._grid, self._stop = grid, stop
-        self._poll_s = poll_s if poll_s is not None else getattr(grid, "pull_interval", POLL_S)
+        self._grid, self._stop, self._poll_s = grid, stop, poll_s
 
     def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None) -> list[Any]:
         """Flower's loop (push, then pull until every reply or the timeout), checking ``stop`` between pulls."""
