@@ -24,6 +24,12 @@ Parts (``--only PART`` runs one):
   tabulated or the true error, one-shot and after one epoch of retraining,
   mean ± sd over 3 seeds (class-stratified test halves; the compressor's
   seed; the retraining's order).
+- ``alds_resnet``: ALDS's ResNet-20 ablation (supplement Fig. 10) on the
+  ``udfc`` part's trained reference (the same cached model, digits or
+  ``--task fashion``): 30/50/70/90 % of the 3×3 convolutions' parameters
+  removed, uniform SVD, k = 1, fixed k = 3 and ALDS, one-shot and after one
+  epoch on 6,000 training images at the reference's last learning rate,
+  mean ± sd over 3 seeds.
 - ``bwcp``: ResNet-20 trained three epochs (learning rate 0.1, 0.03, 0.01)
   with BWCP modules and the sparse regularizer — as the paper writes it,
   and with fedcomp's sigmoid-alike transformation and β start, at the
@@ -382,6 +388,19 @@ def _udfc_row(arch: Architecture, state: OrderedDict, prune: float, bits: int, s
     return row
 
 
+def _resnet_setup(out_dir: Path, quick: bool, seeds: int, task: str) -> tuple:
+    """The task's ResNet-20, its training data, its cached trained reference (UDFC's, also ALDS's ResNet-20
+    ablation's) and the per-seed test halves."""
+    if task == "fashion":
+        split = load_dataset("fashion_mnist", "", False, 10_000, 0)
+        data = split.train.subset(np.arange(1500)) if quick else split.train
+    else:
+        split = load_dataset("mnist5k", "", False, 1000, 0)
+        data = _train_data(split, quick)
+    arch = Architecture("resnet20", split.input_shape, split.num_classes)
+    return arch, data, _udfc_reference(arch, data, out_dir, quick, task), _test_halves(split, seeds)
+
+
 def udfc_vs_plain(out_dir: Path, quick: bool = False, seeds: int = 3, task: str = "digits") -> dict:
     """UDFC's defaults against plain pruning and Neuron Merging (with and without recalibration), the paper's
     closed forms alone and random channels, data-free.
@@ -391,15 +410,7 @@ def udfc_vs_plain(out_dir: Path, quick: bool = False, seeds: int = 3, task: str 
     digits, or Fashion-MNIST (see :data:`FASHION_UDFC_SETTINGS`).
     """
     with fixed_threads(UDFC_THREADS):
-        if task == "fashion":
-            split = load_dataset("fashion_mnist", "", False, 10_000, 0)
-            data = split.train.subset(np.arange(1500)) if quick else split.train
-        else:
-            split = load_dataset("mnist5k", "", False, 1000, 0)
-            data = _train_data(split, quick)
-        arch = Architecture("resnet20", split.input_shape, split.num_classes)
-        state = _udfc_reference(arch, data, out_dir, quick, task)
-        subsets = _test_halves(split, seeds)
+        arch, _, state, subsets = _resnet_setup(out_dir, quick, seeds, task)
         reference = [_accuracy(arch, (), state, test) for test in subsets]
         settings = ((0.3, 6),) if quick else FASHION_UDFC_SETTINGS if task == "fashion" else UDFC_SETTINGS
         rows = []
@@ -487,27 +498,54 @@ def alds_on_lenet(out_dir: Path, quick: bool = False, inits: int = 15, seeds: in
     """
     with fixed_threads(UDFC_THREADS):
         arch, data, state, subsets = _lenet_setup(out_dir, quick, seeds, task)
-        rows = []
-        for target in ALDS_TARGETS[:1] if quick else ALDS_TARGETS:
-            row: dict = {"target": target}
-            for variant in ALDS_VARIANTS:
-                one_shot, retrained = [], []
-                for seed, test in enumerate(subsets):
-                    got, structure = _alds_model(arch, state, target, variant, inits, seed)
-                    model = arch.build(structure)
-                    model.load_state_dict(got)
-                    one_shot.append(evaluate(model, test, torch.device("cpu"))[1])
-                    torch.manual_seed(seed)
-                    cfg = ClientConfig(local_epochs=1, batch_size=64, lr=0.01, momentum=0.9)
-                    train_local(model, data, cfg, torch.Generator().manual_seed(seed), torch.device("cpu"))
-                    retrained.append(evaluate(model, test, torch.device("cpu"))[1])
-                (m1, s1), (m2, s2) = _mean_sd(one_shot), _mean_sd(retrained)
-                row[variant] = {"one_shot": m1, "one_shot_sd": s1, "retrained": m2, "retrained_sd": s2}
-            rows.append(row)
+        rows = _alds_rows(arch, state, data, subsets, ALDS_TARGETS[:1] if quick else ALDS_TARGETS, inits, 0.01)
         model = arch.build()
         model.load_state_dict(state)
         reference = _mean_sd([evaluate(model, test, torch.device("cpu"))[1] for test in subsets])[0]
     return {"reference_accuracy": reference, "seeds": seeds, "settings": rows}
+
+
+def _alds_rows(arch: Architecture, state: OrderedDict, data, subsets: list, targets, inits: int, lr: float) -> list:  # noqa: ANN001
+    """Every ALDS variant at every target: one-shot, and after one epoch of ``data`` at ``lr``; mean ± sd."""
+    rows = []
+    for target in targets:
+        row: dict = {"target": target}
+        for variant in ALDS_VARIANTS:
+            one_shot, retrained = [], []
+            for seed, test in enumerate(subsets):
+                got, structure = _alds_model(arch, state, target, variant, inits, seed)
+                model = arch.build(structure)
+                model.load_state_dict(got)
+                one_shot.append(evaluate(model, test, torch.device("cpu"))[1])
+                torch.manual_seed(seed)
+                cfg = ClientConfig(local_epochs=1, batch_size=64, lr=lr, momentum=0.9)
+                train_local(model, data, cfg, torch.Generator().manual_seed(seed), torch.device("cpu"))
+                retrained.append(evaluate(model, test, torch.device("cpu"))[1])
+            (m1, s1), (m2, s2) = _mean_sd(one_shot), _mean_sd(retrained)
+            row[variant] = {"one_shot": m1, "one_shot_sd": s1, "retrained": m2, "retrained_sd": s2}
+        rows.append(row)
+        print(f"  alds: {target:.0%} removed done", file=sys.stderr, flush=True)
+    return rows
+
+
+ALDS_RESNET_TARGETS = (0.3, 0.5, 0.7, 0.9)
+"""CR-P, the share of the 3×3 convolutions' parameters removed, over the range of ALDS's ResNet-20 ablation
+(supplement Fig. 10: ALDS against k = 1, a fixed k and uniform SVD)."""
+ALDS_RESNET_RETRAIN = 6000
+"""The retraining epoch's images (the first 6,000 of the reference's training data), at the reference's last
+learning rate (0.003): one client's share, as for LeNet-5 on Fashion-MNIST."""
+
+
+def alds_on_resnet(out_dir: Path, quick: bool = False, inits: int = 15, seeds: int = 3, task: str = "digits") -> dict:
+    """ALDS's ResNet-20 ablation on UDFC's trained reference (the same cached model): one-shot and after one
+    epoch of retraining, against k = 1, fixed k = 3 and uniform SVD, over CR-P 30-90 %; mean ± sd over seeds."""
+    with fixed_threads(UDFC_THREADS):
+        arch, data, state, subsets = _resnet_setup(out_dir, quick, seeds, task)
+        retrain = data.subset(np.arange(min(len(data), ALDS_RESNET_RETRAIN)))
+        targets = ALDS_RESNET_TARGETS[1:2] if quick else ALDS_RESNET_TARGETS
+        rows = _alds_rows(arch, state, retrain, subsets, targets, inits, UDFC_EPOCH_LRS[-1])
+        reference = [_accuracy(arch, (), state, test) for test in subsets]
+    return {"reference_accuracy": round(float(np.mean(reference)), 4), "seeds": seeds, "settings": rows}
 
 
 def flops_and_params(model: torch.nn.Module, shape: tuple[int, int, int]) -> tuple[int, int]:
@@ -654,9 +692,9 @@ def print_udfc(udfc: dict, task: str = "digits") -> None:
 TASK_NAMES = {"digits": "the embedded digits", "fashion": "Fashion-MNIST"}
 
 
-def print_alds_lenet(res: dict, task: str = "digits") -> None:
-    print(f"\nALDS on LeNet-5-Caffe trained on {TASK_NAMES[task]} (accuracy {res['reference_accuracy']:.3f}):")
-    print(f"one-shot / after one epoch of retraining (lr 0.01); mean ± sd over {res['seeds']} seed(s)")
+def print_alds_lenet(res: dict, task: str = "digits", model: str = "LeNet-5-Caffe", lr: float = 0.01) -> None:
+    print(f"\nALDS on {model} trained on {TASK_NAMES[task]} (accuracy {res['reference_accuracy']:.3f}):")
+    print(f"one-shot / after one epoch of retraining (lr {lr:g}); mean ± sd over {res['seeds']} seed(s)")
     print(f"{'removed':>8}" + "".join(f"{v:>32}" for v in ALDS_VARIANTS))
     for r in res["settings"]:
         cells = "".join(
@@ -698,7 +736,7 @@ def print_bwcp(bwcp: dict, epochs: int, task: str = "digits") -> None:
     print(" at BWCP's FLOPs)")
 
 
-PARTS = ("alds", "lc", "udfc", "alds_lenet", "bwcp", "lc_dc", "lc_qp")
+PARTS = ("alds", "lc", "udfc", "alds_lenet", "alds_resnet", "bwcp", "lc_dc", "lc_qp")
 
 
 def run_part(part: str, args: argparse.Namespace) -> dict:
@@ -717,10 +755,12 @@ def run_part(part: str, args: argparse.Namespace) -> dict:
         return udfc_vs_plain(out, quick=quick, seeds=1 if quick else 3, task=args.task)
     if part == "alds_lenet":
         return alds_on_lenet(out, quick=quick, inits=4 if quick else 15, seeds=1 if quick else 3, task=args.task)
+    if part == "alds_resnet":
+        return alds_on_resnet(out, quick=quick, inits=4 if quick else 15, seeds=1 if quick else 3, task=args.task)
     return bwcp_tradeoff(BWCP_SETTINGS[-1:] if quick else BWCP_SETTINGS, quick, task=args.task)
 
 
-METHOD_OF_PART = {"lc_dc": "lc", "alds_lenet": "alds", "udfc": "udfc", "bwcp": "bwcp"}
+METHOD_OF_PART = {"lc_dc": "lc", "alds_lenet": "alds", "alds_resnet": "alds_resnet20", "udfc": "udfc", "bwcp": "bwcp"}
 
 
 def method_vs_baselines(part: str, res: dict) -> dict:
@@ -731,7 +771,7 @@ def method_vs_baselines(part: str, res: dict) -> dict:
     if part == "lc_dc":
         return {"settings": [{"l_steps": res["l_steps"]}], "accuracy": [res["lc"]["accuracy"]],
                 "baselines": {"direct_compression": [res["direct_compression"]["accuracy"]]}}  # fmt: skip
-    if part == "alds_lenet":
+    if part in ("alds_lenet", "alds_resnet"):
         rows = res["settings"]
         return {
             "settings": [{"target": r["target"]} for r in rows],
@@ -782,6 +822,8 @@ def print_part(part: str, res: dict, args: argparse.Namespace) -> None:
         print_udfc(res, args.task)
     elif part == "alds_lenet":
         print_alds_lenet(res, args.task)
+    elif part == "alds_resnet":
+        print_alds_lenet(res, args.task, "ResNet-20", UDFC_EPOCH_LRS[-1])
     else:
         print_bwcp(res, 1 if args.quick else len(BWCP_EPOCH_LRS), args.task)
 
@@ -797,12 +839,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", choices=PARTS, help="run one part only (its JSON is the last line)")
     parser.add_argument(
         "--task", choices=("digits", "fashion"), default="digits",
-        help="the trained parts' data (alds_lenet, lc_dc, lc_qp, udfc, bwcp): the embedded digits, or Fashion-MNIST "
+        help="the trained parts' data (alds_lenet, alds_resnet, lc_dc, lc_qp, udfc, bwcp): the embedded digits, or Fashion-MNIST "
         "(make datasets)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    if args.task != "digits" and args.only not in ("alds_lenet", "lc_dc", "lc_qp", "udfc", "bwcp"):
-        parser.error("--task fashion is for the trained parts: add --only alds_lenet, lc_dc, lc_qp, udfc or bwcp")
+    if args.task != "digits" and args.only not in ("alds_lenet", "alds_resnet", "lc_dc", "lc_qp", "udfc", "bwcp"):
+        parser.error(
+            "--task fashion is for the trained parts: add --only alds_lenet, alds_resnet, lc_dc, lc_qp, udfc or bwcp"
+        )
     parts = [args.only] if args.only else list(PARTS)
     detail = {}
     for part in parts:
