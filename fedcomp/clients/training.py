@@ -70,7 +70,7 @@ class SGD:
     g ← ∇L + λw;  b ← g on the first step, else μb + g;  w ← w − η·(b if μ > 0 else g).
 
     Why not ``torch.optim.SGD`` itself: every ``torch.optim.Optimizer`` imports TorchDynamo the first time
-    one is built in a process (torch 2.14: 1.9 CPU-seconds, more than 60 of LeNet-5's SGD steps), and
+    one is built in a process (torch 2.14: 1.9 CPU-seconds, three times a LeNet-5 client's 63-step round here), and
     Flower's deployment runtime starts a fresh process for every message, so each client paid it in every
     round. Adam, UDFC's distillation and users' own ``train_fn`` keep ``torch.optim``.
     """

@@ -131,7 +131,7 @@ def _partition(
         # flwr-datasets' IidPartitioner cuts the shuffled indices into contiguous shards (Hugging Face
         # datasets' shard(contiguous=True)), which is np.array_split: done here without importing `datasets`,
         # 1.3-1.7 CPU-s in every process that partitions, and Flower's deployment runtime starts one for every
-        # message. Tested equal to IidPartitioner (tests/test_partition.py).
+        # message. Tested equal to IidPartitioner (tests/test_data.py).
         order = np.random.default_rng(seed).permutation(n)
         return _checked([np.sort(p) for p in np.array_split(order, num_clients)], scheme, n)
     from datasets import Dataset
