@@ -70,24 +70,29 @@ def test_sgd_is_torch_optim_sgd_bit_for_bit(momentum, decay):
     twelve steps; a parameter the loss never reaches stays as it was, as torch.optim.SGD leaves it."""
     data, cfg = tiny_data(), ClientConfig(local_steps=12, batch_size=16, lr=0.1, momentum=momentum, weight_decay=decay)
 
-    def model() -> nn.Module:
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3), nn.Linear(3, 3))
+    class WithUnused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+            self.unused = nn.Linear(3, 3)  # a parameter of the model that the loss never reaches: no gradient
 
-    ours = model()
-    forward = ours[:4]  # the last layer never reaches the loss: it gets no gradient
-    train_local(forward, data, cfg, torch.Generator().manual_seed(0), CPU)
-    theirs = model()
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    ours = WithUnused()
+    train_local(ours, data, cfg, torch.Generator().manual_seed(0), CPU)
+    theirs = WithUnused()
     opt = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=momentum, weight_decay=decay)
     g = torch.Generator().manual_seed(0)
     batches = [b for _ in range(3) for b in data.batches(16, g, CPU)]  # three epochs of four: train_local's order
     for x, y in batches:
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(theirs[:4](x), y).backward()
+        torch.nn.functional.cross_entropy(theirs(x), y).backward()
         opt.step()
     for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
         assert torch.equal(a, b)
-    assert torch.equal(ours[4].weight, model()[4].weight)
+    assert torch.equal(ours.unused.weight, WithUnused().unused.weight)
 
 
 def test_a_fresh_process_trains_and_partitions_without_importing_dynamo_or_hugging_face_datasets():
