@@ -389,15 +389,22 @@ def _udfc_row(arch: Architecture, state: OrderedDict, prune: float, bits: int, s
     return row
 
 
+def _task_data(task: str, quick: bool, fashion_train: int | None = None) -> tuple:
+    """(split, training data) of ``task``: the embedded digits (1,000 test digits; :func:`_train_data`), or
+    Fashion-MNIST (its 10,000 test images; the first ``fashion_train`` training images, all if None, the
+    first 1,500 with --quick)."""
+    if task != "fashion":
+        split = load_dataset("mnist5k", "", False, 1000, 0)
+        return split, _train_data(split, quick)
+    split = load_dataset("fashion_mnist", "", False, 10_000, 0)
+    n = 1500 if quick else fashion_train
+    return split, split.train if n is None else split.train.subset(np.arange(n))
+
+
 def _resnet_setup(out_dir: Path, quick: bool, seeds: int, task: str) -> tuple:
     """The task's ResNet-20, its training data, its cached trained reference (UDFC's, also ALDS's ResNet-20
     ablation's) and the per-seed test halves."""
-    if task == "fashion":
-        split = load_dataset("fashion_mnist", "", False, 10_000, 0)
-        data = split.train.subset(np.arange(1500)) if quick else split.train
-    else:
-        split = load_dataset("mnist5k", "", False, 1000, 0)
-        data = _train_data(split, quick)
+    split, data = _task_data(task, quick)
     arch = Architecture("resnet20", split.input_shape, split.num_classes)
     return arch, data, _udfc_reference(arch, data, out_dir, quick, task), _test_halves(split, seeds)
 
@@ -465,17 +472,11 @@ def _lenet_setup(out_dir: Path, quick: bool, seeds: int, task: str = "digits") -
     """The task's LeNet-5-Caffe, its training data (L steps, retraining), its cached trained reference and the
     per-seed test halves. ``task``: ``digits`` (the embedded 4,000 training digits) or ``fashion``
     (Fashion-MNIST, ``make datasets``; see :data:`FASHION_RETRAIN`)."""
-    if task == "fashion":
-        split = load_dataset("fashion_mnist", "", False, 10_000, 0)
-        arch = Architecture("lenet5_caffe", split.input_shape, split.num_classes)
-        full = split.train.subset(np.arange(1500)) if quick else split.train
-        reference = _lenet_reference(arch, full, out_dir, quick, "fashion")
-        data = full if quick else split.train.subset(np.arange(FASHION_RETRAIN))
-        return arch, data, reference, _test_halves(split, seeds)
-    split = load_dataset("mnist5k", "", False, 1000, 0)
+    split, full = _task_data(task, quick)
     arch = Architecture("lenet5_caffe", split.input_shape, split.num_classes)
-    data = _train_data(split, quick)
-    return arch, data, _lenet_reference(arch, data, out_dir, quick), _test_halves(split, seeds)
+    reference = _lenet_reference(arch, full, out_dir, quick, task)
+    data = split.train.subset(np.arange(FASHION_RETRAIN)) if task == "fashion" and not quick else full
+    return arch, data, reference, _test_halves(split, seeds)
 
 
 FASHION_EPOCH_LRS = (0.02,) * 4 + (0.005,) * 3 + (0.001,) * 3
@@ -632,12 +633,7 @@ BWCP's modules on all 60,000 would be about 20 minutes a setting on 2 cores; eva
 
 def bwcp_tradeoff(settings, quick: bool = False, task: str = "digits") -> dict:  # noqa: ANN001
     """ResNet-20 trained with BWCP modules and the sparse regularizer, pruned; against plain BatchNorm."""
-    if task == "fashion":
-        split = load_dataset("fashion_mnist", "", False, 10_000, 0)
-        data = split.train.subset(np.arange(1500 if quick else FASHION_BWCP_TRAIN))
-    else:
-        split = load_dataset("mnist5k", "", False, 1000, 0)
-        data = _train_data(split, quick)
+    split, data = _task_data(task, quick, FASHION_BWCP_TRAIN)
     arch = Architecture("resnet20", split.input_shape, split.num_classes)
     cpu = torch.device("cpu")
     torch.manual_seed(0)
@@ -871,7 +867,7 @@ def main(argv: list[str] | None = None) -> dict:
         detail[part] = run_part(part, args)
         print_part(part, detail[part], args)
     if args.quick:
-        print("\n(--quick: one seed, short trainings on 1,500 digits; a smoke test, not the methods' numbers)")
+        print("\n(--quick: one seed, short trainings on 1,500 images; a smoke test, not the methods' numbers)")
     figures = {METHOD_OF_PART[p]: method_vs_baselines(p, detail[p]) for p in parts if p in METHOD_OF_PART}
     figures["detail"] = detail
     figures["task"] = args.task
