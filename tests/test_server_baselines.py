@@ -351,6 +351,31 @@ def test_matching_width_is_the_width_whose_parameter_count_is_nearest():
         nearest = min(abs(_lenet_params(w / 1000) - target) for w in range(300, 1001, 5))
         assert abs(_lenet_params(width) - target) <= nearest, (target, width)
     with pytest.raises(ValueError, match="takes no width"):
-        matching_width("resnet20", 100_000, (1, 28, 28), 10)
+        matching_width("vgg16_bn", 100_000, (1, 28, 28), 10)
     with pytest.raises(ValueError, match="outside what"):
         matching_width("lenet5_caffe", 10_000_000, (1, 28, 28), 10)
+
+
+def test_resnet20_width_scales_every_stage_and_its_padded_shortcuts_follow():
+    from fedcomp.models import build_model, matching_width
+
+    def count(width: float) -> int:
+        return sum(p.numel() for p in build_model("resnet20", (1, 28, 28), 10, {"width": width}).parameters())
+
+    # width 0.5 on one input channel, by hand: stages of 8, 16 and 32 channels. Stem 3·3·1·8 + BN 16; stage 1,
+    # 3 blocks of two 8→8 convs and two BNs; stage 2, 8→16 then five 16→16 convs; stage 3 likewise 16→32;
+    # fc 32·10 + 10.
+    stage1 = 3 * (2 * 9 * 8 * 8 + 2 * 16)
+    stage2 = 9 * 8 * 16 + 5 * 9 * 16 * 16 + 6 * 32
+    stage3 = 9 * 16 * 32 + 5 * 9 * 32 * 32 + 6 * 64
+    assert count(0.5) == 72 + 16 + stage1 + stage2 + stage3 + 330
+    model = build_model("resnet20", (1, 28, 28), 10, {"width": 0.3})  # 5, 10, 19 channels: odd pads
+    out = model(torch.randn(2, 1, 28, 28))
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    for bad in (0, 5, True):
+        with pytest.raises(ValueError, match="model.params.width"):
+            build_model("resnet20", (1, 28, 28), 10, {"width": bad})
+    width = matching_width("resnet20", 135_000, (1, 28, 28), 10)
+    nearest = min(abs(count(w / 200) - 135_000) for w in range(100, 201))
+    assert abs(count(width) - 135_000) <= nearest

@@ -51,6 +51,13 @@ def initial_model(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_class
         return build_model(cfg.model.name, input_shape, num_classes, cfg.model.params)
 
 
+def checked_width(width: object) -> float:
+    """``[model.params] width``, the factor a model's channel and unit counts scale by, checked."""
+    if not (isinstance(width, int | float) and not isinstance(width, bool) and 0 < width <= 4):
+        raise ValueError(f"model.params.width must be a number in (0, 4], got {width!r}")
+    return float(width)
+
+
 def matching_width(
     name: str, target_params: int, input_shape: tuple[int, ...], num_classes: int, low: float = 0.01, high: float = 1.0
 ) -> float:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedcomp.models.base import MODELS
+from fedcomp.models.base import MODELS, checked_width
 
 
 class LeNet5Caffe(nn.Module):
@@ -23,8 +23,7 @@ class LeNet5Caffe(nn.Module):
         self, input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, width: float = 1.0
     ) -> None:
         super().__init__()
-        if not (isinstance(width, int | float) and not isinstance(width, bool) and 0 < width <= 4):
-            raise ValueError(f"model.params.width must be a number in (0, 4], got {width!r}")
+        width = checked_width(width)
         c, h, w = input_shape
         c1, c2, hidden = (max(1, round(n * width)) for n in (20, 50, 500))
         self.features = nn.Sequential(
