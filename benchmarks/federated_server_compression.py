@@ -22,7 +22,13 @@ federation, seeds and schedule (``BASELINES``; rows ``case/name``): LC against d
 ``fixed_k`` (k = 3) and ``uniform_svd`` (``allocation``); UDFC against plain pruning and Neuron Merging with the
 same BN recalibration (``compensation = "none"`` / ``"merging"``) and the paper's closed forms without it
 (``recalibrate = false``); BWCP against network slimming (``variant = "network_slimming"``) at the FLOPs the
-same seed's BWCP run removed. ``--no-baselines`` skips them.
+same seed's BWCP run removed; ALDS also against ``small_dense``, the same architecture narrowed (``width``) to
+the parameter count nearest the same seed's ALDS model and trained dense from round 1. ``--no-baselines`` skips
+them.
+
+``--task fashion``: Fashion-MNIST (``make datasets``) instead of the digits, every case, with 20 local steps of
+32 images a round and the clients in-process one after the other (ResNet-20's with 2 torch threads), so methods
+that saturate on the digits can be told apart.
 
 Per case: the final accuracy of the model the compressor ships and the
 mean over the last ``--tail`` rounds (a federation on non-IID data swings
@@ -154,11 +160,12 @@ BASELINES: dict[str, dict[str, Callable[[dict], list[str]]]] = {
         "k1": lambda run: ['server_compression.allocation="k1"'],
         "fixed_k": lambda run: ['server_compression.allocation="fixed_k"', "server_compression.k=3"],
         "uniform_svd": lambda run: ['server_compression.allocation="uniform_svd"'],
-        # The claim under every compressor that shrinks the model: better than training the small model. A
-        # LeNet-5 of the width whose parameter count is nearest the same seed's ALDS model, dense from round 1.
+        # The claim under every compressor that shrinks the model: better than training the small model. The
+        # same architecture at the width whose parameter count is nearest the same seed's ALDS model, dense from
+        # round 1 (both tasks are 28×28 grayscale, 10 classes).
         "small_dense": lambda run: [
             'server_compression={name="identity"}',
-            f"model.params.width={matching_width('lenet5_caffe', run['final_model_params'], (1, 28, 28), 10)}",
+            f"model.params.width={matching_width(run['model'], run['final_model_params'], (1, 28, 28), 10)}",
         ],
     },
     "udfc": {
@@ -181,8 +188,16 @@ BASELINES: dict[str, dict[str, Callable[[dict], list[str]]]] = {
 # in-process, one after the other) instead of one epoch over 6,000 images a client.
 TASKS: dict[str, list[str]] = {
     "digits": ["data.dataset=mnist5k"],
-    "fashion": ['data.dataset="fashion_mnist"', "client.local_steps=20", 'simulation.backend="in-process"'],
+    "fashion": [
+        'data.dataset="fashion_mnist"',
+        'data.data_dir=""',
+        "client.local_steps=20",
+        'simulation.backend="in-process"',
+    ],
 }
+# ... and per task and family, on top of the family's federation: ResNet-20's clients run one after the other
+# in-process, so each (and the server's evaluation of 10,000 test images) gets both cores' threads.
+TASK_FAMILY: dict[tuple[str, str], list[str]] = {("fashion", "resnet20"): ["simulation.num_cpus=2.0"]}
 
 
 def config_for(
@@ -199,6 +214,7 @@ def config_for(
         f"seed={seed}",
         f'output_dir="{out / folder / str(seed)}"',
         *(resnet if family == "resnet20" else []),
+        *TASK_FAMILY.get((task, family), []),
         *(['server_compression={name="identity"}'] if identity else [*schedule(rounds), *extra]),
     ]
     return load_config(CONFIGS / filename, overrides)
@@ -215,6 +231,7 @@ def federation_of(cfg: ExperimentConfig, keep_model: bool = True) -> dict:
 
 def run_once(cfg: ExperimentConfig) -> dict:
     t0 = time.perf_counter()
+    torch.set_num_threads(max(1, int(cfg.simulation.num_cpus)))  # the server's evaluation: as many as a client
     result = fedcomp.run(cfg, progress=False)
     rows = result.rows
     summary = json.loads((result.run_dir / "summary.json").read_text())
@@ -226,12 +243,14 @@ def run_once(cfg: ExperimentConfig) -> dict:
         "statistics_bytes": sum(r["statistics_downlink_bytes"] + r["statistics_uplink_bytes"] for r in rows),
         "uplink_bytes": sum(r["uplink_bytes"] for r in rows),
         "final_model_bytes": summary["final_model_bytes"],
-        # The shipped model's float parameters (ALDS's factors, not the dense layers they replace).
+        # The shipped model's parameters (ALDS's factors, not the dense layers they replace; BatchNorm's running
+        # statistics are buffers, not parameters, as in the count matching_width compares with).
         "final_model_params": sum(
             v.numel()
-            for v in torch.load(result.run_dir / "model.pt", weights_only=True).values()
-            if v.is_floating_point()
+            for k, v in torch.load(result.run_dir / "model.pt", weights_only=True).items()
+            if v.is_floating_point() and not k.endswith(("running_mean", "running_var"))
         ),  # fmt: skip
+        "model": cfg.model.name,
         "failed_clients": sum(r["failed_clients"] for r in rows),
         "flops_removed": max((r["server_metrics"].get("bwcp_flops_removed", 0.0) for r in rows), default=0.0),
         "wall_s": time.perf_counter() - t0,
@@ -262,11 +281,7 @@ def _run_case(
     """Run ``case`` for every seed (and its family's uncompressed federation once per seed), then, in the same
     federation and seed, each of its method's baselines (``BASELINES``, as ``case/name``); fill ``results``."""
     family = CASES[case][0]
-    names = [case] + (
-        [f"{case}/{b}" for b in BASELINES[_method(case)] if b != "small_dense" or family == "lenet5"]
-        if with_baselines
-        else []
-    )  # the small dense model: LeNet-5 has a width parameter, ResNet-20 none
+    names = [case] + ([f"{case}/{b}" for b in BASELINES[_method(case)]] if with_baselines else [])
     for name in names:
         results[name] = []
     for seed in seeds:
@@ -451,7 +466,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--task", choices=sorted(TASKS), default="digits",
         help="digits: the embedded digits, the configs' own federation; fashion: Fashion-MNIST (make datasets) "
-        "with 20 local steps a round, LeNet-5 cases only",
+        "with 20 local steps a round, clients in-process (ResNet-20's with 2 threads)",
     )  # fmt: skip
     parser.add_argument(
         "--from-json", nargs="+", help="print the table from these files' last lines (earlier runs' output; a case "
@@ -462,11 +477,6 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; the cases are {', '.join(CASES)}")
-    if args.task == "fashion":
-        resnet = [c for c in cases if CASES[c][0] != "lenet5"]
-        if resnet and args.cases != ",".join(CASES):
-            parser.error(f"--task fashion runs the LeNet-5 cases only, not {resnet}")
-        cases = [c for c in cases if CASES[c][0] == "lenet5"]
     if args.quick:  # one case per method, every baseline, a few rounds of a light federation
         quick_cases = ("lc_lenet5", "alds_lenet5", "udfc_resnet20", "bwcp_resnet20")
         cases, seeds, rounds = [c for c in cases if c in quick_cases], [0], {"lenet5": 3, "resnet20": 4}
