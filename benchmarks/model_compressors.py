@@ -30,6 +30,14 @@ Parts (``--only PART`` runs one):
   removed, uniform SVD, k = 1, fixed k = 3 and ALDS, one-shot and after one
   epoch on 6,000 training images at the reference's last learning rate,
   mean ± sd over 3 seeds.
+- ``lc_dc``: LC's central claim, LC against direct compression (one C step
+  on the trained model), from ``alds_lenet``'s reference, the config's forms
+  (2-bit convs, 1 bit + 1 % on the FC layers); 8 L steps of one epoch on
+  6,000 images, or with ``--lc-epochs E`` of E epochs over the whole
+  training set (the paper's L steps are 20 epochs each); 3 seeds.
+- ``lc_qp``: LC's combination claim, Q+P against pruning alone at equal
+  bytes and quantization alone at 1 and 2 bits, each by LC and by direct
+  compression; 3 seeds.
 - ``bwcp``: ResNet-20 trained three epochs (learning rate 0.1, 0.03, 0.01)
   with BWCP modules and the sparse regularizer — as the paper writes it,
   and with fedcomp's sigmoid-alike transformation and β start, at the
@@ -40,7 +48,8 @@ Parts (``--only PART`` runs one):
   ``benchmarks/bwcp_federated.py``). ``--task fashion``: the first 10,000
   Fashion-MNIST training images, the 10,000 test images.
 
-    python benchmarks/model_compressors.py [--quick] [--only PART] [--out runs/model_compressors]
+    python benchmarks/model_compressors.py [--quick] [--only PART] [--task fashion] [--lc-epochs E]
+        [--out runs/model_compressors]
 
 Prints a table, then a JSON object as its last line. ``--quick`` uses fewer
 ALDS initializations, LeNet-5-Caffe only for LC, one seed and shorter
@@ -150,9 +159,23 @@ LC_GROUPS = [
 """``fedcomp/configs/lc_lenet5.toml``'s forms: 2-bit convs, 1-bit + 1 % corrections on the FC layers (Q+P)."""
 
 
-def _lc_once(arch: Architecture, state: OrderedDict, data, section: dict, steps: int, seed: int) -> tuple:  # noqa: ANN001
-    """LC from the trained ``state`` through the ``lc`` compressor: ``steps`` L steps of one epoch (SGD lr 0.01,
-    momentum 0.9, the data order from ``seed``), each followed by its C step; the final Δ(Θ) and its payload."""
+LC_L_STEP_DECAY = 0.94
+"""Within an L step of several epochs, the learning rate's decay per epoch (the LC paper's ResNet-20 L steps,
+C.1.2: 0.01 at the start of each step, ×0.94 after every epoch)."""
+
+
+def _lc_once(
+    arch: Architecture,
+    state: OrderedDict,
+    data,  # noqa: ANN001
+    section: dict,
+    steps: int,
+    seed: int,
+    epochs: int = 1,
+) -> tuple:
+    """LC from the trained ``state`` through the ``lc`` compressor: ``steps`` L steps of ``epochs`` epochs each
+    (SGD momentum 0.9, lr 0.01 at each step's start, ×:data:`LC_L_STEP_DECAY` per epoch; the data order from
+    ``seed``), each followed by its C step; the final Δ(Θ) and its payload."""
     from fedcomp.compressors.model.lc import LCCompressor, LCParams
     from fedcomp.params import params_from_dict
 
@@ -163,8 +186,9 @@ def _lc_once(arch: Architecture, state: OrderedDict, data, section: dict, steps:
     for step in range(1, steps + 1):
         received = lc.decode(lc.broadcast(step, w, ()).payload)
         model.load_state_dict(received.state)
-        cfg = ClientConfig(local_epochs=1, batch_size=64, lr=0.01, momentum=0.9)
-        train_local(model, data, cfg, gen, torch.device("cpu"), loss_term=received.loss_term)
+        for epoch in range(epochs):  # one optimizer per epoch: its lr steps down, its momentum restarts
+            cfg = ClientConfig(local_epochs=1, batch_size=64, lr=0.01 * LC_L_STEP_DECAY**epoch, momentum=0.9)
+            train_local(model, data, cfg, gen, torch.device("cpu"), loss_term=received.loss_term)
         w = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
         snap = lc.end_of_round(step, w, (), last=step == steps)
     return snap.state, snap.payload
@@ -184,32 +208,46 @@ LC_SECTION = {"groups": LC_GROUPS, "mu0": 1e-2, "mu_growth": 1.6}
 """The ``[server_compression]`` of lc_dc and of lc_qp's Q+P row: the config's forms, μ from 0.01 ×1.6."""
 
 
-def _lc_and_direct(arch: Architecture, state: OrderedDict, data, section: dict, steps: int, subsets: list) -> dict:  # noqa: ANN001
+def _lc_and_direct(
+    arch: Architecture,
+    state: OrderedDict,
+    data,  # noqa: ANN001
+    section: dict,
+    steps: int,
+    subsets: list,
+    epochs: int = 1,
+) -> dict:
     """``section`` by LC (:func:`_lc_once`, the data order from the seed) and by direct compression, per seed
     on that seed's test half: each one's accuracies and payload bytes."""
     out: dict = {"lc": [], "dc": [], "lc_bytes": 0, "dc_bytes": 0}
     for seed, test in enumerate(subsets):
         dc_state, dc_payload = _direct(arch, state, section)
         out["dc"].append(_accuracy(arch, (), dc_state, test))
-        lc_state, lc_payload = _lc_once(arch, state, data, section, steps, seed)
+        lc_state, lc_payload = _lc_once(arch, state, data, section, steps, seed, epochs)
         out["lc"].append(_accuracy(arch, (), lc_state, test))
+        print(f"  seed {seed}: LC {out['lc'][-1]:.3f}, DC {out['dc'][-1]:.3f}", file=sys.stderr, flush=True)
         out["lc_bytes"], out["dc_bytes"] = len(lc_payload), len(dc_payload)
     return out
 
 
-def lc_vs_direct_compression(out_dir: Path, quick: bool = False, seeds: int = 3, task: str = "digits") -> dict:
-    """LC (augmented Lagrangian, one epoch per L step, μ from 0.01 ×1.6) against direct compression (one C step
-    on the reference), both from the LeNet-5 reference of ``alds_lenet``, through the ``lc`` compressor itself.
+def lc_vs_direct_compression(
+    out_dir: Path, quick: bool = False, seeds: int = 3, task: str = "digits", l_epochs: int = 1
+) -> dict:
+    """LC (augmented Lagrangian, 8 L steps of ``l_epochs`` epochs, μ from 0.01 ×1.6) against direct compression
+    (one C step on the reference), both from the LeNet-5 reference of ``alds_lenet``, through the ``lc``
+    compressor itself. L steps of one epoch train on :data:`FASHION_RETRAIN` images (Fashion-MNIST); longer
+    ones, the paper's setting (many epochs per L step), on the whole training set.
 
     Per seed: the L steps' data order and a class-stratified test half; mean ± sd over the seeds."""
     steps = 2 if quick else 8
     with fixed_threads(UDFC_THREADS):
-        arch, data, state, subsets = _lenet_setup(out_dir, quick, seeds, task)
-        got = _lc_and_direct(arch, state, data, LC_SECTION, steps, subsets)
+        arch, data, state, subsets = _lenet_setup(out_dir, quick, seeds, task, all_data=l_epochs > 1)
+        got = _lc_and_direct(arch, state, data, LC_SECTION, steps, subsets, l_epochs)
         reference = _mean_sd([_accuracy(arch, (), state, test) for test in subsets])[0]
     (lc_m, lc_s), (dc_m, dc_s) = _mean_sd(got["lc"]), _mean_sd(got["dc"])
     return {
-        "reference_accuracy": reference, "seeds": seeds, "l_steps": steps,
+        "reference_accuracy": reference, "seeds": seeds, "l_steps": steps, "l_epochs": l_epochs,
+        "l_images": len(data),
         "lc": {"accuracy": lc_m, "sd": lc_s, "bytes": got["lc_bytes"]},
         "direct_compression": {"accuracy": dc_m, "sd": dc_s, "bytes": got["dc_bytes"]},
     }  # fmt: skip
@@ -468,14 +506,15 @@ retraining on the first 6,000 (one client's share in the federated runs), so tha
 fit in minutes."""
 
 
-def _lenet_setup(out_dir: Path, quick: bool, seeds: int, task: str = "digits") -> tuple:
+def _lenet_setup(out_dir: Path, quick: bool, seeds: int, task: str = "digits", all_data: bool = False) -> tuple:
     """The task's LeNet-5-Caffe, its training data (L steps, retraining), its cached trained reference and the
     per-seed test halves. ``task``: ``digits`` (the embedded 4,000 training digits) or ``fashion``
-    (Fashion-MNIST, ``make datasets``; see :data:`FASHION_RETRAIN`)."""
+    (Fashion-MNIST, ``make datasets``; see :data:`FASHION_RETRAIN`; ``all_data``: all of them)."""
     split, full = _task_data(task, quick)
     arch = Architecture("lenet5_caffe", split.input_shape, split.num_classes)
     reference = _lenet_reference(arch, full, out_dir, quick, task)
-    data = split.train.subset(np.arange(FASHION_RETRAIN)) if task == "fashion" and not quick else full
+    subset = task == "fashion" and not quick and not all_data
+    data = split.train.subset(np.arange(FASHION_RETRAIN)) if subset else full
     return arch, data, reference, _test_halves(split, seeds)
 
 
@@ -718,7 +757,10 @@ def print_alds_lenet(res: dict, task: str = "digits", model: str = "LeNet-5-Caff
 
 def print_lc(res: dict) -> None:
     print(f"\nLC against direct compression on LeNet-5-Caffe (reference {res['reference_accuracy']:.3f}; 2-bit convs,")
-    print(f" 1-bit + 1 % FC; LC: {res['l_steps']} L steps of one epoch); mean ± sd over {res['seeds']} seed(s)")
+    epochs = res.get("l_epochs", 1)
+    length = "one epoch" if epochs == 1 else f"{epochs} epochs"
+    images = f" over {res['l_images']:,} images" if "l_images" in res else ""
+    print(f" 1-bit + 1 % FC; LC: {res['l_steps']} L steps of {length}{images}); mean ± sd over {res['seeds']} seed(s)")
     for key in ("lc", "direct_compression"):
         r = res[key]
         print(f"  {key:<20}{r['accuracy']:>8.3f} ±{r['sd']:.3f}{r['bytes']:>10,} B")
@@ -760,7 +802,9 @@ def run_part(part: str, args: argparse.Namespace) -> dict:
         models = [("lenet5_caffe", (1, 28, 28))] + ([] if quick else [("resnet20", (3, 32, 32))])
         return {name: lc_c_steps(name, shape) for name, shape in models}
     if part == "lc_dc":
-        return lc_vs_direct_compression(out, quick=quick, seeds=1 if quick else 3, task=args.task)
+        return lc_vs_direct_compression(
+            out, quick=quick, seeds=1 if quick else 3, task=args.task, l_epochs=args.lc_epochs
+        )
     if part == "lc_qp":
         return lc_forms_at_equal_storage(out, quick=quick, seeds=1 if quick else 3, task=args.task)
     if part == "udfc":
@@ -781,7 +825,7 @@ def method_vs_baselines(part: str, res: dict) -> dict:
     ``settings`` names each setting; ``accuracy`` is the method's and each of ``baselines`` a list aligned
     with it (one-shot accuracy for ALDS; BWCP's pruned model against network slimming's after its fine-tuning)."""
     if part == "lc_dc":
-        return {"settings": [{"l_steps": res["l_steps"]}], "accuracy": [res["lc"]["accuracy"]],
+        return {"settings": [{"l_steps": res["l_steps"], "l_epochs": res["l_epochs"]}], "accuracy": [res["lc"]["accuracy"]],
                 "baselines": {"direct_compression": [res["direct_compression"]["accuracy"]]}}  # fmt: skip
     if part in ("alds_lenet", "alds_resnet"):
         rows = res["settings"]
@@ -856,7 +900,14 @@ def main(argv: list[str] | None = None) -> dict:
         help="the trained parts' data (alds_lenet, alds_resnet, lc_dc, lc_qp, udfc, bwcp): the embedded digits, or Fashion-MNIST "
         "(make datasets)",
     )  # fmt: skip
+    parser.add_argument(
+        "--lc-epochs", type=int, default=1, metavar="E",
+        help="lc_dc: epochs per L step (default 1, on 6,000 Fashion-MNIST images; E > 1: on all of the training "
+        "set, the learning rate ×0.94 an epoch, as the LC paper's L steps)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.lc_epochs < 1:
+        parser.error(f"--lc-epochs must be at least 1, got {args.lc_epochs}")
     if args.task != "digits" and args.only not in ("alds_lenet", "alds_resnet", "lc_dc", "lc_qp", "udfc", "bwcp"):
         parser.error(
             "--task fashion is for the trained parts: add --only alds_lenet, alds_resnet, lc_dc, lc_qp, udfc or bwcp"
