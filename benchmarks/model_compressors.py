@@ -44,7 +44,7 @@ Parts (``--only PART`` runs one):
   paper's λ and at the stronger ones a short training needs — pruned:
   accuracy against plain BatchNorm trained the same way, and the fraction
   of FLOPs and parameters removed; network slimming at BWCP's FLOPs, both
-  also after one fine-tuning epoch (slimming's own third step) (one seed; the federated comparison is
+  also after one fine-tuning epoch (slimming's own third step) (3 seeds, paired; the federated comparison is
   ``benchmarks/bwcp_federated.py``). ``--task fashion``: the first 10,000
   Fashion-MNIST training images, the 10,000 test images.
 
@@ -618,16 +618,24 @@ def _train_epochs(model, data, gen, quick: bool, loss_term=None) -> None:  # noq
         train_local(model, data, cfg, gen, torch.device("cpu"), loss_term=loss_term)
 
 
-def _network_slimming(arch: Architecture, split, data, quick: bool, lambda1: float, flops_removed: float) -> dict:  # noqa: ANN001
+def _network_slimming(
+    arch: Architecture,
+    split,
+    data,
+    quick: bool,
+    lambda1: float,
+    flops_removed: float,
+    seed: int = 0,  # noqa: ANN001
+) -> dict:
     """BWCP's baseline (its Tables 1 and 3): plain BatchNorm trained as BWCP is, with λ₁Σ|γ| (BWCP's λ₁), pruned
     by |γ| at BWCP's FLOPs, by the ``bwcp`` compressor's ``variant = "network_slimming"``."""
     from fedcomp.compressors.model.bwcp import SlimmingRegularizer
 
     params = BWCPParams(lambda1, variant="network_slimming", flops_removed=min(max(flops_removed, 1e-3), 0.999))
     comp = BWCPCompressor(params, arch)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = arch.build()
-    _train_epochs(model, data, torch.Generator().manual_seed(0), quick,
+    _train_epochs(model, data, torch.Generator().manual_seed(seed), quick,
                   SlimmingRegularizer(lambda1, [t.bn for t in comp.triples]))  # fmt: skip
     cpu = torch.device("cpu")
     before = evaluate(model, split.test, cpu)[1]
@@ -640,18 +648,18 @@ def _network_slimming(arch: Architecture, split, data, quick: bool, lambda1: flo
     return {
         "unpruned_accuracy": before,
         "pruned_accuracy": pruned_acc,
-        "finetuned_accuracy": _finetuned(pruned, data, quick, split.test),
+        "finetuned_accuracy": _finetuned(pruned, data, quick, split.test, seed),
         "channels_removed": metrics["bwcp_channel_fraction_removed"],
         "flops_removed": round(1 - flops / base_flops, 4),
         "params_removed": round(1 - n_params / base_params, 4),
     }
 
 
-def _finetuned(pruned: torch.nn.Module, data, quick: bool, test) -> float:  # noqa: ANN001
+def _finetuned(pruned: torch.nn.Module, data, quick: bool, test, seed: int = 0) -> float:  # noqa: ANN001
     """Accuracy after one epoch on ``data`` at the schedule's last learning rate: network slimming's own third
     step (train sparse, prune, fine-tune); also measured on BWCP's pruned model, whose own protocol has none."""
     cfg = ClientConfig(local_epochs=1, batch_size=64, lr=BWCP_EPOCH_LRS[0 if quick else -1], momentum=0.9)
-    train_local(pruned, data, cfg, torch.Generator().manual_seed(1), torch.device("cpu"))
+    train_local(pruned, data, cfg, torch.Generator().manual_seed(seed + 1), torch.device("cpu"))
     return evaluate(pruned, test, torch.device("cpu"))[1]
 
 
@@ -670,53 +678,93 @@ FASHION_BWCP_TRAIN = 10_000
 BWCP's modules on all 60,000 would be about 20 minutes a setting on 2 cores; evaluation is on the 10,000 test images."""
 
 
-def bwcp_tradeoff(settings, quick: bool = False, task: str = "digits") -> dict:  # noqa: ANN001
-    """ResNet-20 trained with BWCP modules and the sparse regularizer, pruned; against plain BatchNorm."""
+def bwcp_tradeoff(settings, quick: bool = False, task: str = "digits", seeds: int = 1) -> dict:  # noqa: ANN001
+    """ResNet-20 trained with BWCP modules and the sparse regularizer, pruned; against plain BatchNorm and network
+    slimming at the same FLOPs. Per seed (0, 1, ...): the models' initialization and the data order, shared by
+    BWCP, plain BatchNorm and slimming (paired); each setting's figures are means over the seeds, with ``sd`` and
+    the per-seed rows in ``by_seed``, and ``paired`` the per-seed differences against slimming fine-tuned."""
     split, data = _task_data(task, quick, FASHION_BWCP_TRAIN)
     arch = Architecture("resnet20", split.input_shape, split.num_classes)
     cpu = torch.device("cpu")
-    torch.manual_seed(0)
-    base = arch.build()
-    _train_epochs(base, data, torch.Generator().manual_seed(0), quick)
-    base_flops, base_params = flops_and_params(base, split.input_shape)
-    out: dict = {"baseline_accuracy": evaluate(base, split.test, cpu)[1], "settings": []}
-    for lambda1, lambda2, sharpness, beta_init, share in settings:
-        params = BWCPParams(lambda1, lambda2, sharpness=sharpness, beta_init=beta_init, share_residual=share)
-        comp = BWCPCompressor(params, arch)
-        torch.manual_seed(0)
-        model = arch.build(comp.bwcp_edits)
-        model.load_state_dict(comp.to_bwcp(OrderedDict(arch.build().state_dict())))
-        gen = torch.Generator().manual_seed(0)
-        for m in model.modules():
-            if isinstance(m, BWCP):
-                m.generator = gen
-        t0 = time.perf_counter()
-        _train_epochs(model, data, gen, quick, SparseRegularizer(lambda1, lambda2))
-        train_s = time.perf_counter() - t0
-        masked_acc = evaluate(model, split.test, cpu)[1]
-        state, structure, metrics = comp.prune(OrderedDict(model.state_dict()), comp.bwcp_edits)
-        pruned = arch.build(structure)
-        pruned.load_state_dict(state)
-        flops, n_params = flops_and_params(pruned, split.input_shape)
-        pruned_acc = evaluate(pruned, split.test, cpu)[1]
-        finetuned_acc = _finetuned(pruned, data, quick, split.test)
-        slim = _network_slimming(arch, split, data, quick, lambda1, 1 - flops / base_flops)
-        print(f"  bwcp: λ₁ {lambda1:g}, sharpness {sharpness:g} done", file=sys.stderr, flush=True)
-        out["settings"].append({
-            "network_slimming": slim,
-            "lambda1": lambda1,
-            "lambda2": lambda2,
-            "sharpness": sharpness,
-            "beta_init": beta_init,
-            "share_residual": share,
-            "train_s": round(train_s, 1),
-            "masked_accuracy": masked_acc,
-            "pruned_accuracy": pruned_acc,
-            "finetuned_accuracy": finetuned_acc,
-            "channels_removed": metrics["bwcp_channel_fraction_removed"],
-            "flops_removed": round(1 - flops / base_flops, 4),
-            "params_removed": round(1 - n_params / base_params, 4),
-        })  # fmt: skip
+    base_acc = []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        base = arch.build()
+        _train_epochs(base, data, torch.Generator().manual_seed(seed), quick)
+        base_acc.append(evaluate(base, split.test, cpu)[1])
+    out: dict = {"baseline_accuracy": _mean_sd(base_acc)[0], "baseline_by_seed": base_acc, "seeds": seeds,
+                 "settings": []}  # fmt: skip
+    for setting in settings:
+        rows = [_bwcp_once(arch, split, data, quick, setting, seed) for seed in range(seeds)]
+        print(f"  bwcp: λ₁ {setting[0]:g}, sharpness {setting[2]:g} done", file=sys.stderr, flush=True)
+        out["settings"].append(_bwcp_mean(rows))
+    return out
+
+
+def _bwcp_once(arch: Architecture, split, data, quick: bool, setting: tuple, seed: int) -> dict:  # noqa: ANN001
+    """One setting of :data:`BWCP_SETTINGS`, one seed: BWCP trained, pruned and fine-tuned, and network slimming
+    at the FLOPs it removed."""
+    lambda1, lambda2, sharpness, beta_init, share = setting
+    params = BWCPParams(lambda1, lambda2, sharpness=sharpness, beta_init=beta_init, share_residual=share)
+    comp = BWCPCompressor(params, arch)
+    torch.manual_seed(seed)
+    model = arch.build(comp.bwcp_edits)
+    model.load_state_dict(comp.to_bwcp(OrderedDict(arch.build().state_dict())))
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, BWCP):
+            m.generator = gen
+    t0 = time.perf_counter()
+    _train_epochs(model, data, gen, quick, SparseRegularizer(lambda1, lambda2))
+    train_s = time.perf_counter() - t0
+    cpu = torch.device("cpu")
+    masked_acc = evaluate(model, split.test, cpu)[1]
+    state, structure, metrics = comp.prune(OrderedDict(model.state_dict()), comp.bwcp_edits)
+    pruned = arch.build(structure)
+    pruned.load_state_dict(state)
+    base_flops, base_params = flops_and_params(arch.build(), split.input_shape)
+    flops, n_params = flops_and_params(pruned, split.input_shape)
+    pruned_acc = evaluate(pruned, split.test, cpu)[1]
+    finetuned_acc = _finetuned(pruned, data, quick, split.test, seed)
+    return {
+        "network_slimming": _network_slimming(arch, split, data, quick, lambda1, 1 - flops / base_flops, seed),
+        "lambda1": lambda1,
+        "lambda2": lambda2,
+        "sharpness": sharpness,
+        "beta_init": beta_init,
+        "share_residual": share,
+        "train_s": round(train_s, 1),
+        "masked_accuracy": masked_acc,
+        "pruned_accuracy": pruned_acc,
+        "finetuned_accuracy": finetuned_acc,
+        "channels_removed": metrics["bwcp_channel_fraction_removed"],
+        "flops_removed": round(1 - flops / base_flops, 4),
+        "params_removed": round(1 - n_params / base_params, 4),
+    }
+
+
+def _bwcp_mean(rows: list[dict]) -> dict:
+    """One setting over its seeds: each figure's mean (slimming's too), ``sd`` of the accuracies, ``paired``
+    (mean, sd) of BWCP pruned / fine-tuned minus slimming fine-tuned per seed, and the seeds' rows."""
+
+    def mean(key: str, of=lambda r: r) -> float:  # noqa: ANN001
+        return _mean_sd([of(r)[key] for r in rows])[0]
+
+    accuracies = ("masked_accuracy", "pruned_accuracy", "finetuned_accuracy")
+    numbers = (*accuracies, "train_s", "channels_removed", "flops_removed", "params_removed")
+    slim_keys = rows[0]["network_slimming"].keys()
+    out = {k: rows[0][k] for k in ("lambda1", "lambda2", "sharpness", "beta_init", "share_residual")}
+    out.update({k: mean(k) for k in numbers})
+    out["network_slimming"] = {k: mean(k, lambda r: r["network_slimming"]) for k in slim_keys}
+    out["sd"] = {k: _mean_sd([r[k] for r in rows])[1] for k in accuracies}
+    out["sd"]["slimming_finetuned_accuracy"] = _mean_sd([r["network_slimming"]["finetuned_accuracy"] for r in rows])[1]
+    out["paired"] = {
+        f"{k}_minus_slimming_finetuned": _mean_sd(
+            [r[k] - r["network_slimming"]["finetuned_accuracy"] for r in rows]
+        )  # fmt: skip
+        for k in ("pruned_accuracy", "finetuned_accuracy")
+    }
+    out["by_seed"] = rows
     return out
 
 
@@ -768,14 +816,18 @@ def print_lc(res: dict) -> None:
 
 def print_bwcp(bwcp: dict, epochs: int, task: str = "digits") -> None:
     on = TASK_NAMES[task] + ("'s first 10,000 images" if task == "fashion" else "")
-    print(f"\nBWCP on ResNet-20, {epochs} epoch(s) on {on} (plain BatchNorm: {bwcp['baseline_accuracy']:.3f})")
+    seeds = bwcp.get("seeds", 1)
+    print(f"\nBWCP on ResNet-20, {epochs} epoch(s) on {on} (plain BatchNorm: {bwcp['baseline_accuracy']:.3f});"
+          f" means over {seeds} seed(s)")  # fmt: skip
     print(
         f"{'lambda1':>9}{'lambda2':>9}{'sharp':>6}{'beta0':>6}{'A.6':>5}{'masked':>8}{'pruned':>8}{'acc change':>12}"
         f"{'channels':>10}{'FLOPs':>8}{'params':>8}{'slimming':>10}{'FLOPs':>8}{'tuned':>7}{'slim tuned':>11}"
+        f"{'pruned - slim tuned':>21}"
     )
     for r in bwcp["settings"]:
         change = r["pruned_accuracy"] - bwcp["baseline_accuracy"]
         slim = r["network_slimming"]
+        paired = r.get("paired", {}).get("pruned_accuracy_minus_slimming_finetuned")
         print(
             f"{r['lambda1']:>9.0e}{r['lambda2']:>9.0e}{r['sharpness']:>6.0f}{r['beta_init']:>6.1f}"
             f"{'yes' if r['share_residual'] else 'no':>5}"
@@ -783,11 +835,12 @@ def print_bwcp(bwcp: dict, epochs: int, task: str = "digits") -> None:
             f"{change:>+12.3f}{r['channels_removed']:>10.3f}{r['flops_removed']:>8.3f}{r['params_removed']:>8.3f}"
             f"{slim['pruned_accuracy']:>10.3f}{slim['flops_removed']:>8.3f}"
             f"{r['finetuned_accuracy']:>7.3f}{slim['finetuned_accuracy']:>11.3f}"
+            + (f"{paired[0]:>+14.3f} ±{paired[1]:.3f}" if paired else "")
         )
     print("(channels: of every BWCP layer, block-inner and residual streams; FLOPs and params: whole network;")
     print(" slimming: network slimming, plain BatchNorm trained the same way with λ₁Σ|γ| (BWCP's λ₁), pruned by |γ|")
     print(" at BWCP's FLOPs; tuned / slim tuned: each pruned model after one epoch at the schedule's last lr,")
-    print(" network slimming's own fine-tuning step, given to both)")
+    print(" network slimming's own fine-tuning step, given to both; pruned - slim tuned: per seed, mean ± sd)")
 
 
 PARTS = ("alds", "lc", "udfc", "alds_lenet", "alds_resnet", "bwcp", "lc_dc", "lc_qp")
@@ -813,7 +866,7 @@ def run_part(part: str, args: argparse.Namespace) -> dict:
         return alds_on_lenet(out, quick=quick, inits=4 if quick else 15, seeds=1 if quick else 3, task=args.task)
     if part == "alds_resnet":
         return alds_on_resnet(out, quick=quick, inits=4 if quick else 15, seeds=1 if quick else 3, task=args.task)
-    return bwcp_tradeoff(BWCP_SETTINGS[-1:] if quick else BWCP_SETTINGS, quick, task=args.task)
+    return bwcp_tradeoff(BWCP_SETTINGS[-1:] if quick else BWCP_SETTINGS, quick, task=args.task, seeds=1 if quick else 3)
 
 
 METHOD_OF_PART = {"lc_dc": "lc", "alds_lenet": "alds", "alds_resnet": "alds_resnet20", "udfc": "udfc", "bwcp": "bwcp"}
