@@ -403,7 +403,7 @@ def methods_vs_baselines(table: dict[str, dict]) -> dict[str, dict]:
     for case, row in table.items():
         if case.endswith("_identity") or "/" in case or case not in CASES or _method(case) in out:
             continue
-        # (the small dense model only where the model has a width: LeNet-5)
+        # (the small dense model: ALDS's cases only, and not in runs saved before ResNet-20 had a width)
         names = [b for b in BASELINES[_method(case)] if b != "small_dense" or f"{case}/{b}" in table]
         if not all(f"{case}/{b}" in table for b in names):
             continue
