@@ -49,7 +49,10 @@ Parts (``--only PART`` runs one):
   Fashion-MNIST training images, the 10,000 test images.
 
     python benchmarks/model_compressors.py [--quick] [--only PART] [--task fashion] [--lc-epochs E]
-        [--out runs/model_compressors]
+        [--bwcp-seeds N] [--bwcp-first-seed F] [--bwcp-merge LOG] [--out runs/model_compressors]
+
+``--bwcp-merge LOG`` joins an earlier run's bwcp seeds (its printed output) to this run's: a run of seeds
+0-2 split into ``--bwcp-seeds 1`` and ``--bwcp-first-seed 1 --bwcp-seeds 2 --bwcp-merge`` the first's log.
 
 Prints a table, then a JSON object as its last line. ``--quick`` uses fewer
 ALDS initializations, LeNet-5-Caffe only for LC, one seed and shorter
@@ -678,27 +681,55 @@ FASHION_BWCP_TRAIN = 10_000
 BWCP's modules on all 60,000 would be about 20 minutes a setting on 2 cores; evaluation is on the 10,000 test images."""
 
 
-def bwcp_tradeoff(settings, quick: bool = False, task: str = "digits", seeds: int = 1) -> dict:  # noqa: ANN001
+def bwcp_tradeoff(
+    settings,
+    quick: bool = False,
+    task: str = "digits",
+    seeds: tuple[int, ...] = (0,),
+    earlier: dict | None = None,  # noqa: ANN001
+) -> dict:
     """ResNet-20 trained with BWCP modules and the sparse regularizer, pruned; against plain BatchNorm and network
-    slimming at the same FLOPs. Per seed (0, 1, ...): the models' initialization and the data order, shared by
-    BWCP, plain BatchNorm and slimming (paired); each setting's figures are means over the seeds, with ``sd`` and
-    the per-seed rows in ``by_seed``, and ``paired`` the per-seed differences against slimming fine-tuned."""
+    slimming at the same FLOPs. Per seed: the models' initialization and the data order, shared by BWCP, plain
+    BatchNorm and slimming (paired); each setting's figures are means over the seeds, with ``sd`` and the
+    per-seed rows in ``by_seed``, and ``paired`` the per-seed differences against slimming fine-tuned.
+
+    ``earlier``: an earlier run's ``bwcp`` detail (same task and settings, other seeds), whose seeds join these
+    (each seed's figures depend on that seed alone, so a run split in two is the run in one)."""
     split, data = _task_data(task, quick, FASHION_BWCP_TRAIN)
     arch = Architecture("resnet20", split.input_shape, split.num_classes)
     cpu = torch.device("cpu")
-    base_acc = []
-    for seed in range(seeds):
+    old_seeds, old_base, old_rows = _earlier_bwcp(earlier, settings, seeds)
+    base_acc = list(old_base)
+    for seed in seeds:
         torch.manual_seed(seed)
         base = arch.build()
         _train_epochs(base, data, torch.Generator().manual_seed(seed), quick)
         base_acc.append(evaluate(base, split.test, cpu)[1])
-    out: dict = {"baseline_accuracy": _mean_sd(base_acc)[0], "baseline_by_seed": base_acc, "seeds": seeds,
-                 "settings": []}  # fmt: skip
-    for setting in settings:
-        rows = [_bwcp_once(arch, split, data, quick, setting, seed) for seed in range(seeds)]
+    all_seeds = [*old_seeds, *seeds]
+    out: dict = {"baseline_accuracy": _mean_sd(base_acc)[0], "baseline_by_seed": base_acc, "seeds": len(all_seeds),
+                 "seed_list": all_seeds, "settings": []}  # fmt: skip
+    for i, setting in enumerate(settings):
+        rows = old_rows[i] + [_bwcp_once(arch, split, data, quick, setting, seed) for seed in seeds]
         print(f"  bwcp: λ₁ {setting[0]:g}, sharpness {setting[2]:g} done", file=sys.stderr, flush=True)
         out["settings"].append(_bwcp_mean(rows))
     return out
+
+
+SETTING_KEYS = ("lambda1", "lambda2", "sharpness", "beta_init", "share_residual")
+
+
+def _earlier_bwcp(earlier: dict | None, settings, seeds) -> tuple[list[int], list[float], list[list[dict]]]:  # noqa: ANN001
+    """An earlier run's seeds, plain-BatchNorm accuracies and per-setting rows; a run from before seeds existed
+    (one row per setting, no ``by_seed``) was seed 0. Refused if its settings differ or its seeds overlap."""
+    if earlier is None:
+        return [], [], [[] for _ in settings]
+    old_seeds = earlier.get("seed_list", [0])
+    base = earlier.get("baseline_by_seed", [earlier["baseline_accuracy"]])
+    if overlap := set(old_seeds) & set(seeds):
+        raise SystemExit(f"--bwcp-merge: seeds {sorted(overlap)} ran in the earlier run already")
+    if [tuple(r[k] for k in SETTING_KEYS) for r in earlier["settings"]] != [tuple(s) for s in settings]:
+        raise SystemExit("--bwcp-merge: the earlier run's BWCP settings are not these")
+    return old_seeds, base, [r.get("by_seed", [r]) for r in earlier["settings"]]
 
 
 def _bwcp_once(arch: Architecture, split, data, quick: bool, setting: tuple, seed: int) -> dict:  # noqa: ANN001
@@ -753,7 +784,7 @@ def _bwcp_mean(rows: list[dict]) -> dict:
     accuracies = ("masked_accuracy", "pruned_accuracy", "finetuned_accuracy")
     numbers = (*accuracies, "train_s", "channels_removed", "flops_removed", "params_removed")
     slim_keys = rows[0]["network_slimming"].keys()
-    out = {k: rows[0][k] for k in ("lambda1", "lambda2", "sharpness", "beta_init", "share_residual")}
+    out = {k: rows[0][k] for k in SETTING_KEYS}
     out.update({k: mean(k) for k in numbers})
     out["network_slimming"] = {k: mean(k, lambda r: r["network_slimming"]) for k in slim_keys}
     out["sd"] = {k: _mean_sd([r[k] for r in rows])[1] for k in accuracies}
@@ -866,7 +897,14 @@ def run_part(part: str, args: argparse.Namespace) -> dict:
         return alds_on_lenet(out, quick=quick, inits=4 if quick else 15, seeds=1 if quick else 3, task=args.task)
     if part == "alds_resnet":
         return alds_on_resnet(out, quick=quick, inits=4 if quick else 15, seeds=1 if quick else 3, task=args.task)
-    return bwcp_tradeoff(BWCP_SETTINGS[-1:] if quick else BWCP_SETTINGS, quick, task=args.task, seeds=1 if quick else 3)
+    seeds = (0,) if quick else tuple(range(args.bwcp_first_seed, args.bwcp_first_seed + args.bwcp_seeds))
+    earlier = None
+    if args.bwcp_merge:  # an earlier run's JSON line (its other seeds), as this benchmark printed it
+        saved = json.loads([ln for ln in Path(args.bwcp_merge).read_text().splitlines() if ln.startswith("{")][-1])
+        if saved.get("task", "digits") != args.task:
+            raise SystemExit(f"--bwcp-merge: {args.bwcp_merge} ran --task {saved.get('task')}, not {args.task}")
+        earlier = saved["detail"]["bwcp"]
+    return bwcp_tradeoff(BWCP_SETTINGS[-1:] if quick else BWCP_SETTINGS, quick, args.task, seeds, earlier)
 
 
 METHOD_OF_PART = {"lc_dc": "lc", "alds_lenet": "alds", "alds_resnet": "alds_resnet20", "udfc": "udfc", "bwcp": "bwcp"}
@@ -958,7 +996,15 @@ def main(argv: list[str] | None = None) -> dict:
         help="lc_dc: epochs per L step (default 1, on 6,000 Fashion-MNIST images; E > 1: on all of the training "
         "set, the learning rate ×0.94 an epoch, as the LC paper's L steps)",
     )  # fmt: skip
+    parser.add_argument("--bwcp-seeds", type=int, default=3, metavar="N", help="bwcp: seeds (default 3)")
+    parser.add_argument("--bwcp-first-seed", type=int, default=0, metavar="F", help="bwcp: the first seed (default 0)")
+    parser.add_argument(
+        "--bwcp-merge", metavar="LOG",
+        help="bwcp: an earlier run's output (other seeds of the same task and settings) to join with these seeds",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.bwcp_seeds < 1:
+        parser.error(f"--bwcp-seeds must be at least 1, got {args.bwcp_seeds}")
     if args.lc_epochs < 1:
         parser.error(f"--lc-epochs must be at least 1, got {args.lc_epochs}")
     if args.task != "digits" and args.only not in ("alds_lenet", "alds_resnet", "lc_dc", "lc_qp", "udfc", "bwcp"):
