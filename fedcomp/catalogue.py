@@ -48,6 +48,16 @@ def _strategy_params(params: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+def _model_params(factory: Any) -> list[list[str]]:
+    """A model factory's ``[model.params]`` and their defaults: its keyword parameters past the two every
+    factory takes (``width = 1.0`` for LeNet-5 and the CIFAR ResNets, the LSTM's sizes)."""
+    return [
+        [name, "(required)" if p.default is inspect.Parameter.empty else repr(p.default)]
+        for name, p in inspect.signature(factory).parameters.items()
+        if name not in ("input_shape", "num_classes")
+    ]
+
+
 def build() -> dict[str, Any]:
     """The listing, from the registries themselves (imports torch and Flower)."""
     # Imported here: ``fedcomp list`` reads catalogue.json and must not import torch; only a rebuild needs them.
@@ -65,11 +75,11 @@ def build() -> dict[str, Any]:
         ]
         return {"title": title, "entries": entries}
 
-    none = lambda entry: []  # noqa: E731 - datasets and models have no parameter class
+    none = lambda entry: []  # noqa: E731 - datasets have no parameters of their own
     return {
         "families": [
             family("datasets ([data] dataset)", DATASETS, none),
-            family("models ([model] name)", MODELS, none),
+            family("models ([model] name, then [model.params])", MODELS, _model_params),
             family(
                 "update compressors ([uplink] name, and [downlink] name for the model's change)",
                 UPDATE_COMPRESSORS,

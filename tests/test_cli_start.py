@@ -43,6 +43,9 @@ def test_list_names_every_method_with_its_parameters_under_its_name(capsys):
     qsgd = [[f.name, repr(f.default)] for f in dataclasses.fields(UPDATE_COMPRESSORS.get("qsgd").Params)][:2]
     assert qsgd == [["levels", "16"], ["bucket_size", "512"]] and "levels = 16, bucket_size = 512" in out
     assert "rank = 2, warm_start = True" in out and "eta = 0.1" in out.split("  fedadam ")[1].split("\n  fed")[0]
+    # A model's [model.params] are its factory's keywords: the small-dense baseline's width among them.
+    assert families["models"][[e["name"] for e in families["models"]].index("resnet20")]["params"] == [["width", "1.0"]]
+    assert "embed = 8, hidden = 256, layers = 2" in out
 
 
 def test_help_and_list_import_neither_torch_nor_flower():
