@@ -26,9 +26,9 @@ same seed's BWCP run removed; ALDS also against ``small_dense``, the same archit
 the parameter count nearest the same seed's ALDS model and trained dense from round 1. ``--no-baselines`` skips
 them.
 
-``--task fashion``: Fashion-MNIST (``make datasets``) instead of the digits, every case, with 20 local steps of
-32 images a round and the clients in-process one after the other (ResNet-20's with 2 torch threads), so methods
-that saturate on the digits can be told apart.
+``--task fashion``: Fashion-MNIST (``make datasets``) instead of the digits, every case, with 20 local steps a
+round (of the configs' batches: 32 images for LeNet-5, 64 for ResNet-20) and the clients in-process one after
+the other (ResNet-20's with 2 torch threads), so methods that saturate on the digits can be told apart.
 
 Per case: the final accuracy of the model the compressor ships and the
 mean over the last ``--tail`` rounds (a federation on non-IID data swings
