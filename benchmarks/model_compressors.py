@@ -623,12 +623,12 @@ def _train_epochs(model, data, gen, quick: bool, loss_term=None) -> None:  # noq
 
 def _network_slimming(
     arch: Architecture,
-    split,
-    data,
+    split,  # noqa: ANN001
+    data,  # noqa: ANN001
     quick: bool,
     lambda1: float,
     flops_removed: float,
-    seed: int = 0,  # noqa: ANN001
+    seed: int = 0,
 ) -> dict:
     """BWCP's baseline (its Tables 1 and 3): plain BatchNorm trained as BWCP is, with λ₁Σ|γ| (BWCP's λ₁), pruned
     by |γ| at BWCP's FLOPs, by the ``bwcp`` compressor's ``variant = "network_slimming"``."""
@@ -682,11 +682,11 @@ BWCP's modules on all 60,000 would be about 20 minutes a setting on 2 cores; eva
 
 
 def bwcp_tradeoff(
-    settings,
+    settings,  # noqa: ANN001
     quick: bool = False,
     task: str = "digits",
     seeds: tuple[int, ...] = (0,),
-    earlier: dict | None = None,  # noqa: ANN001
+    earlier: dict | None = None,
 ) -> dict:
     """ResNet-20 trained with BWCP modules and the sparse regularizer, pruned; against plain BatchNorm and network
     slimming at the same FLOPs. Per seed: the models' initialization and the data order, shared by BWCP, plain
